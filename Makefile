@@ -1,0 +1,42 @@
+# netpacs: the two Quick start commands are `make run` and `make test`.
+# Both do all their own set-up on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test setup test-setup lint typecheck bench clean
+
+$(BIN)/netpacs: pyproject.toml
+	bash scripts/ensure-system-packages.sh run
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/netpacs
+
+test-setup: setup
+	bash scripts/ensure-system-packages.sh test
+	bash scripts/ensure-postgres.sh
+
+run: setup
+	NETPACS_DEMO=true $(BIN)/netpacs serve
+
+test: test-setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+bench: test-setup
+	$(BIN)/python bench/store_bench.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache

@@ -1,0 +1,71 @@
+"""Composition root: reads nothing itself but the Settings it is given, builds everything."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from netpacs.config import Settings
+from netpacs.domain.region import Region, load_region
+from netpacs.index.db import make_engine, migrate
+from netpacs.index.writer import IndexWriter
+from netpacs.services.ingest import IngestService
+from netpacs.storage.fs import FileSystemBlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Archive:
+    """The services of one netpacs process, wired to its index and object store."""
+
+    settings: Settings
+    region: Region
+    blobs: FileSystemBlobStore
+    read_engine: sa.Engine
+    write_engine: sa.Engine
+    writer: IndexWriter
+    ingest: IngestService
+    _closed: bool = field(default=False, repr=False)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.writer.close()
+        self.read_engine.dispose()
+        self.write_engine.dispose()
+
+
+def prepare(settings: Settings) -> None:
+    """One-time start-up work done before any worker starts: directories, migrations."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.effective_database_url)
+    FileSystemBlobStore(settings.blob_dir).clear_temporary()
+
+
+def build_archive(settings: Settings) -> Archive:
+    region = load_region(settings.effective_region_file)
+    url = settings.effective_database_url
+    blobs = FileSystemBlobStore(settings.blob_dir)
+    read_engine = make_engine(url)
+    write_engine = make_engine(url, writer=True)
+    writer = IndexWriter(write_engine)
+    ingest = IngestService(
+        blobs=blobs,
+        writer=writer,
+        region=region,
+        ae_title=settings.ae_title,
+        duplicate_policy=settings.duplicate_policy,
+    )
+    return Archive(
+        settings=settings,
+        region=region,
+        blobs=blobs,
+        read_engine=read_engine,
+        write_engine=write_engine,
+        writer=writer,
+        ingest=ingest,
+    )

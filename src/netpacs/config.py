@@ -1,0 +1,85 @@
+"""Settings: read once by the composition root from a TOML file and NETPACS_* variables.
+
+Precedence (highest first): NETPACS_* environment variables, the TOML file named by
+NETPACS_CONFIG (keys as the field names below, e.g. ``dimse_port = 11112``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from netpacs.domain.outcomes import DuplicatePolicy
+
+BUNDLED_DEMO_REGION = Path(__file__).parent / "data" / "demo_region.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NETPACS_", extra="forbid")
+
+    data_dir: Path = Field(default=Path("data"), description="index (SQLite) and objects")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the data dir"
+    )
+    ae_title: str = "NETPACS"
+    dimse_host: str = "0.0.0.0"
+    dimse_port: int = Field(default=11112, ge=0, le=65535)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    region_file: Path | None = Field(default=None, description="default: the bundled demo region")
+    demo: bool = False
+    reject_unknown_calling_ae: bool = True
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT
+    dimse_processes: int = Field(default=2, ge=1, le=64, description="DIMSE receive processes")
+    max_pdu_length: int = Field(default=262_144, ge=0)
+    dimse_timeout: float = Field(default=60.0, gt=0, description="seconds of silence allowed")
+    log_level: str = "INFO"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, v: str) -> str:
+        if not 0 < len(v.strip()) <= 16:
+            raise ValueError("AE title must be 1-16 characters")
+        return v.strip()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def effective_region_file(self) -> Path:
+        return self.region_file or BUNDLED_DEMO_REGION
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("NETPACS_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings (called only by the composition root and the CLI)."""
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Domain layer: value types, enumerations and outcomes. Pure Python, no I/O."""

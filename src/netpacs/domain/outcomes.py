@@ -1,0 +1,66 @@
+"""Outcomes of service calls: expected results are values, not exceptions."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Protocol(enum.Enum):
+    """How an object or request reached netpacs."""
+
+    DIMSE = "dimse"
+    DICOMWEB = "dicomweb"
+    IMPORT = "import"
+    REINDEX = "reindex"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent an object: the calling AE or user, its trust (ODS code), the protocol."""
+
+    protocol: Protocol
+    ae_title: str | None = None
+    trust: str | None = None
+    user: str | None = None
+    site: str | None = None
+
+
+class StoreStatus(enum.Enum):
+    """What became of one object offered to the ingest service."""
+
+    STORED = "stored"
+    ALREADY_STORED = "already-stored"
+    CONFLICT = "conflict"  # same SOP Instance UID, different content, refused
+    REPLACED = "replaced"  # same SOP Instance UID, different content, policy replace
+    INVALID = "invalid"  # not parsable or required attributes missing / malformed
+    FAILED = "failed"  # storage or index failure: nothing was kept
+
+    @property
+    def ok(self) -> bool:
+        return self in (StoreStatus.STORED, StoreStatus.ALREADY_STORED, StoreStatus.REPLACED)
+
+
+class InvalidReason(enum.Enum):
+    """Why an object was refused as invalid (mapped to specific protocol statuses)."""
+
+    UNPARSABLE = "the object could not be parsed as DICOM"
+    MISSING_UID = "a required UID (Study, Series or SOP Instance) is missing"
+    MALFORMED_UID = "a UID is malformed (PS3.5 9.1)"
+    SOP_MISMATCH = "the SOP Class or Instance UID in the data set differs from the command"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    status: StoreStatus
+    sop_instance_uid: str | None = None
+    message: str = ""
+    reason: InvalidReason | None = None
+
+
+class DuplicatePolicy(enum.Enum):
+    """What to do with a SOP Instance UID already stored with different content."""
+
+    REJECT = "reject"
+    KEEP_FIRST = "keep-first"
+    REPLACE = "replace"

@@ -1,0 +1,159 @@
+"""The region netpacs serves: trusts (by ODS code), their sites and application entities.
+
+Loaded from a TOML region file (see ``netpacs/data/demo_region.toml`` for the format).
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class AEKind(enum.Enum):
+    MODALITY = "modality"
+    WORKSTATION = "workstation"
+    ARCHIVE = "archive"
+
+
+class RegionError(ValueError):
+    """The region file is malformed; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationEntity:
+    ae_title: str
+    trust: str  # ODS code
+    kind: AEKind
+    site: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: the AE only sends (cannot be a C-MOVE destination)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    code: str
+    name: str
+    trust: str
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    ods_code: str
+    name: str
+    sites: tuple[Site, ...]
+    results_endpoint: Endpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    name: str
+    trusts: tuple[Trust, ...]
+    aes: tuple[ApplicationEntity, ...]
+    _by_title: dict[str, ApplicationEntity] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for ae in self.aes:
+            if ae.ae_title in self._by_title:
+                raise RegionError(f"AE title {ae.ae_title!r} is defined twice")
+            self._by_title[ae.ae_title] = ae
+
+    def ae(self, ae_title: str) -> ApplicationEntity | None:
+        return self._by_title.get(ae_title.strip())
+
+    def trust(self, ods_code: str) -> Trust | None:
+        return next((t for t in self.trusts if t.ods_code == ods_code), None)
+
+    @property
+    def issuers(self) -> frozenset[str]:
+        return frozenset(t.ods_code for t in self.trusts)
+
+
+def _req(table: dict[str, Any], key: str, where: str, kind: type) -> Any:
+    value = table.get(key)
+    if not isinstance(value, kind):
+        raise RegionError(f"{where}: '{key}' must be a {kind.__name__}")
+    return value
+
+
+def _ae_title(value: str, where: str) -> str:
+    if not 0 < len(value) <= 16 or "\\" in value or not value.isprintable():
+        raise RegionError(f"{where}: AE title {value!r} is not 1-16 printable characters")
+    return value
+
+
+def parse_region(doc: dict[str, Any]) -> Region:
+    """Build a Region from a parsed TOML document, checking every entry."""
+    trusts: list[Trust] = []
+    aes: list[ApplicationEntity] = []
+    for i, t in enumerate(doc.get("trusts", [])):
+        where = f"trusts[{i}]"
+        ods = _req(t, "ods_code", where, str)
+        sites = []
+        for j, s in enumerate(t.get("sites", [])):
+            swhere = f"{where}.sites[{j}]"
+            code = _req(s, "code", swhere, str)
+            sites.append(Site(code=code, name=_req(s, "name", swhere, str), trust=ods))
+            for m in s.get("modality_aes", []):
+                aes.append(
+                    ApplicationEntity(
+                        ae_title=_ae_title(m, swhere), trust=ods, kind=AEKind.MODALITY, site=code
+                    )
+                )
+        for j, w in enumerate(t.get("workstations", [])):
+            wwhere = f"{where}.workstations[{j}]"
+            aes.append(
+                ApplicationEntity(
+                    ae_title=_ae_title(_req(w, "ae_title", wwhere, str), wwhere),
+                    trust=ods,
+                    kind=AEKind.WORKSTATION,
+                    site=w.get("site"),
+                    host=w.get("host", "127.0.0.1"),
+                    port=_req(w, "port", wwhere, int),
+                )
+            )
+        results = t.get("results_mllp")
+        endpoint = (
+            Endpoint(host=_req(results, "host", where, str), port=_req(results, "port", where, int))
+            if isinstance(results, dict)
+            else None
+        )
+        trusts.append(
+            Trust(
+                ods_code=ods,
+                name=_req(t, "name", where, str),
+                sites=tuple(sites),
+                results_endpoint=endpoint,
+            )
+        )
+    for j, a in enumerate(doc.get("archives", [])):
+        awhere = f"archives[{j}]"
+        aes.append(
+            ApplicationEntity(
+                ae_title=_ae_title(_req(a, "ae_title", awhere, str), awhere),
+                trust=_req(a, "trust", awhere, str),
+                kind=AEKind.ARCHIVE,
+                host=a.get("host", "127.0.0.1"),
+                port=a.get("port"),
+            )
+        )
+    if not trusts:
+        raise RegionError("the region file defines no trusts")
+    return Region(name=str(doc.get("name", "region")), trusts=tuple(trusts), aes=tuple(aes))
+
+
+def load_region(path: Path) -> Region:
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RegionError(f"cannot read region file {path}: {exc}") from exc
+    return parse_region(doc)

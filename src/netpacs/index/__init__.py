@@ -1,0 +1,1 @@
+"""The index: SQLAlchemy tables, engine set-up, migrations and writers."""

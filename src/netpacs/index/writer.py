@@ -1,0 +1,218 @@
+"""Group-committing index writer: many concurrent stores, one transaction and one fsync.
+
+Stores from every association hand their rows to one writer thread per process. It
+takes whatever is waiting (up to ``max_batch``), writes it in one transaction and
+resolves each caller's future only after COMMIT returns, so an acknowledgement
+always follows a durable index row (ARCHITECTURE.md invariant 1). Processes sharing
+one database never assume they are the only writer: every insert is
+``ON CONFLICT DO NOTHING`` against a unique key, and a lost race is reported back,
+not raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from netpacs.index.schema import instance, patient, series, study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """Everything the index keeps about one stored object."""
+
+    patient: dict[str, Any]  # patient_id, issuer, patient_name, ...
+    study: dict[str, Any]  # study_instance_uid, ...
+    series: dict[str, Any]  # series_instance_uid, ...
+    instance: dict[str, Any]  # sop_instance_uid, blob_key, ...
+
+
+class WriteStatus(enum.Enum):
+    INSERTED = "inserted"
+    EXISTS = "exists"  # the SOP Instance UID is already indexed
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    status: WriteStatus
+    existing: dict[str, Any] | None = None  # the indexed row, when EXISTS
+
+
+@dataclass(slots=True)
+class _Job:
+    run: Callable[[sa.Connection], Any]
+    future: Future[Any]
+
+
+class IndexWriter:
+    """One writer thread; ``insert``/``replace`` block until their commit."""
+
+    def __init__(self, engine: sa.Engine, *, max_batch: int = 64) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._dialect = engine.dialect.name
+        self._study_pk: dict[str, int] = {}
+        self._series_pk: dict[str, int] = {}
+        self._patient_pk: dict[tuple[str, str], int] = {}
+        self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
+        self._thread.start()
+
+    # -- public API (any thread) -----------------------------------------------------
+    def insert(self, record: InstanceRecord) -> WriteResult:
+        return self._submit(lambda conn: self._insert(conn, record))  # type: ignore[no-any-return]
+
+    def replace(self, record: InstanceRecord) -> dict[str, Any]:
+        """Point an indexed instance at new content; returns the previous row."""
+        return self._submit(lambda conn: self._replace(conn, record))  # type: ignore[no-any-return]
+
+    def execute(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """Run ``fn`` inside a writer transaction (for maintenance writes)."""
+        return self._submit(fn)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _submit(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        fut: Future[Any] = Future()
+        self._queue.put(_Job(fn, fut))
+        return fut.result()
+
+    # -- writer thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            with self._engine.begin() as conn:
+                for job in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        value = job.run(conn)
+                        savepoint.commit()
+                        results.append((job, value, None))
+                    except Exception as exc:  # one bad row must not fail the batch
+                        savepoint.rollback()
+                        self._forget_caches()
+                        results.append((job, None, exc))
+        except Exception as exc:
+            log.exception("index commit failed for a batch of %d", len(batch))
+            self._forget_caches()
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        for job, value, err in results:
+            if err is not None:
+                job.future.set_exception(err)
+            else:
+                job.future.set_result(value)
+
+    def _forget_caches(self) -> None:
+        self._study_pk.clear()
+        self._series_pk.clear()
+        self._patient_pk.clear()
+
+    def _upsert(
+        self, conn: sa.Connection, table: sa.Table, values: dict[str, Any], keys: list[str]
+    ) -> int:
+        ins = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
+        stmt = ins.values(**values).on_conflict_do_nothing(index_elements=keys)
+        pk = conn.execute(stmt.returning(table.c.id)).scalar()
+        if pk is None:
+            where = sa.and_(*(table.c[k] == values[k] for k in keys))
+            pk = conn.execute(sa.select(table.c.id).where(where)).scalar_one()
+        return int(pk)
+
+    def _parents(self, conn: sa.Connection, record: InstanceRecord, now: dt.datetime) -> int:
+        series_uid = record.series["series_instance_uid"]
+        series_pk = self._series_pk.get(series_uid)
+        if series_pk is not None:
+            return series_pk
+        study_uid = record.study["study_instance_uid"]
+        study_pk = self._study_pk.get(study_uid)
+        if study_pk is None:
+            pkey = (record.patient["patient_id"], record.patient["issuer"])
+            patient_pk = self._patient_pk.get(pkey)
+            if patient_pk is None:
+                patient_pk = self._upsert(
+                    conn, patient, {**record.patient, "created_at": now}, ["patient_id", "issuer"]
+                )
+            study_pk = self._upsert(
+                conn,
+                study,
+                {**record.study, "patient_fk": patient_pk, "created_at": now},
+                ["study_instance_uid"],
+            )
+            self._patient_pk[pkey] = patient_pk
+            self._study_pk[study_uid] = study_pk
+        series_pk = self._upsert(
+            conn,
+            series,
+            {**record.series, "study_fk": study_pk, "created_at": now},
+            ["series_instance_uid"],
+        )
+        self._series_pk[series_uid] = series_pk
+        if len(self._series_pk) > 10_000:
+            self._forget_caches()
+        return series_pk
+
+    def _insert(self, conn: sa.Connection, record: InstanceRecord) -> WriteResult:
+        now = dt.datetime.now(dt.UTC)
+        series_pk = self._parents(conn, record, now)
+        ins = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(instance)
+        stmt = ins.values(**record.instance, series_fk=series_pk, received_at=now)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+        pk = conn.execute(stmt.returning(instance.c.id)).scalar()
+        if pk is not None:
+            return WriteResult(WriteStatus.INSERTED)
+        row = conn.execute(
+            sa.select(instance).where(
+                instance.c.sop_instance_uid == record.instance["sop_instance_uid"]
+            )
+        ).one()
+        return WriteResult(WriteStatus.EXISTS, existing=dict(row._mapping))
+
+    def _replace(self, conn: sa.Connection, record: InstanceRecord) -> dict[str, Any]:
+        now = dt.datetime.now(dt.UTC)
+        uid = record.instance["sop_instance_uid"]
+        old = conn.execute(
+            sa.select(instance).where(instance.c.sop_instance_uid == uid)
+        ).one()
+        series_pk = self._parents(conn, record, now)
+        conn.execute(
+            sa.update(instance)
+            .where(instance.c.sop_instance_uid == uid)
+            .values(**record.instance, series_fk=series_pk, received_at=now)
+        )
+        return dict(old._mapping)

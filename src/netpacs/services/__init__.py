@@ -1,0 +1,1 @@
+"""Services: the use cases (ingest, query, retrieve, ...) that every adapter calls."""

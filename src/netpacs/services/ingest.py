@@ -1,0 +1,297 @@
+"""The ingest service: the one way any object enters netpacs (C-STORE, STOW-RS, import).
+
+Order of work (ARCHITECTURE.md invariants 1-3): parse the header from the bytes
+(never decoding pixel data), write the blob durably under an opaque key, then commit
+the index row; if the index refuses or fails, the blob is removed again. Outcomes
+are values (:class:`StoreOutcome`), not exceptions.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from netpacs.dicom.header import HeaderError, JsonDataset, first_int, first_str, walk_dataset
+from netpacs.dicom.part10 import FileMeta, build_file_meta, read_file_meta
+from netpacs.domain.outcomes import (
+    DuplicatePolicy,
+    InvalidReason,
+    Origin,
+    StoreOutcome,
+    StoreStatus,
+)
+from netpacs.domain.region import Region
+from netpacs.domain.uids import is_valid_uid
+from netpacs.index.writer import IndexWriter, InstanceRecord, WriteStatus
+from netpacs.storage.blobstore import BlobStore, new_blob_key
+
+log = logging.getLogger(__name__)
+
+_REQUIRED_UIDS = (
+    ("0020000D", "Study Instance UID"),
+    ("0020000E", "Series Instance UID"),
+    ("00080018", "SOP Instance UID"),
+    ("00080016", "SOP Class UID"),
+)
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: InvalidReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedObject:
+    """An object as netpacs will store and index it."""
+
+    head: bytes  # preamble + file meta
+    dataset: bytes | memoryview
+    transfer_syntax_uid: str
+    header: JsonDataset
+
+
+def parse_header(
+    dataset: bytes | memoryview, transfer_syntax_uid: str, head: bytes = b""
+) -> JsonDataset:
+    """DICOM JSON of the data set; falls back to pydicom for encodings our walker refuses."""
+    try:
+        ds, _ = walk_dataset(bytes(dataset), transfer_syntax_uid)
+        return ds
+    except HeaderError as exc:
+        walker_error = exc
+    try:
+        if head:
+            buf = io.BytesIO(head + bytes(dataset))
+            parsed = pydicom.dcmread(buf, stop_before_pixels=True)
+        else:
+            parsed = pydicom.dcmread(
+                io.BytesIO(bytes(dataset)), stop_before_pixels=True, force=True
+            )
+            parsed.file_meta = pydicom.dataset.FileMetaDataset()
+            parsed.file_meta.TransferSyntaxUID = transfer_syntax_uid
+        result: JsonDataset = parsed.to_json_dict(
+            bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "bulk:pydicom"
+        )
+        return result
+    except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
+        raise _Invalid(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc}") from None
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise _Invalid(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc!r}") from None
+
+
+def _check_uids(header: JsonDataset) -> dict[str, str]:
+    uids: dict[str, str] = {}
+    for tag, name in _REQUIRED_UIDS:
+        value = first_str(header, tag)
+        if not value:
+            raise _Invalid(InvalidReason.MISSING_UID, f"{name} ({tag[:4]},{tag[4:]}) is missing")
+        if not is_valid_uid(value):
+            raise _Invalid(InvalidReason.MALFORMED_UID, f"{name} {value!r} is malformed")
+        uids[tag] = value
+    return uids
+
+
+class IngestService:
+    def __init__(
+        self,
+        *,
+        blobs: BlobStore,
+        writer: IndexWriter,
+        region: Region,
+        ae_title: str,
+        duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
+    ) -> None:
+        self._blobs = blobs
+        self._writer = writer
+        self._region = region
+        self._ae_title = ae_title
+        self._policy = duplicate_policy
+
+    # -- entry points ----------------------------------------------------------------
+    def store_dataset(
+        self,
+        dataset: bytes | memoryview,
+        *,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        origin: Origin,
+    ) -> StoreOutcome:
+        """Store a bare data set as received over a network association (C-STORE)."""
+        try:
+            header = parse_header(dataset, transfer_syntax_uid)
+            uids = _check_uids(header)
+            if uids["00080018"] != sop_instance_uid or uids["00080016"] != sop_class_uid:
+                raise _Invalid(
+                    InvalidReason.SOP_MISMATCH,
+                    f"data set has SOP {uids['00080016']} / {uids['00080018']}, "
+                    f"command has {sop_class_uid} / {sop_instance_uid}",
+                )
+        except _Invalid as inv:
+            return self._refuse(inv, sop_instance_uid, origin)
+        head = build_file_meta(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            sending_ae_title=origin.ae_title,
+            receiving_ae_title=self._ae_title,
+        )
+        return self._store(ParsedObject(head, dataset, transfer_syntax_uid, header), origin)
+
+    def store_part10(self, data: bytes, *, origin: Origin) -> StoreOutcome:
+        """Store a DICOM Part 10 file (STOW-RS, import), kept as received but the preamble."""
+        try:
+            meta = read_file_meta(data)
+        except HeaderError as exc:
+            return self._refuse(_Invalid(InvalidReason.UNPARSABLE, str(exc)), None, origin)
+        return self.store_parsed_file(data, meta, origin=origin)
+
+    def store_parsed_file(self, data: bytes, meta: FileMeta, *, origin: Origin) -> StoreOutcome:
+        head = bytes(128) + data[128 : meta.dataset_offset]
+        dataset = memoryview(data)[meta.dataset_offset :]
+        try:
+            header = parse_header(dataset, meta.transfer_syntax_uid, head)
+            _check_uids(header)
+        except _Invalid as inv:
+            sop = meta.media_storage_sop_instance_uid or None
+            return self._refuse(inv, sop, origin)
+        return self._store(ParsedObject(head, dataset, meta.transfer_syntax_uid, header), origin)
+
+    # -- the common path ----------------------------------------------------------------
+    def _refuse(self, inv: _Invalid, sop_uid: str | None, origin: Origin) -> StoreOutcome:
+        log.warning(
+            "refused object %s from %s (%s): %s",
+            sop_uid or "(unknown SOP Instance UID)",
+            origin.ae_title or origin.user or origin.protocol.value,
+            inv.reason.name,
+            inv.detail,
+        )
+        return StoreOutcome(StoreStatus.INVALID, sop_uid, inv.detail, inv.reason)
+
+    def _store(self, obj: ParsedObject, origin: Origin) -> StoreOutcome:
+        record, crc = self._record(obj, origin)
+        sop_uid = record.instance["sop_instance_uid"]
+        key = record.instance["blob_key"]
+        try:
+            self._blobs.put(key, (obj.head, obj.dataset))
+        except OSError as exc:
+            log.error("could not write object %s to storage: %s", sop_uid, exc)
+            return StoreOutcome(StoreStatus.FAILED, sop_uid, f"storage write failed: {exc}")
+        try:
+            result = self._writer.insert(record)
+        except Exception as exc:
+            self._blobs.delete(key)
+            log.exception("index write failed for %s; blob removed", sop_uid)
+            return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
+        if result.status is WriteStatus.INSERTED:
+            return StoreOutcome(StoreStatus.STORED, sop_uid)
+        assert result.existing is not None
+        return self._duplicate(obj, record, result.existing, origin)
+
+    def _duplicate(
+        self, obj: ParsedObject, record: InstanceRecord, existing: dict[str, Any], origin: Origin
+    ) -> StoreOutcome:
+        sop_uid = record.instance["sop_instance_uid"]
+        new_key = record.instance["blob_key"]
+        if self._same_content(obj, existing):
+            self._blobs.delete(new_key)
+            return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid)
+        who = origin.ae_title or origin.user or origin.protocol.value
+        if self._policy is DuplicatePolicy.REPLACE:
+            try:
+                old = self._writer.replace(record)
+            except Exception as exc:
+                self._blobs.delete(new_key)
+                return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
+            self._blobs.delete(old["blob_key"])
+            log.warning("replaced SOP Instance %s with different content from %s", sop_uid, who)
+            return StoreOutcome(StoreStatus.REPLACED, sop_uid)
+        self._blobs.delete(new_key)
+        if self._policy is DuplicatePolicy.KEEP_FIRST:
+            log.warning("kept first copy of SOP Instance %s; ignored different content from %s",
+                        sop_uid, who)
+            return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid, "kept the first copy")
+        log.error(
+            "refused SOP Instance %s from %s: already stored with different content "
+            "(duplicate policy 'reject'; set NETPACS_DUPLICATE_POLICY to change)",
+            sop_uid,
+            who,
+        )
+        return StoreOutcome(
+            StoreStatus.CONFLICT,
+            sop_uid,
+            "this SOP Instance UID is already stored with different content",
+        )
+
+    def _same_content(self, obj: ParsedObject, existing: dict[str, Any]) -> bool:
+        size = len(obj.dataset)
+        if existing["blob_size"] - existing["dataset_offset"] != size:
+            return False
+        if existing["transfer_syntax_uid"] != obj.transfer_syntax_uid:
+            return False
+        stored = self._blobs.get_range(existing["blob_key"], existing["dataset_offset"], size)
+        return stored == bytes(obj.dataset)
+
+    def _record(self, obj: ParsedObject, origin: Origin) -> tuple[InstanceRecord, int]:
+        h = obj.header
+        crc = zlib.crc32(obj.dataset, zlib.crc32(obj.head))
+        issuer = first_str(h, "00100021") or origin.trust or ""
+        patient = {
+            "patient_id": first_str(h, "00100020"),
+            "issuer": issuer,
+            "patient_name": first_str(h, "00100010"),
+            "patient_birth_date": first_str(h, "00100030"),
+            "patient_sex": first_str(h, "00100040"),
+        }
+        study = {
+            "study_instance_uid": first_str(h, "0020000D"),
+            "study_date": first_str(h, "00080020"),
+            "study_time": first_str(h, "00080030"),
+            "accession_number": first_str(h, "00080050"),
+            "study_id": first_str(h, "00200010"),
+            "study_description": first_str(h, "00081030"),
+            "referring_physician_name": first_str(h, "00080090"),
+            "origin_trust": origin.trust,
+            "origin_site": origin.site,
+        }
+        series = {
+            "series_instance_uid": first_str(h, "0020000E"),
+            "modality": first_str(h, "00080060"),
+            "series_number": first_int(h, "00200011"),
+            "series_description": first_str(h, "0008103E"),
+            "body_part_examined": first_str(h, "00180015"),
+            "series_date": first_str(h, "00080021"),
+            "series_time": first_str(h, "00080031"),
+            "institution_name": first_str(h, "00080080"),
+            "station_name": first_str(h, "00081010"),
+        }
+        inst = {
+            "sop_instance_uid": first_str(h, "00080018"),
+            "sop_class_uid": first_str(h, "00080016"),
+            "instance_number": first_int(h, "00200013"),
+            "transfer_syntax_uid": obj.transfer_syntax_uid,
+            "content_date": first_str(h, "00080023"),
+            "content_time": first_str(h, "00080033"),
+            "image_rows": first_int(h, "00280010"),
+            "image_columns": first_int(h, "00280011"),
+            "number_of_frames": first_int(h, "00280008"),
+            "blob_key": new_blob_key(),
+            "blob_size": len(obj.head) + len(obj.dataset),
+            "blob_crc32": crc,
+            "dataset_offset": len(obj.head),
+            "metadata_json": orjson.dumps(h).decode(),
+            "origin_protocol": origin.protocol.value,
+            "origin_ae": origin.ae_title,
+            "origin_trust": origin.trust,
+            "origin_user": origin.user,
+        }
+        return InstanceRecord(patient, study, series, inst), crc
