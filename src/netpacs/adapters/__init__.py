@@ -1,0 +1,1 @@
+"""Adapters: translate protocols (DIMSE, DICOMweb, HL7) into service calls."""

@@ -1,0 +1,280 @@
+"""One DICOM association as an asyncio protocol: negotiation, message assembly, dispatch.
+
+No thread per association and no polling: bytes are parsed as they arrive, complete
+DIMSE messages go to a per-association worker task, and service calls that block
+(ingest, queries, blob reads) run in the process's thread pool. Message handlers
+are thin: they call services and map outcomes to statuses through ``status.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from netpacs.adapters.dimse import commands as c
+from netpacs.adapters.dimse import pdu as p
+from netpacs.adapters.dimse.negotiation import Negotiator
+from netpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from netpacs.domain.outcomes import Origin, Protocol
+
+log = logging.getLogger(__name__)
+
+_HDR = struct.Struct(">BBI")
+_PDV = struct.Struct(">IBB")
+
+
+@dataclass(slots=True)
+class Message:
+    context_id: int
+    command: c.Command
+    data: bytes | None
+
+
+class Association(asyncio.Protocol):
+    """The acceptor side of one association (PS3.8 state machine, acceptor states)."""
+
+    def __init__(
+        self,
+        *,
+        negotiator: Negotiator,
+        handlers: Callable[[Association], Any],
+        idle_timeout: float,
+        max_pdu_length: int,
+    ) -> None:
+        self._negotiator = negotiator
+        self._make_handlers = handlers
+        self._idle_timeout = idle_timeout
+        self.our_max_pdu = max_pdu_length
+        self.peer_max_pdu = 0
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self.established = False
+        self._closing = False
+        self.contexts: dict[int, p.AcceptedContext] = {}
+        self.calling_ae = ""
+        self.origin = Origin(Protocol.DIMSE)
+        self.peer = ""
+        self._cmd_frags: list[bytes] = []
+        self._data_frags: list[bytes] = []
+        self._pending: c.Command | None = None
+        self._pending_ctx = 0
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self.cancelled: set[int] = set()
+        self.store_waiters: dict[int, asyncio.Future[c.Command]] = {}
+        self._next_message_id = 1
+        self._last_activity = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._handlers: Any = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        self._watchdog = loop.call_later(self._idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+        buf = self._buf
+        buf += data
+        while len(buf) >= 6 and not self._closing:
+            pdu_type, _, length = _HDR.unpack_from(buf, 0)
+            if len(buf) < 6 + length:
+                if pdu_type not in (p.A_ASSOCIATE_RQ, p.P_DATA_TF, p.A_RELEASE_RQ, p.A_ABORT,
+                                    p.A_RELEASE_RP):
+                    self._abort(p.ABORT_REASON_UNRECOGNIZED_PDU, f"unknown PDU type {pdu_type}")
+                return
+            try:
+                if pdu_type == p.P_DATA_TF:
+                    self._p_data(memoryview(buf)[6 : 6 + length])
+                else:
+                    self._control_pdu(pdu_type, bytes(buf[6 : 6 + length]))
+            except (p.PDUError, c.CommandError) as exc:
+                self._abort(p.ABORT_REASON_INVALID_PARAMETER, str(exc))
+                return
+            del buf[: 6 + length]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._watchdog:
+            self._watchdog.cancel()
+        for fut in self.store_waiters.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("association closed"))
+        if self._worker is not None:
+            self._queue.put_nowait(None)
+            self._worker.cancel()
+
+    # -- PDUs --------------------------------------------------------------------------
+    def _control_pdu(self, pdu_type: int, body: bytes) -> None:
+        if pdu_type == p.A_ASSOCIATE_RQ:
+            if self.established:
+                raise p.PDUError("A-ASSOCIATE-RQ on an established association")
+            self._associate(p.decode_associate_rq(body))
+        elif pdu_type == p.A_RELEASE_RQ:
+            self._queue.put_nowait(None)  # release after the messages before it
+        elif pdu_type == p.A_ABORT:
+            log.info("association from %s (%s) aborted by peer", self.calling_ae, self.peer)
+            self._close()
+        elif pdu_type == p.A_RELEASE_RP:
+            self._close()
+        else:
+            raise p.PDUError(f"unexpected PDU type {pdu_type:#04x}")
+
+    def _associate(self, rq: p.AssociateRequest) -> None:
+        assert self.transport is not None
+        decision = self._negotiator.negotiate(rq)
+        if decision.reject is not None:
+            result, source, reason, why = decision.reject
+            log.warning(
+                "rejected association from %r to %r (%s): %s",
+                rq.calling_ae_title, rq.called_ae_title, self.peer, why,
+            )
+            self.transport.write(p.encode_associate_rj(result, source, reason))
+            self._close()
+            return
+        assert decision.origin is not None
+        self.origin = decision.origin
+        self.calling_ae = rq.calling_ae_title
+        self.peer_max_pdu = rq.max_pdu_length
+        self.contexts = {ctx.context_id: ctx for ctx in decision.contexts}
+        ac = p.AssociateAccept(
+            called_ae_title=rq.called_ae_title,
+            calling_ae_title=rq.calling_ae_title,
+            contexts=decision.contexts,
+            max_pdu_length=self.our_max_pdu,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            roles=decision.roles,
+        )
+        self.transport.write(p.encode_associate_ac(ac))
+        self.established = True
+        self._handlers = self._make_handlers(self)
+        self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    def _p_data(self, body: memoryview) -> None:
+        if not self.established:
+            raise p.PDUError("P-DATA-TF before the association was accepted")
+        pos = 0
+        n = len(body)
+        while pos < n:
+            if pos + 6 > n:
+                raise p.PDUError("truncated PDV item")
+            item_len, ctx_id, mch = _PDV.unpack_from(body, pos)
+            if item_len < 2 or pos + 4 + item_len > n:
+                raise p.PDUError("PDV item length is inconsistent with its PDU")
+            fragment = bytes(body[pos + 6 : pos + 4 + item_len])
+            pos += 4 + item_len
+            if ctx_id not in self.contexts or self.contexts[ctx_id].result != p.PC_ACCEPTANCE:
+                raise p.PDUError(f"PDV on presentation context {ctx_id}, which was not accepted")
+            if mch & 1:
+                self._cmd_frags.append(fragment)
+                if mch & 2:
+                    self._command_complete(ctx_id)
+            else:
+                if self._pending is None:
+                    raise p.PDUError("data set fragment without a command")
+                self._data_frags.append(fragment)
+                if mch & 2:
+                    data = self._data_frags[0] if len(self._data_frags) == 1 else b"".join(
+                        self._data_frags
+                    )
+                    self._data_frags = []
+                    cmd, self._pending = self._pending, None
+                    self._dispatch(Message(self._pending_ctx, cmd, data))
+
+    def _command_complete(self, ctx_id: int) -> None:
+        raw = b"".join(self._cmd_frags)
+        self._cmd_frags = []
+        cmd = c.decode_command(raw)
+        if cmd.has_data_set:
+            self._pending = cmd
+            self._pending_ctx = ctx_id
+        else:
+            self._dispatch(Message(ctx_id, cmd, None))
+
+    def _dispatch(self, msg: Message) -> None:
+        field = msg.command.field
+        if field == c.C_CANCEL_RQ:
+            self.cancelled.add(msg.command.get_int(c.MESSAGE_ID_BEING_RESPONDED_TO))
+            return
+        if field == c.C_STORE_RSP:
+            fut = self.store_waiters.pop(msg.command.get_int(c.MESSAGE_ID_BEING_RESPONDED_TO), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.command)
+            return
+        self._queue.put_nowait(msg)
+
+    async def _work(self) -> None:
+        while True:
+            msg = await self._queue.get()
+            if msg is None:
+                if not self._closing and self.transport is not None:
+                    self.transport.write(p.encode_release_rp())
+                    self._close()
+                return
+            try:
+                await self._handlers.handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "handler failed for command %#06x from %s", msg.command.field, self.calling_ae
+                )
+
+    # -- sending -----------------------------------------------------------------------
+    def send_message(self, context_id: int, command: bytes, data: bytes | memoryview | None) -> None:
+        if self.transport is None or self._closing:
+            raise ConnectionError("association is closed")
+        bufs = p.encode_p_data(context_id, command, command=True, max_pdu_length=self.peer_max_pdu)
+        if data is not None:
+            bufs += p.encode_p_data(context_id, data, command=False,
+                                    max_pdu_length=self.peer_max_pdu)
+        self.transport.writelines(bufs)
+
+    def next_message_id(self) -> int:
+        mid = self._next_message_id
+        self._next_message_id = mid % 65535 + 1
+        return mid
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    # -- closing -----------------------------------------------------------------------
+    def _abort(self, reason: int, why: str) -> None:
+        log.warning("aborting association from %s (%s): %s", self.calling_ae or "?", self.peer, why)
+        if self.transport is not None and not self._closing:
+            self.transport.write(p.encode_abort(p.ABORT_SOURCE_PROVIDER, reason))
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last_activity
+        busy = self._worker is not None and (not self._queue.empty() or self._handlers.busy)
+        if idle >= self._idle_timeout and not busy:
+            what = "association" if self.established else "A-ASSOCIATE-RQ"
+            self._abort(p.ABORT_REASON_NOT_SPECIFIED, f"no {what} activity for {idle:.0f} s")
+            return
+        self._watchdog = loop.call_later(
+            max(1.0, self._idle_timeout - idle), self._check_idle
+        )

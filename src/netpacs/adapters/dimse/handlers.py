@@ -1,0 +1,386 @@
+"""DIMSE-C service handlers: each turns one request into service calls and statuses.
+
+C-ECHO and C-STORE (PS3.4 A, B), C-FIND, C-MOVE and C-GET (PS3.4 C). Blocking work runs
+in the process's thread pool; statuses come from ``status.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydicom import Dataset
+from pynetdicom.dsutils import decode, encode
+
+from netpacs.adapters.dimse import commands as c
+from netpacs.adapters.dimse import status as st
+from netpacs.adapters.dimse.association import Association, Message
+from netpacs.adapters.dimse.negotiation import (
+    DEFLATED,
+    EXPLICIT_VR_BE,
+    IMPLICIT_VR_LE,
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STORAGE_SOP_CLASSES,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    UNCOMPRESSED,
+    VERIFICATION,
+)
+from netpacs.adapters.dimse.scu import SubOpCounts, send_to
+from netpacs.domain.region import Region
+from netpacs.services.ingest import IngestService
+from netpacs.services.query import (
+    QueryError,
+    QueryLevel,
+    QueryModel,
+    QueryService,
+    RetrieveItem,
+)
+from netpacs.services.retrieve import RetrieveService
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_MODEL = {
+    PATIENT_ROOT_FIND: QueryModel.PATIENT_ROOT,
+    PATIENT_ROOT_MOVE: QueryModel.PATIENT_ROOT,
+    PATIENT_ROOT_GET: QueryModel.PATIENT_ROOT,
+    STUDY_ROOT_FIND: QueryModel.STUDY_ROOT,
+    STUDY_ROOT_MOVE: QueryModel.STUDY_ROOT,
+    STUDY_ROOT_GET: QueryModel.STUDY_ROOT,
+}
+_FIND_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DimseServices:
+    """What the DIMSE adapter needs from the rest of netpacs (one set per process)."""
+
+    ae_title: str
+    region: Region
+    ingest: IngestService
+    query: QueryService
+    retrieve: RetrieveService
+    executor: Executor
+
+
+def _encoding(ts: str) -> tuple[bool, bool, bool]:
+    """(implicit VR, little endian, deflated) of an uncompressed transfer syntax."""
+    return ts == IMPLICIT_VR_LE, ts != EXPLICIT_VR_BE, ts == DEFLATED
+
+
+class AssociationHandlers:
+    def __init__(self, services: DimseServices, assoc: Association) -> None:
+        self.s = services
+        self.assoc = assoc
+        self.busy = False
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.s.executor, functools.partial(fn, *args, **kw))
+
+    async def handle(self, msg: Message) -> None:
+        self.busy = True
+        try:
+            field = msg.command.field
+            ctx = self.assoc.contexts[msg.context_id]
+            if field == c.C_STORE_RQ and ctx.abstract_syntax in STORAGE_SOP_CLASSES:
+                await self.c_store(msg)
+            elif field == c.C_ECHO_RQ and ctx.abstract_syntax == VERIFICATION:
+                self._reply(msg, c.C_ECHO_RSP, st.SUCCESS)
+            elif field == c.C_FIND_RQ and ctx.abstract_syntax in (PATIENT_ROOT_FIND,
+                                                                  STUDY_ROOT_FIND):
+                await self.c_find(msg)
+            elif field == c.C_MOVE_RQ and ctx.abstract_syntax in (PATIENT_ROOT_MOVE,
+                                                                  STUDY_ROOT_MOVE):
+                await self.c_move(msg)
+            elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET,
+                                                                 STUDY_ROOT_GET):
+                await self.c_get(msg)
+            else:
+                rsp = field | 0x8000 if field < 0x8000 else field
+                self._reply(msg, rsp, st.UNRECOGNIZED_OPERATION,
+                            comment=f"command {field:#06x} is not supported on this context")
+        finally:
+            self.busy = False
+
+    def _reply(
+        self,
+        msg: Message,
+        rsp_field: int,
+        status: int,
+        *,
+        comment: str | None = None,
+        sop_instance_uid: str | None = None,
+        identifier: bytes | None = None,
+        counts: tuple[int, int, int, int] | None = None,
+    ) -> None:
+        if self.assoc.closed:
+            return
+        cmd = c.response(
+            msg.command,
+            rsp_field,
+            status,
+            sop_instance_uid=sop_instance_uid,
+            has_data_set=identifier is not None,
+            error_comment=comment,
+            counts=counts,
+        )
+        self.assoc.send_message(msg.context_id, cmd, identifier)
+
+    # -- C-STORE -----------------------------------------------------------------------
+    async def c_store(self, msg: Message) -> None:
+        cmd = msg.command
+        sop_class = cmd.get_str(c.AFFECTED_SOP_CLASS_UID)
+        sop_instance = cmd.get_str(c.AFFECTED_SOP_INSTANCE_UID)
+        ctx = self.assoc.contexts[msg.context_id]
+        if sop_class != ctx.abstract_syntax:
+            self._reply(msg, c.C_STORE_RSP, st.SOP_CLASS_NOT_SUPPORTED, sop_instance_uid=sop_instance,
+                        comment="SOP Class differs from the presentation context")
+            return
+        assert msg.data is not None
+        outcome = await self._run(
+            self.s.ingest.store_dataset,
+            msg.data,
+            transfer_syntax_uid=ctx.transfer_syntax,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            origin=self.assoc.origin,
+        )
+        status = st.store_status(outcome)
+        self._reply(msg, c.C_STORE_RSP, status, sop_instance_uid=sop_instance,
+                    comment=outcome.message or None if status else None)
+
+    # -- identifiers -------------------------------------------------------------------
+    def _identifier(self, msg: Message) -> tuple[dict[str, Any], QueryLevel, QueryModel]:
+        ctx = self.assoc.contexts[msg.context_id]
+        if msg.data is None:
+            raise QueryError("the request has no identifier")
+        implicit, little, deflated = _encoding(ctx.transfer_syntax)
+        try:
+            ds = decode(io.BytesIO(msg.data), implicit, little, deflated)
+            ident: dict[str, Any] = ds.to_json_dict()
+        except Exception as exc:
+            raise QueryError(f"the identifier cannot be decoded: {exc}") from None
+        level_el = ident.get("00080052", {}).get("Value") or [""]
+        level_name = str(level_el[0]).strip().upper()
+        try:
+            level = QueryLevel(level_name)
+        except ValueError:
+            raise QueryError(f"Query/Retrieve Level {level_name!r} is not valid") from None
+        return ident, level, _MODEL[ctx.abstract_syntax]
+
+    def _encode_identifier(self, msg: Message, result: dict[str, Any]) -> bytes:
+        ctx = self.assoc.contexts[msg.context_id]
+        implicit, little, deflated = _encoding(ctx.transfer_syntax)
+        encoded = encode(Dataset.from_json(result), implicit, little, deflated)
+        if encoded is None:
+            raise ValueError("response identifier could not be encoded")
+        return encoded
+
+    # -- C-FIND ------------------------------------------------------------------------
+    async def c_find(self, msg: Message) -> None:
+        try:
+            ident, level, model = self._identifier(msg)
+        except QueryError as exc:
+            self._reply(msg, c.C_FIND_RSP, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
+            return
+        results: Iterator[dict[str, Any]] | None = None
+        try:
+            results = await self._run(self.s.query.find, ident, level=level, model=model)
+            while True:
+                batch = await self._run(_take, results, _FIND_BATCH, self._encoder(msg))
+                for encoded in batch:
+                    if msg.command.message_id in self.assoc.cancelled:
+                        self.assoc.cancelled.discard(msg.command.message_id)
+                        self._reply(msg, c.C_FIND_RSP, st.CANCEL)
+                        return
+                    self._reply(msg, c.C_FIND_RSP, st.PENDING, identifier=encoded)
+                if len(batch) < _FIND_BATCH or self.assoc.closed:
+                    break
+                await asyncio.sleep(0)
+        except QueryError as exc:
+            self._reply(msg, c.C_FIND_RSP, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
+            return
+        except Exception as exc:
+            log.exception("C-FIND from %s failed", self.assoc.calling_ae)
+            self._reply(msg, c.C_FIND_RSP, st.CANNOT_UNDERSTAND, comment=f"query failed: {exc}")
+            return
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                await self._run(close)
+        self._reply(msg, c.C_FIND_RSP, st.SUCCESS)
+
+    def _encoder(self, msg: Message) -> Callable[[dict[str, Any]], bytes]:
+        return functools.partial(self._encode_identifier, msg)
+
+    # -- C-MOVE ------------------------------------------------------------------------
+    async def _select(self, msg: Message, rsp: int) -> list[RetrieveItem] | None:
+        try:
+            ident, level, model = self._identifier(msg)
+            if level is QueryLevel.PATIENT and model is QueryModel.STUDY_ROOT:
+                raise QueryError("PATIENT level is not valid in the Study Root model")
+            return await self._run(self.s.retrieve.select, ident, level=level, model=model)
+        except QueryError as exc:
+            self._reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
+        except Exception as exc:
+            log.exception("retrieve selection failed")
+            self._reply(msg, rsp, st.OUT_OF_RESOURCES_MATCHES, comment=f"cannot select: {exc}")
+        return None
+
+    def _final(self, msg: Message, rsp: int, counts: SubOpCounts, cancelled: bool) -> None:
+        if cancelled:
+            status = st.CANCEL
+        elif counts.failed or counts.warning:
+            status = st.WARNING_SUBOPS
+        else:
+            status = st.SUCCESS
+        remaining = counts.remaining if cancelled else -1
+        self._reply(msg, rsp, status, counts=(remaining, counts.completed, counts.failed,
+                                              counts.warning))
+
+    async def c_move(self, msg: Message) -> None:
+        dest_title = msg.command.get_str(c.MOVE_DESTINATION)
+        dest = self.s.region.ae(dest_title)
+        if dest is None or dest.port is None:
+            self._reply(msg, c.C_MOVE_RSP, st.MOVE_DESTINATION_UNKNOWN,
+                        comment=f"move destination {dest_title!r} is not a known AE with a port")
+            return
+        items = await self._select(msg, c.C_MOVE_RSP)
+        if items is None:
+            return
+        loop = asyncio.get_running_loop()
+        mid = msg.command.message_id
+
+        def progress(counts: SubOpCounts) -> None:
+            if counts.remaining:
+                loop.call_soon_threadsafe(
+                    self._reply, msg, c.C_MOVE_RSP, st.PENDING, counts=counts.as_tuple()
+                )
+
+        try:
+            counts = await self._run(
+                send_to,
+                dest,
+                our_ae_title=self.s.ae_title,
+                items=items,
+                retrieve=self.s.retrieve,
+                originator=(self.assoc.calling_ae, mid),
+                progress=progress,
+                cancelled=lambda: mid in self.assoc.cancelled or self.assoc.closed,
+            )
+        except ConnectionError as exc:
+            self._reply(msg, c.C_MOVE_RSP, st.OUT_OF_RESOURCES_SUBOPS, comment=str(exc))
+            return
+        cancelled = mid in self.assoc.cancelled
+        self.assoc.cancelled.discard(mid)
+        self._final(msg, c.C_MOVE_RSP, counts, cancelled)
+
+    # -- C-GET -------------------------------------------------------------------------
+    async def c_get(self, msg: Message) -> None:
+        items = await self._select(msg, c.C_GET_RSP)
+        if items is None:
+            return
+        mid = msg.command.message_id
+        counts = SubOpCounts(remaining=len(items))
+        cancelled = False
+        for item in items:
+            if mid in self.assoc.cancelled:
+                cancelled = True
+                self.assoc.cancelled.discard(mid)
+                break
+            if self.assoc.closed:
+                return
+            result = await self._get_one(item, mid)
+            counts.remaining -= 1
+            if result is None:
+                counts.failed += 1
+            elif result:
+                counts.completed += 1
+            else:
+                counts.warning += 1
+            if counts.remaining:
+                self._reply(msg, c.C_GET_RSP, st.PENDING, counts=counts.as_tuple())
+        self._final(msg, c.C_GET_RSP, counts, cancelled)
+
+    def _get_context(self, item: RetrieveItem) -> tuple[int, str] | None:
+        best: tuple[int, str] | None = None
+        for ctx in self.assoc.contexts.values():
+            if ctx.result != 0 or ctx.abstract_syntax != item.sop_class_uid:
+                continue
+            if ctx.transfer_syntax == item.transfer_syntax_uid:
+                return ctx.context_id, ctx.transfer_syntax
+            if item.transfer_syntax_uid in UNCOMPRESSED and ctx.transfer_syntax in UNCOMPRESSED:
+                best = (ctx.context_id, ctx.transfer_syntax)
+        return best
+
+    async def _get_one(self, item: RetrieveItem, originator_id: int) -> bool | None:
+        chosen = self._get_context(item)
+        if chosen is None:
+            log.warning("C-GET: requestor accepted no context for %s in %s",
+                        item.sop_class_uid, item.transfer_syntax_uid)
+            return None
+        ctx_id, ts = chosen
+        try:
+            data = await self._run(self.s.retrieve.dataset_bytes, item)
+            if ts != item.transfer_syntax_uid:
+                data = await self._run(_transcode, data, item.transfer_syntax_uid, ts)
+        except Exception as exc:
+            log.warning("C-GET: cannot read %s: %s", item.sop_instance_uid, exc)
+            return None
+        message_id = self.assoc.next_message_id()
+        cmd = c.encode_command({
+            c.AFFECTED_SOP_CLASS_UID: item.sop_class_uid,
+            c.COMMAND_FIELD: c.C_STORE_RQ,
+            c.MESSAGE_ID: message_id,
+            c.PRIORITY: 0,
+            c.COMMAND_DATA_SET_TYPE: c.HAS_DATA_SET,
+            c.AFFECTED_SOP_INSTANCE_UID: item.sop_instance_uid,
+            c.MOVE_ORIGINATOR_AE: self.assoc.calling_ae or " ",
+            c.MOVE_ORIGINATOR_MESSAGE_ID: originator_id,
+        })
+        fut: asyncio.Future[c.Command] = asyncio.get_running_loop().create_future()
+        self.assoc.store_waiters[message_id] = fut
+        try:
+            self.assoc.send_message(ctx_id, cmd, data)
+            rsp = await asyncio.wait_for(fut, timeout=120)
+        except (ConnectionError, TimeoutError) as exc:
+            log.warning("C-GET sub-operation for %s failed: %s", item.sop_instance_uid, exc)
+            self.assoc.store_waiters.pop(message_id, None)
+            return None
+        code = rsp.get_int(c.STATUS, 0xFFFF)
+        if code == 0:
+            return True
+        if code in (0xB000, 0xB006, 0xB007):
+            return False
+        return None
+
+
+def _take(
+    results: Iterator[dict[str, Any]], n: int, encoder: Callable[[dict[str, Any]], bytes]
+) -> list[bytes]:
+    out: list[bytes] = []
+    for result in results:
+        out.append(encoder(result))
+        if len(out) >= n:
+            break
+    return out
+
+
+def _transcode(data: bytes, from_ts: str, to_ts: str) -> bytes:
+    """Re-encode an uncompressed data set in another uncompressed transfer syntax."""
+    ds = decode(io.BytesIO(data), *_encoding(from_ts))
+    out = encode(ds, *_encoding(to_ts))
+    if out is None:
+        raise ValueError(f"cannot re-encode from {from_ts} to {to_ts}")
+    return out

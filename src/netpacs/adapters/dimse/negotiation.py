@@ -1,0 +1,102 @@
+"""Association negotiation: who may associate, which contexts and roles are accepted.
+
+PS3.8 9.3.2-9.3.4 and PS3.7 D.3.3.4 (SCP/SCU role selection, needed for C-GET).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom.sop_class import _STORAGE_CLASSES
+
+from netpacs.adapters.dimse import pdu as p
+from netpacs.domain.outcomes import Origin, Protocol
+from netpacs.domain.region import Region
+
+VERIFICATION = "1.2.840.10008.1.1"
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+QUERY_RETRIEVE = frozenset(
+    {PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_FIND, STUDY_ROOT_MOVE,
+     STUDY_ROOT_GET}
+)
+STORAGE_SOP_CLASSES = frozenset(str(uid) for uid in _STORAGE_CLASSES.values())
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, DEFLATED, EXPLICIT_VR_BE)
+# Every transfer syntax pydicom knows (including HTJ2K, JPEG-LS, JPEG 2000, RLE, video):
+# objects are stored as received, so any encoding a sender offers is acceptable.
+STORAGE_TRANSFER_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)
+
+
+@dataclass(slots=True)
+class Decision:
+    reject: tuple[int, int, int, str] | None = None  # result, source, reason, why
+    origin: Origin | None = None
+    contexts: list[p.AcceptedContext] = field(default_factory=list)
+    roles: list[p.RoleSelection] = field(default_factory=list)
+
+
+class Negotiator:
+    def __init__(self, *, region: Region, ae_title: str, reject_unknown_calling_ae: bool) -> None:
+        self._region = region
+        self._ae_title = ae_title
+        self._reject_unknown = reject_unknown_calling_ae
+
+    def negotiate(self, rq: p.AssociateRequest) -> Decision:
+        if rq.application_context != p.APPLICATION_CONTEXT:
+            return Decision(reject=(p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_APP_CONTEXT,
+                                    f"application context {rq.application_context!r}"))
+        if rq.called_ae_title != self._ae_title:
+            return Decision(reject=(p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_CALLED_AE,
+                                    f"called AE title is not {self._ae_title!r}"))
+        ae = self._region.ae(rq.calling_ae_title)
+        if ae is None and self._reject_unknown:
+            return Decision(reject=(p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_CALLING_AE,
+                                    "calling AE title is not in the region file"))
+        origin = Origin(
+            Protocol.DIMSE,
+            ae_title=rq.calling_ae_title,
+            trust=ae.trust if ae else None,
+            site=ae.site if ae else None,
+        )
+        decision = Decision(origin=origin)
+        for ctx in rq.contexts:
+            decision.contexts.append(self._context(ctx))
+        storage_requested = {
+            ctx.abstract_syntax
+            for ctx, acc in zip(rq.contexts, decision.contexts, strict=True)
+            if acc.result == p.PC_ACCEPTANCE
+        }
+        for role in rq.roles:
+            if role.sop_class_uid in storage_requested:
+                is_storage = role.sop_class_uid in STORAGE_SOP_CLASSES
+                decision.roles.append(
+                    p.RoleSelection(role.sop_class_uid, role.scu_role, role.scp_role and is_storage)
+                )
+        return decision
+
+    def _context(self, ctx: p.ProposedContext) -> p.AcceptedContext:
+        abstract = ctx.abstract_syntax
+        if abstract in STORAGE_SOP_CLASSES:
+            allowed: frozenset[str] | tuple[str, ...] = STORAGE_TRANSFER_SYNTAXES
+        elif abstract == VERIFICATION or abstract in QUERY_RETRIEVE:
+            allowed = UNCOMPRESSED
+        else:
+            return p.AcceptedContext(ctx.context_id, p.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED,
+                                     IMPLICIT_VR_LE, abstract)
+        offered = [ts for ts in ctx.transfer_syntaxes if ts in allowed]
+        # Big endian is retired (PS3.5 A.3): take it only when nothing else is offered.
+        offered.sort(key=lambda ts: ts == EXPLICIT_VR_BE)
+        if not offered:
+            return p.AcceptedContext(ctx.context_id, p.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
+                                     IMPLICIT_VR_LE, abstract)
+        return p.AcceptedContext(ctx.context_id, p.PC_ACCEPTANCE, offered[0], abstract)

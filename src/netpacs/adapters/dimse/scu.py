@@ -1,0 +1,141 @@
+"""Outbound C-STORE sub-operations for C-MOVE, with pynetdicom as the association requestor.
+
+Speed matters less here than on the receive path, so pynetdicom is kept: files are
+sent from the blob store without being decoded (pynetdicom's chunked file sending)
+unless the destination accepts only another uncompressed transfer syntax.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pynetdicom import AE, _config
+from pynetdicom.presentation import build_context
+
+from netpacs.adapters.dimse.negotiation import EXPLICIT_VR_LE, IMPLICIT_VR_LE, UNCOMPRESSED
+from netpacs.domain.region import ApplicationEntity
+from netpacs.services.query import RetrieveItem
+from netpacs.services.retrieve import RetrieveService
+
+log = logging.getLogger(__name__)
+
+_MAX_CONTEXTS = 128
+
+
+@dataclass(slots=True)
+class SubOpCounts:
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] | None = None
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return self.remaining, self.completed, self.failed, self.warning
+
+
+def _contexts(items: list[RetrieveItem]) -> list[tuple[str, list[str]]]:
+    wanted: dict[str, list[str]] = {}
+    for item in items:
+        syntaxes = wanted.setdefault(item.sop_class_uid, [])
+        candidates = [item.transfer_syntax_uid]
+        if item.transfer_syntax_uid in UNCOMPRESSED:
+            candidates += [EXPLICIT_VR_LE, IMPLICIT_VR_LE]
+        for ts in candidates:
+            if ts not in syntaxes:
+                syntaxes.append(ts)
+    return list(wanted.items())[:_MAX_CONTEXTS]
+
+
+def send_to(
+    destination: ApplicationEntity,
+    *,
+    our_ae_title: str,
+    items: list[RetrieveItem],
+    retrieve: RetrieveService,
+    originator: tuple[str, int],
+    progress: Callable[[SubOpCounts], None],
+    cancelled: Callable[[], bool],
+) -> SubOpCounts:
+    """C-STORE every item to ``destination``; report progress after each sub-operation."""
+    counts = SubOpCounts(remaining=len(items), failed_uids=[])
+    assert counts.failed_uids is not None
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send files as stored, never decoded
+    ae = AE(ae_title=our_ae_title)
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.network_timeout = 60
+    ae.requested_contexts = [build_context(cls, ts) for cls, ts in _contexts(items)]
+    assert destination.port is not None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        raise ConnectionError(
+            f"could not associate with {destination.ae_title} at "
+            f"{destination.host}:{destination.port}"
+        )
+    try:
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for item in items:
+            if cancelled() or not assoc.is_established:
+                break
+            ok = _send_one(assoc, item, retrieve, originator)
+            counts.remaining -= 1
+            if ok is None:
+                counts.failed += 1
+                counts.failed_uids.append(item.sop_instance_uid)
+            elif ok:
+                counts.completed += 1
+            else:
+                counts.warning += 1
+            progress(counts)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return counts
+
+
+def _send_one(
+    assoc: object, item: RetrieveItem, retrieve: RetrieveService, originator: tuple[str, int]
+) -> bool | None:
+    """True on success, False on a warning status, None on failure."""
+    accepted = [
+        cx
+        for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
+        if cx.abstract_syntax == item.sop_class_uid
+    ]
+    if not accepted:
+        log.warning("destination accepted no context for %s", item.sop_class_uid)
+        return None
+    exact = any(cx.transfer_syntax[0] == item.transfer_syntax_uid for cx in accepted)
+    try:
+        with retrieve.as_file(item) as path:
+            if exact:
+                payload: object = path
+            elif item.transfer_syntax_uid in UNCOMPRESSED:
+                payload = dcmread(path)  # pynetdicom converts between uncompressed syntaxes
+            else:
+                log.warning(
+                    "destination does not accept %s for %s; decompression is not offered",
+                    item.transfer_syntax_uid, item.sop_instance_uid,
+                )
+                return None
+            status = assoc.send_c_store(  # type: ignore[attr-defined]
+                payload, originator_aet=originator[0], originator_id=originator[1]
+            )
+    except Exception as exc:
+        log.warning("C-STORE sub-operation for %s failed: %s", item.sop_instance_uid, exc)
+        return None
+    code = getattr(status, "Status", None)
+    if code is None:
+        return None
+    if code == 0:
+        return True
+    if code in (0xB000, 0xB007, 0xB006):
+        return False
+    return None

@@ -1,0 +1,44 @@
+"""The one mapping from service outcomes to DIMSE statuses (PS3.4 B.2.3, C.4, PS3.7 C)."""
+
+from __future__ import annotations
+
+from netpacs.domain.outcomes import InvalidReason, StoreOutcome, StoreStatus
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+WARNING_SUBOPS = 0xB000  # C-MOVE/C-GET: one or more sub-operations failed
+DUPLICATE_SOP_INSTANCE = 0x0111
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+UNRECOGNIZED_OPERATION = 0x0211
+OUT_OF_RESOURCES = 0xA700
+OUT_OF_RESOURCES_MATCHES = 0xA701
+OUT_OF_RESOURCES_SUBOPS = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+# netpacs-specific codes within the "Cannot understand" range (PS3.4 B.2.3: C000-CFFF)
+MISSING_UID = 0xC001
+MALFORMED_UID = 0xC002
+
+_INVALID: dict[InvalidReason, int] = {
+    InvalidReason.UNPARSABLE: CANNOT_UNDERSTAND,
+    InvalidReason.MISSING_UID: MISSING_UID,
+    InvalidReason.MALFORMED_UID: MALFORMED_UID,
+    InvalidReason.SOP_MISMATCH: IDENTIFIER_DOES_NOT_MATCH,
+}
+
+_STORE: dict[StoreStatus, int] = {
+    StoreStatus.STORED: SUCCESS,
+    StoreStatus.ALREADY_STORED: SUCCESS,
+    StoreStatus.REPLACED: SUCCESS,
+    StoreStatus.CONFLICT: DUPLICATE_SOP_INSTANCE,
+    StoreStatus.FAILED: OUT_OF_RESOURCES,
+}
+
+
+def store_status(outcome: StoreOutcome) -> int:
+    """The C-STORE-RSP status for an ingest outcome."""
+    if outcome.status is StoreStatus.INVALID:
+        return _INVALID.get(outcome.reason or InvalidReason.UNPARSABLE, CANNOT_UNDERSTAND)
+    return _STORE[outcome.status]
