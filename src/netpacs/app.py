@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from netpacs.config import Settings
 from netpacs.domain.region import Region, load_region
 from netpacs.index.db import make_engine, migrate
+from netpacs.index.schema import instance
 from netpacs.index.writer import IndexWriter
 from netpacs.services.ingest import IngestService
 from netpacs.storage.fs import FileSystemBlobStore
@@ -43,7 +44,32 @@ def prepare(settings: Settings) -> None:
     """One-time start-up work done before any worker starts: directories, migrations."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.effective_database_url)
-    FileSystemBlobStore(settings.blob_dir).clear_temporary()
+    recover_pending_writes(settings)
+
+
+def recover_pending_writes(settings: Settings) -> None:
+    """Finish or discard blob writes a crash interrupted (see FileSystemBlobStore.put).
+
+    A pending write with an index row was acknowledged: it is renamed into place. One
+    without was never acknowledged: it is removed.
+    """
+    blobs = FileSystemBlobStore(settings.blob_dir)
+    pending = blobs.pending_keys()
+    if not pending:
+        return
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with engine.connect() as conn:
+            indexed = set(
+                conn.execute(
+                    sa.select(instance.c.blob_key).where(instance.c.blob_key.in_(pending))
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+    for key in pending:
+        blobs.finish_pending(key, complete=key in indexed)
+    log.warning("recovered %d interrupted writes (%d kept)", len(pending), len(indexed))
 
 
 def build_archive(settings: Settings) -> Archive:

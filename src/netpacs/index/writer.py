@@ -67,6 +67,7 @@ class IndexWriter:
         self._study_pk: dict[str, int] = {}
         self._series_pk: dict[str, int] = {}
         self._patient_pk: dict[tuple[str, str], int] = {}
+        self._statements = _Statements(self._dialect)
         self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
         self._thread.start()
 
@@ -116,7 +117,15 @@ class IndexWriter:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             with self._engine.begin() as conn:
-                for job in batch:
+                if len(batch) == 1:  # no savepoint needed: the job is the transaction
+                    job = batch[0]
+                    try:
+                        results.append((job, job.run(conn), None))
+                    except Exception as exc:
+                        conn.rollback()
+                        self._forget_caches()
+                        results.append((job, None, exc))
+                for job in batch if len(batch) > 1 else ():
                     savepoint = conn.begin_nested()
                     try:
                         value = job.run(conn)
@@ -143,15 +152,12 @@ class IndexWriter:
         self._series_pk.clear()
         self._patient_pk.clear()
 
-    def _upsert(
-        self, conn: sa.Connection, table: sa.Table, values: dict[str, Any], keys: list[str]
-    ) -> int:
-        ins = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(table)
-        stmt = ins.values(**values).on_conflict_do_nothing(index_elements=keys)
-        pk = conn.execute(stmt.returning(table.c.id)).scalar()
+    def _upsert(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> int:
+        stmts = self._statements
+        pk = conn.execute(stmts.insert[table.name], values).scalar()
         if pk is None:
-            where = sa.and_(*(table.c[k] == values[k] for k in keys))
-            pk = conn.execute(sa.select(table.c.id).where(where)).scalar_one()
+            keys = {k: values[k] for k in stmts.keys[table.name]}
+            pk = conn.execute(stmts.select_pk[table.name], keys).scalar_one()
         return int(pk)
 
     def _parents(self, conn: sa.Connection, record: InstanceRecord, now: dt.datetime) -> int:
@@ -165,22 +171,14 @@ class IndexWriter:
             pkey = (record.patient["patient_id"], record.patient["issuer"])
             patient_pk = self._patient_pk.get(pkey)
             if patient_pk is None:
-                patient_pk = self._upsert(
-                    conn, patient, {**record.patient, "created_at": now}, ["patient_id", "issuer"]
-                )
+                patient_pk = self._upsert(conn, patient, {**record.patient, "created_at": now})
             study_pk = self._upsert(
-                conn,
-                study,
-                {**record.study, "patient_fk": patient_pk, "created_at": now},
-                ["study_instance_uid"],
+                conn, study, {**record.study, "patient_fk": patient_pk, "created_at": now}
             )
             self._patient_pk[pkey] = patient_pk
             self._study_pk[study_uid] = study_pk
         series_pk = self._upsert(
-            conn,
-            series,
-            {**record.series, "study_fk": study_pk, "created_at": now},
-            ["series_instance_uid"],
+            conn, series, {**record.series, "study_fk": study_pk, "created_at": now}
         )
         self._series_pk[series_uid] = series_pk
         if len(self._series_pk) > 10_000:
@@ -190,10 +188,8 @@ class IndexWriter:
     def _insert(self, conn: sa.Connection, record: InstanceRecord) -> WriteResult:
         now = dt.datetime.now(dt.UTC)
         series_pk = self._parents(conn, record, now)
-        ins = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(instance)
-        stmt = ins.values(**record.instance, series_fk=series_pk, received_at=now)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-        pk = conn.execute(stmt.returning(instance.c.id)).scalar()
+        params = {**record.instance, "series_fk": series_pk, "received_at": now}
+        pk = conn.execute(self._statements.insert["instance"], params).scalar()
         if pk is not None:
             return WriteResult(WriteStatus.INSERTED)
         row = conn.execute(
@@ -216,3 +212,28 @@ class IndexWriter:
             .values(**record.instance, series_fk=series_pk, received_at=now)
         )
         return dict(old._mapping)
+
+
+class _Statements:
+    """Insert statements built once, executed with parameters (compiled-cache hits)."""
+
+    _UNIQUE = {
+        "patient": ["patient_id", "issuer"],
+        "study": ["study_instance_uid"],
+        "series": ["series_instance_uid"],
+        "instance": ["sop_instance_uid"],
+    }
+
+    def __init__(self, dialect: str) -> None:
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.keys = self._UNIQUE
+        self.insert: dict[str, Any] = {}
+        self.select_pk: dict[str, sa.Select[Any]] = {}
+        for table in (patient, study, series, instance):
+            cols = [c.name for c in table.columns if c.name != "id"]
+            stmt = make(table).values({c: sa.bindparam(c) for c in cols})
+            self.insert[table.name] = stmt.on_conflict_do_nothing(
+                index_elements=self._UNIQUE[table.name]
+            ).returning(table.c.id)
+            where = sa.and_(*(table.c[k] == sa.bindparam(k) for k in self._UNIQUE[table.name]))
+            self.select_pk[table.name] = sa.select(table.c.id).where(where)

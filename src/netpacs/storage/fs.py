@@ -1,4 +1,4 @@
-"""Filesystem BlobStore: temp file, fsync, rename, fsync directory."""
+"""Filesystem BlobStore: temp file, fsync, rename; crash recovery finishes the renames."""
 
 from __future__ import annotations
 
@@ -11,34 +11,38 @@ from typing import BinaryIO
 from netpacs.storage.blobstore import BlobNotFound
 
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+_FANOUT = 16**3
 
 
 class FileSystemBlobStore:
-    """Blobs in ``root/ab/cd/abcd...`` (two levels of fan-out on the opaque key)."""
+    """Blobs in ``root/abc/abcd...``: 4,096 fan-out directories on the opaque key.
+
+    The directories are all made (and fsynced) once, when the store is first opened,
+    so that storing an object never has to make a directory durable.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._tmp = root / "tmp"
+        marker = root / ".layout-v1"
+        if not marker.exists():
+            self._make_layout(marker)
+
+    def _make_layout(self, marker: Path) -> None:
         self._tmp.mkdir(parents=True, exist_ok=True)
-        self._known_dirs: set[Path] = set()
+        for i in range(_FANOUT):
+            (self.root / f"{i:03x}").mkdir(exist_ok=True)
+        os.sync()
+        marker.write_text("fan-out: 3 hex digits\n")
+        _fsync_dir(self.root)
 
     def _path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
             raise ValueError(f"not a blob key: {key!r}")
-        return self.root / key[:2] / key[2:4] / key
-
-    def _ensure_dir(self, d: Path) -> None:
-        if d in self._known_dirs:
-            return
-        if not d.is_dir():
-            d.mkdir(parents=True, exist_ok=True)
-            for parent in (d.parent, self.root):
-                _fsync_dir(parent)
-        self._known_dirs.add(d)
+        return self.root / key[:3] / key
 
     def put(self, key: str, chunks: Iterable[bytes | memoryview]) -> int:
         final = self._path(key)
-        self._ensure_dir(final.parent)
         tmp = self._tmp / f"{key}.part"
         size = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
@@ -55,8 +59,11 @@ class FileSystemBlobStore:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
+        # The rename is not fsynced here (a directory fsync per object costs more than
+        # the data itself). After a power loss an acknowledged object may still sit
+        # under tmp/; recover_pending() finishes its rename, because its index row
+        # proves it was complete.
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
         return size
 
     def get(self, key: str) -> bytes:
@@ -83,24 +90,30 @@ class FileSystemBlobStore:
         return self._path(key).is_file()
 
     def keys(self) -> Iterator[str]:
-        for a in sorted(self.root.iterdir()):
-            if a == self._tmp or not a.is_dir():
-                continue
-            for b in sorted(a.iterdir()):
-                for f in sorted(b.iterdir()):
-                    if _KEY_RE.match(f.name):
-                        yield f.name
+        for i in range(_FANOUT):
+            for f in sorted((self.root / f"{i:03x}").iterdir()):
+                if _KEY_RE.match(f.name):
+                    yield f.name
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
-    def clear_temporary(self) -> int:
-        """Remove partial writes a crash left behind; return how many."""
-        n = 0
-        for f in self._tmp.iterdir():
-            f.unlink(missing_ok=True)
-            n += 1
-        return n
+    def pending_keys(self) -> list[str]:
+        """Keys of writes whose rename may not have reached the disk (after a crash)."""
+        return [f.name.removesuffix(".part") for f in self._tmp.iterdir()
+                if f.name.endswith(".part")]
+
+    def finish_pending(self, key: str, *, complete: bool) -> None:
+        """Rename a complete pending write into place (and make it durable), or drop it."""
+        tmp = self._tmp / f"{key}.part"
+        if not complete:
+            tmp.unlink(missing_ok=True)
+            return
+        final = self._path(key)
+        if tmp.exists():
+            os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        _fsync_dir(self._tmp)
 
 
 def _fsync_dir(d: Path) -> None:
