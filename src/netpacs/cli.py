@@ -1,0 +1,407 @@
+"""The ``netpacs`` command: serve, import, verify and reindex (a composition root each).
+
+Settings are read only through :func:`netpacs.config.load_settings` (NETPACS_*
+variables and the TOML file named by NETPACS_CONFIG). Exit status: 0 success, 1 when
+some object was refused, failed or found damaged, 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import getpass
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Never
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from netpacs import __version__
+from netpacs.app import Archive, build_archive, prepare
+from netpacs.config import Settings, load_settings
+from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
+from netpacs.domain.region import RegionError, load_region
+from netpacs.index.db import make_engine, migrate
+from netpacs.services.ingest import IngestService
+from netpacs.services.maintenance import (
+    ReindexReport,
+    ReindexStatus,
+    VerifyReport,
+    clear_index,
+    reindex,
+    run_bounded,
+    verify,
+)
+
+log = logging.getLogger("netpacs.cli")
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+DEFAULT_SWEEP_AGE = 3600.0
+
+Command = Callable[[argparse.Namespace, Settings, argparse.ArgumentParser], int]
+
+
+# -- shared ------------------------------------------------------------------------------
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Alembic reports every "no migration to run" at INFO; only its problems matter here.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _prepare_index(settings: Settings) -> None:
+    """Data directory and schema, for commands that may run beside a live server.
+
+    Not ``app.prepare``: its recovery of interrupted writes would discard the in-flight
+    writes of a running server.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.effective_database_url)
+
+
+class _ProgressBars:
+    """A maintenance ProgressCallback drawing one tqdm bar per phase (only on a terminal)."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, tqdm[Never]] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        bar = self._bars.get(phase)
+        if bar is None:
+            for other in self._bars.values():
+                other.close()
+            bar = tqdm(desc=phase, total=total, unit="blob", disable=None)
+            self._bars[phase] = bar
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return None
+
+
+# -- serve -------------------------------------------------------------------------------
+
+
+def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
+    from netpacs.adapters.dimse.server import serve_forever
+
+    prepare(settings)
+    serve_forever(settings)
+    return EXIT_OK
+
+
+# -- import ------------------------------------------------------------------------------
+
+
+def _walk(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every file under ``paths`` (recursively, in name order, not following links)."""
+    for path in paths:
+        if not path.is_dir():
+            yield path
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                yield Path(root) / name
+
+
+def _import_one(ingest: IngestService, path: Path, origin: Origin) -> StoreOutcome:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return StoreOutcome(StoreStatus.FAILED, None, f"could not read the file: {exc}")
+    try:
+        return ingest.store_part10(data, origin=origin)
+    except Exception as exc:  # one bad file must not stop the import
+        log.exception("unexpected error storing %s", path)
+        return StoreOutcome(StoreStatus.FAILED, None, f"unexpected error: {exc!r}")
+
+
+def refusal_group(outcome: StoreOutcome) -> str:
+    """A reason shared by many files, for the summary (details are printed per file)."""
+    if outcome.status is StoreStatus.CONFLICT:
+        return "SOP Instance UID already stored with different content"
+    if outcome.status is StoreStatus.FAILED:
+        return outcome.message.split(":", 1)[0]
+    if outcome.reason is InvalidReason.UNPARSABLE:
+        return outcome.message.split(";", 1)[0]
+    if outcome.reason is InvalidReason.MISSING_UID:
+        return outcome.message
+    return outcome.reason.value if outcome.reason else outcome.message
+
+
+@dataclass
+class ImportSummary:
+    files: int = 0
+    by_status: collections.Counter[StoreStatus] = field(default_factory=collections.Counter)
+    refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    failures: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, outcome: StoreOutcome) -> None:
+        self.files += 1
+        self.by_status[outcome.status] += 1
+        if outcome.status is StoreStatus.FAILED:
+            self.failures[refusal_group(outcome)] += 1
+        elif not outcome.status.ok:
+            self.refusals[refusal_group(outcome)] += 1
+
+    @property
+    def refused(self) -> int:
+        return sum(self.refusals.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def lines(self) -> list[str]:
+        s = self.by_status
+        out = [
+            f"files:          {self.files}",
+            f"stored:         {s[StoreStatus.STORED]}",
+            f"replaced:       {s[StoreStatus.REPLACED]}",
+            f"already stored: {s[StoreStatus.ALREADY_STORED]}",
+            f"refused:        {self.refused}",
+        ]
+        out += [f"  {n:6d}  {reason}" for reason, n in self.refusals.most_common()]
+        out.append(f"failed:         {self.failed}")
+        out += [f"  {n:6d}  {reason}" for reason, n in self.failures.most_common()]
+        return out
+
+
+def _import_trust(value: str | None, settings: Settings, parser: argparse.ArgumentParser) -> str:
+    region = load_region(settings.effective_region_file)
+    code = (value or "").strip().upper()
+    if region.trust(code) is None:
+        parser.error(
+            f"--trust {value!r} is not a trust of the region {region.name!r} "
+            f"({settings.effective_region_file}); known ODS codes: "
+            + ", ".join(sorted(region.issuers))
+        )
+    return code
+
+
+def _cmd_import(args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser) -> int:
+    trust = _import_trust(args.trust, settings, p) if args.trust is not None else None
+    paths: list[Path] = args.paths
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        p.error("no such file or directory: " + ", ".join(missing))
+    _prepare_index(settings)
+    origin = Origin(Protocol.IMPORT, trust=trust, user=_os_user())
+    total = sum(1 for _ in _walk(paths))
+    summary = ImportSummary()
+    started = time.monotonic()
+    archive = build_archive(settings)
+    try:
+        with (
+            logging_redirect_tqdm(),
+            tqdm(total=total, unit="file", desc="importing", disable=None) as bar,
+        ):
+            results = run_bounded(
+                lambda path: _import_one(archive.ingest, path, origin),
+                _walk(paths),
+                workers=args.workers,
+            )
+            for path, outcome in results:
+                summary.add(outcome)
+                if outcome.status is StoreStatus.FAILED or not outcome.status.ok:
+                    tqdm.write(f"{outcome.status.value}: {path}: {outcome.message}")
+                bar.update()
+    finally:
+        archive.close()
+    print(f"imported {summary.files} files in {time.monotonic() - started:.1f} s")
+    print("\n".join(summary.lines()))
+    return EXIT_OK if summary.refused == summary.failed == 0 else EXIT_PROBLEMS
+
+
+# -- verify ------------------------------------------------------------------------------
+
+
+def print_verify_report(report: VerifyReport) -> None:
+    print(
+        f"verified {report.checked} objects: {report.checked - len(report.problems)} intact, "
+        f"{len(report.missing)} missing, {len(report.mismatched)} damaged or unreadable"
+    )
+    for p in report.problems:
+        print(f"{p.kind.value}: SOP Instance {p.sop_instance_uid} blob {p.blob_key}: {p.detail}")
+    print(f"orphan blobs (no index row): {len(report.orphans)}, swept: {report.swept}")
+    for o in report.orphans:
+        age = "age unknown" if o.age_seconds is None else f"{o.age_seconds:.0f} s old"
+        print(f"orphan: blob {o.blob_key} ({age}){' swept' if o.swept else ''}")
+
+
+def _cmd_verify(args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser) -> int:
+    if args.sweep_orphans is not None and args.sweep_orphans < 0:
+        p.error("--sweep-orphans takes a number of seconds >= 0")
+    _prepare_index(settings)
+    archive = build_archive(settings)
+    bars = _ProgressBars()
+    try:
+        with logging_redirect_tqdm():
+            report = verify(
+                blobs=archive.blobs,
+                engine=archive.read_engine,
+                sweep_orphans_older_than=args.sweep_orphans,
+                progress=bars,
+                workers=args.workers,
+            )
+    finally:
+        bars.close()
+        archive.close()
+    print_verify_report(report)
+    return EXIT_OK if report.clean else EXIT_PROBLEMS
+
+
+# -- reindex -----------------------------------------------------------------------------
+
+
+def print_reindex_report(report: ReindexReport) -> None:
+    print(f"blobs: {report.blobs}")
+    print(f"indexed: {report.indexed}")
+    print(f"  origin from file meta (received over DIMSE): {report.origin_from_file_meta}")
+    print(
+        f"  origin unknown (imported or STOW-RS; issuer only from Issuer of Patient ID): "
+        f"{report.indexed - report.origin_from_file_meta}"
+    )
+    for status in ReindexStatus:
+        if status is not ReindexStatus.INDEXED:
+            print(f"{status.value}: {report.count(status)}")
+    for item in report.problems:
+        print(f"{item.status.value}: blob {item.blob_key}: {item.detail}")
+
+
+def _rebuild(archive: Archive, workers: int) -> ReindexReport:
+    bars = _ProgressBars()
+    try:
+        with logging_redirect_tqdm():
+            return reindex(
+                blobs=archive.blobs,
+                ingest=archive.ingest,
+                writer=archive.writer,
+                engine=archive.read_engine,
+                region=archive.region,
+                progress=bars,
+                workers=workers,
+            )
+    finally:
+        bars.close()
+
+
+def _cmd_reindex(args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
+    _prepare_index(settings)
+    engine = make_engine(settings.effective_database_url, writer=True)
+    try:
+        clear_index(engine)
+    finally:
+        engine.dispose()
+    archive = build_archive(settings)
+    try:
+        report = _rebuild(archive, args.workers)
+    finally:
+        archive.close()
+    print_reindex_report(report)
+    bad = report.count(ReindexStatus.FAILED) + report.count(ReindexStatus.UNINDEXABLE)
+    return EXIT_OK if bad == 0 else EXIT_PROBLEMS
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netpacs",
+        description="Regional shared PACS. Settings: NETPACS_* variables and the TOML file "
+        "named by NETPACS_CONFIG.",
+    )
+    parser.add_argument("--version", action="version", version=f"netpacs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the DIMSE server until SIGINT or SIGTERM")
+    serve.set_defaults(func=_cmd_serve)
+
+    imp = sub.add_parser("import", help="store DICOM Part 10 files from files and folders")
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    imp.add_argument(
+        "--trust",
+        metavar="ODS",
+        help="ODS code of the trust the files come from: the issuer of patient IDs that "
+        "carry no Issuer of Patient ID (0010,0021)",
+    )
+    imp.add_argument("--workers", type=_positive_int, default=4, help="files in flight")
+    imp.set_defaults(func=_cmd_import)
+
+    ver = sub.add_parser("verify", help="check every stored object against the index")
+    ver.add_argument(
+        "--sweep-orphans",
+        nargs="?",
+        type=float,
+        const=DEFAULT_SWEEP_AGE,
+        default=None,
+        metavar="SECONDS",
+        help=f"delete blobs with no index row older than SECONDS (default {DEFAULT_SWEEP_AGE:.0f})",
+    )
+    ver.add_argument("--workers", type=_positive_int, default=4, help="blobs read at once")
+    ver.set_defaults(func=_cmd_verify)
+
+    rei = sub.add_parser(
+        "reindex",
+        help="empty the index and rebuild it from the stored objects (stop the server first)",
+    )
+    rei.add_argument("--workers", type=_positive_int, default=4, help="blobs in flight")
+    rei.set_defaults(func=_cmd_reindex)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        print(f"netpacs: invalid settings:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(settings.log_level)
+    command: Command = args.func
+    try:
+        return command(args, settings, parser)
+    except RegionError as exc:
+        print(f"netpacs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except sa.exc.OperationalError as exc:
+        url = sa.make_url(settings.effective_database_url).render_as_string(hide_password=True)
+        print(f"netpacs: cannot use the index at {url}: {exc.orig}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        print("netpacs: interrupted", file=sys.stderr)
+        return 130
