@@ -87,35 +87,118 @@ PATIENTS = (
 
 ESH = "East Surrey Hospital"
 STUDIES = (
-    FxStudy("stA1", "pA", "20230115", "093000", "ACC1001", "1", "CT Chest", "House^Gregory", (
-        FxSeries("seA1a", "CT", 1, "Axial 5mm", "CHEST", "093500", ESH, "ESH_CT1", 3),
-        FxSeries("seA1b", "CT", 2, "Coronal", "CHEST", "094000.250", ESH, "ESH_CT1", 2,
-                 ("DERIVED", "SECONDARY", "REFORMATTED")),
-    ), patient_age="063Y"),
-    FxStudy("stA2", "pA", "20230620", "1430", "ACC1002", "2", "MR Brain", "house^gregory", (
-        FxSeries("seA2a", "MR", 1, "T1 SAG", "HEAD", "1431", ESH, "ESH_MR1", 1),
-        FxSeries("seA2b", "MR", 2, "T2 AX", "HEAD", "143500", ESH, "ESH_MR1", 2),
-        FxSeries("seA2c", "PR", None, "", "", "150000", ESH, "ESH_WS1", 1),
-    ), patient_age="063Y"),
-    FxStudy("stB1", "pB", "20230115", "100000.5", "ACC2001", "1", "Dose 100% CT", "Who^Doctor", (
-        FxSeries("seB1a", "CT", 1, "Head", "HEAD", "100100", "York Hospital", "YH_CT1", 2),
-        FxSeries("seB1b", "MR", 2, "Head MR", "HEAD", "101000", "York Hospital", "YH_MR1", 1),
-    ), patient_age="047Y"),
-    FxStudy("stC1", "pC", "20221231", "235959", "ACC3001", "7", "Dose 1000 CT", "", (
-        FxSeries("seC1a", "CT", 1, "Abdomen", "ABDOMEN", "235959.999", ESH, "ESH_CT1", 1),
-    )),
-    FxStudy("stC2", "pC", "20240301", "", "", "", "US Abdomen", "", (
-        FxSeries("seC2a", "US", 1, "Liver", "ABDOMEN", "", ESH, "ESH_US1", 2),
-    )),
-    FxStudy("stD1", "pD", "20230116", "080000", "ACC4001", "1", "XR Hand [left]", "Quinn^Mike", (
-        FxSeries("seD1a", "CR", 1, "PA", "HAND", "080100", "St Peter's", "SPH_CR1", 1),
-    )),
-    FxStudy("stE1", "pE", "20230117", "120000", "acc4002", "1", "xr hand", "QUINN^MIKE", (
-        FxSeries("seE1a", "CR", 1, "PA", "HAND", "120100", "St Peter's", "SPH_CR1", 1),
-    )),
-    FxStudy("stF1", "pF", "20200101", "000000", "ACC9", "1", "Old", "", (
-        FxSeries("seF1a", "OT", 1, "Scan", "", "000100", "", "", 1),
-    )),
+    FxStudy(
+        "stA1",
+        "pA",
+        "20230115",
+        "093000",
+        "ACC1001",
+        "1",
+        "CT Chest",
+        "House^Gregory",
+        (
+            FxSeries("seA1a", "CT", 1, "Axial 5mm", "CHEST", "093500", ESH, "ESH_CT1", 3),
+            FxSeries(
+                "seA1b",
+                "CT",
+                2,
+                "Coronal",
+                "CHEST",
+                "094000.250",
+                ESH,
+                "ESH_CT1",
+                2,
+                ("DERIVED", "SECONDARY", "REFORMATTED"),
+            ),
+        ),
+        patient_age="063Y",
+    ),
+    FxStudy(
+        "stA2",
+        "pA",
+        "20230620",
+        "1430",
+        "ACC1002",
+        "2",
+        "MR Brain",
+        "house^gregory",
+        (
+            FxSeries("seA2a", "MR", 1, "T1 SAG", "HEAD", "1431", ESH, "ESH_MR1", 1),
+            FxSeries("seA2b", "MR", 2, "T2 AX", "HEAD", "143500", ESH, "ESH_MR1", 2),
+            FxSeries("seA2c", "PR", None, "", "", "150000", ESH, "ESH_WS1", 1),
+        ),
+        patient_age="063Y",
+    ),
+    FxStudy(
+        "stB1",
+        "pB",
+        "20230115",
+        "100000.5",
+        "ACC2001",
+        "1",
+        "Dose 100% CT",
+        "Who^Doctor",
+        (
+            FxSeries("seB1a", "CT", 1, "Head", "HEAD", "100100", "York Hospital", "YH_CT1", 2),
+            FxSeries("seB1b", "MR", 2, "Head MR", "HEAD", "101000", "York Hospital", "YH_MR1", 1),
+        ),
+        patient_age="047Y",
+    ),
+    FxStudy(
+        "stC1",
+        "pC",
+        "20221231",
+        "235959",
+        "ACC3001",
+        "7",
+        "Dose 1000 CT",
+        "",
+        (FxSeries("seC1a", "CT", 1, "Abdomen", "ABDOMEN", "235959.999", ESH, "ESH_CT1", 1),),
+    ),
+    FxStudy(
+        "stC2",
+        "pC",
+        "20240301",
+        "",
+        "",
+        "",
+        "US Abdomen",
+        "",
+        (FxSeries("seC2a", "US", 1, "Liver", "ABDOMEN", "", ESH, "ESH_US1", 2),),
+    ),
+    FxStudy(
+        "stD1",
+        "pD",
+        "20230116",
+        "080000",
+        "ACC4001",
+        "1",
+        "XR Hand [left]",
+        "Quinn^Mike",
+        (FxSeries("seD1a", "CR", 1, "PA", "HAND", "080100", "St Peter's", "SPHXCR1", 1),),
+    ),
+    FxStudy(
+        "stE1",
+        "pE",
+        "20230117",
+        "120000",
+        "acc4002",
+        "1",
+        "xr hand",
+        "QUINN^MIKE",
+        (FxSeries("seE1a", "CR", 1, "PA", "HAND", "120100", "St Peter's", "SPH_CR1", 1),),
+    ),
+    FxStudy(
+        "stF1",
+        "pF",
+        "20200101",
+        "000000",
+        "ACC9",
+        "1",
+        "Old",
+        "",
+        (FxSeries("seF1a", "OT", 1, "Scan", "", "000100", "", "", 1),),
+    ),
 )
 
 
@@ -125,8 +208,9 @@ def _uids(names: list[str], branch: int) -> dict[str, str]:
 
 STUDY_UID = _uids([s.name for s in STUDIES], 1)
 SERIES_UID = _uids([se.name for s in STUDIES for se in s.series], 2)
-INSTANCE_NAMES = [f"{se.name}_{n + 1}" for s in STUDIES for se in s.series
-                  for n in range(se.instances)]
+INSTANCE_NAMES = [
+    f"{se.name}_{n + 1}" for s in STUDIES for se in s.series for n in range(se.instances)
+]
 SOP_UID = _uids(INSTANCE_NAMES, 3)
 PATIENT_BY_NAME = {p.name: p for p in PATIENTS}
 
@@ -165,6 +249,7 @@ def part10(study: FxStudy, ser: FxSeries, number: int) -> bytes:
         ds.SeriesNumber = ser.number
     ds.InstanceNumber = number
     ds.ImageType = list(ser.image_type)
+    ds.AcquisitionDateTime = study.date + ser.time
     ds.ImageComments = f"{ser.name} image {number} \\ with a backslash"
     ds.SliceThickness = "2.5" if ser.modality == "CT" else "5"
     ds.ReferencedStudySequence = [Dataset()]

@@ -233,9 +233,7 @@ def _parse_temporal(tag: str, vr: str, value: str) -> _Term:
                 return _Range(low or None, high or None)
             norm = _norm_tm if vr == "TM" else _norm_dt
             return _Range(norm(low) if low else None, norm(high, upper=True) if high else None)
-    raise QueryError(
-        f"{_name(tag)}: {value!r} is not {what} or a range of them (a-b, -b or a-)"
-    )
+    raise QueryError(f"{_name(tag)}: {value!r} is not {what} or a range of them (a-b, -b or a-)")
 
 
 _DT_RANGE = re.compile(f"({_DT})?-({_DT})?")
@@ -476,11 +474,13 @@ class _Sql:
         conds: list[sa.ColumnElement[bool]] = []
         if present:
             any_match = self.match(col, attr.vr, present)
-            conds.append(sa.select(1).select_from(joined).where(_link(sub, child), any_match)
-                         .exists())
+            conds.append(
+                sa.select(1).select_from(joined).where(_link(sub, child), any_match).exists()
+            )
         if len(present) < len(terms):  # "" : no related entity has a value
-            conds.append(~sa.select(1).select_from(joined).where(_link(sub, child), col != "")
-                         .exists())
+            conds.append(
+                ~sa.select(1).select_from(joined).where(_link(sub, child), col != "").exists()
+            )
         return sa.or_(*conds)
 
     def match(
@@ -578,9 +578,7 @@ def _stored_values(element: dict[str, Any] | None) -> list[Any]:
 
 
 def _wild_regex(pattern: str, *, fold: bool) -> re.Pattern[str]:
-    body = "".join(
-        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
-    )
+    body = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
     return re.compile(body, re.DOTALL | (re.IGNORECASE if fold else 0))
 
 
@@ -602,9 +600,7 @@ def _value_matches(value: Any, vr: str, term: _Term) -> bool:
         if not pattern.fullmatch(text):
             return False
         point = text if vr == "DA" else _norm_tm(text) if vr == "TM" else _norm_dt(text)
-        return (term.low is None or point >= term.low) and (
-            term.high is None or point <= term.high
-        )
+        return (term.low is None or point >= term.low) and (term.high is None or point <= term.high)
     return False
 
 
@@ -642,10 +638,12 @@ def _project(stored: dict[str, Any] | None, request: dict[str, Any], vr: str) ->
     if vr == "SQ" and isinstance(template, dict) and template and stored.get("Value"):
         items = []
         for item in stored["Value"]:
-            items.append({
-                tag: _project(item.get(tag), sub, _vr_of(tag, sub))
-                for tag, sub in sorted(template.items())
-            })
+            items.append(
+                {
+                    tag: _project(item.get(tag), sub, _vr_of(tag, sub))
+                    for tag, sub in sorted(template.items())
+                }
+            )
         return {"vr": "SQ", "Value": items}
     return _strip_bulk(stored)
 
@@ -709,9 +707,7 @@ class QueryService:
             stmt = stmt.limit(limit)
         if offset:
             stmt = stmt.offset(offset)
-        return self._stream(
-            _Plan(stmt, plan.outputs, []), identifier, level, limit=None, offset=0
-        )
+        return self._stream(_Plan(stmt, plan.outputs, []), identifier, level, limit=None, offset=0)
 
     def instances_for_retrieve(
         self, identifier: dict[str, Any], *, level: QueryLevel, model: QueryModel
@@ -727,8 +723,10 @@ class QueryService:
         if not any(k.tag == unique and k.terms for k in keys):
             raise QueryError(f"a {level.value} level retrieve needs {_name(unique)}")
         for key in keys:
-            if key.tag in _UNIQUE_KEYS.values() and key.terms and any(
-                not isinstance(t, _Exact) for t in key.terms
+            if (
+                key.tag in _UNIQUE_KEYS.values()
+                and key.terms
+                and any(not isinstance(t, _Exact) for t in key.terms)
             ):
                 raise QueryError(f"{_name(key.tag)}: a retrieve needs exact values")
         inst = _BASE.instance
@@ -774,6 +772,7 @@ class QueryService:
         if lower:
             outer.append(self._lower_exists(lower, level))
         columns, outputs, needs_meta = self._returns(keys, level)
+        columns.insert(0, _BASE.at(level).c.id.label("pk"))
         if needs_meta or py_filters:
             meta = (
                 _BASE.instance.c.metadata_json
