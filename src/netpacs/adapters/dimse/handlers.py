@@ -89,29 +89,39 @@ class AssociationHandlers:
         return await loop.run_in_executor(self.s.executor, functools.partial(fn, *args, **kw))
 
     async def handle(self, msg: Message) -> None:
+        """Answer one request; an unexpected error still gets a failure response."""
         self.busy = True
         try:
+            await self._handle(msg)
+        except Exception as exc:
+            log.exception("%#06x from %s failed", msg.command.field, self.assoc.calling_ae)
             field = msg.command.field
-            ctx = self.assoc.contexts[msg.context_id]
-            if field == c.C_STORE_RQ and ctx.abstract_syntax in STORAGE_SOP_CLASSES:
-                await self.c_store(msg)
-            elif field == c.C_ECHO_RQ and ctx.abstract_syntax == VERIFICATION:
-                self._reply(msg, c.C_ECHO_RSP, st.SUCCESS)
-            elif field == c.C_FIND_RQ and ctx.abstract_syntax in (PATIENT_ROOT_FIND,
-                                                                  STUDY_ROOT_FIND):
-                await self.c_find(msg)
-            elif field == c.C_MOVE_RQ and ctx.abstract_syntax in (PATIENT_ROOT_MOVE,
-                                                                  STUDY_ROOT_MOVE):
-                await self.c_move(msg)
-            elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET,
-                                                                 STUDY_ROOT_GET):
-                await self.c_get(msg)
-            else:
-                rsp = field | 0x8000 if field < 0x8000 else field
-                self._reply(msg, rsp, st.UNRECOGNIZED_OPERATION,
-                            comment=f"command {field:#06x} is not supported on this context")
+            if field < 0x8000 and field != c.C_CANCEL_RQ:
+                failure = st.OUT_OF_RESOURCES if field == c.C_STORE_RQ else st.CANNOT_UNDERSTAND
+                self._reply(msg, field | 0x8000, failure, comment=f"internal error: {exc}"[:64])
         finally:
             self.busy = False
+
+    async def _handle(self, msg: Message) -> None:
+        field = msg.command.field
+        ctx = self.assoc.contexts[msg.context_id]
+        if field == c.C_STORE_RQ and ctx.abstract_syntax in STORAGE_SOP_CLASSES:
+            await self.c_store(msg)
+        elif field == c.C_ECHO_RQ and ctx.abstract_syntax == VERIFICATION:
+            self._reply(msg, c.C_ECHO_RSP, st.SUCCESS)
+        elif field == c.C_FIND_RQ and ctx.abstract_syntax in (PATIENT_ROOT_FIND,
+                                                              STUDY_ROOT_FIND):
+            await self.c_find(msg)
+        elif field == c.C_MOVE_RQ and ctx.abstract_syntax in (PATIENT_ROOT_MOVE,
+                                                              STUDY_ROOT_MOVE):
+            await self.c_move(msg)
+        elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET,
+                                                             STUDY_ROOT_GET):
+            await self.c_get(msg)
+        else:
+            rsp = field | 0x8000 if field < 0x8000 else field
+            self._reply(msg, rsp, st.UNRECOGNIZED_OPERATION,
+                        comment=f"command {field:#06x} is not supported on this context")
 
     def _reply(
         self,
@@ -264,9 +274,10 @@ class AssociationHandlers:
 
         def progress(counts: SubOpCounts) -> None:
             if counts.remaining:
-                loop.call_soon_threadsafe(
+                reply = functools.partial(
                     self._reply, msg, c.C_MOVE_RSP, st.PENDING, counts=counts.as_tuple()
                 )
+                loop.call_soon_threadsafe(reply)
 
         try:
             counts = await self._run(

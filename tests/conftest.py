@@ -1,0 +1,198 @@
+"""Shared fixtures: index databases (SQLite and PostgreSQL), a running netpacs, DCMTK.
+
+Every test that takes ``database_url`` runs twice: on a SQLite file and on a fresh
+PostgreSQL database (127.0.0.1:5432; `make test` starts the server where none runs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from netpacs.config import BUNDLED_DEMO_REGION
+
+ROOT = Path(__file__).resolve().parents[1]
+NETPACS = ROOT / ".venv" / "bin" / "netpacs"
+PG_ADMIN_URL = os.environ.get(
+    "NETPACS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    name = f"netpacs_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+def write_region(path: Path, workstation_ports: dict[str, int]) -> Path:
+    """The bundled demo region with the given workstation AEs moved to test ports."""
+    text = BUNDLED_DEMO_REGION.read_text()
+    for ae, port in workstation_ports.items():
+        text, n = re.subn(
+            rf'(ae_title = "{ae}"\nhost = "127.0.0.1"\nport = )\d+', rf"\g<1>{port}", text
+        )
+        assert n == 1, f"workstation {ae} not in the demo region"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Netpacs:
+    """A real `netpacs serve` process started by a test."""
+
+    data_dir: Path
+    database_url: str
+    region_file: Path
+    port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    processes: int = 2
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            NETPACS_DATA_DIR=str(self.data_dir),
+            NETPACS_DATABASE_URL=self.database_url,
+            NETPACS_DIMSE_PORT=str(self.port),
+            NETPACS_HTTP_PORT=str(self.http_port),
+            NETPACS_REGION_FILE=str(self.region_file),
+            NETPACS_DIMSE_PROCESSES=str(self.processes),
+            TCP_NODELAY="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> Netpacs:
+        self.log_path = self.data_dir.parent / f"netpacs-{self.port}.log"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(NETPACS), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server and every worker process (a crash, not a shutdown)."""
+        if self.proc is None:
+            return
+        subprocess.run(["pkill", "-KILL", "-P", str(self.proc.pid)], check=False)
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(NETPACS), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture
+def workstation_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def region_file(tmp_path: Path, workstation_port: int) -> Path:
+    return write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
+
+
+@pytest.fixture
+def netpacs(tmp_path: Path, database_url: str, region_file: Path) -> Iterator[Netpacs]:
+    server = Netpacs(data_dir=tmp_path / "data", database_url=database_url,
+                     region_file=region_file)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool (TCP_NODELAY on), capturing its output."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.run(
+        [tool, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture
+def storescp(tmp_path: Path, workstation_port: int) -> Iterator[Path]:
+    """A DCMTK storescp acting as workstation RTP_WS1; yields the folder it writes to."""
+    out = tmp_path / "ws1"
+    out.mkdir()
+    proc = subprocess.Popen(
+        ["storescp", "-aet", "RTP_WS1", "-od", str(out), "+xa", str(workstation_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ,
+                                                                       TCP_NODELAY="1"),
+    )
+    wait_for_port(workstation_port, proc=proc)
+    try:
+        yield out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
