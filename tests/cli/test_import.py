@@ -26,9 +26,7 @@ def test_version_prints_the_package_version(sqlite_cli: Cli) -> None:
     assert result.stdout.strip() == f"netpacs {__version__}"
 
 
-def test_import_of_a_folder_stores_every_file_and_verify_is_clean(
-    cli: Cli, tmp_path: Path
-) -> None:
+def test_import_of_a_folder_stores_every_file_and_verify_is_clean(cli: Cli, tmp_path: Path) -> None:
     files = write_study(tmp_path / "in" / "a") + write_study(tmp_path / "in" / "b", 1, 2)
 
     result = cli.run("import", tmp_path / "in")
@@ -100,9 +98,7 @@ def test_missing_path_is_a_usage_error(sqlite_cli: Cli, tmp_path: Path) -> None:
     assert "no such file or directory" in result.stderr
 
 
-def test_non_dicom_files_are_refused_with_a_reason_not_a_crash(
-    cli: Cli, tmp_path: Path
-) -> None:
+def test_non_dicom_files_are_refused_with_a_reason_not_a_crash(cli: Cli, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     write_part10(ct_dataset(), folder / "good.dcm")
     (folder / "README").write_text("scanned at East Surrey\n")
@@ -114,11 +110,19 @@ def test_non_dicom_files_are_refused_with_a_reason_not_a_crash(
     assert result.returncode == 1
     counts = summary(result.stdout)
     assert counts == {
-        "files": 4, "stored": 1, "replaced": 0, "already stored": 0, "refused": 3, "failed": 0
+        "files": 4,
+        "stored": 1,
+        "replaced": 0,
+        "already stored": 0,
+        "refused": 3,
+        "failed": 0,
     }
     for name in ("README", "notes.txt", "empty.dcm"):
-        line = next(ln for ln in result.stdout.splitlines() if ln.endswith(
-            "not a DICOM Part 10 file (no 'DICM' after the preamble)") and name in ln)
+        line = next(
+            ln
+            for ln in result.stdout.splitlines()
+            if ln.endswith("not a DICOM Part 10 file (no 'DICM' after the preamble)") and name in ln
+        )
         assert line.startswith("invalid: ")
     assert re.search(r"^\s+3\s+not a DICOM Part 10 file", result.stdout, re.MULTILINE)
 

@@ -68,9 +68,7 @@ def test_deleted_blob_is_reported_missing(cli: Cli, tmp_path: Path) -> None:
     assert f"missing: SOP Instance {uids[0]} blob {key}: no blob is stored" in result.stdout
 
 
-def test_orphan_blob_is_reported_and_swept_only_when_old_enough(
-    cli: Cli, tmp_path: Path
-) -> None:
+def test_orphan_blob_is_reported_and_swept_only_when_old_enough(cli: Cli, tmp_path: Path) -> None:
     uids = imported(cli, tmp_path, 2)
     orphan_key = uuid.uuid4().hex
     orphan = cli.blob_path(orphan_key)
