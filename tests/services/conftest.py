@@ -9,6 +9,7 @@ precision, modalities and descriptions, and names in mixed case.
 from __future__ import annotations
 
 import io
+import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from netpacs.app import Archive, build_archive, prepare
 from netpacs.config import Settings
 from netpacs.domain.outcomes import Origin, Protocol
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
+PG_ADMIN_URL = os.environ.get(
+    "NETPACS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
+)
 UID_ROOT = "1.2.826.0.1.3680043.10.543"
 
 SOP_CLASS = {
@@ -287,7 +290,7 @@ def populate(archive: Archive) -> None:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(
+def module_database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A fresh, empty index database for one test module, on each backend."""
@@ -308,10 +311,12 @@ def database_url(
 
 
 @pytest.fixture(scope="module")
-def archive(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+def populated_archive(
+    module_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Archive]:
     """The fixture archive, built once per module and backend through real ingest."""
     data_dir: Path = tmp_path_factory.mktemp("archive")
-    settings = Settings(data_dir=data_dir, database_url=database_url)
+    settings = Settings(data_dir=data_dir, database_url=module_database_url)
     prepare(settings)
     arch = build_archive(settings)
     try:

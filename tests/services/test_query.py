@@ -83,8 +83,8 @@ def found(
 
 
 @pytest.fixture(scope="module")
-def service(archive: Archive) -> QueryService:
-    return QueryService(archive.read_engine)
+def service(populated_archive: Archive) -> QueryService:
+    return QueryService(populated_archive.read_engine)
 
 
 def _series(*names: str) -> set[str]:
@@ -144,6 +144,13 @@ MATCHING = [
         {"00100010": {"vr": "PN", "Value": ["nobody*"]}},
         {"pF"},
         id="pn-given-as-plain-string",
+    ),
+    pytest.param(
+        P,
+        PR,
+        {"00100010": {"vr": "PN", "Value": ["JONES^MARY=ジョーンズ"]}},
+        {"pB"},
+        id="pn-plain-string-alphabetic-group",
     ),
     pytest.param(
         P,
@@ -329,6 +336,13 @@ MATCHING = [
     pytest.param(ST, SR, ident(InstitutionName="York*"), {"stB1"}, id="relational-institution"),
     pytest.param(
         ST, SR, ident(SOPInstanceUID=SOP_UID["seC2a_2"]), {"stC2"}, id="relational-instance-key"
+    ),
+    pytest.param(
+        ST,
+        SR,
+        ident(StudyTime="0930-1000", TimezoneOffsetFromUTC="+0100"),
+        {"stA1", "stB1"},
+        id="timezone-offset-is-not-matched",
     ),
     pytest.param(
         ST, SR, ident(PatientAge="063Y"), {"stA1", "stA2"}, id="non-column-key-on-representative"
@@ -825,14 +839,14 @@ def test_specific_character_set(
 
 
 def test_results_are_streamed_and_release_the_connection(
-    service: QueryService, archive: Archive
+    service: QueryService, populated_archive: Archive
 ) -> None:
     results = service.find({}, level=IM, model=SR)
     assert iter(results) is results
     next(results)
-    assert archive.read_engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert populated_archive.read_engine.pool.checkedout() == 1  # type: ignore[attr-defined]
     results.close()  # type: ignore[attr-defined]
-    assert archive.read_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert populated_archive.read_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 BAD = [
@@ -963,14 +977,16 @@ def test_instances_for_retrieve(
     assert [_NAME_BY_UID[i.sop_instance_uid] for i in items] == expected
 
 
-def test_retrieve_item_locates_the_stored_object(service: QueryService, archive: Archive) -> None:
+def test_retrieve_item_locates_the_stored_object(
+    service: QueryService, populated_archive: Archive
+) -> None:
     [item] = service.instances_for_retrieve(
         ident(SeriesInstanceUID=SERIES_UID["seD1a"]), level=SE, model=SR
     )
     assert isinstance(item, RetrieveItem)
     assert item.sop_class_uid == SOP_CLASS["CR"]
     assert item.transfer_syntax_uid == "1.2.840.10008.1.2.1"
-    data = archive.blobs.get_range(item.blob_key, 0, item.blob_size)
+    data = populated_archive.blobs.get_range(item.blob_key, 0, item.blob_size)
     assert len(data) == item.blob_size
     assert data[128:132] == b"DICM"
     assert item.sop_instance_uid.encode() in data[item.dataset_offset :]

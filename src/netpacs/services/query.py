@@ -144,6 +144,8 @@ _UNIQUE_KEYS = {_P: "00100020", _ST: "0020000D", _SE: "0020000E", _IM: "00080018
 _QUERY_RETRIEVE_LEVEL = "00080052"
 _SPECIFIC_CHARACTER_SET = "00080005"
 _INSTANCE_AVAILABILITY = "00080056"
+# Qualifies the times of the query (PS3.4 C.2.2.2.5), it is not matched itself.
+_TIMEZONE_OFFSET = "00080201"
 # Filled in by the adapter that knows them (C-FIND: Retrieve AE Title; QIDO-RS: URL).
 _ADAPTER_KEYS = frozenset({"00080054", "00081190", "0040E010", "00880130", "00880140"})
 
@@ -279,6 +281,8 @@ def _values(tag: str, vr: str, element: dict[str, Any]) -> list[str | int | floa
             continue
         if isinstance(value, str):
             parts = [value] if vr in _TEXT_VRS else value.split("\\")
+            if vr == "PN":  # a plain string may carry all groups: match the Alphabetic one
+                parts = [part.split("=", 1)[0] for part in parts]
             values.extend(part.strip(" ") for part in parts)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             values.append(value)
@@ -348,7 +352,8 @@ def _parse_identifier(identifier: dict[str, Any], level: QueryLevel) -> list[_Ke
             continue
         if tag == _SPECIFIC_CHARACTER_SET:
             continue
-        terms = None if tag in _ADAPTER_KEYS else _terms(tag, vr, element)
+        matched = tag not in _ADAPTER_KEYS and tag != _TIMEZONE_OFFSET
+        terms = _terms(tag, vr, element) if matched else None
         keys.append(_Key(tag, vr, element, _ATTRS.get(tag), terms))
     return keys
 
