@@ -163,8 +163,7 @@ def region_file(tmp_path: Path, workstation_port: int) -> Path:
 
 @pytest.fixture
 def netpacs(tmp_path: Path, database_url: str, region_file: Path) -> Iterator[Netpacs]:
-    server = Netpacs(data_dir=tmp_path / "data", database_url=database_url,
-                     region_file=region_file)
+    server = Netpacs(data_dir=tmp_path / "data", database_url=database_url, region_file=region_file)
     server.start()
     try:
         yield server
@@ -175,9 +174,7 @@ def netpacs(tmp_path: Path, database_url: str, region_file: Path) -> Iterator[Ne
 def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a DCMTK tool (TCP_NODELAY on), capturing its output."""
     env = dict(os.environ, TCP_NODELAY="1")
-    return subprocess.run(
-        [tool, *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture
@@ -187,8 +184,9 @@ def storescp(tmp_path: Path, workstation_port: int) -> Iterator[Path]:
     out.mkdir()
     proc = subprocess.Popen(
         ["storescp", "-aet", "RTP_WS1", "-od", str(out), "+xa", str(workstation_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ,
-                                                                       TCP_NODELAY="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, TCP_NODELAY="1"),
     )
     wait_for_port(workstation_port, proc=proc)
     try:

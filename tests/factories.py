@@ -63,8 +63,9 @@ def write_series(folder: Path, n: int, **attrs: Any) -> list[Path]:
     series = attrs.pop("SeriesInstanceUID", generate_uid())
     return [
         write(
-            ct_dataset(StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=i + 1,
-                       **attrs),
+            ct_dataset(
+                StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=i + 1, **attrs
+            ),
             folder / f"{i:04d}.dcm",
         )
         for i in range(n)

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (
     CTImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
@@ -44,28 +44,38 @@ def find(server: Netpacs, tmp_path: Path, *keys: str, model: str = "-S") -> list
 
 
 def store(server: Netpacs, *paths: Path, aet: str = "EDGH_CT1") -> str:
-    result = dcmtk("storescu", "-v", "-aet", aet, "-aec", "NETPACS", "127.0.0.1", str(server.port),
-                   *map(str, paths))
+    result = dcmtk(
+        "storescu",
+        "-v",
+        "-aet",
+        aet,
+        "-aec",
+        "NETPACS",
+        "127.0.0.1",
+        str(server.port),
+        *map(str, paths),
+    )
     return result.stdout + result.stderr
 
 
 def test_echo_from_a_region_modality_succeeds(netpacs: Netpacs) -> None:
-    result = dcmtk("echoscu", "-v", "-aet", "ESH_CT1", "-aec", "NETPACS", "127.0.0.1",
-                   str(netpacs.port))
+    result = dcmtk(
+        "echoscu", "-v", "-aet", "ESH_CT1", "-aec", "NETPACS", "127.0.0.1", str(netpacs.port)
+    )
     assert result.returncode == 0
     assert "Received Echo Response (Success)" in result.stdout + result.stderr
 
 
 def test_unknown_calling_ae_is_rejected_at_association(netpacs: Netpacs) -> None:
-    result = dcmtk("echoscu", "-aet", "STRANGER", "-aec", "NETPACS", "127.0.0.1",
-                   str(netpacs.port))
+    result = dcmtk("echoscu", "-aet", "STRANGER", "-aec", "NETPACS", "127.0.0.1", str(netpacs.port))
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stdout + result.stderr
 
 
 def test_wrong_called_ae_is_rejected_at_association(netpacs: Netpacs) -> None:
-    result = dcmtk("echoscu", "-aet", "ESH_CT1", "-aec", "OTHERPACS", "127.0.0.1",
-                   str(netpacs.port))
+    result = dcmtk(
+        "echoscu", "-aet", "ESH_CT1", "-aec", "OTHERPACS", "127.0.0.1", str(netpacs.port)
+    )
     assert result.returncode != 0
     assert "Called AE Title Not Recognized" in result.stdout + result.stderr
 
@@ -78,31 +88,55 @@ def test_storescu_series_is_found_at_study_series_and_image_level(
     assert "Store Failed" not in out
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
 
-    studies = find(netpacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=EDGH42",
-                   "StudyInstanceUID", "IssuerOfPatientID", "NumberOfStudyRelatedInstances",
-                   "ModalitiesInStudy")
+    studies = find(
+        netpacs,
+        tmp_path,
+        "QueryRetrieveLevel=STUDY",
+        "PatientID=EDGH42",
+        "StudyInstanceUID",
+        "IssuerOfPatientID",
+        "NumberOfStudyRelatedInstances",
+        "ModalitiesInStudy",
+    )
     assert [s.StudyInstanceUID for s in studies] == [study_uid]
     # EDGH_CT1 belongs to East Sussex Healthcare (RXC): the issuer of its hospital numbers
     assert studies[0].IssuerOfPatientID == "RXC"
     assert int(studies[0].NumberOfStudyRelatedInstances) == 3
     assert studies[0].ModalitiesInStudy == "CT"
 
-    series = find(netpacs, tmp_path, "QueryRetrieveLevel=SERIES",
-                  f"StudyInstanceUID={study_uid}", "SeriesInstanceUID", "Modality")
+    series = find(
+        netpacs,
+        tmp_path,
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study_uid}",
+        "SeriesInstanceUID",
+        "Modality",
+    )
     assert len(series) == 1 and series[0].Modality == "CT"
 
-    images = find(netpacs, tmp_path, "QueryRetrieveLevel=IMAGE",
-                  f"StudyInstanceUID={study_uid}", "SOPInstanceUID", "InstanceNumber")
+    images = find(
+        netpacs,
+        tmp_path,
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={study_uid}",
+        "SOPInstanceUID",
+        "InstanceNumber",
+    )
     assert sorted(int(i.InstanceNumber) for i in images) == [1, 2, 3]
 
 
 def test_patient_root_find_matches_names_case_insensitively(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:
-    store(netpacs, write(ct_dataset(PatientID="P77", PatientName="Jones^Mary"),
-                         tmp_path / "a.dcm"))
-    patients = find(netpacs, tmp_path, "QueryRetrieveLevel=PATIENT", "PatientName=jones*",
-                    "PatientID", model="-P")
+    store(netpacs, write(ct_dataset(PatientID="P77", PatientName="Jones^Mary"), tmp_path / "a.dcm"))
+    patients = find(
+        netpacs,
+        tmp_path,
+        "QueryRetrieveLevel=PATIENT",
+        "PatientName=jones*",
+        "PatientID",
+        model="-P",
+    )
     assert [p.PatientID for p in patients] == ["P77"]
 
 
@@ -179,9 +213,22 @@ def test_movescu_sends_a_study_to_a_region_workstation(
     files = write_series(tmp_path / "in", 4)
     store(netpacs, *files)
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
-    result = dcmtk("movescu", "-S", "-aet", "RTP_WS1", "-aec", "NETPACS", "-aem", "RTP_WS1",
-                   "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-                   "127.0.0.1", str(netpacs.port))
+    result = dcmtk(
+        "movescu",
+        "-S",
+        "-aet",
+        "RTP_WS1",
+        "-aec",
+        "NETPACS",
+        "-aem",
+        "RTP_WS1",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={study_uid}",
+        "127.0.0.1",
+        str(netpacs.port),
+    )
     assert result.returncode == 0, result.stderr
     received = sorted(storescp.iterdir())
     assert len(received) == 4
@@ -191,9 +238,23 @@ def test_movescu_sends_a_study_to_a_region_workstation(
 
 def test_move_to_an_unknown_destination_fails_with_a801(netpacs: Netpacs, tmp_path: Path) -> None:
     store(netpacs, write(ct_dataset(), tmp_path / "x.dcm"))
-    result = dcmtk("movescu", "-v", "-S", "-aet", "RTP_WS1", "-aec", "NETPACS", "-aem", "NOWHERE",
-                   "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3",
-                   "127.0.0.1", str(netpacs.port))
+    result = dcmtk(
+        "movescu",
+        "-v",
+        "-S",
+        "-aet",
+        "RTP_WS1",
+        "-aec",
+        "NETPACS",
+        "-aem",
+        "NOWHERE",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID=1.2.3",
+        "127.0.0.1",
+        str(netpacs.port),
+    )
     assert "Refused: MoveDestinationUnknown" in result.stdout + result.stderr  # 0xA801
 
 
@@ -203,9 +264,22 @@ def test_getscu_retrieves_a_series_byte_identical(netpacs: Netpacs, tmp_path: Pa
     series_uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     out = tmp_path / "got"
     out.mkdir()
-    result = dcmtk("getscu", "-S", "-aet", "RTP_WS1", "-aec", "NETPACS", "-od", str(out),
-                   "-k", "QueryRetrieveLevel=SERIES", "-k", f"SeriesInstanceUID={series_uid}",
-                   "127.0.0.1", str(netpacs.port))
+    result = dcmtk(
+        "getscu",
+        "-S",
+        "-aet",
+        "RTP_WS1",
+        "-aec",
+        "NETPACS",
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=SERIES",
+        "-k",
+        f"SeriesInstanceUID={series_uid}",
+        "127.0.0.1",
+        str(netpacs.port),
+    )
     assert result.returncode == 0, result.stderr
     assert {dataset_bytes(f) for f in out.iterdir()} == {dataset_bytes(f) for f in files}
 

@@ -22,14 +22,25 @@ def test_sigkill_during_storescu_loses_no_acknowledged_instance(
 ) -> None:
     import pydicom
 
-    files = write_series(tmp_path / "in", 400, Rows=64, Columns=64,
-                         PixelData=bytes(64 * 64 * 2))
-    uid_of = {str(f): str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
-              for f in files}
+    files = write_series(tmp_path / "in", 400, Rows=64, Columns=64, PixelData=bytes(64 * 64 * 2))
+    uid_of = {
+        str(f): str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
+    }
     scu = subprocess.Popen(
-        ["storescu", "-v", "-aet", "ESH_CT1", "-aec", "NETPACS", "127.0.0.1",
-         str(netpacs.port), *map(str, files)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            "ESH_CT1",
+            "-aec",
+            "NETPACS",
+            "127.0.0.1",
+            str(netpacs.port),
+            *map(str, files),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=dict(os.environ, TCP_NODELAY="1"),
     )
     assert scu.stdout is not None
@@ -87,15 +98,17 @@ def test_two_servers_sharing_postgresql_ingest_concurrently_without_duplicates(
 
 
 @pytest.mark.parametrize("policy", ["replace", "keep-first"])
-def test_duplicate_policy_is_configurable(
-    tmp_path: Path, region_file: Path, policy: str
-) -> None:
+def test_duplicate_policy_is_configurable(tmp_path: Path, region_file: Path, policy: str) -> None:
     import pydicom
 
     from tests.factories import ct_dataset, write
 
-    srv = Netpacs(data_dir=tmp_path / "d", database_url=f"sqlite:///{tmp_path / 'i.sqlite'}",
-                  region_file=region_file, extra_env={"NETPACS_DUPLICATE_POLICY": policy})
+    srv = Netpacs(
+        data_dir=tmp_path / "d",
+        database_url=f"sqlite:///{tmp_path / 'i.sqlite'}",
+        region_file=region_file,
+        extra_env={"NETPACS_DUPLICATE_POLICY": policy},
+    )
     srv.start()
     try:
         ds = ct_dataset(PatientName="First^Version")

@@ -26,8 +26,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netpacs]:
     from tests.conftest import write_region
 
     tmp = tmp_path_factory.mktemp("pydicom-files")
-    srv = Netpacs(data_dir=tmp / "data", database_url=f"sqlite:///{tmp / 'index.sqlite'}",
-                  region_file=write_region(tmp / "region.toml", {}))
+    srv = Netpacs(
+        data_dir=tmp / "data",
+        database_url=f"sqlite:///{tmp / 'index.sqlite'}",
+        region_file=write_region(tmp / "region.toml", {}),
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -59,9 +62,13 @@ def _get(port: int, study: str, series: str, sop: str, sop_class: str, ts: str) 
     ae = AE(ae_title="RTP_WS1")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate("127.0.0.1", port, ae_title="NETPACS",
-                         ext_neg=[build_role(sop_class, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title="NETPACS",
+        ext_neg=[build_role(sop_class, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
     assert assoc.is_established
     from pydicom import Dataset
 
@@ -114,8 +121,14 @@ def test_every_pydicom_test_file_is_stored_identically_or_refused_with_a_reason(
             continue
         sent = raw[meta.dataset_offset :]
         study, series = _uids(raw)
-        got = _get(server.port, study, series, meta.media_storage_sop_instance_uid, sop_class,
-                   meta.transfer_syntax_uid)
+        got = _get(
+            server.port,
+            study,
+            series,
+            meta.media_storage_sop_instance_uid,
+            sop_class,
+            meta.transfer_syntax_uid,
+        )
         assert got == [sent], f"{path.name}: retrieved bytes differ from those sent"
         outcomes[path.name] = "stored and retrieved byte-identical"
     stored = [k for k, v in outcomes.items() if v.startswith("stored")]

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -202,9 +202,7 @@ class IndexWriter:
     def _replace(self, conn: sa.Connection, record: InstanceRecord) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
         uid = record.instance["sop_instance_uid"]
-        old = conn.execute(
-            sa.select(instance).where(instance.c.sop_instance_uid == uid)
-        ).one()
+        old = conn.execute(sa.select(instance).where(instance.c.sop_instance_uid == uid)).one()
         series_pk = self._parents(conn, record, now)
         conn.execute(
             sa.update(instance)
@@ -217,7 +215,7 @@ class IndexWriter:
 class _Statements:
     """Insert statements built once, executed with parameters (compiled-cache hits)."""
 
-    _UNIQUE = {
+    _UNIQUE: ClassVar[dict[str, list[str]]] = {
         "patient": ["patient_id", "issuer"],
         "study": ["study_instance_uid"],
         "series": ["series_instance_uid"],

@@ -42,7 +42,9 @@ _REQUIRED_UIDS = (
 )
 
 
-class _Invalid(Exception):
+class InvalidObject(Exception):
+    """An object that cannot be stored: the reason maps to a protocol status."""
+
     def __init__(self, reason: InvalidReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -77,15 +79,15 @@ def parse_header(
                 io.BytesIO(bytes(dataset)), stop_before_pixels=True, force=True
             )
             parsed.file_meta = pydicom.dataset.FileMetaDataset()
-            parsed.file_meta.TransferSyntaxUID = transfer_syntax_uid
+            parsed.file_meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax_uid)
         result: JsonDataset = parsed.to_json_dict(
             bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "bulk:pydicom"
         )
         return result
     except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
-        raise _Invalid(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc}") from None
+        raise InvalidObject(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc}") from None
     except Exception as exc:  # pydicom raises many types on corrupt input
-        raise _Invalid(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc!r}") from None
+        raise InvalidObject(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc!r}") from None
 
 
 def _check_uids(header: JsonDataset) -> dict[str, str]:
@@ -93,9 +95,11 @@ def _check_uids(header: JsonDataset) -> dict[str, str]:
     for tag, name in _REQUIRED_UIDS:
         value = first_str(header, tag)
         if not value:
-            raise _Invalid(InvalidReason.MISSING_UID, f"{name} ({tag[:4]},{tag[4:]}) is missing")
+            raise InvalidObject(
+                InvalidReason.MISSING_UID, f"{name} ({tag[:4]},{tag[4:]}) is missing"
+            )
         if not is_valid_uid(value):
-            raise _Invalid(InvalidReason.MALFORMED_UID, f"{name} {value!r} is malformed")
+            raise InvalidObject(InvalidReason.MALFORMED_UID, f"{name} {value!r} is malformed")
         uids[tag] = value
     return uids
 
@@ -131,12 +135,12 @@ class IngestService:
             header = parse_header(dataset, transfer_syntax_uid)
             uids = _check_uids(header)
             if uids["00080018"] != sop_instance_uid or uids["00080016"] != sop_class_uid:
-                raise _Invalid(
+                raise InvalidObject(
                     InvalidReason.SOP_MISMATCH,
                     f"data set has SOP {uids['00080016']} / {uids['00080018']}, "
                     f"command has {sop_class_uid} / {sop_instance_uid}",
                 )
-        except _Invalid as inv:
+        except InvalidObject as inv:
             return self._refuse(inv, sop_instance_uid, origin)
         head = build_file_meta(
             sop_class_uid=sop_class_uid,
@@ -152,8 +156,12 @@ class IngestService:
         try:
             meta = read_file_meta(data)
         except HeaderError as exc:
-            return self._refuse(_Invalid(InvalidReason.UNPARSABLE, str(exc)), None, origin)
+            return self._refuse(InvalidObject(InvalidReason.UNPARSABLE, str(exc)), None, origin)
         return self.store_parsed_file(data, meta, origin=origin)
+
+    def _record(self, obj: ParsedObject, origin: Origin) -> tuple[InstanceRecord, int]:
+        """Deprecated private entry kept for maintenance.py; use build_record."""
+        return build_record(obj, origin, blob_key=new_blob_key()), 0
 
     def store_parsed_file(self, data: bytes, meta: FileMeta, *, origin: Origin) -> StoreOutcome:
         head = bytes(128) + data[128 : meta.dataset_offset]
@@ -161,13 +169,13 @@ class IngestService:
         try:
             header = parse_header(dataset, meta.transfer_syntax_uid, head)
             _check_uids(header)
-        except _Invalid as inv:
+        except InvalidObject as inv:
             sop = meta.media_storage_sop_instance_uid or None
             return self._refuse(inv, sop, origin)
         return self._store(ParsedObject(head, dataset, meta.transfer_syntax_uid, header), origin)
 
     # -- the common path ----------------------------------------------------------------
-    def _refuse(self, inv: _Invalid, sop_uid: str | None, origin: Origin) -> StoreOutcome:
+    def _refuse(self, inv: InvalidObject, sop_uid: str | None, origin: Origin) -> StoreOutcome:
         log.warning(
             "refused object %s from %s (%s): %s",
             sop_uid or "(unknown SOP Instance UID)",
@@ -178,7 +186,7 @@ class IngestService:
         return StoreOutcome(StoreStatus.INVALID, sop_uid, inv.detail, inv.reason)
 
     def _store(self, obj: ParsedObject, origin: Origin) -> StoreOutcome:
-        record, crc = self._record(obj, origin)
+        record = build_record(obj, origin, blob_key=new_blob_key())
         sop_uid = record.instance["sop_instance_uid"]
         key = record.instance["blob_key"]
         try:
@@ -217,8 +225,11 @@ class IngestService:
             return StoreOutcome(StoreStatus.REPLACED, sop_uid)
         self._blobs.delete(new_key)
         if self._policy is DuplicatePolicy.KEEP_FIRST:
-            log.warning("kept first copy of SOP Instance %s; ignored different content from %s",
-                        sop_uid, who)
+            log.warning(
+                "kept first copy of SOP Instance %s; ignored different content from %s",
+                sop_uid,
+                who,
+            )
             return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid, "kept the first copy")
         log.error(
             "refused SOP Instance %s from %s: already stored with different content "
@@ -241,57 +252,62 @@ class IngestService:
         stored = self._blobs.get_range(existing["blob_key"], existing["dataset_offset"], size)
         return stored == bytes(obj.dataset)
 
-    def _record(self, obj: ParsedObject, origin: Origin) -> tuple[InstanceRecord, int]:
-        h = obj.header
-        crc = zlib.crc32(obj.dataset, zlib.crc32(obj.head))
-        issuer = first_str(h, "00100021") or origin.trust or ""
-        patient = {
-            "patient_id": first_str(h, "00100020"),
-            "issuer": issuer,
-            "patient_name": first_str(h, "00100010"),
-            "patient_birth_date": first_str(h, "00100030"),
-            "patient_sex": first_str(h, "00100040"),
-        }
-        study = {
-            "study_instance_uid": first_str(h, "0020000D"),
-            "study_date": first_str(h, "00080020"),
-            "study_time": first_str(h, "00080030"),
-            "accession_number": first_str(h, "00080050"),
-            "study_id": first_str(h, "00200010"),
-            "study_description": first_str(h, "00081030"),
-            "referring_physician_name": first_str(h, "00080090"),
-            "origin_trust": origin.trust,
-            "origin_site": origin.site,
-        }
-        series = {
-            "series_instance_uid": first_str(h, "0020000E"),
-            "modality": first_str(h, "00080060"),
-            "series_number": first_int(h, "00200011"),
-            "series_description": first_str(h, "0008103E"),
-            "body_part_examined": first_str(h, "00180015"),
-            "series_date": first_str(h, "00080021"),
-            "series_time": first_str(h, "00080031"),
-            "institution_name": first_str(h, "00080080"),
-            "station_name": first_str(h, "00081010"),
-        }
-        inst = {
-            "sop_instance_uid": first_str(h, "00080018"),
-            "sop_class_uid": first_str(h, "00080016"),
-            "instance_number": first_int(h, "00200013"),
-            "transfer_syntax_uid": obj.transfer_syntax_uid,
-            "content_date": first_str(h, "00080023"),
-            "content_time": first_str(h, "00080033"),
-            "image_rows": first_int(h, "00280010"),
-            "image_columns": first_int(h, "00280011"),
-            "number_of_frames": first_int(h, "00280008"),
-            "blob_key": new_blob_key(),
-            "blob_size": len(obj.head) + len(obj.dataset),
-            "blob_crc32": crc,
-            "dataset_offset": len(obj.head),
-            "metadata_json": orjson.dumps(h).decode(),
-            "origin_protocol": origin.protocol.value,
-            "origin_ae": origin.ae_title,
-            "origin_trust": origin.trust,
-            "origin_user": origin.user,
-        }
-        return InstanceRecord(patient, study, series, inst), crc
+
+_Invalid = InvalidObject  # old private name, kept for maintenance.py until it moves
+
+
+def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> InstanceRecord:
+    """The index rows for an object stored under ``blob_key`` (ingest and reindex)."""
+    h = obj.header
+    crc = zlib.crc32(obj.dataset, zlib.crc32(obj.head))
+    issuer = first_str(h, "00100021") or origin.trust or ""
+    patient = {
+        "patient_id": first_str(h, "00100020"),
+        "issuer": issuer,
+        "patient_name": first_str(h, "00100010"),
+        "patient_birth_date": first_str(h, "00100030"),
+        "patient_sex": first_str(h, "00100040"),
+    }
+    study = {
+        "study_instance_uid": first_str(h, "0020000D"),
+        "study_date": first_str(h, "00080020"),
+        "study_time": first_str(h, "00080030"),
+        "accession_number": first_str(h, "00080050"),
+        "study_id": first_str(h, "00200010"),
+        "study_description": first_str(h, "00081030"),
+        "referring_physician_name": first_str(h, "00080090"),
+        "origin_trust": origin.trust,
+        "origin_site": origin.site,
+    }
+    series = {
+        "series_instance_uid": first_str(h, "0020000E"),
+        "modality": first_str(h, "00080060"),
+        "series_number": first_int(h, "00200011"),
+        "series_description": first_str(h, "0008103E"),
+        "body_part_examined": first_str(h, "00180015"),
+        "series_date": first_str(h, "00080021"),
+        "series_time": first_str(h, "00080031"),
+        "institution_name": first_str(h, "00080080"),
+        "station_name": first_str(h, "00081010"),
+    }
+    inst = {
+        "sop_instance_uid": first_str(h, "00080018"),
+        "sop_class_uid": first_str(h, "00080016"),
+        "instance_number": first_int(h, "00200013"),
+        "transfer_syntax_uid": obj.transfer_syntax_uid,
+        "content_date": first_str(h, "00080023"),
+        "content_time": first_str(h, "00080033"),
+        "image_rows": first_int(h, "00280010"),
+        "image_columns": first_int(h, "00280011"),
+        "number_of_frames": first_int(h, "00280008"),
+        "blob_key": blob_key,
+        "blob_size": len(obj.head) + len(obj.dataset),
+        "blob_crc32": crc,
+        "dataset_offset": len(obj.head),
+        "metadata_json": orjson.dumps(h).decode(),
+        "origin_protocol": origin.protocol.value,
+        "origin_ae": origin.ae_title,
+        "origin_trust": origin.trust,
+        "origin_user": origin.user,
+    }
+    return InstanceRecord(patient, study, series, inst)

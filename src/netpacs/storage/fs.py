@@ -100,8 +100,9 @@ class FileSystemBlobStore:
 
     def pending_keys(self) -> list[str]:
         """Keys of writes whose rename may not have reached the disk (after a crash)."""
-        return [f.name.removesuffix(".part") for f in self._tmp.iterdir()
-                if f.name.endswith(".part")]
+        return [
+            f.name.removesuffix(".part") for f in self._tmp.iterdir() if f.name.endswith(".part")
+        ]
 
     def finish_pending(self, key: str, *, complete: bool) -> None:
         """Rename a complete pending write into place (and make it durable), or drop it."""

@@ -92,8 +92,13 @@ class Association(asyncio.Protocol):
         while len(buf) >= 6 and not self._closing:
             pdu_type, _, length = _HDR.unpack_from(buf, 0)
             if len(buf) < 6 + length:
-                if pdu_type not in (p.A_ASSOCIATE_RQ, p.P_DATA_TF, p.A_RELEASE_RQ, p.A_ABORT,
-                                    p.A_RELEASE_RP):
+                if pdu_type not in (
+                    p.A_ASSOCIATE_RQ,
+                    p.P_DATA_TF,
+                    p.A_RELEASE_RQ,
+                    p.A_ABORT,
+                    p.A_RELEASE_RP,
+                ):
                     self._abort(p.ABORT_REASON_UNRECOGNIZED_PDU, f"unknown PDU type {pdu_type}")
                 return
             try:
@@ -140,7 +145,10 @@ class Association(asyncio.Protocol):
             result, source, reason, why = decision.reject
             log.warning(
                 "rejected association from %r to %r (%s): %s",
-                rq.calling_ae_title, rq.called_ae_title, self.peer, why,
+                rq.calling_ae_title,
+                rq.called_ae_title,
+                self.peer,
+                why,
             )
             self.transport.write(p.encode_associate_rj(result, source, reason))
             self._close()
@@ -188,8 +196,10 @@ class Association(asyncio.Protocol):
                     raise p.PDUError("data set fragment without a command")
                 self._data_frags.append(fragment)
                 if mch & 2:
-                    data = self._data_frags[0] if len(self._data_frags) == 1 else b"".join(
-                        self._data_frags
+                    data = (
+                        self._data_frags[0]
+                        if len(self._data_frags) == 1
+                        else b"".join(self._data_frags)
                     )
                     self._data_frags = []
                     cmd, self._pending = self._pending, None
@@ -235,13 +245,16 @@ class Association(asyncio.Protocol):
                 )
 
     # -- sending -----------------------------------------------------------------------
-    def send_message(self, context_id: int, command: bytes, data: bytes | memoryview | None) -> None:
+    def send_message(
+        self, context_id: int, command: bytes, data: bytes | memoryview | None
+    ) -> None:
         if self.transport is None or self._closing:
             raise ConnectionError("association is closed")
         bufs = p.encode_p_data(context_id, command, command=True, max_pdu_length=self.peer_max_pdu)
         if data is not None:
-            bufs += p.encode_p_data(context_id, data, command=False,
-                                    max_pdu_length=self.peer_max_pdu)
+            bufs += p.encode_p_data(
+                context_id, data, command=False, max_pdu_length=self.peer_max_pdu
+            )
         self.transport.writelines(bufs)
 
     def next_message_id(self) -> int:
@@ -275,6 +288,4 @@ class Association(asyncio.Protocol):
             what = "association" if self.established else "A-ASSOCIATE-RQ"
             self._abort(p.ABORT_REASON_NOT_SPECIFIED, f"no {what} activity for {idle:.0f} s")
             return
-        self._watchdog = loop.call_later(
-            max(1.0, self._idle_timeout - idle), self._check_idle
-        )
+        self._watchdog = loop.call_later(max(1.0, self._idle_timeout - idle), self._check_idle)

@@ -109,19 +109,20 @@ class AssociationHandlers:
             await self.c_store(msg)
         elif field == c.C_ECHO_RQ and ctx.abstract_syntax == VERIFICATION:
             self._reply(msg, c.C_ECHO_RSP, st.SUCCESS)
-        elif field == c.C_FIND_RQ and ctx.abstract_syntax in (PATIENT_ROOT_FIND,
-                                                              STUDY_ROOT_FIND):
+        elif field == c.C_FIND_RQ and ctx.abstract_syntax in (PATIENT_ROOT_FIND, STUDY_ROOT_FIND):
             await self.c_find(msg)
-        elif field == c.C_MOVE_RQ and ctx.abstract_syntax in (PATIENT_ROOT_MOVE,
-                                                              STUDY_ROOT_MOVE):
+        elif field == c.C_MOVE_RQ and ctx.abstract_syntax in (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE):
             await self.c_move(msg)
-        elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET,
-                                                             STUDY_ROOT_GET):
+        elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET, STUDY_ROOT_GET):
             await self.c_get(msg)
         else:
             rsp = field | 0x8000 if field < 0x8000 else field
-            self._reply(msg, rsp, st.UNRECOGNIZED_OPERATION,
-                        comment=f"command {field:#06x} is not supported on this context")
+            self._reply(
+                msg,
+                rsp,
+                st.UNRECOGNIZED_OPERATION,
+                comment=f"command {field:#06x} is not supported on this context",
+            )
 
     def _reply(
         self,
@@ -154,8 +155,13 @@ class AssociationHandlers:
         sop_instance = cmd.get_str(c.AFFECTED_SOP_INSTANCE_UID)
         ctx = self.assoc.contexts[msg.context_id]
         if sop_class != ctx.abstract_syntax:
-            self._reply(msg, c.C_STORE_RSP, st.SOP_CLASS_NOT_SUPPORTED, sop_instance_uid=sop_instance,
-                        comment="SOP Class differs from the presentation context")
+            self._reply(
+                msg,
+                c.C_STORE_RSP,
+                st.SOP_CLASS_NOT_SUPPORTED,
+                sop_instance_uid=sop_instance,
+                comment="SOP Class differs from the presentation context",
+            )
             return
         assert msg.data is not None
         outcome = await self._run(
@@ -167,8 +173,13 @@ class AssociationHandlers:
             origin=self.assoc.origin,
         )
         status = st.store_status(outcome)
-        self._reply(msg, c.C_STORE_RSP, status, sop_instance_uid=sop_instance,
-                    comment=outcome.message or None if status else None)
+        self._reply(
+            msg,
+            c.C_STORE_RSP,
+            status,
+            sop_instance_uid=sop_instance,
+            comment=outcome.message or None if status else None,
+        )
 
     # -- identifiers -------------------------------------------------------------------
     def _identifier(self, msg: Message) -> tuple[dict[str, Any], QueryLevel, QueryModel]:
@@ -256,15 +267,20 @@ class AssociationHandlers:
         else:
             status = st.SUCCESS
         remaining = counts.remaining if cancelled else -1
-        self._reply(msg, rsp, status, counts=(remaining, counts.completed, counts.failed,
-                                              counts.warning))
+        self._reply(
+            msg, rsp, status, counts=(remaining, counts.completed, counts.failed, counts.warning)
+        )
 
     async def c_move(self, msg: Message) -> None:
         dest_title = msg.command.get_str(c.MOVE_DESTINATION)
         dest = self.s.region.ae(dest_title)
         if dest is None or dest.port is None:
-            self._reply(msg, c.C_MOVE_RSP, st.MOVE_DESTINATION_UNKNOWN,
-                        comment=f"move destination {dest_title!r} is not a known AE with a port")
+            self._reply(
+                msg,
+                c.C_MOVE_RSP,
+                st.MOVE_DESTINATION_UNKNOWN,
+                comment=f"move destination {dest_title!r} is not a known AE with a port",
+            )
             return
         items = await self._select(msg, c.C_MOVE_RSP)
         if items is None:
@@ -338,8 +354,11 @@ class AssociationHandlers:
     async def _get_one(self, item: RetrieveItem, originator_id: int) -> bool | None:
         chosen = self._get_context(item)
         if chosen is None:
-            log.warning("C-GET: requestor accepted no context for %s in %s",
-                        item.sop_class_uid, item.transfer_syntax_uid)
+            log.warning(
+                "C-GET: requestor accepted no context for %s in %s",
+                item.sop_class_uid,
+                item.transfer_syntax_uid,
+            )
             return None
         ctx_id, ts = chosen
         try:
@@ -350,16 +369,18 @@ class AssociationHandlers:
             log.warning("C-GET: cannot read %s: %s", item.sop_instance_uid, exc)
             return None
         message_id = self.assoc.next_message_id()
-        cmd = c.encode_command({
-            c.AFFECTED_SOP_CLASS_UID: item.sop_class_uid,
-            c.COMMAND_FIELD: c.C_STORE_RQ,
-            c.MESSAGE_ID: message_id,
-            c.PRIORITY: 0,
-            c.COMMAND_DATA_SET_TYPE: c.HAS_DATA_SET,
-            c.AFFECTED_SOP_INSTANCE_UID: item.sop_instance_uid,
-            c.MOVE_ORIGINATOR_AE: self.assoc.calling_ae or " ",
-            c.MOVE_ORIGINATOR_MESSAGE_ID: originator_id,
-        })
+        cmd = c.encode_command(
+            {
+                c.AFFECTED_SOP_CLASS_UID: item.sop_class_uid,
+                c.COMMAND_FIELD: c.C_STORE_RQ,
+                c.MESSAGE_ID: message_id,
+                c.PRIORITY: 0,
+                c.COMMAND_DATA_SET_TYPE: c.HAS_DATA_SET,
+                c.AFFECTED_SOP_INSTANCE_UID: item.sop_instance_uid,
+                c.MOVE_ORIGINATOR_AE: self.assoc.calling_ae or " ",
+                c.MOVE_ORIGINATOR_MESSAGE_ID: originator_id,
+            }
+        )
         fut: asyncio.Future[c.Command] = asyncio.get_running_loop().create_future()
         self.assoc.store_waiters[message_id] = fut
         try:

@@ -22,8 +22,14 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 QUERY_RETRIEVE = frozenset(
-    {PATIENT_ROOT_FIND, PATIENT_ROOT_MOVE, PATIENT_ROOT_GET, STUDY_ROOT_FIND, STUDY_ROOT_MOVE,
-     STUDY_ROOT_GET}
+    {
+        PATIENT_ROOT_FIND,
+        PATIENT_ROOT_MOVE,
+        PATIENT_ROOT_GET,
+        STUDY_ROOT_FIND,
+        STUDY_ROOT_MOVE,
+        STUDY_ROOT_GET,
+    }
 )
 STORAGE_SOP_CLASSES = frozenset(str(uid) for uid in _STORAGE_CLASSES.values())
 
@@ -53,15 +59,33 @@ class Negotiator:
 
     def negotiate(self, rq: p.AssociateRequest) -> Decision:
         if rq.application_context != p.APPLICATION_CONTEXT:
-            return Decision(reject=(p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_APP_CONTEXT,
-                                    f"application context {rq.application_context!r}"))
+            return Decision(
+                reject=(
+                    p.RJ_PERMANENT,
+                    p.RJ_SOURCE_USER,
+                    p.RJ_REASON_APP_CONTEXT,
+                    f"application context {rq.application_context!r}",
+                )
+            )
         if rq.called_ae_title != self._ae_title:
-            return Decision(reject=(p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_CALLED_AE,
-                                    f"called AE title is not {self._ae_title!r}"))
+            return Decision(
+                reject=(
+                    p.RJ_PERMANENT,
+                    p.RJ_SOURCE_USER,
+                    p.RJ_REASON_CALLED_AE,
+                    f"called AE title is not {self._ae_title!r}",
+                )
+            )
         ae = self._region.ae(rq.calling_ae_title)
         if ae is None and self._reject_unknown:
-            return Decision(reject=(p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_CALLING_AE,
-                                    "calling AE title is not in the region file"))
+            return Decision(
+                reject=(
+                    p.RJ_PERMANENT,
+                    p.RJ_SOURCE_USER,
+                    p.RJ_REASON_CALLING_AE,
+                    "calling AE title is not in the region file",
+                )
+            )
         origin = Origin(
             Protocol.DIMSE,
             ae_title=rq.calling_ae_title,
@@ -91,12 +115,14 @@ class Negotiator:
         elif abstract == VERIFICATION or abstract in QUERY_RETRIEVE:
             allowed = UNCOMPRESSED
         else:
-            return p.AcceptedContext(ctx.context_id, p.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED,
-                                     IMPLICIT_VR_LE, abstract)
+            return p.AcceptedContext(
+                ctx.context_id, p.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, IMPLICIT_VR_LE, abstract
+            )
         offered = [ts for ts in ctx.transfer_syntaxes if ts in allowed]
         # Big endian is retired (PS3.5 A.3): take it only when nothing else is offered.
         offered.sort(key=lambda ts: ts == EXPLICIT_VR_BE)
         if not offered:
-            return p.AcceptedContext(ctx.context_id, p.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED,
-                                     IMPLICIT_VR_LE, abstract)
+            return p.AcceptedContext(
+                ctx.context_id, p.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, IMPLICIT_VR_LE, abstract
+            )
         return p.AcceptedContext(ctx.context_id, p.PC_ACCEPTANCE, offered[0], abstract)

@@ -122,7 +122,8 @@ def _send_one(
             else:
                 log.warning(
                     "destination does not accept %s for %s; decompression is not offered",
-                    item.transfer_syntax_uid, item.sop_instance_uid,
+                    item.transfer_syntax_uid,
+                    item.sop_instance_uid,
                 )
                 return None
             status = assoc.send_c_store(  # type: ignore[attr-defined]

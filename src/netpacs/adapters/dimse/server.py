@@ -70,8 +70,12 @@ async def _serve(settings: Settings, sock: socket.socket, stop: asyncio.Event) -
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, sock=sock, backlog=128)
-    log.info("DIMSE %s listening on port %d (pid %d)", settings.ae_title,
-             sock.getsockname()[1], os.getpid())
+    log.info(
+        "DIMSE %s listening on port %d (pid %d)",
+        settings.ae_title,
+        sock.getsockname()[1],
+        os.getpid(),
+    )
     try:
         await stop.wait()
     finally:
@@ -134,10 +138,11 @@ def serve_forever(settings: Settings) -> None:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        slot = children.pop(pid, None)
-        if slot is not None and not stopping:
-            log.error("DIMSE worker %d (pid %d) exited with status %d; restarting",
-                      slot, pid, status)
+        slot = children.pop(pid, -1)
+        if slot >= 0 and not stopping:
+            log.error(
+                "DIMSE worker %d (pid %d) exited with status %d; restarting", slot, pid, status
+            )
             time.sleep(0.5)
             spawn(slot)
     sock.close()
