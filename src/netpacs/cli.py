@@ -300,7 +300,6 @@ def _rebuild(archive: Archive, workers: int) -> ReindexReport:
         with logging_redirect_tqdm():
             return reindex(
                 blobs=archive.blobs,
-                ingest=archive.ingest,
                 writer=archive.writer,
                 engine=archive.read_engine,
                 region=archive.region,

@@ -32,10 +32,10 @@ from netpacs.domain.region import Region
 from netpacs.index.schema import instance, patient, series, study
 from netpacs.index.writer import IndexWriter, InstanceRecord, WriteStatus
 from netpacs.services.ingest import (
-    IngestService,
+    InvalidObject,
     ParsedObject,
     _check_uids,
-    _Invalid,
+    build_record,
     parse_header,
 )
 from netpacs.storage.blobstore import BlobNotFound, BlobStore
@@ -386,27 +386,22 @@ def recover_origin(meta: FileMeta, head: bytes | memoryview, region: Region) -> 
 
 
 def _record_for_stored_blob(
-    ingest: IngestService, data: bytes, meta: FileMeta, *, blob_key: str, origin: Origin
+    data: bytes, meta: FileMeta, *, blob_key: str, origin: Origin
 ) -> InstanceRecord:
     """The index record ingest would have written for this blob, under its own key.
 
-    Raises ``_Invalid``. Temporary: uses ingest's private parts until ingest exposes
-    this (see the maintenance report); the head is taken as stored so that blob_size
-    and blob_crc32 describe the blob exactly.
+    Parsed as ``IngestService.store_parsed_file`` parses (raises InvalidObject), but
+    with the head taken as stored, so that blob_size and blob_crc32 describe the blob.
     """
     head = data[: meta.dataset_offset]
     dataset = memoryview(data)[meta.dataset_offset :]
     header = parse_header(dataset, meta.transfer_syntax_uid, head)
     _check_uids(header)
     obj = ParsedObject(head, dataset, meta.transfer_syntax_uid, header)
-    record, _crc = ingest._record(obj, origin)
-    record.instance["blob_key"] = blob_key
-    return record
+    return build_record(obj, origin, blob_key=blob_key)
 
 
-def _reindex_one(
-    key: str, *, blobs: BlobStore, ingest: IngestService, writer: IndexWriter, region: Region
-) -> ReindexItem:
+def _reindex_one(key: str, *, blobs: BlobStore, writer: IndexWriter, region: Region) -> ReindexItem:
     try:
         data = blobs.get(key)
     except BlobNotFound:
@@ -419,8 +414,8 @@ def _reindex_one(
         return ReindexItem(key, ReindexStatus.UNINDEXABLE, detail=str(exc))
     origin = recover_origin(meta, data, region)
     try:
-        record = _record_for_stored_blob(ingest, data, meta, blob_key=key, origin=origin)
-    except _Invalid as inv:
+        record = _record_for_stored_blob(data, meta, blob_key=key, origin=origin)
+    except InvalidObject as inv:
         sop = meta.media_storage_sop_instance_uid or None
         return ReindexItem(key, ReindexStatus.UNINDEXABLE, sop, inv.detail)
     sop_uid = record.instance["sop_instance_uid"]
@@ -466,7 +461,6 @@ def clear_index(engine: sa.Engine) -> None:
 def reindex(
     *,
     blobs: BlobStore,
-    ingest: IngestService,
     writer: IndexWriter,
     engine: sa.Engine,
     region: Region,
@@ -488,7 +482,7 @@ def reindex(
     progress(PHASE_REINDEX, 0, None)
 
     def one(key: str) -> ReindexItem:
-        return _reindex_one(key, blobs=blobs, ingest=ingest, writer=writer, region=region)
+        return _reindex_one(key, blobs=blobs, writer=writer, region=region)
 
     for _key, item in run_bounded(one, blobs.keys(), workers=workers):
         seen += 1
