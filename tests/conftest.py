@@ -6,6 +6,7 @@ PostgreSQL database (127.0.0.1:5432; `make test` starts the server where none ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -117,10 +118,18 @@ class Netpacs:
 
     def start(self) -> Netpacs:
         self.log_path = self.data_dir.parent / f"netpacs-{self.port}.log"
+        before = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(NETPACS), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
+        deadline = time.monotonic() + 60
+        while self.log()[before:].count("listening on port") < self.processes:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"netpacs exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"netpacs did not start:\n{self.log()}")
+            time.sleep(0.05)
         wait_for_port(self.port, proc=self.proc)
         return self
 
@@ -137,9 +146,21 @@ class Netpacs:
         """SIGKILL the server and every worker process (a crash, not a shutdown)."""
         if self.proc is None:
             return
-        subprocess.run(["pkill", "-KILL", "-P", str(self.proc.pid)], check=False)
-        self.proc.kill()
+        found = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
+        )
+        pids = [int(p) for p in found.stdout.split()] + [self.proc.pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait()
+        deadline = time.monotonic() + 30
+        # A process blocked in fsync dies only when the write completes: wait until the
+        # workers are really gone, so that their listening socket is closed.
+        while any(Path(f"/proc/{pid}").exists() for pid in pids):
+            if time.monotonic() > deadline:
+                raise TimeoutError("netpacs workers survived SIGKILL")
+            time.sleep(0.05)
         self.proc = None
 
     def log(self) -> str:

@@ -50,11 +50,13 @@ def prepare(settings: Settings) -> None:
 def recover_pending_writes(settings: Settings) -> None:
     """Finish or discard blob writes a crash interrupted (see FileSystemBlobStore.put).
 
-    A pending write with an index row was acknowledged: it is renamed into place. One
-    without was never acknowledged: it is removed.
+    A pending write with an index row was acknowledged (a live process renames before
+    it commits, so only a crash leaves one): it is renamed into place. One without was
+    never acknowledged: it is removed once it is an hour old, so that the in-flight
+    writes of other processes sharing the store are left alone.
     """
     blobs = FileSystemBlobStore(settings.blob_dir)
-    pending = blobs.pending_keys()
+    pending = blobs.pending_keys(older_than=0)
     if not pending:
         return
     engine = make_engine(settings.effective_database_url)
@@ -67,9 +69,16 @@ def recover_pending_writes(settings: Settings) -> None:
             )
     finally:
         engine.dispose()
+    stale = set(blobs.pending_keys(older_than=3600))
     for key in pending:
-        blobs.finish_pending(key, complete=key in indexed)
-    log.warning("recovered %d interrupted writes (%d kept)", len(pending), len(indexed))
+        if key in indexed or key in stale:
+            blobs.finish_pending(key, complete=key in indexed)
+    if indexed or stale:
+        log.warning(
+            "finished %d interrupted writes, removed %d unacknowledged ones",
+            len(indexed),
+            len(stale - indexed),
+        )
 
 
 def build_archive(settings: Settings) -> Archive:

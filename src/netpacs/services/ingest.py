@@ -90,7 +90,7 @@ def parse_header(
         raise InvalidObject(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc!r}") from None
 
 
-def _check_uids(header: JsonDataset) -> dict[str, str]:
+def check_uids(header: JsonDataset) -> dict[str, str]:
     uids: dict[str, str] = {}
     for tag, name in _REQUIRED_UIDS:
         value = first_str(header, tag)
@@ -133,7 +133,7 @@ class IngestService:
         """Store a bare data set as received over a network association (C-STORE)."""
         try:
             header = parse_header(dataset, transfer_syntax_uid)
-            uids = _check_uids(header)
+            uids = check_uids(header)
             if uids["00080018"] != sop_instance_uid or uids["00080016"] != sop_class_uid:
                 raise InvalidObject(
                     InvalidReason.SOP_MISMATCH,
@@ -159,16 +159,12 @@ class IngestService:
             return self._refuse(InvalidObject(InvalidReason.UNPARSABLE, str(exc)), None, origin)
         return self.store_parsed_file(data, meta, origin=origin)
 
-    def _record(self, obj: ParsedObject, origin: Origin) -> tuple[InstanceRecord, int]:
-        """Deprecated private entry kept for maintenance.py; use build_record."""
-        return build_record(obj, origin, blob_key=new_blob_key()), 0
-
     def store_parsed_file(self, data: bytes, meta: FileMeta, *, origin: Origin) -> StoreOutcome:
         head = bytes(128) + data[128 : meta.dataset_offset]
         dataset = memoryview(data)[meta.dataset_offset :]
         try:
             header = parse_header(dataset, meta.transfer_syntax_uid, head)
-            _check_uids(header)
+            check_uids(header)
         except InvalidObject as inv:
             sop = meta.media_storage_sop_instance_uid or None
             return self._refuse(inv, sop, origin)
@@ -251,9 +247,6 @@ class IngestService:
             return False
         stored = self._blobs.get_range(existing["blob_key"], existing["dataset_offset"], size)
         return stored == bytes(obj.dataset)
-
-
-_Invalid = InvalidObject  # old private name, kept for maintenance.py until it moves
 
 
 def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> InstanceRecord:

@@ -34,8 +34,8 @@ from netpacs.index.writer import IndexWriter, InstanceRecord, WriteStatus
 from netpacs.services.ingest import (
     InvalidObject,
     ParsedObject,
-    _check_uids,
     build_record,
+    check_uids,
     parse_header,
 )
 from netpacs.storage.blobstore import BlobNotFound, BlobStore
@@ -396,7 +396,7 @@ def _record_for_stored_blob(
     head = data[: meta.dataset_offset]
     dataset = memoryview(data)[meta.dataset_offset :]
     header = parse_header(dataset, meta.transfer_syntax_uid, head)
-    _check_uids(header)
+    check_uids(header)
     obj = ParsedObject(head, dataset, meta.transfer_syntax_uid, header)
     return build_record(obj, origin, blob_key=blob_key)
 

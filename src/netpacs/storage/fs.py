@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -98,11 +100,16 @@ class FileSystemBlobStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
-    def pending_keys(self) -> list[str]:
-        """Keys of writes whose rename may not have reached the disk (after a crash)."""
-        return [
-            f.name.removesuffix(".part") for f in self._tmp.iterdir() if f.name.endswith(".part")
-        ]
+    def pending_keys(self, *, older_than: float) -> list[str]:
+        """Keys of unfinished writes at least ``older_than`` seconds old."""
+        limit = time.time() - older_than
+        keys = []
+        for f in self._tmp.iterdir():
+            if f.name.endswith(".part"):
+                with contextlib.suppress(FileNotFoundError):
+                    if f.stat().st_mtime <= limit:
+                        keys.append(f.name.removesuffix(".part"))
+        return keys
 
     def finish_pending(self, key: str, *, complete: bool) -> None:
         """Rename a complete pending write into place (and make it durable), or drop it."""
