@@ -79,6 +79,10 @@ _ALL_VRS = frozenset(
 _VR_NAMES = {v.encode(): v for v in _ALL_VRS}
 _key_cache: dict[int, str] = {}
 _struct_cache: dict[tuple[str, str, int], struct.Struct] = {}
+# Converted values are shared between the data sets that contain them: read-only.
+_value_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+_VALUE_CACHE_SIZE = 200_000
+_CACHED_VALUE_MAX = 256
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
@@ -248,6 +252,22 @@ class _Walker:
                 return {"vr": vr, "BulkDataURI": f"bulk:{pos}:{length}"}
             return {"vr": vr, "InlineBinary": base64.b64encode(buf[pos : pos + length]).decode()}
         raw = buf[pos : pos + length]
+        if length <= _CACHED_VALUE_MAX:
+            # The slices of a series repeat most of their values byte for byte: convert
+            # each distinct (tag, VR, bytes, character set) once.
+            ckey = (tag, vr, raw, self.e, tuple(charset) if charset else None)
+            cached = _value_cache.get(ckey)
+            if cached is None:
+                if len(_value_cache) > _VALUE_CACHE_SIZE:
+                    _value_cache.clear()
+                cached = _value_cache[ckey] = self._convert(vr, raw, pos, length, charset)
+            return cached
+        return self._convert(vr, raw, pos, length, charset)
+
+    def _convert(
+        self, vr: str, raw: bytes, pos: int, length: int, charset: list[str] | None
+    ) -> dict[str, Any]:
+        buf = self.buf
         if vr in _STRING_VRS:
             return _strings(vr, _decode(raw, charset, vr))
         if vr == "PN":

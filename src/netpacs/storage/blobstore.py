@@ -6,7 +6,7 @@ DICOM object (ARCHITECTURE.md invariant 3).
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -17,7 +17,7 @@ class BlobNotFound(KeyError):
 
 
 def new_blob_key() -> str:
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class BlobStore(Protocol):
