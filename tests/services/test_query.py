@@ -821,6 +821,7 @@ def test_sequence_items_carry_only_the_requested_keys(service: QueryService) -> 
     [
         ({"vr": "CS", "Value": ["ISO_IR 100"]}, ["ISO_IR 100"]),
         ({"vr": "CS"}, ["ISO_IR 192"]),
+        ({"vr": "CS", "Value": [None, "ISO 2022 IR 87"]}, ["", "ISO 2022 IR 87"]),
         (None, None),
     ],
 )
@@ -960,6 +961,13 @@ RETRIEVE = [
         ident(SOPInstanceUID=[SOP_UID["seA1a_1"], SOP_UID["seA1b_1"]], ImageType="DERIVED"),
         ["seA1b_1"],
         id="image-metadata-key",
+    ),
+    pytest.param(
+        ST,
+        SR,
+        ident(StudyInstanceUID=STUDY_UID["stA1"], ImageType="DERIVED"),
+        ["seA1a_1", "seA1a_2", "seA1a_3", "seA1b_1", "seA1b_2"],
+        id="metadata-keys-ignored-above-image-level",
     ),
     pytest.param(ST, SR, ident(StudyInstanceUID="1.2.3.4"), [], id="unknown-study"),
 ]

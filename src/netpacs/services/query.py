@@ -720,7 +720,8 @@ class QueryService:
         """The stored instances a C-MOVE / C-GET identifier selects (PS3.4 C.4.2, C.4.3).
 
         The unique key of the level is required (list of UID matching allowed); other
-        keys given are matched too, relationally, on each instance.
+        keys with a column in the index are matched too, relationally, on each instance.
+        Keys answered from ``metadata_json`` are matched only at IMAGE level.
         """
         _check_model(level, model)
         keys = _parse_identifier(identifier, level)
@@ -841,8 +842,14 @@ class QueryService:
     ) -> Iterator[dict[str, Any]]:
         fixed: JsonDataset = {_QUERY_RETRIEVE_LEVEL: {"vr": "CS", "Value": [level.value]}}
         if _SPECIFIC_CHARACTER_SET in identifier:
-            requested = _stored_values(identifier[_SPECIFIC_CHARACTER_SET] or {})
-            fixed[_SPECIFIC_CHARACTER_SET] = {"vr": "CS", "Value": requested or ["ISO_IR 192"]}
+            # Echoed as given (an empty first value is the default repertoire, PS3.5
+            # 6.1.2.5.3); asked for without a value, the answer is in UTF-8.
+            element = identifier[_SPECIFIC_CHARACTER_SET] or {}
+            given = ["" if v is None else str(v) for v in element.get("Value") or []]
+            fixed[_SPECIFIC_CHARACTER_SET] = {
+                "vr": "CS",
+                "Value": given if any(given) else ["ISO_IR 192"],
+            }
         return self._rows(plan, fixed, limit=limit, offset=offset)
 
     def _rows(
