@@ -35,6 +35,7 @@ class Archive:
         if self._closed:
             return
         self._closed = True
+        self.ingest.close()
         self.writer.close()
         self.read_engine.dispose()
         self.write_engine.dispose()

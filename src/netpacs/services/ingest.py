@@ -8,9 +8,12 @@ are values (:class:`StoreOutcome`), not exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +122,7 @@ class IngestService:
         self._region = region
         self._ae_title = ae_title
         self._policy = duplicate_policy
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-write")
 
     # -- entry points ----------------------------------------------------------------
     def store_dataset(
@@ -131,7 +135,15 @@ class IngestService:
         origin: Origin,
     ) -> StoreOutcome:
         """Store a bare data set as received over a network association (C-STORE)."""
-        try:
+        head = build_file_meta(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            sending_ae_title=origin.ae_title,
+            receiving_ae_title=self._ae_title,
+        )
+
+        def parse() -> JsonDataset:
             header = parse_header(dataset, transfer_syntax_uid)
             uids = check_uids(header)
             if uids["00080018"] != sop_instance_uid or uids["00080016"] != sop_class_uid:
@@ -140,16 +152,9 @@ class IngestService:
                     f"data set has SOP {uids['00080016']} / {uids['00080018']}, "
                     f"command has {sop_class_uid} / {sop_instance_uid}",
                 )
-        except InvalidObject as inv:
-            return self._refuse(inv, sop_instance_uid, origin)
-        head = build_file_meta(
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
-            transfer_syntax_uid=transfer_syntax_uid,
-            sending_ae_title=origin.ae_title,
-            receiving_ae_title=self._ae_title,
-        )
-        return self._store(ParsedObject(head, dataset, transfer_syntax_uid, header), origin)
+            return header
+
+        return self._ingest(head, dataset, transfer_syntax_uid, parse, sop_instance_uid, origin)
 
     def store_part10(self, data: bytes, *, origin: Origin) -> StoreOutcome:
         """Store a DICOM Part 10 file (STOW-RS, import), kept as received but the preamble."""
@@ -162,13 +167,17 @@ class IngestService:
     def store_parsed_file(self, data: bytes, meta: FileMeta, *, origin: Origin) -> StoreOutcome:
         head = bytes(128) + data[128 : meta.dataset_offset]
         dataset = memoryview(data)[meta.dataset_offset :]
-        try:
+
+        def parse() -> JsonDataset:
             header = parse_header(dataset, meta.transfer_syntax_uid, head)
             check_uids(header)
-        except InvalidObject as inv:
-            sop = meta.media_storage_sop_instance_uid or None
-            return self._refuse(inv, sop, origin)
-        return self._store(ParsedObject(head, dataset, meta.transfer_syntax_uid, header), origin)
+            return header
+
+        sop = meta.media_storage_sop_instance_uid or None
+        return self._ingest(head, dataset, meta.transfer_syntax_uid, parse, sop, origin)
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
 
     # -- the common path ----------------------------------------------------------------
     def _refuse(self, inv: InvalidObject, sop_uid: str | None, origin: Origin) -> StoreOutcome:
@@ -181,13 +190,37 @@ class IngestService:
         )
         return StoreOutcome(StoreStatus.INVALID, sop_uid, inv.detail, inv.reason)
 
-    def _store(self, obj: ParsedObject, origin: Origin) -> StoreOutcome:
-        record = build_record(obj, origin, blob_key=new_blob_key())
-        sop_uid = record.instance["sop_instance_uid"]
-        key = record.instance["blob_key"]
+    def _ingest(
+        self,
+        head: bytes,
+        dataset: bytes | memoryview,
+        transfer_syntax_uid: str,
+        parse: Callable[[], JsonDataset],
+        sop_uid: str | None,
+        origin: Origin,
+    ) -> StoreOutcome:
+        """Write the blob while the header is parsed; index it once both are done.
+
+        The write (a copy into the page cache and an fsync) releases the GIL, so it runs
+        beside the parse instead of after it. An object the parse refuses has its blob
+        removed before the refusal is returned.
+        """
+        key = new_blob_key()
+        write = self._io.submit(self._blobs.put, key, (head, dataset))
         try:
-            self._blobs.put(key, (obj.head, obj.dataset))
+            header = parse()
+        except InvalidObject as inv:
+            with contextlib.suppress(OSError):
+                write.result()
+            self._blobs.delete(key)
+            return self._refuse(inv, sop_uid, origin)
+        obj = ParsedObject(head, dataset, transfer_syntax_uid, header)
+        record = build_record(obj, origin, blob_key=key)
+        sop_uid = record.instance["sop_instance_uid"]
+        try:
+            write.result()
         except OSError as exc:
+            self._blobs.delete(key)
             log.error("could not write object %s to storage: %s", sop_uid, exc)
             return StoreOutcome(StoreStatus.FAILED, sop_uid, f"storage write failed: {exc}")
         try:
