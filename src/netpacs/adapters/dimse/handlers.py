@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 from pydicom import Dataset
 from pynetdicom.dsutils import decode, encode
 
@@ -203,6 +204,8 @@ class AssociationHandlers:
     def _encode_identifier(self, msg: Message, result: dict[str, Any]) -> bytes:
         ctx = self.assoc.contexts[msg.context_id]
         implicit, little, deflated = _encoding(ctx.transfer_syntax)
+        if "00080005" not in result and not orjson.dumps(result).isascii():
+            result = {**result, "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
         encoded = encode(Dataset.from_json(result), implicit, little, deflated)
         if encoded is None:
             raise ValueError("response identifier could not be encoded")
