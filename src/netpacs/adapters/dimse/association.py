@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 
 _HDR = struct.Struct(">BBI")
 _PDV = struct.Struct(">IBB")
+_CONTROL_PDUS = frozenset(
+    {
+        p.A_ASSOCIATE_RQ,
+        p.A_ASSOCIATE_AC,
+        p.A_ASSOCIATE_RJ,
+        p.A_RELEASE_RQ,
+        p.A_RELEASE_RP,
+        p.A_ABORT,
+    }
+)
+_MAX_CONTROL_PDU = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is a few kilobytes
 
 
 @dataclass(slots=True)
@@ -35,7 +46,7 @@ class Message:
     data: bytes | None
 
 
-class Association(asyncio.Protocol):
+class Association(asyncio.BufferedProtocol):
     """The acceptor side of one association (PS3.8 state machine, acceptor states)."""
 
     def __init__(
@@ -52,15 +63,24 @@ class Association(asyncio.Protocol):
         self.our_max_pdu = max_pdu_length
         self.peer_max_pdu = 0
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
+        # Receive state: bytes land directly in ``_target`` (a PDU or PDV header, or a
+        # fragment's own buffer); ``_on_full`` decides what comes next.
+        self._header = bytearray(6)
+        self._target = memoryview(self._header)
+        self._filled = 0
+        self._on_full: Callable[[], None] = self._pdu_header_read
+        self._pdu_type = 0
+        self._pdu_left = 0
+        self._pdv_ctx = 0
+        self._pdv_mch = 0
         self.established = False
         self._closing = False
         self.contexts: dict[int, p.AcceptedContext] = {}
         self.calling_ae = ""
         self.origin = Origin(Protocol.DIMSE)
         self.peer = ""
-        self._cmd_frags: list[bytes] = []
-        self._data_frags: list[bytes] = []
+        self._cmd_frags: list[bytearray] = []
+        self._data_frags: list[bytearray] = []
         self._pending: c.Command | None = None
         self._pending_ctx = 0
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -85,31 +105,85 @@ class Association(asyncio.Protocol):
         self._last_activity = loop.time()
         self._watchdog = loop.call_later(self._idle_timeout, self._check_idle)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._target[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        if self._filled < len(self._target) or self._closing:
+            return
         self._last_activity = asyncio.get_running_loop().time()
-        buf = self._buf
-        buf += data
-        while len(buf) >= 6 and not self._closing:
-            pdu_type, _, length = _HDR.unpack_from(buf, 0)
-            if len(buf) < 6 + length:
-                if pdu_type not in (
-                    p.A_ASSOCIATE_RQ,
-                    p.P_DATA_TF,
-                    p.A_RELEASE_RQ,
-                    p.A_ABORT,
-                    p.A_RELEASE_RP,
-                ):
-                    self._abort(p.ABORT_REASON_UNRECOGNIZED_PDU, f"unknown PDU type {pdu_type}")
-                return
-            try:
-                if pdu_type == p.P_DATA_TF:
-                    self._p_data(memoryview(buf)[6 : 6 + length])
-                else:
-                    self._control_pdu(pdu_type, bytes(buf[6 : 6 + length]))
-            except (p.PDUError, c.CommandError) as exc:
-                self._abort(p.ABORT_REASON_INVALID_PARAMETER, str(exc))
-                return
-            del buf[: 6 + length]
+        try:
+            self._on_full()
+        except (p.PDUError, c.CommandError) as exc:
+            self._abort(p.ABORT_REASON_INVALID_PARAMETER, str(exc))
+
+    def _expect(self, buffer: bytearray, then: Callable[[], None]) -> None:
+        self._target = memoryview(buffer)
+        self._filled = 0
+        self._on_full = then
+        if not buffer:
+            then()
+
+    def _pdu_header_read(self) -> None:
+        pdu_type, _, length = _HDR.unpack_from(self._header, 0)
+        self._pdu_type = pdu_type
+        if pdu_type == p.P_DATA_TF:
+            if not self.established:
+                raise p.PDUError("P-DATA-TF before the association was accepted")
+            self._pdu_left = length
+            self._next_pdv()
+        elif pdu_type in _CONTROL_PDUS:
+            if length > _MAX_CONTROL_PDU:
+                raise p.PDUError(f"PDU of type {pdu_type:#04x} is too long ({length} bytes)")
+            self._expect(bytearray(length), self._control_pdu_read)
+        else:
+            self._abort(p.ABORT_REASON_UNRECOGNIZED_PDU, f"unknown PDU type {pdu_type:#04x}")
+
+    def _control_pdu_read(self) -> None:
+        body = bytes(self._target)
+        self._expect(self._header, self._pdu_header_read)
+        self._control_pdu(self._pdu_type, body)
+
+    def _next_pdv(self) -> None:
+        if self._pdu_left == 0:
+            self._expect(self._header, self._pdu_header_read)
+        elif self._pdu_left < 6:
+            raise p.PDUError("truncated PDV item")
+        else:
+            self._expect(self._header, self._pdv_header_read)
+
+    def _pdv_header_read(self) -> None:
+        item_len, ctx_id, mch = _PDV.unpack_from(self._header, 0)
+        if item_len < 2 or item_len + 4 > self._pdu_left:
+            raise p.PDUError("PDV item length is inconsistent with its PDU")
+        ctx = self.contexts.get(ctx_id)
+        if ctx is None or ctx.result != p.PC_ACCEPTANCE:
+            raise p.PDUError(f"PDV on presentation context {ctx_id}, which was not accepted")
+        self._pdu_left -= 4 + item_len
+        self._pdv_ctx = ctx_id
+        self._pdv_mch = mch
+        self._expect(bytearray(item_len - 2), self._fragment_read)
+
+    def _fragment_read(self) -> None:
+        fragment = self._target.obj
+        assert isinstance(fragment, bytearray)
+        ctx_id, mch = self._pdv_ctx, self._pdv_mch
+        if mch & 1:
+            self._cmd_frags.append(fragment)
+            if mch & 2:
+                self._command_complete(ctx_id)
+        else:
+            if self._pending is None:
+                raise p.PDUError("data set fragment without a command")
+            self._data_frags.append(fragment)
+            if mch & 2:
+                data = b"".join(self._data_frags)
+                self._data_frags = []
+                cmd, self._pending = self._pending, None
+                self._dispatch(Message(self._pending_ctx, cmd, data))
+        if not self._closing:
+            self._next_pdv()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -172,41 +246,8 @@ class Association(asyncio.Protocol):
         self._handlers = self._make_handlers(self)
         self._worker = asyncio.get_running_loop().create_task(self._work())
 
-    def _p_data(self, body: memoryview) -> None:
-        if not self.established:
-            raise p.PDUError("P-DATA-TF before the association was accepted")
-        pos = 0
-        n = len(body)
-        while pos < n:
-            if pos + 6 > n:
-                raise p.PDUError("truncated PDV item")
-            item_len, ctx_id, mch = _PDV.unpack_from(body, pos)
-            if item_len < 2 or pos + 4 + item_len > n:
-                raise p.PDUError("PDV item length is inconsistent with its PDU")
-            fragment = bytes(body[pos + 6 : pos + 4 + item_len])
-            pos += 4 + item_len
-            if ctx_id not in self.contexts or self.contexts[ctx_id].result != p.PC_ACCEPTANCE:
-                raise p.PDUError(f"PDV on presentation context {ctx_id}, which was not accepted")
-            if mch & 1:
-                self._cmd_frags.append(fragment)
-                if mch & 2:
-                    self._command_complete(ctx_id)
-            else:
-                if self._pending is None:
-                    raise p.PDUError("data set fragment without a command")
-                self._data_frags.append(fragment)
-                if mch & 2:
-                    data = (
-                        self._data_frags[0]
-                        if len(self._data_frags) == 1
-                        else b"".join(self._data_frags)
-                    )
-                    self._data_frags = []
-                    cmd, self._pending = self._pending, None
-                    self._dispatch(Message(self._pending_ctx, cmd, data))
-
     def _command_complete(self, ctx_id: int) -> None:
-        raw = b"".join(self._cmd_frags)
+        raw = bytes(b"".join(self._cmd_frags))
         self._cmd_frags = []
         cmd = c.decode_command(raw)
         if cmd.has_data_set:
