@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     demo: bool = False
     reject_unknown_calling_ae: bool = True
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT
-    dimse_processes: int = Field(default=2, ge=1, le=64, description="DIMSE receive processes")
+    dimse_processes: int = Field(default=4, ge=1, le=64, description="DIMSE worker processes")
     max_pdu_length: int = Field(default=262_144, ge=0)
     dimse_timeout: float = Field(default=60.0, gt=0, description="seconds of silence allowed")
     log_level: str = "INFO"

@@ -1,0 +1,88 @@
+"""The bundled demo region is the region of REGION.md, and bad region files are refused clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netpacs.config import BUNDLED_DEMO_REGION
+from netpacs.domain.region import AEKind, RegionError, load_region
+
+EXPECTED_SITES = {
+    "RTP": {"ESH"},
+    "RTK": {"SPH", "ASH"},
+    "RXC": {"EDGH", "CONQ"},
+    "RPC": {"QVH"},
+    "RA2": {"RSCH"},
+    "RYR": {"RSUS", "WOR", "SRH", "PRH"},
+}
+WORKSTATION_PORTS = {"RTP": 11201, "RTK": 11202, "RXC": 11203, "RPC": 11204, "RA2": 11205, "RYR": 11206}
+
+
+def test_bundled_region_has_the_six_trusts_with_their_sites() -> None:
+    region = load_region(BUNDLED_DEMO_REGION)
+    assert {t.ods_code: {s.code for s in t.sites} for t in region.trusts} == EXPECTED_SITES
+
+
+def test_every_site_has_ct_mr_cr_us_modality_aes_that_only_send() -> None:
+    region = load_region(BUNDLED_DEMO_REGION)
+    for ods, sites in EXPECTED_SITES.items():
+        for site in sites:
+            for kind in ("CT1", "MR1", "CR1", "US1"):
+                ae = region.ae(f"{site}_{kind}")
+                assert ae is not None, f"{site}_{kind} missing"
+                assert (ae.trust, ae.site, ae.kind, ae.port) == (ods, site, AEKind.MODALITY, None)
+
+
+def test_every_trust_has_one_workstation_on_its_port_and_a_results_listener() -> None:
+    region = load_region(BUNDLED_DEMO_REGION)
+    for ods, port in WORKSTATION_PORTS.items():
+        ws = region.ae(f"{ods}_WS1")
+        assert ws is not None and ws.kind is AEKind.WORKSTATION
+        assert (ws.trust, ws.host, ws.port) == (ods, "127.0.0.1", port)
+        trust = region.trust(ods)
+        assert trust is not None and trust.results_endpoint is not None
+        assert trust.results_endpoint.port == 12570 + (port - 11200)
+
+
+def test_bundled_region_file_is_shipped_in_the_package() -> None:
+    """The file must be tracked by git, not only present in a developer's checkout."""
+    assert BUNDLED_DEMO_REGION.is_file()
+    assert BUNDLED_DEMO_REGION.parent.name == "data"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "defines no trusts"),
+        ("[[trusts]]\nname = 'x'\n", "'ods_code' must be a str"),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.workstations]]\nae_title='A'\nhost='h'\n",
+            "'port' must be a int",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='S'\nname='s'\n"
+            "modality_aes=['WAY_TOO_LONG_AE_TITLE']\n",
+            "is not 1-16 printable characters",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='S'\nname='s'\n"
+            "modality_aes=['A', 'A']\n",
+            "defined twice",
+        ),
+        ("not = toml = at all", "cannot read region file"),
+    ],
+)
+def test_malformed_region_file_is_refused_with_where_it_is_wrong(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "region.toml"
+    path.write_text(text)
+    with pytest.raises(RegionError, match=message):
+        load_region(path)
+
+
+def test_missing_region_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(RegionError, match="nowhere.toml"):
+        load_region(tmp_path / "nowhere.toml")
