@@ -17,7 +17,14 @@ EXPECTED_SITES = {
     "RA2": {"RSCH"},
     "RYR": {"RSUS", "WOR", "SRH", "PRH"},
 }
-WORKSTATION_PORTS = {"RTP": 11201, "RTK": 11202, "RXC": 11203, "RPC": 11204, "RA2": 11205, "RYR": 11206}
+WORKSTATION_PORTS = {
+    "RTP": 11201,
+    "RTK": 11202,
+    "RXC": 11203,
+    "RPC": 11204,
+    "RA2": 11205,
+    "RYR": 11206,
+}
 
 
 def test_bundled_region_has_the_six_trusts_with_their_sites() -> None:
@@ -84,5 +91,5 @@ def test_malformed_region_file_is_refused_with_where_it_is_wrong(
 
 
 def test_missing_region_file_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(RegionError, match="nowhere.toml"):
+    with pytest.raises(RegionError, match=r"nowhere\.toml"):
         load_region(tmp_path / "nowhere.toml")
