@@ -97,6 +97,7 @@ class Netpacs:
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     processes: int = 2
+    http_processes: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -111,6 +112,7 @@ class Netpacs:
             NETPACS_HTTP_PORT=str(self.http_port),
             NETPACS_REGION_FILE=str(self.region_file),
             NETPACS_DIMSE_PROCESSES=str(self.processes),
+            NETPACS_HTTP_PROCESSES=str(self.http_processes),
             TCP_NODELAY="1",
         )
         env.update(self.extra_env)
@@ -124,14 +126,24 @@ class Netpacs:
             [str(NETPACS), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
-        while self.log()[before:].count("listening on port") < self.processes:
+        workers = self.processes + self.http_processes
+        while self.log()[before:].count("listening on port") < workers:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"netpacs exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"netpacs did not start:\n{self.log()}")
             time.sleep(0.05)
         wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.http_port, proc=self.proc)
         return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.base_url}/dicomweb"
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

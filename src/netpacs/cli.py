@@ -107,10 +107,25 @@ def _os_user() -> str | None:
 
 
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
-    from netpacs.adapters.dimse.server import serve_forever
+    from netpacs.adapters.dimse import server as dimse_server
+    from netpacs.adapters.http import server as http_server
+    from netpacs.supervisor import WorkerGroup, listen, supervise
 
     prepare(settings)
-    serve_forever(settings)
+    dimse_sock = listen(settings.dimse_host, settings.dimse_port)
+    http_sock = listen(settings.http_host, settings.http_port)
+    supervise(
+        [
+            WorkerGroup(
+                "DIMSE",
+                settings.dimse_processes,
+                lambda: dimse_server.run_worker(settings, dimse_sock),
+            ),
+            WorkerGroup(
+                "HTTP", settings.http_processes, lambda: http_server.run_worker(settings, http_sock)
+            ),
+        ]
+    )
     return EXIT_OK
 
 

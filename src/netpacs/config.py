@@ -7,6 +7,7 @@ NETPACS_CONFIG (keys as the field names below, e.g. ``dimse_port = 11112``), def
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,17 @@ class Settings(BaseSettings):
     ae_title: str = "NETPACS"
     dimse_host: str = "0.0.0.0"
     dimse_port: int = Field(default=11112, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    http_processes: int = Field(default=2, ge=1, le=64, description="HTTP worker processes")
+    public_url: str | None = Field(
+        default=None,
+        description="base URL clients reach us at (BulkDataURIs, FHIR endpoints); "
+        "default: taken from each request's Host",
+    )
+    viewer_dir: Path | None = Field(
+        default=None, description="the prepared OHIF dist/; default: <venv>/share/netpacs/viewer"
+    )
     region_file: Path | None = Field(default=None, description="default: the bundled demo region")
     demo: bool = False
     reject_unknown_calling_ae: bool = True
@@ -59,6 +70,10 @@ class Settings(BaseSettings):
     @property
     def effective_region_file(self) -> Path:
         return self.region_file or BUNDLED_DEMO_REGION
+
+    @property
+    def effective_viewer_dir(self) -> Path:
+        return self.viewer_dir or Path(sys.prefix) / "share" / "netpacs" / "viewer"
 
     @property
     def blob_dir(self) -> Path:

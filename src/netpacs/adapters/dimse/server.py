@@ -1,9 +1,9 @@
-"""The DIMSE server: one listening socket shared by several worker processes.
+"""The DIMSE server worker: accepts associations on a listening socket it inherits.
 
-Each worker process runs an asyncio loop accepting associations on the inherited
-socket, with its own index writer and thread pool; the kernel hands each new
-connection to whichever worker accepts first, so a busy worker takes fewer. The
-parent supervises: it restarts a worker that dies and stops them all on SIGTERM.
+Each worker process (see ``netpacs.supervisor``) runs an asyncio loop accepting
+associations on the shared socket, with its own index writer and thread pool; the
+kernel hands each new connection to whichever worker accepts first, so a busy
+worker takes fewer.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import logging
 import os
 import signal
 import socket
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from netpacs.adapters.dimse.association import Association
@@ -27,15 +25,6 @@ from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService
 
 log = logging.getLogger(__name__)
-
-
-def listen(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 def dimse_services(archive: Archive, executor: ThreadPoolExecutor) -> DimseServices:
@@ -97,53 +86,6 @@ def _worker(settings: Settings, sock: socket.socket) -> None:
     asyncio.run(main())
 
 
-def serve_forever(settings: Settings) -> None:
-    """Run the DIMSE server until SIGINT or SIGTERM (call ``app.prepare`` first)."""
-    sock = listen(settings.dimse_host, settings.dimse_port)
-    if settings.dimse_processes == 1:
-        _worker(settings, sock)
-        return
-    children: dict[int, int] = {}  # pid -> slot
-    stopping = False
-
-    def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 0
-            try:
-                _worker(settings, sock)
-            except BaseException:
-                log.exception("DIMSE worker %d failed", slot)
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = slot
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for slot in range(settings.dimse_processes):
-        spawn(slot)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        slot = children.pop(pid, -1)
-        if slot >= 0 and not stopping:
-            log.error(
-                "DIMSE worker %d (pid %d) exited with status %d; restarting", slot, pid, status
-            )
-            time.sleep(0.5)
-            spawn(slot)
-    sock.close()
-    sys.stdout.flush()
+def run_worker(settings: Settings, sock: socket.socket) -> None:
+    """One DIMSE worker process: accept associations on ``sock`` until SIGTERM."""
+    _worker(settings, sock)

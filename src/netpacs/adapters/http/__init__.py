@@ -1,0 +1,1 @@
+"""The HTTP adapter: DICOMweb (STOW-RS, QIDO-RS, WADO-RS, WADO-URI), FHIR, pages, viewer."""
