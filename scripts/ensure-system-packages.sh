@@ -2,8 +2,9 @@
 # Install the Debian 12 packages netpacs needs, only when something is missing.
 #
 #   scripts/ensure-system-packages.sh run    python3.11 with venv support
-#   scripts/ensure-system-packages.sh test   + DCMTK, Orthanc (benchmark peer),
-#                                              PostgreSQL server if none installed
+#   scripts/ensure-system-packages.sh test   + DCMTK, Orthanc and its DICOMweb
+#                                              plugin (benchmark peers), Chromium
+#                                              (viewer tests), PostgreSQL server
 #
 # Idempotent and quick when everything is present: every check is a
 # `command -v` / `dpkg -s` / import probe; apt-get runs only for what is missing.
@@ -70,6 +71,12 @@ if [ "$MODE" = "test" ]; then
   done
   if [ ! -x /usr/sbin/Orthanc ] && ! command -v Orthanc >/dev/null 2>&1; then
     need_pkg orthanc
+  fi
+  # The DICOMweb benchmark peer (Orthanc's DICOMweb plugin).
+  need_pkg orthanc-dicomweb
+  # The browser the viewer tests drive through Playwright.
+  if [ ! -x /usr/bin/chromium ]; then
+    need_pkg chromium
   fi
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     need_pkg postgresql
