@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from netpacs import __version__
 from netpacs.app import Archive, build_archive, prepare
-from netpacs.config import Settings, load_settings
+from netpacs.config import ConfigFileError, Settings, load_settings
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import RegionError, load_region
 from netpacs.index.db import make_engine, migrate
@@ -404,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
     except ValidationError as exc:
         print(f"netpacs: invalid settings:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigFileError, tomllib.TOMLDecodeError) as exc:
+        print(f"netpacs: cannot read the configuration file: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _configure_logging(settings.log_level)
     command: Command = args.func

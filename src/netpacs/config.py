@@ -24,6 +24,10 @@ from netpacs.domain.outcomes import DuplicatePolicy
 BUNDLED_DEMO_REGION = Path(__file__).parent / "data" / "demo_region.toml"
 
 
+class ConfigFileError(ValueError):
+    """The configuration file NETPACS_CONFIG names cannot be used."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NETPACS_", extra="forbid")
 
@@ -91,6 +95,8 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get("NETPACS_CONFIG")
         if config_file:
+            if not Path(config_file).is_file():
+                raise ConfigFileError(f"NETPACS_CONFIG names {config_file}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
