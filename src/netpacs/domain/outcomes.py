@@ -48,6 +48,7 @@ class InvalidReason(enum.Enum):
     MISSING_UID = "a required UID (Study, Series or SOP Instance) is missing"
     MALFORMED_UID = "a UID is malformed (PS3.5 9.1)"
     SOP_MISMATCH = "the SOP Class or Instance UID in the data set differs from the command"
+    STUDY_MISMATCH = "the Study Instance UID in the data set differs from the one the request names"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,10 @@ class StoreOutcome:
     sop_instance_uid: str | None = None
     message: str = ""
     reason: InvalidReason | None = None
+    # What the object says of itself, when it could be parsed (for links in responses).
+    sop_class_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
 
 
 class DuplicatePolicy(enum.Enum):
