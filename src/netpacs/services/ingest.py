@@ -9,11 +9,12 @@ are values (:class:`StoreOutcome`), not exceptions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,21 +157,47 @@ class IngestService:
 
         return self._ingest(head, dataset, transfer_syntax_uid, parse, sop_instance_uid, origin)
 
-    def store_part10(self, data: bytes, *, origin: Origin) -> StoreOutcome:
-        """Store a DICOM Part 10 file (STOW-RS, import), kept as received but the preamble."""
+    def store_part10(
+        self,
+        data: bytes | memoryview,
+        *,
+        origin: Origin,
+        study_instance_uid: str | None = None,
+    ) -> StoreOutcome:
+        """Store a DICOM Part 10 file (STOW-RS, import), kept as received but the preamble.
+
+        ``data`` may be a view of a spooled file (STOW-RS). With ``study_instance_uid``
+        (STOW-RS to ``/studies/{study}``, PS3.18 10.5.1) an object of another study is
+        refused and nothing of it is kept.
+        """
         try:
             meta = read_file_meta(data)
         except HeaderError as exc:
             return self._refuse(InvalidObject(InvalidReason.UNPARSABLE, str(exc)), None, origin)
-        return self.store_parsed_file(data, meta, origin=origin)
+        return self.store_parsed_file(
+            data, meta, origin=origin, study_instance_uid=study_instance_uid
+        )
 
-    def store_parsed_file(self, data: bytes, meta: FileMeta, *, origin: Origin) -> StoreOutcome:
+    def store_parsed_file(
+        self,
+        data: bytes | memoryview,
+        meta: FileMeta,
+        *,
+        origin: Origin,
+        study_instance_uid: str | None = None,
+    ) -> StoreOutcome:
         head = bytes(128) + data[128 : meta.dataset_offset]
         dataset = memoryview(data)[meta.dataset_offset :]
 
         def parse() -> JsonDataset:
             header = parse_header(dataset, meta.transfer_syntax_uid, head)
-            check_uids(header)
+            uids = check_uids(header)
+            if study_instance_uid is not None and uids["0020000D"] != study_instance_uid:
+                raise InvalidObject(
+                    InvalidReason.STUDY_MISMATCH,
+                    f"Study Instance UID {uids['0020000D']} differs from the study "
+                    f"{study_instance_uid} the request names",
+                )
             return header
 
         sop = meta.media_storage_sop_instance_uid or None
@@ -216,7 +243,20 @@ class IngestService:
             return self._refuse(inv, sop_uid, origin)
         obj = ParsedObject(head, dataset, transfer_syntax_uid, header)
         record = build_record(obj, origin, blob_key=key)
+        outcome = self._commit(obj, record, write, origin)
+        return dataclasses.replace(
+            outcome,
+            sop_class_uid=record.instance["sop_class_uid"],
+            study_instance_uid=record.study["study_instance_uid"],
+            series_instance_uid=record.series["series_instance_uid"],
+        )
+
+    def _commit(
+        self, obj: ParsedObject, record: InstanceRecord, write: Future[int], origin: Origin
+    ) -> StoreOutcome:
+        """Wait for the blob, then insert the index rows (or settle the duplicate)."""
         sop_uid = record.instance["sop_instance_uid"]
+        key = record.instance["blob_key"]
         try:
             write.result()
         except OSError as exc:
