@@ -14,7 +14,10 @@ $(BIN)/netpacs: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The OHIF viewer (npm pack of a pinned @ohif/app, prepared for /viewer): a stamp
+# makes this a no-op when the pinned version is already installed.
 setup: $(BIN)/netpacs
+	$(BIN)/python scripts/install-viewer.py
 
 test-setup: setup
 	bash scripts/ensure-system-packages.sh test

@@ -1,0 +1,1 @@
+"""Server-rendered HTML pages (no scripts, no external assets): the study list."""

@@ -1,0 +1,229 @@
+"""The study list: a page of studies, newest first, for people choosing what to view.
+
+Matching goes through the query service (the same C-FIND matching as DIMSE and
+QIDO-RS, PS3.4 C.2.2.2), so the list shows exactly what a query would answer. The
+index adds what a C-FIND answer does not carry: the trust where each study was
+captured (``study.origin_trust``, ``origin_site``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from netpacs.domain.region import Region
+from netpacs.index.schema import study
+from netpacs.services.query import QueryLevel, QueryModel, QueryService
+
+#: Issuers that mean "this identifier is an NHS number" (the NHS number OID too).
+NHS_ISSUERS = frozenset({"NHS", "2.16.840.1.113883.2.1.4.1"})
+
+_PATIENT_NAME = "00100010"
+_PATIENT_ID = "00100020"
+_ISSUER = "00100021"
+_OTHER_PATIENT_IDS = "00101002"
+_STUDY_UID = "0020000D"
+_STUDY_DATE = "00080020"
+_STUDY_TIME = "00080030"
+_MODALITIES = "00080061"
+_DESCRIPTION = "00081030"
+_ACCESSION = "00080050"
+_N_SERIES = "00201206"
+_N_INSTANCES = "00201208"
+
+
+def nhs_number_is_valid(value: str) -> bool:
+    """Ten digits whose last is the modulus-11 check digit of the first nine (REGION.md)."""
+    if not re.fullmatch(r"\d{10}", value):
+        return False
+    total = sum(int(d) * w for d, w in zip(value[:9], range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(value[9])
+
+
+def format_nhs_number(value: str) -> str:
+    """An NHS number as people read it, 3-3-4 digits (``943 476 5919``)."""
+    return f"{value[:3]} {value[3:6]} {value[6:]}" if re.fullmatch(r"\d{10}", value) else value
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFilter:
+    """What to list: C-FIND matching values (empty means any)."""
+
+    patient_name: str = ""
+    patient_id: str = ""
+    study_date: str = ""  # DA or a DA range (YYYYMMDD-YYYYMMDD)
+    modality: str = ""
+
+    def identifier(self) -> dict[str, Any]:
+        keys: dict[str, Any] = {}
+        if self.patient_name:
+            keys[_PATIENT_NAME] = {"vr": "PN", "Value": [{"Alphabetic": self.patient_name}]}
+        for tag, vr, value in (
+            (_PATIENT_ID, "LO", self.patient_id),
+            (_STUDY_DATE, "DA", self.study_date),
+            (_MODALITIES, "CS", self.modality),
+        ):
+            if value:
+                keys[tag] = {"vr": vr, "Value": [value]}
+        return keys
+
+
+@dataclass(frozen=True, slots=True)
+class StudySummary:
+    """One row of the study list."""
+
+    study_instance_uid: str
+    patient_name: str
+    patient_id: str
+    issuer_of_patient_id: str
+    nhs_number: str | None  # 10 digits, valid
+    study_date: str
+    study_time: str
+    modalities: tuple[str, ...]
+    study_description: str
+    accession_number: str
+    number_of_series: int | None
+    number_of_instances: int | None
+    origin_trust: str | None  # ODS code
+    origin_trust_name: str | None
+    origin_site_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyPage:
+    studies: list[StudySummary]
+    offset: int
+    limit: int
+    has_more: bool
+
+
+def _first(element: Mapping[str, Any] | None) -> Any:
+    values = (element or {}).get("Value") or []
+    return values[0] if values else None
+
+
+def _text(element: Mapping[str, Any] | None) -> str:
+    value = _first(element)
+    if isinstance(value, dict):
+        value = value.get("Alphabetic")
+    return "" if value is None else str(value)
+
+
+def _int(element: Mapping[str, Any] | None) -> int | None:
+    value = _first(element)
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def nhs_number_of(answer: Mapping[str, Any]) -> str | None:
+    """The NHS number of a patient: the Patient ID, or an Other Patient ID, issued by NHS."""
+    candidates = [(_text(answer.get(_PATIENT_ID)), _text(answer.get(_ISSUER)))]
+    for item in (answer.get(_OTHER_PATIENT_IDS) or {}).get("Value") or []:
+        if isinstance(item, dict):
+            candidates.append((_text(item.get(_PATIENT_ID)), _text(item.get(_ISSUER))))
+    for value, issuer in candidates:
+        digits = value.replace(" ", "")
+        if issuer.strip().upper() in NHS_ISSUERS and nhs_number_is_valid(digits):
+            return digits
+    return None
+
+
+class StudyListService:
+    """Pages of studies, newest first, matched by the query service."""
+
+    def __init__(self, query: QueryService, engine: sa.Engine, region: Region) -> None:
+        self._query = query
+        self._engine = engine
+        self._region = region
+
+    def page(self, where: StudyFilter, *, limit: int, offset: int = 0) -> StudyPage:
+        """Studies matching ``where``, newest (study date and time) first.
+
+        Raises :class:`~netpacs.services.query.QueryError` for a filter that is not
+        a valid matching key (e.g. a malformed date).
+        """
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be positive and offset not negative")
+        # The query service answers in ascending date order: pick the newest
+        # offset + limit + 1 studies from the cheap column-only answer, then ask for
+        # the full rows of that page only. This reads every matching study's date;
+        # a newest-first order in the query service would make it a LIMIT.
+        keys = where.identifier()
+        keys.update({_STUDY_UID: {"vr": "UI"}, _STUDY_DATE: keys.get(_STUDY_DATE, {"vr": "DA"})})
+        keys[_STUDY_TIME] = {"vr": "TM"}
+        answers = self._query.find(keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        newest = heapq.nlargest(
+            offset + limit + 1,
+            (
+                (_text(a.get(_STUDY_DATE)), _text(a.get(_STUDY_TIME)), _text(a.get(_STUDY_UID)))
+                for a in answers
+            ),
+        )
+        has_more = len(newest) > offset + limit
+        uids = [uid for _, _, uid in newest[offset : offset + limit]]
+        rows = self._summaries(uids)
+        return StudyPage([rows[u] for u in uids if u in rows], offset, limit, has_more)
+
+    def _summaries(self, uids: list[str]) -> dict[str, StudySummary]:
+        if not uids:
+            return {}
+        identifier: dict[str, Any] = {
+            _STUDY_UID: {"vr": "UI", "Value": uids},
+            _PATIENT_NAME: {"vr": "PN"},
+            _PATIENT_ID: {"vr": "LO"},
+            _ISSUER: {"vr": "LO"},
+            _OTHER_PATIENT_IDS: {
+                "vr": "SQ",
+                "Value": [{_PATIENT_ID: {"vr": "LO"}, _ISSUER: {"vr": "LO"}}],
+            },
+            _STUDY_DATE: {"vr": "DA"},
+            _STUDY_TIME: {"vr": "TM"},
+            _MODALITIES: {"vr": "CS"},
+            _DESCRIPTION: {"vr": "LO"},
+            _ACCESSION: {"vr": "SH"},
+            _N_SERIES: {"vr": "IS"},
+            _N_INSTANCES: {"vr": "IS"},
+        }
+        answers = self._query.find(identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        origins = self._origins(uids)
+        out: dict[str, StudySummary] = {}
+        for a in answers:
+            uid = _text(a.get(_STUDY_UID))
+            trust_code, site_code = origins.get(uid, (None, None))
+            trust = self._region.trust(trust_code) if trust_code else None
+            site = next((s for s in trust.sites if s.code == site_code), None) if trust else None
+            out[uid] = StudySummary(
+                study_instance_uid=uid,
+                patient_name=_text(a.get(_PATIENT_NAME)),
+                patient_id=_text(a.get(_PATIENT_ID)),
+                issuer_of_patient_id=_text(a.get(_ISSUER)),
+                nhs_number=nhs_number_of(a),
+                study_date=_text(a.get(_STUDY_DATE)),
+                study_time=_text(a.get(_STUDY_TIME)),
+                modalities=tuple(str(v) for v in (a.get(_MODALITIES) or {}).get("Value") or []),
+                study_description=_text(a.get(_DESCRIPTION)),
+                accession_number=_text(a.get(_ACCESSION)),
+                number_of_series=_int(a.get(_N_SERIES)),
+                number_of_instances=_int(a.get(_N_INSTANCES)),
+                origin_trust=trust_code,
+                origin_trust_name=trust.name if trust else None,
+                origin_site_name=site.name if site else None,
+            )
+        return out
+
+    def _origins(self, uids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+        stmt = sa.select(
+            study.c.study_instance_uid, study.c.origin_trust, study.c.origin_site
+        ).where(study.c.study_instance_uid.in_(list(uids)))
+        with self._engine.connect() as conn:
+            return {row[0]: (row[1], row[2]) for row in conn.execute(stmt)}
