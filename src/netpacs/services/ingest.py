@@ -155,7 +155,8 @@ class IngestService:
                 )
             return header
 
-        return self._ingest(head, dataset, transfer_syntax_uid, parse, sop_instance_uid, origin)
+        sop = (sop_class_uid, sop_instance_uid)
+        return self._ingest(head, dataset, transfer_syntax_uid, parse, sop, origin)
 
     def store_part10(
         self,
@@ -168,8 +169,15 @@ class IngestService:
 
         ``data`` may be a view of a spooled file (STOW-RS). With ``study_instance_uid``
         (STOW-RS to ``/studies/{study}``, PS3.18 10.5.1) an object of another study is
-        refused and nothing of it is kept.
+        refused and nothing of it is kept. A file written without its preamble (pydicom's
+        ``dcmwrite`` of a data set read from no file, as dicomweb-client sends) is given
+        one: the stored preamble is zeros in any case.
         """
+        if bytes(data[128:132]) != b"DICM":
+            if bytes(data[:4]) == b"DICM":
+                data = bytes(128) + data
+            elif bytes(data[:2]) == b"\x02\x00":  # file meta group, little endian
+                data = bytes(128) + b"DICM" + data
         try:
             meta = read_file_meta(data)
         except HeaderError as exc:
@@ -200,14 +208,23 @@ class IngestService:
                 )
             return header
 
-        sop = meta.media_storage_sop_instance_uid or None
+        sop = (
+            meta.media_storage_sop_class_uid or None,
+            meta.media_storage_sop_instance_uid or None,
+        )
         return self._ingest(head, dataset, meta.transfer_syntax_uid, parse, sop, origin)
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
 
     # -- the common path ----------------------------------------------------------------
-    def _refuse(self, inv: InvalidObject, sop_uid: str | None, origin: Origin) -> StoreOutcome:
+    def _refuse(
+        self,
+        inv: InvalidObject,
+        sop_uid: str | None,
+        origin: Origin,
+        sop_class_uid: str | None = None,
+    ) -> StoreOutcome:
         log.warning(
             "refused object %s from %s (%s): %s",
             sop_uid or "(unknown SOP Instance UID)",
@@ -215,7 +232,9 @@ class IngestService:
             inv.reason.name,
             inv.detail,
         )
-        return StoreOutcome(StoreStatus.INVALID, sop_uid, inv.detail, inv.reason)
+        return StoreOutcome(
+            StoreStatus.INVALID, sop_uid, inv.detail, inv.reason, sop_class_uid=sop_class_uid
+        )
 
     def _ingest(
         self,
@@ -223,15 +242,17 @@ class IngestService:
         dataset: bytes | memoryview,
         transfer_syntax_uid: str,
         parse: Callable[[], JsonDataset],
-        sop_uid: str | None,
+        sop: tuple[str | None, str | None],
         origin: Origin,
     ) -> StoreOutcome:
         """Write the blob while the header is parsed; index it once both are done.
 
         The write (a copy into the page cache and an fsync) releases the GIL, so it runs
         beside the parse instead of after it. An object the parse refuses has its blob
-        removed before the refusal is returned.
+        removed before the refusal is returned. ``sop`` is the SOP Class and Instance
+        UID the command or file meta gives, to name the object in a refusal.
         """
+        sop_class_uid, sop_uid = sop
         key = new_blob_key()
         write = self._io.submit(self._blobs.put, key, (head, dataset))
         try:
@@ -240,7 +261,7 @@ class IngestService:
             with contextlib.suppress(OSError):
                 write.result()
             self._blobs.delete(key)
-            return self._refuse(inv, sop_uid, origin)
+            return self._refuse(inv, sop_uid, origin, sop_class_uid)
         obj = ParsedObject(head, dataset, transfer_syntax_uid, header)
         record = build_record(obj, origin, blob_key=key)
         outcome = self._commit(obj, record, write, origin)
