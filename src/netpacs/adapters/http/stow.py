@@ -1,7 +1,256 @@
-"""(being written)"""
+"""STOW-RS (PS3.18 10.5): store DICOM objects sent over HTTP through the ingest service.
+
+``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` take a
+``multipart/related; type="application/dicom"`` body, one Part 10 object per part.
+The body is read as it arrives (:mod:`netpacs.adapters.http.multipart`): each part
+is spooled to memory, or to a temporary file once it is large, and handed to the
+same :class:`~netpacs.services.ingest.IngestService` as C-STORE, in a worker thread,
+before the next part is read. The answer (PS3.18 10.5.3) lists the stored objects in
+ReferencedSOPSequence and the refused ones in FailedSOPSequence with a FailureReason
+from :data:`FAILURE_REASONS`; 200 when all were stored, 202 when some were, 409 when
+none was.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import contextlib
+import logging
+import mmap
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
-router = APIRouter()
+import orjson
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url
+from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.multipart import MediaType, MultipartError, MultipartReader
+from netpacs.adapters.http.qido import DICOM_JSON, negotiate_json
+from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
+from netpacs.domain.uids import is_valid_uid
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["STOW-RS"])
+
+DICOM = "application/dicom"
+# A part larger than this is spooled to a temporary file instead of memory.
+SPOOL_IN_MEMORY = 32 * 1024 * 1024
+
+# FailureReason (0008,1197) values, PS3.18 10.5.3 and PS3.4 B.2.3.
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+DUPLICATE_SOP_INSTANCE = 0x0111
+MISSING_UID = 0xC001  # netpacs-specific codes in the "Cannot understand" range
+MALFORMED_UID = 0xC002
+
+# The one mapping from ingest outcomes to FailureReason (None: the object is stored).
+FAILURE_REASONS: dict[StoreStatus, int | None] = {
+    StoreStatus.STORED: None,
+    StoreStatus.ALREADY_STORED: None,
+    StoreStatus.REPLACED: None,
+    StoreStatus.CONFLICT: DUPLICATE_SOP_INSTANCE,
+    StoreStatus.FAILED: OUT_OF_RESOURCES,
+}
+INVALID_REASONS: dict[InvalidReason, int] = {
+    InvalidReason.UNPARSABLE: CANNOT_UNDERSTAND,
+    InvalidReason.MISSING_UID: MISSING_UID,
+    InvalidReason.MALFORMED_UID: MALFORMED_UID,
+    InvalidReason.SOP_MISMATCH: DATA_SET_DOES_NOT_MATCH,
+    InvalidReason.STUDY_MISMATCH: DATA_SET_DOES_NOT_MATCH,
+}
+
+
+def failure_reason(outcome: StoreOutcome) -> int | None:
+    """The FailureReason for an ingest outcome; None when the object was stored."""
+    if outcome.status is StoreStatus.INVALID:
+        return INVALID_REASONS.get(outcome.reason or InvalidReason.UNPARSABLE, CANNOT_UNDERSTAND)
+    return FAILURE_REASONS[outcome.status]
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    """What became of one part of the request."""
+
+    outcome: StoreOutcome
+    sop_class_uid: str | None  # from the object, or its file meta when it was refused
+
+
+class Spool:
+    """One part's content: in memory while small, then in an anonymous temporary file."""
+
+    def __init__(self, directory: Path | None = None, limit: int = SPOOL_IN_MEMORY) -> None:
+        self._directory = directory
+        self._limit = limit
+        self._memory = bytearray()
+        self._file: IO[bytes] | None = None
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._file is None and self.size <= self._limit:
+            self._memory += chunk
+            return
+        if self._file is None:
+            # Closed by close(); in the data directory, as /tmp may be memory (tmpfs).
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix="netpacs-stow-", dir=self._directory
+            )
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        self._file.write(chunk)
+
+    @contextlib.contextmanager
+    def view(self) -> Iterator[memoryview]:
+        """The whole content as one buffer (a memory map of the file when spooled)."""
+        if self._file is None or self.size == 0:
+            yield memoryview(self._memory)
+            return
+        self._file.flush()
+        mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield memoryview(mapped)
+        finally:
+            # Views of the map still alive (a traceback's frame) keep it mapped until
+            # they are collected; closing it under them would raise BufferError.
+            with contextlib.suppress(BufferError):
+                mapped.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._memory = bytearray()
+
+
+def _ingest(svc: HttpServices, spool: Spool, study: str | None) -> PartResult:
+    """Store one spooled part (blocking: runs in a worker thread)."""
+    origin = Origin(Protocol.DICOMWEB)
+    with spool.view() as view:
+        outcome = svc.ingest.store_part10(view, origin=origin, study_instance_uid=study)
+    return PartResult(outcome, outcome.sop_class_uid)
+
+
+def _refused_part(message: str) -> PartResult:
+    return PartResult(
+        StoreOutcome(StoreStatus.INVALID, None, message, InvalidReason.UNPARSABLE), None
+    )
+
+
+def _request_media_type(request: Request) -> MediaType:
+    raw = request.headers.get("content-type", "")
+    media = MediaType.parse(raw)
+    if media.mime != "multipart/related":
+        raise HttpError(
+            415,
+            f'STOW-RS takes multipart/related; type="application/dicom", not {raw or "no type"!r}'
+            " (PS3.18 10.5.1)",
+        )
+    kind = media.params.get("type", DICOM).strip().lower()
+    if kind != DICOM:
+        raise HttpError(
+            415,
+            f'multipart/related of type {kind!r} is not supported; send type="{DICOM}"',
+        )
+    if not media.params.get("boundary"):
+        raise HttpError(400, "the multipart/related Content-Type has no boundary parameter")
+    return media
+
+
+async def _store_parts(
+    request: Request, svc: HttpServices, reader: MultipartReader, study: str | None
+) -> list[PartResult]:
+    results: list[PartResult] = []
+    while (part := await reader.next_part()) is not None:
+        number = len(results) + 1
+        declared = part.content_type
+        mime = MediaType.parse(declared).mime if declared else DICOM
+        if mime != DICOM:
+            async for _ in reader.content():
+                pass
+            message = f"part {number} is {declared!r}, not {DICOM}"
+            log.warning("STOW-RS from %s: %s", request.client, message)
+            results.append(_refused_part(message))
+            continue
+        spool = Spool(svc.archive.settings.data_dir)
+        try:
+            async for chunk in reader.content():
+                spool.write(chunk)
+            if spool.size == 0:
+                results.append(_refused_part(f"part {number} is empty"))
+                continue
+            results.append(await run_in_threadpool(_ingest, svc, spool, study))
+        finally:
+            spool.close()
+    return results
+
+
+def _element(vr: str, value: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": [value]} if value not in (None, "") else {"vr": vr}
+
+
+def _response(results: list[PartResult], root: str, study: str | None) -> Response:
+    """The Store Instances Response Module (PS3.18 10.5.3, Table 10.5.3-1)."""
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    studies: set[str] = set()
+    for result in results:
+        outcome = result.outcome
+        item = {
+            "00081150": _element("UI", result.sop_class_uid),
+            "00081155": _element("UI", outcome.sop_instance_uid),
+        }
+        reason = failure_reason(outcome)
+        if reason is None:
+            studies.add(outcome.study_instance_uid or "")
+            url = (
+                f"{root}/studies/{outcome.study_instance_uid}"
+                f"/series/{outcome.series_instance_uid}/instances/{outcome.sop_instance_uid}"
+            )
+            item["00081190"] = _element("UR", url)
+            referenced.append(dict(sorted(item.items())))
+        else:
+            item["00081197"] = _element("US", reason)
+            failed.append(dict(sorted(item.items())))
+    body: dict[str, Any] = {}
+    one_study = study or (next(iter(studies)) if len(studies) == 1 else None)
+    if one_study:
+        body["00081190"] = _element("UR", f"{root}/studies/{one_study}")
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 409 if not referenced else 202 if failed else 200
+    return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)
+
+
+async def _stow(request: Request, study: str | None) -> Response:
+    if study is not None and not is_valid_uid(study):
+        raise HttpError(400, f"{study!r} in the URL is not a valid Study Instance UID")
+    negotiate_json(request)
+    media = _request_media_type(request)
+    svc: HttpServices = request.app.state.services
+    try:
+        reader = MultipartReader(request.stream(), media.params["boundary"])
+        results = await _store_parts(request, svc, reader, study)
+    except MultipartError as exc:
+        raise HttpError(400, f"malformed multipart/related body: {exc}") from None
+    except ClientDisconnect:
+        raise HttpError(400, "the client went away before the body was complete") from None
+    if not results:
+        raise HttpError(400, "the multipart/related body has no parts")
+    return _response(results, base_url(request) + DICOMWEB_ROOT, study)
+
+
+@router.post(f"{DICOMWEB_ROOT}/studies", summary="Store instances (STOW-RS)")
+async def store_instances(request: Request) -> Response:
+    return await _stow(request, None)
+
+
+@router.post(f"{DICOMWEB_ROOT}/studies/{{study}}", summary="Store instances of one study")
+async def store_study_instances(study: str, request: Request) -> Response:
+    return await _stow(request, study)
