@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Dialog
 
 from netpacs.adapters.http.pages.study_list import (
     FilterError,
@@ -153,7 +153,12 @@ def test_study_list_link_opens_the_study_in_the_viewer(
     traffic = Traffic()
     traffic.attach(page)
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def dialog(d: Dialog) -> None:
+        dialogs.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", dialog)
 
     page.goto(f"{netpacs.base_url}/")
     assert page.url == f"{netpacs.base_url}/studies"
@@ -204,4 +209,6 @@ def test_names_dates_and_filters_as_people_read_them() -> None:
         "CT",
     )
     with pytest.raises(FilterError):
-        study_filter(name="", patient_id="", date_from="2024-02-01", date_to="2024-01-01", modality="")
+        study_filter(
+            name="", patient_id="", date_from="2024-02-01", date_to="2024-01-01", modality=""
+        )
