@@ -36,6 +36,7 @@ _TOO_MANY = (
 
 _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 _RETRIEVE_URL = "00081190"
+_QUERY_RETRIEVE_LEVEL = "00080052"
 
 # PS3.18 Table 10.6.3-3 (with IssuerOfPatientID and StudyDescription, which every
 # study list shows).
@@ -227,6 +228,7 @@ def _first(dataset: dict[str, Any], tag: str) -> str:
 
 def _with_urls(matches: list[dict[str, Any]], level: QueryLevel, root: str) -> None:
     for match in matches:
+        match.pop(_QUERY_RETRIEVE_LEVEL, None)  # a C-FIND attribute, not one of QIDO-RS
         url = f"{root}/studies/{_first(match, _STUDY_UID)}"
         if level is not QueryLevel.STUDY:
             url += f"/series/{_first(match, _SERIES_UID)}"
