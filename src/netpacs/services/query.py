@@ -73,6 +73,32 @@ class RetrieveItem:
     blob_size: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """One stored instance as WADO-RS needs it: its UIDs, its blob, its stored header."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    dataset_offset: int
+    blob_size: int
+    metadata_json: str  # '' when not asked for
+
+    @property
+    def item(self) -> RetrieveItem:
+        return RetrieveItem(
+            self.sop_class_uid,
+            self.sop_instance_uid,
+            self.transfer_syntax_uid,
+            self.blob_key,
+            self.dataset_offset,
+            self.blob_size,
+        )
+
+
 # -- attributes the index answers ---------------------------------------------------------
 
 _LEVELS = (QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
@@ -760,6 +786,75 @@ class QueryService:
                 items.append(RetrieveItem(*row[:6]))
         return items
 
+    def metadata_texts(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(Series UID, SOP Instance UID, stored DICOM JSON text) of each instance in scope.
+
+        One query, in series and instance number order. The JSON is as stored (bulk data
+        as ``bulk:`` references), so WADO-RS /metadata is answered without parsing it
+        and without reading a file (ARCHITECTURE.md invariant 7).
+        """
+        stmt = (
+            sa.select(
+                series.c.series_instance_uid,
+                instance.c.sop_instance_uid,
+                instance.c.metadata_json,
+            )
+            .select_from(_WADO_FROM)
+            .where(*_wado_scope(study_uid, series_uid, sop_instance_uid))
+            .order_by(*_WADO_ORDER)
+        )
+        with self._engine.connect() as conn:
+            return [(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+
+    def stored_instances(
+        self,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        *,
+        with_metadata: bool = False,
+    ) -> list[StoredInstance]:
+        """The stored instances of a study, a series of it, or one instance of that series."""
+        inst = instance
+        meta = inst.c.metadata_json if with_metadata else sa.literal("", type_=sa.String)
+        stmt = (
+            sa.select(
+                study.c.study_instance_uid,
+                series.c.series_instance_uid,
+                inst.c.sop_instance_uid,
+                inst.c.sop_class_uid,
+                inst.c.transfer_syntax_uid,
+                inst.c.blob_key,
+                inst.c.dataset_offset,
+                inst.c.blob_size,
+                meta,
+            )
+            .select_from(_WADO_FROM)
+            .where(*_wado_scope(study_uid, series_uid, sop_instance_uid))
+            .order_by(*_WADO_ORDER)
+        )
+        with self._engine.connect() as conn:
+            return [StoredInstance(*row) for row in conn.execute(stmt)]
+
+    def scope_exists(self, study_uid: str, series_uid: str | None = None) -> tuple[bool, bool]:
+        """Whether the study is stored, and whether the series (if given) is one of its."""
+        with self._engine.connect() as conn:
+            study_pk = conn.execute(
+                sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)
+            ).scalar()
+            if study_pk is None:
+                return False, False
+            if series_uid is None:
+                return True, True
+            series_pk = conn.execute(
+                sa.select(series.c.id).where(
+                    series.c.study_fk == study_pk, series.c.series_instance_uid == series_uid
+                )
+            ).scalar()
+            return True, series_pk is not None
+
     # -- planning -------------------------------------------------------------------------
     def _find_plan(self, keys: list[_Key], level: QueryLevel) -> _Plan:
         depth = _DEPTH[level]
@@ -919,3 +1014,27 @@ def _order(level: QueryLevel) -> list[sa.ColumnElement[Any]]:
     if level is _IM:
         order += [*_nulls_last(instance.c.instance_number), instance.c.id]
     return order
+
+
+# -- WADO-RS scopes ------------------------------------------------------------------------
+
+_WADO_FROM = study.join(series, series.c.study_fk == study.c.id).join(
+    instance, instance.c.series_fk == series.c.id
+)
+_WADO_ORDER = [
+    *_nulls_last(series.c.series_number),
+    series.c.id,
+    *_nulls_last(instance.c.instance_number),
+    instance.c.id,
+]
+
+
+def _wado_scope(
+    study_uid: str, series_uid: str | None, sop_instance_uid: str | None
+) -> list[sa.ColumnElement[bool]]:
+    conds = [study.c.study_instance_uid == study_uid]
+    if series_uid is not None:
+        conds.append(series.c.series_instance_uid == series_uid)
+    if sop_instance_uid is not None:
+        conds.append(instance.c.sop_instance_uid == sop_instance_uid)
+    return conds

@@ -1,0 +1,112 @@
+"""WADO-RS metadata (PS3.18 10.4.1.1.2): DICOM JSON of stored instances, from the index only.
+
+Each instance's header is kept in the index as DICOM JSON text (``instance.metadata_json``)
+with bulk data as internal references ``bulk:<offset>:<length>`` (offsets into the
+stored data set; see :mod:`netpacs.dicom.header`). An answer is made with string
+operations on those texts: one query, one regular expression substitution per instance
+turning each reference into a BulkDataURI we serve, and a join into one JSON array.
+Parsing and re-serialising 600 headers would cost several times more, and the texts
+are already valid DICOM JSON (ARCHITECTURE.md invariant 7: never read the files).
+
+A BulkDataURI is ``{instance URL}/bulk/{tag}?offset={offset}``: the tag says what it
+is, the offset says which occurrence (an attribute may appear in several sequence
+items). Objects indexed through the pydicom fallback have ``bulk:pydicom`` references
+without offsets; their URI has no offset and names a top-level attribute.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from netpacs.services.query import QueryService
+
+_BULK = re.compile(r'"([0-9A-F]{8})":\{"vr":"([A-Z]{2})","BulkDataURI":"bulk:(\d+):-?\d+"\}')
+_BULK_PYDICOM = re.compile(r'"([0-9A-F]{8})":\{"vr":"([A-Z]{2})","BulkDataURI":"bulk:pydicom"\}')
+_BULK_REF = re.compile(r"bulk:(\d+):(-?\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRef:
+    """Where an attribute's bulk data is in the stored data set.
+
+    ``offset`` and ``length`` are None for objects indexed through pydicom (the value has
+    to be found by reading the object); ``length`` is -1 for encapsulated pixel data.
+    """
+
+    tag: str
+    vr: str
+    offset: int | None
+    length: int | None
+
+
+def instance_url(dicomweb_url: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    return f"{dicomweb_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+
+def _json_text(value: str) -> str:
+    """``value`` escaped for use inside a JSON string (and a regex replacement template)."""
+    return orjson.dumps(value).decode()[1:-1].replace("\\", "\\\\")
+
+
+def with_bulk_uris(text: str, url: str) -> str:
+    """A stored DICOM JSON text with its ``bulk:`` references turned into BulkDataURIs."""
+    if '"bulk:' not in text:
+        return text
+    prefix = _json_text(f"{url}/bulk/")
+    text = _BULK.sub(rf'"\1":{{"vr":"\2","BulkDataURI":"{prefix}\1?offset=\3"}}', text)
+    if '"bulk:pydicom"' in text:
+        text = _BULK_PYDICOM.sub(rf'"\1":{{"vr":"\2","BulkDataURI":"{prefix}\1"}}', text)
+    return text
+
+
+class MetadataService:
+    """Answers WADO-RS /metadata requests and resolves the BulkDataURIs it hands out."""
+
+    def __init__(self, query: QueryService) -> None:
+        self._query = query
+
+    def metadata(
+        self,
+        dicomweb_url: str,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> bytes | None:
+        """The DICOM JSON array (UTF-8) of the instances in scope; None when there are none."""
+        rows = self._query.metadata_texts(study_uid, series_uid, sop_instance_uid)
+        if not rows:
+            return None
+        study_url = f"{dicomweb_url}/studies/{study_uid}/series/"
+        parts = [
+            with_bulk_uris(text, f"{study_url}{series}/instances/{sop}")
+            for series, sop, text in rows
+        ]
+        return ("[" + ",".join(parts) + "]").encode()
+
+
+def locate_bulk(metadata_json: str, tag: str, offset: int | None) -> BulkRef | None:
+    """The bulk data reference of ``tag`` in a stored header; None when there is none.
+
+    With ``offset`` (from a BulkDataURI we made) the reference is found wherever it is,
+    in a sequence item too; without, only a top-level attribute is found.
+    """
+    tag = tag.upper()
+    if offset is not None:
+        pattern = re.compile(
+            rf'"{re.escape(tag)}":\{{"vr":"([A-Z]{{2}})","BulkDataURI":"bulk:{offset}:(-?\d+)"\}}'
+        )
+        found = pattern.search(metadata_json)
+        if found is None:
+            return None
+        return BulkRef(tag, found.group(1), offset, int(found.group(2)))
+    element = orjson.loads(metadata_json).get(tag)
+    if not isinstance(element, dict) or "BulkDataURI" not in element:
+        return None
+    vr = str(element.get("vr", "UN"))
+    ref = _BULK_REF.fullmatch(str(element["BulkDataURI"]))
+    if ref is None:
+        return BulkRef(tag, vr, None, None)
+    return BulkRef(tag, vr, int(ref.group(1)), int(ref.group(2)))
