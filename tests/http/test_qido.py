@@ -239,11 +239,16 @@ def test_bad_searches_are_4xx_with_a_message_naming_the_problem(
         "/series?SeriesInstanceUID=1.2.*": (400, "wild card"),
         f"/studies/{studies.smith}/series?StudyInstanceUID=1.2.3": (400, "StudyInstanceUID"),
         "/studies?PatientName.FamilyName=X": (400, "FamilyName"),
+        "/studies?StudyDescription=CT%00HEAD": (400, "NUL"),
+        "/series?SeriesNumber=99999999999999999999": (400, "SeriesNumber"),
+        "/studies?offset=99999999999999999999999": (400, "offset"),
+        "/studies/*/series": (400, "Study Instance UID"),
     }
     for path, (status, word) in cases.items():
         response = qido(netpacs, path)
         assert response.status_code == status, (path, response.text)
         assert word in response.json()["message"], (path, response.text)
+    assert len(qido(netpacs, "/studies?limit=99999999999999999999999").json()) == 3
     refused = qido(netpacs, "/studies", Accept="application/dicom+xml")
     assert refused.status_code == 406
     assert "application/dicom+json" in refused.json()["message"]

@@ -21,6 +21,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url
 from netpacs.adapters.http.errors import HttpError
+from netpacs.domain.uids import is_valid_uid
 from netpacs.services.query import QueryError, QueryLevel, QueryModel
 
 router = APIRouter(tags=["QIDO-RS"])
@@ -160,6 +161,31 @@ def _node(identifier: dict[str, Any], tags: list[str]) -> dict[str, Any]:
     return found
 
 
+_INT_RANGES = {
+    "IS": (-(2**31), 2**31 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "US": (0, 2**16 - 1),
+}
+
+
+def _check_value(name: str, vr: str, value: str) -> None:
+    """Refuse what no stored value can be (PS3.5 6.2), before the database sees it."""
+    if "\x00" in value:
+        raise HttpError(400, f"{name}: the value contains a NUL character")
+    bounds = _INT_RANGES.get(vr)
+    if bounds is None:
+        return
+    for part in value.split("\\"):
+        try:
+            number = int(part.strip())
+        except ValueError:
+            continue  # not a number: the query service says so
+        if not bounds[0] <= number <= bounds[1]:
+            raise HttpError(400, f"{name}: {number} is out of the range of {vr} (PS3.5 6.2)")
+
+
 def _add_values(element: dict[str, Any], value: str) -> None:
     if not value:
         return  # an empty value is universal matching: a return key
@@ -185,7 +211,9 @@ def _identifier(
         tags = _path(name)
         if len(tags) == 1 and tags[0] in scope:
             raise HttpError(400, f"{name} is given by the URL; it cannot also be a parameter")
-        _add_values(_node(identifier, tags), value)
+        element = _node(identifier, tags)
+        _check_value(name, element.get("vr", "UN"), value)
+        _add_values(element, value)
     for tag, uid in scope.items():
         identifier[tag] = {"vr": "UI", "Value": [uid]}
     return identifier
@@ -247,9 +275,15 @@ def _search(
     includefield: list[str] | None,
 ) -> Response:
     media_type = negotiate_json(request)
+    for tag, uid in scope.items():
+        if not is_valid_uid(uid):
+            what = "Study" if tag == _STUDY_UID else "Series"
+            raise HttpError(400, f"{uid!r} in the URL is not a valid {what} Instance UID")
     identifier = _identifier(request.query_params.multi_items(), includefield, level, scope)
     svc: HttpServices = request.app.state.services
-    wanted = MAX_RESULTS + 1 if limit is None else limit
+    # A larger limit is answered with at most MAX_RESULTS and a Warning (PS3.18 8.3.4.4).
+    capped = limit is None or limit > MAX_RESULTS
+    wanted = MAX_RESULTS + 1 if capped else limit
     try:
         found = svc.query.find(
             identifier, level=level, model=QueryModel.STUDY_ROOT, limit=wanted, offset=offset
@@ -258,7 +292,7 @@ def _search(
     except QueryError as exc:
         raise HttpError(400, str(exc)) from None
     headers = None
-    if limit is None and len(matches) > MAX_RESULTS:
+    if capped and len(matches) > MAX_RESULTS:
         del matches[MAX_RESULTS:]
         headers = {"Warning": _TOO_MANY}
     _with_urls(matches, level, base_url(request) + DICOMWEB_ROOT)
@@ -268,7 +302,7 @@ def _search(
 # -- routes ------------------------------------------------------------------------------
 
 Limit = Annotated[int | None, Query(ge=0, description="at most this many matches")]
-Offset = Annotated[int, Query(ge=0, description="skip this many matches first")]
+Offset = Annotated[int, Query(ge=0, le=2**62, description="skip this many matches first")]
 Fuzzy = Annotated[bool, Query(description="ignored: matching is never fuzzy")]
 IncludeField = Annotated[
     list[str] | None,
