@@ -338,7 +338,11 @@ _NATIVE = "native"  # uncompressed pixels, Explicit VR Little Endian
 
 
 def _frame_mode(header: str | None, layout: PixelLayout) -> str:
-    """_NATIVE or _STORED: how to give the frames, from the Accept header."""
+    """_NATIVE or _STORED: how to give the frames, from the Accept header.
+
+    Without a preference (no Accept, ``*/*``) frames are uncompressed, the default media
+    type; as stored needs ``transfer-syntax=*`` or the stored media type.
+    """
     for a in parse_accept(header):
         mime, kind, ts = a.mime, a.type, a.transfer_syntax
         if mime == MULTIPART:
@@ -349,7 +353,9 @@ def _frame_mode(header: str | None, layout: PixelLayout) -> str:
                     return _STORED
                 continue
             mime = kind
-        if mime in ("*/*", "multipart/*", "image/*", "application/*"):
+        if mime in ("*/*", "multipart/*", "application/*"):
+            return _NATIVE  # the default media type (PS3.18 8.7.3.5)
+        if mime == "image/*" and layout.encapsulated:
             return _STORED
         stored_type = layout.encapsulated and mime == layout.media_type
         if stored_type and ts in (None, _STORED, layout.transfer_syntax_uid):
