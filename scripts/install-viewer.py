@@ -61,7 +61,8 @@ APP_CONFIG = """\
     routerBasename: '/',
     extensions: [],
     modes: [],
-    customizationService: {},
+    // No onboarding tour over the first image a clinician opens.
+    customizationService: [{ 'ohif.tours': { $set: [] } }],
     // netpacs has its own study list at /studies.
     showStudyList: false,
     investigationalUseDialog: { option: 'never' },
