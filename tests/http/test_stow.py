@@ -208,10 +208,12 @@ def test_request_content_types_other_than_multipart_related_dicom_are_415(
     assert stow(netpacs, body, **{"Content-Type": reordered}).status_code == 200
 
 
-def test_accept_header_without_json_is_406(netpacs: Netpacs) -> None:
+def test_accept_header_without_json_is_406_and_plain_json_is_answered(netpacs: Netpacs) -> None:
     body = multipart(("application/dicom", encode(ct_dataset())))
-    response = stow(netpacs, body, Accept="application/dicom+xml")
-    assert response.status_code == 406
+    assert stow(netpacs, body, Accept="application/dicom+xml").status_code == 406
+    plain = stow(netpacs, body, Accept="application/json")
+    assert plain.status_code == 200
+    assert plain.headers["content-type"] == "application/json"
 
 
 def test_dicomweb_client_raises_on_409(netpacs: Netpacs) -> None:

@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.multipart import MediaType, MultipartError, MultipartReader
-from netpacs.adapters.http.qido import DICOM_JSON, negotiate_json
+from netpacs.adapters.http.qido import negotiate_json
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.uids import is_valid_uid
 
@@ -193,7 +193,7 @@ def _element(vr: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": [value]} if value not in (None, "") else {"vr": vr}
 
 
-def _response(results: list[PartResult], root: str, study: str | None) -> Response:
+def _response(results: list[PartResult], root: str, study: str | None, media_type: str) -> Response:
     """The Store Instances Response Module (PS3.18 10.5.3, Table 10.5.3-1)."""
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -225,13 +225,13 @@ def _response(results: list[PartResult], root: str, study: str | None) -> Respon
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     status = 409 if not referenced else 202 if failed else 200
-    return Response(orjson.dumps(body), status_code=status, media_type=DICOM_JSON)
+    return Response(orjson.dumps(body), status_code=status, media_type=media_type)
 
 
 async def _stow(request: Request, study: str | None) -> Response:
     if study is not None and not is_valid_uid(study):
         raise HttpError(400, f"{study!r} in the URL is not a valid Study Instance UID")
-    negotiate_json(request)
+    answer_as = negotiate_json(request)
     media = _request_media_type(request)
     svc: HttpServices = request.app.state.services
     try:
@@ -243,7 +243,7 @@ async def _stow(request: Request, study: str | None) -> Response:
         raise HttpError(400, "the client went away before the body was complete") from None
     if not results:
         raise HttpError(400, "the multipart/related body has no parts")
-    return _response(results, base_url(request) + DICOMWEB_ROOT, study)
+    return _response(results, base_url(request) + DICOMWEB_ROOT, study, answer_as)
 
 
 @router.post(f"{DICOMWEB_ROOT}/studies", summary="Store instances (STOW-RS)")
