@@ -23,8 +23,14 @@ import orjson
 
 from netpacs.services.query import QueryService
 
-_BULK = re.compile(r'"([0-9A-F]{8})":\{"vr":"([A-Z]{2})","BulkDataURI":"bulk:(\d+):-?\d+"\}')
-_BULK_PYDICOM = re.compile(r'"([0-9A-F]{8})":\{"vr":"([A-Z]{2})","BulkDataURI":"bulk:pydicom"\}')
+# A reference as the header walker and ingest's fallback write it (orjson, no spaces):
+# the tag and VR before the URI have a fixed width, so the match can start 22 characters
+# before each occurrence of _KEY, which str.find locates much faster than a regex scan.
+_KEY = '"BulkDataURI":"bulk:'
+_BULK = re.compile(
+    r'"([0-9A-F]{8})":\{"vr":"([A-Z]{2})","BulkDataURI":"bulk:(?:(\d+):-?\d+|pydicom)"\}'
+)
+_BEFORE_KEY = len('"GGGGEEEE":{"vr":"VR",')
 _BULK_REF = re.compile(r"bulk:(\d+):(-?\d+)")
 
 
@@ -47,19 +53,29 @@ def instance_url(dicomweb_url: str, study_uid: str, series_uid: str, sop_uid: st
 
 
 def _json_text(value: str) -> str:
-    """``value`` escaped for use inside a JSON string (and a regex replacement template)."""
-    return orjson.dumps(value).decode()[1:-1].replace("\\", "\\\\")
+    """``value`` escaped for use inside a JSON string."""
+    return orjson.dumps(value).decode()[1:-1]
 
 
 def with_bulk_uris(text: str, url: str) -> str:
     """A stored DICOM JSON text with its ``bulk:`` references turned into BulkDataURIs."""
-    if '"bulk:' not in text:
+    at = text.find(_KEY)
+    if at < 0:
         return text
     prefix = _json_text(f"{url}/bulk/")
-    text = _BULK.sub(rf'"\1":{{"vr":"\2","BulkDataURI":"{prefix}\1?offset=\3"}}', text)
-    if '"bulk:pydicom"' in text:
-        text = _BULK_PYDICOM.sub(rf'"\1":{{"vr":"\2","BulkDataURI":"{prefix}\1"}}', text)
-    return text
+    out: list[str] = []
+    done = 0
+    while at >= 0:
+        ref = _BULK.match(text, at - _BEFORE_KEY)
+        if ref is not None:
+            tag, vr, offset = ref.groups()
+            query = f"?offset={offset}" if offset is not None else ""
+            out.append(text[done : ref.start()])
+            out.append(f'"{tag}":{{"vr":"{vr}","BulkDataURI":"{prefix}{tag}{query}"}}')
+            done = ref.end()
+        at = text.find(_KEY, at + len(_KEY))
+    out.append(text[done:])
+    return "".join(out)
 
 
 class MetadataService:
