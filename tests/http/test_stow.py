@@ -184,6 +184,10 @@ def test_malformed_multipart_bodies_are_400_with_a_message(netpacs: Netpacs) -> 
         response = stow(netpacs, body)
         assert response.status_code == 400, (what, response.status_code, response.text)
         assert response.json()["message"], what
+    cut = multipart(("application/dicom", dicom), ("application/dicom", encode(ct_dataset())))
+    truncated = stow(netpacs, cut[: len(cut) // 2 + len(dicom) // 2])
+    assert truncated.status_code == 400
+    assert "1 instance(s) before it were stored" in truncated.json()["message"]
     no_boundary = stow(
         netpacs, multipart(), **{"Content-Type": 'multipart/related; type="application/dicom"'}
     )

@@ -162,9 +162,13 @@ def _request_media_type(request: Request) -> MediaType:
 
 
 async def _store_parts(
-    request: Request, svc: HttpServices, reader: MultipartReader, study: str | None
-) -> list[PartResult]:
-    results: list[PartResult] = []
+    request: Request,
+    svc: HttpServices,
+    reader: MultipartReader,
+    study: str | None,
+    results: list[PartResult],
+) -> None:
+    """Store each part in turn, appending what became of it to ``results``."""
     while (part := await reader.next_part()) is not None:
         number = len(results) + 1
         declared = part.content_type
@@ -186,7 +190,6 @@ async def _store_parts(
             results.append(await run_in_threadpool(_ingest, svc, spool, study))
         finally:
             spool.close()
-    return results
 
 
 def _element(vr: str, value: Any) -> dict[str, Any]:
@@ -234,13 +237,18 @@ async def _stow(request: Request, study: str | None) -> Response:
     answer_as = negotiate_json(request)
     media = _request_media_type(request)
     svc: HttpServices = request.app.state.services
+    results: list[PartResult] = []
     try:
         reader = MultipartReader(request.stream(), media.params["boundary"])
-        results = await _store_parts(request, svc, reader, study)
-    except MultipartError as exc:
-        raise HttpError(400, f"malformed multipart/related body: {exc}") from None
-    except ClientDisconnect:
-        raise HttpError(400, "the client went away before the body was complete") from None
+        await _store_parts(request, svc, reader, study, results)
+    except (MultipartError, ClientDisconnect) as exc:
+        kept = sum(failure_reason(r.outcome) is None for r in results)
+        problem = (
+            f"malformed multipart/related body: {exc}"
+            if isinstance(exc, MultipartError)
+            else "the client went away before the body was complete"
+        )
+        raise HttpError(400, f"{problem} ({kept} instance(s) before it were stored)") from None
     if not results:
         raise HttpError(400, "the multipart/related body has no parts")
     return _response(results, base_url(request) + DICOMWEB_ROOT, study, answer_as)
