@@ -232,6 +232,8 @@ def display_pixels(
     source: Region | None = None,
 ) -> ByteArray:
     """Frame ``frame`` as 8-bit display values: (rows, columns) gray or (rows, columns, 3) RGB."""
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise RenderError(406, "the object has no pixel data: there is no image to render")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in _GRAY and photometric not in _COLOUR and photometric != "PALETTE COLOR":
         raise RenderError(406, f"photometric interpretation {photometric or 'none'!r} not shown")
@@ -256,8 +258,6 @@ def display_pixels(
 
 
 def _decode(ds: Dataset, frame: int) -> npt.NDArray[Any]:
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise RenderError(406, "the object has no pixel data: there is no image to render")
     frames = number_of_frames(ds)
     if not 1 <= frame <= frames:
         raise RenderError(404, f"the object has {frames} frame(s); there is no frame {frame}")
