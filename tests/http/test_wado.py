@@ -12,7 +12,7 @@ import pydicom
 import pydicom.encaps
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from netpacs.dicom.part10 import read_file_meta
 from netpacs.synthetic import make_ct_series
@@ -74,7 +74,8 @@ def rle_multiframe(netpacs: Netpacs, ct_series: StoredSeries, tmp_path: Path) ->
     pixels = np.stack([s.pixel_array for s in slices])
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"
+    # Multi-frame Grayscale Word Secondary Capture Image Storage
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7.3")
     ds.NumberOfFrames = 3
     ds.compress(RLELossless, pixels)
     path = tmp_path / "rle.dcm"

@@ -19,13 +19,12 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import secrets
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import pydicom
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -48,6 +47,14 @@ from netpacs.services.frames import (
 )
 from netpacs.services.metadata import MetadataService, locate_bulk
 from netpacs.services.query import StoredInstance
+from netpacs.services.render import (
+    ImageFormat,
+    RenderError,
+    RenderOptions,
+    Viewport,
+    Window,
+    render_stored,
+)
 from netpacs.services.retrieve import TranscodeError, check_transcodable
 from netpacs.storage.blobstore import BlobNotFound
 
@@ -482,7 +489,7 @@ def _bulk_bytes(
 
 # -- WADO-URI (PS3.18 9) ----------------------------------------------------------------
 
-_RENDERED = ("image/jpeg", "image/png", "image/gif")
+_RENDERED = (ImageFormat.JPEG.value, ImageFormat.PNG.value)
 
 
 def _wado_uri_content_type(value: str | None) -> list[str]:
@@ -505,9 +512,12 @@ def wado_uri(
     frameNumber: int | None = None,
     windowCenter: float | None = None,
     windowWidth: float | None = None,
+    imageQuality: int | None = None,
     rows: int | None = None,
     columns: int | None = None,
 ) -> Response:
+    """PS3.18 9.1.2: ``contentType`` image/jpeg (the default) or image/png renders the
+    object's frame (``frameNumber``, default 1); application/dicom gives the object."""
     if requestType != "WADO":
         raise HttpError(400, "requestType must be WADO (PS3.18 9.1.2.1.1)")
     missing = [
@@ -537,7 +547,7 @@ def wado_uri(
                 raise HttpError(406, str(exc)) from None
             return _single_part10(svc, inst, target)
         if mime in _RENDERED or mime == "image/*":
-            inst = _instances(svc, studyUID, seriesUID, objectUID, with_metadata=True)[0]
+            inst = _instances(svc, studyUID, seriesUID, objectUID)[0]
             return _wado_uri_rendered(
                 svc,
                 inst,
@@ -545,9 +555,11 @@ def wado_uri(
                 frame=frameNumber,
                 window=(windowCenter, windowWidth),
                 size=(rows, columns),
+                quality=imageQuality,
             )
     raise HttpError(
-        406, f"contentType {contentType!r}: WADO-URI answers application/dicom or image/jpeg"
+        406,
+        f"contentType {contentType!r}: WADO-URI answers application/dicom, image/jpeg or image/png",
     )
 
 
@@ -559,15 +571,29 @@ def _wado_uri_rendered(
     frame: int | None,
     window: tuple[float | None, float | None],
     size: tuple[int | None, int | None],
+    quality: int | None,
 ) -> Response:
-    render = _render_module()
-    if render is None:
-        raise HttpError(406, f"{mime} is not available yet: ask for contentType=application/dicom")
-    raise HttpError(406, f"{mime} rendering is not wired to WADO-URI yet")
-
-
-def _render_module() -> Any:
+    """One frame rendered (PS3.18 9.1.2.1.6-9.1.2.1.8: rows, columns, window, quality)."""
+    center, width = window
+    if (center is None) != (width is None):
+        raise HttpError(400, "windowCenter and windowWidth go together (PS3.18 9.1.2.1.9)")
+    rows, columns = size
     try:
-        return importlib.import_module("netpacs.services.render")
-    except ImportError:
-        return None
+        options = RenderOptions(
+            format=ImageFormat(mime),
+            window=Window(center, width) if center is not None and width is not None else None,
+            viewport=Viewport(columns, rows) if rows or columns else None,
+            quality=quality if quality is not None else 90,
+        )
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    try:
+        image = render_stored(
+            svc.retrieve.dataset_bytes(inst.item),
+            inst.transfer_syntax_uid,
+            frame=frame or 1,
+            options=options,
+        )
+    except RenderError as exc:
+        raise HttpError(exc.status, exc.message) from None
+    return Response(image, media_type=mime)
