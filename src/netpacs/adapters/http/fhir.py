@@ -1,7 +1,488 @@
-"""(being written)"""
+"""FHIR R4 (4.0.1) ImagingStudy at ``/fhir``: read, search, and the CapabilityStatement.
+
+- ``GET /fhir/ImagingStudy/{id}``: the resource id is the Study Instance UID itself (a
+  UID is digits and dots, at most 64: a legal FHIR id).
+- ``GET /fhir/ImagingStudy?patient.identifier=[system]|value``: a ``searchset`` Bundle
+  of the patient's studies, newest first. Also ``identifier=urn:dicom:uid|urn:oid:<uid>``
+  (or an accession number without a system), ``_count`` (default 50, at most 500),
+  ``_offset`` (paging, as the Bundle's ``next`` link gives it) and ``_format=json``.
+  A comma in a value means OR (FHIR R4 3.1.1.5.3). One of ``patient.identifier`` and
+  ``identifier`` is required. Any other parameter is refused with 400 (strict
+  handling): an EPR must not take a list filtered on a parameter that was ignored.
+- ``GET /fhir/metadata``: the CapabilityStatement.
+
+Patient identifier systems (REGION.md: an identifier means nothing without its issuer):
+
+- ``https://fhir.nhs.uk/Id/nhs-number``: the NHS number; matches a Patient ID issued by
+  ``NHS`` (or the NHS number OID 2.16.840.1.113883.2.1.4.1);
+- ``urn:netpacs:issuer:<issuer>``: a local identifier with its DICOM Issuer of Patient
+  ID; for the region's trusts that is the ODS code, so the hospital number RXC0000001 of
+  East Sussex Healthcare is ``urn:netpacs:issuer:RXC|RXC0000001``;
+- no system (``|value``): a Patient ID stored without an issuer; a bare ``value`` (no
+  bar) matches the Patient ID whatever its issuer.
+
+A system netpacs does not know matches nothing: the Bundle is empty and carries an
+OperationOutcome saying which systems are known. Each ImagingStudy has its DICOMweb
+endpoint (a contained Endpoint, ``dicom-wado-rs``, address ``{base}/dicomweb``),
+identifier ``urn:dicom:uid`` ``urn:oid:<uid>`` and the accession number (type ACSN),
+and its subject as a logical reference: the NHS number when known, else the hospital
+number with its issuer system. ``started`` is Study Date and Time, in the Timezone
+Offset From UTC of the object when given, else in UK time (Europe/London).
+Errors are OperationOutcome resources with 400, 404 or 406.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import datetime as dt
+import re
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
-router = APIRouter()
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from netpacs import __version__
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url
+from netpacs.domain.uids import is_valid_uid
+from netpacs.services.imaging_study import (
+    NHS_NUMBER_ISSUERS,
+    ImagingStudyService,
+    PatientIdentifier,
+    StudyRecord,
+)
+from netpacs.services.query import QueryError
+
+router = APIRouter(tags=["FHIR"])
+
+FHIR_ROOT = "/fhir"
+FHIR_JSON = "application/fhir+json"
+FHIR_VERSION = "4.0.1"
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ISSUER_SYSTEM_PREFIX = "urn:netpacs:issuer:"
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
+ENDPOINT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+UK_TIME = ZoneInfo("Europe/London")
+DEFAULT_COUNT = 50
+MAX_COUNT = 500
+_ENDPOINT_ID = "dicomweb"
+_SEARCH_PARAMETERS = ("patient.identifier", "identifier", "_count", "_offset", "_format")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+class FhirError(Exception):
+    """An answer as an OperationOutcome: HTTP ``status``, FHIR issue ``code``, message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _json(resource: dict[str, Any], status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(resource),
+        status_code=status,
+        media_type=f"{FHIR_JSON}; fhirVersion=4.0; charset=utf-8",
+    )
+
+
+def outcome(severity: str, code: str, message: str) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": message}],
+    }
+
+
+def _error(exc: FhirError) -> Response:
+    return _json(outcome("error", exc.code, exc.message), exc.status)
+
+
+def _check_format(request: Request) -> None:
+    """JSON only: ``_format`` and Accept (FHIR R4 http.html#mime-type); else 406."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None and fmt.strip().lower() not in ("json", FHIR_JSON, "application/json"):
+        raise FhirError(406, "not-supported", f"_format={fmt!r}: netpacs answers JSON only")
+    accept = request.headers.get("accept", "").lower()
+    if accept and fmt is None:
+        ranges = [item.split(";")[0].strip() for item in accept.split(",")]
+        if not any(r in (FHIR_JSON, "application/json", "*/*", "application/*") for r in ranges):
+            raise FhirError(406, "not-supported", f"cannot answer as {accept!r}: {FHIR_JSON} only")
+
+
+# -- mapping: records to resources -------------------------------------------------------------
+
+
+def patient_identifier(value: str, issuer: str) -> dict[str, str]:
+    """A DICOM Patient ID and Issuer of Patient ID as a FHIR Identifier."""
+    if issuer.strip().upper() in NHS_NUMBER_ISSUERS:
+        return {"system": NHS_NUMBER_SYSTEM, "value": value.replace(" ", "")}
+    if issuer:
+        return {"system": ISSUER_SYSTEM_PREFIX + issuer, "value": value}
+    return {"value": value}
+
+
+def _display_name(pn: str) -> str:
+    """``FAMILY^Given^Middle^Prefix^Suffix`` as ``FAMILY, Given Middle`` (NHS style)."""
+    parts = [p.strip() for p in pn.split("^")]
+    family = parts[0] if parts else ""
+    given = " ".join(p for p in parts[1:3] if p)
+    return f"{family}, {given}" if family and given else family or given
+
+
+def started(date: str, time: str, offset: str) -> str | None:
+    """Study Date and Time as a FHIR dateTime (a time needs a zone there, FHIR R4 2.24)."""
+    if not re.fullmatch(r"\d{8}", date):
+        return None
+    try:
+        day = dt.date(int(date[:4]), int(date[4:6]), int(date[6:8]))
+    except ValueError:
+        return None
+    match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", time.replace(":", ""))
+    if not match:
+        return day.isoformat()
+    hh, mm, ss = (int(g or 0) for g in match.groups()[:3])
+    try:
+        moment = dt.datetime(day.year, day.month, day.day, hh, mm, min(ss, 59))
+    except ValueError:
+        return day.isoformat()
+    zone = re.fullmatch(r"([+-])(\d{2})(\d{2})", offset.strip())
+    if zone:
+        sign = -1 if zone.group(1) == "-" else 1
+        delta = dt.timedelta(hours=int(zone.group(2)), minutes=int(zone.group(3)))
+        return moment.replace(tzinfo=dt.timezone(sign * delta)).isoformat()
+    return moment.replace(tzinfo=UK_TIME).isoformat()
+
+
+def _endpoint(base: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Endpoint",
+        "id": _ENDPOINT_ID,
+        "status": "active",
+        "connectionType": {"system": ENDPOINT_TYPE_SYSTEM, "code": "dicom-wado-rs"},
+        "name": "netpacs DICOMweb",
+        "payloadType": [{"text": "DICOM"}],
+        "payloadMimeType": ["application/dicom"],
+        "address": base + DICOMWEB_ROOT,
+    }
+
+
+def _modality(code: str) -> dict[str, str]:
+    return {"system": DCM_SYSTEM, "code": code}
+
+
+def _series(record: StudyRecord) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for s in record.series:
+        item: dict[str, Any] = {
+            "uid": s.series_instance_uid,
+            "modality": _modality(s.modality or "OT"),
+        }
+        if s.series_number is not None and s.series_number >= 0:
+            item["number"] = s.series_number
+        if s.series_description:
+            item["description"] = s.series_description
+        if s.number_of_instances is not None:
+            item["numberOfInstances"] = s.number_of_instances
+        if s.body_part_examined:
+            # Body Part Examined is a DICOM defined term, not a SNOMED code: shown as text.
+            item["bodySite"] = {"display": s.body_part_examined}
+        out.append(item)
+    return out
+
+
+def imaging_study(record: StudyRecord, base: str) -> dict[str, Any]:
+    """A StudyRecord as a FHIR R4 ImagingStudy (with its contained DICOMweb Endpoint)."""
+    identifiers: list[dict[str, Any]] = [
+        {
+            "use": "official",
+            "system": DICOM_UID_SYSTEM,
+            "value": f"urn:oid:{record.study_instance_uid}",
+        }
+    ]
+    if record.accession_number:
+        identifiers.append(
+            {
+                "use": "usual",
+                "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
+                "value": record.accession_number,
+            }
+        )
+    if record.nhs_number:
+        subject_id = {"system": NHS_NUMBER_SYSTEM, "value": record.nhs_number}
+    else:
+        subject_id = patient_identifier(record.patient_id, record.issuer_of_patient_id)
+    subject: dict[str, Any] = {"type": "Patient", "identifier": subject_id}
+    if record.patient_name:
+        subject["display"] = _display_name(record.patient_name)
+    resource: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": record.study_instance_uid,
+        "contained": [_endpoint(base)],
+        "identifier": identifiers,
+        "status": "available",
+        "subject": subject,
+        "endpoint": [{"reference": f"#{_ENDPOINT_ID}"}],
+    }
+    if record.modalities:
+        resource["modality"] = [_modality(m) for m in record.modalities]
+    when = started(record.study_date, record.study_time, record.timezone_offset)
+    if when:
+        resource["started"] = when
+    if record.number_of_series is not None:
+        resource["numberOfSeries"] = record.number_of_series
+    if record.number_of_instances is not None:
+        resource["numberOfInstances"] = record.number_of_instances
+    if record.study_description:
+        resource["description"] = record.study_description
+    series = _series(record)
+    if series:
+        resource["series"] = series
+    return resource
+
+
+# -- search parameters ---------------------------------------------------------------------
+
+
+def _token(text: str) -> tuple[str | None, str]:
+    """``system|value``, ``|value`` (system ''), or ``value`` (system None)."""
+    if "|" in text:
+        system, _, value = text.partition("|")
+        return system, value
+    return None, text
+
+
+def _values(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",")]
+    if not all(values):
+        raise FhirError(400, "invalid", f"{text!r} has an empty value")
+    return values
+
+
+def _patient(text: str) -> tuple[PatientIdentifier | None, str | None]:
+    """A patient.identifier token as a PatientIdentifier, or a warning if the system is unknown."""
+    system, value = _token(text)
+    if not value:
+        raise FhirError(400, "invalid", f"patient.identifier={text!r} has no value")
+    if system is None:
+        return PatientIdentifier(value), None
+    if system == "":
+        return PatientIdentifier(value, ("",)), None
+    if system == NHS_NUMBER_SYSTEM:
+        return PatientIdentifier(value.replace(" ", ""), NHS_NUMBER_ISSUERS), None
+    if system.startswith(ISSUER_SYSTEM_PREFIX) and len(system) > len(ISSUER_SYSTEM_PREFIX):
+        return PatientIdentifier(value, (system[len(ISSUER_SYSTEM_PREFIX) :],)), None
+    return None, (
+        f"identifier system {system!r} is not known here: use {NHS_NUMBER_SYSTEM} or "
+        f"{ISSUER_SYSTEM_PREFIX}<issuer> (the trust's ODS code); it matches nothing"
+    )
+
+
+def _number(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise FhirError(400, "invalid", f"{name}={text!r}: a whole number from {low} to {high}")
+    return int(text)
+
+
+def _parameters(request: Request) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in _SEARCH_PARAMETERS:
+            raise FhirError(
+                400,
+                "not-supported",
+                f"search parameter {name!r} is not supported; "
+                f"ImagingStudy takes {', '.join(_SEARCH_PARAMETERS)}",
+            )
+        if name in params:
+            raise FhirError(400, "not-supported", f"give {name} once (commas for OR)")
+        params[name] = value
+    if "patient.identifier" not in params and "identifier" not in params:
+        raise FhirError(
+            400, "invalid", "say whose studies: patient.identifier=system|value is required"
+        )
+    return params
+
+
+def _select(service: ImagingStudyService, params: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Matching Study Instance UIDs (newest first) and warnings."""
+    warnings: list[str] = []
+    chosen: list[str] | None = None
+    if "patient.identifier" in params:
+        found: dict[str, None] = {}
+        for text in _values(params["patient.identifier"]):
+            patient, warning = _patient(text)
+            if warning:
+                warnings.append(warning)
+            if patient is not None:
+                found.update(dict.fromkeys(service.study_uids(patient=patient)))
+        chosen = list(found)
+    if "identifier" in params:
+        found = {}
+        for text in _values(params["identifier"]):
+            found.update(dict.fromkeys(_by_study_identifier(service, text, warnings)))
+        chosen = [u for u in chosen if u in found] if chosen is not None else list(found)
+    return chosen or [], warnings
+
+
+def _by_study_identifier(service: ImagingStudyService, text: str, warnings: list[str]) -> list[str]:
+    system, value = _token(text)
+    if system == DICOM_UID_SYSTEM or (system is None and value.startswith("urn:oid:")):
+        uid = value.removeprefix("urn:oid:")
+        return service.study_uids(study_instance_uids=[uid]) if is_valid_uid(uid) else []
+    if system is None:
+        return service.study_uids(accession_number=value)
+    warnings.append(
+        f"identifier system {system!r} is not known here: use {DICOM_UID_SYSTEM} "
+        "(urn:oid:<Study Instance UID>) or an accession number without a system"
+    )
+    return []
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+@router.get(f"{FHIR_ROOT}/ImagingStudy", summary="Search ImagingStudy (FHIR R4)")
+def search_imaging_study(request: Request) -> Response:
+    try:
+        _check_format(request)
+        params = _parameters(request)
+        count = _number(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
+        offset = _number(params, "_offset", 0, 0, 10**9)
+        svc: HttpServices = request.app.state.services
+        service = ImagingStudyService(svc.query)
+        uids, warnings = _select(service, params)
+        base = base_url(request)
+        page = service.studies(uids[offset : offset + count])
+    except FhirError as exc:
+        return _error(exc)
+    except QueryError as exc:
+        return _error(FhirError(400, "invalid", str(exc)))
+    return _json(_bundle(page, warnings, params, base, total=len(uids), offset=offset, count=count))
+
+
+def _bundle(
+    page: list[StudyRecord],
+    warnings: list[str],
+    params: dict[str, str],
+    base: str,
+    *,
+    total: int,
+    offset: int,
+    count: int,
+) -> dict[str, Any]:
+    url = f"{base}{FHIR_ROOT}/ImagingStudy"
+
+    def link(relation: str, at: int) -> dict[str, str]:
+        query = {**params, "_count": str(count), "_offset": str(at)}
+        return {"relation": relation, "url": f"{url}?{urlencode(query)}"}
+
+    links = [link("self", offset)]
+    if offset + count < total and count:
+        links.append(link("next", offset + count))
+    if offset and count:
+        links.append(link("previous", max(offset - count, 0)))
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": f"{url}/{record.study_instance_uid}",
+            "resource": imaging_study(record, base),
+            "search": {"mode": "match"},
+        }
+        for record in page
+    ]
+    for warning in warnings:
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": outcome("warning", "not-found", warning),
+                "search": {"mode": "outcome"},
+            }
+        )
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": "searchset",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "total": total,
+        "link": links,
+    }
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+@router.get(f"{FHIR_ROOT}/ImagingStudy/{{resource_id}}", summary="Read ImagingStudy (FHIR R4)")
+def read_imaging_study(resource_id: str, request: Request) -> Response:
+    try:
+        _check_format(request)
+        if not _FHIR_ID.fullmatch(resource_id):
+            raise FhirError(400, "invalid", f"{resource_id!r} is not a FHIR id")
+        svc: HttpServices = request.app.state.services
+        record = (
+            ImagingStudyService(svc.query).study(resource_id) if is_valid_uid(resource_id) else None
+        )
+        if record is None:
+            raise FhirError(404, "not-found", f"no ImagingStudy/{resource_id}")
+    except FhirError as exc:
+        return _error(exc)
+    except QueryError as exc:
+        return _error(FhirError(400, "invalid", str(exc)))
+    return _json(imaging_study(record, base_url(request)))
+
+
+@router.get(f"{FHIR_ROOT}/metadata", summary="FHIR CapabilityStatement")
+def capability_statement(request: Request) -> Response:
+    base = base_url(request)
+    return _json(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": dt.date.today().isoformat(),
+            "publisher": "netpacs",
+            "kind": "instance",
+            "software": {"name": "netpacs", "version": __version__},
+            "implementation": {
+                "description": "netpacs regional PACS: ImagingStudy over the image index",
+                "url": base + FHIR_ROOT,
+            },
+            "fhirVersion": FHIR_VERSION,
+            "format": ["json"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": [
+                        {
+                            "type": "ImagingStudy",
+                            "interaction": [{"code": "read"}, {"code": "search-type"}],
+                            "searchParam": [
+                                {
+                                    "name": "patient",
+                                    "type": "reference",
+                                    "documentation": (
+                                        "Chained only, as patient.identifier=[system]|value. "
+                                        f"Systems: {NHS_NUMBER_SYSTEM}, "
+                                        f"{ISSUER_SYSTEM_PREFIX}<ODS code>; none for any issuer."
+                                    ),
+                                },
+                                {
+                                    "name": "identifier",
+                                    "type": "token",
+                                    "documentation": (
+                                        f"{DICOM_UID_SYSTEM}|urn:oid:<Study Instance UID>, "
+                                        "or an accession number without a system."
+                                    ),
+                                },
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+    )

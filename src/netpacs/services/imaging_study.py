@@ -1,0 +1,230 @@
+"""Study lookups for FHIR ImagingStudy: a patient's studies and their series, from the index.
+
+Independent of FHIR: the adapter (``adapters/http/fhir.py``) maps these records to
+resources. Every question goes through the query service (C-FIND matching, PS3.4
+C.2.2.2), like C-FIND and QIDO-RS, so access control added there applies here too.
+
+A patient identifier is a value with the issuers it may have been issued by
+(DICOM Patient ID and Issuer of Patient ID, REGION.md: an identifier means nothing
+without its issuer). Matching is exact: a value holding a DICOM wild card or value
+delimiter (``*``, ``?``, ``\\``) matches nothing rather than being read as a pattern.
+An NHS number matches a patient whose Patient ID is that number issued by ``NHS``
+(or the NHS number OID); Other Patient IDs are not matched yet (the index cannot
+answer them; cross-trust linking is issue 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from netpacs.services.query import QueryLevel, QueryModel, QueryService
+from netpacs.services.studies import NHS_ISSUERS, nhs_number_of
+
+_PATIENT_NAME = "00100010"
+_PATIENT_ID = "00100020"
+_ISSUER = "00100021"
+_OTHER_PATIENT_IDS = "00101002"
+_STUDY_UID = "0020000D"
+_STUDY_DATE = "00080020"
+_STUDY_TIME = "00080030"
+_TIMEZONE_OFFSET = "00080201"
+_ACCESSION = "00080050"
+_DESCRIPTION = "00081030"
+_MODALITIES = "00080061"
+_N_SERIES = "00201206"
+_N_INSTANCES = "00201208"
+_SERIES_UID = "0020000E"
+_MODALITY = "00080060"
+_SERIES_NUMBER = "00200011"
+_SERIES_DESCRIPTION = "0008103E"
+_BODY_PART = "00180015"
+_N_SERIES_INSTANCES = "00201209"
+_NOT_EXACT = ("*", "?", "\\")
+
+#: Issuers of Patient ID that mean "an NHS number".
+NHS_NUMBER_ISSUERS = tuple(sorted(NHS_ISSUERS))
+
+
+@dataclass(frozen=True, slots=True)
+class PatientIdentifier:
+    """A Patient ID and the issuers it may come from (None: any issuer; '' : none given)."""
+
+    value: str
+    issuers: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRecord:
+    series_instance_uid: str
+    series_number: int | None
+    modality: str
+    series_description: str
+    body_part_examined: str
+    number_of_instances: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRecord:
+    study_instance_uid: str
+    patient_name: str  # DICOM PN, Alphabetic group
+    patient_id: str
+    issuer_of_patient_id: str
+    nhs_number: str | None  # 10 valid digits, from Patient ID or Other Patient IDs
+    study_date: str  # DA
+    study_time: str  # TM
+    timezone_offset: str  # Timezone Offset From UTC (0008,0201), '' when not given
+    accession_number: str
+    study_description: str
+    modalities: tuple[str, ...]
+    number_of_series: int | None
+    number_of_instances: int | None
+    series: tuple[SeriesRecord, ...]
+
+
+def _first(element: dict[str, Any] | None) -> Any:
+    values = (element or {}).get("Value") or []
+    return values[0] if values else None
+
+
+def _text(element: dict[str, Any] | None) -> str:
+    value = _first(element)
+    if isinstance(value, dict):
+        value = value.get("Alphabetic")
+    return "" if value is None else str(value)
+
+
+def _int(element: dict[str, Any] | None) -> int | None:
+    try:
+        value = _first(element)
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _exact(value: str) -> bool:
+    return bool(value) and not any(c in value for c in _NOT_EXACT)
+
+
+class ImagingStudyService:
+    """Which studies a patient identifier, a Study Instance UID or an accession selects."""
+
+    def __init__(self, query: QueryService) -> None:
+        self._query = query
+
+    def study_uids(
+        self,
+        *,
+        patient: PatientIdentifier | None = None,
+        study_instance_uids: Sequence[str] = (),
+        accession_number: str | None = None,
+    ) -> list[str]:
+        """Study Instance UIDs matching all the criteria given, newest first."""
+        keys: dict[str, Any] = {
+            _STUDY_UID: {"vr": "UI"},
+            _STUDY_DATE: {"vr": "DA"},
+            _STUDY_TIME: {"vr": "TM"},
+            _PATIENT_ID: {"vr": "LO"},
+            _ISSUER: {"vr": "LO"},
+            _ACCESSION: {"vr": "SH"},
+        }
+        if patient is not None:
+            if not _exact(patient.value):
+                return []
+            keys[_PATIENT_ID]["Value"] = [patient.value]
+            if patient.issuers is not None:
+                # Several values are alternatives (OR); '""' matches an empty issuer.
+                keys[_ISSUER]["Value"] = [i if i else '""' for i in patient.issuers]
+        if study_instance_uids:
+            keys[_STUDY_UID]["Value"] = list(study_instance_uids)
+        if accession_number is not None:
+            if not _exact(accession_number):
+                return []
+            keys[_ACCESSION]["Value"] = [accession_number]
+        answers = self._query.find(keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        found = [
+            (_text(a.get(_STUDY_DATE)), _text(a.get(_STUDY_TIME)), _text(a.get(_STUDY_UID)))
+            for a in answers
+            if patient is None or _text(a.get(_PATIENT_ID)) == patient.value
+        ]
+        found.sort(reverse=True)
+        return [uid for _, _, uid in found]
+
+    def study(self, study_instance_uid: str) -> StudyRecord | None:
+        found = self.studies([study_instance_uid])
+        return found[0] if found else None
+
+    def studies(self, uids: Sequence[str]) -> list[StudyRecord]:
+        """The studies with these UIDs (those stored), in the order given."""
+        if not uids:
+            return []
+        identifier: dict[str, Any] = {
+            _STUDY_UID: {"vr": "UI", "Value": list(uids)},
+            _PATIENT_NAME: {"vr": "PN"},
+            _PATIENT_ID: {"vr": "LO"},
+            _ISSUER: {"vr": "LO"},
+            _OTHER_PATIENT_IDS: {
+                "vr": "SQ",
+                "Value": [{_PATIENT_ID: {"vr": "LO"}, _ISSUER: {"vr": "LO"}}],
+            },
+            _STUDY_DATE: {"vr": "DA"},
+            _STUDY_TIME: {"vr": "TM"},
+            _TIMEZONE_OFFSET: {"vr": "SH"},
+            _ACCESSION: {"vr": "SH"},
+            _DESCRIPTION: {"vr": "LO"},
+            _MODALITIES: {"vr": "CS"},
+            _N_SERIES: {"vr": "IS"},
+            _N_INSTANCES: {"vr": "IS"},
+        }
+        answers = self._query.find(identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        series = self._series(uids)
+        records = {
+            uid: self._record(a, series.get(uid, []))
+            for a in answers
+            if (uid := _text(a.get(_STUDY_UID)))
+        }
+        return [records[uid] for uid in uids if uid in records]
+
+    @staticmethod
+    def _record(a: dict[str, Any], series: list[SeriesRecord]) -> StudyRecord:
+        return StudyRecord(
+            study_instance_uid=_text(a.get(_STUDY_UID)),
+            patient_name=_text(a.get(_PATIENT_NAME)),
+            patient_id=_text(a.get(_PATIENT_ID)),
+            issuer_of_patient_id=_text(a.get(_ISSUER)),
+            nhs_number=nhs_number_of(a),
+            study_date=_text(a.get(_STUDY_DATE)),
+            study_time=_text(a.get(_STUDY_TIME)),
+            timezone_offset=_text(a.get(_TIMEZONE_OFFSET)),
+            accession_number=_text(a.get(_ACCESSION)),
+            study_description=_text(a.get(_DESCRIPTION)),
+            modalities=tuple(str(v) for v in (a.get(_MODALITIES) or {}).get("Value") or []),
+            number_of_series=_int(a.get(_N_SERIES)),
+            number_of_instances=_int(a.get(_N_INSTANCES)),
+            series=tuple(series),
+        )
+
+    def _series(self, uids: Iterable[str]) -> dict[str, list[SeriesRecord]]:
+        identifier: dict[str, Any] = {
+            _STUDY_UID: {"vr": "UI", "Value": list(uids)},
+            _SERIES_UID: {"vr": "UI"},
+            _MODALITY: {"vr": "CS"},
+            _SERIES_NUMBER: {"vr": "IS"},
+            _SERIES_DESCRIPTION: {"vr": "LO"},
+            _BODY_PART: {"vr": "CS"},
+            _N_SERIES_INSTANCES: {"vr": "IS"},
+        }
+        out: dict[str, list[SeriesRecord]] = {}
+        for a in self._query.find(identifier, level=QueryLevel.SERIES, model=QueryModel.STUDY_ROOT):
+            out.setdefault(_text(a.get(_STUDY_UID)), []).append(
+                SeriesRecord(
+                    series_instance_uid=_text(a.get(_SERIES_UID)),
+                    series_number=_int(a.get(_SERIES_NUMBER)),
+                    modality=_text(a.get(_MODALITY)),
+                    series_description=_text(a.get(_SERIES_DESCRIPTION)),
+                    body_part_examined=_text(a.get(_BODY_PART)),
+                    number_of_instances=_int(a.get(_N_SERIES_INSTANCES)),
+                )
+            )
+        return out
