@@ -148,12 +148,21 @@ def parse_frame_list(text: str) -> list[int]:
 
 
 def check_frames(layout: PixelLayout, numbers: list[int], sop_uid: str) -> None:
+    """FrameError 404 for frames the instance does not have; 400 for overlong lists.
+
+    A list may name a frame twice, but not ask for more frames than the instance has
+    (or 64): answers are held in memory while they are made.
+    """
     beyond = [n for n in numbers if n > layout.number_of_frames]
     if beyond:
+        shown = ", ".join(map(str, beyond[:5])) + (", ..." if len(beyond) > 5 else "")
         raise FrameError(
-            404,
-            f"instance {sop_uid} has {layout.number_of_frames} frame(s); "
-            f"no frame {', '.join(map(str, beyond))}",
+            404, f"instance {sop_uid} has {layout.number_of_frames} frame(s); no frame {shown}"
+        )
+    if len(numbers) > max(layout.number_of_frames, 64):
+        raise FrameError(
+            400,
+            f"{len(numbers)} frames asked for; instance {sop_uid} has {layout.number_of_frames}",
         )
 
 
