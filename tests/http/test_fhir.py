@@ -1,0 +1,210 @@
+"""FHIR R4 ImagingStudy through a running netpacs: search, read, errors, CapabilityStatement.
+
+Resources are validated with the fhir.resources models (R4B: ImagingStudy, Endpoint,
+Bundle, OperationOutcome and CapabilityStatement are unchanged from R4 in what is
+used here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+
+from netpacs.synthetic import write_ct_series
+from tests.conftest import Netpacs
+from tests.http.conftest import StoredSeries, storescu
+
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+RXC = "urn:netpacs:issuer:RXC"
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass(frozen=True)
+class Studies:
+    east_sussex: StoredSeries  # hospital number H1234567 at RXC
+    surrey: StoredSeries  # the same number, another person, at RTP
+    nhs: StoredSeries  # NHS number 9434765919
+
+
+def _send(server: Netpacs, folder: Path, aet: str, **kw: Any) -> StoredSeries:
+    paths = write_ct_series(folder, 2, rows=16, columns=16, **kw)
+    storescu(server, *paths, aet=aet)
+    head = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    sops = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
+    return StoredSeries(paths, str(head.StudyInstanceUID), str(head.SeriesInstanceUID), sops)
+
+
+@pytest.fixture
+def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
+    return Studies(
+        east_sussex=_send(
+            netpacs,
+            tmp_path / "rxc",
+            "EDGH_CT1",
+            patient_id="H1234567",
+            issuer="RXC",
+            patient_name="EASTBOURNE^Alice",
+        ),
+        surrey=_send(
+            netpacs,
+            tmp_path / "rtp",
+            "ESH_CT1",
+            patient_id="H1234567",
+            issuer="RTP",
+            patient_name="REDHILL^Bob",
+            seed=1,
+        ),
+        nhs=_send(
+            netpacs,
+            tmp_path / "nhs",
+            "EDGH_CT1",
+            patient_id="9434765919",
+            issuer="NHS",
+            patient_name="HASTINGS^Carol",
+            seed=2,
+        ),
+    )
+
+
+def _bundle(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    body: dict[str, Any] = response.json()
+    Bundle.model_validate(body)
+    assert body["type"] == "searchset"
+    return body
+
+
+def _study_uids(bundle: dict[str, Any]) -> list[str]:
+    return [
+        e["resource"]["id"]
+        for e in bundle.get("entry", [])
+        if e["resource"]["resourceType"] == "ImagingStudy"
+    ]
+
+
+def test_search_by_hospital_number_finds_the_trusts_patient_only(
+    netpacs: Netpacs, studies: Studies
+) -> None:
+    url = f"{netpacs.base_url}/fhir/ImagingStudy"
+    with httpx.Client(timeout=30) as client:
+        found = _bundle(client.get(url, params={"patient.identifier": f"{RXC}|H1234567"}))
+        assert found["total"] == 1 and _study_uids(found) == [studies.east_sussex.study_uid]
+        entry = found["entry"][0]
+        assert entry["search"]["mode"] == "match"
+        assert entry["fullUrl"] == f"{url}/{studies.east_sussex.study_uid}"
+        study = entry["resource"]
+        ImagingStudy.model_validate(study)
+        assert study["status"] == "available"
+        assert {
+            "use": "official",
+            "system": "urn:dicom:uid",
+            "value": f"urn:oid:{studies.east_sussex.study_uid}",
+        } in study["identifier"]
+        assert study["subject"]["identifier"] == {"system": RXC, "value": "H1234567"}
+        assert study["subject"]["display"] == "EASTBOURNE, Alice"
+        assert study["numberOfSeries"] == 1 and study["numberOfInstances"] == 2
+        assert study["modality"] == [
+            {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}
+        ]
+        assert study["started"][:10].count("-") == 2 and "T" in study["started"]
+        (series,) = study["series"]
+        assert series["uid"] == studies.east_sussex.series_uid
+        assert series["modality"]["code"] == "CT" and series["numberOfInstances"] == 2
+        (endpoint,) = study["contained"]
+        assert study["endpoint"] == [{"reference": f"#{endpoint['id']}"}]
+        assert endpoint["connectionType"] == {
+            "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+            "code": "dicom-wado-rs",
+        }
+        assert endpoint["address"] == netpacs.dicomweb_url
+        # The endpoint answers for the study.
+        qido = client.get(f"{endpoint['address']}/studies/{study['id']}/series")
+        assert qido.status_code == 200 and len(qido.json()) == 1
+
+        # The same number at the other trust is the other person.
+        other = _bundle(
+            client.get(url, params={"patient.identifier": "urn:netpacs:issuer:RTP|H1234567"})
+        )
+        assert _study_uids(other) == [studies.surrey.study_uid]
+        # Without a system, the number matches at every issuer; paging by _count.
+        first = _bundle(client.get(url, params={"patient.identifier": "H1234567", "_count": "1"}))
+        assert first["total"] == 2 and len(_study_uids(first)) == 1
+        (next_link,) = [link["url"] for link in first["link"] if link["relation"] == "next"]
+        second = _bundle(client.get(next_link))
+        assert {*_study_uids(first), *_study_uids(second)} == {
+            studies.east_sussex.study_uid,
+            studies.surrey.study_uid,
+        }
+
+        by_nhs = _bundle(client.get(url, params={"patient.identifier": f"{NHS}|9434765919"}))
+        assert _study_uids(by_nhs) == [studies.nhs.study_uid]
+        assert by_nhs["entry"][0]["resource"]["subject"]["identifier"] == {
+            "system": NHS,
+            "value": "9434765919",
+        }
+        # A wild card is not a pattern here.
+        assert _bundle(client.get(url, params={"patient.identifier": "H123*"}))["total"] == 0
+
+        unknown = _bundle(client.get(url, params={"patient.identifier": "urn:x:mrn|H1234567"}))
+        assert unknown["total"] == 0
+        (note,) = unknown["entry"]
+        assert note["search"]["mode"] == "outcome"
+        assert "not known" in note["resource"]["issue"][0]["diagnostics"]
+
+        by_uid = _bundle(
+            client.get(url, params={"identifier": f"urn:dicom:uid|urn:oid:{studies.nhs.study_uid}"})
+        )
+        assert _study_uids(by_uid) == [studies.nhs.study_uid]
+
+
+def _outcome(response: httpx.Response, status: int, words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    body = response.json()
+    OperationOutcome.model_validate(body)
+    assert words in body["issue"][0]["diagnostics"], body
+
+
+def test_read_by_id_and_errors_as_operation_outcomes(netpacs: Netpacs, studies: Studies) -> None:
+    url = f"{netpacs.base_url}/fhir/ImagingStudy"
+    with httpx.Client(timeout=30) as client:
+        read = client.get(f"{url}/{studies.surrey.study_uid}", headers={"accept": FHIR_JSON})
+        assert read.status_code == 200
+        study = read.json()
+        ImagingStudy.model_validate(study)
+        assert study["id"] == studies.surrey.study_uid
+        assert study["subject"]["identifier"]["system"] == "urn:netpacs:issuer:RTP"
+
+        _outcome(client.get(f"{url}/1.2.3.4"), 404, "no ImagingStudy/1.2.3.4")
+        _outcome(client.get(f"{url}/not_an_id"), 400, "not a FHIR id")
+        _outcome(client.get(url, params={"patient": "Patient/1"}), 400, "not supported")
+        _outcome(client.get(url), 400, "patient.identifier")
+        _outcome(
+            client.get(url, params={"patient.identifier": "H1234567", "_count": "many"}),
+            400,
+            "_count",
+        )
+        _outcome(
+            client.get(url, params={"patient.identifier": "H1234567", "_format": "xml"}),
+            406,
+            "JSON",
+        )
+        _outcome(client.get(url, params={"patient.identifier": f"{RXC}|"}), 400, "no value")
+
+        metadata = client.get(f"{netpacs.base_url}/fhir/metadata")
+        assert metadata.status_code == 200
+        statement = metadata.json()
+        CapabilityStatement.model_validate(statement)
+        (resource,) = statement["rest"][0]["resource"]
+        assert resource["type"] == "ImagingStudy"
+        assert {i["code"] for i in resource["interaction"]} == {"read", "search-type"}
