@@ -154,6 +154,8 @@ def test_search_by_hospital_number_finds_the_trusts_patient_only(
         }
         # A wild card is not a pattern here.
         assert _bundle(client.get(url, params={"patient.identifier": "H123*"}))["total"] == 0
+        any_issuer = {"patient.identifier": "urn:netpacs:issuer:*|H1234567"}
+        assert _bundle(client.get(url, params=any_issuer))["total"] == 0
 
         unknown = _bundle(client.get(url, params={"patient.identifier": "urn:x:mrn|H1234567"}))
         assert unknown["total"] == 0

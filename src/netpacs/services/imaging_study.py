@@ -130,7 +130,7 @@ class ImagingStudyService:
             _ACCESSION: {"vr": "SH"},
         }
         if patient is not None:
-            if not _exact(patient.value):
+            if not _exact(patient.value) or any(i and not _exact(i) for i in patient.issuers or ()):
                 return []
             keys[_PATIENT_ID]["Value"] = [patient.value]
             if patient.issuers is not None:
