@@ -11,7 +11,7 @@ import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.pixels.decoders.base import get_decoder
@@ -55,6 +55,28 @@ class RetrieveService:
         with self._blobs.open(item.blob_key) as f:
             while chunk := f.read(chunk_size):
                 yield chunk
+
+    def part10_framed(self, item: RetrieveItem, head: bytes, tail: bytes) -> bytearray:
+        """``head`` + the stored Part 10 file + ``tail`` in one buffer, read with one copy.
+
+        For multipart answers: the part's headers and delimiter go around the file
+        without concatenating (the file is read straight into the buffer).
+        """
+        size = item.blob_size
+        buf = bytearray(len(head) + size + len(tail))
+        buf[: len(head)] = head
+        view = memoryview(buf)
+        with self._blobs.open(item.blob_key) as blob:
+            f = cast(io.BufferedReader, blob)
+            got = 0
+            while got < size:
+                n = f.readinto(view[len(head) + got : len(head) + size])
+                if not n:
+                    raise OSError(f"blob {item.blob_key} is shorter than its index row says")
+                got += n
+        view.release()
+        buf[len(head) + size :] = tail
+        return buf
 
     def bytes_at(self, item: RetrieveItem, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of the stored data set (a bulk data value)."""

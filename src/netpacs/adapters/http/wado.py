@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import secrets
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
 import pydicom
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url, services
 from netpacs.adapters.http.errors import HttpError
@@ -218,24 +219,81 @@ def _negotiate_dicom(header: str | None, stored: Iterable[str], *, single_ok: bo
     raise HttpError(406, f"cannot answer Accept: {header!r}; this resource is {offer}{problem}")
 
 
-def _part10_parts(
+# Whole objects up to this size are read in one piece; larger ones are streamed in chunks.
+WHOLE_OBJECT_LIMIT = 16 << 20
+# Objects read per trip to a worker thread (fewer thread hops for series of small files).
+BATCH_BYTES = 8 << 20
+
+
+def _read_batch(
+    svc: HttpServices, batch: list[StoredInstance], heads: list[bytes]
+) -> list[bytearray]:
+    return [
+        svc.retrieve.part10_framed(inst.item, head, b"\r\n")
+        for inst, head in zip(batch, heads, strict=True)
+    ]
+
+
+def _part_head(boundary: str, transfer_syntax_uid: str) -> bytes:
+    return (
+        f"--{boundary}\r\nContent-Type: {DICOM}; transfer-syntax={transfer_syntax_uid}\r\n\r\n"
+    ).encode()
+
+
+def _multipart_length(
+    found: list[StoredInstance], choice: _DicomChoice, boundary: str
+) -> int | None:
+    """The body's length when every object goes as stored (None when one is transcoded)."""
+    total = len(f"--{boundary}--\r\n")
+    for inst in found:
+        if choice.target(inst.transfer_syntax_uid) != inst.transfer_syntax_uid:
+            return None
+        total += len(_part_head(boundary, inst.transfer_syntax_uid)) + inst.item.blob_size + 2
+    return total
+
+
+async def _part10_parts(
     svc: HttpServices, found: list[StoredInstance], choice: _DicomChoice, boundary: str
-) -> Iterator[bytes]:
+) -> AsyncIterator[bytes | memoryview]:
+    """The multipart body: parts read in batches in a worker thread, each in one buffer."""
     retrieve = svc.retrieve
-    delimiter = f"--{boundary}\r\n".encode()
+
+    def head(_inst: StoredInstance, target: str) -> bytes:
+        return _part_head(boundary, target)
+
     try:
-        for inst in found:
+        i = 0
+        while i < len(found):
+            inst = found[i]
             target = choice.target(inst.transfer_syntax_uid)
-            head = delimiter + f"Content-Type: {DICOM}; transfer-syntax={target}\r\n\r\n".encode()
-            if target == inst.transfer_syntax_uid:
-                first = True
-                for chunk in retrieve.part10_chunks(inst.item):
-                    yield head + chunk if first else chunk
-                    first = False
-            else:
-                yield head + retrieve.transcoded(inst.item, target)
-            yield b"\r\n"
-            delimiter = f"--{boundary}\r\n".encode()
+            if target != inst.transfer_syntax_uid:
+                body = await run_in_threadpool(retrieve.transcoded, inst.item, target)
+                yield head(inst, target) + body + b"\r\n"
+                i += 1
+                continue
+            if inst.item.blob_size > WHOLE_OBJECT_LIMIT:
+                yield head(inst, target)
+                async for chunk in iterate_in_threadpool(retrieve.part10_chunks(inst.item)):
+                    yield chunk
+                yield b"\r\n"
+                i += 1
+                continue
+            batch: list[StoredInstance] = []
+            size = 0
+            while i < len(found):
+                nxt = found[i]
+                if (
+                    choice.target(nxt.transfer_syntax_uid) != nxt.transfer_syntax_uid
+                    or nxt.item.blob_size > WHOLE_OBJECT_LIMIT
+                    or (batch and size + nxt.item.blob_size > BATCH_BYTES)
+                ):
+                    break
+                batch.append(nxt)
+                size += nxt.item.blob_size
+                i += 1
+            heads = [head(b, b.transfer_syntax_uid) for b in batch]
+            for buf in await run_in_threadpool(_read_batch, svc, batch, heads):
+                yield memoryview(buf)
         yield f"--{boundary}--\r\n".encode()
     except (BlobNotFound, TranscodeError, OSError):
         # The status line is sent: all we can do is end the body short, which the
@@ -258,9 +316,12 @@ def _retrieve(
     if not choice.multipart:
         return _single_part10(svc, found[0], choice.target(found[0].transfer_syntax_uid))
     boundary = secrets.token_hex(16)
+    length = _multipart_length(found, choice, boundary)
+    # With a known length the body goes out as it is read: no chunked-encoding copies.
     return StreamingResponse(
         _part10_parts(svc, found, choice, boundary),
         media_type=f'{MULTIPART}; type="{DICOM}"; boundary={boundary}',
+        headers={"Content-Length": str(length)} if length is not None else None,
     )
 
 
