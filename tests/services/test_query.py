@@ -865,6 +865,12 @@ BAD = [
     pytest.param(ST, SR, {"00100010": "smith"}, "PatientName", id="element-not-object"),
     pytest.param(ST, SR, ident(QueryRetrieveLevel="SERIES"), "differs", id="level-mismatch"),
     pytest.param(ST, SR, ident(QueryRetrieveLevel="FRAME"), "not valid", id="unknown-level"),
+    pytest.param(ST, SR, ident(PatientName="SMI\x00TH"), "NUL", id="nul-in-text"),
+    pytest.param(
+        SE, SR, ident(SeriesNumber="-99999999999999999999"), "outside the range", id="int-overflow"
+    ),
+    pytest.param(IM, SR, ident(InstanceNumber="4294967296"), "outside the range", id="is-overflow"),
+    pytest.param(IM, SR, ident(SliceThickness="inf"), "finite", id="float-infinite"),
 ]
 
 

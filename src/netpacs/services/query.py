@@ -27,6 +27,7 @@ keys come back present and empty (PS3.4 C.4.1.1.3.2).
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -274,6 +275,18 @@ def _split_dt_range(value: str) -> tuple[str, str, str]:
     return m.group(1) or "", "-", m.group(2) or ""
 
 
+# What an integer matching key may hold (the index keeps them in 32-bit or 64-bit columns).
+_INT_BOUNDS = {
+    "IS": (-(2**31), 2**31 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "US": (0, 2**16 - 1),
+    "SV": (-(2**63), 2**63 - 1),
+    "UV": (0, 2**64 - 1),
+}
+
+
 def _parse_term(tag: str, vr: str, value: str | int | float) -> _Term | None:
     """One value of a matching key as a term; None means universal matching."""
     if isinstance(value, str):
@@ -281,11 +294,18 @@ def _parse_term(tag: str, vr: str, value: str | int | float) -> _Term | None:
             return None
         if value == '""':
             return _Empty()
+        if "\x00" in value:
+            raise QueryError(f"{_name(tag)}: the value contains a NUL character")
     if vr in _INT_VRS or vr in _FLOAT_VRS:
         try:
             number = int(value) if vr in _INT_VRS else float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise QueryError(f"{_name(tag)}: {value!r} is not a number") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise QueryError(f"{_name(tag)}: {value!r} is not a finite number")
+        low, high = _INT_BOUNDS.get(vr, (-(2**63), 2**63 - 1))
+        if isinstance(number, int) and not low <= number <= high:
+            raise QueryError(f"{_name(tag)}: {value!r} is outside the range of {vr}")
         return _Exact(number)
     text = str(value)
     if vr in _PATTERNS:
