@@ -161,31 +161,6 @@ def _node(identifier: dict[str, Any], tags: list[str]) -> dict[str, Any]:
     return found
 
 
-_INT_RANGES = {
-    "IS": (-(2**31), 2**31 - 1),
-    "SL": (-(2**31), 2**31 - 1),
-    "SS": (-(2**15), 2**15 - 1),
-    "UL": (0, 2**32 - 1),
-    "US": (0, 2**16 - 1),
-}
-
-
-def _check_value(name: str, vr: str, value: str) -> None:
-    """Refuse what no stored value can be (PS3.5 6.2), before the database sees it."""
-    if "\x00" in value:
-        raise HttpError(400, f"{name}: the value contains a NUL character")
-    bounds = _INT_RANGES.get(vr)
-    if bounds is None:
-        return
-    for part in value.split("\\"):
-        try:
-            number = int(part.strip())
-        except ValueError:
-            continue  # not a number: the query service says so
-        if not bounds[0] <= number <= bounds[1]:
-            raise HttpError(400, f"{name}: {number} is out of the range of {vr} (PS3.5 6.2)")
-
-
 def _add_values(element: dict[str, Any], value: str) -> None:
     if not value:
         return  # an empty value is universal matching: a return key
@@ -212,7 +187,6 @@ def _identifier(
         if len(tags) == 1 and tags[0] in scope:
             raise HttpError(400, f"{name} is given by the URL; it cannot also be a parameter")
         element = _node(identifier, tags)
-        _check_value(name, element.get("vr", "UN"), value)
         _add_values(element, value)
     for tag, uid in scope.items():
         identifier[tag] = {"vr": "UI", "Value": [uid]}
