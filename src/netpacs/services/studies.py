@@ -9,19 +9,19 @@ captured (``study.origin_trust``, ``origin_site``).
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.domain import nhs_number
 from netpacs.domain.region import Region
 from netpacs.index.schema import study
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
 
 #: Issuers that mean "this identifier is an NHS number" (the NHS number OID too).
-NHS_ISSUERS = frozenset({"NHS", "2.16.840.1.113883.2.1.4.1"})
+NHS_ISSUERS = nhs_number.NHS_ISSUERS
 
 _PATIENT_NAME = "00100010"
 _PATIENT_ID = "00100020"
@@ -39,18 +39,12 @@ _N_INSTANCES = "00201208"
 
 def nhs_number_is_valid(value: str) -> bool:
     """Ten digits whose last is the modulus-11 check digit of the first nine (REGION.md)."""
-    if not re.fullmatch(r"\d{10}", value):
-        return False
-    total = sum(int(d) * w for d, w in zip(value[:9], range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    if check == 11:
-        check = 0
-    return check != 10 and check == int(value[9])
+    return nhs_number.is_valid(value) and value.isdigit()
 
 
 def format_nhs_number(value: str) -> str:
     """An NHS number as people read it, 3-3-4 digits (``943 476 5919``)."""
-    return f"{value[:3]} {value[3:6]} {value[6:]}" if re.fullmatch(r"\d{10}", value) else value
+    return nhs_number.format_for_people(value)
 
 
 @dataclass(frozen=True, slots=True)
