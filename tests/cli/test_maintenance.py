@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from netpacs.app import build_archive, prepare
@@ -123,3 +125,29 @@ def test_source_ae_in_a_foreign_file_meta_is_not_taken_as_origin(tmp_path: Path)
     meta = read_file_meta(data)
     assert meta.source_ae_title == "RSUS_CT1"
     assert recover_origin(meta, data, region) == Origin(Protocol.REINDEX)
+
+
+def test_import_origin_is_recorded_in_the_file_meta_and_read_back(tmp_path: Path) -> None:
+    """Private Information (0002,0100/0102): ours replaces a foreign pair, pydicom reads it."""
+    from netpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, with_private_information
+    from netpacs.services.ingest import origin_information
+
+    ds = ct_dataset()
+    path = tmp_path / "foreign.dcm"
+    write_part10(ds, path)
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3.4"
+    ds.file_meta.PrivateInformation = b"theirs"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    meta = read_file_meta(data)
+    origin = Origin(Protocol.IMPORT, trust="RYR", user="pacsadmin")
+
+    head = with_private_information(data[: meta.dataset_offset], origin_information(origin))
+    rewritten = head + data[meta.dataset_offset :]
+
+    back = pydicom.dcmread(io.BytesIO(rewritten))
+    assert back.file_meta.PrivateInformationCreatorUID == IMPLEMENTATION_CLASS_UID
+    assert back.file_meta.FileMetaInformationGroupLength == len(head) - 132 - 12
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
+    region = load_region(BUNDLED_DEMO_REGION)
+    assert recover_origin(read_file_meta(rewritten), rewritten, region) == origin

@@ -30,6 +30,8 @@ class FileMeta:
     sending_ae_title: str
     receiving_ae_title: str
     dataset_offset: int  # where the data set starts in the file
+    private_creator_uid: str = ""  # (0002,0100) Private Information Creator UID
+    private_information: bytes = b""  # (0002,0102) Private Information
 
 
 def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
@@ -79,6 +81,7 @@ def read_file_meta(buf: bytes | memoryview) -> FileMeta:
         raise HeaderError("not a DICOM Part 10 file (no 'DICM' after the preamble)")
     pos = 132
     values: dict[int, str] = {}
+    private = b""
     while pos + 8 <= len(buf):
         group, elem = struct.unpack_from("<HH", buf, pos)
         if group != 2:
@@ -95,6 +98,8 @@ def read_file_meta(buf: bytes | memoryview) -> FileMeta:
         if vr in (b"UI", b"AE", b"SH"):
             values[elem] = bytes(buf[start : start + length]).decode("ascii", "replace")
             values[elem] = values[elem].strip(" \0")
+        elif elem == 0x0102:
+            private = bytes(buf[start : start + length])
         pos = start + length
     ts = values.get(0x0010)
     if not ts:
@@ -107,4 +112,40 @@ def read_file_meta(buf: bytes | memoryview) -> FileMeta:
         sending_ae_title=values.get(0x0017, ""),
         receiving_ae_title=values.get(0x0018, ""),
         dataset_offset=pos,
+        private_creator_uid=values.get(0x0100, ""),
+        private_information=private,
     )
+
+
+def with_private_information(head: bytes, information: bytes) -> bytes:
+    """``head`` (preamble, magic, file meta group) with our (0002,0100)/(0002,0102).
+
+    Every other file meta element is kept as it was; a Private Information pair left by
+    another implementation is replaced (PS3.10 7.1: the pair belongs to the application
+    writing the file); the group length is recomputed. ``information`` is padded to an
+    even length with a space.
+    """
+    if len(information) % 2:
+        information += b" "
+    elements: list[tuple[int, bytes]] = []
+    pos = 132
+    while pos + 8 <= len(head):
+        group, elem = struct.unpack_from("<HH", head, pos)
+        if group != 2:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+            (length,) = struct.unpack_from("<I", head, pos + 8)
+            end = pos + 12 + length
+        else:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            end = pos + 8 + length
+        if elem not in (0x0000, 0x0100, 0x0102):
+            elements.append((elem, head[pos:end]))
+        pos = end
+    elements.append((0x0100, _element(2, 0x0100, b"UI", _text(IMPLEMENTATION_CLASS_UID, b"\0"))))
+    elements.append((0x0102, _element(2, 0x0102, b"OB", information)))
+    elements.sort(key=lambda e: e[0])
+    group_bytes = b"".join(raw for _, raw in elements)
+    length_element = _element(2, 0x0000, b"UL", struct.pack("<I", len(group_bytes)))
+    return PREAMBLE + MAGIC + length_element + group_bytes

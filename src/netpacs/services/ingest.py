@@ -23,11 +23,17 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from netpacs.dicom.header import HeaderError, JsonDataset, first_int, first_str, walk_dataset
-from netpacs.dicom.part10 import FileMeta, build_file_meta, read_file_meta
+from netpacs.dicom.part10 import (
+    FileMeta,
+    build_file_meta,
+    read_file_meta,
+    with_private_information,
+)
 from netpacs.domain.outcomes import (
     DuplicatePolicy,
     InvalidReason,
     Origin,
+    Protocol,
     StoreOutcome,
     StoreStatus,
 )
@@ -195,6 +201,10 @@ class IngestService:
         study_instance_uid: str | None = None,
     ) -> StoreOutcome:
         head = bytes(128) + data[128 : meta.dataset_offset]
+        if origin.trust or origin.user:
+            # The file meta came with the object: record who brought it, so that
+            # reindex can recover what the index knows (PS3.10 Private Information).
+            head = with_private_information(head, origin_information(origin))
         dataset = memoryview(data)[meta.dataset_offset :]
 
         def parse() -> JsonDataset:
@@ -341,6 +351,40 @@ class IngestService:
             return False
         stored = self._blobs.get_range(existing["blob_key"], existing["dataset_offset"], size)
         return stored == bytes(obj.dataset)
+
+
+def origin_information(origin: Origin) -> bytes:
+    """The origin of an object as netpacs records it in the file meta (0002,0102)."""
+    fields = {
+        "protocol": origin.protocol.value,
+        "ae_title": origin.ae_title,
+        "trust": origin.trust,
+        "site": origin.site,
+        "user": origin.user,
+    }
+    return orjson.dumps({"netpacs_origin": {k: v for k, v in fields.items() if v}})
+
+
+def origin_from_information(information: bytes) -> Origin | None:
+    """The origin :func:`origin_information` recorded; None when it is not ours."""
+    try:
+        doc = orjson.loads(information.rstrip(b" \0"))
+        fields = doc["netpacs_origin"]
+        protocol = Protocol(fields["protocol"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+    def text(key: str) -> str | None:
+        value = fields.get(key)
+        return value if isinstance(value, str) and value else None
+
+    return Origin(
+        protocol,
+        ae_title=text("ae_title"),
+        trust=text("trust"),
+        user=text("user"),
+        site=text("site"),
+    )
 
 
 def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> InstanceRecord:

@@ -36,6 +36,7 @@ from netpacs.services.ingest import (
     ParsedObject,
     build_record,
     check_uids,
+    origin_from_information,
     parse_header,
 )
 from netpacs.storage.blobstore import BlobNotFound, BlobStore
@@ -367,10 +368,15 @@ def recover_origin(meta: FileMeta, head: bytes | memoryview, region: Region) -> 
     For an object netpacs received over DIMSE it wrote the file meta itself
     (``build_file_meta``: its Implementation Class UID, the calling AE title in Source
     and Sending AE Title (0002,0016/0017), PS3.10 7.1); the AE's trust and site come
-    from the region, as at association time. Any other file meta came with the object
-    (import, STOW-RS) and says nothing netpacs relied on: the origin is REINDEX with
-    no trust.
+    from the region, as at association time. For an object that came with its own file
+    meta (import, STOW-RS), netpacs recorded the trust and user it relied on in the
+    Private Information (0002,0100/0102). Anything else says nothing netpacs relied on:
+    the origin is REINDEX with no trust.
     """
+    if meta.private_creator_uid == IMPLEMENTATION_CLASS_UID:
+        recorded = origin_from_information(meta.private_information)
+        if recorded is not None:
+            return recorded
     # FileMeta does not expose (0002,0012); the UID is unique enough to find by bytes.
     written_by_us = IMPLEMENTATION_CLASS_UID.encode() in bytes(head[132 : meta.dataset_offset])
     ae_title = meta.sending_ae_title or meta.source_ae_title
