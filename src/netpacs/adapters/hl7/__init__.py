@@ -1,0 +1,1 @@
+"""The HL7 v2 adapter: ADT messages over MLLP."""
