@@ -555,7 +555,7 @@ def _patient_row(conn: sa.Connection, identity: _Identity) -> dict[str, Any] | N
             patient.c.patient_id == identity.patient_id, patient.c.issuer == identity.issuer
         )
     ).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else _plain(row)
 
 
 def _identity_row(conn: sa.Connection, identity: _Identity) -> dict[str, Any] | None:
@@ -565,7 +565,12 @@ def _identity_row(conn: sa.Connection, identity: _Identity) -> dict[str, Any] | 
             adt_identity.c.issuer == identity.issuer,
         )
     ).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else _plain(row)
+
+
+def _plain(row: sa.Row[Any]) -> dict[str, Any]:
+    # Column names are sqlalchemy quoted_name, a str subclass orjson will not take as keys.
+    return {str(k): v for k, v in row._mapping.items()}
 
 
 def _restore_patient(conn: sa.Connection, pk: int, before: dict[str, Any] | None) -> None:

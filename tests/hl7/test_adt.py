@@ -1,0 +1,110 @@
+"""ADT rules over real MLLP: demographics in queries, NHS numbers, merges and their undo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from netpacs.domain.region import load_region
+from netpacs.services.adt import AdtService, Outcome
+from tests.adapters.test_dimse import find
+from tests.conftest import Netpacs
+from tests.hl7.conftest import MllpClient, adt, identity
+from tests.http.conftest import write_and_send_ct
+
+
+def studies(server: Netpacs, patient_id: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{server.dicomweb_url}/studies",
+        params={
+            "PatientID": patient_id,
+            "IssuerOfPatientID": "RXC",
+            "includefield": "00100030,00100040",
+        },
+    )
+    assert response.status_code in (200, 204), response.text
+    found: list[dict[str, Any]] = response.json() if response.status_code == 200 else []
+    return sorted(found, key=lambda s: str(s["0020000D"]["Value"][0]))
+
+
+def test_a08_demographics_show_in_qido_and_c_find_for_a_stored_study(
+    netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
+) -> None:
+    stored = write_and_send_ct(netpacs, tmp_path / "ct", 2, patient_id="RXC0000042", issuer="RXC")
+    ack = mllp.send(
+        adt(
+            "A08",
+            "CTRL0100",
+            "RXC0000042^^^RXC^MR~9434765919^^^NHS^NH",
+            name="PARKER^MARY^JANE^^DR",
+            birth_date="19811224",
+            sex="F",
+        )
+    )
+    assert ack.code == "AA", ack.text
+    (study,) = studies(netpacs, "RXC0000042")
+    assert study["00100010"]["Value"] == [{"Alphabetic": "PARKER^MARY^JANE^DR"}]
+    assert study["00100030"]["Value"] == ["19811224"]
+    assert study["00100040"]["Value"] == ["F"]
+    (answer,) = find(
+        netpacs,
+        tmp_path,
+        "QueryRetrieveLevel=STUDY",
+        f"StudyInstanceUID={stored.study_uid}",
+        "PatientName",
+        "PatientBirthDate",
+    )
+    assert (str(answer.PatientName), answer.PatientBirthDate) == ("PARKER^MARY^JANE^DR", "19811224")
+    assert identity(netpacs, "RXC0000042", "RXC")["nhs_number"] == "9434765919"
+
+
+def test_invalid_nhs_number_is_accepted_stored_as_received_and_flagged(
+    netpacs: Netpacs, mllp: MllpClient
+) -> None:
+    ack = mllp.send(adt("A04", "CTRL0200", "RXC0000043^^^RXC^MR~943 476 5918^^^NHS^NH"))
+    assert ack.code == "AA"
+    assert "wrong check digit" in ack.field("MSA", 3)
+    row = identity(netpacs, "RXC0000043", "RXC")
+    assert (row["nhs_number"], row["nhs_number_problem"]) == (
+        "943 476 5918",
+        "has the wrong check digit",
+    )
+
+
+def test_a40_moves_studies_to_the_survivor_and_undo_restores_query_results(
+    netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
+) -> None:
+    write_and_send_ct(netpacs, tmp_path / "a", 1, patient_id="RXC0000050", issuer="RXC")
+    write_and_send_ct(netpacs, tmp_path / "b", 1, patient_id="RXC0000051", issuer="RXC")
+    before = (studies(netpacs, "RXC0000050"), studies(netpacs, "RXC0000051"))
+    ack = mllp.send(
+        adt("A40", "CTRL0300", "RXC0000050^^^RXC^MR", name="NEW^NAME", mrg1="RXC0000051^^^RXC^MR")
+    )
+    assert ack.code == "AA", ack.text
+    assert studies(netpacs, "RXC0000051") == []
+    merged = studies(netpacs, "RXC0000050")
+    assert [s["00100010"]["Value"][0]["Alphabetic"] for s in merged] == ["NEW^NAME"] * 2
+
+    engine = sa.create_engine(netpacs.database_url)
+    try:
+        merge_id = int(ack.field("MSA", 3).rsplit("merge ", 1)[1].rstrip(")"))
+        result = AdtService(engine, load_region(netpacs.region_file)).undo_merge(merge_id)
+    finally:
+        engine.dispose()
+    assert result.outcome is Outcome.APPLIED, result.detail
+    assert (studies(netpacs, "RXC0000050"), studies(netpacs, "RXC0000051")) == before
+
+
+def test_merge_across_trusts_or_of_an_unknown_identity_is_refused(
+    netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
+) -> None:
+    write_and_send_ct(netpacs, tmp_path / "a", 1, patient_id="RXC0000060", issuer="RXC")
+    assert mllp.send(adt("A04", "CTRL0400", "RTP0000060^^^RTP^MR")).code == "AA"
+    across = mllp.send(adt("A40", "CTRL0401", "RXC0000060^^^RXC^MR", mrg1="RTP0000060^^^RTP^MR"))
+    assert across.code == "AE" and "different trusts" in across.field("MSA", 3)
+    unknown = mllp.send(adt("A40", "CTRL0402", "RXC0000060^^^RXC^MR", mrg1="RXC9999999^^^RXC"))
+    assert unknown.code == "AE" and "not known" in unknown.field("MSA", 3)
+    assert len(studies(netpacs, "RXC0000060")) == 1
