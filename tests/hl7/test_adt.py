@@ -108,3 +108,16 @@ def test_merge_across_trusts_or_of_an_unknown_identity_is_refused(
     unknown = mllp.send(adt("A40", "CTRL0402", "RXC0000060^^^RXC^MR", mrg1="RXC9999999^^^RXC"))
     assert unknown.code == "AE" and "not known" in unknown.field("MSA", 3)
     assert len(studies(netpacs, "RXC0000060")) == 1
+
+
+def test_a47_moves_studies_to_the_new_hospital_number_and_refuses_one_in_use(
+    netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
+) -> None:
+    write_and_send_ct(netpacs, tmp_path / "a", 1, patient_id="RXC0000070", issuer="RXC")
+    assert mllp.send(adt("A04", "CTRL0500", "RXC0000072^^^RXC^MR")).code == "AA"
+    in_use = mllp.send(adt("A47", "CTRL0501", "RXC0000072^^^RXC^MR", mrg1="RXC0000070^^^RXC"))
+    assert in_use.code == "AE" and "already in use" in in_use.field("MSA", 3)
+    moved = mllp.send(adt("A47", "CTRL0502", "RXC0000071^^^RXC^MR", mrg1="RXC0000070^^^RXC"))
+    assert moved.code == "AA", moved.text
+    assert studies(netpacs, "RXC0000070") == []
+    assert len(studies(netpacs, "RXC0000071")) == 1
