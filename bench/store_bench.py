@@ -224,7 +224,7 @@ def start_orthanc(workdir: Path) -> Receiver:
 
 
 def start_netpacs(workdir: Path, cmd_template: str) -> Receiver:
-    port, http_port = free_port(), free_port()
+    port, http_port, mllp_port = free_port(), free_port(), free_port()
     data_dir = workdir / "data"
     data_dir.mkdir()
     cmd = [
@@ -237,6 +237,7 @@ def start_netpacs(workdir: Path, cmd_template: str) -> Receiver:
         "NETPACS_DATA_DIR": str(data_dir),
         "NETPACS_DIMSE_PORT": str(port),
         "NETPACS_HTTP_PORT": str(http_port),
+        "NETPACS_MLLP_PORT": str(mllp_port),
         "NETPACS_AE_TITLE": "NETPACS",
     }
     log_path = workdir / "netpacs.log"

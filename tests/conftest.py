@@ -96,6 +96,7 @@ class Netpacs:
     region_file: Path
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    mllp_port: int = field(default_factory=free_port)
     processes: int = 2
     http_processes: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -110,6 +111,7 @@ class Netpacs:
             NETPACS_DATABASE_URL=self.database_url,
             NETPACS_DIMSE_PORT=str(self.port),
             NETPACS_HTTP_PORT=str(self.http_port),
+            NETPACS_MLLP_PORT=str(self.mllp_port),
             NETPACS_REGION_FILE=str(self.region_file),
             NETPACS_DIMSE_PROCESSES=str(self.processes),
             NETPACS_HTTP_PROCESSES=str(self.http_processes),
@@ -126,7 +128,7 @@ class Netpacs:
             [str(NETPACS), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 60
-        workers = self.processes + self.http_processes
+        workers = self.processes + self.http_processes + 1  # one MLLP worker
         while self.log()[before:].count("listening on port") < workers:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"netpacs exited with {self.proc.returncode}:\n{self.log()}")

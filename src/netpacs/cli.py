@@ -109,12 +109,14 @@ def _os_user() -> str | None:
 
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
     from netpacs.adapters.dimse import server as dimse_server
+    from netpacs.adapters.hl7 import server as hl7_server
     from netpacs.adapters.http import server as http_server
     from netpacs.supervisor import WorkerGroup, listen, supervise
 
     prepare(settings)
     dimse_sock = listen(settings.dimse_host, settings.dimse_port)
     http_sock = listen(settings.http_host, settings.http_port)
+    mllp_sock = listen(settings.mllp_host, settings.mllp_port)
     supervise(
         [
             WorkerGroup(
@@ -125,9 +127,23 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
             WorkerGroup(
                 "HTTP", settings.http_processes, lambda: http_server.run_worker(settings, http_sock)
             ),
+            # One MLLP process: HL7 messages of one sender must be applied in order.
+            WorkerGroup("MLLP", 1, lambda: hl7_server.run_worker(settings, mllp_sock)),
         ]
     )
     return EXIT_OK
+
+
+# -- demo-data ---------------------------------------------------------------------------
+
+
+def _cmd_demo_data(
+    args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser
+) -> int:
+    from netpacs import demo
+
+    _prepare_index(settings)
+    return demo.main(settings, patients=args.patients, seed=args.seed, if_empty=args.if_empty)
 
 
 # -- import ------------------------------------------------------------------------------
@@ -388,6 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ver.add_argument("--workers", type=_positive_int, default=4, help="blobs read at once")
     ver.set_defaults(func=_cmd_verify)
+
+    demo = sub.add_parser(
+        "demo-data",
+        help="generate the synthetic demo region (patients, studies, ADT) and load it",
+    )
+    demo.add_argument("--patients", type=_positive_int, default=200, help="patients to make")
+    demo.add_argument("--seed", type=int, default=2026, help="random seed (same data each time)")
+    demo.add_argument(
+        "--if-empty", action="store_true", help="do nothing when the archive holds studies"
+    )
+    demo.set_defaults(func=_cmd_demo_data)
 
     rei = sub.add_parser(
         "reindex",

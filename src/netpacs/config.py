@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     ae_title: str = "NETPACS"
     dimse_host: str = "0.0.0.0"
     dimse_port: int = Field(default=11112, ge=0, le=65535)
+    mllp_host: str = "0.0.0.0"
+    mllp_port: int = Field(default=2575, ge=0, le=65535, description="HL7 v2 ADT over MLLP")
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_processes: int = Field(default=2, ge=1, le=64, description="HTTP worker processes")
