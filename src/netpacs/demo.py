@@ -67,6 +67,7 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
+from netpacs.app import build_archive
 from netpacs.config import BUNDLED_DEMO_REGION, Settings
 from netpacs.domain import nhs_number
 from netpacs.domain.outcomes import Origin, Protocol, StoreOutcome, StoreStatus
@@ -85,6 +86,7 @@ __all__ = [
     "DemoSeries",
     "DemoStudy",
     "Identity",
+    "LoadSummary",
     "Modality",
     "NhsNumberStatus",
     "Person",
@@ -93,6 +95,7 @@ __all__ = [
     "datasets",
     "load",
     "main",
+    "part10",
     "write_adt",
 ]
 
@@ -255,20 +258,28 @@ def _uid(*parts: object) -> str:
     return f"2.25.{uuid.uuid5(_UUID_NAMESPACE, name).int}"
 
 
-def _nhs_number(rng: random.Random, status: NhsNumberStatus) -> str | None:
-    """A number of the test range with the status asked for (PS: 999 is never issued)."""
+def _nhs_number(rng: random.Random, status: NhsNumberStatus, used: set[str]) -> str | None:
+    """A number of the range kept for test data (``999``) with the status asked for.
+
+    Never one already given to someone else: one NHS number on two people is a
+    conflict for a person to resolve, not something the demo should make by chance.
+    """
     if status is NhsNumberStatus.NONE:
         return None
     while True:
         first_nine = _TEST_NHS_PREFIX + f"{rng.randrange(10**6):06d}"
         check = nhs_number.check_digit(first_nine)
         if status is NhsNumberStatus.CHECK_DIGIT_TEN:
-            if check == 10:
-                return first_nine + str(rng.randrange(10))
-        elif check != 10:
-            if status is NhsNumberStatus.VALID:
-                return first_nine + str(check)
-            return first_nine + str((check + 1 + rng.randrange(9)) % 10)
+            number = first_nine + str(rng.randrange(10)) if check == 10 else None
+        elif check == 10:
+            number = None
+        elif status is NhsNumberStatus.VALID:
+            number = first_nine + str(check)
+        else:
+            number = first_nine + str((check + 1 + rng.randrange(9)) % 10)
+        if number is not None and number not in used:
+            used.add(number)
+            return number
 
 
 def _hospital_number(rng: random.Random, trust: str, used: set[str]) -> str:
@@ -288,6 +299,7 @@ def _persons(n: int, rng: random.Random) -> list[Person]:
     for i, status in zip(order[: max(0, n - 1)], special, strict=False):
         statuses[i] = status
     persons = []
+    used: set[str] = set()
     for key in range(n):
         sex = rng.choice("MF")
         age_days = rng.randrange(365 * 2, 365 * 92)
@@ -298,7 +310,7 @@ def _persons(n: int, rng: random.Random) -> list[Person]:
                 given_name=rng.choice(_GIVEN_NAMES[sex]),
                 sex=sex,
                 birth_date=LAST_STUDY_DAY - dt.timedelta(days=age_days),
-                nhs_number=_nhs_number(rng, statuses[key]),
+                nhs_number=_nhs_number(rng, statuses[key], used),
                 nhs_number_status=statuses[key],
             )
         )
@@ -832,6 +844,7 @@ def datasets(study: DemoStudy) -> Iterator[Dataset]:
 
 
 def part10(ds: Dataset) -> bytes:
+    """``ds`` as a DICOM Part 10 file (preamble, file meta, data set)."""
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
@@ -898,6 +911,8 @@ def write_adt(demo: DemoRegion, directory: Path) -> list[Path]:
 
 @dataclass
 class LoadSummary:
+    """What :func:`load` stored: counts by outcome, and a line per refused object."""
+
     studies: int = 0
     instances: int = 0
     by_status: Counter[StoreStatus] = dataclasses.field(default_factory=Counter)
@@ -949,8 +964,6 @@ def _index_has_studies(settings: Settings) -> bool:
 
 def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int:
     """``netpacs demo-data``: make the region, load it, write its ADT messages; exit code."""
-    from netpacs.app import build_archive  # the composition root, imported only here
-
     if if_empty and _index_has_studies(settings):
         print("demo-data: the archive already holds studies; nothing loaded")
         return 0
@@ -959,6 +972,11 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
     demo = build_region(patients, seed, region=region)
     adt_dir = settings.data_dir / "demo" / "adt"
     adt_paths = write_adt(demo, adt_dir)
+    print(
+        f"demo-data: loading {len(demo.studies)} studies ({demo.instance_count} instances) "
+        f"of {len(demo.persons)} synthetic patients (seed {seed})",
+        flush=True,
+    )
     archive = build_archive(settings)
     try:
         summary = load(demo, archive.ingest)
