@@ -24,6 +24,7 @@ test-setup: setup
 	bash scripts/ensure-postgres.sh
 
 run: setup
+	NETPACS_DEMO=true $(BIN)/netpacs demo-data --if-empty
 	NETPACS_DEMO=true $(BIN)/netpacs serve
 
 test: test-setup

@@ -26,7 +26,7 @@ from netpacs.config import BUNDLED_DEMO_REGION
 from netpacs.domain import nhs_number
 from netpacs.domain.region import load_region
 from netpacs.index.db import make_engine
-from netpacs.index.schema import study
+from netpacs.index.schema import adt_identity, hl7_message, study
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +264,34 @@ def test_adt_files_are_one_a04_per_local_identity(loaded: Loaded, model: demo.De
         )
     assert len(control_ids) == len(files)
     assert demo.adt_messages(model) == [p.read_bytes() for p in files]
+
+
+def test_adt_messages_are_applied_as_the_feed_would_and_flag_invalid_nhs_numbers(
+    loaded: Loaded, model: demo.DemoRegion
+) -> None:
+    """Every local identity is registered by its A04; the invalid NHS numbers are flagged."""
+    assert f"applied as the ADT feed would: AA {len(model.identities)}" in loaded.first_run.stdout
+    engine = make_engine(loaded.database_url)
+    try:
+        with engine.connect() as conn:
+            acks = conn.execute(sa.select(hl7_message.c.ack_code)).scalars().all()
+            flagged = (
+                conn.execute(
+                    sa.select(adt_identity.c.nhs_number).where(
+                        adt_identity.c.nhs_number_problem.is_not(None)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            identities = conn.execute(sa.select(sa.func.count()).select_from(adt_identity)).scalar()
+    finally:
+        engine.dispose()
+    assert acks and set(acks) == {"AA"}
+    assert identities == len(model.identities)
+    invalid = {
+        i.person.nhs_number
+        for i in model.identities
+        if i.person.nhs_number and not nhs_number.is_valid(i.person.nhs_number)
+    }
+    assert invalid and set(flagged) == invalid

@@ -67,7 +67,7 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
-from netpacs.app import build_archive
+from netpacs.app import Archive, build_archive
 from netpacs.config import BUNDLED_DEMO_REGION, Settings
 from netpacs.domain import nhs_number
 from netpacs.domain.outcomes import Origin, Protocol, StoreOutcome, StoreStatus
@@ -962,6 +962,27 @@ def _index_has_studies(settings: Settings) -> bool:
         engine.dispose()
 
 
+def apply_adt(demo: DemoRegion, archive: Archive) -> dict[str, int]:
+    """Apply the region's ADT messages through the HL7 endpoint; count the ACK codes."""
+    from netpacs.adapters.hl7.server import Hl7Endpoint
+    from netpacs.services.adt import AdtService
+
+    endpoint = Hl7Endpoint(AdtService(archive.write_engine, archive.region))
+    counts: dict[str, int] = {}
+    adt_log = logging.getLogger("netpacs.services.adt")
+    level = adt_log.level
+    adt_log.setLevel(max(level, logging.WARNING))  # one line per message is for the feed
+    try:
+        for message in adt_messages(demo):
+            ack = endpoint(message).decode("utf-8", "replace")
+            msa = next((seg for seg in ack.split("\r") if seg.startswith("MSA")), "MSA|??")
+            code = msa.split("|")[1] if "|" in msa else "??"
+            counts[code] = counts.get(code, 0) + 1
+    finally:
+        adt_log.setLevel(level)
+    return counts
+
+
 def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int:
     """``netpacs demo-data``: make the region, load it, write its ADT messages; exit code."""
     if if_empty and _index_has_studies(settings):
@@ -980,6 +1001,7 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
     archive = build_archive(settings)
     try:
         summary = load(demo, archive.ingest)
+        acks = apply_adt(demo, archive)
     finally:
         archive.close()
     elapsed = time.monotonic() - started
@@ -994,7 +1016,10 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
         f"  stored {s[StoreStatus.STORED]}, already stored {s[StoreStatus.ALREADY_STORED]}, "
         f"refused or failed {len(summary.problems)}"
     )
-    print(f"  {len(adt_paths)} ADT^A04 messages in {adt_dir}")
+    print(
+        f"  {len(adt_paths)} ADT^A04 messages in {adt_dir}, applied as the ADT feed would: "
+        + ", ".join(f"{code} {n}" for code, n in sorted(acks.items()))
+    )
     for line in summary.problems[:20]:
         print(f"  {line}")
     return 0 if not summary.problems else 1
