@@ -66,37 +66,11 @@ class Server:
 
 
 def start_orthanc_dicomweb(workdir: Path) -> sb.Receiver:
-    port, http_port = sb.free_port(), sb.free_port()
-    config = {
-        "Name": "dicomweb-bench",
-        "StorageDirectory": str(workdir / "storage"),
-        "IndexDirectory": str(workdir / "index"),
-        "DicomAet": "ORTHANC",
-        "DicomPort": port,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowEcho": True,
-        "DicomAlwaysAllowFind": True,
-        "UnknownSopClassAccepted": True,
-        "Plugins": [DICOMWEB_PLUGIN],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
-    }
-    config_path = workdir / "orthanc.json"
-    config_path.write_text(json.dumps(config, indent=2))
-    log_path = workdir / "orthanc.log"
-    proc = sb._spawn([sb.ORTHANC_BIN, str(config_path)], {**os.environ, **sb.NODELAY_ENV}, log_path)
-    return sb.Receiver(
-        name="Orthanc",
-        aet="ORTHANC",
-        port=port,
-        http_port=http_port,
-        workdir=workdir,
-        proc=proc,
-        log_path=log_path,
-        count_url=f"http://{sb.HOST}:{http_port}/statistics",
+    return sb.start_orthanc(
+        workdir,
+        Name="dicomweb-bench",
+        Plugins=[DICOMWEB_PLUGIN],
+        DicomWeb={"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
     )
 
 

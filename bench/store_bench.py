@@ -188,9 +188,10 @@ def _spawn(cmd: Sequence[str], env: dict[str, str], log_path: Path) -> subproces
         )
 
 
-def start_orthanc(workdir: Path) -> Receiver:
+def start_orthanc(workdir: Path, **extra: object) -> Receiver:
+    """Orthanc on free ports with empty storage; ``extra`` adds or overrides settings."""
     port, http_port = free_port(), free_port()
-    config = {
+    config: dict[str, object] = {
         "Name": "store-bench",
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "index"),
@@ -205,6 +206,7 @@ def start_orthanc(workdir: Path) -> Receiver:
         "DicomAlwaysAllowFind": True,
         "UnknownSopClassAccepted": True,
         "Plugins": [],
+        **extra,
     }
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))

@@ -18,7 +18,8 @@ from netpacs.adapters.http.pages.study_list import (
     format_name,
     study_filter,
 )
-from netpacs.services.studies import format_nhs_number, nhs_number_is_valid, nhs_number_of
+from netpacs.domain.nhs_number import format_for_people, is_valid
+from netpacs.services.studies import nhs_number_of
 from netpacs.synthetic import write_ct_series
 from tests.browser.conftest import Traffic
 from tests.conftest import Netpacs
@@ -176,11 +177,11 @@ def test_study_list_link_opens_the_study_in_the_viewer(
     page.close()
 
 
-def test_nhs_numbers() -> None:
-    assert nhs_number_is_valid("9434765919")
-    assert not nhs_number_is_valid("9434765918")  # wrong check digit
-    assert not nhs_number_is_valid("943476591")
-    assert format_nhs_number("9434765919") == "943 476 5919"
+def test_nhs_number_of_a_study_needs_the_nhs_issuer_and_a_valid_number() -> None:
+    assert is_valid("9434765919")
+    assert not is_valid("9434765918")  # wrong check digit
+    assert not is_valid("943476591")
+    assert format_for_people("9434765919") == "943 476 5919"
     by_issuer = {
         "00100020": {"vr": "LO", "Value": ["9434765919"]},
         "00100021": {"vr": "LO", "Value": ["NHS"]},

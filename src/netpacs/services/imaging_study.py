@@ -19,13 +19,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from netpacs.dicom.header import first_int, first_str
+from netpacs.domain import nhs_number
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
-from netpacs.services.studies import NHS_ISSUERS, nhs_number_of
+from netpacs.services.studies import nhs_number_of, study_summary_identifier
 
 _PATIENT_NAME = "00100010"
 _PATIENT_ID = "00100020"
 _ISSUER = "00100021"
-_OTHER_PATIENT_IDS = "00101002"
 _STUDY_UID = "0020000D"
 _STUDY_DATE = "00080020"
 _STUDY_TIME = "00080030"
@@ -44,7 +45,7 @@ _N_SERIES_INSTANCES = "00201209"
 _NOT_EXACT = ("*", "?", "\\")
 
 #: Issuers of Patient ID that mean "an NHS number".
-NHS_NUMBER_ISSUERS = tuple(sorted(NHS_ISSUERS))
+NHS_NUMBER_ISSUERS = tuple(sorted(nhs_number.NHS_ISSUERS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,26 +82,6 @@ class StudyRecord:
     number_of_series: int | None
     number_of_instances: int | None
     series: tuple[SeriesRecord, ...]
-
-
-def _first(element: dict[str, Any] | None) -> Any:
-    values = (element or {}).get("Value") or []
-    return values[0] if values else None
-
-
-def _text(element: dict[str, Any] | None) -> str:
-    value = _first(element)
-    if isinstance(value, dict):
-        value = value.get("Alphabetic")
-    return "" if value is None else str(value)
-
-
-def _int(element: dict[str, Any] | None) -> int | None:
-    try:
-        value = _first(element)
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _exact(value: str) -> bool:
@@ -144,9 +125,9 @@ class ImagingStudyService:
             keys[_ACCESSION]["Value"] = [accession_number]
         answers = self._query.find(keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
         found = [
-            (_text(a.get(_STUDY_DATE)), _text(a.get(_STUDY_TIME)), _text(a.get(_STUDY_UID)))
+            (first_str(a, _STUDY_DATE), first_str(a, _STUDY_TIME), first_str(a, _STUDY_UID))
             for a in answers
-            if patient is None or _text(a.get(_PATIENT_ID)) == patient.value
+            if patient is None or first_str(a, _PATIENT_ID) == patient.value
         ]
         found.sort(reverse=True)
         return [uid for _, _, uid in found]
@@ -159,49 +140,33 @@ class ImagingStudyService:
         """The studies with these UIDs (those stored), in the order given."""
         if not uids:
             return []
-        identifier: dict[str, Any] = {
-            _STUDY_UID: {"vr": "UI", "Value": list(uids)},
-            _PATIENT_NAME: {"vr": "PN"},
-            _PATIENT_ID: {"vr": "LO"},
-            _ISSUER: {"vr": "LO"},
-            _OTHER_PATIENT_IDS: {
-                "vr": "SQ",
-                "Value": [{_PATIENT_ID: {"vr": "LO"}, _ISSUER: {"vr": "LO"}}],
-            },
-            _STUDY_DATE: {"vr": "DA"},
-            _STUDY_TIME: {"vr": "TM"},
-            _TIMEZONE_OFFSET: {"vr": "SH"},
-            _ACCESSION: {"vr": "SH"},
-            _DESCRIPTION: {"vr": "LO"},
-            _MODALITIES: {"vr": "CS"},
-            _N_SERIES: {"vr": "IS"},
-            _N_INSTANCES: {"vr": "IS"},
-        }
+        identifier = study_summary_identifier(uids)
+        identifier[_TIMEZONE_OFFSET] = {"vr": "SH"}
         answers = self._query.find(identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
         series = self._series(uids)
         records = {
             uid: self._record(a, series.get(uid, []))
             for a in answers
-            if (uid := _text(a.get(_STUDY_UID)))
+            if (uid := first_str(a, _STUDY_UID))
         }
         return [records[uid] for uid in uids if uid in records]
 
     @staticmethod
     def _record(a: dict[str, Any], series: list[SeriesRecord]) -> StudyRecord:
         return StudyRecord(
-            study_instance_uid=_text(a.get(_STUDY_UID)),
-            patient_name=_text(a.get(_PATIENT_NAME)),
-            patient_id=_text(a.get(_PATIENT_ID)),
-            issuer_of_patient_id=_text(a.get(_ISSUER)),
+            study_instance_uid=first_str(a, _STUDY_UID),
+            patient_name=first_str(a, _PATIENT_NAME),
+            patient_id=first_str(a, _PATIENT_ID),
+            issuer_of_patient_id=first_str(a, _ISSUER),
             nhs_number=nhs_number_of(a),
-            study_date=_text(a.get(_STUDY_DATE)),
-            study_time=_text(a.get(_STUDY_TIME)),
-            timezone_offset=_text(a.get(_TIMEZONE_OFFSET)),
-            accession_number=_text(a.get(_ACCESSION)),
-            study_description=_text(a.get(_DESCRIPTION)),
+            study_date=first_str(a, _STUDY_DATE),
+            study_time=first_str(a, _STUDY_TIME),
+            timezone_offset=first_str(a, _TIMEZONE_OFFSET),
+            accession_number=first_str(a, _ACCESSION),
+            study_description=first_str(a, _DESCRIPTION),
             modalities=tuple(str(v) for v in (a.get(_MODALITIES) or {}).get("Value") or []),
-            number_of_series=_int(a.get(_N_SERIES)),
-            number_of_instances=_int(a.get(_N_INSTANCES)),
+            number_of_series=first_int(a, _N_SERIES),
+            number_of_instances=first_int(a, _N_INSTANCES),
             series=tuple(series),
         )
 
@@ -217,14 +182,14 @@ class ImagingStudyService:
         }
         out: dict[str, list[SeriesRecord]] = {}
         for a in self._query.find(identifier, level=QueryLevel.SERIES, model=QueryModel.STUDY_ROOT):
-            out.setdefault(_text(a.get(_STUDY_UID)), []).append(
+            out.setdefault(first_str(a, _STUDY_UID), []).append(
                 SeriesRecord(
-                    series_instance_uid=_text(a.get(_SERIES_UID)),
-                    series_number=_int(a.get(_SERIES_NUMBER)),
-                    modality=_text(a.get(_MODALITY)),
-                    series_description=_text(a.get(_SERIES_DESCRIPTION)),
-                    body_part_examined=_text(a.get(_BODY_PART)),
-                    number_of_instances=_int(a.get(_N_SERIES_INSTANCES)),
+                    series_instance_uid=first_str(a, _SERIES_UID),
+                    series_number=first_int(a, _SERIES_NUMBER),
+                    modality=first_str(a, _MODALITY),
+                    series_description=first_str(a, _SERIES_DESCRIPTION),
+                    body_part_examined=first_str(a, _BODY_PART),
+                    number_of_instances=first_int(a, _N_SERIES_INSTANCES),
                 )
             )
         return out

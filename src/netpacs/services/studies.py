@@ -9,19 +9,17 @@ captured (``study.origin_trust``, ``origin_site``).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.dicom.header import first_int, first_str
 from netpacs.domain import nhs_number
 from netpacs.domain.region import Region
 from netpacs.index.schema import study
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
-
-#: Issuers that mean "this identifier is an NHS number" (the NHS number OID too).
-NHS_ISSUERS = nhs_number.NHS_ISSUERS
 
 _PATIENT_NAME = "00100010"
 _PATIENT_ID = "00100020"
@@ -35,16 +33,6 @@ _DESCRIPTION = "00081030"
 _ACCESSION = "00080050"
 _N_SERIES = "00201206"
 _N_INSTANCES = "00201208"
-
-
-def nhs_number_is_valid(value: str) -> bool:
-    """Ten digits whose last is the modulus-11 check digit of the first nine (REGION.md)."""
-    return nhs_number.is_valid(value) and value.isdigit()
-
-
-def format_nhs_number(value: str) -> str:
-    """An NHS number as people read it, 3-3-4 digits (``943 476 5919``)."""
-    return nhs_number.format_for_people(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,36 +87,39 @@ class StudyPage:
     has_more: bool
 
 
-def _first(element: Mapping[str, Any] | None) -> Any:
-    values = (element or {}).get("Value") or []
-    return values[0] if values else None
+def study_summary_identifier(uids: Sequence[str]) -> dict[str, Any]:
+    """A STUDY-level identifier selecting ``uids`` and returning what a study list shows:
+    patient name, ID, issuer and Other Patient IDs (for the NHS number), date, time,
+    modalities, description, accession number and the counts."""
+    return {
+        _STUDY_UID: {"vr": "UI", "Value": list(uids)},
+        _PATIENT_NAME: {"vr": "PN"},
+        _PATIENT_ID: {"vr": "LO"},
+        _ISSUER: {"vr": "LO"},
+        _OTHER_PATIENT_IDS: {
+            "vr": "SQ",
+            "Value": [{_PATIENT_ID: {"vr": "LO"}, _ISSUER: {"vr": "LO"}}],
+        },
+        _STUDY_DATE: {"vr": "DA"},
+        _STUDY_TIME: {"vr": "TM"},
+        _MODALITIES: {"vr": "CS"},
+        _DESCRIPTION: {"vr": "LO"},
+        _ACCESSION: {"vr": "SH"},
+        _N_SERIES: {"vr": "IS"},
+        _N_INSTANCES: {"vr": "IS"},
+    }
 
 
-def _text(element: Mapping[str, Any] | None) -> str:
-    value = _first(element)
-    if isinstance(value, dict):
-        value = value.get("Alphabetic")
-    return "" if value is None else str(value)
-
-
-def _int(element: Mapping[str, Any] | None) -> int | None:
-    value = _first(element)
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def nhs_number_of(answer: Mapping[str, Any]) -> str | None:
-    """The NHS number of a patient: the Patient ID, or an Other Patient ID, issued by NHS."""
-    candidates = [(_text(answer.get(_PATIENT_ID)), _text(answer.get(_ISSUER)))]
+def nhs_number_of(answer: dict[str, Any]) -> str | None:
+    """The NHS number of a patient: a valid Patient ID, or Other Patient ID, issued by NHS."""
+    candidates = [(first_str(answer, _PATIENT_ID), first_str(answer, _ISSUER))]
     for item in (answer.get(_OTHER_PATIENT_IDS) or {}).get("Value") or []:
         if isinstance(item, dict):
-            candidates.append((_text(item.get(_PATIENT_ID)), _text(item.get(_ISSUER))))
+            candidates.append((first_str(item, _PATIENT_ID), first_str(item, _ISSUER)))
     for value, issuer in candidates:
-        digits = value.replace(" ", "")
-        if issuer.strip().upper() in NHS_ISSUERS and nhs_number_is_valid(digits):
-            return digits
+        parsed = nhs_number.parse(value)
+        if nhs_number.is_nhs_issuer(issuer) and parsed.valid:
+            return parsed.digits
     return None
 
 
@@ -159,7 +150,7 @@ class StudyListService:
         newest = heapq.nlargest(
             offset + limit + 1,
             (
-                (_text(a.get(_STUDY_DATE)), _text(a.get(_STUDY_TIME)), _text(a.get(_STUDY_UID)))
+                (first_str(a, _STUDY_DATE), first_str(a, _STUDY_TIME), first_str(a, _STUDY_UID))
                 for a in answers
             ),
         )
@@ -171,44 +162,28 @@ class StudyListService:
     def _summaries(self, uids: list[str]) -> dict[str, StudySummary]:
         if not uids:
             return {}
-        identifier: dict[str, Any] = {
-            _STUDY_UID: {"vr": "UI", "Value": uids},
-            _PATIENT_NAME: {"vr": "PN"},
-            _PATIENT_ID: {"vr": "LO"},
-            _ISSUER: {"vr": "LO"},
-            _OTHER_PATIENT_IDS: {
-                "vr": "SQ",
-                "Value": [{_PATIENT_ID: {"vr": "LO"}, _ISSUER: {"vr": "LO"}}],
-            },
-            _STUDY_DATE: {"vr": "DA"},
-            _STUDY_TIME: {"vr": "TM"},
-            _MODALITIES: {"vr": "CS"},
-            _DESCRIPTION: {"vr": "LO"},
-            _ACCESSION: {"vr": "SH"},
-            _N_SERIES: {"vr": "IS"},
-            _N_INSTANCES: {"vr": "IS"},
-        }
+        identifier = study_summary_identifier(uids)
         answers = self._query.find(identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
         origins = self._origins(uids)
         out: dict[str, StudySummary] = {}
         for a in answers:
-            uid = _text(a.get(_STUDY_UID))
+            uid = first_str(a, _STUDY_UID)
             trust_code, site_code = origins.get(uid, (None, None))
             trust = self._region.trust(trust_code) if trust_code else None
             site = next((s for s in trust.sites if s.code == site_code), None) if trust else None
             out[uid] = StudySummary(
                 study_instance_uid=uid,
-                patient_name=_text(a.get(_PATIENT_NAME)),
-                patient_id=_text(a.get(_PATIENT_ID)),
-                issuer_of_patient_id=_text(a.get(_ISSUER)),
+                patient_name=first_str(a, _PATIENT_NAME),
+                patient_id=first_str(a, _PATIENT_ID),
+                issuer_of_patient_id=first_str(a, _ISSUER),
                 nhs_number=nhs_number_of(a),
-                study_date=_text(a.get(_STUDY_DATE)),
-                study_time=_text(a.get(_STUDY_TIME)),
+                study_date=first_str(a, _STUDY_DATE),
+                study_time=first_str(a, _STUDY_TIME),
                 modalities=tuple(str(v) for v in (a.get(_MODALITIES) or {}).get("Value") or []),
-                study_description=_text(a.get(_DESCRIPTION)),
-                accession_number=_text(a.get(_ACCESSION)),
-                number_of_series=_int(a.get(_N_SERIES)),
-                number_of_instances=_int(a.get(_N_INSTANCES)),
+                study_description=first_str(a, _DESCRIPTION),
+                accession_number=first_str(a, _ACCESSION),
+                number_of_series=first_int(a, _N_SERIES),
+                number_of_instances=first_int(a, _N_INSTANCES),
                 origin_trust=trust_code,
                 origin_trust_name=trust.name if trust else None,
                 origin_site_name=site.name if site else None,

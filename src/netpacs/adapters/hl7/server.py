@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from netpacs.adapters.hl7 import messages
 from netpacs.adapters.hl7.messages import AckCode, Rejected
 from netpacs.config import Settings
+from netpacs.domain.region import load_region
+from netpacs.index.db import make_engine
 from netpacs.services.adt import AdtService, MessageKey, StoredAck
 
 log = logging.getLogger(__name__)
@@ -159,10 +161,9 @@ async def serve_connection(
 
 def run_worker(settings: Settings, sock: socket.socket) -> None:
     """The MLLP worker process: accept connections on ``sock`` until SIGTERM."""
-    from netpacs.app import build_archive
-
-    archive = build_archive(settings)
-    endpoint = Hl7Endpoint(AdtService(archive.write_engine, archive.region))
+    # ADT needs the index and the region only: no blob store, no ingest writer thread.
+    engine = make_engine(settings.effective_database_url, writer=True)
+    endpoint = Hl7Endpoint(AdtService(engine, load_region(settings.effective_region_file)))
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hl7")
 
     async def main() -> None:
@@ -185,4 +186,4 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
         asyncio.run(main())
     finally:
         executor.shutdown(wait=True)
-        archive.close()
+        engine.dispose()

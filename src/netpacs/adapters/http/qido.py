@@ -19,9 +19,9 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url, check_url_uids
 from netpacs.adapters.http.errors import HttpError
-from netpacs.domain.uids import is_valid_uid
+from netpacs.dicom.header import first_str
 from netpacs.services.query import QueryError, QueryLevel, QueryModel
 
 router = APIRouter(tags=["QIDO-RS"])
@@ -223,19 +223,14 @@ _RESERVED = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
 # -- answers -----------------------------------------------------------------------------
 
 
-def _first(dataset: dict[str, Any], tag: str) -> str:
-    values = (dataset.get(tag) or {}).get("Value") or [""]
-    return str(values[0])
-
-
 def _with_urls(matches: list[dict[str, Any]], level: QueryLevel, root: str) -> None:
     for match in matches:
         match.pop(_QUERY_RETRIEVE_LEVEL, None)  # a C-FIND attribute, not one of QIDO-RS
-        url = f"{root}/studies/{_first(match, _STUDY_UID)}"
+        url = f"{root}/studies/{first_str(match, _STUDY_UID)}"
         if level is not QueryLevel.STUDY:
-            url += f"/series/{_first(match, _SERIES_UID)}"
+            url += f"/series/{first_str(match, _SERIES_UID)}"
         if level is QueryLevel.IMAGE:
-            url += f"/instances/{_first(match, _SOP_UID)}"
+            url += f"/instances/{first_str(match, _SOP_UID)}"
         match[_RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
 
 
@@ -249,10 +244,7 @@ def _search(
     includefield: list[str] | None,
 ) -> Response:
     media_type = negotiate_json(request)
-    for tag, uid in scope.items():
-        if not is_valid_uid(uid):
-            what = "Study" if tag == _STUDY_UID else "Series"
-            raise HttpError(400, f"{uid!r} in the URL is not a valid {what} Instance UID")
+    check_url_uids(Study=scope.get(_STUDY_UID), Series=scope.get(_SERIES_UID))
     identifier = _identifier(request.query_params.multi_items(), includefield, level, scope)
     svc: HttpServices = request.app.state.services
     # A larger limit is answered with at most MAX_RESULTS and a Warning (PS3.18 8.3.4.4).

@@ -29,9 +29,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, services
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
-from netpacs.domain.uids import is_valid_uid
+from netpacs.dicom.header import first
 from netpacs.services.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.render import (
     ImageFormat,
@@ -215,17 +215,6 @@ class _Image:
     number_of_frames: int
 
 
-def _check_uids(**uids: str | None) -> None:
-    for name, uid in uids.items():
-        if uid is not None and not is_valid_uid(uid):
-            raise HttpError(400, f"{uid!r} is not a valid {name} Instance UID")
-
-
-def _first(answer: dict[str, Any], tag: str) -> Any:
-    values = (answer.get(tag) or {}).get("Value") or [None]
-    return values[0]
-
-
 def _instances(
     svc: HttpServices,
     study: str,
@@ -262,10 +251,10 @@ def _missing(svc: HttpServices, study: str, series: str | None, instance: str | 
 
 def _image(answer: dict[str, Any]) -> _Image:
     try:
-        frames = int(_first(answer, _NUMBER_OF_FRAMES) or 1)
+        frames = int(first(answer, _NUMBER_OF_FRAMES) or 1)
     except (TypeError, ValueError):
         frames = 1
-    return _Image(str(_first(answer, _SERIES_UID)), str(_first(answer, _SOP_UID)), frames)
+    return _Image(str(first(answer, _SERIES_UID)), str(first(answer, _SOP_UID)), frames)
 
 
 def _choose(
@@ -283,12 +272,12 @@ def _choose(
         raise _missing(svc, study, series, instance)
     if instance:
         return _image(found[0])
-    images = [a for a in found if _first(a, _ROWS)]
+    images = [a for a in found if first(a, _ROWS)]
     if not images:
         where = f"series {series}" if series else f"study {study}"
         raise HttpError(404, f"{where} holds no images (only objects without pixel data)")
-    chosen_series = _first(images[0], _SERIES_UID)
-    in_series = [a for a in images if _first(a, _SERIES_UID) == chosen_series]
+    chosen_series = first(images[0], _SERIES_UID)
+    in_series = [a for a in images if first(a, _SERIES_UID) == chosen_series]
     return _image(in_series[len(in_series) // 2] if middle else in_series[0])
 
 
@@ -347,7 +336,7 @@ def _answer(
     quality: str | None = None,
     accept: str | None = None,
 ) -> Response:
-    _check_uids(Study=study, Series=series, SOP=instance)
+    check_url_uids(Study=study, Series=series, SOP=instance)
     options = _options(
         accept=accept if accept is not None else request.headers.get("accept"),
         window=window,

@@ -27,12 +27,11 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url, check_url_uids
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.multipart import MediaType, MultipartError, MultipartReader
 from netpacs.adapters.http.qido import negotiate_json
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
-from netpacs.domain.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["STOW-RS"])
@@ -232,8 +231,7 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
 
 
 async def _stow(request: Request, study: str | None) -> Response:
-    if study is not None and not is_valid_uid(study):
-        raise HttpError(400, f"{study!r} in the URL is not a valid Study Instance UID")
+    check_url_uids(Study=study)
     answer_as = negotiate_json(request)
     media = _request_media_type(request)
     svc: HttpServices = request.app.state.services

@@ -31,7 +31,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url, services
+from netpacs.adapters.http.deps import (
+    DICOMWEB_ROOT,
+    HttpServices,
+    base_url,
+    check_url_uids,
+    services,
+)
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.domain.uids import is_valid_uid
@@ -142,12 +148,6 @@ def _not_acceptable(header: str | None, offer: str) -> HttpError:
 # -- lookups -------------------------------------------------------------------------------
 
 
-def _check_uids(**uids: str | None) -> None:
-    for name, uid in uids.items():
-        if uid is not None and not is_valid_uid(uid):
-            raise HttpError(400, f"{name} {uid[:80]!r} is not a UID (PS3.5 9.1)")
-
-
 def _instances(
     svc: HttpServices,
     study: str,
@@ -157,7 +157,7 @@ def _instances(
     with_metadata: bool = False,
 ) -> list[StoredInstance]:
     """The stored instances in scope; 404 saying which UID is unknown."""
-    _check_uids(study=study, series=series, instance=instance)
+    check_url_uids(Study=study, Series=series, SOP=instance)
     found = svc.query.stored_instances(study, series, instance, with_metadata=with_metadata)
     if found:
         return found
@@ -374,7 +374,7 @@ def _metadata(
             break
     if media_type is None:
         raise _not_acceptable(header, DICOM_JSON)
-    _check_uids(study=study, series=series, instance=instance)
+    check_url_uids(Study=study, Series=series, SOP=instance)
     body = MetadataService(svc.query).metadata(
         base_url(request) + DICOMWEB_ROOT, study, series, instance
     )

@@ -19,13 +19,9 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from netpacs.adapters.http.deps import HttpServices, services
+from netpacs.domain.nhs_number import format_for_people
 from netpacs.services.query import QueryError
-from netpacs.services.studies import (
-    StudyFilter,
-    StudyListService,
-    StudySummary,
-    format_nhs_number,
-)
+from netpacs.services.studies import StudyFilter, StudyListService, StudySummary
 
 router = APIRouter(include_in_schema=False)
 
@@ -121,7 +117,7 @@ def _row(s: StudySummary) -> str:
     time = format_time(s.study_time)
     if time:
         when += f' <span class="muted">{_e(time)}</span>'
-    nhs = _e(format_nhs_number(s.nhs_number)) if s.nhs_number else ""
+    nhs = _e(format_for_people(s.nhs_number)) if s.nhs_number else ""
     cells = [
         f'<a href="{_e(link)}">{_e(format_name(s.patient_name) or "(no name)")}</a>',
         _patient_id(s),
