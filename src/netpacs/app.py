@@ -12,6 +12,7 @@ from netpacs.domain.region import Region, load_region
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
 from netpacs.index.writer import IndexWriter
+from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
 from netpacs.storage.fs import FileSystemBlobStore
 
@@ -88,7 +89,7 @@ def build_archive(settings: Settings) -> Archive:
     blobs = FileSystemBlobStore(settings.blob_dir)
     read_engine = make_engine(url)
     write_engine = make_engine(url, writer=True)
-    writer = IndexWriter(write_engine)
+    writer = IndexWriter(write_engine, on_new_study=RegionalRecord())
     ingest = IngestService(
         blobs=blobs,
         writer=writer,

@@ -25,6 +25,13 @@ class Origin:
     user: str | None = None
     site: str | None = None
 
+    def describe(self) -> str:
+        """For people: e.g. ``DICOM C-STORE from EDGH_CT1 (RXC)``."""
+        how = {"dimse": "C-STORE", "dicomweb": "STOW-RS"}.get(self.protocol.value)
+        who = self.ae_title or self.user or "an unknown sender"
+        trust = f" ({self.trust})" if self.trust else ""
+        return f"{how or self.protocol.value} from {who}{trust}"
+
 
 class StoreStatus(enum.Enum):
     """What became of one object offered to the ingest service."""

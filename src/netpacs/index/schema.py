@@ -32,9 +32,13 @@ patient = sa.Table(
     sa.Column("patient_birth_date", sa.String(), nullable=False, server_default=""),
     sa.Column("patient_sex", sa.String(), nullable=False, server_default=""),
     sa.Column("created_at", TS, nullable=False),
+    # The verified NHS number that links this local identity to the same person's
+    # identities at other trusts (issue 4); None while unknown or held for a person.
+    sa.Column("nhs_number", sa.String(10), nullable=True),
     sa.UniqueConstraint("patient_id", "issuer"),
 )
 sa.Index(None, patient.c.patient_name)
+sa.Index(None, patient.c.nhs_number)
 
 study = sa.Table(
     "study",
@@ -155,3 +159,29 @@ patient_merge = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("undone_at", TS, nullable=True),
 )
+
+reconciliation = sa.Table(
+    "reconciliation",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("kind", sa.String(), nullable=False),  # services.identity.Kind
+    sa.Column("status", sa.String(), nullable=False),  # open | resolved
+    # The local identity the item is about (by value: it outlives merges).
+    sa.Column("patient_id", sa.String(), nullable=False),
+    sa.Column("issuer", sa.String(), nullable=False),
+    sa.Column("nhs_number", sa.String(), nullable=True),  # the number in question
+    sa.Column("other_patient_id", sa.String(), nullable=True),  # the other identity, if any
+    sa.Column("other_issuer", sa.String(), nullable=True),
+    sa.Column("study_instance_uid", UID, nullable=True),
+    sa.Column("detail", sa.Text(), nullable=False),  # for the person who resolves it
+    sa.Column("source", sa.String(), nullable=False),  # what raised it
+    sa.Column("dedup_key", sa.String(), nullable=False, unique=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("resolution", sa.String(), nullable=True),  # link | unlink | merge | reject
+    sa.Column("resolution_note", sa.Text(), nullable=True),
+    sa.Column("resolved_by", sa.String(), nullable=True),
+    sa.Column("resolved_at", TS, nullable=True),
+    sa.Column("merge_fk", sa.BigInteger(), nullable=True),  # patient_merge.id of a merge
+)
+sa.Index(None, reconciliation.c.status, reconciliation.c.created_at)
+sa.Index(None, reconciliation.c.patient_id, reconciliation.c.issuer)

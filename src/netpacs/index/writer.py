@@ -18,8 +18,8 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,6 +37,20 @@ class InstanceRecord:
     study: dict[str, Any]  # study_instance_uid, ...
     series: dict[str, Any]  # series_instance_uid, ...
     instance: dict[str, Any]  # sop_instance_uid, blob_key, ...
+    # What the rules run on a new study (NewStudyHook) need from the header.
+    hints: dict[str, Any] = field(default_factory=dict)
+
+
+class NewStudyHook(Protocol):
+    """Rules the service layer runs, in the writer's transaction, on each new study."""
+
+    def __call__(
+        self,
+        conn: sa.Connection,
+        record: InstanceRecord,
+        patient_pk: int,
+        now: dt.datetime,
+    ) -> None: ...
 
 
 class WriteStatus(enum.Enum):
@@ -59,8 +73,11 @@ class _Job:
 class IndexWriter:
     """One writer thread; ``insert``/``replace`` block until their commit."""
 
-    def __init__(self, engine: sa.Engine, *, max_batch: int = 64) -> None:
+    def __init__(
+        self, engine: sa.Engine, *, max_batch: int = 64, on_new_study: NewStudyHook | None = None
+    ) -> None:
         self._engine = engine
+        self._on_new_study = on_new_study
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._dialect = engine.dialect.name
@@ -175,6 +192,8 @@ class IndexWriter:
             study_pk = self._upsert(
                 conn, study, {**record.study, "patient_fk": patient_pk, "created_at": now}
             )
+            if self._on_new_study is not None:
+                self._on_new_study(conn, record, patient_pk, now)
             self._patient_pk[pkey] = patient_pk
             self._study_pk[study_uid] = study_pk
         series_pk = self._upsert(

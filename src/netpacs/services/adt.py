@@ -27,10 +27,11 @@ import sqlalchemy as sa
 from netpacs.domain import nhs_number
 from netpacs.domain.region import Region
 from netpacs.index.schema import adt_identity, hl7_message, patient, patient_merge, study
+from netpacs.services.identity import RegionalRecord
 
 log = logging.getLogger(__name__)
 
-_PATIENT_COLUMNS = ("patient_name", "patient_birth_date", "patient_sex")
+_PATIENT_COLUMNS = ("patient_name", "patient_birth_date", "patient_sex", "nhs_number")
 # HL7 table 0001 administrative sex -> DICOM Patient's Sex (0010,0040): M, F, O or empty.
 _DICOM_SEX = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": "", "": ""}
 
@@ -122,6 +123,10 @@ class _Replayed:
     message: str
 
 
+class MergeRefused(Exception):
+    """A merge a person asked for cannot be made; the message says why."""
+
+
 class _Refused(Exception):
     def __init__(self, outcome: Outcome, detail: str) -> None:
         super().__init__(detail)
@@ -155,6 +160,7 @@ class AdtService:
     def __init__(self, engine: sa.Engine, region: Region) -> None:
         self._engine = engine
         self._region = region
+        self._record = RegionalRecord()
 
     # -- messages ---------------------------------------------------------------------
 
@@ -236,13 +242,16 @@ class AdtService:
 
     def _apply(self, conn: sa.Connection, event: AdtEvent, now: dt.datetime) -> AdtResult:
         identity, values = self._read(event)
+        source = f"HL7 ADT^{event.trigger.value} {event.control_id}"
         if event.trigger in (Trigger.A40, Trigger.A47):
             prior = self._prior(event, identity)
-            merge_id = self._merge(conn, event, prior, identity, now=now)
-            self._store_identity(conn, identity, values, event.control_id, now)
+            merge_id = self._merge(
+                conn, event.trigger.value, event.control_id, prior, identity, now=now
+            )
+            self._store_identity(conn, identity, values, event.control_id, now, source)
             detail = f"studies of {prior} moved to {identity} (merge {merge_id})"
         else:
-            self._store_identity(conn, identity, values, event.control_id, now)
+            self._store_identity(conn, identity, values, event.control_id, now, source)
             detail = ""
         return AdtResult(Outcome.APPLIED, "; ".join(filter(None, [detail, *values.notes])))
 
@@ -330,6 +339,7 @@ class AdtService:
         values: _Values,
         control_id: str,
         now: dt.datetime,
+        source: str,
     ) -> None:
         where = sa.and_(
             adt_identity.c.patient_id == identity.patient_id,
@@ -344,20 +354,6 @@ class AdtService:
         if values.nhs_number is not None:
             sent["nhs_number"] = values.nhs_number
             sent["nhs_number_problem"] = values.nhs_number_problem
-            if (
-                current is not None
-                and current.nhs_number
-                and current.nhs_number_problem is None
-                and values.nhs_number_problem is None
-                and values.nhs_number
-                and current.nhs_number != values.nhs_number
-            ):
-                log.warning(
-                    "ADT: NHS number of %s changed from %s to %s",
-                    identity,
-                    current.nhs_number,
-                    values.nhs_number,
-                )
         changes = {k: v for k, v in sent.items() if v is not None}
         changes.update(updated_at=now, last_control_id=control_id)
         if current is None:
@@ -373,7 +369,20 @@ class AdtService:
             "patient_birth_date": values.birth_date,
             "patient_sex": None if values.sex is None else _DICOM_SEX[values.sex],
         }
-        self._store_patient(conn, identity, {k: v for k, v in shown.items() if v is not None}, now)
+        pk = self._store_patient(
+            conn, identity, {k: v for k, v in shown.items() if v is not None}, now
+        )
+        # The NHS number links this identity to the person's others, unless something
+        # contradicts it: then a person decides (services.identity).
+        number = values.nhs_number
+        if number and values.nhs_number_problem is None:
+            self._record.link_nhs_number(conn, pk, number, source=source, now=now)
+        elif number and values.nhs_number_problem is not None:
+            self._record.flag_invalid(
+                conn, pk, number, values.nhs_number_problem, source=source, now=now
+            )
+        elif number == "":
+            self._record.unlink(conn, pk)
 
     def _store_patient(
         self, conn: sa.Connection, identity: _Identity, columns: dict[str, str], now: dt.datetime
@@ -397,10 +406,37 @@ class AdtService:
             conn.execute(sa.update(patient).where(patient.c.id == pk).values(**columns))
         return pk
 
+    def merge_identities(
+        self,
+        conn: sa.Connection,
+        prior: tuple[str, str],
+        survivor: tuple[str, str],
+        *,
+        reference: str,
+        now: dt.datetime,
+    ) -> int:
+        """Merge one hospital number into another of the same trust (a person decided).
+
+        Like an A40: the studies of ``prior`` move to ``survivor``; undone by
+        :meth:`undo_merge`. Raises :class:`MergeRefused` with the reason.
+        """
+        if prior[1] != survivor[1]:
+            raise MergeRefused(
+                f"{prior[0]} at {prior[1]} and {survivor[0]} at {survivor[1]} "
+                "are of different trusts: a merge across trusts is refused"
+            )
+        try:
+            return self._merge(
+                conn, "MERGE", reference, _Identity(*prior), _Identity(*survivor), now=now
+            )
+        except _Refused as refused:
+            raise MergeRefused(refused.result.detail) from None
+
     def _merge(
         self,
         conn: sa.Connection,
-        event: AdtEvent,
+        trigger: str,
+        control_id: str,
         prior: _Identity,
         survivor: _Identity,
         *,
@@ -410,9 +446,9 @@ class AdtService:
         if prior_row is None:
             raise _Refused(Outcome.UNKNOWN_IDENTITY, f"MRG-1 {prior} is not known to netpacs")
         survivor_row = _patient_row(conn, survivor)
-        if event.trigger is Trigger.A40 and survivor_row is None:
+        if trigger != Trigger.A47.value and survivor_row is None:
             raise _Refused(Outcome.UNKNOWN_IDENTITY, f"PID-3 {survivor} is not known to netpacs")
-        if event.trigger is Trigger.A47 and survivor_row is not None:
+        if trigger == Trigger.A47.value and survivor_row is not None:
             raise _Refused(
                 Outcome.IDENTIFIER_IN_USE,
                 f"PID-3 {survivor} is already in use: send A40 to merge two identities",
@@ -452,13 +488,13 @@ class AdtService:
             conn.execute(
                 sa.insert(patient_merge)
                 .values(
-                    trigger=event.trigger.value,
+                    trigger=trigger,
                     issuer=survivor.issuer,
                     prior_patient_id=prior.patient_id,
                     patient_id=survivor.patient_id,
                     prior_patient_fk=prior_row["id"],
                     patient_fk=survivor_pk,
-                    message_control_id=event.control_id,
+                    message_control_id=control_id,
                     snapshot_json=orjson.dumps(snapshot, default=str).decode(),
                     created_at=now,
                 )
@@ -585,7 +621,7 @@ def _restore_patient(conn: sa.Connection, pk: int, before: dict[str, Any] | None
     conn.execute(
         sa.update(patient)
         .where(patient.c.id == pk)
-        .values({c: before[c] for c in _PATIENT_COLUMNS})
+        .values({c: before[c] for c in _PATIENT_COLUMNS if c in before})
     )
 
 

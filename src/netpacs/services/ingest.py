@@ -40,6 +40,7 @@ from netpacs.domain.outcomes import (
 from netpacs.domain.region import Region
 from netpacs.domain.uids import is_valid_uid
 from netpacs.index.writer import IndexWriter, InstanceRecord, WriteStatus
+from netpacs.services.identity import nhs_number_in_header
 from netpacs.storage.blobstore import BlobStore, new_blob_key
 
 log = logging.getLogger(__name__)
@@ -398,6 +399,7 @@ def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> Instanc
         "patient_name": first_str(h, "00100010"),
         "patient_birth_date": first_str(h, "00100030"),
         "patient_sex": first_str(h, "00100040"),
+        "nhs_number": None,  # linked by the regional record's rules (services.identity)
     }
     study = {
         "study_instance_uid": first_str(h, "0020000D"),
@@ -441,4 +443,5 @@ def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> Instanc
         "origin_trust": origin.trust,
         "origin_user": origin.user,
     }
-    return InstanceRecord(patient, study, series, inst)
+    hints = {"nhs_number": nhs_number_in_header(h), "source": origin.describe()}
+    return InstanceRecord(patient, study, series, inst, hints)
