@@ -8,9 +8,10 @@ A patient identifier is a value with the issuers it may have been issued by
 (DICOM Patient ID and Issuer of Patient ID, REGION.md: an identifier means nothing
 without its issuer). Matching is exact: a value holding a DICOM wild card or value
 delimiter (``*``, ``?``, ``\\``) matches nothing rather than being read as a pattern.
-An NHS number matches a patient whose Patient ID is that number issued by ``NHS``
-(or the NHS number OID); Other Patient IDs are not matched yet (the index cannot
-answer them; cross-trust linking is issue 4).
+An NHS number matches every local identity linked to it (services.identity) and a
+patient whose Patient ID is that number issued by ``NHS`` (or the NHS number OID);
+a hospital number with its trust matches that identity, and with ``linked`` also the
+identities linked to it by NHS number at other trusts.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class ImagingStudyService:
         patient: PatientIdentifier | None = None,
         study_instance_uids: Sequence[str] = (),
         accession_number: str | None = None,
+        linked: bool = False,
     ) -> list[str]:
         """Study Instance UIDs matching all the criteria given, newest first."""
         keys: dict[str, Any] = {
@@ -123,11 +125,12 @@ class ImagingStudyService:
             if not _exact(accession_number):
                 return []
             keys[_ACCESSION]["Value"] = [accession_number]
-        answers = self._query.find(keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        answers = self._query.find(
+            keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, linked=linked
+        )
         found = [
             (first_str(a, _STUDY_DATE), first_str(a, _STUDY_TIME), first_str(a, _STUDY_UID))
             for a in answers
-            if patient is None or first_str(a, _PATIENT_ID) == patient.value
         ]
         found.sort(reverse=True)
         return [uid for _, _, uid in found]

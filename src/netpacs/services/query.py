@@ -16,6 +16,14 @@ Root; PATIENT, STUDY, SERIES, IMAGE). Attribute matching follows PS3.4 C.2.2.2:
 - multiple values (``CT\\MR``) outside UIDs are matched as alternatives (OR): without
   Extended Negotiation their meaning is undefined (C.2.2.2.8, note 4).
 
+Patients (issue 4, services.identity): a Patient ID with Issuer of Patient ID ``NHS``
+is an NHS number and matches every local identity linked to it, each answered with
+its own hospital number and issuer. A hospital number with its issuer matches that
+identity only, unless the caller asks for linked identities (``linked=True``): then
+every identity sharing its verified NHS number too. Other Patient IDs Sequence
+(0010,1002) is answered from the regional record: the NHS number and the linked
+hospital numbers at other trusts.
+
 Keys of levels below the query level are matched relationally (an entity matches
 if one of its descendants matches them all) and returned empty. Answers come from
 the index only (ARCHITECTURE.md invariant 7): columns where there are columns,
@@ -37,6 +45,7 @@ import orjson
 import sqlalchemy as sa
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
+from netpacs.domain import nhs_number
 from netpacs.index.schema import instance, patient, series, study
 
 JsonDataset = dict[str, Any]
@@ -167,6 +176,11 @@ _ATTRS: dict[str, _Attr] = {
     "00083002": _Attr("UI", _IM, "transfer_syntax_uid"),  # Available Transfer Syntax UID
 }
 _UNIQUE_KEYS = {_P: "00100020", _ST: "0020000D", _SE: "0020000E", _IM: "00080018"}
+_PATIENT_ID = "00100020"
+_ISSUER = "00100021"
+_OTHER_PATIENT_IDS = "00101002"
+_NHS_ISSUERS = sorted(nhs_number.NHS_ISSUERS)
+_ID_SEP = "\x1e"  # between linked identities in an aggregate; \x1f within one
 
 _QUERY_RETRIEVE_LEVEL = "00080052"
 _SPECIFIC_CHARACTER_SET = "00080005"
@@ -495,6 +509,22 @@ class _Sql:
         stmt = sa.select(agg).select_from(joined).where(_link(sub, child), col != "")
         return stmt.scalar_subquery()
 
+    def linked_identities(self) -> sa.ScalarSelect[Any]:
+        """The other local identities linked to the patient's NHS number, joined as text."""
+        other = patient.alias()
+        one = other.c.patient_id + "\x1f" + other.c.issuer
+        sep = sa.literal(_ID_SEP)
+        agg = (
+            sa.func.group_concat(one, sep, type_=sa.String)
+            if self.sqlite
+            else sa.func.string_agg(one, sep, type_=sa.String)
+        )
+        return (
+            sa.select(agg)
+            .where(other.c.nhs_number == patient.c.nhs_number, other.c.id != patient.c.id)
+            .scalar_subquery()
+        )
+
     def representative_metadata(self, t: _Tables, level: QueryLevel) -> sa.ScalarSelect[Any]:
         """metadata_json of the lowest-pk instance of the entity (PS3.4 C.4.1.1.3.2)."""
         sub, joined = _related(t, level, _IM)
@@ -715,6 +745,7 @@ class _Output:
     is_set: bool = False  # the column is a comma-joined set of values
     constant: dict[str, Any] | None = None
     request: dict[str, Any] | None = None  # taken from metadata_json
+    other_ids: bool = False  # label: NHS number; label + "_linked": linked identities
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,17 +771,19 @@ class QueryService:
         model: QueryModel,
         limit: int | None = None,
         offset: int = 0,
+        linked: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """One DICOM JSON data set per matching entity, streamed in a stable order.
 
-        The identifier is checked before this returns: a bad one raises
+        ``linked``: a hospital number also matches the identities linked to it by
+        NHS number. The identifier is checked before this returns: a bad one raises
         :class:`QueryError` here, not while iterating.
         """
         _check_model(level, model)
         if (limit is not None and limit < 0) or offset < 0:
             raise QueryError("limit and offset must not be negative")
         keys = _parse_identifier(identifier, level)
-        plan = self._find_plan(keys, level)
+        plan = self._find_plan(keys, level, linked=linked)
         if plan.py_filters:
             return self._stream(plan, identifier, level, limit=limit, offset=offset)
         stmt = plan.stmt
@@ -782,7 +815,8 @@ class QueryService:
             ):
                 raise QueryError(f"{_name(key.tag)}: a retrieve needs exact values")
         inst = _BASE.instance
-        conds = [self._sql.match_key(k, _BASE) for k in keys if k.attr and k.terms]
+        keys, conds = _identity_match(keys, linked=False)
+        conds += [self._sql.match_key(k, _BASE) for k in keys if k.attr and k.terms]
         py_filters = [k for k in keys if k.attr is None and k.terms and level is _IM]
         stmt = (
             sa.select(
@@ -876,12 +910,12 @@ class QueryService:
             return True, series_pk is not None
 
     # -- planning -------------------------------------------------------------------------
-    def _find_plan(self, keys: list[_Key], level: QueryLevel) -> _Plan:
+    def _find_plan(self, keys: list[_Key], level: QueryLevel, *, linked: bool) -> _Plan:
         depth = _DEPTH[level]
-        outer: list[sa.ColumnElement[bool]] = []
+        matched, outer = _identity_match(keys, linked=linked)
         lower: list[_Key] = []
         py_filters: list[_Key] = []
-        for key in keys:
+        for key in matched:
             if not key.terms:
                 continue
             if key.attr is None:
@@ -929,6 +963,10 @@ class QueryService:
             label = f"k{key.tag}"
             if key.tag == _INSTANCE_AVAILABILITY:
                 outputs.append(_Output(key.tag, "CS", constant={"vr": "CS", "Value": ["ONLINE"]}))
+            elif key.tag == _OTHER_PATIENT_IDS:
+                columns.append(patient.c.nhs_number.label(label))
+                columns.append(self._sql.linked_identities().label(label + "_linked"))
+                outputs.append(_Output(key.tag, "SQ", label=label, other_ids=True))
             elif key.tag in _ADAPTER_KEYS or (attr and _DEPTH[attr.level] > depth):
                 outputs.append(_Output(key.tag, key.vr, constant={"vr": key.vr}))
             elif attr is None:
@@ -1009,6 +1047,9 @@ def _answer(
             out[o.tag] = o.constant
         elif o.request is not None:
             out[o.tag] = _project((meta or {}).get(o.tag), o.request, o.vr)
+        elif o.other_ids:
+            assert o.label is not None
+            out[o.tag] = _other_patient_ids(mapping[o.label], mapping[o.label + "_linked"])
         elif o.label is None:
             out[o.tag] = {"vr": o.vr}
         elif o.is_set:
@@ -1018,6 +1059,60 @@ def _answer(
         else:
             out[o.tag] = _column_element(o.vr, mapping[o.label])
     return dict(sorted(out.items()))
+
+
+def _identity_match(
+    keys: list[_Key], *, linked: bool
+) -> tuple[list[_Key], list[sa.ColumnElement[bool]]]:
+    """Patient ID and Issuer keys as regional record conditions (see the module doc).
+
+    Returns the keys still to match one by one, and the conditions replacing the rest.
+    """
+    pid = next((k for k in keys if k.tag == _PATIENT_ID and k.terms), None)
+    issuer = next((k for k in keys if k.tag == _ISSUER and k.terms), None)
+    if pid is None or issuer is None:
+        return keys, []
+    if not all(isinstance(t, _Exact) for t in (*(pid.terms or ()), *(issuer.terms or ()))):
+        return keys, []
+    values = [str(t.value) for t in pid.terms or () if isinstance(t, _Exact)]
+    issuers = [str(t.value) for t in issuer.terms or () if isinstance(t, _Exact)]
+    rest = [k for k in keys if k is not pid and k is not issuer]
+    if all(nhs_number.is_nhs_issuer(i) for i in issuers):
+        digits = [p.digits for p in map(nhs_number.parse, values) if p.valid]
+        as_id = sa.and_(patient.c.patient_id.in_(values), patient.c.issuer.in_(_NHS_ISSUERS))
+        if not digits:
+            return rest, [as_id]
+        return rest, [sa.or_(as_id, patient.c.nhs_number.in_(digits))]
+    if not linked:
+        return keys, []
+    given = sa.and_(patient.c.patient_id.in_(values), patient.c.issuer.in_(issuers))
+    holder = patient.alias()
+    numbers = sa.select(holder.c.nhs_number).where(
+        holder.c.patient_id.in_(values),
+        holder.c.issuer.in_(issuers),
+        holder.c.nhs_number.is_not(None),
+    )
+    return rest, [sa.or_(given, patient.c.nhs_number.in_(numbers))]
+
+
+def _other_patient_ids(number: str | None, linked: str | None) -> dict[str, Any]:
+    """Other Patient IDs Sequence: the NHS number, then the linked hospital numbers."""
+    if not number:
+        return {"vr": "SQ"}
+
+    def item(value: str, issuer: str) -> JsonDataset:
+        return {
+            _PATIENT_ID: {"vr": "LO", "Value": [value]},
+            _ISSUER: {"vr": "LO", "Value": [issuer]} if issuer else {"vr": "LO"},
+            "00100022": {"vr": "CS", "Value": ["TEXT"]},  # Type of Patient ID
+        }
+
+    items = [item(number, "NHS")]
+    for one in sorted((linked or "").split(_ID_SEP)):
+        value, _, issuer = one.partition("\x1f")
+        if value and not nhs_number.is_nhs_issuer(issuer):  # not the NHS number again
+            items.append(item(value, issuer))
+    return {"vr": "SQ", "Value": items}
 
 
 def _nulls_last(col: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:

@@ -69,7 +69,14 @@ UK_TIME = ZoneInfo("Europe/London")
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
 _ENDPOINT_ID = "dicomweb"
-_SEARCH_PARAMETERS = ("patient.identifier", "identifier", "_count", "_offset", "_format")
+_SEARCH_PARAMETERS = (
+    "patient.identifier",
+    "identifier",
+    "linked",
+    "_count",
+    "_offset",
+    "_format",
+)
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
@@ -291,6 +298,13 @@ def _number(params: dict[str, str], name: str, default: int, low: int, high: int
     return int(text)
 
 
+def _flag(params: dict[str, str], name: str) -> bool:
+    text = params.get(name, "false")
+    if text not in ("true", "false"):
+        raise FhirError(400, "invalid", f"{name}={text!r}: true or false")
+    return text == "true"
+
+
 def _parameters(request: Request) -> dict[str, str]:
     params: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
@@ -315,6 +329,7 @@ def _select(service: ImagingStudyService, params: dict[str, str]) -> tuple[list[
     """Matching Study Instance UIDs (newest first) and warnings."""
     warnings: list[str] = []
     chosen: list[str] | None = None
+    linked = _flag(params, "linked")
     if "patient.identifier" in params:
         found: dict[str, None] = {}
         for text in _values(params["patient.identifier"]):
@@ -322,7 +337,7 @@ def _select(service: ImagingStudyService, params: dict[str, str]) -> tuple[list[
             if warning:
                 warnings.append(warning)
             if patient is not None:
-                found.update(dict.fromkeys(service.study_uids(patient=patient)))
+                found.update(dict.fromkeys(service.study_uids(patient=patient, linked=linked)))
         chosen = list(found)
     if "identifier" in params:
         found = {}
@@ -469,6 +484,15 @@ def capability_statement(request: Request) -> Response:
                                         "Chained only, as patient.identifier=[system]|value. "
                                         f"Systems: {NHS_NUMBER_SYSTEM}, "
                                         f"{ISSUER_SYSTEM_PREFIX}<ODS code>; none for any issuer."
+                                    ),
+                                },
+                                {
+                                    "name": "linked",
+                                    "type": "token",
+                                    "documentation": (
+                                        "netpacs: true to find, for a hospital number, the "
+                                        "patient's studies at every trust (identities linked "
+                                        "by NHS number); an NHS number always finds them."
                                     ),
                                 },
                                 {

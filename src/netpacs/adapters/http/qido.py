@@ -217,7 +217,7 @@ def _return_keys(
     return paths
 
 
-_RESERVED = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
+_RESERVED = frozenset({"limit", "offset", "fuzzymatching", "includefield", "linked"})
 
 
 # -- answers -----------------------------------------------------------------------------
@@ -242,6 +242,7 @@ def _search(
     limit: int | None,
     offset: int,
     includefield: list[str] | None,
+    linked: bool = False,
 ) -> Response:
     media_type = negotiate_json(request)
     check_url_uids(Study=scope.get(_STUDY_UID), Series=scope.get(_SERIES_UID))
@@ -252,7 +253,12 @@ def _search(
     wanted = MAX_RESULTS + 1 if capped else limit
     try:
         found = svc.query.find(
-            identifier, level=level, model=QueryModel.STUDY_ROOT, limit=wanted, offset=offset
+            identifier,
+            level=level,
+            model=QueryModel.STUDY_ROOT,
+            limit=wanted,
+            offset=offset,
+            linked=linked,
         )
         matches = list(found)
     except QueryError as exc:
@@ -274,6 +280,13 @@ IncludeField = Annotated[
     list[str] | None,
     Query(description="more attributes to return (keyword or tag, comma-separated, or all)"),
 ]
+Linked = Annotated[
+    bool,
+    Query(
+        description="netpacs: a PatientID with its IssuerOfPatientID also matches the "
+        "patient's hospital numbers at other trusts (linked by NHS number)"
+    ),
+]
 
 
 @router.get(f"{DICOMWEB_ROOT}/studies", summary="Search for studies (QIDO-RS)")
@@ -283,9 +296,16 @@ def search_studies(
     offset: Offset = 0,
     fuzzymatching: Fuzzy = False,
     includefield: IncludeField = None,
+    linked: Linked = False,
 ) -> Response:
     return _search(
-        request, QueryLevel.STUDY, {}, limit=limit, offset=offset, includefield=includefield
+        request,
+        QueryLevel.STUDY,
+        {},
+        limit=limit,
+        offset=offset,
+        includefield=includefield,
+        linked=linked,
     )
 
 
@@ -296,9 +316,16 @@ def search_series(
     offset: Offset = 0,
     fuzzymatching: Fuzzy = False,
     includefield: IncludeField = None,
+    linked: Linked = False,
 ) -> Response:
     return _search(
-        request, QueryLevel.SERIES, {}, limit=limit, offset=offset, includefield=includefield
+        request,
+        QueryLevel.SERIES,
+        {},
+        limit=limit,
+        offset=offset,
+        includefield=includefield,
+        linked=linked,
     )
 
 
@@ -310,10 +337,17 @@ def search_study_series(
     offset: Offset = 0,
     fuzzymatching: Fuzzy = False,
     includefield: IncludeField = None,
+    linked: Linked = False,
 ) -> Response:
     scope = {_STUDY_UID: study}
     return _search(
-        request, QueryLevel.SERIES, scope, limit=limit, offset=offset, includefield=includefield
+        request,
+        QueryLevel.SERIES,
+        scope,
+        limit=limit,
+        offset=offset,
+        includefield=includefield,
+        linked=linked,
     )
 
 
@@ -324,9 +358,16 @@ def search_instances(
     offset: Offset = 0,
     fuzzymatching: Fuzzy = False,
     includefield: IncludeField = None,
+    linked: Linked = False,
 ) -> Response:
     return _search(
-        request, QueryLevel.IMAGE, {}, limit=limit, offset=offset, includefield=includefield
+        request,
+        QueryLevel.IMAGE,
+        {},
+        limit=limit,
+        offset=offset,
+        includefield=includefield,
+        linked=linked,
     )
 
 
@@ -340,10 +381,17 @@ def search_study_instances(
     offset: Offset = 0,
     fuzzymatching: Fuzzy = False,
     includefield: IncludeField = None,
+    linked: Linked = False,
 ) -> Response:
     scope = {_STUDY_UID: study}
     return _search(
-        request, QueryLevel.IMAGE, scope, limit=limit, offset=offset, includefield=includefield
+        request,
+        QueryLevel.IMAGE,
+        scope,
+        limit=limit,
+        offset=offset,
+        includefield=includefield,
+        linked=linked,
     )
 
 
@@ -359,8 +407,15 @@ def search_series_instances(
     offset: Offset = 0,
     fuzzymatching: Fuzzy = False,
     includefield: IncludeField = None,
+    linked: Linked = False,
 ) -> Response:
     scope = {_STUDY_UID: study, _SERIES_UID: series}
     return _search(
-        request, QueryLevel.IMAGE, scope, limit=limit, offset=offset, includefield=includefield
+        request,
+        QueryLevel.IMAGE,
+        scope,
+        limit=limit,
+        offset=offset,
+        includefield=includefield,
+        linked=linked,
     )
