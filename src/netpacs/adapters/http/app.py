@@ -1,8 +1,8 @@
 """The HTTP application: every route of netpacs on one origin.
 
 ``/dicomweb`` (STOW-RS, QIDO-RS, WADO-RS, WADO-URI), ``/fhir`` (ImagingStudy),
-``/viewer`` (OHIF) and the pages. Routes translate HTTP to service calls and back;
-the rules live in the services (ARCHITECTURE.md layers).
+``/api`` (reconciliation), ``/viewer`` (OHIF) and the pages. Routes translate HTTP to
+service calls and back; the rules live in the services (ARCHITECTURE.md layers).
 """
 
 from __future__ import annotations
@@ -10,7 +10,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from netpacs import __version__
-from netpacs.adapters.http import errors, fhir, qido, rendered, stow, viewer, wado
+from netpacs.adapters.http import (
+    errors,
+    fhir,
+    qido,
+    reconciliation,
+    rendered,
+    stow,
+    viewer,
+    wado,
+)
 from netpacs.adapters.http.deps import HttpServices
 
 
@@ -25,6 +34,6 @@ def create_app(services: HttpServices) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (stow, qido, wado, rendered, fhir, viewer):
+    for module in (stow, qido, wado, rendered, fhir, reconciliation, viewer):
         app.include_router(module.router)
     return app
