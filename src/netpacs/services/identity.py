@@ -209,7 +209,7 @@ class RegionalRecord:
                 return
         if me.nhs_number != number:
             conn.execute(sa.update(patient).where(patient.c.id == me.pk).values(nhs_number=number))
-            log.info("%s linked to NHS number %s (%s)", me, number, source)
+            log.debug("%s linked to NHS number %s (%s)", me, number, source)
         same_trust = next((h for h in holders if h.issuer == me.issuer and h.issuer), None)
         if same_trust is not None:
             self._raise(
