@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from netpacs.domain import nhs_number
 from netpacs.synthetic import write_ct_series
 from tests.adapters.test_dimse import find
-from tests.conftest import Netpacs
+from tests.conftest import Netpacs, dcmtk
 from tests.hl7.conftest import MllpClient, adt
 from tests.http.conftest import storescu
 
@@ -519,3 +519,42 @@ def test_merging_a_duplicate_registration_then_undoing_it_restores_every_answer(
     assert twice.status_code == 409 and "undone already" in twice.json()["message"]
     missing = httpx.post(f"{netpacs.base_url}/api/merges/999999/undo")
     assert missing.status_code == 404
+
+
+def test_c_get_by_nhs_number_retrieves_the_persons_studies_from_every_trust(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    number = valid_nhs("485777345")
+    hers = {
+        send_study(
+            netpacs, tmp_path / "a", aet="EDGH_CT1", patient_id="G1", issuer="RXC", nhs=number
+        ),
+        send_study(
+            netpacs, tmp_path / "b", aet="RSCH_CT1", patient_id="G2", issuer="RA2", nhs=number
+        ),
+    }
+    send_study(netpacs, tmp_path / "c", aet="ESH_CT1", patient_id="G1", issuer="RTP")
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk(
+        "getscu",
+        "-P",
+        "-aet",
+        "RTP_WS1",
+        "-aec",
+        "NETPACS",
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=PATIENT",
+        "-k",
+        f"PatientID={number}",
+        "-k",
+        "IssuerOfPatientID=NHS",
+        "127.0.0.1",
+        str(netpacs.port),
+    )
+    assert result.returncode == 0, result.stderr
+    got = [pydicom.dcmread(p, stop_before_pixels=True) for p in out.iterdir()]
+    assert len(got) == 4
+    assert {str(ds.StudyInstanceUID) for ds in got} == hers
