@@ -26,7 +26,7 @@ from netpacs.config import BUNDLED_DEMO_REGION
 from netpacs.domain import nhs_number
 from netpacs.domain.region import load_region
 from netpacs.index.db import make_engine
-from netpacs.index.schema import adt_identity, hl7_message, study
+from netpacs.index.schema import adt_identity, hl7_message, patient, reconciliation, study
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,7 +270,8 @@ def test_adt_messages_are_applied_as_the_feed_would_and_flag_invalid_nhs_numbers
     loaded: Loaded, model: demo.DemoRegion
 ) -> None:
     """Every local identity is registered by its A04; the invalid NHS numbers are flagged."""
-    assert f"applied as the ADT feed would: AA {len(model.identities)}" in loaded.first_run.stdout
+    sent = len(model.identities) + len(demo.reconciliation_cases(model))
+    assert f"applied as the ADT feed would: AA {sent}" in loaded.first_run.stdout
     engine = make_engine(loaded.database_url)
     try:
         with engine.connect() as conn:
@@ -288,10 +289,52 @@ def test_adt_messages_are_applied_as_the_feed_would_and_flag_invalid_nhs_numbers
     finally:
         engine.dispose()
     assert acks and set(acks) == {"AA"}
-    assert identities == len(model.identities)
+    assert identities == len(model.identities) + 1  # one planted second registration
     invalid = {
         i.person.nhs_number
         for i in model.identities
         if i.person.nhs_number and not nhs_number.is_valid(i.person.nhs_number)
     }
     assert invalid and set(flagged) == invalid
+
+
+def test_planted_cases_wait_on_the_reconciliation_page_and_the_rest_is_linked(
+    loaded: Loaded, model: demo.DemoRegion
+) -> None:
+    """Each planted case is one open item; every other valid NHS number linked cleanly."""
+    engine = make_engine(loaded.database_url)
+    try:
+        with engine.connect() as conn:
+            kinds = sorted(
+                conn.execute(
+                    sa.select(reconciliation.c.kind).where(reconciliation.c.status == "open")
+                ).scalars()
+            )
+            linked = set(
+                conn.execute(
+                    sa.select(patient.c.nhs_number).where(patient.c.nhs_number.is_not(None))
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+    invalid = sum(
+        1 for p in model.persons if p.nhs_number and not nhs_number.is_valid(p.nhs_number)
+    )
+    # The birth date sent ten years off also contradicts that identity's stored studies.
+    typo = demo.reconciliation_cases(model)[0][1].decode().split("\r")[2].split("|")
+    typo_number, _, _, typo_trust = typo[3].split("^")[:4]
+    typo_studies = sum(
+        1
+        for s in model.studies
+        if (s.identity.hospital_number, s.identity.trust) == (typo_number, typo_trust)
+    )
+    assert typo_studies
+    assert kinds == sorted(
+        ["duplicate-registration", "nhs-number-conflict", "two-nhs-numbers"]
+        + ["invalid-nhs-number"] * invalid
+        + ["study-mismatch"] * typo_studies
+    )
+    valid = {
+        p.nhs_number for p in model.persons if p.nhs_number and nhs_number.is_valid(p.nhs_number)
+    }
+    assert linked == valid

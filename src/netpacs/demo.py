@@ -29,6 +29,10 @@ made up and the same seed always gives the same region, UIDs included:
   Issuer of Patient ID = the ODS code and, when the person has an NHS number, an
   Other Patient IDs Sequence item with it and issuer ``NHS``.
 - One HL7 v2.4 ADT^A04 per local identity is written to ``<data_dir>/demo/adt/``.
+- After them, three planted cases for the reconciliation page
+  (:func:`reconciliation_cases`): a trust sends a birth date ten years off for a
+  person known at another trust; a trust registers a person a second time under a
+  new hospital number; a trust sends a second NHS number for a hospital number.
 
 The model (:func:`build_region`) and the messages (:func:`adt_messages`) are usable
 without loading anything, e.g. to send the ADT messages over MLLP.
@@ -893,6 +897,82 @@ def adt_messages(demo: DemoRegion) -> list[bytes]:
     return messages
 
 
+def _adt(
+    demo: DemoRegion, control: str, trigger: str, pid3: str, person: Person, **kw: str
+) -> bytes:
+    stamp = f"{LAST_STUDY_DAY:%Y%m%d}1200"
+    birth = kw.get("birth_date", f"{person.birth_date:%Y%m%d}")
+    segments = [
+        f"MSH|^~\\&|PAS|{kw.get('trust', '')}|NETPACS|REGION|{stamp}||ADT^{trigger}^ADT_A01|"
+        f"DEMO-{demo.seed % 100000}-{control}|P|2.4",
+        f"EVN|{trigger}|{stamp}",
+        f"PID|1||{pid3}||{person.family_name}^{person.given_name}||{birth}|{person.sex}",
+        "PV1|1|O",
+    ]
+    return ("\r".join(segments) + "\r").encode("ascii")
+
+
+def reconciliation_cases(demo: DemoRegion) -> list[tuple[str, bytes]]:
+    """ADT messages that each need a person's decision, with what they plant.
+
+    Chosen from the region deterministically; they come after the A04s.
+    """
+    cases: list[tuple[str, bytes]] = []
+    valid = [
+        p for p in demo.persons if p.nhs_number_status is NhsNumberStatus.VALID and p.nhs_number
+    ]
+    by_person: dict[int, list[Identity]] = {}
+    for identity in demo.identities:
+        by_person.setdefault(identity.person.key, []).append(identity)
+    travellers = [p for p in valid if len(by_person.get(p.key, [])) >= 2]
+    stay_at_home = [p for p in valid if len(by_person.get(p.key, [])) == 1]
+    if travellers:
+        person = travellers[0]
+        identity = by_person[person.key][1]
+        born = person.birth_date
+        typo = born.replace(year=born.year - 10, day=min(born.day, 28))
+        pid3 = f"{identity.hospital_number}^^^{identity.trust}^MR~{person.nhs_number}^^^NHS^NH"
+        cases.append(
+            (
+                f"birth date ten years off for {identity.hospital_number} at {identity.trust}",
+                _adt(
+                    demo,
+                    "R1",
+                    "A08",
+                    pid3,
+                    person,
+                    birth_date=f"{typo:%Y%m%d}",
+                    trust=identity.trust,
+                ),
+            )
+        )
+    if len(travellers) > 1:
+        person = travellers[1]
+        identity = by_person[person.key][0]
+        used = {i.hospital_number for i in demo.identities}
+        number = _hospital_number(random.Random(demo.seed + 1), identity.trust, used)
+        pid3 = f"{number}^^^{identity.trust}^MR~{person.nhs_number}^^^NHS^NH"
+        cases.append(
+            (
+                f"{person.family_name} registered again at {identity.trust} as {number}",
+                _adt(demo, "R2", "A04", pid3, person, trust=identity.trust),
+            )
+        )
+    if stay_at_home:
+        person = stay_at_home[0]
+        identity = by_person[person.key][0]
+        used_numbers = {p.nhs_number for p in demo.persons if p.nhs_number}
+        other = _nhs_number(random.Random(demo.seed + 2), NhsNumberStatus.VALID, used_numbers)
+        pid3 = f"{identity.hospital_number}^^^{identity.trust}^MR~{other}^^^NHS^NH"
+        cases.append(
+            (
+                f"second NHS number for {identity.hospital_number} at {identity.trust}",
+                _adt(demo, "R3", "A08", pid3, person, trust=identity.trust),
+            )
+        )
+    return cases
+
+
 def write_adt(demo: DemoRegion, directory: Path) -> list[Path]:
     """Write :func:`adt_messages` as ``A04-<n>.hl7`` files, replacing earlier ones."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -973,7 +1053,7 @@ def apply_adt(demo: DemoRegion, archive: Archive) -> dict[str, int]:
     level = adt_log.level
     adt_log.setLevel(max(level, logging.WARNING))  # one line per message is for the feed
     try:
-        for message in adt_messages(demo):
+        for message in adt_messages(demo) + [m for _, m in reconciliation_cases(demo)]:
             ack = endpoint(message).decode("utf-8", "replace")
             msa = next((seg for seg in ack.split("\r") if seg.startswith("MSA")), "MSA|??")
             code = msa.split("|")[1] if "|" in msa else "??"
@@ -1016,10 +1096,14 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
         f"  stored {s[StoreStatus.STORED]}, already stored {s[StoreStatus.ALREADY_STORED]}, "
         f"refused or failed {len(summary.problems)}"
     )
+    cases = reconciliation_cases(demo)
     print(
-        f"  {len(adt_paths)} ADT^A04 messages in {adt_dir}, applied as the ADT feed would: "
+        f"  {len(adt_paths)} ADT^A04 messages in {adt_dir} and {len(cases)} planted "
+        "reconciliation cases, applied as the ADT feed would: "
         + ", ".join(f"{code} {n}" for code, n in sorted(acks.items()))
     )
+    for what, _ in cases:
+        print(f"  for /reconciliation: {what}")
     for line in summary.problems[:20]:
         print(f"  {line}")
     return 0 if not summary.problems else 1

@@ -383,6 +383,8 @@ class AdtService:
             )
         elif number == "":
             self._record.unlink(conn, pk)
+        if values.name or values.birth_date:
+            self._record.check_studies_of(conn, pk, source=source, now=now)
 
     def _store_patient(
         self, conn: sa.Connection, identity: _Identity, columns: dict[str, str], now: dt.datetime

@@ -34,11 +34,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from netpacs.dicom.header import JsonDataset, first_str
 from netpacs.domain import nhs_number
-from netpacs.index.schema import adt_identity, patient, reconciliation
+from netpacs.index.schema import adt_identity, instance, patient, reconciliation, series, study
 from netpacs.index.writer import InstanceRecord
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,29 @@ class RegionalRecord:
                 now=now,
             )
 
+    def check_studies_of(
+        self, conn: sa.Connection, patient_pk: int, *, source: str, now: dt.datetime
+    ) -> None:
+        """Every study of the identity against its (just updated) ADT record."""
+        first = (
+            sa.select(sa.func.min(instance.c.id))
+            .select_from(series.join(instance, instance.c.series_fk == series.c.id))
+            .where(series.c.study_fk == study.c.id)
+            .scalar_subquery()
+        )
+        rows = conn.execute(
+            sa.select(study.c.study_instance_uid, instance.c.metadata_json)
+            .select_from(study.join(instance, instance.c.id == first))
+            .where(study.c.patient_fk == patient_pk)
+        )
+        for uid, text in rows:
+            header = orjson.loads(text)
+            values = {
+                "patient_name": first_str(header, "00100010"),
+                "patient_birth_date": first_str(header, "00100030"),
+            }
+            self.check_study(conn, patient_pk, uid, values, source=source, now=now)
+
     def on_new_study(
         self,
         conn: sa.Connection,
@@ -339,16 +363,14 @@ class RegionalRecord:
         other: _Row | None = None,
         study_uid: str | None = None,
     ) -> None:
+        # One item per question: the same conflict seen from either identity is one.
+        pair = (
+            sorted([(me.patient_id, me.issuer), (other.patient_id, other.issuer)])
+            if other
+            else [(me.patient_id, me.issuer)]
+        )
         key = "|".join(
-            [
-                kind.value,
-                me.patient_id,
-                me.issuer,
-                number or "",
-                other.patient_id if other else "",
-                other.issuer if other else "",
-                study_uid or "",
-            ]
+            [kind.value, number or "", study_uid or "", *(f"{p}\x1f{i}" for p, i in pair)]
         )
         exists = conn.execute(
             sa.select(reconciliation.c.id).where(reconciliation.c.dedup_key == key)

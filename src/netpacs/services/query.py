@@ -966,7 +966,10 @@ class QueryService:
             elif key.tag == _OTHER_PATIENT_IDS:
                 columns.append(patient.c.nhs_number.label(label))
                 columns.append(self._sql.linked_identities().label(label + "_linked"))
-                outputs.append(_Output(key.tag, "SQ", label=label, other_ids=True))
+                outputs.append(
+                    _Output(key.tag, "SQ", label=label, request=key.element, other_ids=True)
+                )
+                needs_meta = True
             elif key.tag in _ADAPTER_KEYS or (attr and _DEPTH[attr.level] > depth):
                 outputs.append(_Output(key.tag, key.vr, constant={"vr": key.vr}))
             elif attr is None:
@@ -1045,11 +1048,12 @@ def _answer(
     for o in outputs:
         if o.constant is not None:
             out[o.tag] = o.constant
+        elif o.other_ids:
+            assert o.label is not None and o.request is not None
+            stored = _project((meta or {}).get(o.tag), o.request, o.vr)
+            out[o.tag] = _other_patient_ids(stored, mapping[o.label], mapping[o.label + "_linked"])
         elif o.request is not None:
             out[o.tag] = _project((meta or {}).get(o.tag), o.request, o.vr)
-        elif o.other_ids:
-            assert o.label is not None
-            out[o.tag] = _other_patient_ids(mapping[o.label], mapping[o.label + "_linked"])
         elif o.label is None:
             out[o.tag] = {"vr": o.vr}
         elif o.is_set:
@@ -1095,10 +1099,15 @@ def _identity_match(
     return rest, [sa.or_(given, patient.c.nhs_number.in_(numbers))]
 
 
-def _other_patient_ids(number: str | None, linked: str | None) -> dict[str, Any]:
-    """Other Patient IDs Sequence: the NHS number, then the linked hospital numbers."""
+def _other_patient_ids(
+    stored: dict[str, Any], number: str | None, linked: str | None
+) -> dict[str, Any]:
+    """Other Patient IDs Sequence: the object's own items, then from the regional record
+    the NHS number and the linked hospital numbers that are not among them."""
     if not number:
-        return {"vr": "SQ"}
+        return stored
+    items: list[JsonDataset] = list(stored.get("Value") or [])
+    seen = {(_first_text(i, _PATIENT_ID), _first_text(i, _ISSUER)) for i in items}
 
     def item(value: str, issuer: str) -> JsonDataset:
         return {
@@ -1107,12 +1116,20 @@ def _other_patient_ids(number: str | None, linked: str | None) -> dict[str, Any]
             "00100022": {"vr": "CS", "Value": ["TEXT"]},  # Type of Patient ID
         }
 
-    items = [item(number, "NHS")]
+    if (number, "NHS") not in seen:
+        items.append(item(number, "NHS"))
     for one in sorted((linked or "").split(_ID_SEP)):
         value, _, issuer = one.partition("\x1f")
-        if value and not nhs_number.is_nhs_issuer(issuer):  # not the NHS number again
+        # Not the NHS number again (a Patient ID issued by NHS is linked to itself).
+        if value and not nhs_number.is_nhs_issuer(issuer) and (value, issuer) not in seen:
             items.append(item(value, issuer))
     return {"vr": "SQ", "Value": items}
+
+
+def _first_text(item: Any, tag: str) -> str:
+    element = item.get(tag) if isinstance(item, dict) else None
+    values = (element or {}).get("Value") or []
+    return str(values[0]) if values and values[0] is not None else ""
 
 
 def _nulls_last(col: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:
