@@ -119,9 +119,7 @@ class ReconciliationService:
             return [_item(r) for r in conn.execute(stmt)]
 
     def counts(self) -> dict[str, int]:
-        stmt = sa.select(reconciliation.c.status, sa.func.count()).group_by(
-            reconciliation.c.status
-        )
+        stmt = sa.select(reconciliation.c.status, sa.func.count()).group_by(reconciliation.c.status)
         with self._engine.connect() as conn:
             found = {str(s): int(n) for s, n in conn.execute(stmt)}
         return {OPEN: found.get(OPEN, 0), RESOLVED: found.get(RESOLVED, 0)}
@@ -139,10 +137,7 @@ class ReconciliationService:
 
     def merges(self, *, limit: int = 100, offset: int = 0) -> list[Merge]:
         stmt = (
-            sa.select(patient_merge)
-            .order_by(patient_merge.c.id.desc())
-            .limit(limit)
-            .offset(offset)
+            sa.select(patient_merge).order_by(patient_merge.c.id.desc()).limit(limit).offset(offset)
         )
         with self._engine.connect() as conn:
             return [
