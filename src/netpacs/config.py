@@ -59,6 +59,33 @@ class Settings(BaseSettings):
     max_pdu_length: int = Field(default=262_144, ge=0)
     dimse_timeout: float = Field(default=60.0, gt=0, description="seconds of silence allowed")
     log_level: str = "INFO"
+    # -- access (issue 5) ------------------------------------------------------------------
+    demo_password: str = Field(
+        default="demo", description="password of the demo users (demo mode only)"
+    )
+    auth_secret_file: Path | None = Field(
+        default=None,
+        description="key that signs access tokens and sessions; default <data_dir>/auth-secret "
+        "(made, readable by the owner only, on first start)",
+    )
+    token_minutes: int = Field(default=60, ge=1, le=24 * 60, description="access token lifetime")
+    break_glass_minutes: int = Field(default=60, ge=5, le=24 * 60)
+    signin_attempts: int = Field(
+        default=5, ge=1, description="failed sign-ins allowed per user and address per window"
+    )
+    signin_window_minutes: int = Field(default=15, ge=1)
+    # -- audit (IHE ATNA) -------------------------------------------------------------------
+    audit_syslog: str | None = Field(
+        default=None,
+        description="audit record repository: tls://host:port (RFC 5425) or tcp://host:port",
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        default=None, description="CA certificates that sign the collector's certificate"
+    )
+    audit_syslog_cert_file: Path | None = Field(
+        default=None, description="our client certificate for the collector (PEM), if it asks"
+    )
+    audit_syslog_key_file: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -80,6 +107,10 @@ class Settings(BaseSettings):
     @property
     def effective_viewer_dir(self) -> Path:
         return self.viewer_dir or Path(sys.prefix) / "share" / "netpacs" / "viewer"
+
+    @property
+    def effective_auth_secret_file(self) -> Path:
+        return self.auth_secret_file or self.data_dir / "auth-secret"
 
     @property
     def blob_dir(self) -> Path:

@@ -185,3 +185,61 @@ reconciliation = sa.Table(
 )
 sa.Index(None, reconciliation.c.status, reconciliation.c.created_at)
 sa.Index(None, reconciliation.c.patient_id, reconciliation.c.issuer)
+
+
+# -- access and audit (issue 5) -----------------------------------------------------------
+
+user_account = sa.Table(
+    "user_account",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("username", sa.String(), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(), nullable=True),  # argon2; None: sign-in elsewhere
+    sa.Column("trust", sa.String(), nullable=False),  # ODS code of the user's organisation
+    sa.Column("role", sa.String(), nullable=False),  # services.access.Role
+    sa.Column("display_name", sa.String(), nullable=False, server_default=""),
+    sa.Column("demo", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("disabled", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+break_glass = sa.Table(
+    "break_glass",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("username", sa.String(), nullable=False),
+    sa.Column("trust", sa.String(), nullable=False),
+    sa.Column("patient_id", sa.String(), nullable=False),
+    sa.Column("issuer", sa.String(), nullable=False),
+    sa.Column("nhs_number", sa.String(10), nullable=True),  # the person, when linked
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
+)
+sa.Index(None, break_glass.c.username, break_glass.c.expires_at)
+
+audit_event = sa.Table(
+    "audit_event",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("event_time", TS, nullable=False),
+    sa.Column("event_id", sa.String(), nullable=False),  # DCM code, e.g. 110112 Query
+    sa.Column("event_type", sa.String(), nullable=True),  # DCM code of EventTypeCode
+    sa.Column("action", sa.String(1), nullable=False),  # C R U D E
+    sa.Column("outcome", sa.Integer(), nullable=False),  # 0, 4, 8, 12
+    sa.Column("user_id", sa.String(), nullable=False),  # user name or calling AE title
+    sa.Column("trust", sa.String(), nullable=True),
+    sa.Column("role", sa.String(), nullable=True),
+    sa.Column("purpose_of_use", sa.String(), nullable=True),
+    sa.Column("source", sa.String(), nullable=True),  # network address of the requestor
+    sa.Column("patient_id", sa.String(), nullable=True),
+    sa.Column("issuer", sa.String(), nullable=True),
+    sa.Column("study_uids", sa.Text(), nullable=True),  # space-separated
+    sa.Column("detail", sa.Text(), nullable=False, server_default=""),
+    sa.Column("message_xml", sa.Text(), nullable=False),  # the PS3.15 A.5 audit message
+    sa.Column("forwarded_at", TS, nullable=True),  # sent to the audit record repository
+)
+sa.Index(None, audit_event.c.patient_id, audit_event.c.issuer)
+sa.Index(None, audit_event.c.event_time)
+sa.Index(None, audit_event.c.trust, audit_event.c.event_time)
+sa.Index(None, audit_event.c.forwarded_at, audit_event.c.id)
