@@ -1,0 +1,292 @@
+"""Audit (IHE ATNA): every access, store, query, retrieve, export, delete, sign-in and
+break-glass as a DICOM audit message (PS3.15 A.5), kept durably in the index.
+
+:meth:`AuditService.record` builds the message and commits it (``audit_event``)
+before it returns, so an answer never goes out for an access that is not on record
+(ARCHITECTURE.md invariant 5). Sending the records to the region's audit record
+repository over syslog is the forwarder's work (``audit_event.forwarded_at``), so a
+collector that is down delays them and loses none.
+
+Messages are built with the standard library's ElementTree: the schema is small and
+fixed, and no maintained Python library builds DICOM audit messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import sqlalchemy as sa
+
+from netpacs.index.schema import audit_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    code: str
+    system: str
+    meaning: str
+
+
+def _dcm(code: str, meaning: str) -> Code:
+    return Code(code, "DCM", meaning)
+
+
+class Event(enum.Enum):
+    """Audit events: (EventID, EventTypeCode or None, EventActionCode)."""
+
+    STORE = (_dcm("110104", "DICOM Instances Transferred"), None, "C")
+    QUERY = (_dcm("110112", "Query"), None, "E")
+    ACCESS = (_dcm("110103", "DICOM Instances Accessed"), None, "R")
+    RETRIEVE = (_dcm("110104", "DICOM Instances Transferred"), None, "R")
+    EXPORT = (_dcm("110106", "Export"), None, "R")
+    DELETE = (_dcm("110105", "DICOM Study Deleted"), None, "D")
+    PATIENT_RECORD = (_dcm("110110", "Patient Record"), None, "U")
+    LOGIN = (_dcm("110114", "User Authentication"), _dcm("110122", "Login"), "E")
+    LOGOUT = (_dcm("110114", "User Authentication"), _dcm("110123", "Logout"), "E")
+    BREAK_GLASS = (
+        _dcm("110113", "Security Alert"),
+        _dcm("110127", "Emergency Override Started"),
+        "E",
+    )
+    SECURITY_ALERT = (
+        _dcm("110113", "Security Alert"),
+        _dcm("110132", "Use of a restricted function"),
+        "E",
+    )
+
+    @property
+    def event_id(self) -> Code:
+        return self.value[0]  # type: ignore[no-any-return]
+
+    @property
+    def event_type(self) -> Code | None:
+        return self.value[1]  # type: ignore[no-any-return]
+
+    @property
+    def action(self) -> str:
+        return self.value[2]  # type: ignore[no-any-return]
+
+
+class Outcome(enum.IntEnum):
+    SUCCESS = 0
+    MINOR_FAILURE = 4  # e.g. refused: wrong password, not allowed
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
+
+
+class Purpose(enum.Enum):
+    """Purpose of use (HL7 v3 PurposeOfUse, 2.16.840.1.113883.5.8)."""
+
+    TREAT = "Treatment"
+    ETREAT = "Emergency Treatment"  # break-glass
+    HOPERAT = "Healthcare Operations"  # administration, reconciliation
+    HSYSADMIN = "Health System Administration"  # audit review, configuration
+
+    @property
+    def code(self) -> Code:
+        return Code(self.name, "2.16.840.1.113883.5.8", self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asked: a signed-in user, or a DICOM AE / HL7 sender acting for its trust."""
+
+    user_id: str  # user name, or AE title
+    trust: str | None = None
+    role: str | None = None
+    address: str | None = None  # network address the request came from
+    name: str | None = None  # for people: display name
+    is_application: bool = False  # a DICOM AE or HL7 system, not a person
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    event: Event
+    actor: Actor
+    outcome: Outcome = Outcome.SUCCESS
+    purpose: Purpose | None = None
+    patients: Sequence[tuple[str, str]] = ()  # (patient ID, issuer)
+    study_uids: Sequence[str] = ()
+    query: str | None = None  # the query as asked (QIDO query string, C-FIND keys)
+    detail: str = ""  # EventOutcomeDescription: what happened, for people
+    when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+_MAX_OBJECTS = 200  # participant objects per message; the rest are counted in the detail
+
+
+def _code(parent: ET.Element, tag: str, code: Code) -> ET.Element:
+    return ET.SubElement(
+        parent,
+        tag,
+        {"csd-code": code.code, "codeSystemName": code.system, "originalText": code.meaning},
+    )
+
+
+def build_message(record: AuditRecord, *, source_id: str, site_id: str = "") -> str:
+    """The PS3.15 A.5 audit message of ``record`` as XML text."""
+    event = record.event
+    root = ET.Element("AuditMessage")
+    ident = ET.SubElement(
+        root,
+        "EventIdentification",
+        {
+            "EventActionCode": event.action,
+            "EventDateTime": record.when.astimezone(dt.UTC).isoformat(timespec="milliseconds"),
+            "EventOutcomeIndicator": str(int(record.outcome)),
+        },
+    )
+    _code(ident, "EventID", event.event_id)
+    if event.event_type is not None:
+        _code(ident, "EventTypeCode", event.event_type)
+    patients = list(dict.fromkeys(record.patients))
+    studies = list(dict.fromkeys(record.study_uids))
+    detail = record.detail
+    left_out = max(0, len(patients) - _MAX_OBJECTS) + max(0, len(studies) - _MAX_OBJECTS)
+    if left_out:
+        detail = f"{detail} ({left_out} more patients and studies not listed)".strip()
+    if detail:
+        ET.SubElement(ident, "EventOutcomeDescription").text = detail
+    if record.purpose is not None:
+        _code(ident, "PurposeOfUse", record.purpose.code)
+
+    actor = record.actor
+    requestor = {
+        "UserID": actor.user_id,
+        "UserIsRequestor": "true",
+    }
+    if actor.name:
+        requestor["UserName"] = actor.name
+    if actor.trust:
+        requestor["AlternativeUserID"] = f"{actor.user_id}@{actor.trust}"
+    if actor.address:
+        requestor["NetworkAccessPointID"] = actor.address
+        requestor["NetworkAccessPointTypeCode"] = "2"  # IP address
+    person = ET.SubElement(root, "ActiveParticipant", requestor)
+    if actor.is_application or event in (Event.STORE, Event.RETRIEVE):
+        _code(person, "RoleIDCode", _dcm("110153", "Source Role ID"))
+    if actor.role and not actor.is_application:
+        _code(person, "RoleIDCode", Code(actor.role, "netpacs role", actor.role.capitalize()))
+    archive = ET.SubElement(
+        root, "ActiveParticipant", {"UserID": source_id, "UserIsRequestor": "false"}
+    )
+    _code(archive, "RoleIDCode", _dcm("110152", "Destination Role ID"))
+
+    source = ET.SubElement(
+        root,
+        "AuditSourceIdentification",
+        {"AuditSourceID": source_id, **({"AuditEnterpriseSiteID": site_id} if site_id else {})},
+    )
+    _code(source, "AuditSourceTypeCode", Code("4", "DCM", "Application Server Process"))
+
+    for patient_id, issuer in patients[:_MAX_OBJECTS]:
+        obj = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": f"{patient_id}^^^{issuer}" if issuer else patient_id,
+                "ParticipantObjectTypeCode": "1",  # person
+                "ParticipantObjectTypeCodeRole": "1",  # patient
+            },
+        )
+        _code(obj, "ParticipantObjectIDTypeCode", Code("2", "RFC-3881", "Patient Number"))
+    for uid in studies[:_MAX_OBJECTS]:
+        obj = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": uid,
+                "ParticipantObjectTypeCode": "2",  # system object
+                "ParticipantObjectTypeCodeRole": "3",  # report (DICOM: a study)
+            },
+        )
+        _code(obj, "ParticipantObjectIDTypeCode", _dcm("110180", "Study Instance UID"))
+    if record.query is not None:
+        obj = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root FIND
+                "ParticipantObjectTypeCode": "2",
+                "ParticipantObjectTypeCodeRole": "24",  # query
+            },
+        )
+        _code(obj, "ParticipantObjectIDTypeCode", _dcm("110181", "SOP Class UID"))
+        ET.SubElement(obj, "ParticipantObjectQuery").text = _base64(record.query)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _row(record: AuditRecord, xml: str) -> dict[str, Any]:
+    first = record.patients[0] if record.patients else (None, None)
+    return {
+        "event_time": record.when,
+        "event_id": record.event.event_id.code,
+        "event_type": record.event.event_type.code if record.event.event_type else None,
+        "action": record.event.action,
+        "outcome": int(record.outcome),
+        "user_id": record.actor.user_id,
+        "trust": record.actor.trust,
+        "role": record.actor.role,
+        "purpose_of_use": record.purpose.name if record.purpose else None,
+        "source": record.actor.address,
+        "patient_id": first[0],
+        "issuer": first[1],
+        "study_uids": " ".join(dict.fromkeys(record.study_uids)) or None,
+        "detail": record.detail,
+        "message_xml": xml,
+    }
+
+
+class AuditService:
+    """Records audit messages; ``run`` executes a function in a committed transaction.
+
+    ``run`` is the index writer's ``execute`` (group commit, one fsync for many
+    records), or :meth:`in_own_transaction` where there is no writer.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Callable[[sa.Connection], Any]], Any],
+        *,
+        source_id: str,
+        site_id: str = "",
+    ) -> None:
+        self._run = run
+        self._source_id = source_id
+        self._site_id = site_id
+
+    @staticmethod
+    def in_own_transaction(engine: sa.Engine) -> Callable[[Callable[[sa.Connection], Any]], Any]:
+        def run(fn: Callable[[sa.Connection], Any]) -> Any:
+            with engine.begin() as conn:
+                return fn(conn)
+
+        return run
+
+    def record(self, record: AuditRecord) -> None:
+        """Build and durably store the audit message; raises if it cannot be stored."""
+        xml = build_message(record, source_id=self._source_id, site_id=self._site_id)
+        values = _row(record, xml)
+        self._run(lambda conn: conn.execute(sa.insert(audit_event).values(values)))
+        # Nested patients/studies make a message long; the log line is the summary.
+        log.debug(
+            "audit %s %s by %s (%s): %s",
+            record.event.name,
+            int(record.outcome),
+            record.actor.user_id,
+            record.actor.trust,
+            record.detail,
+        )
