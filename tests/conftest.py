@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -102,6 +103,11 @@ class Netpacs:
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # Demo mode: users <ods>.<role> with password "demo" (issue 5). Tests of what
+    # the archive does act as East Sussex's PACS administrator, who sees everything.
+    user: str = "rxc.admin"
+    _tokens: dict[str, str] = field(default_factory=dict)
+    _client: httpx.Client | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -115,6 +121,7 @@ class Netpacs:
             NETPACS_REGION_FILE=str(self.region_file),
             NETPACS_DIMSE_PROCESSES=str(self.processes),
             NETPACS_HTTP_PROCESSES=str(self.http_processes),
+            NETPACS_DEMO="true",
             TCP_NODELAY="1",
         )
         env.update(self.extra_env)
@@ -147,7 +154,32 @@ class Netpacs:
     def dicomweb_url(self) -> str:
         return f"{self.base_url}/dicomweb"
 
+    def token(self, user: str | None = None, password: str = "demo") -> str:
+        """An access token from POST /auth/token (as API clients get one)."""
+        user = user or self.user
+        if user not in self._tokens:
+            response = httpx.post(
+                f"{self.base_url}/auth/token", data={"username": user, "password": password}
+            )
+            assert response.status_code == 200, response.text
+            self._tokens[user] = response.json()["access_token"]
+        return self._tokens[user]
+
+    def auth(self, user: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
+
+    @property
+    def http(self) -> httpx.Client:
+        """An HTTP client signed in as :attr:`user` (bearer token)."""
+        if self._client is None:
+            self._client = httpx.Client(headers=self.auth(), timeout=120)
+        return self._client
+
     def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._tokens.clear()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

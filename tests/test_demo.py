@@ -27,6 +27,7 @@ from netpacs.domain import nhs_number
 from netpacs.domain.region import load_region
 from netpacs.index.db import make_engine
 from netpacs.index.schema import adt_identity, hl7_message, patient, reconciliation, study
+from netpacs.services.access import SYSTEM
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,9 @@ class Loaded:
         engine = make_engine(self.database_url)
         try:
             return list(
-                QueryService(engine).find(identifier, level=level, model=QueryModel.STUDY_ROOT)
+                QueryService(engine, principal=SYSTEM).find(
+                    identifier, level=level, model=QueryModel.STUDY_ROOT
+                )
             )
         finally:
             engine.dispose()

@@ -42,11 +42,45 @@ class Archive:
         self.write_engine.dispose()
 
 
+class UnsafeConfiguration(RuntimeError):
+    """The server will not start like this (secure defaults, issue 5)."""
+
+
 def prepare(settings: Settings) -> None:
-    """One-time start-up work done before any worker starts: directories, migrations."""
+    """One-time start-up work done before any worker starts: directories, migrations,
+    the signing key, and the accounts: demo users in demo mode, none otherwise."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.effective_database_url)
     recover_pending_writes(settings)
+    prepare_accounts(settings)
+
+
+def prepare_accounts(settings: Settings) -> None:
+    from netpacs.services.accounts import AccountService, load_secret
+    from netpacs.services.audit import AuditService
+
+    engine = make_engine(settings.effective_database_url, writer=True)
+    try:
+        audit = AuditService(AuditService.in_own_transaction(engine), source_id=settings.ae_title)
+        accounts = AccountService(
+            engine, secret=load_secret(settings.effective_auth_secret_file), audit=audit
+        )
+        if settings.demo:
+            made = accounts.ensure_demo_users(
+                load_region(settings.effective_region_file), settings.demo_password
+            )
+            if made:
+                log.warning("demo mode: %d demo users <ods>.<role> with the demo password", made)
+            return
+        demo_users = accounts.demo_users()
+        if demo_users:
+            raise UnsafeConfiguration(
+                f"{len(demo_users)} demo users with the demo password exist (e.g. "
+                f"{demo_users[0]}) and NETPACS_DEMO is not true: remove them "
+                "(`netpacs user remove-demo`) or run in demo mode"
+            )
+    finally:
+        engine.dispose()
 
 
 def recover_pending_writes(settings: Settings) -> None:

@@ -124,3 +124,13 @@ def image_stats(png: bytes) -> dict[str, Any]:
         "distinct": sum(1 for n in histogram if n),
         "lit": sum(histogram[40:]) / total,
     }
+
+
+def signed_in_page(browser: Browser, server: Any, user: str | None = None, **kw: Any) -> Page:
+    """A new page whose context holds the session cookie of ``user`` (default: the
+    server's test user), as the sign-in page would have set it."""
+    context = browser.new_context(**kw)
+    context.add_cookies(
+        [{"name": "netpacs_session", "value": server.token(user), "url": server.base_url}]
+    )
+    return context.new_page()

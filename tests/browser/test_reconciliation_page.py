@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 from playwright.sync_api import Browser, Dialog, expect
 
-from tests.browser.conftest import Traffic
+from tests.browser.conftest import Traffic, signed_in_page
 from tests.conftest import Netpacs
 from tests.hl7.conftest import MllpClient, adt
 from tests.hl7.test_regional_record import send_study
@@ -88,7 +87,7 @@ def test_administrator_links_a_conflict_merges_a_duplicate_and_undoes_the_merge(
     send_study(
         netpacs, tmp_path / "c", aet="EDGH_CT1", patient_id="RXC0000901", issuer="RXC", name=EVIL
     )
-    page = browser.new_page()
+    page = signed_in_page(browser, netpacs)
     traffic = Traffic()
     traffic.attach(page)
     dialogs: list[Dialog] = []
@@ -114,7 +113,7 @@ def test_administrator_links_a_conflict_merges_a_duplicate_and_undoes_the_merge(
     expect(duplicate).to_contain_text("RXC0000899")
     duplicate.get_by_role("button", name="Merge into the other record").click()
     expect(page.get_by_role("status")).to_contain_text("merge")
-    studies = httpx.get(
+    studies = netpacs.http.get(
         f"{netpacs.dicomweb_url}/studies",
         params={"PatientID": "RXC0000801", "IssuerOfPatientID": "RXC"},
     ).json()
@@ -123,7 +122,7 @@ def test_administrator_links_a_conflict_merges_a_duplicate_and_undoes_the_merge(
     page.locator("#merges").get_by_role("button", name="Undo merge").click()
     expect(page.get_by_role("status")).to_contain_text("undone")
     expect(page.locator("tr[data-kind=duplicate-registration]")).to_have_count(1)
-    studies = httpx.get(
+    studies = netpacs.http.get(
         f"{netpacs.dicomweb_url}/studies",
         params={"PatientID": "RXC0000801", "IssuerOfPatientID": "RXC"},
     ).json()
@@ -132,7 +131,7 @@ def test_administrator_links_a_conflict_merges_a_duplicate_and_undoes_the_merge(
     page.goto(f"{netpacs.base_url}/reconciliation?show=resolved")
     resolved = page.locator("#items tbody tr")
     expect(resolved).to_have_count(1)
-    expect(resolved).to_contain_text("link by unauthenticated")
+    expect(resolved).to_contain_text("link by rxc.admin")
     expect(resolved).to_contain_text("PAS typo in year, confirmed by phone")
     assert traffic.errors == [], traffic.report()
     assert dialogs == []
@@ -142,13 +141,13 @@ def test_resolving_an_item_already_resolved_says_so_on_the_page(
     netpacs: Netpacs, browser: Browser
 ) -> None:
     _registrations(netpacs)
-    page = browser.new_page()
+    page = signed_in_page(browser, netpacs)
     page.goto(f"{netpacs.base_url}/reconciliation")
     conflict = page.locator("tr[data-kind=nhs-number-conflict]")
     item_id = conflict.get_attribute("id", timeout=10_000)
     assert item_id is not None
     # Someone else resolves it through the API while the page is open.
-    done = httpx.post(
+    done = netpacs.http.post(
         f"{netpacs.base_url}/api/reconciliation/{item_id.removeprefix('item-')}/resolve",
         json={"action": "reject"},
     )

@@ -21,7 +21,7 @@ from netpacs.adapters.http.pages.study_list import (
 from netpacs.domain.nhs_number import format_for_people, is_valid
 from netpacs.services.studies import nhs_number_of
 from netpacs.synthetic import write_ct_series
-from tests.browser.conftest import Traffic
+from tests.browser.conftest import Traffic, signed_in_page
 from tests.conftest import Netpacs
 from tests.http.conftest import storescu
 
@@ -84,7 +84,7 @@ def row_text(page: str, uid: str) -> str:
 
 
 def test_study_list_columns_order_and_escaping(netpacs: Netpacs, studies: Studies) -> None:
-    with httpx.Client(base_url=netpacs.base_url) as client:
+    with httpx.Client(base_url=netpacs.base_url, headers=netpacs.auth()) as client:
         home = client.get("/", follow_redirects=False)
         assert home.status_code in (302, 303, 307) and home.headers["location"] == "/studies"
         resp = client.get("/studies")
@@ -116,7 +116,7 @@ def test_study_list_columns_order_and_escaping(netpacs: Netpacs, studies: Studie
 
 
 def test_study_list_filters_and_pages(netpacs: Netpacs, studies: Studies) -> None:
-    with httpx.Client(base_url=netpacs.base_url) as client:
+    with httpx.Client(base_url=netpacs.base_url, headers=netpacs.auth()) as client:
 
         def listed(**params: str | int) -> list[str]:
             resp = client.get("/studies", params=params)
@@ -150,7 +150,7 @@ def test_study_list_filters_and_pages(netpacs: Netpacs, studies: Studies) -> Non
 def test_study_list_link_opens_the_study_in_the_viewer(
     netpacs: Netpacs, studies: Studies, browser: Browser, viewer_installed: Path
 ) -> None:
-    page = browser.new_page()
+    page = signed_in_page(browser, netpacs)
     traffic = Traffic()
     traffic.attach(page)
     dialogs: list[str] = []

@@ -17,6 +17,7 @@ from tests.browser.conftest import (
     FIRST_IMAGE_PROBE,
     Traffic,
     image_stats,
+    signed_in_page,
     wait_for_first_image,
 )
 from tests.conftest import Netpacs
@@ -41,7 +42,7 @@ def test_viewer_draws_ct_series_with_no_failed_or_external_request(
     ct = write_and_send_ct(
         netpacs, tmp_path / "ct", 20, rows=256, columns=256, patient_id="RXC0000001", issuer="RXC"
     )
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = signed_in_page(browser, netpacs, viewport={"width": 1280, "height": 900})
     traffic = Traffic()
     traffic.attach(page)
     page.add_init_script(FIRST_IMAGE_PROBE)
@@ -73,7 +74,7 @@ def test_viewer_draws_ct_series_with_no_failed_or_external_request(
 def test_viewer_files_types_caching_and_client_routes(
     netpacs: Netpacs, viewer_installed: Path
 ) -> None:
-    with httpx.Client(base_url=netpacs.base_url) as client:
+    with httpx.Client(base_url=netpacs.base_url, headers=netpacs.auth()) as client:
         for path in ("/viewer", "/viewer/", "/viewer/viewer", "/viewer/dicomweb/whatever"):
             resp = client.get(path, params={"StudyInstanceUIDs": "1.2.3"})
             assert resp.status_code == 200, path
@@ -168,10 +169,10 @@ def test_viewer_not_installed_answers_503_saying_how_to_install(tmp_path: Path) 
     ).start()
     try:
         for path in ("/viewer", "/viewer/", "/viewer/app-config.js", "/viewer/viewer"):
-            resp = httpx.get(server.base_url + path)
+            resp = server.http.get(server.base_url + path)
             assert resp.status_code == 503, path
             assert "make setup" in resp.text
-        assert httpx.get(server.base_url + "/studies").status_code == 200
+        assert server.http.get(server.base_url + "/studies").status_code == 200
     finally:
         server.stop()
 

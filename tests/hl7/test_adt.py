@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 
 from netpacs.domain.region import load_region
@@ -17,7 +16,7 @@ from tests.http.conftest import write_and_send_ct
 
 
 def studies(server: Netpacs, patient_id: str) -> list[dict[str, Any]]:
-    response = httpx.get(
+    response = server.http.get(
         f"{server.dicomweb_url}/studies",
         params={
             "PatientID": patient_id,

@@ -63,7 +63,7 @@ def send_study(
 
 
 def qido(server: Netpacs, **params: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.dicomweb_url}/studies", params=params)
+    response = server.http.get(f"{server.dicomweb_url}/studies", params=params)
     assert response.status_code in (200, 204), response.text
     return response.json() if response.status_code == 200 else []  # type: ignore[no-any-return]
 
@@ -73,7 +73,7 @@ def local_ids(answers: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 def fhir_study_uids(server: Netpacs, **params: str) -> set[str]:
-    response = httpx.get(f"{server.base_url}/fhir/ImagingStudy", params=params)
+    response = server.http.get(f"{server.base_url}/fhir/ImagingStudy", params=params)
     assert response.status_code == 200, response.text
     uids = set()
     for entry in response.json().get("entry", []):
@@ -84,13 +84,13 @@ def fhir_study_uids(server: Netpacs, **params: str) -> set[str]:
 
 
 def items(server: Netpacs, status: str = "open") -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.base_url}/api/reconciliation", params={"status": status})
+    response = server.http.get(f"{server.base_url}/api/reconciliation", params={"status": status})
     assert response.status_code == 200, response.text
     return response.json()["items"]  # type: ignore[no-any-return]
 
 
 def resolve(server: Netpacs, item_id: int, action: str) -> httpx.Response:
-    return httpx.post(
+    return server.http.post(
         f"{server.base_url}/api/reconciliation/{item_id}/resolve",
         json={"action": action, "note": "checked with the trusts' records"},
     )
@@ -510,14 +510,14 @@ def test_merging_a_duplicate_registration_then_undoing_it_restores_every_answer(
     assert {s["0020000D"]["Value"][0] for s in moved} == {older, newer}
     assert qido(netpacs, PatientID="RXC0000699", IssuerOfPatientID="RXC") == []
 
-    undone = httpx.post(f"{netpacs.base_url}/api/merges/{merge_id}/undo")
+    undone = netpacs.http.post(f"{netpacs.base_url}/api/merges/{merge_id}/undo")
     assert undone.status_code == 200, undone.text
     assert answers() == before
     (reopened,) = items(netpacs)
     assert reopened["id"] == item["id"] and reopened["actions"] == ["merge", "unlink", "reject"]
-    twice = httpx.post(f"{netpacs.base_url}/api/merges/{merge_id}/undo")
+    twice = netpacs.http.post(f"{netpacs.base_url}/api/merges/{merge_id}/undo")
     assert twice.status_code == 409 and "undone already" in twice.json()["message"]
-    missing = httpx.post(f"{netpacs.base_url}/api/merges/999999/undo")
+    missing = netpacs.http.post(f"{netpacs.base_url}/api/merges/999999/undo")
     assert missing.status_code == 404
 
 

@@ -96,7 +96,7 @@ def test_search_by_hospital_number_finds_the_trusts_patient_only(
     netpacs: Netpacs, studies: Studies
 ) -> None:
     url = f"{netpacs.base_url}/fhir/ImagingStudy"
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
         found = _bundle(client.get(url, params={"patient.identifier": f"{RXC}|H1234567"}))
         assert found["total"] == 1 and _study_uids(found) == [studies.east_sussex.study_uid]
         entry = found["entry"][0]
@@ -179,7 +179,7 @@ def _outcome(response: httpx.Response, status: int, words: str) -> None:
 
 def test_read_by_id_and_errors_as_operation_outcomes(netpacs: Netpacs, studies: Studies) -> None:
     url = f"{netpacs.base_url}/fhir/ImagingStudy"
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
         read = client.get(f"{url}/{studies.surrey.study_uid}", headers={"accept": FHIR_JSON})
         assert read.status_code == 200
         study = read.json()

@@ -58,13 +58,17 @@ def stored(fuzz_server: Netpacs, tmp_path_factory: pytest.TempPathFactory) -> St
 
 @pytest.fixture(scope="module")
 def client(fuzz_server: Netpacs, stored: StoredSeries) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fuzz_server.base_url, timeout=TIMEOUT) as c:
+    with httpx.Client(
+        base_url=fuzz_server.base_url, timeout=TIMEOUT, headers=fuzz_server.auth()
+    ) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def api_schema(fuzz_server: Netpacs, stored: StoredSeries) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{fuzz_server.base_url}/api/openapi.json")
+    return schemathesis.openapi.from_url(
+        f"{fuzz_server.base_url}/api/openapi.json", headers=fuzz_server.auth()
+    )
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
@@ -78,9 +82,9 @@ def _no_server_error(response: httpx.Response | object, what: str) -> None:
 @schema.parametrize()
 @FUZZ_SETTINGS
 def test_requests_generated_from_the_openapi_document_never_get_a_server_error(
-    case: schemathesis.Case,
+    case: schemathesis.Case, fuzz_server: Netpacs
 ) -> None:
-    response = case.call(timeout=TIMEOUT)
+    response = case.call(timeout=TIMEOUT, headers=fuzz_server.auth())
     _no_server_error(response, f"{case.method} {case.formatted_path} {case.query}")
 
 

@@ -76,7 +76,7 @@ def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
 
 
 def qido(server: Netpacs, path: str, **headers: str) -> httpx.Response:
-    return httpx.get(f"{server.dicomweb_url}{path}", headers=headers)
+    return server.http.get(f"{server.dicomweb_url}{path}", headers=headers)
 
 
 def first(dataset: dict[str, Any], tag: str) -> Any:
@@ -91,7 +91,7 @@ def study_uids(found: list[dict[str, Any]]) -> list[str]:
 def test_patient_name_wildcard_matches_case_insensitively(
     netpacs: Netpacs, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     found = client.search_for_studies(search_filters={"PatientName": "smith*"})
     assert sorted(study_uids(found)) == sorted([studies.smith, studies.smithson])
     exact = client.search_for_studies(search_filters={"00100010": "jones^ann"})
@@ -101,7 +101,7 @@ def test_patient_name_wildcard_matches_case_insensitively(
 def test_date_range_and_modalities_in_study_select_studies(
     netpacs: Netpacs, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
 
     def search(**filters: str) -> list[str]:
         return study_uids(client.search_for_studies(search_filters=filters))
@@ -140,7 +140,7 @@ def test_study_answers_carry_the_default_attributes_and_a_retrieve_url(
 def test_includefield_adds_attributes_by_keyword_tag_list_and_all(
     netpacs: Netpacs, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     filters = {"StudyInstanceUID": studies.smith}
     (one,) = client.search_for_studies(search_filters=filters, fields=["PatientAge"])
     assert first(one, "00101010") == "056Y"
@@ -163,7 +163,7 @@ def test_includefield_adds_attributes_by_keyword_tag_list_and_all(
 def test_limit_and_offset_page_through_studies_in_a_stable_order(
     netpacs: Netpacs, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     everything = study_uids(client.search_for_studies())
     pages = [study_uids(client.search_for_studies(limit=2, offset=o)) for o in (0, 2, 4)]
 
@@ -174,7 +174,7 @@ def test_limit_and_offset_page_through_studies_in_a_stable_order(
 def test_series_and_instances_are_found_at_every_resource(
     netpacs: Netpacs, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     jones_series = client.search_for_series(study_instance_uid=studies.jones)
     assert [first(s, "00080060") for s in jones_series] == ["CT", "US"]
     assert all(first(s, "00201209") == 1 for s in jones_series)
@@ -206,7 +206,7 @@ def test_series_and_instances_are_found_at_every_resource(
 def test_storescu_ct_series_is_found_by_patient_id_and_issuer(
     netpacs: Netpacs, ct_series: StoredSeries
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     (study,) = client.search_for_studies(
         search_filters={"PatientID": "RXC0000001", "IssuerOfPatientID": "RXC"}
     )

@@ -42,7 +42,7 @@ def _url(server: Netpacs, ct: StoredSeries, sop: int = 0) -> str:
 
 def test_rendered_and_thumbnails_of_a_ct_series(netpacs: Netpacs, ct_series: StoredSeries) -> None:
     instance = _url(netpacs, ct_series)
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
         jpeg = _image(client.get(f"{instance}/rendered"), "image/jpeg")
         assert jpeg.shape == (64, 64) and jpeg.std() > 10  # the phantom, not a blank
 
@@ -120,7 +120,7 @@ def _stow(server: Netpacs, *paths: Path) -> None:
         + b"--\r\n"
     )
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    response = httpx.post(
+    response = server.http.post(
         f"{server.dicomweb_url}/studies", content=body, headers={"content-type": content_type}
     )
     assert response.status_code == 200, response.text
@@ -173,7 +173,7 @@ def test_monochrome1_inverts_and_compressed_objects_render_as_their_uncompressed
     series = (
         f"{netpacs.dicomweb_url}/studies/{head.StudyInstanceUID}/series/{head.SeriesInstanceUID}"
     )
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
         plain = _image(
             client.get(f"{series}/instances/{head.SOPInstanceUID}/rendered", headers=PNG)
         )
@@ -226,7 +226,7 @@ def test_bad_requests_are_4xx_with_a_message(netpacs: Netpacs, ct_series: Stored
         (f"{instance}/frames/1,2/rendered", {}, {}, 400, "one frame"),
         (f"{instance}/frames/0/thumbnail", {}, {}, 400, "frame"),
     ]
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
         for url, params, headers, status, words in cases:
             response = client.get(url, params=params, headers=headers)
             assert response.status_code == status, (url, params, headers, response.text)

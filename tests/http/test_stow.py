@@ -50,7 +50,7 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
 
 def stow(server: Netpacs, body: bytes, study: str | None = None, **headers: str) -> httpx.Response:
     url = f"{server.dicomweb_url}/studies" + (f"/{study}" if study else "")
-    return httpx.post(url, content=body, headers={"Content-Type": STOW_TYPE, **headers})
+    return server.http.post(url, content=body, headers={"Content-Type": STOW_TYPE, **headers})
 
 
 def values(dataset: dict[str, Any], tag: str) -> list[Any]:
@@ -67,7 +67,7 @@ def instance_count(client: DICOMwebClient, study: str) -> int:
 def test_stored_instances_are_referenced_with_retrieve_urls_and_found_by_qido(
     netpacs: Netpacs,
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     study, series = generate_uid(), generate_uid()
     datasets = [
         part10(ct_dataset(StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=i + 1))
@@ -90,7 +90,7 @@ def test_stored_instances_are_referenced_with_retrieve_urls_and_found_by_qido(
 
 
 def test_resend_of_identical_instance_is_success_and_stored_once(netpacs: Netpacs) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     ds = part10(ct_dataset())
     client.store_instances([ds])
     again = client.store_instances([ds])
@@ -102,7 +102,7 @@ def test_resend_of_identical_instance_is_success_and_stored_once(netpacs: Netpac
 def test_instance_of_another_study_than_the_url_is_refused_and_not_stored(
     netpacs: Netpacs,
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     study = generate_uid()
     own, foreign = part10(ct_dataset(StudyInstanceUID=study)), part10(ct_dataset())
     response = client.store_instances([own, foreign], study_instance_uid=study)
@@ -221,7 +221,7 @@ def test_accept_header_without_json_is_406_and_plain_json_is_answered(netpacs: N
 
 
 def test_dicomweb_client_raises_on_409(netpacs: Netpacs) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url)
+    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
     with pytest.raises(requests.HTTPError) as raised:
         client.store_instances([part10(ct_dataset())], study_instance_uid=generate_uid())
     assert raised.value.response.status_code == 409

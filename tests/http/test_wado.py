@@ -63,7 +63,7 @@ def netpacs(tmp_path: Path, database_url: str, region_file: Path) -> Iterator[Ne
 
 @pytest.fixture
 def client(netpacs: Netpacs) -> DICOMwebClient:
-    return DICOMwebClient(url=netpacs.dicomweb_url)
+    return DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_retrieve_gives_the_stored_objects_byte_for_byte_at_every_level(
     study, series = ct_series.study_uid, ct_series.series_uid
     url = f"{netpacs.dicomweb_url}/studies/{study}/series/{series}"
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    got = parts(httpx.get(url, headers={"Accept": accept}))
+    got = parts(netpacs.http.get(url, headers={"Accept": accept}))
     assert [ct.split(";")[0] for ct, _ in got] == ["application/dicom"] * len(sent)
     by_uid = {str(pydicom.dcmread(_file(b)).SOPInstanceUID): data_set(b) for _, b in got}
     assert by_uid == sent
@@ -157,7 +157,7 @@ def test_frames_of_uncompressed_pixel_data_are_the_raw_pixels(
     (frame,) = client.retrieve_instance_frames(study, series, sop, frame_numbers=[1])
     assert frame == pixels
     url = f"{netpacs.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}/frames/1"
-    (ohif,) = parts(httpx.get(url, headers={"Accept": OHIF_FRAMES}))
+    (ohif,) = parts(netpacs.http.get(url, headers={"Accept": OHIF_FRAMES}))
     assert ohif == (f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}", pixels)
 
 
@@ -168,7 +168,7 @@ def test_compressed_frames_come_as_stored_with_transfer_syntax_star_or_decoded_b
     study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
     url = f"{netpacs.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}/frames/3,1"
     stored = [pydicom.encaps.get_frame(ds.PixelData, i, number_of_frames=3) for i in (2, 0)]
-    as_stored = parts(httpx.get(url, headers={"Accept": OHIF_FRAMES}))
+    as_stored = parts(netpacs.http.get(url, headers={"Accept": OHIF_FRAMES}))
     assert as_stored == [(f"image/dicom-rle; transfer-syntax={RLELossless}", f) for f in stored]
     decoded = client.retrieve_instance_frames(study, series, sop, frame_numbers=[3, 1])
     expected = ds.pixel_array
@@ -192,7 +192,9 @@ def test_bulk_data_of_encapsulated_pixel_data_is_its_frames_as_stored(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
     )
     uri = meta["7FE00010"]["BulkDataURI"]
-    got = parts(httpx.get(uri, headers={"Accept": "multipart/related; type=image/dicom-rle"}))
+    got = parts(
+        netpacs.http.get(uri, headers={"Accept": "multipart/related; type=image/dicom-rle"})
+    )
     assert [b for _, b in got] == list(
         pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=3)
     )
@@ -227,7 +229,7 @@ def test_bad_requests_get_a_status_and_a_message(netpacs: Netpacs, ct_series: St
             study=ct_series.study_uid, series=ct_series.series_uid, sop=ct_series.sop_uids[0]
         )
         headers = {"Accept": accept} if accept else {}
-        response = httpx.get(netpacs.dicomweb_url + path, headers=headers)
+        response = netpacs.http.get(netpacs.dicomweb_url + path, headers=headers)
         if response.status_code != status or not response.json().get("message"):
             wrong.append((suffix, accept, response.status_code, response.text[:200]))
     assert wrong == []

@@ -23,7 +23,9 @@ def wado(server: Netpacs, series: StoredSeries, index: int = 0, **params: str) -
         "objectUID": series.sop_uids[index],
         **params,
     }
-    return httpx.get(f"{server.dicomweb_url}/wado", params={k: v for k, v in query.items() if v})
+    return server.http.get(
+        f"{server.dicomweb_url}/wado", params={k: v for k, v in query.items() if v}
+    )
 
 
 def test_wado_uri_gives_the_stored_object_or_a_rendered_jpeg(
@@ -67,7 +69,7 @@ def test_wado_uri_with_missing_or_wrong_parameters_is_refused_with_a_message(
     ]
     wrong = []
     for params, status in cases:
-        response = httpx.get(f"{netpacs.dicomweb_url}/wado", params=params)
+        response = netpacs.http.get(f"{netpacs.dicomweb_url}/wado", params=params)
         if response.status_code != status or not response.json().get("message"):
             wrong.append((params, response.status_code, response.text[:200]))
     for params, status in [

@@ -8,6 +8,7 @@ import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from netpacs.app import Archive
+from netpacs.services.access import SYSTEM
 from netpacs.services.query import (
     QueryError,
     QueryLevel,
@@ -84,7 +85,7 @@ def found(
 
 @pytest.fixture(scope="module")
 def service(populated_archive: Archive) -> QueryService:
-    return QueryService(populated_archive.read_engine)
+    return QueryService(populated_archive.read_engine, principal=SYSTEM)
 
 
 def _series(*names: str) -> set[str]:

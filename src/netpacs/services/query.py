@@ -24,6 +24,11 @@ every identity sharing its verified NHS number too. Other Patient IDs Sequence
 (0010,1002) is answered from the regional record: the NHS number and the linked
 hospital numbers at other trusts.
 
+Access (services.access): a query service serves one principal; every statement it
+runs carries the condition on patients that principal may see, so an unseen patient
+is answered as one that does not exist. Every query and every selection of objects
+is audited (services.audit) with the patients and studies it reached.
+
 Keys of levels below the query level are matched relationally (an entity matches
 if one of its descendants matches them all) and returned empty. Answers come from
 the index only (ARCHITECTURE.md invariant 7): columns where there are columns,
@@ -34,6 +39,7 @@ keys come back present and empty (PS3.4 C.4.1.1.3.2).
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import math
 import re
@@ -46,7 +52,9 @@ import sqlalchemy as sa
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from netpacs.domain import nhs_number
-from netpacs.index.schema import instance, patient, series, study
+from netpacs.index.schema import break_glass, instance, patient, series, study
+from netpacs.services.access import CLINICAL, AccessRules, Principal, Role
+from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome, Purpose
 
 JsonDataset = dict[str, Any]
 
@@ -756,11 +764,78 @@ class _Plan:
 
 
 class QueryService:
-    """Answers C-FIND-style identifiers from the index (PS3.4 C.2.2.2, C.6)."""
+    """Answers C-FIND-style identifiers from the index (PS3.4 C.2.2.2, C.6), for one
+    principal, within what it may see, auditing what it reached."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        principal: Principal,
+        audit: AuditService | None = None,
+        rules: AccessRules | None = None,
+    ) -> None:
         self._engine = engine
         self._sql = _Sql(engine.dialect.name)
+        self._principal = principal
+        self._audit = audit
+        self._rules = rules or AccessRules()
+
+    @property
+    def principal(self) -> Principal:
+        return self._principal
+
+    def for_principal(self, principal: Principal) -> QueryService:
+        """The same index and audit trail, answering for ``principal``."""
+        return QueryService(self._engine, principal=principal, audit=self._audit, rules=self._rules)
+
+    def _visible(self) -> list[sa.ColumnElement[bool]]:
+        cond = self._rules.visible_patients(self._principal)
+        return [] if cond is None else [cond]
+
+    def _record(
+        self,
+        event: Event,
+        *,
+        patients: dict[tuple[str, str], str | None],
+        studies: list[str],
+        query: str | None = None,
+        detail: str = "",
+    ) -> None:
+        if self._audit is None:
+            return
+        self._audit.record(
+            AuditRecord(
+                event=event,
+                actor=self._principal.actor(),
+                purpose=self._purpose(patients),
+                patients=list(patients),
+                study_uids=studies,
+                query=query,
+                detail=detail,
+            )
+        )
+
+    def _purpose(self, patients: dict[tuple[str, str], str | None]) -> Purpose:
+        role = self._principal.role
+        if role is Role.ADMIN:
+            return Purpose.HOPERAT
+        if role not in CLINICAL or not patients:
+            return Purpose.TREAT
+        now = dt.datetime.now(dt.UTC)
+        with self._engine.connect() as conn:
+            grants = conn.execute(
+                sa.select(
+                    break_glass.c.patient_id, break_glass.c.issuer, break_glass.c.nhs_number
+                ).where(
+                    break_glass.c.username == self._principal.user_id,
+                    break_glass.c.expires_at > now,
+                )
+            ).all()
+        ids = {(g.patient_id, g.issuer) for g in grants}
+        numbers = {g.nhs_number for g in grants if g.nhs_number}
+        emergency = any(k in ids or v in numbers for k, v in patients.items())
+        return Purpose.ETREAT if emergency else Purpose.TREAT
 
     # -- public API -----------------------------------------------------------------------
     def find(
@@ -817,6 +892,7 @@ class QueryService:
         inst = _BASE.instance
         keys, conds = _identity_match(keys, linked=False)
         conds += [self._sql.match_key(k, _BASE) for k in keys if k.attr and k.terms]
+        conds += self._visible()
         py_filters = [k for k in keys if k.attr is None and k.terms and level is _IM]
         stmt = (
             sa.select(
@@ -827,17 +903,26 @@ class QueryService:
                 inst.c.dataset_offset,
                 inst.c.blob_size,
                 (inst.c.metadata_json if py_filters else sa.null()).label("meta"),
+                *_AUDIT_COLUMNS,
             )
             .select_from(_chain(_BASE, _P, _IM))
             .where(*conds)
             .order_by(*_order(_IM))
         )
         items: list[RetrieveItem] = []
+        seen = _Seen()
         with self._engine.connect() as conn:
             for row in conn.execute(stmt):
                 if py_filters and not _py_match(orjson.loads(row.meta), py_filters):
                     continue
                 items.append(RetrieveItem(*row[:6]))
+                seen.add(row)
+        self._record(
+            Event.RETRIEVE,
+            patients=seen.patients,
+            studies=seen.studies,
+            detail=f"{len(items)} instances selected for {level.value} level retrieve",
+        )
         return items
 
     def metadata_texts(
@@ -856,11 +941,48 @@ class QueryService:
                 instance.c.metadata_json,
             )
             .select_from(_WADO_FROM)
-            .where(*_wado_scope(study_uid, series_uid, sop_instance_uid))
+            .where(*_wado_scope(study_uid, series_uid, sop_instance_uid), *self._visible())
             .order_by(*_WADO_ORDER)
         )
         with self._engine.connect() as conn:
-            return [(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+            rows = [(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+        if rows:
+            self._accessed(study_uid, f"metadata of {len(rows)} instances")
+        return rows
+
+    def record_store(self, study_uids: Sequence[str], *, stored: int, refused: int) -> None:
+        """Audit objects the principal stored (one message per request or association)."""
+        if self._audit is None or not (stored or refused):
+            return
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(patient.c.patient_id, patient.c.issuer, patient.c.nhs_number)
+                .select_from(study.join(patient, study.c.patient_fk == patient.c.id))
+                .where(study.c.study_instance_uid.in_(list(study_uids)))
+            ).all()
+        self._audit.record(
+            AuditRecord(
+                event=Event.STORE,
+                actor=self._principal.actor(),
+                outcome=Outcome.SUCCESS if not refused else Outcome.MINOR_FAILURE,
+                purpose=Purpose.TREAT,
+                patients=[(r[0], r[1]) for r in rows],
+                study_uids=list(study_uids),
+                detail=f"{stored} instances stored" + (f", {refused} refused" if refused else ""),
+            )
+        )
+
+    def _accessed(self, study_uid: str, detail: str) -> None:
+        if self._audit is None:
+            return
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                sa.select(patient.c.patient_id, patient.c.issuer, patient.c.nhs_number)
+                .select_from(study.join(patient, study.c.patient_fk == patient.c.id))
+                .where(study.c.study_instance_uid == study_uid)
+            ).first()
+        patients = {} if found is None else {(found[0], found[1]): found[2]}
+        self._record(Event.ACCESS, patients=patients, studies=[study_uid], detail=detail)
 
     def stored_instances(
         self,
@@ -886,17 +1008,22 @@ class QueryService:
                 meta,
             )
             .select_from(_WADO_FROM)
-            .where(*_wado_scope(study_uid, series_uid, sop_instance_uid))
+            .where(*_wado_scope(study_uid, series_uid, sop_instance_uid), *self._visible())
             .order_by(*_WADO_ORDER)
         )
         with self._engine.connect() as conn:
-            return [StoredInstance(*row) for row in conn.execute(stmt)]
+            found = [StoredInstance(*row) for row in conn.execute(stmt)]
+        if found:
+            self._accessed(study_uid, f"{len(found)} instances")
+        return found
 
     def scope_exists(self, study_uid: str, series_uid: str | None = None) -> tuple[bool, bool]:
         """Whether the study is stored, and whether the series (if given) is one of its."""
         with self._engine.connect() as conn:
             study_pk = conn.execute(
-                sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)
+                sa.select(study.c.id)
+                .select_from(study.join(patient, study.c.patient_fk == patient.c.id))
+                .where(study.c.study_instance_uid == study_uid, *self._visible())
             ).scalar()
             if study_pk is None:
                 return False, False
@@ -926,8 +1053,10 @@ class QueryService:
                 outer.append(self._sql.match_key(key, _BASE))
         if lower:
             outer.append(self._lower_exists(lower, level))
+        outer += self._visible()
         columns, outputs, needs_meta = self._returns(keys, level)
         columns.insert(0, _BASE.at(level).c.id.label("pk"))
+        columns += _AUDIT_COLUMNS if level is not _P else _AUDIT_COLUMNS[:3]
         if needs_meta or py_filters:
             meta = (
                 _BASE.instance.c.metadata_json
@@ -1006,11 +1135,31 @@ class QueryService:
                 "vr": "CS",
                 "Value": given if any(given) else ["ISO_IR 192"],
             }
-        return self._rows(plan, fixed, limit=limit, offset=offset)
+        query = orjson.dumps(identifier, default=str).decode()
+        return self._audited(self._rows(plan, fixed, limit=limit, offset=offset), query, level)
+
+    def _audited(
+        self, rows: Iterator[tuple[dict[str, Any], sa.Row[Any]]], query: str, level: QueryLevel
+    ) -> Iterator[dict[str, Any]]:
+        seen = _Seen()
+        count = 0
+        try:
+            for answer, row in rows:
+                seen.add(row)
+                count += 1
+                yield answer
+        finally:
+            self._record(
+                Event.QUERY,
+                patients=seen.patients,
+                studies=seen.studies,
+                query=query,
+                detail=f"{level.value} level query: {count} answers",
+            )
 
     def _rows(
         self, plan: _Plan, fixed: JsonDataset, *, limit: int | None, offset: int
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[tuple[dict[str, Any], sa.Row[Any]]]:
         if limit == 0:
             return
         skipped = emitted = 0
@@ -1030,10 +1179,35 @@ class QueryService:
                 if skipped < offset:
                     skipped += 1
                     continue
-                yield _answer(row, plan.outputs, fixed, meta)
+                yield _answer(row, plan.outputs, fixed, meta), row
                 emitted += 1
                 if limit is not None and emitted >= limit:
                     return
+
+
+# Who and what a statement reached, for the audit trail (never part of an answer).
+_AUDIT_COLUMNS: list[sa.ColumnElement[Any]] = [
+    patient.c.patient_id.label("_audit_pid"),
+    patient.c.issuer.label("_audit_issuer"),
+    patient.c.nhs_number.label("_audit_nhs"),
+    study.c.study_instance_uid.label("_audit_study"),
+]
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.patients: dict[tuple[str, str], str | None] = {}
+        self._studies: dict[str, None] = {}
+
+    def add(self, row: sa.Row[Any]) -> None:
+        mapping = row._mapping
+        self.patients[(mapping["_audit_pid"], mapping["_audit_issuer"])] = mapping["_audit_nhs"]
+        if "_audit_study" in mapping:
+            self._studies[mapping["_audit_study"]] = None
+
+    @property
+    def studies(self) -> list[str]:
+        return list(self._studies)
 
 
 def _py_match(meta: JsonDataset, keys: list[_Key]) -> bool:
@@ -1150,8 +1324,10 @@ def _order(level: QueryLevel) -> list[sa.ColumnElement[Any]]:
 
 # -- WADO-RS scopes ------------------------------------------------------------------------
 
-_WADO_FROM = study.join(series, series.c.study_fk == study.c.id).join(
-    instance, instance.c.series_fk == series.c.id
+_WADO_FROM = (
+    study.join(series, series.c.study_fk == study.c.id)
+    .join(instance, instance.c.series_fk == series.c.id)
+    .join(patient, study.c.patient_fk == patient.c.id)  # for the access condition
 )
 _WADO_ORDER = [
     *_nulls_last(series.c.series_number),

@@ -21,6 +21,7 @@ from netpacs.adapters.dimse.handlers import AssociationHandlers, DimseServices
 from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.app import Archive, build_archive
 from netpacs.config import Settings
+from netpacs.services.access import SYSTEM
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def dimse_services(archive: Archive, executor: ThreadPoolExecutor) -> DimseServices:
-    query = QueryService(archive.read_engine)
+    query = QueryService(archive.read_engine, principal=SYSTEM)
     return DimseServices(
         ae_title=archive.settings.ae_title,
         region=archive.region,

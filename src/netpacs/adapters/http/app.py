@@ -7,10 +7,12 @@ service calls and back; the rules live in the services (ARCHITECTURE.md layers).
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 from netpacs import __version__
 from netpacs.adapters.http import (
+    auth,
     errors,
     fhir,
     qido,
@@ -28,12 +30,25 @@ def create_app(services: HttpServices) -> FastAPI:
         title="netpacs",
         version=__version__,
         description="Regional shared PACS: DICOMweb (PS3.18), FHIR ImagingStudy, viewer",
-        docs_url="/api/docs",
+        # The documents are routes of auth (signed-in users only); no docs UI: it
+        # would load its scripts from a CDN (nothing is fetched from outside).
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,
+        dependencies=[Depends(auth.authenticate)],
     )
     app.state.services = services
     errors.install(app)
-    for module in (stow, qido, wado, rendered, fhir, reconciliation, viewer):
+
+    @app.exception_handler(auth.SignInRequired)
+    async def _sign_in(request: Request, exc: auth.SignInRequired) -> Response:
+        if auth.wants_page(request):
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return auth.sign_in_page(target, status=401)
+        return JSONResponse(
+            {"status": 401, "message": exc.message}, status_code=401, headers=exc.headers
+        )
+
+    for module in (auth, stow, qido, wado, rendered, fhir, reconciliation, viewer):
         app.include_router(module.router)
     return app

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
 from netpacs.adapters.http.errors import HttpError
 from netpacs.app import Archive
 from netpacs.domain.uids import is_valid_uid
+from netpacs.services.access import NOBODY, Principal
+from netpacs.services.accounts import AccountService, load_secret
+from netpacs.services.audit import AuditService
 from netpacs.services.ingest import IngestService
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService
@@ -16,21 +19,53 @@ from netpacs.services.retrieve import RetrieveService
 DICOMWEB_ROOT = "/dicomweb"
 
 
-@dataclass
+@dataclass(frozen=True)
 class HttpServices:
+    """The services of one worker, scoped to the principal of one request.
+
+    The worker's own instance answers for :data:`NOBODY` (it sees no patient);
+    the authentication dependency gives each request a copy scoped to its user.
+    """
+
     archive: Archive
     query: QueryService
     retrieve: RetrieveService
+    audit: AuditService
+    accounts: AccountService
 
     @property
     def ingest(self) -> IngestService:
         return self.archive.ingest
 
+    @property
+    def principal(self) -> Principal:
+        return self.query.principal
+
+    def for_principal(self, principal: Principal) -> HttpServices:
+        query = self.query.for_principal(principal)
+        return replace(
+            self, query=query, retrieve=RetrieveService(query=query, blobs=self.archive.blobs)
+        )
+
     @classmethod
     def of(cls, archive: Archive) -> HttpServices:
-        query = QueryService(archive.read_engine)
+        settings = archive.settings
+        audit = AuditService(archive.writer.execute, source_id=settings.ae_title)
+        query = QueryService(archive.read_engine, principal=NOBODY, audit=audit)
+        accounts = AccountService(
+            archive.read_engine,
+            secret=load_secret(settings.effective_auth_secret_file),
+            audit=audit,
+            token_minutes=settings.token_minutes,
+            signin_attempts=settings.signin_attempts,
+            signin_window_minutes=settings.signin_window_minutes,
+        )
         return cls(
-            archive=archive, query=query, retrieve=RetrieveService(query=query, blobs=archive.blobs)
+            archive=archive,
+            query=query,
+            retrieve=RetrieveService(query=query, blobs=archive.blobs),
+            audit=audit,
+            accounts=accounts,
         )
 
 
@@ -46,7 +81,10 @@ def check_url_uids(**uids: str | None) -> None:
 
 
 def services(request: Request) -> HttpServices:
-    """FastAPI dependency: the services of the worker answering this request."""
+    """FastAPI dependency: the services answering this request, for its principal."""
+    scoped: HttpServices | None = getattr(request.state, "services", None)
+    if scoped is not None:
+        return scoped
     svc: HttpServices = request.app.state.services
     return svc
 

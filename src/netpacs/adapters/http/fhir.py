@@ -44,7 +44,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from netpacs import __version__
-from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, services
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.imaging_study import (
     NHS_NUMBER_ISSUERS,
@@ -371,7 +371,7 @@ def search_imaging_study(request: Request) -> Response:
         params = _parameters(request)
         count = _number(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
         offset = _number(params, "_offset", 0, 0, 10**9)
-        svc: HttpServices = request.app.state.services
+        svc = services(request)
         service = ImagingStudyService(svc.query)
         uids, warnings = _select(service, params)
         base = base_url(request)
@@ -439,7 +439,7 @@ def read_imaging_study(resource_id: str, request: Request) -> Response:
         _check_format(request)
         if not _FHIR_ID.fullmatch(resource_id):
             raise FhirError(400, "invalid", f"{resource_id!r} is not a FHIR id")
-        svc: HttpServices = request.app.state.services
+        svc = services(request)
         record = (
             ImagingStudyService(svc.query).study(resource_id) if is_valid_uid(resource_id) else None
         )

@@ -19,7 +19,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url, check_url_uids
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import first_str
 from netpacs.services.query import QueryError, QueryLevel, QueryModel
@@ -247,7 +247,7 @@ def _search(
     media_type = negotiate_json(request)
     check_url_uids(Study=scope.get(_STUDY_UID), Series=scope.get(_SERIES_UID))
     identifier = _identifier(request.query_params.multi_items(), includefield, level, scope)
-    svc: HttpServices = request.app.state.services
+    svc = services(request)
     # A larger limit is answered with at most MAX_RESULTS and a Warning (PS3.18 8.3.4.4).
     capped = limit is None or limit > MAX_RESULTS
     wanted = MAX_RESULTS + 1 if capped else limit

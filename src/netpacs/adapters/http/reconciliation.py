@@ -5,7 +5,7 @@ The page is server-rendered HTML with plain forms (no scripts): each open item s
 its detail and one button per allowed action; merges are listed with an undo button.
 The rules are in services.reconciliation; this module translates HTTP to them.
 
-Until sign-in exists (issue 5) a decision is recorded as made by ``unauthenticated``.
+PACS administrators only; a decision is recorded with the signed-in user's name.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from netpacs.adapters.http.deps import HttpServices
+from netpacs.adapters.http.deps import services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.domain.nhs_number import format_for_people
+from netpacs.services.access import Capability
 from netpacs.services.identity import OPEN
 from netpacs.services.reconciliation import (
     Item,
@@ -34,7 +35,6 @@ from netpacs.services.reconciliation import (
 router = APIRouter()
 
 _STATUS = {Problem.NOT_FOUND: 404, Problem.CONFLICT: 409, Problem.INVALID: 400}
-_WHO = "unauthenticated"  # replaced by the signed-in user with issue 5
 _LABELS = {
     "link": "Link (same person)",
     "unlink": "Unlink (not this person)",
@@ -51,7 +51,9 @@ _KINDS = {
 
 
 def _service(request: Request) -> ReconciliationService:
-    svc: HttpServices = request.app.state.services
+    svc = services(request)
+    if not svc.principal.may(Capability.RECONCILE):
+        raise HttpError(403, "reconciling patient identities is for PACS administrators")
     archive = svc.archive
     return ReconciliationService(archive.write_engine, archive.region)
 
@@ -94,7 +96,9 @@ def get_item(request: Request, item_id: int) -> JSONResponse:
 @router.post("/api/reconciliation/{item_id}/resolve", summary="Resolve an item")
 def resolve_item(request: Request, item_id: int, decision: Decision) -> JSONResponse:
     try:
-        item = _service(request).resolve(item_id, decision.action, by=_WHO, note=decision.note)
+        item = _service(request).resolve(
+            item_id, decision.action, by=services(request).principal.user_id, note=decision.note
+        )
     except ReconciliationError as exc:
         raise _http(exc) from None
     return JSONResponse(asdict(item))
@@ -221,7 +225,7 @@ def page(
         message = f'<p class="message ok" role=status>{_e(ok)}</p>'
     elif error:
         message = f'<p class="message error" role=alert>{_e(error)}</p>'
-    empty = '<tr><td colspan=7>Nothing to reconcile.</td></tr>'
+    empty = "<tr><td colspan=7>Nothing to reconcile.</td></tr>"
     html = _PAGE.format(
         message=message,
         open_count=counts["open"],
@@ -229,7 +233,7 @@ def page(
         heading="Open items" if show == "open" else "Resolved items",
         items="".join(_item_row(i) for i in items) or empty,
         merges="".join(_merge_row(m) for m in service.merges(limit=200))
-        or '<tr><td colspan=7>No merges.</td></tr>',
+        or "<tr><td colspan=7>No merges.</td></tr>",
     )
     return HTMLResponse(html)
 
@@ -246,7 +250,9 @@ def page_resolve(
     note: Annotated[str, Form(max_length=2000)] = "",
 ) -> RedirectResponse:
     try:
-        item = _service(request).resolve(item_id, action, by=_WHO, note=note)
+        item = _service(request).resolve(
+            item_id, action, by=services(request).principal.user_id, note=note
+        )
     except ReconciliationError as exc:
         return _back(error=exc.message)
     done = f"Item {item.id}: {item.resolution}"

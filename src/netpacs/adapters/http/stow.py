@@ -27,11 +27,18 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, base_url, check_url_uids
+from netpacs.adapters.http.deps import (
+    DICOMWEB_ROOT,
+    HttpServices,
+    base_url,
+    check_url_uids,
+    services,
+)
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.multipart import MediaType, MultipartError, MultipartReader
 from netpacs.adapters.http.qido import negotiate_json
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
+from netpacs.services.access import Capability
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["STOW-RS"])
@@ -128,7 +135,8 @@ class Spool:
 
 def _ingest(svc: HttpServices, spool: Spool, study: str | None) -> PartResult:
     """Store one spooled part (blocking: runs in a worker thread)."""
-    origin = Origin(Protocol.DICOMWEB)
+    who = svc.principal
+    origin = Origin(Protocol.DICOMWEB, user=who.user_id, trust=who.trust)
     with spool.view() as view:
         outcome = svc.ingest.store_part10(view, origin=origin, study_instance_uid=study)
     return PartResult(outcome, outcome.sop_class_uid)
@@ -234,7 +242,9 @@ async def _stow(request: Request, study: str | None) -> Response:
     check_url_uids(Study=study)
     answer_as = negotiate_json(request)
     media = _request_media_type(request)
-    svc: HttpServices = request.app.state.services
+    svc = services(request)
+    if not svc.principal.may(Capability.STORE):
+        raise HttpError(403, f"a {svc.principal.role.value} may not store objects")
     results: list[PartResult] = []
     try:
         reader = MultipartReader(request.stream(), media.params["boundary"])
@@ -249,6 +259,14 @@ async def _stow(request: Request, study: str | None) -> Response:
         raise HttpError(400, f"{problem} ({kept} instance(s) before it were stored)") from None
     if not results:
         raise HttpError(400, "the multipart/related body has no parts")
+    stored_studies = {r.outcome.study_instance_uid for r in results if r.outcome.status.ok}
+    refused = sum(1 for r in results if not r.outcome.status.ok)
+    await run_in_threadpool(
+        svc.query.record_store,
+        sorted(u for u in stored_studies if u),
+        stored=len(results) - refused,
+        refused=refused,
+    )
     return _response(results, base_url(request) + DICOMWEB_ROOT, study, answer_as)
 
 

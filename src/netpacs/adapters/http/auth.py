@@ -1,0 +1,263 @@
+"""Sign-in over HTTP: bearer tokens, the session cookie, the sign-in page, break-glass.
+
+Every route of the application depends on :func:`authenticate` (set once in
+``create_app``): a request carries ``Authorization: Bearer <token>`` (from
+``POST /auth/token``, the OAuth2 password grant) or the session cookie the sign-in
+page sets (the same token, HttpOnly, SameSite=Strict), so the viewer's requests carry
+it too. Without one it is answered 401; a browser asking for a page gets the sign-in
+form with that 401. The rules of what a user may then see are in services.access and
+apply through the request's scoped services (deps.HttpServices.for_principal).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from html import escape
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+
+from netpacs.adapters.http.deps import HttpServices, services
+from netpacs.adapters.http.errors import HttpError
+from netpacs.index.schema import break_glass, patient
+from netpacs.services.access import Capability, Principal
+from netpacs.services.accounts import SignInError, SignInProblem
+from netpacs.services.audit import AuditRecord, Event, Purpose
+
+router = APIRouter()
+
+COOKIE = "netpacs_session"
+_OPEN_PATHS = frozenset({"/auth/token", "/signin"})
+
+
+class SignInRequired(HttpError):
+    """401: no valid credentials. Browsers asking for a page get the sign-in form."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message, {"WWW-Authenticate": 'Bearer realm="netpacs"'})
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def authenticate(request: Request) -> None:
+    """App-wide dependency: the request's principal and its scoped services, or 401."""
+    if request.url.path in _OPEN_PATHS:
+        return
+    base: HttpServices = request.app.state.services
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    token = credentials.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE)
+    if not token:
+        raise SignInRequired("sign in: this needs a bearer token or a session")
+    principal = base.accounts.principal(token, address=_address(request))
+    if principal is None:
+        raise SignInRequired("the token or session is not valid (expired?): sign in again")
+    request.state.principal = principal
+    request.state.services = base.for_principal(principal)
+
+
+def wants_page(request: Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("accept", "")
+
+
+# -- OAuth2 token endpoint ------------------------------------------------------------------
+
+
+@router.post("/auth/token", summary="Access token for a user name and password (OAuth2)")
+def token(
+    request: Request,
+    username: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=1000)],
+    grant_type: Annotated[str, Form()] = "password",
+) -> JSONResponse:
+    if grant_type != "password":
+        return JSONResponse(
+            {"error": "unsupported_grant_type", "error_description": "only password"},
+            status_code=400,
+        )
+    base: HttpServices = request.app.state.services
+    try:
+        principal = base.accounts.sign_in(username, password, address=_address(request))
+    except SignInError as exc:
+        if exc.problem is SignInProblem.LOCKED:
+            return JSONResponse(
+                {"error": "invalid_grant", "error_description": exc.message},
+                status_code=429,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
+        return JSONResponse(
+            {"error": "invalid_grant", "error_description": exc.message}, status_code=400
+        )
+    issued = base.accounts.issue(principal)
+    return JSONResponse(
+        {"access_token": issued.value, "token_type": "bearer", "expires_in": issued.expires_in},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/api/me", summary="Who the request is signed in as")
+def me(request: Request) -> JSONResponse:
+    principal: Principal = request.state.principal
+    return JSONResponse(
+        {
+            "username": principal.user_id,
+            "name": principal.name,
+            "trust": principal.trust,
+            "role": principal.role.value,
+        }
+    )
+
+
+# -- the sign-in page -----------------------------------------------------------------------
+
+_PAGE = """<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>Sign in · netpacs</title>
+<meta name=viewport content="width=device-width, initial-scale=1">
+<style>
+body{{font:15px/1.5 system-ui,sans-serif;display:grid;place-items:center;min-height:90vh;
+color:#1d2a36}}
+form{{display:grid;gap:.7em;min-width:18em;padding:1.5em;border:1px solid #d4dbe2;
+border-radius:6px}} input{{font:inherit;padding:.35em}}
+.error{{background:#fbe4e4;padding:.5em;border-radius:4px}} small{{color:#5a6b7b}}
+</style></head><body>
+<form method=post action="/signin">
+<h1>netpacs</h1>
+{message}
+<label>User name <input name=username autocomplete=username required autofocus></label>
+<label>Password <input name=password type=password autocomplete=current-password required>
+</label>
+<input type=hidden name=next value="{next}">
+<button>Sign in</button>
+<small>Every access is recorded.</small>
+</form></body></html>
+"""
+
+
+def sign_in_page(next_url: str, message: str = "", status: int = 200) -> HTMLResponse:
+    shown = f"<p class=error role=alert>{escape(message)}</p>" if message else ""
+    return HTMLResponse(
+        _PAGE.format(message=shown, next=escape(next_url, quote=True)), status_code=status
+    )
+
+
+def _safe_next(value: str) -> str:
+    """Only a path of this site (no scheme, no host): never an open redirect."""
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//"):
+        return "/studies"
+    return value
+
+
+@router.get("/signin", include_in_schema=False)
+def signin_form(next: str = "/studies") -> HTMLResponse:
+    return sign_in_page(_safe_next(next))
+
+
+@router.post("/signin", include_in_schema=False)
+def signin(
+    request: Request,
+    username: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form(max_length=2000)] = "/studies",
+) -> Response:
+    base: HttpServices = request.app.state.services
+    target = _safe_next(next)
+    try:
+        principal = base.accounts.sign_in(username, password, address=_address(request))
+    except SignInError as exc:
+        return sign_in_page(
+            target, exc.message, 429 if exc.problem is SignInProblem.LOCKED else 401
+        )
+    issued = base.accounts.issue(principal)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        issued.value,
+        max_age=issued.expires_in,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/signout", include_in_schema=False)
+def signout(request: Request) -> Response:
+    svc = services(request)
+    svc.accounts.sign_out(request.state.principal)
+    response = RedirectResponse("/signin", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+@router.get("/api/openapi.json", include_in_schema=False)
+def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+# -- break-glass ----------------------------------------------------------------------------
+
+
+class BreakGlassRequest(BaseModel):
+    patient_id: str = Field(min_length=1, max_length=64)
+    issuer: str = Field(min_length=0, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000, description="why, for the audit trail")
+
+
+@router.post("/api/break-glass", summary="Emergency access to a patient (audited, time-limited)")
+def open_break_glass(request: Request, body: BreakGlassRequest) -> JSONResponse:
+    svc = services(request)
+    principal = svc.principal
+    if not principal.may(Capability.BREAK_GLASS):
+        raise HttpError(403, f"a {principal.role.value} may not use break-glass")
+    reason = " ".join(body.reason.split())
+    if len(reason) < 10:
+        raise HttpError(400, "say why (at least 10 characters): the reason is audited")
+    settings = svc.archive.settings
+    now = dt.datetime.now(dt.UTC)
+    expires = now + dt.timedelta(minutes=settings.break_glass_minutes)
+    engine = svc.archive.write_engine
+    with engine.begin() as conn:
+        # The person behind the hospital number, so that the grant covers their
+        # identities at every trust. Said to nobody: the answer is the same either way.
+        number = conn.execute(
+            sa.select(patient.c.nhs_number).where(
+                patient.c.patient_id == body.patient_id, patient.c.issuer == body.issuer
+            )
+        ).scalar()
+        conn.execute(
+            sa.insert(break_glass).values(
+                username=principal.user_id,
+                trust=principal.trust or "",
+                patient_id=body.patient_id,
+                issuer=body.issuer,
+                nhs_number=number,
+                reason=reason,
+                created_at=now,
+                expires_at=expires,
+            )
+        )
+    svc.audit.record(
+        AuditRecord(
+            Event.BREAK_GLASS,
+            principal.actor(),
+            purpose=Purpose.ETREAT,
+            patients=[(body.patient_id, body.issuer)],
+            detail=f"break-glass until {expires:%Y-%m-%d %H:%M} UTC: {reason}",
+        )
+    )
+    return JSONResponse(
+        {
+            "patient_id": body.patient_id,
+            "issuer": body.issuer,
+            "expires_at": expires.isoformat(timespec="seconds"),
+            "minutes": settings.break_glass_minutes,
+        }
+    )

@@ -1,0 +1,163 @@
+"""Who may see what: roles, the care relationship, break-glass. Decided here, once.
+
+Every question about patients goes through the query service, which asks
+:meth:`AccessRules.visible_patients` for the condition a patient row must meet for
+the principal asking; everything answers from that (C-FIND, C-MOVE, C-GET, QIDO-RS,
+WADO-RS, FHIR, pages). A patient the principal may not see is answered exactly like
+one that does not exist.
+
+The rules (issue 5):
+
+- A clinical user (radiologist, radiographer, clinician) or a DICOM AE of a trust sees
+  the patients their trust has a care relationship with: a local identity issued by
+  the trust (its hospital number, which is also how its ADT registrations are kept),
+  or a study captured at one of its sites. For such a patient they see every trust's
+  studies: the identities linked by NHS number are one person (services.identity).
+- Any other patient only through break-glass: a reason, a time limit, an audit record
+  and an alert to the trust's auditors.
+- PACS administrators see and manage everything; auditors see the audit trail only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from netpacs.index.schema import break_glass, patient, study
+from netpacs.services.audit import Actor
+
+
+class Role(enum.Enum):
+    RADIOLOGIST = "radiologist"
+    RADIOGRAPHER = "radiographer"
+    CLINICIAN = "clinician"
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+    APPLICATION = "application"  # a DICOM AE or HL7 system of a trust
+    SYSTEM = "system"  # netpacs itself (maintenance, demo loading)
+
+
+CLINICAL = frozenset({Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN})
+
+
+class Capability(enum.Enum):
+    SEE_IMAGING = "see imaging"  # query, retrieve, view
+    STORE = "store"
+    BREAK_GLASS = "break glass"
+    RECONCILE = "reconcile patient identities"
+    READ_AUDIT = "read the audit trail"
+
+
+_CAPABILITIES: dict[Role, frozenset[Capability]] = {
+    Role.RADIOLOGIST: frozenset({Capability.SEE_IMAGING, Capability.STORE, Capability.BREAK_GLASS}),
+    Role.RADIOGRAPHER: frozenset(
+        {Capability.SEE_IMAGING, Capability.STORE, Capability.BREAK_GLASS}
+    ),
+    Role.CLINICIAN: frozenset({Capability.SEE_IMAGING, Capability.BREAK_GLASS}),
+    Role.ADMIN: frozenset(
+        {Capability.SEE_IMAGING, Capability.STORE, Capability.RECONCILE, Capability.READ_AUDIT}
+    ),
+    Role.AUDITOR: frozenset({Capability.READ_AUDIT}),
+    Role.APPLICATION: frozenset({Capability.SEE_IMAGING, Capability.STORE}),
+    Role.SYSTEM: frozenset(Capability),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: a signed-in user or an application, with its trust and role."""
+
+    user_id: str
+    role: Role
+    trust: str | None = None  # ODS code; None only for SYSTEM
+    address: str | None = None
+    name: str | None = None
+
+    def may(self, capability: Capability) -> bool:
+        return capability in _CAPABILITIES[self.role]
+
+    @property
+    def sees_everything(self) -> bool:
+        return self.role in (Role.ADMIN, Role.SYSTEM)
+
+    def actor(self) -> Actor:
+        return Actor(
+            user_id=self.user_id,
+            trust=self.trust,
+            role=self.role.value,
+            address=self.address,
+            name=self.name,
+            is_application=self.role in (Role.APPLICATION, Role.SYSTEM),
+        )
+
+
+SYSTEM = Principal("netpacs", Role.SYSTEM)
+#: Before sign-in: may see imaging in principle, but of no trust, so of no patient.
+NOBODY = Principal("unauthenticated", Role.APPLICATION)
+
+
+class AccessRules:
+    """SQL conditions for what a principal may see (one place for every interface)."""
+
+    def visible_patients(
+        self, principal: Principal, now: dt.datetime | None = None
+    ) -> sa.ColumnElement[bool] | None:
+        """The condition on ``patient`` rows the principal may see; None: every row."""
+        if principal.sees_everything:
+            return None
+        if not principal.may(Capability.SEE_IMAGING) or not principal.trust:
+            return sa.false()
+        trust = principal.trust
+        now = now or dt.datetime.now(dt.UTC)
+        # Aliases throughout: the outer statement has ``study`` too, and must not be
+        # correlated into these.
+        here = study.alias("care_study")
+        captured_here = (
+            sa.select(1)
+            .select_from(here)
+            .where(here.c.patient_fk == patient.c.id, here.c.origin_trust == trust)
+            .exists()
+        )
+        direct = sa.or_(patient.c.issuer == trust, captured_here)
+        # The same person's identity at another trust, cared for here.
+        other = patient.alias("cared_identity")
+        other_study = study.alias("cared_study")
+        other_captured_here = (
+            sa.select(1)
+            .select_from(other_study)
+            .where(other_study.c.patient_fk == other.c.id, other_study.c.origin_trust == trust)
+            .exists()
+        )
+        same_person = (
+            sa.select(1)
+            .select_from(other)
+            .where(
+                other.c.nhs_number == patient.c.nhs_number,
+                sa.or_(other.c.issuer == trust, other_captured_here),
+            )
+            .exists()
+        )
+        linked = sa.and_(patient.c.nhs_number.is_not(None), same_person)
+        granted = (
+            sa.select(1)
+            .select_from(break_glass)
+            .where(
+                break_glass.c.username == principal.user_id,
+                break_glass.c.expires_at > now,
+                sa.or_(
+                    sa.and_(
+                        break_glass.c.patient_id == patient.c.patient_id,
+                        break_glass.c.issuer == patient.c.issuer,
+                    ),
+                    sa.and_(
+                        break_glass.c.nhs_number.is_not(None),
+                        break_glass.c.nhs_number == patient.c.nhs_number,
+                    ),
+                ),
+            )
+            .exists()
+        )
+        return sa.or_(direct, linked, granted)

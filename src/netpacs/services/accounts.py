@@ -1,0 +1,295 @@
+"""Accounts, sign-in and access tokens.
+
+Local accounts keep an argon2id hash of their password (argon2-cffi). A successful
+sign-in gives a signed access token (a JWT, HS256, PyJWT) that names the user, trust
+and role and expires after ``token_minutes``; the same token is the browser's session
+cookie. Each request's token is checked against the account (a disabled account's
+tokens stop working at once).
+
+Failed sign-ins are audited (services.audit), and the audit trail is also the rate
+limit: more than ``signin_attempts`` failures for one user from one address within
+the window refuse further attempts for the rest of it, in every worker process, with
+a security alert. In demo mode (NETPACS_DEMO) every trust has a user per role,
+``<ods>.<role>`` (e.g. ``rxc.clinician``) with the demo password; outside demo mode
+they are never created, and the server refuses to start while one exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from netpacs.domain.region import Region
+from netpacs.index.schema import audit_event, user_account
+from netpacs.services.access import CLINICAL, Principal, Role
+from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome
+
+log = logging.getLogger(__name__)
+
+_ISSUER = "netpacs"
+_ALGORITHM = "HS256"
+DEMO_ROLES = (Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN, Role.ADMIN, Role.AUDITOR)
+_HUMAN_ROLES = frozenset({*CLINICAL, Role.ADMIN, Role.AUDITOR})
+
+
+class SignInProblem(enum.Enum):
+    INVALID = "invalid"  # unknown user or wrong password (never said which)
+    LOCKED = "locked"  # too many failures: wait
+
+
+class SignInError(Exception):
+    def __init__(self, problem: SignInProblem, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.message = message
+        self.retry_after = retry_after
+
+
+class AccountError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    value: str
+    expires_in: int  # seconds
+
+
+def load_secret(path: Path) -> bytes:
+    """The signing key, made on first use (32 random bytes, owner-only file)."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    try:
+        os.link(tmp, path)  # the first process to get here wins; others read its key
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())
+
+
+class AccountService:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        secret: bytes,
+        audit: AuditService,
+        token_minutes: int = 60,
+        signin_attempts: int = 5,
+        signin_window_minutes: int = 15,
+    ) -> None:
+        self._engine = engine
+        self._secret = secret
+        self._audit = audit
+        self._token_seconds = token_minutes * 60
+        self._attempts = signin_attempts
+        self._window = dt.timedelta(minutes=signin_window_minutes)
+        self._hasher = PasswordHasher()
+
+    # -- accounts -----------------------------------------------------------------------
+    def create(
+        self,
+        username: str,
+        password: str,
+        *,
+        trust: str,
+        role: Role,
+        display_name: str = "",
+        demo: bool = False,
+        region: Region | None = None,
+        password_hash: str | None = None,
+    ) -> None:
+        if role not in _HUMAN_ROLES:
+            raise AccountError(f"role {role.value!r} is not one people sign in with")
+        if not username or username != username.strip() or len(username) > 64:
+            raise AccountError("a user name is 1-64 characters without surrounding spaces")
+        if region is not None and region.trust(trust) is None:
+            raise AccountError(f"{trust!r} is not the ODS code of a trust of the region")
+        if len(password) < (4 if demo else 12):
+            raise AccountError("a password has at least 12 characters")
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.insert(user_account).values(
+                    username=username,
+                    password_hash=password_hash or self._hasher.hash(password),
+                    trust=trust,
+                    role=role.value,
+                    display_name=display_name or username,
+                    demo=demo,
+                    created_at=dt.datetime.now(dt.UTC),
+                )
+            )
+
+    def ensure_demo_users(self, region: Region, password: str) -> int:
+        """Create the missing ``<ods>.<role>`` demo users; how many were made."""
+        with self._engine.connect() as conn:
+            existing = set(conn.execute(sa.select(user_account.c.username)).scalars())
+        made = 0
+        # One hash for all: they share the password, and 30 argon2 hashes take seconds.
+        shared = self._hasher.hash(password)
+        for trust in region.trusts:
+            for role in DEMO_ROLES:
+                name = f"{trust.ods_code.lower()}.{role.value}"
+                if name in existing:
+                    continue
+                try:
+                    self.create(
+                        name,
+                        password,
+                        trust=trust.ods_code,
+                        role=role,
+                        display_name=f"Demo {role.value} ({trust.ods_code})",
+                        demo=True,
+                        password_hash=shared,
+                    )
+                    made += 1
+                except sa.exc.IntegrityError:
+                    pass  # another worker made it meanwhile
+        return made
+
+    def demo_users(self) -> list[str]:
+        with self._engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(user_account.c.username).where(user_account.c.demo.is_(True))
+                ).scalars()
+            )
+
+    # -- sign-in ------------------------------------------------------------------------
+    def sign_in(self, username: str, password: str, *, address: str | None) -> Principal:
+        """The principal for a user name and password; SignInError otherwise (audited)."""
+        now = dt.datetime.now(dt.UTC)
+        failures = self._recent_failures(username, address, now)
+        if failures >= self._attempts:
+            self._audit.record(
+                AuditRecord(
+                    Event.SECURITY_ALERT,
+                    _attempt(username, address),
+                    Outcome.MINOR_FAILURE,
+                    detail=f"sign-in refused: {failures} failed attempts within "
+                    f"{int(self._window.total_seconds() // 60)} minutes",
+                )
+            )
+            raise SignInError(
+                SignInProblem.LOCKED,
+                "too many failed sign-ins: try again later",
+                retry_after=int(self._window.total_seconds()),
+            )
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(user_account).where(user_account.c.username == username)
+            ).first()
+        ok = False
+        if row is not None and row.password_hash and not row.disabled:
+            try:
+                ok = self._hasher.verify(row.password_hash, password)
+            except (VerificationError, InvalidHashError):
+                ok = False
+        else:
+            # The same work for an unknown user, so timing does not tell who exists.
+            with contextlib.suppress(VerificationError, InvalidHashError):
+                self._hasher.verify(_DUMMY_HASH, password)
+        if not ok or row is None:
+            self._audit.record(
+                AuditRecord(
+                    Event.LOGIN,
+                    _attempt(username, address),
+                    Outcome.MINOR_FAILURE,
+                    detail="wrong user name or password",
+                )
+            )
+            raise SignInError(SignInProblem.INVALID, "wrong user name or password")
+        principal = _principal(row, address)
+        self._audit.record(AuditRecord(Event.LOGIN, principal.actor(), detail="signed in"))
+        return principal
+
+    def _recent_failures(self, username: str, address: str | None, now: dt.datetime) -> int:
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(audit_event)
+                    .where(
+                        audit_event.c.event_id == Event.LOGIN.event_id.code,
+                        audit_event.c.outcome != int(Outcome.SUCCESS),
+                        audit_event.c.user_id == username,
+                        audit_event.c.source == address
+                        if address is not None
+                        else audit_event.c.source.is_(None),
+                        audit_event.c.event_time > now - self._window,
+                    )
+                ).scalar_one()
+            )
+
+    # -- tokens -------------------------------------------------------------------------
+    def issue(self, principal: Principal) -> Token:
+        now = dt.datetime.now(dt.UTC)
+        claims: dict[str, Any] = {
+            "iss": _ISSUER,
+            "sub": principal.user_id,
+            "trust": principal.trust,
+            "role": principal.role.value,
+            "iat": now,
+            "exp": now + dt.timedelta(seconds=self._token_seconds),
+        }
+        return Token(jwt.encode(claims, self._secret, algorithm=_ALGORITHM), self._token_seconds)
+
+    def principal(self, token: str, *, address: str | None) -> Principal | None:
+        """The principal a token stands for, or None (bad, expired, or account gone)."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                issuer=_ISSUER,
+                options={"require": ["exp", "iat", "sub"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(user_account).where(user_account.c.username == str(claims["sub"]))
+            ).first()
+        if row is None or row.disabled:
+            return None
+        return _principal(row, address)
+
+    def sign_out(self, principal: Principal) -> None:
+        self._audit.record(AuditRecord(Event.LOGOUT, principal.actor(), detail="signed out"))
+
+
+_DUMMY_HASH = PasswordHasher().hash(secrets.token_hex(16))
+
+
+def _attempt(username: str, address: str | None) -> Actor:
+    return Actor(user_id=username[:64], address=address)
+
+
+def _principal(row: sa.Row[Any], address: str | None) -> Principal:
+    return Principal(
+        user_id=row.username,
+        role=Role(row.role),
+        trust=row.trust,
+        address=address,
+        name=row.display_name,
+    )
