@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from netpacs import __version__
-from netpacs.app import Archive, build_archive, prepare
+from netpacs.app import Archive, UnsafeConfiguration, build_archive, prepare
 from netpacs.config import ConfigFileError, Settings, load_settings
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import RegionError, load_region
@@ -113,7 +113,11 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
     from netpacs.adapters.http import server as http_server
     from netpacs.supervisor import WorkerGroup, listen, supervise
 
-    prepare(settings)
+    try:
+        prepare(settings)
+    except UnsafeConfiguration as exc:
+        print(f"netpacs: will not start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     dimse_sock = listen(settings.dimse_host, settings.dimse_port)
     http_sock = listen(settings.http_host, settings.http_port)
     mllp_sock = listen(settings.mllp_host, settings.mllp_port)
@@ -132,6 +136,55 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         ]
     )
     return EXIT_OK
+
+
+# -- user ------------------------------------------------------------------------------
+
+
+def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser) -> int:
+    import sqlalchemy as sa
+
+    from netpacs.domain.region import load_region
+    from netpacs.index.db import make_engine, migrate
+    from netpacs.index.schema import user_account
+    from netpacs.services.access import Role
+    from netpacs.services.accounts import AccountError, AccountService, load_secret
+    from netpacs.services.audit import AuditService
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, writer=True)
+    try:
+        if args.action == "remove-demo":
+            with engine.begin() as conn:
+                gone = conn.execute(
+                    sa.delete(user_account).where(user_account.c.demo.is_(True))
+                ).rowcount
+            print(f"removed {gone} demo users")
+            return EXIT_OK
+        password = os.environ.get("NETPACS_NEW_PASSWORD") or getpass.getpass(
+            f"password for {args.username}: "
+        )
+        audit = AuditService(AuditService.in_own_transaction(engine), source_id=settings.ae_title)
+        accounts = AccountService(
+            engine, secret=load_secret(settings.effective_auth_secret_file), audit=audit
+        )
+        try:
+            accounts.create(
+                args.username,
+                password,
+                trust=args.trust,
+                role=Role(args.role),
+                display_name=args.name or "",
+                region=load_region(settings.effective_region_file),
+            )
+        except (AccountError, sa.exc.IntegrityError) as exc:
+            message = str(exc) if isinstance(exc, AccountError) else "that user name is taken"
+            p.error(message)
+        print(f"user {args.username} ({args.role} at {args.trust}) created")
+        return EXIT_OK
+    finally:
+        engine.dispose()
 
 
 # -- demo-data ---------------------------------------------------------------------------
@@ -415,6 +468,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--if-empty", action="store_true", help="do nothing when the archive holds studies"
     )
     demo.set_defaults(func=_cmd_demo_data)
+
+    user = sub.add_parser("user", help="manage local accounts")
+    user_sub = user.add_subparsers(dest="action", required=True)
+    add = user_sub.add_parser(
+        "add", help="create a user (password from NETPACS_NEW_PASSWORD or asked for)"
+    )
+    add.add_argument("username")
+    add.add_argument("--trust", required=True, help="ODS code of the user's trust")
+    add.add_argument(
+        "--role",
+        required=True,
+        choices=["radiologist", "radiographer", "clinician", "admin", "auditor"],
+    )
+    add.add_argument("--name", help="display name")
+    user_sub.add_parser("remove-demo", help="delete the demo users (before leaving demo mode)")
+    user.set_defaults(func=_cmd_user)
 
     rei = sub.add_parser(
         "reindex",
