@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from netpacs import __version__
 from netpacs.adapters.http import (
+    audit_pages,
     auth,
     errors,
     fhir,
@@ -49,6 +50,6 @@ def create_app(services: HttpServices) -> FastAPI:
             {"status": 401, "message": exc.message}, status_code=401, headers=exc.headers
         )
 
-    for module in (auth, stow, qido, wado, rendered, fhir, reconciliation, viewer):
+    for module in (auth, audit_pages, stow, qido, wado, rendered, fhir, reconciliation, viewer):
         app.include_router(module.router)
     return app

@@ -1,0 +1,56 @@
+"""Sign-in, the denied page and the auditor's page in headless Chromium."""
+
+from __future__ import annotations
+
+import httpx
+from playwright.sync_api import Browser, expect
+
+from tests.browser.conftest import signed_in_page
+from tests.conftest import Netpacs
+
+
+def test_signing_in_on_the_page_leads_back_to_the_page_asked_for(
+    netpacs: Netpacs, browser: Browser
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{netpacs.base_url}/reconciliation")  # not signed in: the sign-in form
+    page.get_by_label("User name").fill("rxc.admin")
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("wrong user name or password")
+    page.get_by_label("User name").fill("rxc.admin")
+    page.get_by_label("Password").fill("demo")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{netpacs.base_url}/reconciliation")
+    expect(page.get_by_role("heading", name="Patient identity reconciliation")).to_be_visible()
+
+
+def test_a_clinician_is_denied_the_audit_trail_and_an_auditor_sees_the_break_glass(
+    netpacs: Netpacs, browser: Browser
+) -> None:
+    denied = signed_in_page(browser, netpacs, "rpc.clinician")
+    response = denied.goto(f"{netpacs.base_url}/audit")
+    assert response is not None and response.status == 403
+    expect(denied.get_by_role("alert")).to_contain_text("for auditors")
+
+    opened = httpx.post(
+        f"{netpacs.base_url}/api/break-glass",
+        headers=netpacs.auth("rpc.clinician"),
+        json={"patient_id": "X1", "issuer": "RXC", "reason": "<b>ED</b> resus, no consent"},
+    )
+    assert opened.status_code == 200
+    page = signed_in_page(browser, netpacs, "rpc.auditor")
+    page.goto(f"{netpacs.base_url}/audit")
+    alerts = page.locator("#alerts + table tbody tr")
+    expect(alerts).to_have_count(1)
+    expect(alerts).to_contain_text("BREAK-GLASS")
+    expect(alerts).to_contain_text("rpc.clinician")
+    expect(alerts).to_contain_text("<b>ED</b> resus")  # shown as text
+    page.get_by_label("Hospital or NHS number").fill("X1")
+    page.get_by_label("Issuer").fill("RXC")
+    page.get_by_role("button", name="Who accessed this patient").click()
+    expect(page.locator("#patient + table tbody tr").first).to_contain_text("rpc.clinician")
+    # Another trust's auditor does not see RPC's alerts.
+    other = signed_in_page(browser, netpacs, "rxc.auditor")
+    other.goto(f"{netpacs.base_url}/audit")
+    expect(other.locator("#alerts + table tbody tr")).to_contain_text("Nothing recorded")
