@@ -17,8 +17,10 @@ import base64
 import datetime as dt
 import enum
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -123,19 +125,72 @@ class AuditRecord:
 
 _MAX_OBJECTS = 200  # participant objects per message; the rest are counted in the detail
 
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "dicom-audit-message.rng"
+"""The PS3.15 A.5.1 audit message schema (RELAX NG) that :func:`build_message` follows."""
+
+_SOURCE_ROLE = _dcm("110153", "Source Role ID")
+_DESTINATION_ROLE = _dcm("110152", "Destination Role ID")
+# Events in which the archive sends the data (PS3.15 A.5.3.7, A.5.3.8): the archive is the
+# source and the requestor the destination; in every other event data flows to the archive.
+_ARCHIVE_SENDS = frozenset({Event.RETRIEVE, Event.EXPORT})
+# XML 1.0 forbids these characters (even escaped); user input (a user name tried at sign-in,
+# a query string) may carry them.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
 
 def _code(parent: ET.Element, tag: str, code: Code) -> ET.Element:
     return ET.SubElement(
         parent,
         tag,
-        {"csd-code": code.code, "codeSystemName": code.system, "originalText": code.meaning},
+        {
+            "csd-code": _xml(code.code),
+            "codeSystemName": _xml(code.system),
+            "originalText": _xml(code.meaning),
+        },
     )
 
 
 def build_message(record: AuditRecord, *, source_id: str, site_id: str = "") -> str:
-    """The PS3.15 A.5 audit message of ``record`` as XML text."""
-    event = record.event
+    """The PS3.15 A.5 audit message of ``record`` as XML text.
+
+    Valid against the A.5.1 schema (:data:`SCHEMA_FILE`): elements in the schema's order,
+    and every participant object with the ParticipantObjectName or ParticipantObjectQuery
+    that the schema requires of it.
+    """
     root = ET.Element("AuditMessage")
+    patients = list(dict.fromkeys(record.patients))
+    studies = list(dict.fromkeys(record.study_uids))
+    _event_identification(root, record, left_out=_left_out(patients, studies))
+    _active_participants(root, record, source_id=source_id)
+    source = ET.SubElement(
+        root,
+        "AuditSourceIdentification",
+        {
+            "AuditSourceID": _xml(source_id),
+            **({"AuditEnterpriseSiteID": _xml(site_id)} if site_id else {}),
+        },
+    )
+    _code(source, "AuditSourceTypeCode", Code("4", "DCM", "Application Server Process"))
+    for patient_id, issuer in patients[:_MAX_OBJECTS]:
+        _patient_object(root, patient_id, issuer)
+    for uid in studies[:_MAX_OBJECTS]:
+        _study_object(root, uid)
+    if record.query is not None:
+        _query_object(root, record.query)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _left_out(patients: Sequence[object], studies: Sequence[object]) -> int:
+    return max(0, len(patients) - _MAX_OBJECTS) + max(0, len(studies) - _MAX_OBJECTS)
+
+
+def _event_identification(root: ET.Element, record: AuditRecord, *, left_out: int) -> None:
+    """EventIdentification: EventID, EventTypeCode, EventOutcomeDescription, PurposeOfUse."""
+    event = record.event
     ident = ET.SubElement(
         root,
         "EventIdentification",
@@ -148,85 +203,92 @@ def build_message(record: AuditRecord, *, source_id: str, site_id: str = "") -> 
     _code(ident, "EventID", event.event_id)
     if event.event_type is not None:
         _code(ident, "EventTypeCode", event.event_type)
-    patients = list(dict.fromkeys(record.patients))
-    studies = list(dict.fromkeys(record.study_uids))
     detail = record.detail
-    left_out = max(0, len(patients) - _MAX_OBJECTS) + max(0, len(studies) - _MAX_OBJECTS)
     if left_out:
         detail = f"{detail} ({left_out} more patients and studies not listed)".strip()
     if detail:
-        ET.SubElement(ident, "EventOutcomeDescription").text = detail
+        ET.SubElement(ident, "EventOutcomeDescription").text = _xml(detail)
     if record.purpose is not None:
         _code(ident, "PurposeOfUse", record.purpose.code)
 
-    actor = record.actor
-    requestor = {
-        "UserID": actor.user_id,
-        "UserIsRequestor": "true",
-    }
+
+def _active_participants(root: ET.Element, record: AuditRecord, *, source_id: str) -> None:
+    """The requestor (person or application), then the archive itself."""
+    actor, event = record.actor, record.event
+    requestor = {"UserID": _xml(actor.user_id), "UserIsRequestor": "true"}
     if actor.name:
-        requestor["UserName"] = actor.name
+        requestor["UserName"] = _xml(actor.name)
     if actor.trust:
-        requestor["AlternativeUserID"] = f"{actor.user_id}@{actor.trust}"
+        requestor["AlternativeUserID"] = _xml(f"{actor.user_id}@{actor.trust}")
     if actor.address:
-        requestor["NetworkAccessPointID"] = actor.address
+        requestor["NetworkAccessPointID"] = _xml(actor.address)
         requestor["NetworkAccessPointTypeCode"] = "2"  # IP address
     person = ET.SubElement(root, "ActiveParticipant", requestor)
-    if actor.is_application or event in (Event.STORE, Event.RETRIEVE):
-        _code(person, "RoleIDCode", _dcm("110153", "Source Role ID"))
+    archive_sends = event in _ARCHIVE_SENDS
+    if archive_sends:
+        _code(person, "RoleIDCode", _DESTINATION_ROLE)
+    elif actor.is_application or event is Event.STORE:
+        _code(person, "RoleIDCode", _SOURCE_ROLE)
     if actor.role and not actor.is_application:
         _code(person, "RoleIDCode", Code(actor.role, "netpacs role", actor.role.capitalize()))
     archive = ET.SubElement(
-        root, "ActiveParticipant", {"UserID": source_id, "UserIsRequestor": "false"}
+        root, "ActiveParticipant", {"UserID": _xml(source_id), "UserIsRequestor": "false"}
     )
-    _code(archive, "RoleIDCode", _dcm("110152", "Destination Role ID"))
+    _code(archive, "RoleIDCode", _SOURCE_ROLE if archive_sends else _DESTINATION_ROLE)
 
-    source = ET.SubElement(
+
+def _patient_object(root: ET.Element, patient_id: str, issuer: str | None) -> None:
+    """A patient (PS3.15 A.5.3: type 1 person, role 1 patient, ID type 2 patient number).
+
+    The ID is in HL7 CX form (``id^^^issuer``). The record carries no patient name, so
+    the ParticipantObjectName the schema requires is a descriptor of the identifier.
+    """
+    obj = ET.SubElement(
         root,
-        "AuditSourceIdentification",
-        {"AuditSourceID": source_id, **({"AuditEnterpriseSiteID": site_id} if site_id else {})},
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": _xml(f"{patient_id}^^^{issuer}" if issuer else patient_id),
+            "ParticipantObjectTypeCode": "1",  # person
+            "ParticipantObjectTypeCodeRole": "1",  # patient
+        },
     )
-    _code(source, "AuditSourceTypeCode", Code("4", "DCM", "Application Server Process"))
+    _code(obj, "ParticipantObjectIDTypeCode", Code("2", "RFC-3881", "Patient Number"))
+    name = f"Patient ID {patient_id} of {issuer}" if issuer else f"Patient ID {patient_id}"
+    ET.SubElement(obj, "ParticipantObjectName").text = _xml(name)
 
-    for patient_id, issuer in patients[:_MAX_OBJECTS]:
-        obj = ET.SubElement(
-            root,
-            "ParticipantObjectIdentification",
-            {
-                "ParticipantObjectID": f"{patient_id}^^^{issuer}" if issuer else patient_id,
-                "ParticipantObjectTypeCode": "1",  # person
-                "ParticipantObjectTypeCodeRole": "1",  # patient
-            },
-        )
-        _code(obj, "ParticipantObjectIDTypeCode", Code("2", "RFC-3881", "Patient Number"))
-    for uid in studies[:_MAX_OBJECTS]:
-        obj = ET.SubElement(
-            root,
-            "ParticipantObjectIdentification",
-            {
-                "ParticipantObjectID": uid,
-                "ParticipantObjectTypeCode": "2",  # system object
-                "ParticipantObjectTypeCodeRole": "3",  # report (DICOM: a study)
-            },
-        )
-        _code(obj, "ParticipantObjectIDTypeCode", _dcm("110180", "Study Instance UID"))
-    if record.query is not None:
-        obj = ET.SubElement(
-            root,
-            "ParticipantObjectIdentification",
-            {
-                "ParticipantObjectID": "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root FIND
-                "ParticipantObjectTypeCode": "2",
-                "ParticipantObjectTypeCodeRole": "24",  # query
-            },
-        )
-        _code(obj, "ParticipantObjectIDTypeCode", _dcm("110181", "SOP Class UID"))
-        ET.SubElement(obj, "ParticipantObjectQuery").text = _base64(record.query)
-    return ET.tostring(root, encoding="unicode")
+
+def _study_object(root: ET.Element, uid: str) -> None:
+    """A study (PS3.15 A.5.3: type 2 system object, role 3 report, ID type 110180)."""
+    obj = ET.SubElement(
+        root,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": _xml(uid),
+            "ParticipantObjectTypeCode": "2",  # system object
+            "ParticipantObjectTypeCodeRole": "3",  # report (DICOM: a study)
+        },
+    )
+    _code(obj, "ParticipantObjectIDTypeCode", _dcm("110180", "Study Instance UID"))
+    ET.SubElement(obj, "ParticipantObjectName").text = _xml(f"Study {uid}")
+
+
+def _query_object(root: ET.Element, query: str) -> None:
+    """The query as asked (PS3.15 A.5.3.12: role 24 query, the query base64-encoded)."""
+    obj = ET.SubElement(
+        root,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root FIND
+            "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "24",  # query
+        },
+    )
+    _code(obj, "ParticipantObjectIDTypeCode", _dcm("110181", "SOP Class UID"))
+    ET.SubElement(obj, "ParticipantObjectQuery").text = _base64(query)
 
 
 def _base64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return base64.b64encode(text.encode("utf-8", "replace")).decode("ascii")
 
 
 def _row(record: AuditRecord, xml: str) -> dict[str, Any]:

@@ -8,6 +8,10 @@ turning each reference into a BulkDataURI we serve, and a join into one JSON arr
 Parsing and re-serialising 600 headers would cost several times more, and the texts
 are already valid DICOM JSON (ARCHITECTURE.md invariant 7: never read the files).
 
+Instances whose patient changed since they were stored (ADT demographics, merges:
+:mod:`netpacs.services.coercion`) have their patient elements replaced in the text;
+the check costs one small query per request and every other text is left as it is.
+
 A BulkDataURI is ``{instance URL}/bulk/{tag}?offset={offset}``: the tag says what it
 is, the offset says which occurrence (an attribute may appear in several sequence
 items). Objects indexed through the pydicom fallback have ``bulk:pydicom`` references
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from netpacs.services.coercion import CoercionService, coerce_json
 from netpacs.services.query import QueryService
 
 # A reference as the header walker and ingest's fallback write it (orjson, no spaces):
@@ -81,8 +86,9 @@ def with_bulk_uris(text: str, url: str) -> str:
 class MetadataService:
     """Answers WADO-RS /metadata requests and resolves the BulkDataURIs it hands out."""
 
-    def __init__(self, query: QueryService) -> None:
+    def __init__(self, query: QueryService, coercion: CoercionService) -> None:
         self._query = query
+        self._coercion = coercion
 
     def metadata(
         self,
@@ -95,6 +101,12 @@ class MetadataService:
         rows = self._query.metadata_texts(study_uid, series_uid, sop_instance_uid)
         if not rows:
             return None
+        coercions = self._coercion.for_scope(study_uid, series_uid, sop_instance_uid)
+        if coercions:
+            rows = [
+                (series, sop, coerce_json(text, coercions[sop]) if sop in coercions else text)
+                for series, sop, text in rows
+            ]
         study_url = f"{dicomweb_url}/studies/{study_uid}/series/"
         parts = [
             with_bulk_uris(text, f"{study_url}{series}/instances/{sop}")

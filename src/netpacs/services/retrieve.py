@@ -2,12 +2,16 @@
 
 C-MOVE, C-GET and WADO-RS call this; access control for retrieval belongs here, once.
 Objects are given as stored; when a client asks for another transfer syntax they are
-transcoded with pydicom and its pixel data plugins.
+transcoded with pydicom and its pixel data plugins. An object whose patient changed
+since it was stored (ADT, :mod:`netpacs.services.coercion`) is given with a coerced
+header when the caller passes its :class:`Coercion`; the stored blob is never changed.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +23,7 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 
 from netpacs.dicom.header import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from netpacs.services.coercion import Coercion, apply_to_dataset, coerce_dataset, coerce_part10
 from netpacs.services.query import QueryLevel, QueryModel, QueryService, RetrieveItem
 from netpacs.storage.blobstore import BlobStore
 
@@ -35,15 +40,32 @@ class RetrieveService:
     ) -> list[RetrieveItem]:
         return self._query.instances_for_retrieve(identifier, level=level, model=model)
 
-    def dataset_bytes(self, item: RetrieveItem) -> bytes:
-        """The stored data set (without file meta), in its stored transfer syntax."""
-        return self._blobs.get_range(
+    def dataset_bytes(self, item: RetrieveItem, *, coercion: Coercion | None = None) -> bytes:
+        """The stored data set (without file meta), in its stored transfer syntax;
+        with ``coercion``, its header coerced."""
+        data = self._blobs.get_range(
             item.blob_key, item.dataset_offset, item.blob_size - item.dataset_offset
         )
+        if coercion is None:
+            return data
+        return coerce_dataset(data, item.transfer_syntax_uid, coercion)
 
     @contextmanager
-    def as_file(self, item: RetrieveItem) -> Iterator[Path]:
-        """A local Part 10 file holding the object, for senders that read files."""
+    def as_file(self, item: RetrieveItem, *, coercion: Coercion | None = None) -> Iterator[Path]:
+        """A local Part 10 file holding the object, for senders that read files.
+
+        With ``coercion`` the file is a temporary copy with the coerced header, removed
+        on exit.
+        """
+        if coercion is not None:
+            fd, name = tempfile.mkstemp(prefix="netpacs-coerced-", suffix=".dcm")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(self.part10(item, coercion=coercion))
+                yield Path(name)
+            finally:
+                os.unlink(name)
+            return
         path = self._blobs.local_path(item.blob_key)
         if path is None:
             raise NotImplementedError("remote blob stores are read through dataset_bytes")
@@ -82,18 +104,26 @@ class RetrieveService:
         """``length`` bytes at ``offset`` of the stored data set (a bulk data value)."""
         return self._blobs.get_range(item.blob_key, item.dataset_offset + offset, length)
 
-    def part10(self, item: RetrieveItem) -> bytes:
-        return self._blobs.get(item.blob_key)
+    def part10(self, item: RetrieveItem, *, coercion: Coercion | None = None) -> bytes:
+        """The stored Part 10 file; with ``coercion``, its data set's header coerced."""
+        blob = self._blobs.get(item.blob_key)
+        if coercion is None:
+            return blob
+        return coerce_part10(blob, item.dataset_offset, item.transfer_syntax_uid, coercion)
 
-    def transcoded(self, item: RetrieveItem, transfer_syntax_uid: str) -> bytes:
+    def transcoded(
+        self, item: RetrieveItem, transfer_syntax_uid: str, *, coercion: Coercion | None = None
+    ) -> bytes:
         """The object as a Part 10 file in another transfer syntax (pydicom).
 
         Compressed pixel data is decoded first (colour as RGB); an object without pixel
         data asked for in a compressed syntax comes in Explicit VR Little Endian
         (PS3.18 8.7.3.5.2). Call :func:`check_transcodable` first: this raises
-        :class:`TranscodeError` on what it cannot do.
+        :class:`TranscodeError` on what it cannot do. ``coercion``: as for :meth:`part10`.
         """
         ds = pydicom.dcmread(io.BytesIO(self._blobs.get(item.blob_key)))
+        if coercion is not None:
+            apply_to_dataset(ds, coercion)
         target = UID(transfer_syntax_uid)
         try:
             has_pixels = "PixelData" in ds

@@ -38,6 +38,7 @@ from netpacs.adapters.dimse.negotiation import (
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
 from netpacs.domain.region import Region
+from netpacs.services.coercion import Coercion, CoercionService
 from netpacs.services.ingest import IngestService
 from netpacs.services.query import (
     QueryError,
@@ -71,6 +72,7 @@ class DimseServices:
     ingest: IngestService
     query: QueryService
     retrieve: RetrieveService
+    coercion: CoercionService
     executor: Executor
 
 
@@ -249,12 +251,16 @@ class AssociationHandlers:
         return functools.partial(self._encode_identifier, msg)
 
     # -- C-MOVE ------------------------------------------------------------------------
-    async def _select(self, msg: Message, rsp: int) -> list[RetrieveItem] | None:
+    async def _select(
+        self, msg: Message, rsp: int
+    ) -> tuple[list[RetrieveItem], dict[str, Coercion]] | None:
+        """The objects to send, and the coercion of those whose patient changed (ADT)."""
         try:
             ident, level, model = self._identifier(msg)
             if level is QueryLevel.PATIENT and model is QueryModel.STUDY_ROOT:
                 raise QueryError("PATIENT level is not valid in the Study Root model")
-            return await self._run(self.s.retrieve.select, ident, level=level, model=model)
+            items = await self._run(self.s.retrieve.select, ident, level=level, model=model)
+            return items, await self._run(self.s.coercion.for_items, items)
         except QueryError as exc:
             self._reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
         except Exception as exc:
@@ -285,9 +291,10 @@ class AssociationHandlers:
                 comment=f"move destination {dest_title!r} is not a known AE with a port",
             )
             return
-        items = await self._select(msg, c.C_MOVE_RSP)
-        if items is None:
+        selected = await self._select(msg, c.C_MOVE_RSP)
+        if selected is None:
             return
+        items, coercions = selected
         loop = asyncio.get_running_loop()
         mid = msg.command.message_id
 
@@ -304,6 +311,7 @@ class AssociationHandlers:
                 dest,
                 our_ae_title=self.s.ae_title,
                 items=items,
+                coercions=coercions,
                 retrieve=self.s.retrieve,
                 originator=(self.assoc.calling_ae, mid),
                 progress=progress,
@@ -318,9 +326,10 @@ class AssociationHandlers:
 
     # -- C-GET -------------------------------------------------------------------------
     async def c_get(self, msg: Message) -> None:
-        items = await self._select(msg, c.C_GET_RSP)
-        if items is None:
+        selected = await self._select(msg, c.C_GET_RSP)
+        if selected is None:
             return
+        items, coercions = selected
         mid = msg.command.message_id
         counts = SubOpCounts(remaining=len(items))
         cancelled = False
@@ -331,7 +340,7 @@ class AssociationHandlers:
                 break
             if self.assoc.closed:
                 return
-            result = await self._get_one(item, mid)
+            result = await self._get_one(item, mid, coercions.get(item.sop_instance_uid))
             counts.remaining -= 1
             if result is None:
                 counts.failed += 1
@@ -354,7 +363,9 @@ class AssociationHandlers:
                 best = (ctx.context_id, ctx.transfer_syntax)
         return best
 
-    async def _get_one(self, item: RetrieveItem, originator_id: int) -> bool | None:
+    async def _get_one(
+        self, item: RetrieveItem, originator_id: int, coercion: Coercion | None
+    ) -> bool | None:
         chosen = self._get_context(item)
         if chosen is None:
             log.warning(
@@ -365,7 +376,7 @@ class AssociationHandlers:
             return None
         ctx_id, ts = chosen
         try:
-            data = await self._run(self.s.retrieve.dataset_bytes, item)
+            data = await self._run(self.s.retrieve.dataset_bytes, item, coercion=coercion)
             if ts != item.transfer_syntax_uid:
                 data = await self._run(_transcode, data, item.transfer_syntax_uid, ts)
         except Exception as exc:

@@ -2,14 +2,16 @@
 
 Speed matters less here than on the receive path, so pynetdicom is kept: files are
 sent from the blob store without being decoded (pynetdicom's chunked file sending)
-unless the destination accepts only another uncompressed transfer syntax.
+unless the destination accepts only another uncompressed transfer syntax. Objects
+with a coercion (their patient changed, :mod:`netpacs.services.coercion`) are sent
+from a temporary coerced copy.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pydicom import dcmread
@@ -18,6 +20,7 @@ from pynetdicom.presentation import build_context
 
 from netpacs.adapters.dimse.negotiation import EXPLICIT_VR_LE, IMPLICIT_VR_LE, UNCOMPRESSED
 from netpacs.domain.region import ApplicationEntity
+from netpacs.services.coercion import Coercion
 from netpacs.services.query import RetrieveItem
 from netpacs.services.retrieve import RetrieveService
 
@@ -56,6 +59,7 @@ def send_to(
     *,
     our_ae_title: str,
     items: list[RetrieveItem],
+    coercions: Mapping[str, Coercion],
     retrieve: RetrieveService,
     originator: tuple[str, int],
     progress: Callable[[SubOpCounts], None],
@@ -84,7 +88,8 @@ def send_to(
         for item in items:
             if cancelled() or not assoc.is_established:
                 break
-            ok = _send_one(assoc, item, retrieve, originator)
+            coercion = coercions.get(item.sop_instance_uid)
+            ok = _send_one(assoc, item, retrieve, originator, coercion)
             counts.remaining -= 1
             if ok is None:
                 counts.failed += 1
@@ -101,7 +106,11 @@ def send_to(
 
 
 def _send_one(
-    assoc: object, item: RetrieveItem, retrieve: RetrieveService, originator: tuple[str, int]
+    assoc: object,
+    item: RetrieveItem,
+    retrieve: RetrieveService,
+    originator: tuple[str, int],
+    coercion: Coercion | None,
 ) -> bool | None:
     """True on success, False on a warning status, None on failure."""
     accepted = [
@@ -114,7 +123,7 @@ def _send_one(
         return None
     exact = any(cx.transfer_syntax[0] == item.transfer_syntax_uid for cx in accepted)
     try:
-        with retrieve.as_file(item) as path:
+        with retrieve.as_file(item, coercion=coercion) as path:
             if exact:
                 payload: object = path
             elif item.transfer_syntax_uid in UNCOMPRESSED:

@@ -22,6 +22,7 @@ from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.app import Archive, build_archive
 from netpacs.config import Settings
 from netpacs.services.access import SYSTEM
+from netpacs.services.coercion import CoercionService
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService
 
@@ -36,6 +37,7 @@ def dimse_services(archive: Archive, executor: ThreadPoolExecutor) -> DimseServi
         ingest=archive.ingest,
         query=query,
         retrieve=RetrieveService(query=query, blobs=archive.blobs),
+        coercion=CoercionService(archive.read_engine),
         executor=executor,
     )
 

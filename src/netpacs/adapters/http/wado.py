@@ -6,6 +6,8 @@
   uncompressed little endian are sent as stored and others decompressed to Explicit VR
   Little Endian (its default, PS3.18 8.7.3.5.2); any other syntax asked for is made with
   pydicom, or refused with 406.
+- Objects whose patient changed since they were stored (ADT) are served with a coerced
+  header, ``/metadata`` too (:mod:`netpacs.services.coercion`); the others as stored.
 - ``/metadata`` is answered from the index (:mod:`netpacs.services.metadata`).
 - ``/frames/{list}`` gives native frames as ``application/octet-stream`` (Explicit VR
   Little Endian pixels, range-read or decoded) or compressed frames as stored
@@ -41,6 +43,7 @@ from netpacs.adapters.http.deps import (
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.domain.uids import is_valid_uid
+from netpacs.services.coercion import Coercion, CoercionService
 from netpacs.services.frames import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
@@ -148,6 +151,10 @@ def _not_acceptable(header: str | None, offer: str) -> HttpError:
 # -- lookups -------------------------------------------------------------------------------
 
 
+def _coercion(svc: HttpServices) -> CoercionService:
+    return CoercionService(svc.archive.read_engine)
+
+
 def _instances(
     svc: HttpServices,
     study: str,
@@ -241,9 +248,15 @@ def _part_head(boundary: str, transfer_syntax_uid: str) -> bytes:
 
 
 def _multipart_length(
-    found: list[StoredInstance], choice: _DicomChoice, boundary: str
+    found: list[StoredInstance],
+    choice: _DicomChoice,
+    boundary: str,
+    coercions: dict[str, Coercion],
 ) -> int | None:
-    """The body's length when every object goes as stored (None when one is transcoded)."""
+    """The body's length when every object goes as stored (None when one is transcoded
+    or coerced)."""
+    if coercions:
+        return None
     total = len(f"--{boundary}--\r\n")
     for inst in found:
         if choice.target(inst.transfer_syntax_uid) != inst.transfer_syntax_uid:
@@ -253,9 +266,14 @@ def _multipart_length(
 
 
 async def _part10_parts(
-    svc: HttpServices, found: list[StoredInstance], choice: _DicomChoice, boundary: str
+    svc: HttpServices,
+    found: list[StoredInstance],
+    choice: _DicomChoice,
+    boundary: str,
+    coercions: dict[str, Coercion],
 ) -> AsyncIterator[bytes | memoryview]:
-    """The multipart body: parts read in batches in a worker thread, each in one buffer."""
+    """The multipart body: parts read in batches in a worker thread, each in one buffer;
+    transcoded and coerced objects one by one."""
     retrieve = svc.retrieve
 
     def head(_inst: StoredInstance, target: str) -> bytes:
@@ -266,8 +284,9 @@ async def _part10_parts(
         while i < len(found):
             inst = found[i]
             target = choice.target(inst.transfer_syntax_uid)
-            if target != inst.transfer_syntax_uid:
-                body = await run_in_threadpool(retrieve.transcoded, inst.item, target)
+            coercion = coercions.get(inst.sop_instance_uid)
+            if target != inst.transfer_syntax_uid or coercion is not None:
+                body = await run_in_threadpool(_served_part10, svc, inst, target, coercion)
                 yield head(inst, target) + body + b"\r\n"
                 i += 1
                 continue
@@ -284,6 +303,7 @@ async def _part10_parts(
                 nxt = found[i]
                 if (
                     choice.target(nxt.transfer_syntax_uid) != nxt.transfer_syntax_uid
+                    or nxt.sop_instance_uid in coercions
                     or nxt.item.blob_size > WHOLE_OBJECT_LIMIT
                     or (batch and size + nxt.item.blob_size > BATCH_BYTES)
                 ):
@@ -313,24 +333,35 @@ def _retrieve(
     choice = _negotiate_dicom(
         header, (i.transfer_syntax_uid for i in found), single_ok=instance is not None
     )
+    coercions = _coercion(svc).for_scope(study, series, instance)
     if not choice.multipart:
-        return _single_part10(svc, found[0], choice.target(found[0].transfer_syntax_uid))
+        inst = found[0]
+        target = choice.target(inst.transfer_syntax_uid)
+        return _single_part10(svc, inst, target, coercions.get(inst.sop_instance_uid))
     boundary = secrets.token_hex(16)
-    length = _multipart_length(found, choice, boundary)
+    length = _multipart_length(found, choice, boundary, coercions)
     # With a known length the body goes out as it is read: no chunked-encoding copies.
     return StreamingResponse(
-        _part10_parts(svc, found, choice, boundary),
+        _part10_parts(svc, found, choice, boundary, coercions),
         media_type=f'{MULTIPART}; type="{DICOM}"; boundary={boundary}',
         headers={"Content-Length": str(length)} if length is not None else None,
     )
 
 
-def _single_part10(svc: HttpServices, inst: StoredInstance, target: str) -> Response:
+def _served_part10(
+    svc: HttpServices, inst: StoredInstance, target: str, coercion: Coercion | None
+) -> bytes:
+    """The object in ``target``, coerced when ``coercion`` says so."""
+    if target == inst.transfer_syntax_uid:
+        return svc.retrieve.part10(inst.item, coercion=coercion)
+    return svc.retrieve.transcoded(inst.item, target, coercion=coercion)
+
+
+def _single_part10(
+    svc: HttpServices, inst: StoredInstance, target: str, coercion: Coercion | None
+) -> Response:
     try:
-        if target == inst.transfer_syntax_uid:
-            body = svc.retrieve.part10(inst.item)
-        else:
-            body = svc.retrieve.transcoded(inst.item, target)
+        body = _served_part10(svc, inst, target, coercion)
     except TranscodeError as exc:
         raise HttpError(406, str(exc)) from None
     return Response(body, media_type=f"{DICOM}; transfer-syntax={target}")
@@ -375,7 +406,7 @@ def _metadata(
     if media_type is None:
         raise _not_acceptable(header, DICOM_JSON)
     check_url_uids(Study=study, Series=series, SOP=instance)
-    body = MetadataService(svc.query).metadata(
+    body = MetadataService(svc.query, _coercion(svc)).metadata(
         base_url(request) + DICOMWEB_ROOT, study, series, instance
     )
     if body is None:
@@ -606,7 +637,8 @@ def wado_uri(
                 check_transcodable(inst.transfer_syntax_uid, target)
             except TranscodeError as exc:
                 raise HttpError(406, str(exc)) from None
-            return _single_part10(svc, inst, target)
+            coercion = _coercion(svc).for_scope(studyUID, seriesUID, objectUID).get(objectUID)
+            return _single_part10(svc, inst, target, coercion)
         if mime in _RENDERED or mime == "image/*":
             inst = _instances(svc, studyUID, seriesUID, objectUID)[0]
             return _wado_uri_rendered(
