@@ -4,7 +4,8 @@
 #   scripts/ensure-system-packages.sh run    python3.11 with venv support
 #   scripts/ensure-system-packages.sh test   + DCMTK, Orthanc and its DICOMweb
 #                                              plugin (benchmark peers), Chromium
-#                                              (viewer tests), PostgreSQL server
+#                                              (viewer tests), PostgreSQL server,
+#                                              rsyslog with TLS (audit forwarder tests)
 #
 # Idempotent and quick when everything is present: every check is a
 # `command -v` / `dpkg -s` / import probe; apt-get runs only for what is missing.
@@ -78,6 +79,12 @@ if [ "$MODE" = "test" ]; then
   if [ ! -x /usr/bin/chromium ]; then
     need_pkg chromium
   fi
+  # A real audit record repository for the audit forwarder tests: rsyslog with its
+  # TLS (GnuTLS) network stream driver, run by the tests in the foreground.
+  if [ ! -x /usr/sbin/rsyslogd ]; then
+    need_pkg rsyslog
+  fi
+  need_pkg rsyslog-gnutls
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     need_pkg postgresql
   fi

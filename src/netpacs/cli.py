@@ -108,11 +108,17 @@ def _os_user() -> str | None:
 
 
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
+    from netpacs.adapters import syslog
     from netpacs.adapters.dimse import server as dimse_server
     from netpacs.adapters.hl7 import server as hl7_server
     from netpacs.adapters.http import server as http_server
     from netpacs.supervisor import WorkerGroup, listen, supervise
 
+    try:
+        audit_collector = syslog.check_settings(settings)
+    except syslog.AuditSyslogError as exc:
+        print(f"netpacs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         prepare(settings)
     except UnsafeConfiguration as exc:
@@ -121,20 +127,22 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
     dimse_sock = listen(settings.dimse_host, settings.dimse_port)
     http_sock = listen(settings.http_host, settings.http_port)
     mllp_sock = listen(settings.mllp_host, settings.mllp_port)
-    supervise(
-        [
-            WorkerGroup(
-                "DIMSE",
-                settings.dimse_processes,
-                lambda: dimse_server.run_worker(settings, dimse_sock),
-            ),
-            WorkerGroup(
-                "HTTP", settings.http_processes, lambda: http_server.run_worker(settings, http_sock)
-            ),
-            # One MLLP process: HL7 messages of one sender must be applied in order.
-            WorkerGroup("MLLP", 1, lambda: hl7_server.run_worker(settings, mllp_sock)),
-        ]
-    )
+    groups = [
+        WorkerGroup(
+            "DIMSE",
+            settings.dimse_processes,
+            lambda: dimse_server.run_worker(settings, dimse_sock),
+        ),
+        WorkerGroup(
+            "HTTP", settings.http_processes, lambda: http_server.run_worker(settings, http_sock)
+        ),
+        # One MLLP process: HL7 messages of one sender must be applied in order.
+        WorkerGroup("MLLP", 1, lambda: hl7_server.run_worker(settings, mllp_sock)),
+    ]
+    if audit_collector is not None:
+        # One forwarder sends the audit records in order; unset, they stay in the index.
+        groups.append(WorkerGroup("audit", 1, lambda: syslog.run_worker(settings)))
+    supervise(groups)
     return EXIT_OK
 
 
