@@ -27,6 +27,8 @@ import sqlalchemy as sa
 from netpacs.domain import nhs_number
 from netpacs.domain.region import Region
 from netpacs.index.schema import adt_identity, hl7_message, patient, patient_merge, study
+from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
+from netpacs.services.audit import Outcome as AuditOutcome
 from netpacs.services.identity import RegionalRecord
 
 log = logging.getLogger(__name__)
@@ -157,10 +159,13 @@ class _Values:
 class AdtService:
     """Applies ADT events to the index in short write transactions of its own."""
 
-    def __init__(self, engine: sa.Engine, region: Region) -> None:
+    def __init__(
+        self, engine: sa.Engine, region: Region, *, audit_source_id: str = "NETPACS"
+    ) -> None:
         self._engine = engine
         self._region = region
         self._record = RegionalRecord()
+        self._audit_source_id = audit_source_id
 
     # -- messages ---------------------------------------------------------------------
 
@@ -216,6 +221,7 @@ class AdtService:
                 savepoint.rollback()
                 result = refused.result
             ack = acknowledge(result)
+            self._audit(conn, key, event, result, now)
             conn.execute(
                 sa.insert(hl7_message).values(
                     sending_application=key.sending_application,
@@ -239,6 +245,38 @@ class AdtService:
             ack.text,
         )
         return ack
+
+    def _audit(
+        self,
+        conn: sa.Connection,
+        key: MessageKey,
+        event: AdtEvent,
+        result: AdtResult,
+        now: dt.datetime,
+    ) -> None:
+        """A Patient Record audit message, in the transaction that applied the event."""
+        patients = [
+            (i.value, i.authority)
+            for i in (*event.identifiers, *event.prior_identifiers)
+            if not i.is_nhs_number and i.value
+        ]
+        applied = result.outcome is Outcome.APPLIED
+        AuditService(lambda fn: fn(conn), source_id=self._audit_source_id).record(
+            AuditRecord(
+                Event.PATIENT_RECORD,
+                Actor(
+                    user_id=f"{key.sending_application}@{key.sending_facility}"[:64],
+                    trust=key.sending_facility or None,
+                    is_application=True,
+                ),
+                AuditOutcome.SUCCESS if applied else AuditOutcome.MINOR_FAILURE,
+                purpose=Purpose.HOPERAT,
+                patients=patients,
+                detail=f"HL7 {key.message_type} {key.control_id}: "
+                + (result.detail or result.outcome.value),
+                when=now,
+            )
+        )
 
     def _apply(self, conn: sa.Connection, event: AdtEvent, now: dt.datetime) -> AdtResult:
         identity, values = self._read(event)

@@ -18,8 +18,10 @@ import sqlalchemy as sa
 
 from netpacs.domain.region import Region
 from netpacs.index.schema import patient, patient_merge, reconciliation
+from netpacs.services.access import Principal
 from netpacs.services.adt import AdtService, MergeRefused
 from netpacs.services.adt import Outcome as AdtOutcome
+from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 from netpacs.services.identity import ACTIONS, OPEN, RESOLVED, Action, Kind, RegionalRecord
 
 
@@ -103,9 +105,10 @@ def _item(row: sa.Row[Any]) -> Item:
 
 
 class ReconciliationService:
-    def __init__(self, engine: sa.Engine, region: Region) -> None:
+    def __init__(self, engine: sa.Engine, region: Region, *, source_id: str = "NETPACS") -> None:
         self._engine = engine
-        self._adt = AdtService(engine, region)
+        self._source_id = source_id
+        self._adt = AdtService(engine, region, audit_source_id=source_id)
         self._record = RegionalRecord()
 
     # -- reading ------------------------------------------------------------------------
@@ -155,7 +158,7 @@ class ReconciliationService:
             ]
 
     # -- deciding -----------------------------------------------------------------------
-    def resolve(self, item_id: int, action: str, *, by: str, note: str = "") -> Item:
+    def resolve(self, item_id: int, action: str, *, by: Principal, note: str = "") -> Item:
         """Carry out a person's decision on an open item, in one transaction."""
         try:
             chosen = Action(action)
@@ -184,7 +187,7 @@ class ReconciliationService:
                 raise ReconciliationError(
                     Problem.INVALID, f"a {kind.value} item is resolved by {allowed}, not {action}"
                 )
-            merge_id = self._carry_out(conn, row, chosen, by=by, now=now)
+            merge_id = self._carry_out(conn, row, chosen, by=by.user_id, now=now)
             conn.execute(
                 sa.update(reconciliation)
                 .where(reconciliation.c.id == item_id)
@@ -192,9 +195,24 @@ class ReconciliationService:
                     status=RESOLVED,
                     resolution=chosen.value,
                     resolution_note=note or None,
-                    resolved_by=by,
+                    resolved_by=by.user_id,
                     resolved_at=now,
                     merge_fk=merge_id,
+                )
+            )
+            patients = [(row.patient_id, row.issuer)]
+            if row.other_patient_id is not None:
+                patients.append((row.other_patient_id, row.other_issuer or ""))
+            AuditService(lambda fn: fn(conn), source_id=self._source_id).record(
+                AuditRecord(
+                    Event.PATIENT_RECORD,
+                    by.actor(),
+                    purpose=Purpose.HOPERAT,
+                    patients=patients,
+                    detail=f"reconciliation item {item_id} ({row.kind}): {chosen.value}"
+                    + (f" (merge {merge_id})" if merge_id is not None else "")
+                    + (f"; {note}" if note else ""),
+                    when=now,
                 )
             )
         return self.item(item_id)
@@ -235,7 +253,7 @@ class ReconciliationService:
         except MergeRefused as refused:
             raise ReconciliationError(Problem.CONFLICT, str(refused)) from None
 
-    def undo_merge(self, merge_id: int) -> str:
+    def undo_merge(self, merge_id: int, *, by: Principal) -> str:
         """Undo a patient merge exactly; an item that made it is open again."""
         result = self._adt.undo_merge(merge_id)
         if result.outcome is AdtOutcome.UNKNOWN_IDENTITY:
@@ -253,6 +271,21 @@ class ReconciliationService:
                     resolved_by=None,
                     resolved_at=None,
                     merge_fk=None,
+                )
+            )
+            merged = conn.execute(
+                sa.select(patient_merge).where(patient_merge.c.id == merge_id)
+            ).one()
+            AuditService(lambda fn: fn(conn), source_id=self._source_id).record(
+                AuditRecord(
+                    Event.PATIENT_RECORD,
+                    by.actor(),
+                    purpose=Purpose.HOPERAT,
+                    patients=[
+                        (merged.prior_patient_id, merged.issuer),
+                        (merged.patient_id, merged.issuer),
+                    ],
+                    detail=f"merge {merge_id} undone",
                 )
             )
         return result.detail

@@ -163,7 +163,13 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
     """The MLLP worker process: accept connections on ``sock`` until SIGTERM."""
     # ADT needs the index and the region only: no blob store, no ingest writer thread.
     engine = make_engine(settings.effective_database_url, writer=True)
-    endpoint = Hl7Endpoint(AdtService(engine, load_region(settings.effective_region_file)))
+    endpoint = Hl7Endpoint(
+        AdtService(
+            engine,
+            load_region(settings.effective_region_file),
+            audit_source_id=settings.ae_title,
+        )
+    )
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hl7")
 
     async def main() -> None:

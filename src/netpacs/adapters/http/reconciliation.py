@@ -55,7 +55,9 @@ def _service(request: Request) -> ReconciliationService:
     if not svc.principal.may(Capability.RECONCILE):
         raise HttpError(403, "reconciling patient identities is for PACS administrators")
     archive = svc.archive
-    return ReconciliationService(archive.write_engine, archive.region)
+    return ReconciliationService(
+        archive.write_engine, archive.region, source_id=archive.settings.ae_title
+    )
 
 
 def _http(exc: ReconciliationError) -> HttpError:
@@ -97,7 +99,7 @@ def get_item(request: Request, item_id: int) -> JSONResponse:
 def resolve_item(request: Request, item_id: int, decision: Decision) -> JSONResponse:
     try:
         item = _service(request).resolve(
-            item_id, decision.action, by=services(request).principal.user_id, note=decision.note
+            item_id, decision.action, by=services(request).principal, note=decision.note
         )
     except ReconciliationError as exc:
         raise _http(exc) from None
@@ -113,7 +115,7 @@ def list_merges(request: Request, limit: Limit = 100, offset: Offset = 0) -> JSO
 @router.post("/api/merges/{merge_id}/undo", summary="Undo a merge, restoring the prior state")
 def undo_merge(request: Request, merge_id: int) -> JSONResponse:
     try:
-        detail = _service(request).undo_merge(merge_id)
+        detail = _service(request).undo_merge(merge_id, by=services(request).principal)
     except ReconciliationError as exc:
         raise _http(exc) from None
     return JSONResponse({"merge_id": merge_id, "detail": detail})
@@ -250,9 +252,7 @@ def page_resolve(
     note: Annotated[str, Form(max_length=2000)] = "",
 ) -> RedirectResponse:
     try:
-        item = _service(request).resolve(
-            item_id, action, by=services(request).principal.user_id, note=note
-        )
+        item = _service(request).resolve(item_id, action, by=services(request).principal, note=note)
     except ReconciliationError as exc:
         return _back(error=exc.message)
     done = f"Item {item.id}: {item.resolution}"
@@ -264,7 +264,7 @@ def page_resolve(
 @router.post("/reconciliation/merges/{merge_id}/undo", include_in_schema=False)
 def page_undo(request: Request, merge_id: int) -> RedirectResponse:
     try:
-        detail = _service(request).undo_merge(merge_id)
+        detail = _service(request).undo_merge(merge_id, by=services(request).principal)
     except ReconciliationError as exc:
         return _back(error=exc.message)
     return _back(ok=detail[:1].upper() + detail[1:])
