@@ -35,7 +35,7 @@ def dataset_bytes(path: Path) -> bytes:
 def find(server: Netpacs, tmp_path: Path, *keys: str, model: str = "-S") -> list[pydicom.Dataset]:
     out = tmp_path / f"find-{generate_uid()[-8:]}"
     out.mkdir()
-    args = [model, "-aet", "RTP_WS1", "-aec", "NETPACS", "-X", "-od", str(out)]
+    args = [model, "-aet", "RXC_WS1", "-aec", "NETPACS", "-X", "-od", str(out)]
     for k in keys:
         args += ["-k", k]
     result = dcmtk("findscu", *args, "127.0.0.1", str(server.port))
@@ -192,7 +192,7 @@ def test_invalid_objects_are_refused_without_breaking_the_association(
 
 
 def _find_images(port: int) -> set[str]:
-    ae = AE(ae_title="RTP_WS1")
+    ae = AE(ae_title="RXC_WS1")
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", port, ae_title="NETPACS")
     ident = pydicom.Dataset()
@@ -217,7 +217,7 @@ def test_movescu_sends_a_study_to_a_region_workstation(
         "movescu",
         "-S",
         "-aet",
-        "RTP_WS1",
+        "RXC_WS1",
         "-aec",
         "NETPACS",
         "-aem",
@@ -243,7 +243,7 @@ def test_move_to_an_unknown_destination_fails_with_a801(netpacs: Netpacs, tmp_pa
         "-v",
         "-S",
         "-aet",
-        "RTP_WS1",
+        "RXC_WS1",
         "-aec",
         "NETPACS",
         "-aem",
@@ -268,7 +268,7 @@ def test_getscu_retrieves_a_series_byte_identical(netpacs: Netpacs, tmp_path: Pa
         "getscu",
         "-S",
         "-aet",
-        "RTP_WS1",
+        "RXC_WS1",
         "-aec",
         "NETPACS",
         "-od",
@@ -285,7 +285,7 @@ def test_getscu_retrieves_a_series_byte_identical(netpacs: Netpacs, tmp_path: Pa
 
 
 def test_c_get_of_an_unknown_study_completes_with_no_sub_operations(netpacs: Netpacs) -> None:
-    ae = AE(ae_title="RTP_WS1")
+    ae = AE(ae_title="RXC_WS1")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     assoc = ae.associate("127.0.0.1", netpacs.port, ae_title="NETPACS")
     ident = pydicom.Dataset()

@@ -31,7 +31,7 @@ def retrieve_args(netpacs: Netpacs, study_uid: str) -> list[str]:
     return [
         "-S",
         "-aet",
-        "RTP_WS1",
+        "RXC_WS1",
         "-aec",
         "NETPACS",
         "-k",
@@ -94,7 +94,7 @@ def test_c_get_in_another_uncompressed_syntax_is_coerced_and_unchanged_studies_a
     assert mllp.send(adt("A08", "CTRL0500", "RXC0000070^^^RXC^MR", sex="M")).code == "AA"
     stored = stored_objects(netpacs)
 
-    ae = AE(ae_title="RTP_WS1")
+    ae = AE(ae_title="RXC_WS1")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian])
     got: dict[str, pydicom.Dataset] = {}

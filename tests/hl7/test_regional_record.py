@@ -540,7 +540,7 @@ def test_c_get_by_nhs_number_retrieves_the_persons_studies_from_every_trust(
         "getscu",
         "-P",
         "-aet",
-        "RTP_WS1",
+        "RXC_WS1",
         "-aec",
         "NETPACS",
         "-od",

@@ -18,6 +18,23 @@ class AEKind(enum.Enum):
     ARCHIVE = "archive"
 
 
+class Permission(enum.Enum):
+    """DIMSE services an AE may ask of netpacs (C-ECHO is always allowed)."""
+
+    STORE = "store"
+    FIND = "find"
+    MOVE = "move"
+    GET = "get"
+
+
+#: What each kind of AE may do unless the region file says otherwise (``permissions``).
+DEFAULT_PERMISSIONS: dict[AEKind, frozenset[Permission]] = {
+    AEKind.MODALITY: frozenset({Permission.STORE}),
+    AEKind.WORKSTATION: frozenset(Permission),
+    AEKind.ARCHIVE: frozenset(Permission),
+}
+
+
 class RegionError(ValueError):
     """The region file is malformed; the message says where."""
 
@@ -36,6 +53,15 @@ class ApplicationEntity:
     site: str | None = None
     host: str = "127.0.0.1"
     port: int | None = None  # None: the AE only sends (cannot be a C-MOVE destination)
+    permissions: frozenset[Permission] = frozenset()  # empty: DEFAULT_PERMISSIONS[kind]
+    # AE titles this AE may send C-MOVE results to; None: any AE of the region with a port.
+    move_destinations: tuple[str, ...] | None = None
+
+    def may(self, permission: Permission) -> bool:
+        return permission in (self.permissions or DEFAULT_PERMISSIONS[self.kind])
+
+    def may_move_to(self, ae_title: str) -> bool:
+        return self.move_destinations is None or ae_title in self.move_destinations
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +116,29 @@ def _ae_title(value: str, where: str) -> str:
     return value
 
 
+def _permissions(table: dict[str, Any], where: str) -> frozenset[Permission]:
+    given = table.get("permissions")
+    if given is None:
+        return frozenset()
+    if not isinstance(given, list):
+        raise RegionError(f"{where}: 'permissions' must be a list of store, find, move, get")
+    try:
+        return frozenset(Permission(str(p)) for p in given)
+    except ValueError:
+        raise RegionError(
+            f"{where}: 'permissions' {given!r}: each one of store, find, move, get"
+        ) from None
+
+
+def _destinations(table: dict[str, Any], where: str) -> tuple[str, ...] | None:
+    given = table.get("move_destinations")
+    if given is None:
+        return None
+    if not isinstance(given, list) or not all(isinstance(d, str) for d in given):
+        raise RegionError(f"{where}: 'move_destinations' must be a list of AE titles")
+    return tuple(_ae_title(d, where) for d in given)
+
+
 def parse_region(doc: dict[str, Any]) -> Region:
     """Build a Region from a parsed TOML document, checking every entry."""
     trusts: list[Trust] = []
@@ -118,6 +167,8 @@ def parse_region(doc: dict[str, Any]) -> Region:
                     site=w.get("site"),
                     host=w.get("host", "127.0.0.1"),
                     port=_req(w, "port", wwhere, int),
+                    permissions=_permissions(w, wwhere),
+                    move_destinations=_destinations(w, wwhere),
                 )
             )
         results = t.get("results_mllp")
@@ -143,10 +194,19 @@ def parse_region(doc: dict[str, Any]) -> Region:
                 kind=AEKind.ARCHIVE,
                 host=a.get("host", "127.0.0.1"),
                 port=a.get("port"),
+                permissions=_permissions(a, awhere),
+                move_destinations=_destinations(a, awhere),
             )
         )
     if not trusts:
         raise RegionError("the region file defines no trusts")
+    known = {ae.ae_title for ae in aes}
+    for ae in aes:
+        unknown = sorted(set(ae.move_destinations or ()) - known)
+        if unknown:
+            raise RegionError(
+                f"{ae.ae_title}: move_destinations {unknown} are not AEs of the region"
+            )
     return Region(name=str(doc.get("name", "region")), trusts=tuple(trusts), aes=tuple(aes))
 
 

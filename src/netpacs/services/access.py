@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from netpacs.domain.region import AEKind, ApplicationEntity
 from netpacs.index.schema import break_glass, patient, study
 from netpacs.services.audit import Actor
 
@@ -37,6 +38,7 @@ class Role(enum.Enum):
     ADMIN = "admin"
     AUDITOR = "auditor"
     APPLICATION = "application"  # a DICOM AE or HL7 system of a trust
+    ARCHIVE = "archive"  # a peer archive of the region (replication): sees everything
     SYSTEM = "system"  # netpacs itself (maintenance, demo loading)
 
 
@@ -62,6 +64,7 @@ _CAPABILITIES: dict[Role, frozenset[Capability]] = {
     ),
     Role.AUDITOR: frozenset({Capability.READ_AUDIT}),
     Role.APPLICATION: frozenset({Capability.SEE_IMAGING, Capability.STORE}),
+    Role.ARCHIVE: frozenset({Capability.SEE_IMAGING, Capability.STORE}),
     Role.SYSTEM: frozenset(Capability),
 }
 
@@ -81,7 +84,7 @@ class Principal:
 
     @property
     def sees_everything(self) -> bool:
-        return self.role in (Role.ADMIN, Role.SYSTEM)
+        return self.role in (Role.ADMIN, Role.SYSTEM, Role.ARCHIVE)
 
     def actor(self) -> Actor:
         return Actor(
@@ -90,11 +93,22 @@ class Principal:
             role=self.role.value,
             address=self.address,
             name=self.name,
-            is_application=self.role in (Role.APPLICATION, Role.SYSTEM),
+            is_application=self.role in (Role.APPLICATION, Role.SYSTEM, Role.ARCHIVE),
         )
 
 
 SYSTEM = Principal("netpacs", Role.SYSTEM)
+
+
+def principal_for_ae(ae: ApplicationEntity | None, ae_title: str, address: str | None) -> Principal:
+    """A calling DICOM AE as a principal: its trust's care relationships (an archive
+    of the region: everything); an AE not in the region file: no patient at all."""
+    if ae is None:
+        return Principal(ae_title or "?", Role.APPLICATION, None, address)
+    role = Role.ARCHIVE if ae.kind is AEKind.ARCHIVE else Role.APPLICATION
+    return Principal(ae.ae_title, role, ae.trust, address)
+
+
 #: Before sign-in: may see imaging in principle, but of no trust, so of no patient.
 NOBODY = Principal("unauthenticated", Role.APPLICATION)
 

@@ -35,6 +35,10 @@ class RetrieveService:
         self._query = query
         self._blobs = blobs
 
+    @property
+    def blobs(self) -> BlobStore:
+        return self._blobs
+
     def select(
         self, identifier: dict[str, Any], *, level: QueryLevel, model: QueryModel
     ) -> list[RetrieveItem]:

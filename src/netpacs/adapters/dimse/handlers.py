@@ -12,7 +12,7 @@ import io
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import orjson
@@ -37,7 +37,8 @@ from netpacs.adapters.dimse.negotiation import (
     VERIFICATION,
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
-from netpacs.domain.region import Region
+from netpacs.domain.region import Permission, Region
+from netpacs.services.access import Principal, principal_for_ae
 from netpacs.services.coercion import Coercion, CoercionService
 from netpacs.services.ingest import IngestService
 from netpacs.services.query import (
@@ -75,6 +76,23 @@ class DimseServices:
     coercion: CoercionService
     executor: Executor
 
+    def for_principal(self, principal: Principal) -> DimseServices:
+        """The same services answering for the calling AE (access and audit)."""
+        query = self.query.for_principal(principal)
+        return replace(
+            self, query=query, retrieve=RetrieveService(query=query, blobs=self.retrieve.blobs)
+        )
+
+
+# PS3.7 C.5.x general status "Refused: Not Authorized".
+NOT_AUTHORIZED = 0x0124
+_NEEDS = {
+    c.C_STORE_RQ: Permission.STORE,
+    c.C_FIND_RQ: Permission.FIND,
+    c.C_MOVE_RQ: Permission.MOVE,
+    c.C_GET_RQ: Permission.GET,
+}
+
 
 def _encoding(ts: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated) of an uncompressed transfer syntax."""
@@ -83,9 +101,13 @@ def _encoding(ts: str) -> tuple[bool, bool, bool]:
 
 class AssociationHandlers:
     def __init__(self, services: DimseServices, assoc: Association) -> None:
-        self.s = services
+        self.ae = services.region.ae(assoc.calling_ae)
+        address = assoc.peer.rpartition(":")[0] or None
+        self.principal = principal_for_ae(self.ae, assoc.calling_ae, address)
+        self.s = services.for_principal(self.principal)
         self.assoc = assoc
         self.busy = False
+        self._stored_studies: set[str] = set()
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -105,9 +127,26 @@ class AssociationHandlers:
         finally:
             self.busy = False
 
+    def _allowed(self, field: int) -> bool:
+        needed = _NEEDS.get(field)
+        if needed is None:
+            return True
+        # An AE not in the region file is let in only with reject_unknown_calling_ae off:
+        # it may store (the objects are kept without a trust), and sees nothing.
+        return self.ae.may(needed) if self.ae is not None else needed is Permission.STORE
+
     async def _handle(self, msg: Message) -> None:
         field = msg.command.field
         ctx = self.assoc.contexts[msg.context_id]
+        if not self._allowed(field):
+            needed = _NEEDS[field].value
+            self._reply(
+                msg,
+                field | 0x8000,
+                NOT_AUTHORIZED,
+                comment=f"{self.assoc.calling_ae} may not {needed} (region file permissions)",
+            )
+            return
         if field == c.C_STORE_RQ and ctx.abstract_syntax in STORAGE_SOP_CLASSES:
             await self.c_store(msg)
         elif field == c.C_ECHO_RQ and ctx.abstract_syntax == VERIFICATION:
@@ -176,6 +215,11 @@ class AssociationHandlers:
             origin=self.assoc.origin,
         )
         status = st.store_status(outcome)
+        study = outcome.study_instance_uid
+        if outcome.status.ok and study and study not in self._stored_studies:
+            # One audit message per study and association, when its first object is kept.
+            self._stored_studies.add(study)
+            await self._run(self.s.query.record_store, [study], stored=1, refused=0)
         self._reply(
             msg,
             c.C_STORE_RSP,
@@ -283,12 +327,15 @@ class AssociationHandlers:
     async def c_move(self, msg: Message) -> None:
         dest_title = msg.command.get_str(c.MOVE_DESTINATION)
         dest = self.s.region.ae(dest_title)
-        if dest is None or dest.port is None:
+        allowed = self.ae is not None and self.ae.may_move_to(dest_title.strip())
+        if dest is None or dest.port is None or not allowed:
             self._reply(
                 msg,
                 c.C_MOVE_RSP,
                 st.MOVE_DESTINATION_UNKNOWN,
-                comment=f"move destination {dest_title!r} is not a known AE with a port",
+                comment=f"move destination {dest_title!r} is not a known AE with a port"
+                if dest is None or dest.port is None
+                else f"{self.assoc.calling_ae} may not send to {dest_title!r} (region file)",
             )
             return
         selected = await self._select(msg, c.C_MOVE_RSP)

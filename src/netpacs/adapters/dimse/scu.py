@@ -68,6 +68,8 @@ def send_to(
     """C-STORE every item to ``destination``; report progress after each sub-operation."""
     counts = SubOpCounts(remaining=len(items), failed_uids=[])
     assert counts.failed_uids is not None
+    if not items:  # nothing matched (or nothing the caller may see): no association
+        return counts
     _config.STORE_SEND_CHUNKED_DATASET = True  # send files as stored, never decoded
     ae = AE(ae_title=our_ae_title)
     ae.acse_timeout = 30

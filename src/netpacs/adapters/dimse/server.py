@@ -21,7 +21,8 @@ from netpacs.adapters.dimse.handlers import AssociationHandlers, DimseServices
 from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.app import Archive, build_archive
 from netpacs.config import Settings
-from netpacs.services.access import SYSTEM
+from netpacs.services.access import NOBODY
+from netpacs.services.audit import AuditService
 from netpacs.services.coercion import CoercionService
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService
@@ -30,7 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def dimse_services(archive: Archive, executor: ThreadPoolExecutor) -> DimseServices:
-    query = QueryService(archive.read_engine, principal=SYSTEM)
+    # Each association answers for its calling AE (AssociationHandlers); this one sees
+    # no patient.
+    audit = AuditService(archive.writer.execute, source_id=archive.settings.ae_title)
+    query = QueryService(archive.read_engine, principal=NOBODY, audit=audit)
     return DimseServices(
         ae_title=archive.settings.ae_title,
         region=archive.region,
