@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 from playwright.sync_api import Browser, expect
 
 from tests.browser.conftest import signed_in_page
 from tests.conftest import Netpacs
+from tests.hl7.test_regional_record import send_study
 
 
 def test_signing_in_on_the_page_leads_back_to_the_page_asked_for(
@@ -54,3 +57,23 @@ def test_a_clinician_is_denied_the_audit_trail_and_an_auditor_sees_the_break_gla
     other = signed_in_page(browser, netpacs, "rxc.auditor")
     other.goto(f"{netpacs.base_url}/audit")
     expect(other.locator("#alerts + table tbody tr")).to_contain_text("Nothing recorded")
+
+
+def test_break_glass_form_needs_a_reason_then_opens_the_patient_in_the_study_list(
+    netpacs: Netpacs, browser: Browser, tmp_path: Path
+) -> None:
+    uid = send_study(netpacs, tmp_path / "a", aet="EDGH_CT1", patient_id="BG1", issuer="RXC")
+    page = signed_in_page(browser, netpacs, "rpc.clinician")
+    page.goto(f"{netpacs.base_url}/studies?patient_id=BG1")
+    expect(page.locator(f'a[href*="{uid}"]')).to_have_count(0)  # not QVH's patient
+    page.goto(f"{netpacs.base_url}/break-glass")
+    page.get_by_label("Hospital number").fill("BG1")
+    page.get_by_label("Trust that issued it").fill("RXC")
+    page.get_by_label("Reason").fill("urgent")
+    page.get_by_role("button", name="Open the patient's imaging").click()
+    expect(page.get_by_role("alert")).to_contain_text("at least 10 characters")
+    expect(page.get_by_label("Hospital number")).to_have_value("BG1")  # kept
+    page.get_by_label("Reason").fill("trauma call, transferred from Eastbourne unconscious")
+    page.get_by_role("button", name="Open the patient's imaging").click()
+    expect(page).to_have_url(f"{netpacs.base_url}/studies?patient_id=BG1")
+    expect(page.locator(f'a[href*="{uid}"]').first).to_be_visible()

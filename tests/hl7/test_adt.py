@@ -120,3 +120,17 @@ def test_a47_moves_studies_to_the_new_hospital_number_and_refuses_one_in_use(
     assert moved.code == "AA", moved.text
     assert studies(netpacs, "RXC0000070") == []
     assert len(studies(netpacs, "RXC0000071")) == 1
+
+
+def test_a_registration_without_a_name_takes_the_name_of_the_first_study_and_serves_it(
+    netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
+) -> None:
+    assert mllp.send(adt("A04", "CTRL0900", "RXC0000900^^^RXC^MR", sex="F")).code == "AA"
+    stored = write_and_send_ct(
+        netpacs, tmp_path / "ct", 1, patient_id="RXC0000900", issuer="RXC", patient_name="NEW^NELL"
+    )
+    (study,) = studies(netpacs, "RXC0000900")
+    assert study["00100010"]["Value"] == [{"Alphabetic": "NEW^NELL"}]
+    assert study["00100040"]["Value"] == ["F"]  # what ADT said is kept
+    metadata = netpacs.http.get(f"{netpacs.dicomweb_url}/studies/{stored.study_uid}/metadata")
+    assert metadata.json()[0]["00100010"]["Value"] == [{"Alphabetic": "NEW^NELL"}]

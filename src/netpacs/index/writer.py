@@ -28,6 +28,8 @@ from netpacs.index.schema import instance, patient, series, study
 
 log = logging.getLogger(__name__)
 
+_DEMOGRAPHICS = ("patient_name", "patient_birth_date", "patient_sex")
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceRecord:
@@ -189,6 +191,7 @@ class IndexWriter:
             patient_pk = self._patient_pk.get(pkey)
             if patient_pk is None:
                 patient_pk = self._upsert(conn, patient, {**record.patient, "created_at": now})
+                self._fill_blanks(conn, patient_pk, record.patient)
             study_pk = self._upsert(
                 conn, study, {**record.study, "patient_fk": patient_pk, "created_at": now}
             )
@@ -203,6 +206,28 @@ class IndexWriter:
         if len(self._series_pk) > 10_000:
             self._forget_caches()
         return series_pk
+
+    @staticmethod
+    def _fill_blanks(conn: sa.Connection, pk: int, values: dict[str, Any]) -> None:
+        """Demographics the patient row lacks (e.g. made by an ADT message that did not
+        send them) taken from the object; what the row has is never overwritten."""
+        given = {c: values.get(c) or "" for c in _DEMOGRAPHICS}
+        if not any(given.values()):
+            return
+        conn.execute(
+            sa.update(patient)
+            .where(
+                patient.c.id == pk,
+                sa.or_(*(patient.c[c] == "" for c, v in given.items() if v)),
+            )
+            .values(
+                {
+                    c: sa.case((patient.c[c] == "", v), else_=patient.c[c])
+                    for c, v in given.items()
+                    if v
+                }
+            )
+        )
 
     def _insert(self, conn: sa.Connection, record: InstanceRecord) -> WriteResult:
         now = dt.datetime.now(dt.UTC)

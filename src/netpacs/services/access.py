@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from netpacs.domain.region import AEKind, ApplicationEntity
 from netpacs.index.schema import break_glass, patient, study
-from netpacs.services.audit import Actor
+from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
+
+log = logging.getLogger(__name__)
 
 
 class Role(enum.Enum):
@@ -175,3 +178,82 @@ class AccessRules:
             .exists()
         )
         return sa.or_(direct, linked, granted)
+
+
+class BreakGlassError(Exception):
+    def __init__(self, forbidden: bool, message: str) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden  # True: the role may not; False: the request is wrong
+        self.message = message
+
+
+class BreakGlass:
+    """Emergency access to a patient outside the care relationship.
+
+    A reason is required and audited; the grant lasts ``minutes`` and covers the
+    person (every identity linked by NHS number); the audit message is a security
+    alert that the user's trust's auditors see (and the audit record repository gets).
+    Whether the patient exists is not said: the answer is the same either way.
+    """
+
+    MIN_REASON = 10
+
+    def __init__(self, engine: sa.Engine, audit: AuditService, *, minutes: int) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._minutes = minutes
+
+    @property
+    def minutes(self) -> int:
+        return self._minutes
+
+    def open(self, principal: Principal, patient_id: str, issuer: str, reason: str) -> dt.datetime:
+        if not principal.may(Capability.BREAK_GLASS):
+            raise BreakGlassError(True, f"a {principal.role.value} may not use break-glass")
+        reason = " ".join(reason.split())
+        patient_id = patient_id.strip()
+        if not patient_id:
+            raise BreakGlassError(False, "say which patient: a hospital number and its trust")
+        if len(reason) < self.MIN_REASON:
+            raise BreakGlassError(
+                False, f"say why (at least {self.MIN_REASON} characters): the reason is audited"
+            )
+        now = dt.datetime.now(dt.UTC)
+        expires = now + dt.timedelta(minutes=self._minutes)
+        with self._engine.begin() as conn:
+            number = conn.execute(
+                sa.select(patient.c.nhs_number).where(
+                    patient.c.patient_id == patient_id, patient.c.issuer == issuer.strip()
+                )
+            ).scalar()
+            conn.execute(
+                sa.insert(break_glass).values(
+                    username=principal.user_id,
+                    trust=principal.trust or "",
+                    patient_id=patient_id,
+                    issuer=issuer.strip(),
+                    nhs_number=number,
+                    reason=reason,
+                    created_at=now,
+                    expires_at=expires,
+                )
+            )
+        self._audit.record(
+            AuditRecord(
+                Event.BREAK_GLASS,
+                principal.actor(),
+                purpose=Purpose.ETREAT,
+                patients=[(patient_id, issuer.strip())],
+                detail=f"break-glass until {expires:%Y-%m-%d %H:%M} UTC: {reason}",
+            )
+        )
+        log.warning(
+            "BREAK-GLASS by %s (%s) for %s at %s until %s: %s",
+            principal.user_id,
+            principal.trust,
+            patient_id,
+            issuer,
+            f"{expires:%H:%M}",
+            reason,
+        )
+        return expires

@@ -11,22 +11,18 @@ apply through the request's scoped services (deps.HttpServices.for_principal).
 
 from __future__ import annotations
 
-import datetime as dt
 from html import escape
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.errors import HttpError
-from netpacs.index.schema import break_glass, patient
-from netpacs.services.access import Capability, Principal
+from netpacs.services.access import BreakGlass, BreakGlassError, Principal
 from netpacs.services.accounts import SignInError, SignInProblem
-from netpacs.services.audit import AuditRecord, Event, Purpose
 
 router = APIRouter()
 
@@ -211,53 +207,90 @@ class BreakGlassRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=2000, description="why, for the audit trail")
 
 
+def _break_glass(request: Request) -> BreakGlass:
+    svc = services(request)
+    return BreakGlass(
+        svc.archive.write_engine, svc.audit, minutes=svc.archive.settings.break_glass_minutes
+    )
+
+
 @router.post("/api/break-glass", summary="Emergency access to a patient (audited, time-limited)")
 def open_break_glass(request: Request, body: BreakGlassRequest) -> JSONResponse:
-    svc = services(request)
-    principal = svc.principal
-    if not principal.may(Capability.BREAK_GLASS):
-        raise HttpError(403, f"a {principal.role.value} may not use break-glass")
-    reason = " ".join(body.reason.split())
-    if len(reason) < 10:
-        raise HttpError(400, "say why (at least 10 characters): the reason is audited")
-    settings = svc.archive.settings
-    now = dt.datetime.now(dt.UTC)
-    expires = now + dt.timedelta(minutes=settings.break_glass_minutes)
-    engine = svc.archive.write_engine
-    with engine.begin() as conn:
-        # The person behind the hospital number, so that the grant covers their
-        # identities at every trust. Said to nobody: the answer is the same either way.
-        number = conn.execute(
-            sa.select(patient.c.nhs_number).where(
-                patient.c.patient_id == body.patient_id, patient.c.issuer == body.issuer
-            )
-        ).scalar()
-        conn.execute(
-            sa.insert(break_glass).values(
-                username=principal.user_id,
-                trust=principal.trust or "",
-                patient_id=body.patient_id,
-                issuer=body.issuer,
-                nhs_number=number,
-                reason=reason,
-                created_at=now,
-                expires_at=expires,
-            )
-        )
-    svc.audit.record(
-        AuditRecord(
-            Event.BREAK_GLASS,
-            principal.actor(),
-            purpose=Purpose.ETREAT,
-            patients=[(body.patient_id, body.issuer)],
-            detail=f"break-glass until {expires:%Y-%m-%d %H:%M} UTC: {reason}",
-        )
-    )
+    glass = _break_glass(request)
+    try:
+        expires = glass.open(services(request).principal, body.patient_id, body.issuer, body.reason)
+    except BreakGlassError as exc:
+        raise HttpError(403 if exc.forbidden else 400, exc.message) from None
     return JSONResponse(
         {
             "patient_id": body.patient_id,
             "issuer": body.issuer,
             "expires_at": expires.isoformat(timespec="seconds"),
-            "minutes": settings.break_glass_minutes,
+            "minutes": glass.minutes,
         }
     )
+
+
+_GLASS_PAGE = """<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>Break-glass · netpacs</title>
+<style>
+body{{font:15px/1.5 system-ui,sans-serif;margin:1.5em;color:#1d2a36;max-width:42em}}
+form{{display:grid;gap:.7em}} input,textarea,select{{font:inherit;padding:.35em}}
+.warn{{background:#fff4d6;padding:.6em;border-radius:4px}}
+.error{{background:#fbe4e4;padding:.5em;border-radius:4px}}
+</style></head><body>
+<nav><a href="/studies">Studies</a></nav>
+<h1>Break-glass: emergency access to a patient</h1>
+<p class=warn>Use this only when a patient needs care now and your trust has no record of
+them. Your name, the reason and everything you then open are recorded, and your trust's
+auditors are alerted. Access ends after {minutes} minutes.</p>
+{message}
+<form method=post action="/break-glass">
+<label>Hospital number <input name=patient_id required value="{patient_id}"></label>
+<label>Trust that issued it (ODS code) <input name=issuer required value="{issuer}"></label>
+<label>Reason <textarea name=reason required rows=3>{reason}</textarea></label>
+<button>Open the patient's imaging</button>
+</form></body></html>
+"""
+
+
+def _glass_page(
+    request: Request, message: str = "", status: int = 200, **values: str
+) -> HTMLResponse:
+    shown = f"<p class=error role=alert>{escape(message)}</p>" if message else ""
+    return HTMLResponse(
+        _GLASS_PAGE.format(
+            minutes=_break_glass(request).minutes,
+            message=shown,
+            patient_id=escape(values.get("patient_id", ""), quote=True),
+            issuer=escape(values.get("issuer", ""), quote=True),
+            reason=escape(values.get("reason", "")),
+        ),
+        status_code=status,
+    )
+
+
+@router.get("/break-glass", include_in_schema=False)
+def break_glass_form(request: Request) -> HTMLResponse:
+    return _glass_page(request)
+
+
+@router.post("/break-glass", include_in_schema=False)
+def break_glass_submit(
+    request: Request,
+    patient_id: Annotated[str, Form(max_length=64)],
+    issuer: Annotated[str, Form(max_length=64)],
+    reason: Annotated[str, Form(max_length=2000)],
+) -> Response:
+    try:
+        _break_glass(request).open(services(request).principal, patient_id, issuer, reason)
+    except BreakGlassError as exc:
+        return _glass_page(
+            request,
+            exc.message,
+            403 if exc.forbidden else 400,
+            patient_id=patient_id,
+            issuer=issuer,
+            reason=reason,
+        )
+    return RedirectResponse(f"/studies?patient_id={quote(patient_id)}", status_code=303)
