@@ -56,6 +56,11 @@ class Server:
     receiver: sb.Receiver
     dicomweb: str  # root URL, no trailing slash
     figures: dict[str, list[float]] = field(default_factory=dict)
+    token: str | None = None  # netpacs: a bearer token (every request is signed in)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def add(self, key: str, value: float) -> None:
         self.figures.setdefault(key, []).append(value)
@@ -86,7 +91,15 @@ def running(kind: str, keep: bool) -> Iterator[Server]:
     try:
         sb.wait_for_echo(receiver)
         wait_for_http(root, receiver)
-        yield Server(receiver.name, receiver, root)
+        token = None
+        if kind != "orthanc":
+            base = root.removesuffix("/dicomweb")
+            signed = httpx.post(
+                f"{base}/auth/token", data={"username": "rtp.admin", "password": "demo"}
+            )
+            signed.raise_for_status()
+            token = str(signed.json()["access_token"])
+        yield Server(receiver.name, receiver, root, token=token)
     finally:
         receiver.stop()
         if not keep:
@@ -113,7 +126,7 @@ def series_uid_of(dataset: Path) -> str:
 def measure(
     server: Server, study: str, series: str, slices: int, repeat: int, queries: int
 ) -> None:
-    with httpx.Client(timeout=600) as client:
+    with httpx.Client(timeout=600, headers=server.headers) as client:
         # series metadata
         url = f"{server.dicomweb}/studies/{study}/series/{series}/metadata"
         headers = {"Accept": "application/dicom+json"}
@@ -157,7 +170,9 @@ def measure(
                 server.add("qido_ms", seconds * 1000)
 
 
-def viewer_first_image(base: str, study: str, repeat: int) -> tuple[list[float], list[float]]:
+def viewer_first_image(
+    base: str, study: str, repeat: int, token: str | None = None
+) -> tuple[list[float], list[float]]:
     """Seconds from navigation to cornerstone's first IMAGE_RENDERED: cold and warm.
 
     Cold: a fresh browser (empty cache) each time. Warm: the same browser opening the
@@ -175,7 +190,10 @@ def viewer_first_image(base: str, study: str, repeat: int) -> tuple[list[float],
     url = f"{base}/viewer?StudyInstanceUIDs={study}"
 
     def open_once(browser: Browser) -> float:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        if token:  # the session cookie the sign-in page would have set
+            context.add_cookies([{"name": "netpacs_session", "value": token, "url": base}])
+        page = context.new_page()
         try:
             page.add_init_script(probe)
             page.goto(url, wait_until="commit")
@@ -184,6 +202,7 @@ def viewer_first_image(base: str, study: str, repeat: int) -> tuple[list[float],
             return float(page.evaluate("window.__firstImage")) / 1000
         finally:
             page.close()
+            context.close()
 
     cold: list[float] = []
     warm: list[float] = []
@@ -280,7 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     want_viewer = Path(CHROMIUM).exists()
                 if kind == "netpacs" and want_viewer:
                     base = server.dicomweb.removesuffix("/dicomweb")
-                    viewer, warm = viewer_first_image(base, study, max(3, args.repeat // 2))
+                    viewer, warm = viewer_first_image(
+                        base, study, max(3, args.repeat // 2), server.token
+                    )
                 servers.append(server)
                 print(
                     f"{server.name}: "

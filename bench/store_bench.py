@@ -241,6 +241,8 @@ def start_netpacs(workdir: Path, cmd_template: str) -> Receiver:
         "NETPACS_HTTP_PORT": str(http_port),
         "NETPACS_MLLP_PORT": str(mllp_port),
         "NETPACS_AE_TITLE": "NETPACS",
+        # Demo users (synthetic data only): the DICOMweb benchmark signs in as one.
+        "NETPACS_DEMO": "true",
     }
     log_path = workdir / "netpacs.log"
     proc = _spawn(cmd, env, log_path)
