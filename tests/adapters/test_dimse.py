@@ -187,12 +187,13 @@ def test_invalid_objects_are_refused_without_breaking_the_association(
     good = ct_dataset()
     statuses = _send_raw(netpacs.port, [no_study, bad_uid, good])
     assert statuses == [0xC001, 0xC002, 0x0000]
-    images = _find_images(netpacs.port)
+    images = _find_images(netpacs.port, "RTP_WS1")  # sent by ESH_CT1, East Surrey's
     assert images == {good.SOPInstanceUID}
 
 
-def _find_images(port: int) -> set[str]:
-    ae = AE(ae_title="RXC_WS1")
+def _find_images(port: int, calling_ae: str = "RXC_WS1") -> set[str]:
+    """SOP Instance UIDs a workstation finds (its trust's patients only, issue 5)."""
+    ae = AE(ae_title=calling_ae)
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", port, ae_title="NETPACS")
     ident = pydicom.Dataset()

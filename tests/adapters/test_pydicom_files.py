@@ -59,7 +59,7 @@ def _get(port: int, study: str, series: str, sop: str, sop_class: str, ts: str) 
         received.append(event.request.DataSet.getvalue())  # the raw encoded data set
         return 0x0000
 
-    ae = AE(ae_title="RXC_WS1")
+    ae = AE(ae_title="RTP_WS1")  # the files are sent by ESH_MR1, East Surrey's
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(sop_class, ts)
     assoc = ae.associate(
