@@ -120,18 +120,28 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        dimse_server.tls_context(settings)  # certificates that do not load stop us now
+    except dimse_server.DimseTlsError as exc:
+        print(f"netpacs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         prepare(settings)
     except UnsafeConfiguration as exc:
         print(f"netpacs: will not start: {exc}", file=sys.stderr)
         return EXIT_USAGE
     dimse_sock = listen(settings.dimse_host, settings.dimse_port)
+    tls_sock = (
+        listen(settings.dimse_host, settings.dimse_tls_port)
+        if settings.dimse_tls_port is not None
+        else None
+    )
     http_sock = listen(settings.http_host, settings.http_port)
     mllp_sock = listen(settings.mllp_host, settings.mllp_port)
     groups = [
         WorkerGroup(
             "DIMSE",
             settings.dimse_processes,
-            lambda: dimse_server.run_worker(settings, dimse_sock),
+            lambda: dimse_server.run_worker(settings, dimse_sock, tls_sock),
         ),
         WorkerGroup(
             "HTTP", settings.http_processes, lambda: http_server.run_worker(settings, http_sock)

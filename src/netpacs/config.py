@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     reject_unknown_calling_ae: bool = True
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT
     dimse_processes: int = Field(default=4, ge=1, le=64, description="DIMSE worker processes")
+    # DICOM TLS (PS3.15 Annex B): a second DIMSE port, TLS 1.2 or later.
+    dimse_tls_port: int | None = Field(
+        default=None, ge=0, le=65535, description="DIMSE over TLS (e.g. 2762); unset: none"
+    )
+    dimse_tls_cert_file: Path | None = Field(default=None, description="our certificate (PEM)")
+    dimse_tls_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    dimse_tls_ca_file: Path | None = Field(
+        default=None,
+        description="CAs of the peers' certificates: when set, peers must present one",
+    )
     max_pdu_length: int = Field(default=262_144, ge=0)
     dimse_timeout: float = Field(default=60.0, gt=0, description="seconds of silence allowed")
     log_level: str = "INFO"

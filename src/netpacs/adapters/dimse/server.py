@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 
 from netpacs.adapters.dimse.association import Association
@@ -46,7 +47,49 @@ def dimse_services(archive: Archive, executor: ThreadPoolExecutor) -> DimseServi
     )
 
 
-async def _serve(settings: Settings, sock: socket.socket, stop: asyncio.Event) -> None:
+class DimseTlsError(ValueError):
+    """The DICOM TLS settings cannot work; the message names the setting."""
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context of the DICOM TLS port (PS3.15 B.1, BCP 195: TLS 1.2+),
+    or None when there is no TLS port. Client certificates are required when
+    ``dimse_tls_ca_file`` is set (the Secure Transport Connection Profile's
+    peer authentication)."""
+    if settings.dimse_tls_port is None:
+        return None
+    cert, key = settings.dimse_tls_cert_file, settings.dimse_tls_key_file
+    if cert is None or key is None:
+        raise DimseTlsError(
+            "NETPACS_DIMSE_TLS_PORT is set: NETPACS_DIMSE_TLS_CERT_FILE and "
+            "NETPACS_DIMSE_TLS_KEY_FILE must name our certificate and its key"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise DimseTlsError(
+            f"NETPACS_DIMSE_TLS_CERT_FILE/KEY_FILE ({cert}, {key}) do not load: {exc}"
+        ) from None
+    if settings.dimse_tls_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=settings.dimse_tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise DimseTlsError(
+                f"NETPACS_DIMSE_TLS_CA_FILE={str(settings.dimse_tls_ca_file)!r} does not load: "
+                f"{exc}"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def _serve(
+    settings: Settings,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    tls_sock: socket.socket | None = None,
+) -> None:
     archive = build_archive(settings)
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dimse")
     services = dimse_services(archive, executor)
@@ -66,6 +109,15 @@ async def _serve(settings: Settings, sock: socket.socket, stop: asyncio.Event) -
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, sock=sock, backlog=128)
+    servers = [server]
+    context = tls_context(settings)
+    if tls_sock is not None and context is not None:
+        servers.append(
+            await loop.create_server(
+                factory, sock=tls_sock, backlog=128, ssl=context, ssl_handshake_timeout=30
+            )
+        )
+        log.info("DICOM TLS on port %d (pid %d)", tls_sock.getsockname()[1], os.getpid())
     log.info(
         "DIMSE %s listening on port %d (pid %d)",
         settings.ae_title,
@@ -75,24 +127,29 @@ async def _serve(settings: Settings, sock: socket.socket, stop: asyncio.Event) -
     try:
         await stop.wait()
     finally:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), timeout=5)
+        for one in servers:
+            one.close()
+        for one in servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(one.wait_closed(), timeout=5)
         executor.shutdown(wait=True, cancel_futures=False)
         archive.close()
 
 
-def _worker(settings: Settings, sock: socket.socket) -> None:
+def _worker(settings: Settings, sock: socket.socket, tls_sock: socket.socket | None) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await _serve(settings, sock, stop)
+        await _serve(settings, sock, stop, tls_sock)
 
     asyncio.run(main())
 
 
-def run_worker(settings: Settings, sock: socket.socket) -> None:
-    """One DIMSE worker process: accept associations on ``sock`` until SIGTERM."""
-    _worker(settings, sock)
+def run_worker(
+    settings: Settings, sock: socket.socket, tls_sock: socket.socket | None = None
+) -> None:
+    """One DIMSE worker process: accept associations on ``sock`` (and DICOM TLS ones on
+    ``tls_sock``) until SIGTERM."""
+    _worker(settings, sock, tls_sock)
