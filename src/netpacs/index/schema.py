@@ -243,3 +243,88 @@ sa.Index(None, audit_event.c.patient_id, audit_event.c.issuer)
 sa.Index(None, audit_event.c.event_time)
 sa.Index(None, audit_event.c.trust, audit_event.c.event_time)
 sa.Index(None, audit_event.c.forwarded_at, audit_event.c.id)
+
+
+# -- networked reporting (issue 6) --------------------------------------------------------
+
+worklist_item = sa.Table(
+    "worklist_item",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("study_fk", sa.ForeignKey("study.id"), nullable=False, unique=True),
+    sa.Column("study_instance_uid", UID, nullable=False, unique=True),
+    sa.Column("requesting_trust", sa.String(), nullable=False),  # ODS code
+    sa.Column("requesting_site", sa.String(), nullable=True),  # site code of the region
+    sa.Column("modality", sa.String(), nullable=False, server_default=""),
+    sa.Column("body_part", sa.String(), nullable=False, server_default=""),
+    sa.Column("study_description", sa.String(), nullable=False, server_default=""),
+    sa.Column("subspecialty", sa.String(), nullable=False),  # services.reporting.Subspecialty
+    sa.Column("priority", sa.String(), nullable=False),  # services.reporting.Priority
+    sa.Column("arrived_at", TS, nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+    # unreported | draft | preliminary | final (an addendum keeps it final)
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("claimed_by", sa.String(), nullable=True),  # user name
+    sa.Column("claimed_by_name", sa.String(), nullable=True),
+    sa.Column("claimed_by_trust", sa.String(), nullable=True),
+    sa.Column("claimed_at", TS, nullable=True),
+    sa.Column("claim_expires_at", TS, nullable=True),
+    sa.Column("reported_at", TS, nullable=True),  # first signed final
+    sa.Column("reported_by", sa.String(), nullable=True),
+)
+sa.Index(None, worklist_item.c.status, worklist_item.c.due_at)
+sa.Index(None, worklist_item.c.requesting_trust, worklist_item.c.status)
+
+report = sa.Table(
+    "report",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("study_instance_uid", UID, nullable=False, unique=True),
+    sa.Column("status", sa.String(), nullable=False),  # draft | preliminary | final
+    sa.Column("text", sa.Text(), nullable=False),  # the body; never changed once final
+    sa.Column("template", sa.String(), nullable=True),
+    sa.Column("author", sa.String(), nullable=False),  # user name of the reporter
+    sa.Column("author_name", sa.String(), nullable=False, server_default=""),
+    sa.Column("author_trust", sa.String(), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("preliminary_at", TS, nullable=True),
+    sa.Column("signed_at", TS, nullable=True),
+    sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
+    sa.Column("second_opinion_requested_by", sa.String(), nullable=True),
+    sa.Column("second_opinion_reason", sa.Text(), nullable=True),
+    sa.Column("discrepancy", sa.Text(), nullable=True),  # flagged by a later reader
+    sa.Column("discrepancy_by", sa.String(), nullable=True),
+    sa.Column("sr_sop_instance_uid", UID, nullable=True),  # the latest SR stored
+)
+
+report_event = sa.Table(
+    "report_event",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("report_fk", sa.ForeignKey("report.id"), nullable=False, index=True),
+    # draft | preliminary | final | addendum | second-opinion | discrepancy
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("text", sa.Text(), nullable=True),  # the addendum, note or signed text
+    sa.Column("author", sa.String(), nullable=False),
+    sa.Column("author_name", sa.String(), nullable=False, server_default=""),
+    sa.Column("author_trust", sa.String(), nullable=False),
+    sa.Column("at", TS, nullable=False),
+)
+
+result_outbox = sa.Table(
+    "result_outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("trust", sa.String(), nullable=False),  # where it goes (the requesting trust)
+    sa.Column("study_instance_uid", UID, nullable=False),
+    sa.Column("report_event_fk", sa.ForeignKey("report_event.id"), nullable=False),
+    sa.Column("control_id", sa.String(), nullable=False, unique=True),  # MSH-10
+    sa.Column("message", sa.Text(), nullable=False),  # the ORU^R01 (ER7), fixed when queued
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", TS, nullable=False),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("sent_at", TS, nullable=True),  # acknowledged (MSA-1 AA/CA)
+)
+sa.Index(None, result_outbox.c.sent_at, result_outbox.c.trust, result_outbox.c.id)
