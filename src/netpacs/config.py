@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -84,6 +84,29 @@ class Settings(BaseSettings):
         default=5, ge=1, description="failed sign-ins allowed per user and address per window"
     )
     signin_window_minutes: int = Field(default=15, ge=1)
+    # -- OpenID Connect sign-in (issue 5): unset oidc_issuer means none ---------------------
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="identity provider (https URL); its <issuer>/.well-known/openid-configuration "
+        "is read at run time",
+    )
+    oidc_client_id: str | None = Field(default=None, description="netpacs's client id there")
+    oidc_client_secret_file: Path | None = Field(
+        default=None, description="file holding the client secret (token endpoint)"
+    )
+    oidc_display_name: str = Field(
+        default="single sign-on", description='sign-in button label, e.g. "NHS Identity"'
+    )
+    oidc_scopes: str = Field(default="openid profile", description="scopes asked for")
+    oidc_username_claim: str = Field(
+        default="preferred_username", description="ID token claim that names the netpacs user"
+    )
+    oidc_trust_claim: str | None = Field(
+        default=None,
+        description="claim with the user's trust (ODS code); with oidc_role_claim, claims decide "
+        "trust and role; unset: a pre-provisioned external account (user add --external) does",
+    )
+    oidc_role_claim: str | None = Field(default=None, description="claim with the user's role")
     # -- audit (IHE ATNA) -------------------------------------------------------------------
     audit_syslog: str | None = Field(
         default=None,
@@ -103,6 +126,14 @@ class Settings(BaseSettings):
         if not 0 < len(v.strip()) <= 16:
             raise ValueError("AE title must be 1-16 characters")
         return v.strip()
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> Settings:
+        if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret_file):
+            raise ValueError("oidc_issuer needs oidc_client_id and oidc_client_secret_file")
+        if (self.oidc_trust_claim is None) != (self.oidc_role_claim is None):
+            raise ValueError("set both oidc_trust_claim and oidc_role_claim, or neither")
+        return self
 
     @property
     def effective_database_url(self) -> str:
