@@ -22,6 +22,9 @@ setup: $(BIN)/netpacs
 test-setup: setup
 	bash scripts/ensure-system-packages.sh test
 	bash scripts/ensure-postgres.sh
+# The OpenID provider of the OIDC sign-in tests (npm oidc-provider, pinned by its lock).
+	test tests/oidc/node_modules/.package-lock.json -nt tests/oidc/package-lock.json \
+		|| npm ci --prefix tests/oidc --no-audit --no-fund
 
 run: setup
 	NETPACS_DEMO=true $(BIN)/netpacs demo-data --if-empty
