@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -14,7 +15,11 @@ from netpacs.index.schema import instance
 from netpacs.index.writer import IndexWriter
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
+from netpacs.services.reporting import WorklistRule
 from netpacs.storage.fs import FileSystemBlobStore
+
+if TYPE_CHECKING:
+    from netpacs.services.report_outputs import ReportOutputs
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class Archive:
     write_engine: sa.Engine
     writer: IndexWriter
     ingest: IngestService
+    report_outputs: ReportOutputs | None = None
     _closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
@@ -123,7 +129,9 @@ def build_archive(settings: Settings) -> Archive:
     blobs = FileSystemBlobStore(settings.blob_dir)
     read_engine = make_engine(url)
     write_engine = make_engine(url, writer=True)
-    writer = IndexWriter(write_engine, on_new_study=RegionalRecord())
+    writer = IndexWriter(
+        write_engine, on_new_study=RegionalRecord(), on_new_series=WorklistRule(region)
+    )
     ingest = IngestService(
         blobs=blobs,
         writer=writer,
@@ -139,4 +147,18 @@ def build_archive(settings: Settings) -> Archive:
         write_engine=write_engine,
         writer=writer,
         ingest=ingest,
+        report_outputs=_report_outputs(settings, region, ingest, read_engine),
+    )
+
+
+def _report_outputs(
+    settings: Settings, region: Region, ingest: IngestService, read_engine: sa.Engine
+) -> ReportOutputs | None:
+    try:  # the outputs module lands separately (issue 6)
+        from netpacs.services.report_outputs import ReportOutputs
+    except ImportError:
+        log.warning("report outputs (SR, ORU) are not available in this build")
+        return None
+    return ReportOutputs(
+        ingest=ingest, region=region, read_engine=read_engine, ae_title=settings.ae_title
     )

@@ -79,11 +79,56 @@ class Trust:
     results_endpoint: Endpoint | None = None
 
 
+#: Report turnaround targets (hours from arrival) unless the region file sets its own.
+DEFAULT_TURNAROUND_HOURS: dict[str, int] = {
+    "emergency": 1,
+    "inpatient": 24,
+    "cancer-2ww": 72,
+    "outpatient": 168,
+    "gp": 168,
+}
+SUBSPECIALTIES = ("neuro", "chest", "body", "msk", "breast", "cardiac", "paediatric", "general")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportingAgreement:
+    """Radiologists of ``reporters`` (ODS codes) report studies requested by ``for_trusts``
+    (in ``subspecialties``); None means every trust (every subspecialty)."""
+
+    reporters: frozenset[str] | None
+    for_trusts: frozenset[str] | None
+    subspecialties: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reporting:
+    """The region's reporting rules (``[reporting]`` in the region file)."""
+
+    agreements: tuple[ReportingAgreement, ...] = ()
+    turnaround_hours: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TURNAROUND_HOURS))
+    claim_minutes: int = 30  # a claim not renewed (by saving) for this long lapses
+    reporter_subspecialties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def covered(self, reporter_trust: str | None) -> frozenset[str] | None:
+        """The trusts whose studies radiologists of ``reporter_trust`` report: None for
+        every trust, empty for none."""
+        if reporter_trust is None:
+            return frozenset()
+        trusts: set[str] = set()
+        for a in self.agreements:
+            if a.reporters is None or reporter_trust in a.reporters:
+                if a.for_trusts is None:
+                    return None
+                trusts |= a.for_trusts
+        return frozenset(trusts)
+
+
 @dataclass(frozen=True, slots=True)
 class Region:
     name: str
     trusts: tuple[Trust, ...]
     aes: tuple[ApplicationEntity, ...]
+    reporting: Reporting = field(default_factory=Reporting)
     _by_title: dict[str, ApplicationEntity] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -207,7 +252,74 @@ def parse_region(doc: dict[str, Any]) -> Region:
             raise RegionError(
                 f"{ae.ae_title}: move_destinations {unknown} are not AEs of the region"
             )
-    return Region(name=str(doc.get("name", "region")), trusts=tuple(trusts), aes=tuple(aes))
+    reporting = _reporting(doc.get("reporting", {}), {t.ods_code for t in trusts})
+    return Region(
+        name=str(doc.get("name", "region")),
+        trusts=tuple(trusts),
+        aes=tuple(aes),
+        reporting=reporting,
+    )
+
+
+def _trust_list(value: Any, where: str, key: str, known: set[str]) -> frozenset[str] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RegionError(f"{where}: '{key}' must be a list of ODS codes (or [\"*\"])")
+    if "*" in value:
+        return None
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise RegionError(f"{where}: '{key}' names trusts not in the region: {unknown}")
+    return frozenset(value)
+
+
+def _subspecialty_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(v in SUBSPECIALTIES for v in value):
+        raise RegionError(f"{where}: subspecialties must be a list of {', '.join(SUBSPECIALTIES)}")
+    return tuple(value)
+
+
+def _reporting(table: Any, trusts: set[str]) -> Reporting:
+    if not isinstance(table, dict):
+        raise RegionError("'reporting' must be a table")
+    agreements = []
+    for i, a in enumerate(table.get("agreements", [])):
+        where = f"reporting.agreements[{i}]"
+        subs = a.get("subspecialties")
+        agreements.append(
+            ReportingAgreement(
+                reporters=_trust_list(a.get("reporters"), where, "reporters", trusts),
+                for_trusts=_trust_list(a.get("for_trusts"), where, "for_trusts", trusts),
+                subspecialties=None if subs is None else frozenset(_subspecialty_list(subs, where)),
+            )
+        )
+    hours = dict(DEFAULT_TURNAROUND_HOURS)
+    given = table.get("turnaround_hours", {})
+    if not isinstance(given, dict):
+        raise RegionError("reporting.turnaround_hours must be a table of priority = hours")
+    for key, value in given.items():
+        if key not in DEFAULT_TURNAROUND_HOURS:
+            raise RegionError(
+                f"reporting.turnaround_hours: {key!r} is not one of "
+                f"{', '.join(DEFAULT_TURNAROUND_HOURS)}"
+            )
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise RegionError(f"reporting.turnaround_hours.{key} must be a whole number of hours")
+        hours[key] = value
+    claim = table.get("claim_minutes", 30)
+    if not isinstance(claim, int) or not 1 <= claim <= 24 * 60:
+        raise RegionError("reporting.claim_minutes must be a whole number of minutes, 1-1440")
+    reporters: dict[str, tuple[str, ...]] = {}
+    for j, r in enumerate(table.get("reporters", [])):
+        where = f"reporting.reporters[{j}]"
+        reporters[_req(r, "username", where, str)] = _subspecialty_list(
+            r.get("subspecialties", []), where
+        )
+    return Reporting(
+        agreements=tuple(agreements),
+        turnaround_hours=hours,
+        claim_minutes=claim,
+        reporter_subspecialties=reporters,
+    )
 
 
 def load_region(path: Path) -> Region:

@@ -55,6 +55,19 @@ class NewStudyHook(Protocol):
     ) -> None: ...
 
 
+class NewSeriesHook(Protocol):
+    """Rules run in the writer's transaction when a series row is written (idempotent:
+    it also runs again for a known series after the writer's caches are cleared)."""
+
+    def __call__(
+        self,
+        conn: sa.Connection,
+        record: InstanceRecord,
+        study_pk: int,
+        now: dt.datetime,
+    ) -> None: ...
+
+
 class WriteStatus(enum.Enum):
     INSERTED = "inserted"
     EXISTS = "exists"  # the SOP Instance UID is already indexed
@@ -76,10 +89,16 @@ class IndexWriter:
     """One writer thread; ``insert``/``replace`` block until their commit."""
 
     def __init__(
-        self, engine: sa.Engine, *, max_batch: int = 64, on_new_study: NewStudyHook | None = None
+        self,
+        engine: sa.Engine,
+        *,
+        max_batch: int = 64,
+        on_new_study: NewStudyHook | None = None,
+        on_new_series: NewSeriesHook | None = None,
     ) -> None:
         self._engine = engine
         self._on_new_study = on_new_study
+        self._on_new_series = on_new_series
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._dialect = engine.dialect.name
@@ -202,6 +221,8 @@ class IndexWriter:
         series_pk = self._upsert(
             conn, series, {**record.series, "study_fk": study_pk, "created_at": now}
         )
+        if self._on_new_series is not None:
+            self._on_new_series(conn, record, study_pk, now)
         self._series_pk[series_uid] = series_pk
         if len(self._series_pk) > 10_000:
             self._forget_caches()

@@ -15,6 +15,9 @@ The rules (issue 5):
   studies: the identities linked by NHS number are one person (services.identity).
 - Any other patient only through break-glass: a reason, a time limit, an audit record
   and an alert to the trust's auditors.
+- A reporter (radiologist) also sees the patients whose studies the region's reporting
+  agreements assign to them (on the worklist, requested by a trust they report for),
+  with that person's priors from every trust.
 - PACS administrators see and manage everything; auditors see the audit trail only.
 """
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from netpacs.domain.region import AEKind, ApplicationEntity
-from netpacs.index.schema import break_glass, patient, study
+from netpacs.index.schema import break_glass, patient, study, worklist_item
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
 
 log = logging.getLogger(__name__)
@@ -54,16 +57,25 @@ class Capability(enum.Enum):
     BREAK_GLASS = "break glass"
     RECONCILE = "reconcile patient identities"
     READ_AUDIT = "read the audit trail"
+    REPORT = "report studies"
 
 
 _CAPABILITIES: dict[Role, frozenset[Capability]] = {
-    Role.RADIOLOGIST: frozenset({Capability.SEE_IMAGING, Capability.STORE, Capability.BREAK_GLASS}),
+    Role.RADIOLOGIST: frozenset(
+        {Capability.SEE_IMAGING, Capability.STORE, Capability.BREAK_GLASS, Capability.REPORT}
+    ),
     Role.RADIOGRAPHER: frozenset(
         {Capability.SEE_IMAGING, Capability.STORE, Capability.BREAK_GLASS}
     ),
     Role.CLINICIAN: frozenset({Capability.SEE_IMAGING, Capability.BREAK_GLASS}),
     Role.ADMIN: frozenset(
-        {Capability.SEE_IMAGING, Capability.STORE, Capability.RECONCILE, Capability.READ_AUDIT}
+        {
+            Capability.SEE_IMAGING,
+            Capability.STORE,
+            Capability.RECONCILE,
+            Capability.READ_AUDIT,
+            Capability.REPORT,
+        }
     ),
     Role.AUDITOR: frozenset({Capability.READ_AUDIT}),
     Role.APPLICATION: frozenset({Capability.SEE_IMAGING, Capability.STORE}),
@@ -81,6 +93,9 @@ class Principal:
     trust: str | None = None  # ODS code; None only for SYSTEM
     address: str | None = None
     name: str | None = None
+    # Requesting trusts whose worklist items this reporter is assigned by the region's
+    # reporting agreements ("*": every trust); their patients are visible (issue 6).
+    reports_for: tuple[str, ...] = ()
 
     def may(self, capability: Capability) -> bool:
         return capability in _CAPABILITIES[self.role]
@@ -177,7 +192,31 @@ class AccessRules:
             )
             .exists()
         )
-        return sa.or_(direct, linked, granted)
+        return sa.or_(direct, linked, granted, *self._reportable(principal))
+
+    @staticmethod
+    def _reportable(principal: Principal) -> list[sa.ColumnElement[bool]]:
+        """The patients (any identity of the person) with a worklist item the principal's
+        reporting agreements cover."""
+        if not principal.reports_for or not principal.may(Capability.REPORT):
+            return []
+        item_study = study.alias("reported_study")
+        item_patient = patient.alias("reported_identity")
+        cond = sa.select(1).select_from(
+            worklist_item.join(item_study, item_study.c.id == worklist_item.c.study_fk).join(
+                item_patient, item_patient.c.id == item_study.c.patient_fk
+            )
+        )
+        if "*" not in principal.reports_for:
+            cond = cond.where(worklist_item.c.requesting_trust.in_(principal.reports_for))
+        same_person = sa.or_(
+            item_patient.c.id == patient.c.id,
+            sa.and_(
+                patient.c.nhs_number.is_not(None),
+                item_patient.c.nhs_number == patient.c.nhs_number,
+            ),
+        )
+        return [cond.where(same_person).exists()]
 
 
 class BreakGlassError(Exception):

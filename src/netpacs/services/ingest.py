@@ -443,5 +443,10 @@ def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> Instanc
         "origin_trust": origin.trust,
         "origin_user": origin.user,
     }
-    hints = {"nhs_number": nhs_number_in_header(h), "source": origin.describe()}
+    hints = {
+        "nhs_number": nhs_number_in_header(h),
+        "source": origin.describe(),
+        "origin": origin,  # the reporting worklist queues what modalities and users send
+        "header": h,
+    }
     return InstanceRecord(patient, study, series, inst, hints)

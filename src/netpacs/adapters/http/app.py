@@ -19,6 +19,7 @@ from netpacs.adapters.http import (
     qido,
     reconciliation,
     rendered,
+    reporting,
     stow,
     viewer,
     wado,
@@ -50,6 +51,17 @@ def create_app(services: HttpServices) -> FastAPI:
             {"status": 401, "message": exc.message}, status_code=401, headers=exc.headers
         )
 
-    for module in (auth, audit_pages, stow, qido, wado, rendered, fhir, reconciliation, viewer):
+    for module in (
+        auth,
+        audit_pages,
+        stow,
+        qido,
+        wado,
+        rendered,
+        fhir,
+        reconciliation,
+        reporting,
+        viewer,
+    ):
         app.include_router(module.router)
     return app

@@ -14,6 +14,7 @@ from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.audit import AuditService
 from netpacs.services.ingest import IngestService
 from netpacs.services.query import QueryService
+from netpacs.services.reporting import ReportingService
 from netpacs.services.retrieve import RetrieveService
 
 DICOMWEB_ROOT = "/dicomweb"
@@ -32,6 +33,7 @@ class HttpServices:
     retrieve: RetrieveService
     audit: AuditService
     accounts: AccountService
+    reporting: ReportingService
 
     @property
     def ingest(self) -> IngestService:
@@ -42,9 +44,13 @@ class HttpServices:
         return self.query.principal
 
     def for_principal(self, principal: Principal) -> HttpServices:
+        principal = self.reporting.with_agreements(principal)
         query = self.query.for_principal(principal)
         return replace(
-            self, query=query, retrieve=RetrieveService(query=query, blobs=self.archive.blobs)
+            self,
+            query=query,
+            retrieve=RetrieveService(query=query, blobs=self.archive.blobs),
+            reporting=self.reporting.for_principal(principal),
         )
 
     @classmethod
@@ -66,6 +72,14 @@ class HttpServices:
             retrieve=RetrieveService(query=query, blobs=archive.blobs),
             audit=audit,
             accounts=accounts,
+            reporting=ReportingService(
+                archive.read_engine,
+                archive.write_engine,
+                archive.region,
+                principal=NOBODY,
+                audit=audit,
+                outputs=archive.report_outputs,
+            ),
         )
 
 

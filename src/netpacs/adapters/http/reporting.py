@@ -1,0 +1,171 @@
+"""Networked reporting over HTTP: the worklist, claims and reports as JSON (issue 6).
+
+``/api/worklist`` lists and claims items, ``/api/reports/{study}`` saves, signs and
+amends reports, ``/api/turnaround`` gives the dashboard's figures. The rules are in
+services.reporting; this module translates HTTP to them (errors: 403 for a role that
+does not report, 404 for a study that does not exist or is not the user's to report,
+409 when another reporter holds the claim or the report is already final, 422 for
+bad input; bodies ``{"status", "message"}`` as everywhere).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from netpacs.adapters.http.deps import check_url_uids, services
+from netpacs.adapters.http.errors import HttpError
+from netpacs.services.reporting import MAX_TEXT, ReportingError, ReportingService
+
+router = APIRouter()
+
+
+def _reporting(request: Request) -> ReportingService:
+    return services(request).reporting
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = fn(*args, **kwargs)
+    except ReportingError as exc:
+        raise HttpError(exc.status, exc.message) from None
+    return result
+
+
+class ReportBody(BaseModel):
+    text: str = Field(max_length=MAX_TEXT, description="the report: free text with sections")
+    status: Literal["draft", "preliminary", "final"] = Field(
+        description="draft (autosave), preliminary, or final (signed; never edited again)"
+    )
+    template: str | None = Field(None, max_length=32, description="the template it began from")
+    version: int | None = Field(
+        None, description="the version the client loaded: a save over a newer one is refused"
+    )
+
+
+class TextBody(BaseModel):
+    text: str = Field(max_length=MAX_TEXT)
+
+
+class ReasonBody(BaseModel):
+    reason: str = Field(max_length=4000)
+
+
+class AssignBody(BaseModel):
+    username: str = Field(max_length=200, description="the radiologist to give the item to")
+
+
+class PriorityBody(BaseModel):
+    priority: str = Field(max_length=32)
+
+
+@router.get("/api/worklist", tags=["reporting"])
+def worklist(
+    request: Request,
+    view: Annotated[Literal["all", "mine", "subspecialty", "trust"], Query()] = "all",
+    trust: Annotated[str | None, Query(max_length=16)] = None,
+    subspecialty: Annotated[str | None, Query(max_length=32)] = None,
+    status: Annotated[Literal["open", "reported", "all"], Query()] = "open",
+    priority: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 500,
+) -> dict[str, Any]:
+    """Worklist items the user may report, by priority and time to breach."""
+    return _call(
+        _reporting(request).worklist,
+        view=view,
+        trust=trust,
+        subspecialty=subspecialty,
+        status=status,
+        priority=priority,
+        limit=limit,
+    )
+
+
+@router.get("/api/worklist/{study}", tags=["reporting"])
+def worklist_item(request: Request, study: str) -> dict[str, Any]:
+    check_url_uids(Study=study)
+    return _call(_reporting(request).item, study)
+
+
+@router.post("/api/worklist/{study}/claim", tags=["reporting"])
+def claim(request: Request, study: str) -> dict[str, Any]:
+    """Claim the item (409 with who holds it when someone else does)."""
+    check_url_uids(Study=study)
+    return _call(_reporting(request).claim, study)
+
+
+@router.delete("/api/worklist/{study}/claim", tags=["reporting"])
+def release(request: Request, study: str) -> dict[str, Any]:
+    check_url_uids(Study=study)
+    return _call(_reporting(request).release, study)
+
+
+@router.post("/api/worklist/{study}/assign", tags=["reporting"])
+def assign(request: Request, study: str, body: AssignBody) -> dict[str, Any]:
+    """An admin gives the item to a radiologist."""
+    check_url_uids(Study=study)
+    return _call(_reporting(request).assign, study, body.username)
+
+
+@router.post("/api/worklist/{study}/priority", tags=["reporting"])
+def set_priority(request: Request, study: str, body: PriorityBody) -> dict[str, Any]:
+    check_url_uids(Study=study)
+    return _call(_reporting(request).set_priority, study, body.priority)
+
+
+@router.get("/api/worklist/{study}/priors", tags=["reporting"])
+def priors(request: Request, study: str) -> dict[str, Any]:
+    """The study and the person's priors from every trust, newest first."""
+    check_url_uids(Study=study)
+    return _call(_reporting(request).priors, study)
+
+
+@router.get("/api/reports/templates", tags=["reporting"])
+def templates(request: Request) -> dict[str, str]:
+    return _reporting(request).templates()
+
+
+@router.get("/api/reports/{study}", tags=["reporting"])
+def get_report(request: Request, study: str) -> dict[str, Any]:
+    check_url_uids(Study=study)
+    return _call(_reporting(request).report, study)
+
+
+@router.put("/api/reports/{study}", tags=["reporting"])
+def put_report(request: Request, study: str, body: ReportBody) -> dict[str, Any]:
+    """Save a draft or a preliminary report, or sign it final."""
+    check_url_uids(Study=study)
+    return _call(
+        _reporting(request).save,
+        study,
+        body.text,
+        body.status,
+        template=body.template,
+        version=body.version,
+    )
+
+
+@router.post("/api/reports/{study}/addenda", tags=["reporting"])
+def add_addendum(request: Request, study: str, body: TextBody) -> dict[str, Any]:
+    check_url_uids(Study=study)
+    return _call(_reporting(request).addendum, study, body.text)
+
+
+@router.post("/api/reports/{study}/second-opinion", tags=["reporting"])
+def second_opinion(request: Request, study: str, body: ReasonBody) -> dict[str, Any]:
+    check_url_uids(Study=study)
+    return _call(_reporting(request).second_opinion, study, body.reason)
+
+
+@router.post("/api/reports/{study}/discrepancy", tags=["reporting"])
+def discrepancy(request: Request, study: str, body: TextBody) -> dict[str, Any]:
+    check_url_uids(Study=study)
+    return _call(_reporting(request).discrepancy, study, body.text)
+
+
+@router.get("/api/turnaround", tags=["reporting"])
+def turnaround(request: Request, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
+    """Arrival-to-report times, backlog and breaches per trust and modality."""
+    return _call(_reporting(request).turnaround, days)
