@@ -25,6 +25,7 @@ from netpacs.adapters.http import (
     wado,
 )
 from netpacs.adapters.http.deps import HttpServices
+from netpacs.adapters.http.pages import reporting_pages
 
 
 def create_app(services: HttpServices) -> FastAPI:
@@ -61,6 +62,7 @@ def create_app(services: HttpServices) -> FastAPI:
         fhir,
         reconciliation,
         reporting,
+        reporting_pages,
         viewer,
     ):
         app.include_router(module.router)
