@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from netpacs.adapters.http.deps import HttpServices, services
+from netpacs.adapters.http.pages.reporting_pages import may_report, reporting_links
 from netpacs.domain.nhs_number import format_for_people
 from netpacs.services.query import QueryError
 from netpacs.services.studies import StudyFilter, StudyListService, StudySummary
@@ -111,7 +112,20 @@ def _origin(s: StudySummary) -> str:
     return name + code + site
 
 
-def _row(s: StudySummary) -> str:
+_REPORT_STATUSES = ("unreported", "draft", "preliminary", "final")
+
+
+def _report_cell(uid: str, status: str | None, *, linked: bool) -> str:
+    """The study's report status; "—" when it is not on the reporting worklist."""
+    if status is None:
+        return '<span class="muted" title="not on the reporting worklist">&mdash;</span>'
+    shown = f'<span class="report-{_e(status)}">{_e(status)}</span>'
+    if linked and status in _REPORT_STATUSES:
+        return f'<a href="/report/{_e(quote(uid, safe=""))}">{shown}</a>'
+    return shown
+
+
+def _row(s: StudySummary, report_status: str | None = None, *, linked: bool = False) -> str:
     link = "/viewer?StudyInstanceUIDs=" + quote(s.study_instance_uid, safe="")
     when = format_date(s.study_date)
     time = format_time(s.study_time)
@@ -126,6 +140,7 @@ def _row(s: StudySummary) -> str:
         _e(", ".join(s.modalities)),
         _e(s.study_description),
         _origin(s),
+        _report_cell(s.study_instance_uid, report_status, linked=linked),
     ]
     return (
         f'<tr data-study="{_e(s.study_instance_uid)}">'
@@ -183,9 +198,13 @@ def studies(
         status = 400
         error = f'<p class="error">{_e(exc)}</p>'
     else:
-        rows = "\n".join(_row(s) for s in page.studies)
+        statuses = svc.reporting.statuses([s.study_instance_uid for s in page.studies])
+        reporter = may_report(svc.principal)
+        rows = "\n".join(
+            _row(s, statuses.get(s.study_instance_uid), linked=reporter) for s in page.studies
+        )
         if not page.studies:
-            rows = '<tr><td colspan="7" class="muted">No studies match.</td></tr>'
+            rows = '<tr><td colspan="8" class="muted">No studies match.</td></tr>'
         links = []
         if offset:
             links.append(_page_link(params, max(0, offset - limit), "&larr; Newer"))
@@ -197,6 +216,7 @@ def studies(
         paging = " ".join(links)
     html = _TEMPLATE.substitute(
         region=_e(svc.archive.region.name),
+        reporting_links=reporting_links(svc.principal),
         name=_e(name),
         patient_id=_e(patient_id),
         date_from=_e(_iso(_dicom_date_or_empty(date_from))),
