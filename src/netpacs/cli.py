@@ -180,8 +180,11 @@ def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.Argument
                 ).rowcount
             print(f"removed {gone} demo users")
             return EXIT_OK
-        password = os.environ.get("NETPACS_NEW_PASSWORD") or getpass.getpass(
-            f"password for {args.username}: "
+        password = (
+            ""  # signs in through OpenID Connect only
+            if args.external
+            else os.environ.get("NETPACS_NEW_PASSWORD")
+            or getpass.getpass(f"password for {args.username}: ")
         )
         audit = AuditService(AuditService.in_own_transaction(engine), source_id=settings.ae_title)
         accounts = AccountService(
@@ -195,11 +198,13 @@ def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.Argument
                 role=Role(args.role),
                 display_name=args.name or "",
                 region=load_region(settings.effective_region_file),
+                external=args.external,
             )
         except (AccountError, sa.exc.IntegrityError) as exc:
             message = str(exc) if isinstance(exc, AccountError) else "that user name is taken"
             p.error(message)
-        print(f"user {args.username} ({args.role} at {args.trust}) created")
+        how = ", signs in through OpenID Connect" if args.external else ""
+        print(f"user {args.username} ({args.role} at {args.trust}{how}) created")
         return EXIT_OK
     finally:
         engine.dispose()
@@ -500,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["radiologist", "radiographer", "clinician", "admin", "auditor"],
     )
     add.add_argument("--name", help="display name")
+    add.add_argument(
+        "--external",
+        action="store_true",
+        help="no password: the user signs in through the OpenID Connect identity provider "
+        "(oidc_issuer) with this user name",
+    )
     user_sub.add_parser("remove-demo", help="delete the demo users (before leaving demo mode)")
     user.set_defaults(func=_cmd_user)
 

@@ -4,7 +4,8 @@
 //
 //   node tests/oidc/provider.mjs PORT CLIENT_ID CLIENT_SECRET REDIRECT_URI
 //
-// Every start makes a new RSA signing key (a new kid), so restarting the provider on
+// The issuer is http://localhost:PORT: another site than netpacs on 127.0.0.1, as a
+// real identity provider is. Every start makes a new RSA signing key (a new kid), so restarting the provider on
 // the same port is a key rotation as netpacs sees it. Prints "listening" when ready.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -28,7 +29,7 @@ const ACCOUNTS = {
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig' };
 
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = `http://localhost:${port}`;
 const provider = new Provider(issuer, {
   clients: [
     {

@@ -24,7 +24,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jwt
 import sqlalchemy as sa
@@ -47,6 +47,7 @@ _HUMAN_ROLES = frozenset({*CLINICAL, Role.ADMIN, Role.AUDITOR})
 class SignInProblem(enum.Enum):
     INVALID = "invalid"  # unknown user or wrong password (never said which)
     LOCKED = "locked"  # too many failures: wait
+    REFUSED = "refused"  # signed in elsewhere (OpenID Connect) but not admitted here
 
 
 class SignInError(Exception):
@@ -59,6 +60,17 @@ class SignInError(Exception):
 
 class AccountError(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalIdentity:
+    """Who an identity provider says signed in (from its ID token and userinfo)."""
+
+    provider: str  # issuer URL, for the audit trail
+    username: str
+    display_name: str = ""
+    trust: str | None = None  # as the trust claim gave it (None: no claim)
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,20 +130,26 @@ class AccountService:
         demo: bool = False,
         region: Region | None = None,
         password_hash: str | None = None,
+        external: bool = False,
     ) -> None:
+        """A new account; ``external``: no password, signs in through OpenID Connect."""
         if role not in _HUMAN_ROLES:
             raise AccountError(f"role {role.value!r} is not one people sign in with")
         if not username or username != username.strip() or len(username) > 64:
             raise AccountError("a user name is 1-64 characters without surrounding spaces")
         if region is not None and region.trust(trust) is None:
             raise AccountError(f"{trust!r} is not the ODS code of a trust of the region")
-        if len(password) < (4 if demo else 12):
+        if not external and len(password) < (4 if demo else 12):
             raise AccountError("a password has at least 12 characters")
+        if external:
+            password_hash = None
+        elif password_hash is None:
+            password_hash = self._hasher.hash(password)
         with self._engine.begin() as conn:
             conn.execute(
                 sa.insert(user_account).values(
                     username=username,
-                    password_hash=password_hash or self._hasher.hash(password),
+                    password_hash=password_hash,
                     trust=trust,
                     role=role.value,
                     display_name=display_name or username,
@@ -222,6 +240,137 @@ class AccountService:
         principal = _principal(row, address)
         self._audit.record(AuditRecord(Event.LOGIN, principal.actor(), detail="signed in"))
         return principal
+
+    def sign_in_external(
+        self,
+        identity: ExternalIdentity,
+        *,
+        claims_decide: bool,
+        region: Region,
+        address: str | None,
+    ) -> Principal:
+        """The principal of a user an identity provider vouches for; SignInError if we
+        do not admit them (audited either way).
+
+        Only an account without a password is ever signed in this way, so the
+        provider cannot take over a local account of the same name. Without
+        ``claims_decide`` the account must have been made beforehand (``netpacs user
+        add --external``) and its trust and role count; with it, the trust and role
+        claims decide at every sign-in and the account follows them (made on first
+        sign-in). A disabled account stays refused either way.
+        """
+        name = identity.username
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(user_account).where(user_account.c.username == name)
+            ).first()
+        if row is not None and row.password_hash:
+            self._refuse(name, address, f"{name} is a local account (it signs in with a password)")
+        if row is not None and row.disabled:
+            self._refuse(name, address, f"the account {name} is disabled")
+        if claims_decide:
+            trust, role = self._from_claims(identity, region, address)
+            row = self._provision(identity, trust, role, exists=row is not None)
+        elif row is None:
+            self._refuse(
+                name,
+                address,
+                f"{name} has no netpacs account: a PACS administrator adds it "
+                "(netpacs user add --external)",
+            )
+        assert row is not None
+        principal = _principal(row, address)
+        self._audit.record(
+            AuditRecord(
+                Event.LOGIN, principal.actor(), detail=f"signed in through {identity.provider}"
+            )
+        )
+        return principal
+
+    def external_sign_in_failed(self, reason: str, *, username: str, address: str | None) -> None:
+        """Audit a sign-in through an identity provider that failed before we knew who."""
+        self._audit.record(
+            AuditRecord(
+                Event.LOGIN, _attempt(username, address), Outcome.MINOR_FAILURE, detail=reason
+            )
+        )
+
+    def _refuse(self, username: str, address: str | None, reason: str) -> NoReturn:
+        self.external_sign_in_failed(reason, username=username, address=address)
+        raise SignInError(SignInProblem.REFUSED, reason)
+
+    def _from_claims(
+        self, identity: ExternalIdentity, region: Region, address: str | None
+    ) -> tuple[str, Role]:
+        ods = (identity.trust or "").strip().upper()
+        trust = region.trust(ods) if ods else None
+        try:
+            role: Role | None = Role((identity.role or "").strip().lower())
+        except ValueError:
+            role = None
+        if trust is None or role not in _HUMAN_ROLES:
+            self._refuse(
+                identity.username,
+                address,
+                f"{identity.username} has no trust and role netpacs knows "
+                f"(trust {identity.trust!r}, role {identity.role!r}): ask your identity "
+                "provider's administrators",
+            )
+        assert role is not None
+        return trust.ods_code, role
+
+    def _provision(
+        self, identity: ExternalIdentity, trust: str, role: Role, *, exists: bool
+    ) -> sa.Row[Any]:
+        values = {
+            "trust": trust,
+            "role": role.value,
+            "display_name": identity.display_name or identity.username,
+        }
+        match = (user_account.c.username == identity.username) & user_account.c.password_hash.is_(
+            None
+        )
+        if not exists:
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        sa.insert(user_account).values(
+                            username=identity.username,
+                            password_hash=None,
+                            created_at=dt.datetime.now(dt.UTC),
+                            **values,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                exists = True  # another worker made it meanwhile
+        if exists:
+            with self._engine.begin() as conn:
+                conn.execute(sa.update(user_account).where(match).values(**values))
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(user_account).where(match)).first()
+        if row is None or row.disabled:
+            self._refuse(identity.username, None, f"the account {identity.username} is not usable")
+        return row
+
+    # -- signed state for other sign-in steps ----------------------------------------------
+    def seal(self, claims: dict[str, Any], *, purpose: str, seconds: int) -> str:
+        """``claims`` signed with our key for ``purpose`` only, valid for ``seconds``
+        (e.g. the state of an OpenID Connect sign-in kept in the browser). Never
+        accepted as an access token: it has an audience, and tokens have none."""
+        now = dt.datetime.now(dt.UTC)
+        body = {**claims, "iss": _ISSUER, "aud": purpose, "iat": now}
+        body["exp"] = now + dt.timedelta(seconds=seconds)
+        return jwt.encode(body, self._secret, algorithm=_ALGORITHM)
+
+    def unseal(self, value: str, *, purpose: str) -> dict[str, Any] | None:
+        """What :meth:`seal` signed for ``purpose``, or None (forged, expired, other)."""
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                value, self._secret, algorithms=[_ALGORITHM], issuer=_ISSUER, audience=purpose
+            )
+        except jwt.PyJWTError:
+            return None
+        return claims
 
     def _recent_failures(self, username: str, address: str | None, now: dt.datetime) -> int:
         with self._engine.connect() as conn:

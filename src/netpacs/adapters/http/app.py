@@ -16,6 +16,7 @@ from netpacs.adapters.http import (
     auth,
     errors,
     fhir,
+    oidc,
     qido,
     reconciliation,
     rendered,
@@ -47,13 +48,14 @@ def create_app(services: HttpServices) -> FastAPI:
     async def _sign_in(request: Request, exc: auth.SignInRequired) -> Response:
         if auth.wants_page(request):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return auth.sign_in_page(target, status=401)
+            return auth.sign_in_page(target, status=401, oidc_label=auth.oidc_label(request))
         return JSONResponse(
             {"status": 401, "message": exc.message}, status_code=401, headers=exc.headers
         )
 
     for module in (
         auth,
+        oidc,
         audit_pages,
         stow,
         qido,

@@ -27,7 +27,7 @@ from netpacs.services.accounts import SignInError, SignInProblem
 router = APIRouter()
 
 COOKIE = "netpacs_session"
-_OPEN_PATHS = frozenset({"/auth/token", "/signin"})
+_OPEN_PATHS = frozenset({"/auth/token", "/signin", "/auth/oidc/login", "/auth/oidc/callback"})
 
 
 class SignInRequired(HttpError):
@@ -37,7 +37,7 @@ class SignInRequired(HttpError):
         super().__init__(401, message, {"WWW-Authenticate": 'Bearer realm="netpacs"'})
 
 
-def _address(request: Request) -> str | None:
+def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
@@ -51,7 +51,7 @@ def authenticate(request: Request) -> None:
     token = credentials.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE)
     if not token:
         raise SignInRequired("sign in: this needs a bearer token or a session")
-    principal = base.accounts.principal(token, address=_address(request))
+    principal = base.accounts.principal(token, address=client_address(request))
     if principal is None:
         raise SignInRequired("the token or session is not valid (expired?): sign in again")
     request.state.principal = principal
@@ -79,7 +79,7 @@ def token(
         )
     base: HttpServices = request.app.state.services
     try:
-        principal = base.accounts.sign_in(username, password, address=_address(request))
+        principal = base.accounts.sign_in(username, password, address=client_address(request))
     except SignInError as exc:
         if exc.problem is SignInProblem.LOCKED:
             return JSONResponse(
@@ -121,10 +121,13 @@ color:#1d2a36}}
 form{{display:grid;gap:.7em;min-width:18em;padding:1.5em;border:1px solid #d4dbe2;
 border-radius:6px}} input{{font:inherit;padding:.35em}}
 .error{{background:#fbe4e4;padding:.5em;border-radius:4px}} small{{color:#5a6b7b}}
+.sso{{display:block;text-align:center;padding:.5em;border:1px solid #1d5fa0;border-radius:4px;
+color:#fff;background:#1d5fa0;text-decoration:none}}
 </style></head><body>
 <form method=post action="/signin">
 <h1>netpacs</h1>
 {message}
+{oidc}
 <label>User name <input name=username autocomplete=username required autofocus></label>
 <label>Password <input name=password type=password autocomplete=current-password required>
 </label>
@@ -135,43 +138,34 @@ border-radius:6px}} input{{font:inherit;padding:.35em}}
 """
 
 
-def sign_in_page(next_url: str, message: str = "", status: int = 200) -> HTMLResponse:
+def sign_in_page(
+    next_url: str, message: str = "", status: int = 200, *, oidc_label: str | None = None
+) -> HTMLResponse:
+    """The sign-in form; with ``oidc_label``, also "Sign in with <label>" (OIDC)."""
     shown = f"<p class=error role=alert>{escape(message)}</p>" if message else ""
+    oidc = ""
+    if oidc_label:
+        href = f"/auth/oidc/login?next={quote(next_url, safe='/')}"
+        oidc = (
+            f'<a class=sso href="{escape(href, quote=True)}">Sign in with {escape(oidc_label)}</a>'
+            "<small>or with a netpacs user name and password:</small>"
+        )
     return HTMLResponse(
-        _PAGE.format(message=shown, next=escape(next_url, quote=True)), status_code=status
+        _PAGE.format(message=shown, oidc=oidc, next=escape(next_url, quote=True)),
+        status_code=status,
     )
 
 
-def _safe_next(value: str) -> str:
-    """Only a path of this site (no scheme, no host): never an open redirect."""
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//"):
-        return "/studies"
-    return value
+def oidc_label(request: Request) -> str | None:
+    """The sign-in button's label when OpenID Connect sign-in is configured."""
+    settings = request.app.state.services.archive.settings
+    return settings.oidc_display_name if settings.oidc_issuer else None
 
 
-@router.get("/signin", include_in_schema=False)
-def signin_form(next: str = "/studies") -> HTMLResponse:
-    return sign_in_page(_safe_next(next))
-
-
-@router.post("/signin", include_in_schema=False)
-def signin(
-    request: Request,
-    username: Annotated[str, Form(max_length=200)],
-    password: Annotated[str, Form(max_length=1000)],
-    next: Annotated[str, Form(max_length=2000)] = "/studies",
-) -> Response:
+def start_session(request: Request, response: Response, principal: Principal) -> Response:
+    """Sign the browser in: the session cookie (an access token) on ``response``."""
     base: HttpServices = request.app.state.services
-    target = _safe_next(next)
-    try:
-        principal = base.accounts.sign_in(username, password, address=_address(request))
-    except SignInError as exc:
-        return sign_in_page(
-            target, exc.message, 429 if exc.problem is SignInProblem.LOCKED else 401
-        )
     issued = base.accounts.issue(principal)
-    response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
         issued.value,
@@ -182,6 +176,40 @@ def signin(
         path="/",
     )
     return response
+
+
+def safe_next(value: str) -> str:
+    """Only a path of this site (no scheme, no host): never an open redirect."""
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//"):
+        return "/studies"
+    return value
+
+
+@router.get("/signin", include_in_schema=False)
+def signin_form(request: Request, next: str = "/studies") -> HTMLResponse:
+    return sign_in_page(safe_next(next), oidc_label=oidc_label(request))
+
+
+@router.post("/signin", include_in_schema=False)
+def signin(
+    request: Request,
+    username: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form(max_length=2000)] = "/studies",
+) -> Response:
+    base: HttpServices = request.app.state.services
+    target = safe_next(next)
+    try:
+        principal = base.accounts.sign_in(username, password, address=client_address(request))
+    except SignInError as exc:
+        return sign_in_page(
+            target,
+            exc.message,
+            429 if exc.problem is SignInProblem.LOCKED else 401,
+            oidc_label=oidc_label(request),
+        )
+    return start_session(request, RedirectResponse(target, status_code=303), principal)
 
 
 @router.post("/signout", include_in_schema=False)

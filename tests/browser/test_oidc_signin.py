@@ -1,0 +1,197 @@
+"""OpenID Connect sign-in in headless Chromium against a real OpenID provider.
+
+The provider is panva's oidc-provider (OpenID Certified, npm; tests/oidc/provider.mjs)
+run by Node.js on 127.0.0.1 with its development login and consent pages, which
+accept any password for the test accounts it knows.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import sqlalchemy as sa
+from playwright.sync_api import Browser, Page, Route, expect
+
+from tests.browser.conftest import is_local
+from tests.conftest import ROOT, Netpacs, free_port, wait_for_port
+from tests.hl7.test_regional_record import send_study
+
+PROVIDER_DIR = ROOT / "tests" / "oidc"
+CLIENT_ID = "netpacs"
+
+
+@dataclass
+class OpenIdProvider:
+    """A running tests/oidc/provider.mjs with netpacs registered as a client."""
+
+    redirect_uri: str
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://localhost:{self.port}"  # another site than netpacs (127.0.0.1)
+
+    def start(self) -> OpenIdProvider:
+        """Start (again): every start signs with a new key, as a key rotation would."""
+        if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
+            pytest.fail("the test OpenID provider is not installed: run `make test-setup`")
+        self.proc = subprocess.Popen(
+            [
+                "node",
+                str(PROVIDER_DIR / "provider.mjs"),
+                str(self.port),
+                CLIENT_ID,
+                self.client_secret,
+                self.redirect_uri,
+            ],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def oidc_netpacs(
+    tmp_path: Path,
+    database_url: str,
+    region_file: Path,
+    *,
+    http_port: int,
+    issuer: str,
+    client_secret: str,
+    claims_decide: bool = True,
+) -> Netpacs:
+    secret_file = tmp_path / "oidc-client-secret"
+    secret_file.write_text(client_secret + "\n")
+    env = {
+        "NETPACS_OIDC_ISSUER": issuer,
+        "NETPACS_OIDC_CLIENT_ID": CLIENT_ID,
+        "NETPACS_OIDC_CLIENT_SECRET_FILE": str(secret_file),
+        "NETPACS_OIDC_DISPLAY_NAME": "NHS Identity",
+        "NETPACS_OIDC_SCOPES": "openid profile netpacs",
+    }
+    if claims_decide:
+        env |= {
+            "NETPACS_OIDC_TRUST_CLAIM": "org_ods_code",
+            "NETPACS_OIDC_ROLE_CLAIM": "netpacs_role",
+        }
+    return Netpacs(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        region_file=region_file,
+        http_port=http_port,
+        extra_env=env,
+    )
+
+
+@pytest.fixture
+def http_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def provider(tmp_path: Path, http_port: int) -> Iterator[OpenIdProvider]:
+    idp = OpenIdProvider(
+        redirect_uri=f"http://127.0.0.1:{http_port}/auth/oidc/callback",
+        log_path=tmp_path / "provider.log",
+    ).start()
+    try:
+        yield idp
+    finally:
+        idp.stop()
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path,
+    database_url: str,
+    region_file: Path,
+    http_port: int,
+    provider: OpenIdProvider,
+) -> Iterator[Netpacs]:
+    """netpacs in demo mode whose IdP users get their trust and role from claims."""
+    np = oidc_netpacs(
+        tmp_path,
+        database_url,
+        region_file,
+        http_port=http_port,
+        issuer=provider.issuer,
+        client_secret=provider.client_secret,
+    ).start()
+    try:
+        yield np
+    finally:
+        np.stop()
+
+
+def local_page(browser: Browser) -> Page:
+    """A page that reaches nothing but this machine (the provider's page asks for a web font)."""
+    page = browser.new_context().new_page()
+
+    def route(r: Route) -> None:
+        if is_local(r.request.url) or urlsplit(r.request.url).hostname == "localhost":
+            r.continue_()
+        else:
+            r.abort()
+
+    page.route("**/*", route)
+    return page
+
+
+def sign_in_at_provider(page: Page, login: str) -> None:
+    """The provider's development login page, then its consent page."""
+    page.locator("input[name=login]").fill(login)
+    page.locator("input[name=password]").fill("any password will do")
+    page.get_by_role("button", name="Sign-in").click()
+    page.get_by_role("button", name="Continue").click()
+
+
+def failed_sign_ins(server: Netpacs) -> list[str]:
+    """The details of the failed sign-ins in the audit trail (index table)."""
+    engine = sa.create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT user_id, detail FROM audit_event WHERE event_id = '110122' "
+                "AND outcome <> 0 ORDER BY id"
+            ).all()
+    finally:
+        engine.dispose()
+    return [f"{user}: {detail}" for user, detail in rows]
+
+
+def test_user_signs_in_through_the_provider_and_sees_their_trusts_patients_only(
+    server: Netpacs, provider: OpenIdProvider, browser: Browser, tmp_path: Path
+) -> None:
+    ours = send_study(server, tmp_path / "a", aet="EDGH_CT1", patient_id="OI1", issuer="RXC")
+    theirs = send_study(server, tmp_path / "b", aet="ESH_CT1", patient_id="OI2", issuer="RTP")
+    page = local_page(browser)
+    page.goto(f"{server.base_url}/studies?patient_id=OI*")  # not signed in: the sign-in form
+    page.get_by_role("link", name="Sign in with NHS Identity").click()
+    assert page.url.startswith(provider.issuer)  # the provider's own login page
+    sign_in_at_provider(page, "rxc.oidcuser")
+    expect(page).to_have_url(f"{server.base_url}/studies?patient_id=OI*")
+    expect(page.locator(f'a[href*="{ours}"]').first).to_be_visible()
+    expect(page.locator(f'a[href*="{theirs}"]')).to_have_count(0)
+    me = page.request.get(f"{server.base_url}/api/me").json()
+    assert me == {
+        "username": "rxc.oidcuser",
+        "name": "Olive Idris",
+        "trust": "RXC",
+        "role": "clinician",
+    }
