@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from netpacs.index.schema import audit_event
-from tests.conftest import Netpacs
+from tests.conftest import Netpacs, write_region
 from tests.hl7.conftest import MllpClient, adt
 from tests.hl7.test_regional_record import send_study
 
@@ -70,11 +70,31 @@ def region_studies(netpacs: Netpacs, tmp_path: Path) -> dict[str, tuple[str, str
     return studies
 
 
-def expected(role: str, trust: str, carers: set[str]) -> bool:
+@pytest.fixture
+def region_file(tmp_path: Path, workstation_port: int) -> Path:
+    """The demo region with one reporting agreement instead of the region-wide one:
+    University Hospitals Sussex's radiologists report East Sussex's studies."""
+    path = write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
+    text = path.read_text()
+    wide = '[[reporting.agreements]]\nreporters = ["*"]\nfor_trusts = ["*"]\n'
+    assert wide in text
+    path.write_text(
+        text.replace(wide, '[[reporting.agreements]]\nreporters = ["RYR"]\nfor_trusts = ["RXC"]\n')
+    )
+    return path
+
+
+#: Where each fixture study was captured (its requesting trust, on the worklist).
+REQUESTED_BY = {"A1": "RXC", "B1": "RTP", "K777": "RYR", "K42": "RXC"}
+
+
+def expected(role: str, trust: str, carers: set[str], patient_id: str) -> bool:
     if role == "admin":
         return True
     if role == "auditor":
         return False
+    if role == "radiologist" and trust == "RYR" and REQUESTED_BY[patient_id] == "RXC":
+        return True  # the reporting agreement assigns them East Sussex's studies
     return trust in carers
 
 
@@ -96,8 +116,8 @@ def test_access_matrix_over_qido_wado_fhir_and_the_study_list_has_no_leak(
                 )
                 page = client.get(f"{netpacs.base_url}/studies")
                 assert page.status_code == 200
-                for uid, (_, _, carers) in region_studies.items():
-                    allowed = expected(role, trust, carers)
+                for uid, (patient_id, _, carers) in region_studies.items():
+                    allowed = expected(role, trust, carers, patient_id)
                     seen = {
                         "QIDO-RS": uid in listed,
                         "WADO-RS metadata": client.get(

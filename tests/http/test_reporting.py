@@ -4,6 +4,7 @@ those who may see the patient read the report."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import threading
 from collections.abc import Callable
@@ -250,11 +251,15 @@ def test_only_those_who_may_see_the_patient_read_the_report_and_only_reporters_s
         assert hidden.json() == missing.json()
     # A radiologist of any trust (the demo agreement is region-wide) sees the study.
     with client(netpacs, "rtp.radiologist") as c:
-        found = c.get(f"{netpacs.dicomweb_url}/studies", params={"StudyInstanceUID": uid})
-        assert found.status_code == 200
+        assert qido_uids(netpacs, c, uid) == [uid]
     with client(netpacs, "rtp.clinician") as c:
-        found = c.get(f"{netpacs.dicomweb_url}/studies", params={"StudyInstanceUID": uid})
-        assert found.status_code == 204
+        assert qido_uids(netpacs, c, uid) == []
+
+
+def qido_uids(server: Netpacs, c: httpx.Client, uid: str) -> list[str]:
+    found = c.get(f"{server.dicomweb_url}/studies", params={"StudyInstanceUID": uid})
+    assert found.status_code in (200, 204), found.text
+    return [s["0020000D"]["Value"][0] for s in found.json()] if found.status_code == 200 else []
 
 
 def test_a_stale_claim_lapses_and_an_admin_can_reassign(netpacs: Netpacs, tmp_path: Path) -> None:
@@ -296,3 +301,39 @@ def test_a_malformed_study_uid_is_a_400_with_a_message(netpacs: Netpacs, path: s
     with client(netpacs, "ryr.radiologist") as c:
         r = c.post(path) if path.endswith("claim") else c.get(path)
     assert r.status_code == 400 and "not a valid Study Instance UID" in r.json()["message"]
+
+
+def test_fhir_diagnostic_report_is_found_by_patient_identifier_once_it_is_a_result(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    uid = send_ct(netpacs, tmp_path / "a", patient_id="RXC2002")
+    search = {"patient.identifier": "urn:netpacs:issuer:RXC|RXC2002"}
+    with client(netpacs, "rxc.clinician") as reader, client(netpacs, "ryr.radiologist") as rad:
+        assert rad.put(f"/api/reports/{uid}", json={"text": FINDINGS, "status": "draft"})
+        empty = reader.get("/fhir/DiagnosticReport", params=search).json()
+        assert empty["total"] == 0  # a draft is not a result
+        assert reader.get(f"/fhir/DiagnosticReport/{uid}").status_code == 404
+        signed = rad.put(f"/api/reports/{uid}", json={"text": FINDINGS, "status": "final"})
+        assert signed.status_code == 200, signed.text
+        bundle = reader.get("/fhir/DiagnosticReport", params=search).json()
+        assert bundle["total"] == 1
+        resource = bundle["entry"][0]["resource"]
+        assert resource["resourceType"] == "DiagnosticReport" and resource["id"] == uid
+        assert resource["status"] == "final"
+        assert resource["conclusion"] == "Normal study."
+        assert resource["imagingStudy"] == [{"reference": f"ImagingStudy/{uid}"}]
+        assert resource["subject"]["identifier"] == {
+            "system": "urn:netpacs:issuer:RXC",
+            "value": "RXC2002",
+        }
+        assert "ryr.radiologist" in resource["resultsInterpreter"][0]["identifier"]["value"]
+        text = base64.b64decode(resource["presentedForm"][0]["data"]).decode()
+        assert text.startswith("FINDINGS:\nNo acute abnormality.")
+        rad.post(f"/api/reports/{uid}/addenda", json={"text": "Comparison with prior made."})
+        amended = reader.get(f"/fhir/DiagnosticReport/{uid}").json()
+        assert amended["status"] == "appended"
+        text = base64.b64decode(amended["presentedForm"][0]["data"]).decode()
+        assert "ADDENDUM" in text and "Comparison with prior made." in text
+    with client(netpacs, "rtp.clinician") as outsider:
+        assert outsider.get("/fhir/DiagnosticReport", params=search).json()["total"] == 0
+        assert outsider.get(f"/fhir/DiagnosticReport/{uid}").status_code == 404

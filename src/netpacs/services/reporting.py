@@ -702,6 +702,28 @@ class ReportingService:
             ).all()
         return self._report_json(row, events)
 
+    def published(self, study_uids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Preliminary and final reports (not drafts) of studies the caller has already
+        found through the query service (which applied the access rules), by UID."""
+        if not study_uids:
+            return {}
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(report).where(
+                    report.c.study_instance_uid.in_(list(study_uids)),
+                    report.c.status.in_(("preliminary", "final")),
+                )
+            ).all()
+            events = conn.execute(
+                sa.select(report_event)
+                .where(report_event.c.report_fk.in_([r.id for r in rows]))
+                .order_by(report_event.c.id)
+            ).all()
+        by_report: dict[int, list[sa.Row[Any]]] = {}
+        for e in events:
+            by_report.setdefault(e.report_fk, []).append(e)
+        return {r.study_instance_uid: self._report_json(r, by_report.get(r.id, [])) for r in rows}
+
     @staticmethod
     def _report_json(row: sa.Row[Any], events: Sequence[sa.Row[Any]]) -> dict[str, Any]:
         m = row._mapping

@@ -9,6 +9,13 @@
   A comma in a value means OR (FHIR R4 3.1.1.5.3). One of ``patient.identifier`` and
   ``identifier`` is required. Any other parameter is refused with 400 (strict
   handling): an EPR must not take a list filtered on a parameter that was ignored.
+- ``GET /fhir/DiagnosticReport/{id}`` and ``GET /fhir/DiagnosticReport?...``: the
+  radiology report of a study (issue 6), id again the Study Instance UID, searched with
+  the same parameters as ImagingStudy. Preliminary and final reports only (a draft is
+  not a result); status ``preliminary``, ``final``, or ``appended`` once an addendum
+  was added; ``presentedForm`` is the whole text (report and addenda) as text/plain,
+  ``conclusion`` the Conclusion (or Impression) section; ``imagingStudy`` refers to
+  the ImagingStudy, ``resultsInterpreter`` names the reporter and their trust.
 - ``GET /fhir/metadata``: the CapabilityStatement.
 
 Patient identifier systems (REGION.md: an identifier means nothing without its issuer):
@@ -33,9 +40,11 @@ Errors are OperationOutcome resources with 400, 404 or 406.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -45,6 +54,7 @@ from fastapi import APIRouter, Request, Response
 
 from netpacs import __version__
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, services
+from netpacs.domain.report import sections
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.imaging_study import (
     NHS_NUMBER_ISSUERS,
@@ -219,20 +229,13 @@ def imaging_study(record: StudyRecord, base: str) -> dict[str, Any]:
                 "value": record.accession_number,
             }
         )
-    if record.nhs_number:
-        subject_id = {"system": NHS_NUMBER_SYSTEM, "value": record.nhs_number}
-    else:
-        subject_id = patient_identifier(record.patient_id, record.issuer_of_patient_id)
-    subject: dict[str, Any] = {"type": "Patient", "identifier": subject_id}
-    if record.patient_name:
-        subject["display"] = _display_name(record.patient_name)
     resource: dict[str, Any] = {
         "resourceType": "ImagingStudy",
         "id": record.study_instance_uid,
         "contained": [_endpoint(base)],
         "identifier": identifiers,
         "status": "available",
-        "subject": subject,
+        "subject": _subject(record),
         "endpoint": [{"reference": f"#{_ENDPOINT_ID}"}],
     }
     if record.modalities:
@@ -249,6 +252,99 @@ def imaging_study(record: StudyRecord, base: str) -> dict[str, Any]:
     series = _series(record)
     if series:
         resource["series"] = series
+    return resource
+
+
+def _subject(record: StudyRecord) -> dict[str, Any]:
+    if record.nhs_number:
+        subject_id = {"system": NHS_NUMBER_SYSTEM, "value": record.nhs_number}
+    else:
+        subject_id = patient_identifier(record.patient_id, record.issuer_of_patient_id)
+    subject: dict[str, Any] = {"type": "Patient", "identifier": subject_id}
+    if record.patient_name:
+        subject["display"] = _display_name(record.patient_name)
+    return subject
+
+
+def report_text(rep: dict[str, Any]) -> str:
+    """The report as people read it: the signed text, then each addendum."""
+    parts = [rep["text"].rstrip()]
+    for a in rep["addenda"]:
+        who = a["author_name"] or a["author"]
+        parts.append(f"ADDENDUM ({who}, {a['author_trust']}, {a['at']}):\n{a['text'].strip()}")
+    return "\n\n".join(parts) + "\n"
+
+
+def diagnostic_report(record: StudyRecord, rep: dict[str, Any], base: str) -> dict[str, Any]:
+    """A study's report (services.reporting) as a FHIR R4 DiagnosticReport."""
+    status = rep["status"]
+    if status == "final" and rep["addenda"]:
+        status = "appended"
+    text = report_text(rep)
+    issued = rep["signed_at"] or rep["preliminary_at"] or rep["updated_at"]
+    interpreter = {
+        "type": "Practitioner",
+        "identifier": {"system": "urn:netpacs:user", "value": rep["author"]},
+        "display": f"{rep['author_name'] or rep['author']} ({rep['author_trust']})",
+    }
+    resource: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": record.study_instance_uid,
+        "status": status,
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                        "code": "RAD",
+                        "display": "Radiology",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [
+                {
+                    "system": "http://loinc.org",
+                    "code": "18748-4",
+                    "display": "Diagnostic imaging study",
+                }
+            ],
+            "text": record.study_description or "Imaging report",
+        },
+        "subject": _subject(record),
+        "issued": issued,
+        "resultsInterpreter": [interpreter],
+        "imagingStudy": [{"reference": f"ImagingStudy/{record.study_instance_uid}"}],
+        "presentedForm": [
+            {
+                "contentType": "text/plain; charset=utf-8",
+                "language": "en-GB",
+                "data": base64.b64encode(text.encode()).decode("ascii"),
+                "title": "Radiology report",
+            }
+        ],
+    }
+    if record.accession_number:
+        resource["identifier"] = [
+            {
+                "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
+                "value": record.accession_number,
+            }
+        ]
+    when = started(record.study_date, record.study_time, record.timezone_offset)
+    if when:
+        resource["effectiveDateTime"] = when
+    conclusion = next(
+        (
+            body
+            for heading, body in sections(rep["text"])
+            if heading in ("Conclusion", "Impression")
+        ),
+        None,
+    )
+    if conclusion:
+        resource["conclusion"] = conclusion
     return resource
 
 
@@ -392,8 +488,10 @@ def _bundle(
     total: int,
     offset: int,
     count: int,
+    resource_type: str = "ImagingStudy",
+    render: Callable[[StudyRecord], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    url = f"{base}{FHIR_ROOT}/ImagingStudy"
+    url = f"{base}{FHIR_ROOT}/{resource_type}"
 
     def link(relation: str, at: int) -> dict[str, str]:
         query = {**params, "_count": str(count), "_offset": str(at)}
@@ -407,7 +505,7 @@ def _bundle(
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{url}/{record.study_instance_uid}",
-            "resource": imaging_study(record, base),
+            "resource": render(record) if render else imaging_study(record, base),
             "search": {"mode": "match"},
         }
         for record in page
@@ -450,6 +548,60 @@ def read_imaging_study(resource_id: str, request: Request) -> Response:
     except QueryError as exc:
         return _error(FhirError(400, "invalid", str(exc)))
     return _json(imaging_study(record, base_url(request)))
+
+
+@router.get(f"{FHIR_ROOT}/DiagnosticReport", summary="Search DiagnosticReport (FHIR R4)")
+def search_diagnostic_report(request: Request) -> Response:
+    try:
+        _check_format(request)
+        params = _parameters(request)
+        count = _number(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
+        offset = _number(params, "_offset", 0, 0, 10**9)
+        svc = services(request)
+        service = ImagingStudyService(svc.query)
+        uids, warnings = _select(service, params)
+        reports = svc.reporting.published(uids)
+        reported = [u for u in uids if u in reports]
+        page = service.studies(reported[offset : offset + count])
+    except FhirError as exc:
+        return _error(exc)
+    except QueryError as exc:
+        return _error(FhirError(400, "invalid", str(exc)))
+    base = base_url(request)
+    bundle = _bundle(
+        page,
+        warnings,
+        params,
+        base,
+        total=len(reported),
+        offset=offset,
+        count=count,
+        resource_type="DiagnosticReport",
+        render=lambda r: diagnostic_report(r, reports[r.study_instance_uid], base),
+    )
+    return _json(bundle)
+
+
+@router.get(
+    f"{FHIR_ROOT}/DiagnosticReport/{{resource_id}}", summary="Read DiagnosticReport (FHIR R4)"
+)
+def read_diagnostic_report(resource_id: str, request: Request) -> Response:
+    try:
+        _check_format(request)
+        if not _FHIR_ID.fullmatch(resource_id):
+            raise FhirError(400, "invalid", f"{resource_id!r} is not a FHIR id")
+        svc = services(request)
+        record = (
+            ImagingStudyService(svc.query).study(resource_id) if is_valid_uid(resource_id) else None
+        )
+        rep = svc.reporting.published([resource_id]).get(resource_id) if record else None
+        if record is None or rep is None:
+            raise FhirError(404, "not-found", f"no DiagnosticReport/{resource_id}")
+    except FhirError as exc:
+        return _error(exc)
+    except QueryError as exc:
+        return _error(FhirError(400, "invalid", str(exc)))
+    return _json(diagnostic_report(record, rep, base_url(request)))
 
 
 @router.get(f"{FHIR_ROOT}/metadata", summary="FHIR CapabilityStatement")
@@ -504,7 +656,15 @@ def capability_statement(request: Request) -> Response:
                                     ),
                                 },
                             ],
-                        }
+                        },
+                        {
+                            "type": "DiagnosticReport",
+                            "interaction": [{"code": "read"}, {"code": "search-type"}],
+                            "documentation": (
+                                "The radiology report of a study (id: Study Instance UID); "
+                                "searched with the parameters of ImagingStudy."
+                            ),
+                        },
                     ],
                 }
             ],
