@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Page, Route, expect
 
+from netpacs.index.schema import audit_event
+from netpacs.services.audit import Event, Outcome
 from tests.browser.conftest import is_local
 from tests.conftest import ROOT, Netpacs, free_port, wait_for_port
 from tests.hl7.test_regional_record import send_study
@@ -166,9 +169,13 @@ def failed_sign_ins(server: Netpacs) -> list[str]:
     engine = sa.create_engine(server.database_url)
     try:
         with engine.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT user_id, detail FROM audit_event WHERE event_id = '110122' "
-                "AND outcome <> 0 ORDER BY id"
+            rows = conn.execute(
+                sa.select(audit_event.c.user_id, audit_event.c.detail)
+                .where(
+                    audit_event.c.event_id == Event.LOGIN.event_id.code,
+                    audit_event.c.outcome != int(Outcome.SUCCESS),
+                )
+                .order_by(audit_event.c.id)
             ).all()
     finally:
         engine.dispose()
@@ -195,3 +202,138 @@ def test_user_signs_in_through_the_provider_and_sees_their_trusts_patients_only(
         "trust": "RXC",
         "role": "clinician",
     }
+
+
+def callback_urls(page: Page) -> list[str]:
+    """Every URL of netpacs's callback the page is sent to, as they happen."""
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url) if "/auth/oidc/callback" in r.url else None)
+    return seen
+
+
+def test_a_replayed_callback_and_a_forged_state_are_refused_and_audited(
+    server: Netpacs, browser: Browser
+) -> None:
+    page = local_page(browser)
+    callbacks = callback_urls(page)
+    page.goto(f"{server.base_url}/signin")
+    page.get_by_role("link", name="Sign in with NHS Identity").click()
+    sign_in_at_provider(page, "rxc.oidcuser")
+    expect(page).to_have_url(f"{server.base_url}/studies")
+    assert len(callbacks) == 1 and "code=" in callbacks[0]
+
+    replayed = page.goto(callbacks[0])
+    assert replayed is not None and replayed.status == 400
+    expect(page.get_by_role("alert")).to_contain_text("no sign-in is in progress")
+
+    # Another browser starts a sign-in and gets an answer that is not for it (login CSRF).
+    page = local_page(browser)
+    page.goto(f"{server.base_url}/auth/oidc/login")
+    expect(page.locator("input[name=login]")).to_be_visible()  # at the provider
+    forged = page.goto(f"{server.base_url}/auth/oidc/callback?code=stolen&state=forged")
+    assert forged is not None and forged.status == 400
+    expect(page.get_by_role("heading")).to_have_text("Sign-in with NHS Identity did not work")
+    expect(page.get_by_role("alert")).to_contain_text("state does not match")
+
+    failures = failed_sign_ins(server)
+    assert len(failures) == 2, failures
+    assert "no sign-in in progress" in failures[0]
+    assert "state does not match" in failures[1]
+
+
+def test_provider_users_with_no_known_trust_or_role_or_a_local_name_are_refused(
+    server: Netpacs, browser: Browser
+) -> None:
+    for login, reason in [
+        ("nowhere.oidcuser", "no trust and role netpacs knows"),
+        ("rxc.admin", "local account"),  # the demo admin's name: never taken over
+    ]:
+        page = local_page(browser)
+        response = page.goto(f"{server.base_url}/auth/oidc/login?next=/studies")
+        assert response is not None and response.ok
+        with page.expect_response(lambda r: "/auth/oidc/callback" in r.url) as answer:
+            sign_in_at_provider(page, login)
+        assert answer.value.status == 403
+        expect(page.get_by_role("alert")).to_contain_text(reason)
+        assert page.request.get(f"{server.base_url}/api/me").status == 401
+        page.context.close()
+    failures = failed_sign_ins(server)
+    assert [f.split(":")[0] for f in failures] == ["nowhere.oidcuser", "rxc.admin"], failures
+
+
+def test_provider_down_gives_a_page_that_says_so(
+    server: Netpacs, provider: OpenIdProvider, browser: Browser
+) -> None:
+    provider.stop()
+    page = local_page(browser)
+    page.goto(f"{server.base_url}/signin")
+    with page.expect_response(lambda r: "/auth/oidc/login" in r.url) as answer:
+        page.get_by_role("link", name="Sign in with NHS Identity").click()
+    assert answer.value.status == 502
+    expect(page.get_by_role("heading")).to_have_text("NHS Identity cannot be reached")
+    expect(page.get_by_role("alert")).to_contain_text("could not be fetched")
+    expect(page.get_by_role("link", name="Sign in with a netpacs user name")).to_be_visible()
+    assert "provider unreachable" in failed_sign_ins(server)[0]
+
+
+def test_sign_in_still_works_after_the_provider_rotates_its_signing_key(
+    server: Netpacs, provider: OpenIdProvider, browser: Browser
+) -> None:
+    for _ in range(2):
+        page = local_page(browser)
+        page.goto(f"{server.base_url}/auth/oidc/login")
+        sign_in_at_provider(page, "rxc.oidcuser")
+        expect(page).to_have_url(f"{server.base_url}/studies")
+        assert page.request.get(f"{server.base_url}/api/me").json()["username"] == "rxc.oidcuser"
+        page.context.close()
+        provider.stop()
+        provider.start()  # a new key with a new key id; netpacs has the old JWKS cached
+
+
+def test_without_claims_only_a_pre_provisioned_external_account_is_admitted(
+    tmp_path: Path,
+    database_url: str,
+    region_file: Path,
+    http_port: int,
+    provider: OpenIdProvider,
+    browser: Browser,
+) -> None:
+    server = oidc_netpacs(
+        tmp_path,
+        database_url,
+        region_file,
+        http_port=http_port,
+        issuer=provider.issuer,
+        client_secret=provider.client_secret,
+        claims_decide=False,
+    )
+    made = server.cli(
+        "user", "add", "rtp.provisioned", "--trust", "RTP", "--role", "radiologist", "--external"
+    )
+    assert made.returncode == 0, made.stderr
+    server.start()
+    try:
+        page = local_page(browser)
+        page.goto(f"{server.base_url}/auth/oidc/login")
+        sign_in_at_provider(page, "rtp.provisioned")
+        expect(page).to_have_url(f"{server.base_url}/studies")
+        me = page.request.get(f"{server.base_url}/api/me").json()
+        assert (me["username"], me["trust"], me["role"]) == (
+            "rtp.provisioned",
+            "RTP",
+            "radiologist",
+        )
+        # Its claims would make a clinician of RXC, but without an account: refused.
+        other = local_page(browser)
+        other.goto(f"{server.base_url}/auth/oidc/login")
+        with other.expect_response(lambda r: "/auth/oidc/callback" in r.url) as answer:
+            sign_in_at_provider(other, "rxc.oidcuser")
+        assert answer.value.status == 403
+        expect(other.get_by_role("alert")).to_contain_text("has no netpacs account")
+        # An external account has no password to sign in with.
+        refused = httpx.post(
+            f"{server.base_url}/auth/token", data={"username": "rtp.provisioned", "password": ""}
+        )
+        assert refused.status_code == 400
+    finally:
+        server.stop()

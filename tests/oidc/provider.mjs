@@ -22,6 +22,8 @@ const ACCOUNTS = {
   'rxc.oidcuser': { name: 'Olive Idris', org_ods_code: 'RXC', netpacs_role: 'clinician' },
   // A user the IdP knows but who has no trust or role that netpacs knows.
   'nowhere.oidcuser': { name: 'Nora Where', org_ods_code: 'XYZ99', netpacs_role: 'janitor' },
+  // The name of a netpacs account with a password (a demo user): must not take it over.
+  'rxc.admin': { name: 'Not The Admin', org_ods_code: 'RXC', netpacs_role: 'admin' },
   // No trust/role claims at all: only a pre-provisioned netpacs account can admit them.
   'rtp.provisioned': { name: 'Pat Provisioned' },
 };

@@ -410,6 +410,7 @@ def oidc_callback(
     state: str | None = None,
     error: str | None = None,
     error_description: str | None = None,
+    iss: str | None = None,
 ) -> Response:
     base: HttpServices = request.app.state.services
     cookie = request.cookies.get(FLOW_COOKIE)
@@ -428,6 +429,10 @@ def oidc_callback(
                 OidcProblem.STATE_MISMATCH,
                 "the answer does not belong to the sign-in this browser started (state "
                 "does not match)",
+            )
+        if iss is not None and iss.rstrip("/") != client.config.issuer:
+            raise OidcError(  # RFC 9207: an answer from another provider (mix-up)
+                OidcProblem.PROVIDER_REFUSED, f"the answer comes from {iss}, not our provider"
             )
         if error:
             raise OidcError(
@@ -488,7 +493,11 @@ def _page(request: Request, problem: OidcProblem, reason: str, target: str) -> H
     nxt = quote(target, safe="/")
     response = HTMLResponse(
         _PAGE.format(
-            title=escape(f"Sign-in with {label} did not work"),
+            title=escape(
+                f"{label} cannot be reached"
+                if problem is OidcProblem.UNREACHABLE
+                else f"Sign-in with {label} did not work"
+            ),
             reason=escape(reason),
             label=escape(label),
             again=escape(f"{LOGIN}?next={nxt}", quote=True),
