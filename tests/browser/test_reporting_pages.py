@@ -77,6 +77,12 @@ def test_worklist_claim_report_beside_a_prior_from_another_trust_and_sign_final(
         nhs=number, seed=100, BodyPartExamined="ABDOMEN",
     )  # fmt: skip
 
+    # Eastbourne's own radiologist has the worklist open.
+    other = signed_in_page(browser, netpacs, "rxc.radiologist")
+    other.goto(f"{netpacs.base_url}/worklist")
+    theirs = worklist_row(other, current)
+    expect(theirs.locator(".claimed")).to_have_text("—")
+
     # Brighton's radiologist sees it on the regional worklist and claims it.
     page = signed_in_page(
         browser, netpacs, "ryr.radiologist", viewport={"width": 1400, "height": 900}
@@ -94,16 +100,25 @@ def test_worklist_claim_report_beside_a_prior_from_another_trust_and_sign_final(
     expect(row.locator(".claimed")).to_contain_text("you since")
     expect(page.locator("#notice")).to_contain_text("You have claimed DOE, JANE")
     expect(row.get_by_role("button", name="Claim")).to_have_count(0)
+    page.get_by_text("Mine", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/worklist\?view=mine&"))
+    expect(page.locator("#items tbody tr")).to_have_count(1)
+    expect(worklist_row(page, current)).to_be_visible()
+    page.get_by_text("Everything I may report").click()
+    expect(worklist_row(page, prior)).to_be_visible()
 
-    # Eastbourne's own radiologist sees who has it; their claim is refused with why.
-    other = signed_in_page(browser, netpacs, "rxc.radiologist")
-    other.goto(f"{netpacs.base_url}/worklist")
-    theirs = worklist_row(other, current)
-    expect(theirs.locator(".claimed")).to_contain_text("(RYR)")
+    # Eastbourne's page shows who has it without a reload (the claim is region-wide);
+    # their claim is refused with why, and so is saving a report over it.
+    expect(theirs.locator(".claimed")).to_contain_text("(RYR)", timeout=15_000)
     theirs.get_by_role("button", name="Claim").click()
-    expect(other.get_by_role("alert")).to_contain_text("Could not claim DOE, JANE")
+    expect(other.get_by_role("alert")).to_contain_text("Could not claim DOE, JANE (CT ABDOMEN")
     expect(other.get_by_role("alert")).to_contain_text("claimed by")
     expect(other.get_by_role("alert")).to_contain_text("ryr.radiologist")
+    theirs.get_by_role("link", name="Open").click()
+    expect(other.locator("#claim-state")).to_contain_text("Claimed by Demo radiologist (RYR)")
+    other.get_by_label("Report text").fill("FINDINGS:\nSeen first at Eastbourne.")
+    other.get_by_label("Report text").blur()
+    expect(other.get_by_role("alert")).to_contain_text("Not saved: claimed by")
 
     # The reporting page: the viewer opens the study; the Royal Surrey prior is listed.
     with page.expect_response(
