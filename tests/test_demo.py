@@ -26,7 +26,15 @@ from netpacs.config import BUNDLED_DEMO_REGION
 from netpacs.domain import nhs_number
 from netpacs.domain.region import load_region
 from netpacs.index.db import make_engine
-from netpacs.index.schema import adt_identity, hl7_message, patient, reconciliation, study
+from netpacs.index.schema import (
+    adt_identity,
+    hl7_message,
+    patient,
+    reconciliation,
+    report,
+    study,
+    worklist_item,
+)
 from netpacs.services.access import SYSTEM
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
 
@@ -341,3 +349,31 @@ def test_planted_cases_wait_on_the_reconciliation_page_and_the_rest_is_linked(
         p.nhs_number for p in model.persons if p.nhs_number and nhs_number.is_valid(p.nhs_number)
     }
     assert linked == valid
+
+
+def test_the_newest_studies_wait_on_the_worklist_and_the_oldest_of_them_are_reported(
+    loaded: Loaded,
+) -> None:
+    assert "reporting worklist: the newest 40 studies queued, 16 of them reported" in (
+        loaded.first_run.stdout
+    )
+    engine = make_engine(loaded.database_url)
+    try:
+        with engine.connect() as conn:
+            items = conn.execute(
+                sa.select(
+                    worklist_item.c.status, worklist_item.c.arrived_at, worklist_item.c.reported_by
+                )
+            ).all()
+            authors = conn.execute(sa.select(report.c.author, report.c.status)).all()
+    finally:
+        engine.dispose()
+    assert len(items) == 40
+    final = [i for i in items if i.status == "final"]
+    assert len(final) == 16
+    assert all(i.reported_by.endswith(".radiologist") for i in final)
+    assert {status for _, status in authors} == {"final"} and len(authors) == 16
+    # Those reported are the ones that waited longest.
+    assert max(i.arrived_at for i in final) <= min(
+        i.arrived_at for i in items if i.status != "final"
+    )

@@ -1063,6 +1063,85 @@ def apply_adt(demo: DemoRegion, archive: Archive) -> dict[str, int]:
     return counts
 
 
+_FINDINGS = {
+    "CT": "No acute intracranial, thoracic or abdominal abnormality on this study.",
+    "MR": "Normal signal throughout. No mass, collection or abnormal enhancement.",
+    "CR": "Lungs clear. Heart size normal. No bony injury.",
+    "DX": "No fracture or dislocation. Soft tissues unremarkable.",
+    "US": "Liver, gallbladder, kidneys and spleen of normal appearance.",
+    "MG": "Scattered fibroglandular tissue. No suspicious mass or calcification.",
+}
+
+
+def queue_worklist(
+    demo: DemoRegion, archive: Archive, *, seed: int, queued: int = 40, reported: int = 16
+) -> tuple[int, int]:
+    """Put the newest studies on the reporting worklist as if they arrived over the last
+    three days, and have the demo radiologists report the oldest of them, so that the
+    worklist, the reporting page and the turnaround dashboard have something to show.
+
+    Loading history (an import) queues nothing: this stands in for the modalities that
+    would have sent these studies. Reports go through the reporting service like any
+    other (their SR is stored; their ORU waits in the outbox for the trust's listener).
+    """
+    from netpacs.services.access import SYSTEM, Principal, Role
+    from netpacs.services.audit import AuditService
+    from netpacs.services.reporting import Priority, ReportingError, ReportingService
+
+    rng = random.Random(seed * 7919 + 6)
+    audit = AuditService(archive.writer.execute, source_id=archive.settings.ae_title)
+    service = ReportingService(
+        archive.read_engine,
+        archive.write_engine,
+        archive.region,
+        principal=SYSTEM,
+        audit=audit,
+        outputs=archive.report_outputs,
+    )
+    newest = sorted(demo.studies, key=lambda s: (s.study_date, s.study_time), reverse=True)
+    now = dt.datetime.now(dt.UTC)
+    weights = {
+        Priority.EMERGENCY: 2,
+        Priority.INPATIENT: 5,
+        Priority.CANCER_2WW: 2,
+        Priority.OUTPATIENT: 6,
+        Priority.GP: 3,
+    }
+    chosen = [s for s in newest if s.modality.value in _FINDINGS][:queued]
+    # Oldest arrivals first, so that those reported are the ones that waited longest.
+    arrivals = sorted(now - dt.timedelta(minutes=rng.randrange(20, 72 * 60)) for _ in chosen)
+    done = 0
+    for n, (study, arrived) in enumerate(zip(chosen, arrivals, strict=True)):
+        priority = rng.choices(list(weights), weights=list(weights.values()))[0]
+        try:
+            service.queue(study.study_instance_uid, priority=priority.value, arrived_at=arrived)
+        except ReportingError:
+            continue
+        if n >= reported:
+            continue
+        trust = rng.choice(archive.region.trusts).ods_code
+        reporter = service.for_principal(
+            service.with_agreements(
+                Principal(
+                    f"{trust.lower()}.radiologist",
+                    Role.RADIOLOGIST,
+                    trust,
+                    name=f"Demo radiologist ({trust})",
+                )
+            )
+        )
+        modality = study.modality.value
+        text = service.templates().get(modality, "FINDINGS:\n\n\nCONCLUSION:\n")
+        text = text.replace("FINDINGS:\n", f"FINDINGS:\n{_FINDINGS[modality]}\n", 1)
+        text = text.replace("CONCLUSION:\n", "CONCLUSION:\nNo acute abnormality.\n", 1)
+        try:
+            reporter.save(study.study_instance_uid, text, "final")
+            done += 1
+        except ReportingError as exc:
+            log.warning("demo report of %s: %s", study.study_instance_uid, exc.message)
+    return len(chosen), done
+
+
 def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int:
     """``netpacs demo-data``: make the region, load it, write its ADT messages; exit code."""
     if if_empty and _index_has_studies(settings):
@@ -1082,6 +1161,7 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
     try:
         summary = load(demo, archive.ingest)
         acks = apply_adt(demo, archive)
+        queued, reported = queue_worklist(demo, archive, seed=seed)
     finally:
         archive.close()
     elapsed = time.monotonic() - started
@@ -1104,6 +1184,10 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
     )
     for what, _ in cases:
         print(f"  for /reconciliation: {what}")
+    print(
+        f"  reporting worklist: the newest {queued} studies queued, {reported} of them "
+        "reported by the demo radiologists (see /worklist and /turnaround)"
+    )
     for line in summary.problems[:20]:
         print(f"  {line}")
     return 0 if not summary.problems else 1

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -49,6 +50,7 @@ from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import SUBSPECIALTIES, AEKind, Region
 from netpacs.domain.report import Addendum, Reporter, SignedReport
 from netpacs.index.schema import (
+    instance,
     patient,
     report,
     report_event,
@@ -239,12 +241,20 @@ class WorklistRule:
             "due_at": now + target(self.region, priority),
             "status": "unreported",
         }
-        insert = (
-            postgresql.insert(worklist_item)
-            if conn.dialect.name == "postgresql"
-            else sqlite.insert(worklist_item)
-        )
-        conn.execute(insert.values(values).on_conflict_do_nothing())
+        _insert_item(conn, values)
+
+
+def _insert_item(conn: sa.Connection, values: dict[str, Any]) -> bool:
+    """Insert a worklist item unless the study has one; whether it was inserted."""
+    insert = (
+        postgresql.insert(worklist_item)
+        if conn.dialect.name == "postgresql"
+        else sqlite.insert(worklist_item)
+    )
+    done = conn.execute(
+        insert.values(values).on_conflict_do_nothing().returning(worklist_item.c.id)
+    ).first()
+    return done is not None
 
 
 def target(region: Region, priority: Priority) -> dt.timedelta:
@@ -536,6 +546,66 @@ class ReportingService:
                 )
             ).all()
         return {uid: status for uid, status in rows}
+
+    def queue(
+        self,
+        study_uid: str,
+        *,
+        priority: str | None = None,
+        arrived_at: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """An admin puts a study on the worklist that was not queued on arrival (e.g. an
+        imported outside study that needs a report here); 409 when it is already on it."""
+        if not self._principal.sees_everything:
+            raise ReportingError(403, "only a PACS admin may add studies to the worklist")
+        chosen: Priority | None = None
+        if priority is not None:
+            try:
+                chosen = Priority(priority)
+            except ValueError:
+                raise ReportingError(
+                    422, f"priority {priority!r}: one of {', '.join(p.value for p in Priority)}"
+                ) from None
+        now = dt.datetime.now(dt.UTC)
+        arrived = arrived_at or now
+        with self._write.begin() as conn:
+            st = conn.execute(
+                sa.select(study).where(study.c.study_instance_uid == study_uid)
+            ).first()
+            if st is None:
+                raise _not_found()
+            first = conn.execute(
+                sa.select(series.c.modality, series.c.body_part_examined, instance.c.metadata_json)
+                .select_from(series.join(instance, instance.c.series_fk == series.c.id))
+                .where(series.c.study_fk == st.id, series.c.modality.not_in(sorted(NOT_REPORTED)))
+                .order_by(series.c.id, instance.c.id)
+                .limit(1)
+            ).first()
+            if first is None:
+                raise ReportingError(422, "the study has no images to report")
+            header: JsonDataset = orjson.loads(first.metadata_json)
+            chosen = chosen or priority_of(header)
+            modality = first.modality.upper()
+            inserted = _insert_item(
+                conn,
+                {
+                    "study_fk": st.id,
+                    "study_instance_uid": study_uid,
+                    "requesting_trust": st.origin_trust or "",
+                    "requesting_site": st.origin_site,
+                    "modality": modality,
+                    "body_part": first.body_part_examined,
+                    "study_description": st.study_description,
+                    "subspecialty": subspecialty_of(modality, first.body_part_examined, header),
+                    "priority": chosen.value,
+                    "arrived_at": arrived,
+                    "due_at": arrived + target(self._region, chosen),
+                    "status": "unreported",
+                },
+            )
+            if not inserted:
+                raise ReportingError(409, "the study is already on the worklist")
+        return self.item(study_uid)
 
     # -- claims --------------------------------------------------------------------------
     def _locked_item(self, conn: sa.Connection, study_uid: str) -> sa.Row[Any]:

@@ -83,6 +83,18 @@ def worklist(
     )
 
 
+class QueueBody(BaseModel):
+    study_instance_uid: str = Field(max_length=64)
+    priority: str | None = Field(None, max_length=32, description="default: from the header")
+
+
+@router.post("/api/worklist", tags=["reporting"], status_code=201)
+def queue(request: Request, body: QueueBody) -> dict[str, Any]:
+    """An admin puts a stored study on the worklist (one not queued on arrival)."""
+    check_url_uids(Study=body.study_instance_uid)
+    return _call(_reporting(request).queue, body.study_instance_uid, priority=body.priority)
+
+
 @router.get("/api/worklist/{study}", tags=["reporting"])
 def worklist_item(request: Request, study: str) -> dict[str, Any]:
     check_url_uids(Study=study)
