@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -131,6 +132,9 @@ class Settings(BaseSettings):
     def _check_oidc(self) -> Settings:
         if self.oidc_issuer and not (self.oidc_client_id and self.oidc_client_secret_file):
             raise ValueError("oidc_issuer needs oidc_client_id and oidc_client_secret_file")
+        issuer = urlsplit(self.oidc_issuer or "https://unset")
+        if issuer.scheme != "https" and issuer.hostname not in ("localhost", "127.0.0.1"):
+            raise ValueError("oidc_issuer must be an https:// URL (http only for localhost)")
         if (self.oidc_trust_claim is None) != (self.oidc_role_claim is None):
             raise ValueError("set both oidc_trust_claim and oidc_role_claim, or neither")
         return self

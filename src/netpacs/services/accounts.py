@@ -270,7 +270,7 @@ class AccountService:
             self._refuse(name, address, f"the account {name} is disabled")
         if claims_decide:
             trust, role = self._from_claims(identity, region, address)
-            row = self._provision(identity, trust, role, exists=row is not None)
+            row = self._provision(identity, trust, role, exists=row is not None, address=address)
         elif row is None:
             self._refuse(
                 name,
@@ -320,7 +320,13 @@ class AccountService:
         return trust.ods_code, role
 
     def _provision(
-        self, identity: ExternalIdentity, trust: str, role: Role, *, exists: bool
+        self,
+        identity: ExternalIdentity,
+        trust: str,
+        role: Role,
+        *,
+        exists: bool,
+        address: str | None,
     ) -> sa.Row[Any]:
         values = {
             "trust": trust,
@@ -349,7 +355,7 @@ class AccountService:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(user_account).where(match)).first()
         if row is None or row.disabled:
-            self._refuse(identity.username, None, f"the account {identity.username} is not usable")
+            self._refuse(identity.username, address, f"the account {identity.username} is disabled")
         return row
 
     # -- signed state for other sign-in steps ----------------------------------------------
