@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pydicom
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 from pydicom.dataset import Dataset
 
 from netpacs.synthetic import write_ct_series
@@ -59,7 +59,7 @@ def send(
     return str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
 
 
-def worklist_row(page: Page, uid: str) -> Any:
+def worklist_row(page: Page, uid: str) -> Locator:
     return page.locator(f'#items tbody tr[data-study="{uid}"]')
 
 
@@ -183,7 +183,7 @@ def test_turnaround_dashboard_counts_the_reported_study_and_draws_its_charts(
         netpacs, tmp_path / "a", aet="EDGH_CT1", patient_id="RXC3001", issuer="RXC",
         nhs=number, seed=3,
     )  # fmt: skip
-    send(
+    waiting = send(
         netpacs, tmp_path / "b", aet="RSUS_CT1", patient_id="K3002", issuer="RYR",
         nhs=valid_nhs("485777345"), seed=4, RequestedProcedurePriority="STAT",
     )  # fmt: skip
@@ -212,6 +212,16 @@ def test_turnaround_dashboard_counts_the_reported_study_and_draws_its_charts(
     page.get_by_text("90 days").click()
     expect(page).to_have_url(f"{netpacs.base_url}/turnaround?days=90")
     expect(page.locator("#summary")).to_contain_text("Last 90 days: 1 reported")
+
+    # The administrator gives the waiting emergency to a radiologist from the worklist.
+    page.get_by_role("link", name="Worklist").click()
+    row = page.locator(f'#items tbody tr[data-study="{waiting}"]')
+    expect(row).to_contain_text("Emergency")
+    row.get_by_role("button", name="Reassign").click()
+    page.get_by_label("To user name").fill("rtp.radiologist")
+    page.get_by_role("button", name="Reassign", exact=True).last.click()
+    expect(page.locator("#notice")).to_contain_text("now assigned to rtp.radiologist")
+    expect(row.locator(".claimed")).to_contain_text("(RTP)")
 
 
 def test_reporting_pages_are_for_reporters_and_linked_only_for_them(

@@ -24,12 +24,9 @@ from fastapi.responses import HTMLResponse
 
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.domain.uids import is_valid_uid
-from netpacs.services.access import Principal, Role
+from netpacs.services.access import Capability, Principal
 
 router = APIRouter(include_in_schema=False)
-
-#: Roles that report or run reporting (the others are refused these pages).
-REPORTING_ROLES = frozenset({Role.RADIOLOGIST, Role.ADMIN})
 
 _NO_STORE = {"cache-control": "no-store"}
 
@@ -54,7 +51,8 @@ def _e(value: object) -> str:
 
 
 def may_report(principal: Principal) -> bool:
-    return principal.role in REPORTING_ROLES
+    """Radiologists and PACS administrators (services.access, Capability.REPORT)."""
+    return principal.may(Capability.REPORT)
 
 
 def reporting_links(principal: Principal) -> str:
