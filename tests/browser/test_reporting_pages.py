@@ -162,7 +162,17 @@ def test_worklist_claim_report_beside_a_prior_from_another_trust_and_sign_final(
     expect(text).not_to_be_editable()
     expect(text).to_have_value(re.compile(re.escape(FINDINGS)))
     expect(page.get_by_role("button", name="Sign final")).to_be_hidden()
-    expect(page.get_by_role("button", name="Add addendum")).to_be_visible()
+    page.get_by_label("Addendum", exact=True).fill(
+        "Comparison with the Royal Surrey CT: cyst unchanged."
+    )
+    page.get_by_role("button", name="Add addendum").click()
+    expect(page.locator("#addenda li").first).to_contain_text("cyst unchanged")
+    expect(page.locator("#addenda li").first).to_contain_text("(RYR)")
+    page.get_by_text("Second opinion, discrepancy").click()
+    page.get_by_label("Discrepancy").fill("Prior report missed the cyst.")
+    page.get_by_role("button", name="Flag discrepancy").click()
+    expect(page.locator("#flags")).to_contain_text("Discrepancy flagged by")
+    expect(page.locator("#flags")).to_contain_text("Prior report missed the cyst.")
     with httpx.Client(base_url=netpacs.base_url, headers=netpacs.auth("ryr.radiologist")) as c:
         stored = c.get(f"/api/reports/{current}").json()
     assert stored["status"] == "final" and FINDINGS in stored["text"]
