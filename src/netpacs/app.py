@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from netpacs.config import Settings
-from netpacs.domain.region import Region, load_region
+from netpacs.domain.region import Permission, Region, load_region
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
 from netpacs.index.writer import IndexWriter
@@ -52,9 +52,28 @@ class UnsafeConfiguration(RuntimeError):
     """The server will not start like this (secure defaults, issue 5)."""
 
 
+def check_move_destinations(settings: Settings) -> None:
+    """Outside demo mode every AE that may C-MOVE names where its results may go: an AE
+    without ``move_destinations`` could send a patient's images to any AE of the region."""
+    if settings.demo:
+        return
+    region = load_region(settings.effective_region_file)
+    open_to_any = [
+        ae.ae_title for ae in region.aes if ae.may(Permission.MOVE) and ae.move_destinations is None
+    ]
+    if open_to_any:
+        shown = ", ".join(open_to_any[:6]) + (" ..." if len(open_to_any) > 6 else "")
+        raise UnsafeConfiguration(
+            f"C-MOVE destinations are open to any AE for {len(open_to_any)} AEs ({shown}): "
+            "give each AE that may C-MOVE a move_destinations list in the region file "
+            f"({settings.effective_region_file}), or run in demo mode"
+        )
+
+
 def prepare(settings: Settings) -> None:
     """One-time start-up work done before any worker starts: directories, migrations,
     the signing key, and the accounts: demo users in demo mode, none otherwise."""
+    check_move_destinations(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.effective_database_url)
     recover_pending_writes(settings)

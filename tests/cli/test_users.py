@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import NETPACS, Netpacs
+
+
+def closed_region(region_file: Path) -> Path:
+    """The region with each workstation allowed to C-MOVE only to itself."""
+    text, n = re.subn(
+        r'(ae_title = "(\w+)"\nhost = "127.0.0.1"\nport = \d+\n)',
+        r'\1move_destinations = ["\2"]\n',
+        region_file.read_text(),
+    )
+    assert n == 6
+    closed = region_file.with_name("closed-region.toml")
+    closed.write_text(text)
+    return closed
 
 
 def test_server_outside_demo_mode_refuses_to_start_while_demo_users_exist_and_takes_real_users(
@@ -22,6 +36,14 @@ def test_server_outside_demo_mode_refuses_to_start_while_demo_users_exist_and_ta
         region_file=region_file,
         extra_env={"NETPACS_DEMO": "false"},
     )
+    # The demo region lets every workstation C-MOVE to any AE of the region.
+    refused = subprocess.run(
+        [str(NETPACS), "serve"], env=real.env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "C-MOVE destinations are open to any AE for 6 AEs (RTP_WS1" in refused.stderr
+    assert "move_destinations" in refused.stderr
+    real.region_file = closed_region(region_file)
     refused = subprocess.run(
         [str(NETPACS), "serve"], env=real.env, capture_output=True, text=True, timeout=60
     )
