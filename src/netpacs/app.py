@@ -73,7 +73,6 @@ def check_move_destinations(settings: Settings) -> None:
 def prepare(settings: Settings) -> None:
     """One-time start-up work done before any worker starts: directories, migrations,
     the signing key, and the accounts: demo users in demo mode, none otherwise."""
-    check_move_destinations(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.effective_database_url)
     recover_pending_writes(settings)

@@ -26,7 +26,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from netpacs import __version__
-from netpacs.app import Archive, UnsafeConfiguration, build_archive, prepare
+from netpacs.app import (
+    Archive,
+    UnsafeConfiguration,
+    build_archive,
+    check_move_destinations,
+    prepare,
+)
 from netpacs.config import ConfigFileError, Settings, load_settings
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import RegionError, load_region
@@ -125,6 +131,7 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        check_move_destinations(settings)
         prepare(settings)
     except UnsafeConfiguration as exc:
         print(f"netpacs: will not start: {exc}", file=sys.stderr)
