@@ -146,7 +146,7 @@ def test_worklist_claim_report_beside_a_prior_from_another_trust_and_sign_final(
     expect(text).to_have_value(re.compile(r"^CLINICAL DETAILS:\n.*FINDINGS:\n.*CONCLUSION:", re.S))
     text.press("Control+End")
     text.press_sequentially(FINDINGS)
-    expect(page.locator("#report-state")).to_contain_text("Unsaved changes")
+    expect(page.locator("#report-state")).to_contain_text(re.compile("unsaved changes", re.I))
     expect(page.locator("#report-state")).to_contain_text(re.compile(r"Draft .*saved \d\d:\d\d"))
     page.reload()
     expect(text).to_have_value(re.compile(re.escape(FINDINGS)))
