@@ -120,6 +120,19 @@ class Settings(BaseSettings):
         default=None, description="our client certificate for the collector (PEM), if it asks"
     )
     audit_syslog_key_file: Path | None = None
+    # -- results: HL7 ORU^R01 to the requesting trusts' MLLP listeners (issue 6) -------------
+    results_poll_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="how often the results sender looks for new rows"
+    )
+    results_retry_first_seconds: float = Field(
+        default=1.0, gt=0, description="wait after a trust's first failed delivery"
+    )
+    results_retry_max_seconds: float = Field(
+        default=60.0, gt=0, description="the longest wait between deliveries to a failing trust"
+    )
+    results_ack_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="how long to wait for a trust's ACK to one ORU"
+    )
 
     @field_validator("ae_title")
     @classmethod
