@@ -251,7 +251,7 @@ worklist_item = sa.Table(
     "worklist_item",
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
-    sa.Column("study_fk", sa.ForeignKey("study.id"), nullable=False, unique=True),
+    # By UID, not a foreign key: the item and its report outlive a reindex of the study.
     sa.Column("study_instance_uid", UID, nullable=False, unique=True),
     sa.Column("requesting_trust", sa.String(), nullable=False),  # ODS code
     sa.Column("requesting_site", sa.String(), nullable=True),  # site code of the region

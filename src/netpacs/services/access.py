@@ -203,9 +203,9 @@ class AccessRules:
         item_study = study.alias("reported_study")
         item_patient = patient.alias("reported_identity")
         cond = sa.select(1).select_from(
-            worklist_item.join(item_study, item_study.c.id == worklist_item.c.study_fk).join(
-                item_patient, item_patient.c.id == item_study.c.patient_fk
-            )
+            worklist_item.join(
+                item_study, item_study.c.study_instance_uid == worklist_item.c.study_instance_uid
+            ).join(item_patient, item_patient.c.id == item_study.c.patient_fk)
         )
         if "*" not in principal.reports_for:
             cond = cond.where(worklist_item.c.requesting_trust.in_(principal.reports_for))

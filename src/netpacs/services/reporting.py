@@ -228,7 +228,6 @@ class WorklistRule:
         body_part = str(record.series.get("body_part_examined") or "")
         origin = record.hints["origin"]
         values = {
-            "study_fk": study_pk,
             "study_instance_uid": record.study["study_instance_uid"],
             "requesting_trust": record.study.get("origin_trust") or origin.trust or "",
             "requesting_site": record.study.get("origin_site"),
@@ -387,7 +386,9 @@ class ReportingService:
                 report.c.second_opinion_requested_by,
             )
             .select_from(
-                worklist_item.join(study, study.c.id == worklist_item.c.study_fk)
+                worklist_item.join(
+                    study, study.c.study_instance_uid == worklist_item.c.study_instance_uid
+                )
                 .join(patient, patient.c.id == study.c.patient_fk)
                 .outerjoin(
                     report, report.c.study_instance_uid == worklist_item.c.study_instance_uid
@@ -489,9 +490,9 @@ class ReportingService:
         counts_q = (
             sa.select(worklist_item.c.requesting_trust, worklist_item.c.priority, sa.func.count())
             .select_from(
-                worklist_item.join(study, study.c.id == worklist_item.c.study_fk).join(
-                    patient, patient.c.id == study.c.patient_fk
-                )
+                worklist_item.join(
+                    study, study.c.study_instance_uid == worklist_item.c.study_instance_uid
+                ).join(patient, patient.c.id == study.c.patient_fk)
             )
             .where(self._scope(), worklist_item.c.status.in_(OPEN))
             .group_by(worklist_item.c.requesting_trust, worklist_item.c.priority)
@@ -589,7 +590,6 @@ class ReportingService:
             inserted = _insert_item(
                 conn,
                 {
-                    "study_fk": st.id,
                     "study_instance_uid": study_uid,
                     "requesting_trust": st.origin_trust or "",
                     "requesting_site": st.origin_site,
@@ -1085,7 +1085,7 @@ class ReportingService:
         pat = conn.execute(
             sa.select(patient)
             .select_from(patient.join(study, study.c.patient_fk == patient.c.id))
-            .where(study.c.id == item.study_fk)
+            .where(study.c.study_instance_uid == item.study_instance_uid)
         ).one()
         return SignedReport(
             study_instance_uid=item.study_instance_uid,
@@ -1179,7 +1179,8 @@ class ReportingService:
                 )
                 .select_from(
                     study.join(patient, patient.c.id == study.c.patient_fk).outerjoin(
-                        worklist_item, worklist_item.c.study_fk == study.c.id
+                        worklist_item,
+                        worklist_item.c.study_instance_uid == study.c.study_instance_uid,
                     )
                 )
                 .where(same_person, study.c.study_instance_uid != study_uid)
@@ -1230,9 +1231,9 @@ class ReportingService:
                 worklist_item.c.reported_at,
             )
             .select_from(
-                worklist_item.join(study, study.c.id == worklist_item.c.study_fk).join(
-                    patient, patient.c.id == study.c.patient_fk
-                )
+                worklist_item.join(
+                    study, study.c.study_instance_uid == worklist_item.c.study_instance_uid
+                ).join(patient, patient.c.id == study.c.patient_fk)
             )
             .where(
                 self._scope(),

@@ -23,7 +23,6 @@ def upgrade() -> None:
     op.create_table(
         "worklist_item",
         sa.Column("id", _PK, nullable=False),
-        sa.Column("study_fk", sa.BigInteger(), nullable=False),
         sa.Column("study_instance_uid", _UID, nullable=False),
         sa.Column("requesting_trust", sa.String(), nullable=False),
         sa.Column("requesting_site", sa.String(), nullable=True),
@@ -42,11 +41,7 @@ def upgrade() -> None:
         sa.Column("claim_expires_at", _TS, nullable=True),
         sa.Column("reported_at", _TS, nullable=True),
         sa.Column("reported_by", sa.String(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["study_fk"], ["study.id"], name=op.f("fk_worklist_item_study_fk_study")
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_worklist_item")),
-        sa.UniqueConstraint("study_fk", name=op.f("uq_worklist_item_study_fk")),
         sa.UniqueConstraint("study_instance_uid", name=op.f("uq_worklist_item_study_instance_uid")),
     )
     op.create_index(op.f("ix_worklist_item_status_due_at"), "worklist_item", ["status", "due_at"])
