@@ -116,6 +116,7 @@ def _os_user() -> str | None:
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
     from netpacs.adapters import syslog
     from netpacs.adapters.dimse import server as dimse_server
+    from netpacs.adapters.hl7 import results as hl7_results
     from netpacs.adapters.hl7 import server as hl7_server
     from netpacs.adapters.http import server as http_server
     from netpacs.supervisor import WorkerGroup, listen, supervise
@@ -155,6 +156,8 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         ),
         # One MLLP process: HL7 messages of one sender must be applied in order.
         WorkerGroup("MLLP", 1, lambda: hl7_server.run_worker(settings, mllp_sock)),
+        # One results sender: a trust's ORU messages go out strictly in order.
+        WorkerGroup("results", 1, lambda: hl7_results.run_worker(settings)),
     ]
     if audit_collector is not None:
         # One forwarder sends the audit records in order; unset, they stay in the index.
