@@ -135,7 +135,14 @@ class Cli:
     @contextmanager
     def serve(self, port: int) -> Iterator[subprocess.Popen[bytes]]:
         """``netpacs serve`` on ``port`` until the block ends (then SIGTERM)."""
-        env = {**self.env, "NETPACS_DIMSE_PORT": str(port), "NETPACS_DIMSE_PROCESSES": "1"}
+        # Demo mode: the bundled region leaves C-MOVE destinations open, which serve
+        # refuses outside it (tests/cli/test_users.py tests that refusal).
+        env = {
+            **self.env,
+            "NETPACS_DIMSE_PORT": str(port),
+            "NETPACS_DIMSE_PROCESSES": "1",
+            "NETPACS_DEMO": "true",
+        }
         log = (self.data_dir.parent / f"serve-{port}.log").open("wb")
         proc = subprocess.Popen([str(NETPACS), "serve"], env=env, stdout=log, stderr=log)
         try:
