@@ -44,6 +44,8 @@ class ResultsListener:
                 conn, _ = self._sock.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed by close()
+                return
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn: socket.socket) -> None:
