@@ -1,0 +1,409 @@
+"""Outputs of a signed report: the Basic Text SR stored in the study, and the ORU^R01.
+
+The SR goes through the real ingest service into a real index (SQLite and PostgreSQL)
+and is read back from the object store with pydicom; the ORU is parsed with python-hl7.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hl7
+import pydicom
+import pytest
+import sqlalchemy as sa
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from netpacs.app import Archive, build_archive, prepare
+from netpacs.config import Settings
+from netpacs.domain.outcomes import Origin, Protocol
+from netpacs.domain.report import Addendum, Reporter, SignedReport
+from netpacs.index.schema import instance, report, report_event, result_outbox, series, study
+from netpacs.services.report_outputs import (
+    BASIC_TEXT_SR,
+    OruHeader,
+    PersonName,
+    ReportOutputError,
+    ReportOutputs,
+    build_oru,
+    heading_code,
+)
+
+STUDY = "1.2.826.0.1.3680043.10.543.61.1"
+SIGNED_AT = dt.datetime(2026, 11, 29, 14, 30, 5, tzinfo=dt.UTC)
+AUTHOR = Reporter("ryr.radiologist", "Dr Ruth Younger", "RYR")
+TEXT = (
+    "CLINICAL DETAILS:\nAbdominal pain.\n\nFINDINGS:\nNo free fluid.\nLiver normal.\n\n"
+    "CONCLUSION:\nNormal CT abdomen.\n\nOther notes:\nDiscussed with the ward."
+)
+NHS = "9434765919"
+
+
+def signed(**changes: Any) -> SignedReport:
+    report_ = SignedReport(
+        study_instance_uid=STUDY,
+        accession_number="RXC-ACC-77",
+        patient_id="RXC5001",
+        issuer="RXC",
+        patient_name="SMITH^JOAN^^MRS",
+        birth_date="19550505",
+        sex="F",
+        nhs_number=NHS,
+        requesting_trust="RXC",
+        requesting_site="EDGH",
+        modality="CT",
+        study_description="CT ABDOMEN",
+        text=TEXT,
+        author=AUTHOR,
+        signed_at=SIGNED_AT,
+        addenda=(),
+        event="final",
+        event_at=SIGNED_AT,
+    )
+    return dataclasses.replace(report_, **changes)
+
+
+def with_addendum(text: str = "Addendum: the appendix is normal.") -> SignedReport:
+    later = SIGNED_AT + dt.timedelta(hours=2)
+    by = Reporter("rxc.radiologist", "Prof Anna Kay", "RXC")
+    return signed(addenda=(Addendum(text, by, later),), event="addendum", event_at=later)
+
+
+# -- the archive ----------------------------------------------------------------------
+
+
+def ct_part10(number: int) -> bytes:
+    """An Eastbourne CT slice as a modality sends it: no Issuer of Patient ID."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = f"{STUDY}.3.{number}"
+    ds.StudyInstanceUID = STUDY
+    ds.SeriesInstanceUID = f"{STUDY}.2"
+    ds.StudyDate, ds.StudyTime = "20261129", "101500"
+    ds.AccessionNumber = "RXC-ACC-77"
+    ds.StudyID = "77"
+    ds.ReferringPhysicianName = "BROWN^DAVID^^DR"
+    ds.Modality = "CT"
+    ds.StudyDescription = "CT ABDOMEN"
+    ds.PatientName, ds.PatientID = "SMITH^JOAN^^MRS", "RXC5001"
+    ds.PatientBirthDate, ds.PatientSex = "19550505", "F"
+    ds.SeriesNumber, ds.InstanceNumber = 1, number
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = bytes(16)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def archive(tmp_path: Path, database_url: str) -> Iterator[Archive]:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    prepare(settings)
+    archive = build_archive(settings)
+    try:
+        yield archive
+    finally:
+        archive.close()
+
+
+@pytest.fixture
+def outputs(archive: Archive) -> ReportOutputs:
+    return ReportOutputs(
+        ingest=archive.ingest,
+        region=archive.region,
+        read_engine=archive.read_engine,
+        ae_title="NETPACS",
+    )
+
+
+def store_ct(archive: Archive, slices: int = 2) -> None:
+    origin = Origin(Protocol.DIMSE, ae_title="EDGH_CT1", trust="RXC", site="EDGH")
+    for n in range(1, slices + 1):
+        assert archive.ingest.store_part10(ct_part10(n), origin=origin).status.ok
+
+
+def stored(archive: Archive, sop_uid: str) -> Dataset:
+    """An object as the archive keeps it, read from the object store."""
+    with archive.read_engine.connect() as conn:
+        key = conn.execute(
+            sa.select(instance.c.blob_key).where(instance.c.sop_instance_uid == sop_uid)
+        ).scalar_one()
+    return pydicom.dcmread(io.BytesIO(archive.blobs.get(key)))
+
+
+def texts(item: Any) -> list[tuple[str, str]]:
+    """(concept code, text) of every TEXT item under ``item``, depth first."""
+    out = []
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "TEXT":
+            out.append((child.ConceptNameCodeSequence[0].CodeValue, child.TextValue))
+        out.extend(texts(child))
+    return out
+
+
+def containers(sr: Dataset) -> list[str]:
+    return [
+        c.ConceptNameCodeSequence[0].CodeValue
+        for c in sr.ContentSequence
+        if c.ValueType == "CONTAINER"
+    ]
+
+
+# -- the SR ---------------------------------------------------------------------------
+
+
+def test_signed_report_is_stored_as_a_verified_basic_text_sr_in_its_study(
+    archive: Archive, outputs: ReportOutputs
+) -> None:
+    store_ct(archive)
+    sop_uid = outputs.store_sr(signed())
+    sr = stored(archive, sop_uid)
+    assert sr.SOPClassUID == BASIC_TEXT_SR
+    assert (sr.StudyInstanceUID, sr.Modality, sr.SeriesDescription) == (
+        STUDY,
+        "SR",
+        "Radiology report",
+    )
+    # Patient and study modules come from the stored CT; the issuer from the index.
+    assert (sr.PatientID, sr.IssuerOfPatientID, str(sr.PatientName)) == (
+        "RXC5001",
+        "RXC",
+        "SMITH^JOAN^^MRS",
+    )
+    assert (sr.AccessionNumber, sr.StudyDate, str(sr.ReferringPhysicianName)) == (
+        "RXC-ACC-77",
+        "20261129",
+        "BROWN^DAVID^^DR",
+    )
+    assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "VERIFIED")
+    observer = sr.VerifyingObserverSequence[0]
+    assert str(observer.VerifyingObserverName) == "Younger^Ruth^^Dr"
+    assert observer.VerifyingOrganization == "University Hospitals Sussex NHS Foundation Trust"
+    assert observer.VerificationDateTime == "20261129143005+0000"
+    # Sections: Clinical Information, Findings, Conclusions by CID 7001; "Other notes"
+    # under no standard heading keeps its name in a private code.
+    assert containers(sr) == ["55752-0", "59776-5", "55110-1"]
+    assert texts(sr) == [
+        ("55752-0", "Abdominal pain."),
+        ("121071", "No free fluid.\nLiver normal."),
+        ("121077", "Normal CT abdomen."),
+        ("OTHERNOTES", "Discussed with the ward."),
+    ]
+    # The evidence is the CT the report is about.
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    referenced = {i.ReferencedSOPInstanceUID for i in evidence.ReferencedSOPSequence}
+    assert referenced == {f"{STUDY}.3.1", f"{STUDY}.3.2"}
+
+
+def test_the_sr_joins_the_study_and_patient_in_the_index(
+    archive: Archive, outputs: ReportOutputs
+) -> None:
+    store_ct(archive)
+    sop_uid = outputs.store_sr(signed())
+    query = (
+        sa.select(series.c.modality, study.c.study_instance_uid, study.c.patient_fk)
+        .select_from(
+            instance.join(series, series.c.id == instance.c.series_fk).join(
+                study, study.c.id == series.c.study_fk
+            )
+        )
+        .order_by(instance.c.id)
+    )
+    with archive.read_engine.connect() as conn:
+        rows = conn.execute(query).all()
+    assert [r.modality for r in rows] == ["CT", "CT", "SR"]
+    assert len({(r.study_instance_uid, r.patient_fk) for r in rows}) == 1
+    with archive.read_engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.select(sa.func.count()).where(instance.c.sop_instance_uid == sop_uid)
+            ).scalar_one()
+            == 1
+        )
+
+
+def test_an_addendum_is_a_new_sr_version_with_the_report_and_every_addendum(
+    archive: Archive, outputs: ReportOutputs
+) -> None:
+    store_ct(archive)
+    first = stored(archive, outputs.store_sr(signed()))
+    second = stored(archive, outputs.store_sr(with_addendum()))
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    assert second.SeriesInstanceUID == first.SeriesInstanceUID
+    assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
+    assert (second.CompletionFlag, second.VerificationFlag) == ("COMPLETE", "VERIFIED")
+    predecessor = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert texts(second)[:4] == texts(first)
+    assert texts(second)[4:] == [("55107-7", "Addendum: the appendix is normal.")]
+    assert containers(second)[-1] == "55107-7"
+    # The report's author verified the report; the addendum's author their addendum.
+    assert [
+        (str(o.VerifyingObserverName), o.VerificationDateTime)
+        for o in second.VerifyingObserverSequence
+    ] == [
+        ("Younger^Ruth^^Dr", "20261129143005+0000"),
+        ("Kay^Anna^^Prof", "20261129163005+0000"),
+    ]
+
+
+def test_an_sr_for_a_study_with_nothing_stored_is_refused_with_the_reason(
+    archive: Archive, outputs: ReportOutputs
+) -> None:
+    with pytest.raises(ReportOutputError, match="has no stored instance"):
+        outputs.store_sr(signed())
+
+
+# -- the ORU^R01 ----------------------------------------------------------------------
+
+HEADER = OruHeader("NPR1TEST", "NETPACS", "REGION", "RIS", "RXC", SIGNED_AT)
+
+
+def obx_text(message: Any) -> list[str]:
+    return [
+        str(message.unescape(str(seg[5]))) for seg in message.segments("OBX") if str(seg[2]) == "TX"
+    ]
+
+
+def test_oru_carries_patient_ids_accession_procedure_status_and_the_text() -> None:
+    message = hl7.parse(build_oru(signed(), HEADER, observed_at="20261129101500"))
+    msh = message.segment("MSH")
+    assert (str(msh[9]), str(msh[10]), str(msh[12])) == ("ORU^R01^ORU_R01", "NPR1TEST", "2.4")
+    assert str(message.segment("PID")[3]) == f"RXC5001^^^RXC^MR~{NHS}^^^NHS^NH"
+    assert str(message.segment("PID")[5]) == "SMITH^JOAN^^^MRS"
+    obr = message.segment("OBR")
+    assert (str(obr[2]), str(obr[3]), str(obr[4])) == (
+        "RXC-ACC-77",
+        "RXC-ACC-77",
+        "CT^CT ABDOMEN^L",
+    )
+    assert (str(obr[7]), str(obr[25])) == ("20261129101500", "F")
+    assert str(obr[32]) == "ryr.radiologist&Younger&Ruth&&&Dr&&&RYR"
+    assert obx_text(message) == TEXT.split("\n")
+    assert {str(seg[11]) for seg in message.segments("OBX")} == {"F"}
+
+
+def test_oru_after_an_addendum_is_a_corrected_result_with_all_the_text() -> None:
+    message = hl7.parse(build_oru(with_addendum(), HEADER, observed_at=""))
+    assert str(message.segment("OBR")[25]) == "C"
+    assert {str(seg[11]) for seg in message.segments("OBX")} == {"C"}
+    lines = obx_text(message)
+    assert lines[: len(TEXT.split("\n"))] == TEXT.split("\n")
+    assert lines[-2].startswith("ADDENDUM (Prof Anna Kay, RXC, 29/11/2026 16:30 UTC)")
+    assert lines[-1] == "Addendum: the appendix is normal."
+
+
+def test_oru_text_with_hl7_separators_arrives_unchanged() -> None:
+    text = "FINDINGS:\nA|B ^ C & D ~ E \\ F.\nCONCLUSION:\nNormal."
+    message = hl7.parse(build_oru(signed(text=text), HEADER, observed_at=""))
+    assert obx_text(message) == text.split("\n")
+    assert len(message.segments("OBX")) == 4
+
+
+def test_oru_without_an_nhs_number_names_the_hospital_number_only() -> None:
+    message = hl7.parse(build_oru(signed(nhs_number=None), HEADER, observed_at=""))
+    assert str(message.segment("PID")[3]) == "RXC5001^^^RXC^MR"
+
+
+def test_report_headings_map_to_cid_7001() -> None:
+    findings, impression = heading_code("FINDINGS"), heading_code("Impression")
+    assert findings is not None and findings.code.value == "59776-5"
+    assert impression is not None and impression.code.value == "19005-8"
+    assert heading_code("Musings") is None
+
+
+def test_display_names_become_family_given_and_title() -> None:
+    assert PersonName.of("Dr Ruth Younger", "u").dicom == "Younger^Ruth^^Dr"
+    assert PersonName.of("Mary Ann Jones", "u").dicom == "Jones^Mary Ann"
+    assert PersonName.of("", "rxc.radiologist").dicom == "rxc.radiologist"
+
+
+# -- queueing -------------------------------------------------------------------------
+
+
+def report_event_pk(archive: Archive) -> int:
+    """A signed report and its 'final' event, as the reporting service writes them."""
+    with archive.write_engine.begin() as conn:
+        report_pk = conn.execute(
+            sa.insert(report)
+            .values(
+                study_instance_uid=STUDY,
+                status="final",
+                text=TEXT,
+                author=AUTHOR.username,
+                author_trust=AUTHOR.trust,
+                created_at=SIGNED_AT,
+                updated_at=SIGNED_AT,
+            )
+            .returning(report.c.id)
+        ).scalar_one()
+        return int(
+            conn.execute(
+                sa.insert(report_event)
+                .values(
+                    report_fk=report_pk,
+                    kind="final",
+                    text=TEXT,
+                    author=AUTHOR.username,
+                    author_trust=AUTHOR.trust,
+                    at=SIGNED_AT,
+                )
+                .returning(report_event.c.id)
+            ).scalar_one()
+        )
+
+
+def test_a_queued_result_is_the_oru_for_the_requesting_trust(
+    archive: Archive, outputs: ReportOutputs
+) -> None:
+    store_ct(archive, 1)
+    event = report_event_pk(archive)
+    with archive.write_engine.begin() as conn:
+        outputs.queue_result(conn, signed(), event)
+    with archive.read_engine.connect() as conn:
+        row = conn.execute(sa.select(result_outbox)).one()
+    assert (row.trust, row.study_instance_uid, row.report_event_fk) == ("RXC", STUDY, event)
+    assert (row.attempts, row.sent_at, row.last_error) == (0, None, None)
+    assert len(row.control_id) <= 20
+    message = hl7.parse(row.message)
+    assert str(message.segment("MSH")[10]) == row.control_id
+    assert str(message.segment("MSH")[6]) == "RXC"
+    assert str(message.segment("OBR")[7]) == "20261129101500"  # the study's date and time
+
+
+def test_a_queued_result_rolls_back_with_the_signature(
+    archive: Archive, outputs: ReportOutputs
+) -> None:
+    event = report_event_pk(archive)
+    with pytest.raises(RuntimeError), archive.write_engine.begin() as conn:
+        outputs.queue_result(conn, signed(), event)
+        raise RuntimeError("the signature failed")
+    with archive.read_engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(result_outbox)).scalar() == 0
+
+
+def test_each_queued_result_has_its_own_control_id(
+    archive: Archive, outputs: ReportOutputs
+) -> None:
+    event = report_event_pk(archive)
+    with archive.write_engine.begin() as conn:
+        outputs.queue_result(conn, signed(), event)
+        outputs.queue_result(conn, with_addendum(), event)
+    with archive.read_engine.connect() as conn:
+        ids = conn.execute(sa.select(result_outbox.c.control_id)).scalars().all()
+    assert len(set(ids)) == 2
