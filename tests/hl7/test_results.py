@@ -1,0 +1,424 @@
+"""The results sender against real MLLP listeners: store and forward, order, retries.
+
+Each trust's results listener is a small TCP server in the test that reads MLLP frames
+and answers each with an ACK it is told to give (or dies without answering). The sender
+runs in threads of the test process against a real index (SQLite and PostgreSQL) with
+rows queued as the reporting service queues them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import hl7
+import pytest
+import sqlalchemy as sa
+
+from netpacs.adapters.hl7.results import (
+    DeliveryError,
+    ResultsSender,
+    Timing,
+    read_answer,
+)
+from netpacs.domain.region import Endpoint, Region, Trust
+from netpacs.domain.report import Reporter, SignedReport
+from netpacs.index.db import make_engine, migrate
+from netpacs.index.schema import report, report_event, result_outbox
+from netpacs.services.report_outputs import OruHeader, build_oru, new_control_id
+from tests.conftest import free_port
+
+START, END = b"\x0b", b"\x1c\r"
+FAST = Timing(poll=0.05, retry_first=0.1, retry_max=0.4, ack_timeout=2.0)
+
+# What a listener does with a message: an ACK code (and text), or None to die unanswered.
+Policy = Callable[[str, int], tuple[str, str] | None]
+
+
+def accept_all(_control_id: str, _seen: int) -> tuple[str, str] | None:
+    return ("AA", "")
+
+
+@dataclass
+class Listener:
+    """A trust's results listener on ``port``; can be stopped and started again."""
+
+    port: int
+    policy: Policy = accept_all
+    arrivals: list[str] = field(default_factory=list)  # control ids in arrival order
+    accepted: list[str] = field(default_factory=list)  # control ids answered AA
+    _sock: socket.socket | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _conns: list[socket.socket] = field(default_factory=list)
+
+    def start(self) -> Listener:
+        self._stop = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._sock.settimeout(0.1)
+        thread = threading.Thread(target=self._serve, args=(self._sock, self._stop), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """The listener goes away: its port refuses, open connections are reset."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.close()
+            self._conns.clear()
+
+    def _serve(self, sock: socket.socket, stop: threading.Event) -> None:
+        with sock:
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except TimeoutError:
+                    continue
+                except OSError:  # closed by a crash
+                    return
+                with self._lock:
+                    self._conns.append(conn)
+                threading.Thread(target=self._connection, args=(conn, stop), daemon=True).start()
+
+    def _connection(self, conn: socket.socket, stop: threading.Event) -> None:
+        buffer = b""
+        conn.settimeout(0.1)
+        with conn:
+            while not stop.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                while END in buffer:
+                    frame, buffer = buffer.split(END, 1)
+                    message = hl7.parse(frame.lstrip(START).decode("utf-8"))
+                    control_id = str(message.segment("MSH")[10])
+                    with self._lock:
+                        seen = self.arrivals.count(control_id)
+                        self.arrivals.append(control_id)
+                    answer = self.policy(control_id, seen)
+                    if answer is None:  # the whole listener dies without answering
+                        stop.set()
+                        if self._sock is not None:
+                            self._sock.close()
+                        return
+                    code, text = answer
+                    if code == "AA":
+                        with self._lock:
+                            self.accepted.append(control_id)
+                    ack = (
+                        "MSH|^~\\&|RIS|RXC|NETPACS|REGION|20261129120000||ACK^R01|"
+                        f"A{control_id}|P|2.4\rMSA|{code}|{control_id}|{text}\r"
+                    )
+                    conn.sendall(START + ack.encode() + END)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    migrate(database_url)
+    engine = make_engine(database_url, writer=True)
+    yield engine
+    engine.dispose()
+
+
+def queue(engine: sa.Engine, trust: str, count: int) -> list[str]:
+    """``count`` signed reports for ``trust``, queued as the reporting service does."""
+    ids = []
+    now = dt.datetime.now(dt.UTC)
+    author = Reporter("ryr.radiologist", "Dr Ruth Younger", "RYR")
+    with engine.begin() as conn:
+        for _ in range(count):
+            n = conn.execute(sa.select(sa.func.count()).select_from(report)).scalar_one()
+            study_uid = f"1.2.826.0.1.3680043.10.543.62.{n + 1}"
+            report_pk = conn.execute(
+                sa.insert(report)
+                .values(
+                    study_instance_uid=study_uid,
+                    status="final",
+                    text="FINDINGS:\nNormal.",
+                    author=author.username,
+                    author_trust=author.trust,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(report.c.id)
+            ).scalar_one()
+            event_pk = conn.execute(
+                sa.insert(report_event)
+                .values(
+                    report_fk=report_pk,
+                    kind="final",
+                    author=author.username,
+                    author_trust=author.trust,
+                    at=now,
+                )
+                .returning(report_event.c.id)
+            ).scalar_one()
+            control_id = new_control_id(event_pk)
+            signed = SignedReport(
+                study_instance_uid=study_uid,
+                accession_number=f"ACC{n + 1}",
+                patient_id=f"{trust}{n + 1}",
+                issuer=trust,
+                patient_name="DOE^JANE",
+                birth_date="19700101",
+                sex="F",
+                nhs_number=None,
+                requesting_trust=trust,
+                requesting_site=None,
+                modality="CR",
+                study_description="CHEST",
+                text="FINDINGS:\nNormal.",
+                author=author,
+                signed_at=now,
+                addenda=(),
+                event="final",
+                event_at=now,
+            )
+            message = build_oru(
+                signed,
+                OruHeader(control_id, "NETPACS", "REGION", "RIS", trust, now),
+                observed_at="",
+            )
+            conn.execute(
+                sa.insert(result_outbox).values(
+                    trust=trust,
+                    study_instance_uid=study_uid,
+                    report_event_fk=event_pk,
+                    control_id=control_id,
+                    message=message,
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+            ids.append(control_id)
+    return ids
+
+
+def rows(engine: sa.Engine, trust: str) -> list[Any]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(
+                    result_outbox.c.control_id,
+                    result_outbox.c.attempts,
+                    result_outbox.c.last_error,
+                    result_outbox.c.sent_at,
+                )
+                .where(result_outbox.c.trust == trust)
+                .order_by(result_outbox.c.id)
+            ).all()
+        )
+
+
+def region(**endpoints: int | None) -> Region:
+    """A region of the trusts named, each with its listener port (None: no endpoint)."""
+    return Region(
+        name="test",
+        trusts=tuple(
+            Trust(
+                ods,
+                f"{ods} NHS Trust",
+                (),
+                Endpoint("127.0.0.1", port) if port is not None else None,
+            )
+            for ods, port in endpoints.items()
+        ),
+        aes=(),
+    )
+
+
+@contextlib.contextmanager
+def sending(engine: sa.Engine, the_region: Region, timing: Timing = FAST) -> Iterator[None]:
+    stop = threading.Event()
+    reader = make_engine(engine.url.render_as_string(hide_password=False))
+    sender = ResultsSender(the_region, reader=reader, writer=engine, timing=timing)
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        reader.dispose()
+        assert not thread.is_alive()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def all_sent(engine: sa.Engine, trust: str) -> Callable[[], bool]:
+    return lambda: all(r.sent_at is not None for r in rows(engine, trust))
+
+
+def in_order_once(arrivals: list[str]) -> list[str]:
+    """Arrivals with back-to-back resends of the same message folded into one."""
+    return [c for i, c in enumerate(arrivals) if i == 0 or arrivals[i - 1] != c]
+
+
+# -- behaviour ------------------------------------------------------------------------
+
+
+def test_results_queued_while_the_listener_is_down_arrive_once_in_order_when_it_starts(
+    engine: sa.Engine,
+) -> None:
+    port = free_port()
+    ids = queue(engine, "RXC", 6)
+    listener = Listener(port)
+    with sending(engine, region(RXC=port)):
+        wait_until(lambda: rows(engine, "RXC")[0].attempts >= 2)
+        first = rows(engine, "RXC")[0]
+        assert first.last_error is not None and "cannot connect" in first.last_error
+        assert all(r.attempts == 0 for r in rows(engine, "RXC")[1:])  # none sent past it
+        listener.start()
+        try:
+            wait_until(all_sent(engine, "RXC"))
+        finally:
+            listener.stop()
+    assert listener.arrivals == ids
+    assert listener.accepted == ids
+
+
+def test_a_listener_restarting_mid_stream_loses_nothing_and_keeps_the_order(
+    engine: sa.Engine,
+) -> None:
+    port = free_port()
+    ids = queue(engine, "RXC", 8)
+    crashed = threading.Event()
+
+    def crash_on_the_fourth(control_id: str, seen: int) -> tuple[str, str] | None:
+        if control_id == ids[3] and not crashed.is_set():
+            crashed.set()
+            return None  # received, then the listener dies before it answers
+        return ("AA", "")
+
+    listener = Listener(port, policy=crash_on_the_fourth).start()
+    with sending(engine, region(RXC=port)):
+        wait_until(crashed.is_set)
+        listener.stop()
+        time.sleep(0.5)  # down for a while: the sender retries into a refused port
+        assert [r.sent_at is not None for r in rows(engine, "RXC")] == [True] * 3 + [False] * 5
+        listener.start()
+        try:
+            wait_until(all_sent(engine, "RXC"))
+        finally:
+            listener.stop()
+    # Each message acknowledged exactly once, in the order queued; the one the listener
+    # died with was sent again (with its control id), and nothing after it overtook it.
+    assert listener.accepted == ids
+    assert in_order_once(listener.arrivals) == ids
+    assert listener.arrivals.count(ids[3]) == 2
+
+
+def test_an_ar_answer_is_retried_and_reported_in_last_error(engine: sa.Engine) -> None:
+    port = free_port()
+    ids = queue(engine, "RXC", 2)
+
+    def reject_twice(control_id: str, seen: int) -> tuple[str, str] | None:
+        if control_id == ids[0] and seen < 2:
+            return ("AR", "unknown patient RXC1")
+        return ("AA", "")
+
+    listener = Listener(port, policy=reject_twice).start()
+    try:
+        with sending(engine, region(RXC=port)):
+            wait_until(lambda: rows(engine, "RXC")[0].attempts >= 1)
+            error = rows(engine, "RXC")[0].last_error
+            assert error is not None and "AR" in error and "unknown patient RXC1" in error
+            wait_until(all_sent(engine, "RXC"))
+    finally:
+        listener.stop()
+    assert listener.arrivals == [ids[0], ids[0], ids[0], ids[1]]
+    assert [r.attempts for r in rows(engine, "RXC")] == [3, 1]
+
+
+def test_one_trust_down_does_not_hold_up_another(engine: sa.Engine) -> None:
+    up, down = free_port(), free_port()
+    sussex = queue(engine, "RXC", 2)
+    queue(engine, "RTP", 2)
+    sussex += queue(engine, "RXC", 2)
+    listener = Listener(up).start()
+    try:
+        with sending(engine, region(RXC=up, RTP=down)):
+            wait_until(all_sent(engine, "RXC"))
+            wait_until(lambda: rows(engine, "RTP")[0].attempts >= 1)
+    finally:
+        listener.stop()
+    assert listener.arrivals == sussex
+    surrey = rows(engine, "RTP")
+    assert all(r.sent_at is None for r in surrey)
+    assert surrey[0].last_error is not None and f"127.0.0.1:{down}" in surrey[0].last_error
+    assert surrey[1].attempts == 0
+
+
+def test_a_trust_without_a_results_endpoint_keeps_its_results_queued_saying_why(
+    engine: sa.Engine,
+) -> None:
+    queue(engine, "RPC", 2)
+    with sending(engine, region(RPC=None)):
+        wait_until(lambda: all(r.last_error for r in rows(engine, "RPC")))
+    for row in rows(engine, "RPC"):
+        assert row.sent_at is None and row.attempts == 0
+        assert "RPC has no results MLLP endpoint" in (row.last_error or "")
+
+
+def test_results_for_a_trust_not_in_the_region_stay_queued_saying_why(
+    engine: sa.Engine,
+) -> None:
+    queue(engine, "R99", 1)
+    with sending(engine, region(RXC=None)):
+        wait_until(lambda: rows(engine, "R99")[0].last_error is not None)
+    assert "'R99' is not in the region" in (rows(engine, "R99")[0].last_error or "")
+
+
+def test_a_restarted_sender_sends_what_is_left_and_nothing_twice(engine: sa.Engine) -> None:
+    port = free_port()
+    ids = queue(engine, "RXC", 3)
+    listener = Listener(port).start()
+    try:
+        with sending(engine, region(RXC=port)):
+            wait_until(all_sent(engine, "RXC"))
+        ids += queue(engine, "RXC", 3)
+        with sending(engine, region(RXC=port)):
+            wait_until(all_sent(engine, "RXC"))
+    finally:
+        listener.stop()
+    assert listener.arrivals == ids
+
+
+def test_an_ack_for_another_message_is_not_taken_as_delivery() -> None:
+    ack = b"MSH|^~\\&|RIS|RXC|NETPACS|REGION|20261129||ACK|A1|P|2.4\rMSA|AA|OTHER\r"
+    with pytest.raises(DeliveryError, match="acknowledges message 'OTHER'"):
+        read_answer(ack, "NPR1")
+    with pytest.raises(DeliveryError, match="no MSA"):
+        read_answer(b"MSH|^~\\&|RIS|RXC\r", "NPR1")
+    answer = read_answer(ack.replace(b"OTHER", b"NPR1|fine"), "NPR1")
+    assert (answer.code, answer.text) == ("AA", "fine")
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    timing = Timing(retry_first=1.0, retry_max=60.0)
+    assert [timing.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, 60, 60]
