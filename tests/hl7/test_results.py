@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import hl7
@@ -32,7 +34,9 @@ from netpacs.domain.report import Reporter, SignedReport
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import report, report_event, result_outbox
 from netpacs.services.report_outputs import OruHeader, build_oru, new_control_id
-from tests.conftest import free_port
+from tests.conftest import Netpacs, free_port, write_region
+from tests.hl7.test_regional_record import send_study
+from tests.http.test_reporting import client
 
 START, END = b"\x0b", b"\x1c\r"
 FAST = Timing(poll=0.05, retry_first=0.1, retry_max=0.4, ack_timeout=2.0)
@@ -52,6 +56,7 @@ class Listener:
     port: int
     policy: Policy = accept_all
     arrivals: list[str] = field(default_factory=list)  # control ids in arrival order
+    messages: list[str] = field(default_factory=list)  # the messages, in arrival order
     accepted: list[str] = field(default_factory=list)  # control ids answered AA
     _sock: socket.socket | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -109,11 +114,12 @@ class Listener:
                 buffer += chunk
                 while END in buffer:
                     frame, buffer = buffer.split(END, 1)
-                    message = hl7.parse(frame.lstrip(START).decode("utf-8"))
-                    control_id = str(message.segment("MSH")[10])
+                    text = frame.lstrip(START).decode("utf-8")
+                    control_id = str(hl7.parse(text).segment("MSH")[10])
                     with self._lock:
                         seen = self.arrivals.count(control_id)
                         self.arrivals.append(control_id)
+                        self.messages.append(text)
                     answer = self.policy(control_id, seen)
                     if answer is None:  # the whole listener dies without answering
                         stop.set()
@@ -422,3 +428,52 @@ def test_an_ack_for_another_message_is_not_taken_as_delivery() -> None:
 def test_backoff_doubles_up_to_its_cap() -> None:
     timing = Timing(retry_first=1.0, retry_max=60.0)
     assert [timing.backoff(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, 60, 60]
+
+
+# -- through netpacs serve and the reporting API --------------------------------------
+
+
+@pytest.fixture
+def results_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def region_file(tmp_path: Path, workstation_port: int, results_port: int) -> Path:
+    """The demo region with East Sussex's results listener on a test port."""
+    path = write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
+    text, n = re.subn(
+        r'(\[trusts.results_mllp\]\nhost = "127.0.0.1"\nport = )12573',
+        rf"\g<1>{results_port}",
+        path.read_text(),
+    )
+    assert n == 1
+    path.write_text(text)
+    return path
+
+
+def test_reports_signed_while_the_trust_listener_is_down_arrive_once_in_order(
+    netpacs: Netpacs, tmp_path: Path, results_port: int
+) -> None:
+    patients = [f"RXC70{n}" for n in range(3)]
+    studies = [
+        send_study(netpacs, tmp_path / p, aet="EDGH_CT1", patient_id=p, issuer="RXC")
+        for p in patients
+    ]
+    with client(netpacs, "ryr.radiologist") as c:
+        for uid in studies:
+            assert c.post(f"/api/worklist/{uid}/claim").status_code == 200
+            text = f"FINDINGS:\nNo abnormality in study {uid}.\n\nCONCLUSION:\nNormal."
+            signed = c.put(f"/api/reports/{uid}", json={"text": text, "status": "final"})
+            assert signed.status_code == 200, signed.text
+    time.sleep(1.5)  # East Sussex's listener is down: the sender's attempts are refused
+    listener = Listener(results_port).start()
+    try:
+        wait_until(lambda: len(listener.accepted) >= 3, timeout=60)
+        time.sleep(1.0)  # nothing more comes
+    finally:
+        listener.stop()
+    assert len(listener.arrivals) == 3
+    received = [str(hl7.parse(m).segment("PID")[3][0][0]) for m in listener.messages]
+    assert received == patients
+    assert all(str(hl7.parse(m).segment("OBR")[25]) == "F" for m in listener.messages)
