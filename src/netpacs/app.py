@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -15,11 +14,9 @@ from netpacs.index.schema import instance
 from netpacs.index.writer import IndexWriter
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
+from netpacs.services.report_outputs import ReportOutputs
 from netpacs.services.reporting import WorklistRule
 from netpacs.storage.fs import FileSystemBlobStore
-
-if TYPE_CHECKING:
-    from netpacs.services.report_outputs import ReportOutputs
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +168,7 @@ def build_archive(settings: Settings) -> Archive:
 
 def _report_outputs(
     settings: Settings, region: Region, ingest: IngestService, read_engine: sa.Engine
-) -> ReportOutputs | None:
-    try:  # the outputs module lands separately (issue 6)
-        from netpacs.services.report_outputs import ReportOutputs
-    except ImportError:
-        log.warning("report outputs (SR, ORU) are not available in this build")
-        return None
+) -> ReportOutputs:
     return ReportOutputs(
         ingest=ingest, region=region, read_engine=read_engine, ae_title=settings.ae_title
     )

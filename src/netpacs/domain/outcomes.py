@@ -13,6 +13,7 @@ class Protocol(enum.Enum):
     DICOMWEB = "dicomweb"
     IMPORT = "import"
     REINDEX = "reindex"
+    REPORT = "report"  # a report's SR, made by netpacs when a report is signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,9 @@ class Origin:
 
     def describe(self) -> str:
         """For people: e.g. ``DICOM C-STORE from EDGH_CT1 (RXC)``."""
-        how = {"dimse": "C-STORE", "dicomweb": "STOW-RS"}.get(self.protocol.value)
+        how = {"dimse": "C-STORE", "dicomweb": "STOW-RS", "report": "report signed"}.get(
+            self.protocol.value
+        )
         who = self.ae_title or self.user or "an unknown sender"
         trust = f" ({self.trust})" if self.trust else ""
         return f"{how or self.protocol.value} from {who}{trust}"

@@ -64,7 +64,7 @@ SR_SERIES_NUMBER = 9901  # after the modality's series, as report series are pla
 MANUFACTURER = "netpacs"
 #: The SR is made inside netpacs for a user; no Protocol value names that yet, and
 #: IMPORT is the one that is never queued for reporting nor named a network transfer.
-SR_PROTOCOL = Protocol.IMPORT
+SR_PROTOCOL = Protocol.REPORT
 PRIVATE_SCHEME = "99NETPACS"
 
 

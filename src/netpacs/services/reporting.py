@@ -991,7 +991,8 @@ class ReportingService:
             conn.execute(
                 sa.update(report)
                 .where(report.c.id == existing.id)
-                .values(version=report.c.version + 1, updated_at=now)
+                # None until the new version's SR is stored (store_missing_srs retries)
+                .values(version=report.c.version + 1, updated_at=now, sr_sop_instance_uid=None)
             )
             signed = self._signed(
                 conn, item, existing.text, _aware(existing.signed_at), "addendum", now
@@ -1113,20 +1114,71 @@ class ReportingService:
             event_at=now,
         )
 
-    def _store_sr(self, signed: SignedReport) -> None:
+    def _store_sr(self, signed: SignedReport) -> bool:
+        """Store the report's SR in its study; False (logged) when that failed: the
+        report stays signed, its ORU queued, and store_missing_srs tries again."""
         if self._outputs is None:
-            return
+            return False
         try:
             sop_uid = self._outputs.store_sr(signed)
-        except Exception:  # the report is signed and its ORU queued; the SR can be redone
-            log.exception("could not store the SR of %s", signed.study_instance_uid)
-            return
+        except Exception:
+            log.exception("could not store the SR of %s (retried later)", signed.study_instance_uid)
+            return False
         with self._write.begin() as conn:
             conn.execute(
                 sa.update(report)
                 .where(report.c.study_instance_uid == signed.study_instance_uid)
                 .values(sr_sop_instance_uid=sop_uid)
             )
+        return True
+
+    def store_missing_srs(self, *, older_than: float = 60.0, limit: int = 50) -> int:
+        """Store the SR of each final report whose SR is missing (storing failed after
+        the signature committed); run by one process (the results worker). How many."""
+        if self._outputs is None:
+            return 0
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        with self._engine.connect() as conn:
+            due = (
+                conn.execute(
+                    sa.select(report.c.study_instance_uid)
+                    .where(
+                        report.c.status == "final",
+                        report.c.sr_sop_instance_uid.is_(None),
+                        report.c.updated_at < cutoff,
+                    )
+                    .order_by(report.c.updated_at)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+        done = 0
+        for uid in due:
+            with self._engine.connect() as conn:
+                item = conn.execute(
+                    self._item_query().where(worklist_item.c.study_instance_uid == uid)
+                ).first()
+                rep = conn.execute(
+                    sa.select(report).where(report.c.study_instance_uid == uid)
+                ).one()
+                if item is None or rep.signed_at is None:
+                    continue
+                addenda = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(report_event)
+                    .where(report_event.c.report_fk == rep.id, report_event.c.kind == "addendum")
+                ).scalar_one()
+                signed = self._signed(
+                    conn,
+                    item,
+                    rep.text,
+                    _aware(rep.signed_at),
+                    "addendum" if addenda else "final",
+                    dt.datetime.now(dt.UTC),
+                )
+            done += int(self._store_sr(signed))
+        return done
 
     def _audit_report_event(self, item: sa.Row[Any], what: str) -> None:
         self._audit.record(

@@ -452,6 +452,36 @@ class ResultsSender:
         return flagged
 
 
+def _store_missing_srs(settings: Settings, stop: threading.Event) -> None:
+    """Once a minute, store the SR of any final report whose SR could not be stored when
+    it was signed (one process does this: the SR of a version is stored once)."""
+    from netpacs.app import build_archive
+    from netpacs.services.access import SYSTEM
+    from netpacs.services.audit import AuditService
+    from netpacs.services.reporting import ReportingService
+
+    archive = build_archive(settings)
+    try:
+        service = ReportingService(
+            archive.read_engine,
+            archive.write_engine,
+            archive.region,
+            principal=SYSTEM,
+            audit=AuditService(archive.writer.execute, source_id=settings.ae_title),
+            outputs=archive.report_outputs,
+        )
+        while not stop.wait(60.0):
+            try:
+                stored = service.store_missing_srs()
+            except Exception:
+                log.exception("the SR sweep failed; it runs again in a minute")
+                continue
+            if stored:
+                log.warning("stored %d report SRs that were missing", stored)
+    finally:
+        archive.close()
+
+
 def run_worker(settings: Settings) -> None:
     """The ``results`` worker process of ``netpacs serve``: send until SIGTERM or SIGINT."""
     stop = threading.Event()
@@ -464,6 +494,10 @@ def run_worker(settings: Settings) -> None:
     url = settings.effective_database_url
     reader = make_engine(url)
     writer = make_engine(url, writer=True)
+    sweeper = threading.Thread(
+        target=_store_missing_srs, args=(settings, stop), name="sr-sweep", daemon=True
+    )
+    sweeper.start()
     try:
         ResultsSender(
             load_region(settings.effective_region_file),
