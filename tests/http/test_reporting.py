@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -337,3 +338,25 @@ def test_fhir_diagnostic_report_is_found_by_patient_identifier_once_it_is_a_resu
     with client(netpacs, "rtp.clinician") as outsider:
         assert outsider.get("/fhir/DiagnosticReport", params=search).json()["total"] == 0
         assert outsider.get(f"/fhir/DiagnosticReport/{uid}").status_code == 404
+
+
+def test_an_admin_sees_results_waiting_for_a_trust_whose_listener_is_down(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    uid = send_ct(netpacs, tmp_path / "a")  # East Sussex: nothing listens on its port here
+    with client(netpacs, "ryr.radiologist") as c:
+        assert c.put(f"/api/reports/{uid}", json={"text": FINDINGS, "status": "final"}).is_success
+        assert c.get("/api/results").status_code == 403
+    with client(netpacs, "rxc.admin") as c:
+        deadline = time.monotonic() + 20
+        while True:
+            outbox = c.get("/api/results").json()
+            message = outbox["messages"][0]
+            if message["last_error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    waiting = {w["trust"]: w for w in outbox["waiting_by_trust"]}
+    assert waiting["RXC"]["waiting"] == 1 and waiting["RXC"]["endpoint"] == "127.0.0.1:12573"
+    assert (message["trust"], message["study_instance_uid"]) == ("RXC", uid)
+    assert message["attempts"] >= 1 and "12573" in message["last_error"]
+    assert message["sent_at"] is None

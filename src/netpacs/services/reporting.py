@@ -54,6 +54,7 @@ from netpacs.index.schema import (
     patient,
     report,
     report_event,
+    result_outbox,
     series,
     study,
     user_account,
@@ -1179,6 +1180,60 @@ class ReportingService:
                 )
             done += int(self._store_sr(signed))
         return done
+
+    def results(
+        self, *, waiting: bool = True, trust: str | None = None, limit: int = 200
+    ) -> dict[str, Any]:
+        """The HL7 results (ORU) queued for the trusts: those waiting for delivery (or
+        all), oldest first, with attempts and the last error; for PACS admins."""
+        if not self._principal.sees_everything:
+            raise ReportingError(403, "the results outbox is for PACS admins")
+        q = sa.select(
+            result_outbox.c.trust,
+            result_outbox.c.study_instance_uid,
+            result_outbox.c.control_id,
+            result_outbox.c.created_at,
+            result_outbox.c.attempts,
+            result_outbox.c.next_attempt_at,
+            result_outbox.c.last_error,
+            result_outbox.c.sent_at,
+        )
+        if waiting:
+            q = q.where(result_outbox.c.sent_at.is_(None))
+        if trust:
+            q = q.where(result_outbox.c.trust == trust)
+        counts_q = (
+            sa.select(result_outbox.c.trust, sa.func.count())
+            .where(result_outbox.c.sent_at.is_(None))
+            .group_by(result_outbox.c.trust)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(q.order_by(result_outbox.c.id).limit(limit)).all()
+            counts: dict[str, int] = {t: int(n) for t, n in conn.execute(counts_q).all()}
+        endpoints = {t.ods_code: t.results_endpoint for t in self._region.trusts}
+        return {
+            "waiting_by_trust": [
+                {
+                    "trust": t,
+                    "waiting": int(counts.get(t, 0)),
+                    "endpoint": f"{e.host}:{e.port}" if e else None,
+                }
+                for t, e in endpoints.items()
+            ],
+            "messages": [
+                {
+                    "trust": r.trust,
+                    "study_instance_uid": r.study_instance_uid,
+                    "control_id": r.control_id,
+                    "queued_at": _iso(r.created_at),
+                    "attempts": r.attempts,
+                    "next_attempt_at": None if r.sent_at else _iso(r.next_attempt_at),
+                    "last_error": r.last_error,
+                    "sent_at": _iso(r.sent_at),
+                }
+                for r in rows
+            ],
+        }
 
     def _audit_report_event(self, item: sa.Row[Any], what: str) -> None:
         self._audit.record(

@@ -177,6 +177,18 @@ def discrepancy(request: Request, study: str, body: TextBody) -> dict[str, Any]:
     return _call(_reporting(request).discrepancy, study, body.text)
 
 
+@router.get("/api/results", tags=["reporting"])
+def results(
+    request: Request,
+    status: Annotated[Literal["waiting", "all"], Query()] = "waiting",
+    trust: Annotated[str | None, Query(max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 200,
+) -> dict[str, Any]:
+    """HL7 results (ORU^R01) for the trusts' listeners: waiting ones with their last
+    error, and how many wait per trust (PACS admins)."""
+    return _call(_reporting(request).results, waiting=status == "waiting", trust=trust, limit=limit)
+
+
 @router.get("/api/turnaround", tags=["reporting"])
 def turnaround(request: Request, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
     """Arrival-to-report times, backlog and breaches per trust and modality."""
