@@ -8,6 +8,9 @@
   pydicom, or refused with 406.
 - Objects whose patient changed since they were stored (ADT) are served with a coerced
   header, ``/metadata`` too (:mod:`netpacs.services.coercion`); the others as stored.
+- Study, series and instance retrieve with ``Accept: application/zip`` (or the
+  ``accept=application/zip`` query parameter, PS3.18 8.3.3.1) give the Part 10 files
+  as stored in a ZIP, streamed, audited as an export (PS3.15 A.5.3.7), not an access.
 - ``/metadata`` is answered from the index (:mod:`netpacs.services.metadata`).
 - ``/frames/{list}`` gives native frames as ``application/octet-stream`` (Explicit VR
   Little Endian pixels, range-read or decoded) or compressed frames as stored
@@ -21,12 +24,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
+import time
+import zipfile
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import pydicom
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -43,6 +49,8 @@ from netpacs.adapters.http.deps import (
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.domain.uids import is_valid_uid
+from netpacs.services.access import Role
+from netpacs.services.audit import AuditRecord, Event, Purpose
 from netpacs.services.coercion import Coercion, CoercionService
 from netpacs.services.frames import (
     EXPLICIT_VR_LE,
@@ -56,7 +64,7 @@ from netpacs.services.frames import (
     pixel_layout,
 )
 from netpacs.services.metadata import MetadataService, locate_bulk
-from netpacs.services.query import StoredInstance
+from netpacs.services.query import QueryLevel, QueryModel, QueryService, StoredInstance
 from netpacs.services.render import (
     ImageFormat,
     RenderError,
@@ -222,7 +230,8 @@ def _negotiate_dicom(header: str | None, stored: Iterable[str], *, single_ok: bo
             problem = f": {exc}"
             continue
         return choice
-    offer = f'multipart/related; type="{DICOM}"' + (" or application/dicom" if single_ok else "")
+    offer = f'multipart/related; type="{DICOM}"' + (", application/dicom" if single_ok else "")
+    offer += f" or {ZIP}"
     raise HttpError(406, f"cannot answer Accept: {header!r}; this resource is {offer}{problem}")
 
 
@@ -328,8 +337,11 @@ def _retrieve(
     series: str | None = None,
     instance: str | None = None,
 ) -> Response:
+    # PS3.18 8.3.3.1: an ``accept`` query parameter stands for the Accept header (links).
+    header = request.query_params.get("accept") or request.headers.get("accept")
+    if _wants_zip(header):
+        return _export_zip(svc, study, series, instance)
     found = _instances(svc, study, series, instance)
-    header = request.headers.get("accept")
     choice = _negotiate_dicom(
         header, (i.transfer_syntax_uid for i in found), single_ok=instance is not None
     )
@@ -382,6 +394,142 @@ def retrieve_instance(
     request: Request, svc: Services, study: str, series: str, instance: str
 ) -> Response:
     return _retrieve(request, svc, study, series, instance)
+
+
+# -- export as a ZIP (PS3.18 8.7.3.5.3, application/zip) -------------------------------
+
+ZIP = "application/zip"
+
+
+def _wants_zip(header: str | None) -> bool:
+    """Whether the most preferred media range we answer is application/zip."""
+    for a in parse_accept(header):
+        if a.mime == ZIP:
+            return True
+        if a.mime in (MULTIPART, DICOM, "*/*", "multipart/*", "application/*"):
+            return False
+    return False
+
+
+def _export_zip(
+    svc: HttpServices, study: str, series: str | None, instance: str | None
+) -> StreamingResponse:
+    """The Part 10 files in scope as a ZIP, audited as an export (PS3.15 A.5.3.7).
+
+    Files go as stored (those whose patient changed since, coerced like every retrieve),
+    streamed: nothing is built whole in memory.
+    """
+    check_url_uids(Study=study, Series=series, SOP=instance)
+    # The same access rules, without the access audit record: this is an export.
+    quiet = QueryService(svc.archive.read_engine, principal=svc.principal)
+    found = quiet.stored_instances(study, series, instance)
+    if not found:
+        raise _missing(svc, study, series, instance)
+    principal = svc.principal
+    svc.audit.record(
+        AuditRecord(
+            Event.EXPORT,
+            principal.actor(),
+            purpose=Purpose.HOPERAT if principal.role is Role.ADMIN else Purpose.TREAT,
+            patients=_patients_of(quiet, study),
+            study_uids=[study],
+            detail=f"{len(found)} instances exported as a ZIP of Part 10 files"
+            + (f" (series {series})" if series else ""),
+        )
+    )
+    coercions = _coercion(svc).for_scope(study, series, instance)
+    name = f"study-{study}" + (f"-series-{series}" if series else "")
+    return StreamingResponse(
+        _zip_stream(svc, found, coercions),
+        media_type=ZIP,
+        headers={"Content-Disposition": f'attachment; filename="{name}.zip"'},
+    )
+
+
+def _patients_of(query: QueryService, study: str) -> list[tuple[str, str]]:
+    keys = {
+        "0020000D": {"vr": "UI", "Value": [study]},
+        "00100020": {"vr": "LO"},
+        "00100021": {"vr": "LO"},
+    }
+    found = query.find(keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, limit=1)
+    return [
+        (_first(ds, "00100020"), _first(ds, "00100021")) for ds in found if _first(ds, "00100020")
+    ]
+
+
+def _first(dataset: dict[str, Any], tag: str) -> str:
+    values = dataset.get(tag, {}).get("Value") or [""]
+    return str(values[0])
+
+
+class _ZipSink(io.RawIOBase):
+    """What zipfile writes, kept until the response takes it (not seekable, so zipfile
+    writes data descriptors after each file: PKWARE APPNOTE 4.3.9)."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
+
+
+def _zip_name(found: list[StoredInstance], index: int) -> str:
+    """``series UID/SOP Instance UID.dcm`` (UIDs are digits and dots; checked anyway)."""
+    inst = found[index]
+    folder = inst.series_instance_uid
+    if not is_valid_uid(folder):
+        folder = "series"
+    stem = inst.sop_instance_uid if is_valid_uid(inst.sop_instance_uid) else f"{index + 1:06d}"
+    return f"{folder}/{stem}.dcm"
+
+
+def _zip_stream(
+    svc: HttpServices, found: list[StoredInstance], coercions: dict[str, Coercion]
+) -> Iterator[bytes]:
+    """The ZIP, one stored file at a time (ZIP_STORED: DICOM pixel data is mostly
+    compressed already or compresses poorly for the time it costs)."""
+    sink = _ZipSink()
+    now = time.localtime()[:6]
+    try:
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:
+            for i, inst in enumerate(found):
+                info = zipfile.ZipInfo(_zip_name(found, i), date_time=now)
+                coercion = coercions.get(inst.sop_instance_uid)
+                if coercion is not None:
+                    chunks: Iterable[bytes] = [svc.retrieve.part10(inst.item, coercion=coercion)]
+                    info.file_size = len(next(iter(chunks)))
+                else:
+                    chunks = svc.retrieve.part10_chunks(inst.item)
+                    info.file_size = inst.item.blob_size
+                with zf.open(info, "w") as out:
+                    for chunk in chunks:
+                        out.write(chunk)
+                        if data := sink.take():
+                            yield data
+                if data := sink.take():
+                    yield data
+        if data := sink.take():
+            yield data
+    except (BlobNotFound, OSError):
+        # The status line is sent: the ZIP ends without its central directory, which
+        # every unzip tool reports as a damaged archive.
+        log.exception("ZIP export stopped part way")
 
 
 # -- metadata (PS3.18 10.4.1.1.2) -------------------------------------------------------

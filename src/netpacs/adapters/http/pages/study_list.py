@@ -125,7 +125,24 @@ def _report_cell(uid: str, status: str | None, *, linked: bool) -> str:
     return shown
 
 
-def _row(s: StudySummary, report_status: str | None = None, *, linked: bool = False) -> str:
+def _actions(uid: str, *, may_delete: bool) -> str:
+    """Download the study as a ZIP (PS3.18 ``accept`` query parameter: a plain link
+    cannot set the Accept header); for PACS administrators, the page that deletes it."""
+    quoted = quote(uid, safe="")
+    zip_link = f"/dicomweb/studies/{quoted}?accept=application/zip"
+    links = [f'<a href="{_e(zip_link)}" class="download" download>Download (ZIP)</a>']
+    if may_delete:
+        links.append(f'<a href="/studies/{_e(quoted)}/delete" class="delete">Delete&hellip;</a>')
+    return "<br>".join(links)
+
+
+def _row(
+    s: StudySummary,
+    report_status: str | None = None,
+    *,
+    linked: bool = False,
+    may_delete: bool = False,
+) -> str:
     link = "/viewer?StudyInstanceUIDs=" + quote(s.study_instance_uid, safe="")
     when = format_date(s.study_date)
     time = format_time(s.study_time)
@@ -141,6 +158,7 @@ def _row(s: StudySummary, report_status: str | None = None, *, linked: bool = Fa
         _e(s.study_description),
         _origin(s),
         _report_cell(s.study_instance_uid, report_status, linked=linked),
+        _actions(s.study_instance_uid, may_delete=may_delete),
     ]
     return (
         f'<tr data-study="{_e(s.study_instance_uid)}">'
@@ -200,11 +218,13 @@ def studies(
     else:
         statuses = svc.reporting.statuses([s.study_instance_uid for s in page.studies])
         reporter = may_report(svc.principal)
+        admin = svc.principal.sees_everything
         rows = "\n".join(
-            _row(s, statuses.get(s.study_instance_uid), linked=reporter) for s in page.studies
+            _row(s, statuses.get(s.study_instance_uid), linked=reporter, may_delete=admin)
+            for s in page.studies
         )
         if not page.studies:
-            rows = '<tr><td colspan="8" class="muted">No studies match.</td></tr>'
+            rows = '<tr><td colspan="9" class="muted">No studies match.</td></tr>'
         links = []
         if offset:
             links.append(_page_link(params, max(0, offset - limit), "&larr; Newer"))
