@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pydicom
-import pytest
 import sqlalchemy as sa
 
 from netpacs.dicom.part10 import read_file_meta
