@@ -103,6 +103,16 @@ instance = sa.Table(
     sa.Column("received_at", TS, nullable=False),
 )
 
+# One row (id 1): bumped by every change that removes or renumbers archive rows (a study
+# deleted, a patient removed by an undone merge). Each process's index writer caches
+# the ids of the patients, studies and series it wrote; it drops them when this moves.
+index_epoch = sa.Table(
+    "index_epoch",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger(), nullable=False),
+)
+
 # -- HL7 ADT (issue 4): identities as the trusts' patient administration systems say ------
 
 hl7_message = sa.Table(

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from netpacs.index.schema import instance, patient, series, study
+from netpacs.index.schema import index_epoch, instance, patient, series, study
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class IndexWriter:
         self._study_pk: dict[str, int] = {}
         self._series_pk: dict[str, int] = {}
         self._patient_pk: dict[tuple[str, str], int] = {}
+        self._epoch: int | None = None
         self._statements = _Statements(self._dialect)
         self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
         self._thread.start()
@@ -155,6 +156,7 @@ class IndexWriter:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             with self._engine.begin() as conn:
+                self._check_epoch(conn)
                 if len(batch) == 1:  # no savepoint needed: the job is the transaction
                     job = batch[0]
                     try:
@@ -184,6 +186,13 @@ class IndexWriter:
                 job.future.set_exception(err)
             else:
                 job.future.set_result(value)
+
+    def _check_epoch(self, conn: sa.Connection) -> None:
+        """Drop the cached ids when another process removed or renumbered rows."""
+        epoch = conn.execute(self._statements.epoch).scalar()
+        if epoch != self._epoch:
+            self._forget_caches()
+            self._epoch = epoch
 
     def _forget_caches(self) -> None:
         self._study_pk.clear()
@@ -277,6 +286,14 @@ class IndexWriter:
         return dict(old._mapping)
 
 
+def bump_epoch(conn: sa.Connection) -> None:
+    """Tell every index writer that ids it cached may be gone or reused: call it in the
+    transaction that deletes patient, study or series rows."""
+    conn.execute(
+        sa.update(index_epoch).where(index_epoch.c.id == 1).values(epoch=index_epoch.c.epoch + 1)
+    )
+
+
 class _Statements:
     """Insert statements built once, executed with parameters (compiled-cache hits)."""
 
@@ -290,6 +307,7 @@ class _Statements:
     def __init__(self, dialect: str) -> None:
         make = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self.keys = self._UNIQUE
+        self.epoch = sa.select(index_epoch.c.epoch).where(index_epoch.c.id == 1)
         self.insert: dict[str, Any] = {}
         self.select_pk: dict[str, sa.Select[Any]] = {}
         for table in (patient, study, series, instance):

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from netpacs.domain import nhs_number
 from netpacs.domain.region import Region
 from netpacs.index.schema import adt_identity, hl7_message, patient, patient_merge, study
+from netpacs.index.writer import bump_epoch
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
 from netpacs.services.audit import Outcome as AuditOutcome
 from netpacs.services.identity import RegionalRecord
@@ -657,6 +658,7 @@ def _restore_patient(conn: sa.Connection, pk: int, before: dict[str, Any] | None
         ).first()
         if has_studies is None:
             conn.execute(sa.delete(patient).where(patient.c.id == pk))
+            bump_epoch(conn)
         return
     conn.execute(
         sa.update(patient)

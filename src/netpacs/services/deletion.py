@@ -40,6 +40,7 @@ from netpacs.index.schema import (
     study,
     worklist_item,
 )
+from netpacs.index.writer import bump_epoch
 from netpacs.services.access import Principal
 from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome, Purpose
 from netpacs.services.query import QueryService
@@ -193,6 +194,7 @@ class DeletionService:
         )
         n_series = conn.execute(sa.delete(series).where(series.c.study_fk == study_pk)).rowcount
         conn.execute(sa.delete(study).where(study.c.id == study_pk))
+        bump_epoch(conn)  # every index writer drops the ids it cached
         drafts = f"; {reports} draft report removed" if reports else ""
         AuditService(lambda fn: fn(conn), source_id=self._source_id).record(
             AuditRecord(

@@ -1,4 +1,5 @@
-"""Networked reporting: worklist items, reports and their history, the ORU outbox.
+"""Networked reporting: worklist items, reports and their history, the ORU outbox; and
+the index epoch that tells index writers their cached ids may be stale.
 
 Revision ID: 0006
 Revises: 0005
@@ -20,6 +21,13 @@ _UID = sa.String(64)
 
 
 def upgrade() -> None:
+    epoch = op.create_table(
+        "index_epoch",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("epoch", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_index_epoch")),
+    )
+    op.bulk_insert(epoch, [{"id": 1, "epoch": 0}])
     op.create_table(
         "worklist_item",
         sa.Column("id", _PK, nullable=False),
@@ -120,3 +128,4 @@ def downgrade() -> None:
     op.drop_table("report_event")
     op.drop_table("report")
     op.drop_table("worklist_item")
+    op.drop_table("index_epoch")
