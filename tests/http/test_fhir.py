@@ -207,6 +207,7 @@ def test_read_by_id_and_errors_as_operation_outcomes(netpacs: Netpacs, studies: 
         assert metadata.status_code == 200
         statement = metadata.json()
         CapabilityStatement.model_validate(statement)
-        (resource,) = statement["rest"][0]["resource"]
-        assert resource["type"] == "ImagingStudy"
-        assert {i["code"] for i in resource["interaction"]} == {"read", "search-type"}
+        resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+        assert set(resources) == {"ImagingStudy", "DiagnosticReport"}
+        for resource in resources.values():
+            assert {i["code"] for i in resource["interaction"]} == {"read", "search-type"}

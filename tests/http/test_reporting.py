@@ -16,6 +16,8 @@ import httpx
 import pydicom
 import pytest
 import sqlalchemy as sa
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from netpacs.index.schema import worklist_item
 from netpacs.synthetic import write_ct_series
@@ -318,7 +320,9 @@ def test_fhir_diagnostic_report_is_found_by_patient_identifier_once_it_is_a_resu
         assert signed.status_code == 200, signed.text
         bundle = reader.get("/fhir/DiagnosticReport", params=search).json()
         assert bundle["total"] == 1
+        Bundle.model_validate(bundle)
         resource = bundle["entry"][0]["resource"]
+        DiagnosticReport.model_validate(resource)
         assert resource["resourceType"] == "DiagnosticReport" and resource["id"] == uid
         assert resource["status"] == "final"
         assert resource["conclusion"] == "Normal study."
@@ -332,6 +336,7 @@ def test_fhir_diagnostic_report_is_found_by_patient_identifier_once_it_is_a_resu
         assert text.startswith("FINDINGS:\nNo acute abnormality.")
         rad.post(f"/api/reports/{uid}/addenda", json={"text": "Comparison with prior made."})
         amended = reader.get(f"/fhir/DiagnosticReport/{uid}").json()
+        DiagnosticReport.model_validate(amended)
         assert amended["status"] == "appended"
         text = base64.b64decode(amended["presentedForm"][0]["data"]).decode()
         assert "ADDENDUM" in text and "Comparison with prior made." in text
