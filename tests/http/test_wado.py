@@ -212,7 +212,7 @@ BAD_REQUESTS = [
     ("/studies/{study}/series/{series}/instances/{sop}/bulk/7FE00010?offset=3", "", 404),
     ("/studies/{study}/series/{series}/instances/{sop}/bulk/zz", "", 400),
     ("/studies/{study}/metadata", "application/dicom+xml", 406),
-    ("/studies/{study}", "application/zip", 406),
+    ("/studies/{study}", "application/pdf", 406),
     (
         "/studies/{study}",
         'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
