@@ -180,8 +180,8 @@ def test_worklist_claim_report_beside_a_prior_from_another_trust_and_sign_final(
 
     # The study list shows the report status.
     page.goto(f"{netpacs.base_url}/studies?name=DOE")
-    expect(page.locator(f'tr[data-study="{current}"] td').last).to_have_text("final")
-    expect(page.locator(f'tr[data-study="{prior}"] td').last).to_have_text("unreported")
+    expect(page.locator(f'tr[data-study="{current}"] .report-final')).to_have_text("final")
+    expect(page.locator(f'tr[data-study="{prior}"] .report-unreported')).to_have_text("unreported")
     assert not traffic.external, traffic.report()
 
 
