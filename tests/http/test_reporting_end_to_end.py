@@ -5,9 +5,7 @@ MLLP) and FHIR."""
 
 from __future__ import annotations
 
-import re
-import socket
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,70 +16,12 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 
 from tests.adapters.test_dimse import find
-from tests.conftest import Netpacs, free_port, write_region
+from tests.conftest import Netpacs
 from tests.hl7.test_regional_record import send_study, valid_nhs
+from tests.hl7.test_results import Listener, region_file, results_port, wait_until
 from tests.http.test_reporting import client
 
-START, END = b"\x0b", b"\x1c\x0d"
-
-
-class ResultsListener:
-    """A trust's results (ORU) MLLP listener: keeps each message, answers AA."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.messages: list[str] = []
-        self.received = threading.Condition()
-        self._sock = socket.create_server(("127.0.0.1", port))
-        self._sock.settimeout(0.2)
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:  # closed by close()
-                return
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _connection(self, conn: socket.socket) -> None:
-        buffer = b""
-        with conn:
-            conn.settimeout(30)
-            while not self._stop:
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buffer += chunk
-                while END in buffer:
-                    frame, buffer = buffer.split(END, 1)
-                    text = frame.lstrip(START).decode("utf-8")
-                    control = hl7.parse(text).segment("MSH")[10][0]
-                    with self.received:
-                        self.messages.append(text)
-                        self.received.notify_all()
-                    ack = (
-                        "MSH|^~\\&|RXC_RIS|RXC|NETPACS|REGION|20261129||ACK^R01|"
-                        f"A{control}|P|2.4\rMSA|AA|{control}\r"
-                    )
-                    conn.sendall(START + ack.encode() + END)
-
-    def wait_for(self, n: int, timeout: float = 30) -> list[str]:
-        with self.received:
-            self.received.wait_for(lambda: len(self.messages) >= n, timeout=timeout)
-            return list(self.messages)
-
-    def close(self) -> None:
-        self._stop = True
-        self._sock.close()
-        self._thread.join(timeout=5)
+__all__ = ["region_file", "results_port"]  # fixtures: East Sussex's listener on a test port
 
 
 def only_part(response: httpx.Response) -> bytes:
@@ -102,35 +42,16 @@ def texts(ds: pydicom.Dataset) -> list[str]:
 
 
 @pytest.fixture
-def results_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def region_file(tmp_path: Path, workstation_port: int, results_port: int) -> Path:
-    """The demo region with East Sussex's results listener on a test port."""
-    path = write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
-    text, n = re.subn(
-        r'(\[trusts.results_mllp\]\nhost = "127.0.0.1"\nport = )12573',
-        rf"\g<1>{results_port}",
-        path.read_text(),
-    )
-    assert n == 1
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-def listener(results_port: int) -> Iterator[ResultsListener]:
-    server = ResultsListener(results_port)
+def listener(results_port: int) -> Iterator[Listener]:
+    server = Listener(results_port).start()
     try:
         yield server
     finally:
-        server.close()
+        server.stop()
 
 
 def test_a_ct_from_eastbourne_reported_at_brighton_reaches_the_study_the_trust_and_fhir(
-    netpacs: Netpacs, tmp_path: Path, listener: ResultsListener
+    netpacs: Netpacs, tmp_path: Path, listener: Listener
 ) -> None:
     nhs = valid_nhs("943476591")
     prior = send_study(
@@ -196,7 +117,9 @@ def test_a_ct_from_eastbourne_reported_at_brighton_reaches_the_study_the_trust_a
     )
     assert [ds.SeriesInstanceUID for ds in found] == [sr_series_uid]
     # East Sussex's results listener gets the ORU^R01 once.
-    messages = listener.wait_for(1)
+    wait_until(lambda: len(listener.accepted) >= 1)
+    time.sleep(1.0)  # nothing more comes
+    messages = listener.messages
     assert len(messages) == 1
     oru = hl7.parse(messages[0])
     assert str(oru.segment("MSH")[9]).startswith("ORU^R01")

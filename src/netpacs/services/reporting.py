@@ -136,6 +136,10 @@ TEMPLATES: dict[str, str] = {
     "XA": "CLINICAL DETAILS:\n\n\nPROCEDURE:\n\n\nFINDINGS:\n\n\nCONCLUSION:\n",
 }
 MIN_FINAL_TEXT = 10
+#: The worklist item's values when nobody holds it.
+_NO_CLAIM: dict[str, None] = dict.fromkeys(
+    ("claimed_by", "claimed_by_name", "claimed_by_trust", "claimed_at", "claim_expires_at")
+)
 MAX_TEXT = 100_000
 
 
@@ -255,6 +259,12 @@ def _insert_item(conn: sa.Connection, values: dict[str, Any]) -> bool:
         insert.values(values).on_conflict_do_nothing().returning(worklist_item.c.id)
     ).first()
     return done is not None
+
+
+def _report_row(conn: sa.Connection, study_uid: str, *, required: bool = False) -> Any:
+    """The study's report row (None when it has none, unless ``required``)."""
+    query = sa.select(report).where(report.c.study_instance_uid == study_uid)
+    return conn.execute(query).one() if required else conn.execute(query).first()
 
 
 def target(region: Region, priority: Priority) -> dt.timedelta:
@@ -677,15 +687,7 @@ class ReportingService:
                     409, self._held_message(row) + ": only they or an admin may release it"
                 )
             conn.execute(
-                sa.update(worklist_item)
-                .where(worklist_item.c.id == row.id)
-                .values(
-                    claimed_by=None,
-                    claimed_by_name=None,
-                    claimed_by_trust=None,
-                    claimed_at=None,
-                    claim_expires_at=None,
-                )
+                sa.update(worklist_item).where(worklist_item.c.id == row.id).values(_NO_CLAIM)
             )
         return self.item(study_uid)
 
@@ -872,6 +874,13 @@ class ReportingService:
             raise ReportingError(422, "the text has control characters")
         return text.replace("\r\n", "\n").replace("\r", "\n")
 
+    def _note(self, text: Any, missing: str) -> str:
+        """A short text (addendum, reason, discrepancy): cleaned, 422 ``missing`` if empty."""
+        note = self._clean(text).strip()
+        if len(note) < 3:
+            raise ReportingError(422, missing)
+        return note
+
     def save(
         self,
         study_uid: str,
@@ -904,9 +913,7 @@ class ReportingService:
                 raise ReportingError(
                     422, f"a final report needs its text (at least {MIN_FINAL_TEXT} characters)"
                 )
-            existing = conn.execute(
-                sa.select(report).where(report.c.study_instance_uid == study_uid)
-            ).first()
+            existing = _report_row(conn, study_uid)
             if version is not None and existing is not None and existing.version != version:
                 raise ReportingError(
                     409,
@@ -945,15 +952,7 @@ class ReportingService:
                 )
             item_values: dict[str, Any] = {"status": status}
             if status == "final":
-                item_values |= {
-                    "reported_at": now,
-                    "reported_by": p.user_id,
-                    "claimed_by": None,
-                    "claimed_by_name": None,
-                    "claimed_by_trust": None,
-                    "claimed_at": None,
-                    "claim_expires_at": None,
-                }
+                item_values |= {"reported_at": now, "reported_by": p.user_id, **_NO_CLAIM}
             else:  # saving claims (or renews the claim)
                 item_values |= self._claim_values(now)
                 if holder is None:
@@ -975,15 +974,11 @@ class ReportingService:
 
     def addendum(self, study_uid: str, text: Any) -> dict[str, Any]:
         self._require_reporter()
-        text = self._clean(text).strip()
-        if len(text) < 3:
-            raise ReportingError(422, "an addendum needs its text")
+        text = self._note(text, "an addendum needs its text")
         now = dt.datetime.now(dt.UTC)
         with self._write.begin() as conn:
             item = self._locked_item(conn, study_uid)
-            existing = conn.execute(
-                sa.select(report).where(report.c.study_instance_uid == study_uid)
-            ).first()
+            existing = _report_row(conn, study_uid)
             if existing is None or existing.status != "final":
                 raise ReportingError(
                     409, "an addendum is added to a final report; this one is not signed yet"
@@ -1007,15 +1002,11 @@ class ReportingService:
     def second_opinion(self, study_uid: str, reason: Any) -> dict[str, Any]:
         """Ask a colleague: the request is recorded and the claim released for them."""
         self._require_reporter()
-        reason = self._clean(reason).strip()
-        if len(reason) < 3:
-            raise ReportingError(422, "say what the second opinion is about")
+        reason = self._note(reason, "say what the second opinion is about")
         now = dt.datetime.now(dt.UTC)
         with self._write.begin() as conn:
             item = self._locked_item(conn, study_uid)
-            existing = conn.execute(
-                sa.select(report).where(report.c.study_instance_uid == study_uid)
-            ).first()
+            existing = _report_row(conn, study_uid)
             if existing is None:
                 raise ReportingError(409, "save a draft before asking for a second opinion")
             self._event(conn, existing.id, "second-opinion", reason, now)
@@ -1031,15 +1022,7 @@ class ReportingService:
             holder = self._holder(item, now)
             if item.status != "final" and holder == self._principal.user_id:
                 conn.execute(
-                    sa.update(worklist_item)
-                    .where(worklist_item.c.id == item.id)
-                    .values(
-                        claimed_by=None,
-                        claimed_by_name=None,
-                        claimed_by_trust=None,
-                        claimed_at=None,
-                        claim_expires_at=None,
-                    )
+                    sa.update(worklist_item).where(worklist_item.c.id == item.id).values(_NO_CLAIM)
                 )
         self._audit_report_event(item, "second opinion requested")
         return self.report(study_uid)
@@ -1047,15 +1030,11 @@ class ReportingService:
     def discrepancy(self, study_uid: str, text: Any) -> dict[str, Any]:
         """Flag a discrepancy in a final report (peer review, a later reader)."""
         self._require_reporter()
-        text = self._clean(text).strip()
-        if len(text) < 3:
-            raise ReportingError(422, "describe the discrepancy")
+        text = self._note(text, "describe the discrepancy")
         now = dt.datetime.now(dt.UTC)
         with self._write.begin() as conn:
             item = self._locked_item(conn, study_uid)
-            existing = conn.execute(
-                sa.select(report).where(report.c.study_instance_uid == study_uid)
-            ).first()
+            existing = _report_row(conn, study_uid)
             if existing is None or existing.status != "final":
                 raise ReportingError(409, "a discrepancy is flagged on a final report")
             self._event(conn, existing.id, "discrepancy", text, now)
@@ -1076,9 +1055,7 @@ class ReportingService:
         event: Literal["final", "addendum"],
         now: dt.datetime,
     ) -> SignedReport:
-        rep = conn.execute(
-            sa.select(report).where(report.c.study_instance_uid == item.study_instance_uid)
-        ).one()
+        rep = _report_row(conn, item.study_instance_uid, required=True)
         addenda = conn.execute(
             sa.select(report_event)
             .where(report_event.c.report_fk == rep.id, report_event.c.kind == "addendum")
@@ -1160,9 +1137,7 @@ class ReportingService:
                 item = conn.execute(
                     self._item_query().where(worklist_item.c.study_instance_uid == uid)
                 ).first()
-                rep = conn.execute(
-                    sa.select(report).where(report.c.study_instance_uid == uid)
-                ).one()
+                rep = _report_row(conn, uid, required=True)
                 if item is None or rep.signed_at is None:
                     continue
                 addenda = conn.execute(

@@ -45,6 +45,7 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -457,28 +458,6 @@ def _by_study_identifier(service: ImagingStudyService, text: str, warnings: list
     return []
 
 
-# -- routes --------------------------------------------------------------------------------
-
-
-@router.get(f"{FHIR_ROOT}/ImagingStudy", summary="Search ImagingStudy (FHIR R4)")
-def search_imaging_study(request: Request) -> Response:
-    try:
-        _check_format(request)
-        params = _parameters(request)
-        count = _number(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
-        offset = _number(params, "_offset", 0, 0, 10**9)
-        svc = services(request)
-        service = ImagingStudyService(svc.query)
-        uids, warnings = _select(service, params)
-        base = base_url(request)
-        page = service.studies(uids[offset : offset + count])
-    except FhirError as exc:
-        return _error(exc)
-    except QueryError as exc:
-        return _error(FhirError(400, "invalid", str(exc)))
-    return _json(_bundle(page, warnings, params, base, total=len(uids), offset=offset, count=count))
-
-
 def _bundle(
     page: list[StudyRecord],
     warnings: list[str],
@@ -531,77 +510,111 @@ def _bundle(
     return bundle
 
 
-@router.get(f"{FHIR_ROOT}/ImagingStudy/{{resource_id}}", summary="Read ImagingStudy (FHIR R4)")
-def read_imaging_study(resource_id: str, request: Request) -> Response:
+def _answer(produce: Callable[[], dict[str, Any]]) -> Response:
+    """The resource ``produce`` makes, or its error as an OperationOutcome."""
     try:
-        _check_format(request)
-        if not _FHIR_ID.fullmatch(resource_id):
-            raise FhirError(400, "invalid", f"{resource_id!r} is not a FHIR id")
-        svc = services(request)
-        record = (
-            ImagingStudyService(svc.query).study(resource_id) if is_valid_uid(resource_id) else None
-        )
-        if record is None:
-            raise FhirError(404, "not-found", f"no ImagingStudy/{resource_id}")
+        return _json(produce())
     except FhirError as exc:
         return _error(exc)
     except QueryError as exc:
         return _error(FhirError(400, "invalid", str(exc)))
-    return _json(imaging_study(record, base_url(request)))
+
+
+@dataclass(frozen=True)
+class _Search:
+    params: dict[str, str]
+    count: int
+    offset: int
+    service: ImagingStudyService
+    uids: list[str]  # the matching studies, newest first
+    warnings: list[str]
+
+
+def _search(request: Request) -> _Search:
+    _check_format(request)
+    params = _parameters(request)
+    count = _number(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
+    offset = _number(params, "_offset", 0, 0, 10**9)
+    service = ImagingStudyService(services(request).query)
+    uids, warnings = _select(service, params)
+    return _Search(params, count, offset, service, uids, warnings)
+
+
+def _read(request: Request, resource_type: str, resource_id: str) -> StudyRecord:
+    """The study a read names (404 as ``resource_type`` when there is none to see)."""
+    _check_format(request)
+    if not _FHIR_ID.fullmatch(resource_id):
+        raise FhirError(400, "invalid", f"{resource_id!r} is not a FHIR id")
+    service = ImagingStudyService(services(request).query)
+    record = service.study(resource_id) if is_valid_uid(resource_id) else None
+    if record is None:
+        raise FhirError(404, "not-found", f"no {resource_type}/{resource_id}")
+    return record
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+@router.get(f"{FHIR_ROOT}/ImagingStudy", summary="Search ImagingStudy (FHIR R4)")
+def search_imaging_study(request: Request) -> Response:
+    def produce() -> dict[str, Any]:
+        found = _search(request)
+        page = found.service.studies(found.uids[found.offset : found.offset + found.count])
+        return _bundle(
+            page,
+            found.warnings,
+            found.params,
+            base_url(request),
+            total=len(found.uids),
+            offset=found.offset,
+            count=found.count,
+        )
+
+    return _answer(produce)
+
+
+@router.get(f"{FHIR_ROOT}/ImagingStudy/{{resource_id}}", summary="Read ImagingStudy (FHIR R4)")
+def read_imaging_study(resource_id: str, request: Request) -> Response:
+    return _answer(
+        lambda: imaging_study(_read(request, "ImagingStudy", resource_id), base_url(request))
+    )
 
 
 @router.get(f"{FHIR_ROOT}/DiagnosticReport", summary="Search DiagnosticReport (FHIR R4)")
 def search_diagnostic_report(request: Request) -> Response:
-    try:
-        _check_format(request)
-        params = _parameters(request)
-        count = _number(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
-        offset = _number(params, "_offset", 0, 0, 10**9)
-        svc = services(request)
-        service = ImagingStudyService(svc.query)
-        uids, warnings = _select(service, params)
-        reports = svc.reporting.published(uids)
-        reported = [u for u in uids if u in reports]
-        page = service.studies(reported[offset : offset + count])
-    except FhirError as exc:
-        return _error(exc)
-    except QueryError as exc:
-        return _error(FhirError(400, "invalid", str(exc)))
-    base = base_url(request)
-    bundle = _bundle(
-        page,
-        warnings,
-        params,
-        base,
-        total=len(reported),
-        offset=offset,
-        count=count,
-        resource_type="DiagnosticReport",
-        render=lambda r: diagnostic_report(r, reports[r.study_instance_uid], base),
-    )
-    return _json(bundle)
+    def produce() -> dict[str, Any]:
+        found = _search(request)
+        reports = services(request).reporting.published(found.uids)
+        reported = [u for u in found.uids if u in reports]
+        page = found.service.studies(reported[found.offset : found.offset + found.count])
+        base = base_url(request)
+        return _bundle(
+            page,
+            found.warnings,
+            found.params,
+            base,
+            total=len(reported),
+            offset=found.offset,
+            count=found.count,
+            resource_type="DiagnosticReport",
+            render=lambda r: diagnostic_report(r, reports[r.study_instance_uid], base),
+        )
+
+    return _answer(produce)
 
 
 @router.get(
     f"{FHIR_ROOT}/DiagnosticReport/{{resource_id}}", summary="Read DiagnosticReport (FHIR R4)"
 )
 def read_diagnostic_report(resource_id: str, request: Request) -> Response:
-    try:
-        _check_format(request)
-        if not _FHIR_ID.fullmatch(resource_id):
-            raise FhirError(400, "invalid", f"{resource_id!r} is not a FHIR id")
-        svc = services(request)
-        record = (
-            ImagingStudyService(svc.query).study(resource_id) if is_valid_uid(resource_id) else None
-        )
-        rep = svc.reporting.published([resource_id]).get(resource_id) if record else None
-        if record is None or rep is None:
+    def produce() -> dict[str, Any]:
+        record = _read(request, "DiagnosticReport", resource_id)
+        rep = services(request).reporting.published([resource_id]).get(resource_id)
+        if rep is None:
             raise FhirError(404, "not-found", f"no DiagnosticReport/{resource_id}")
-    except FhirError as exc:
-        return _error(exc)
-    except QueryError as exc:
-        return _error(FhirError(400, "invalid", str(exc)))
-    return _json(diagnostic_report(record, rep, base_url(request)))
+        return diagnostic_report(record, rep, base_url(request))
+
+    return _answer(produce)
 
 
 @router.get(f"{FHIR_ROOT}/metadata", summary="FHIR CapabilityStatement")
