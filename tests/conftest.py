@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -32,10 +33,37 @@ PG_ADMIN_URL = os.environ.get(
 )
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port for a server a test starts, never handed out twice in a run.
+
+    Chosen below the kernel's ephemeral range: a port from ``bind(0)`` lies inside
+    it, and an outgoing connection (to PostgreSQL, say) may take it as its source
+    port between the test choosing it and the server binding it.
+    """
+    low = max(1024, min(10000, _EPHEMERAL_LOW - 2000))
+    for _ in range(1000):
+        port = random.randrange(low, _EPHEMERAL_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(

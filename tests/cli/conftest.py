@@ -28,6 +28,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from netpacs.index.schema import instance, patient, series, study
 from netpacs.storage.fs import FileSystemBlobStore
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NETPACS = ROOT / ".venv" / "bin" / "netpacs"
@@ -92,12 +93,6 @@ def postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Cli:
     """One netpacs installation (data directory + index) driven through its CLI."""
@@ -140,6 +135,8 @@ class Cli:
         env = {
             **self.env,
             "NETPACS_DIMSE_PORT": str(port),
+            "NETPACS_HTTP_PORT": str(free_port()),
+            "NETPACS_MLLP_PORT": str(free_port()),
             "NETPACS_DIMSE_PROCESSES": "1",
             "NETPACS_DEMO": "true",
         }

@@ -10,7 +10,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from netpacs.index.schema import instance, study
-from tests.cli.conftest import Cli, ct_dataset, free_port, write_part10, write_study
+from tests.cli.conftest import Cli, ct_dataset, write_part10, write_study
+from tests.conftest import free_port
 
 
 def import_mixed(cli: Cli, tmp_path: Path) -> None:
