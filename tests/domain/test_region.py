@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from netpacs.config import BUNDLED_DEMO_REGION
-from netpacs.domain.region import AEKind, RegionError, load_region
+from netpacs.domain.region import AEKind, RegionError, ResultsHeader, load_region
 
 EXPECTED_SITES = {
     "RTP": {"ESH"},
@@ -79,6 +79,16 @@ def test_bundled_region_file_is_shipped_in_the_package() -> None:
             "defined twice",
         ),
         ("not = toml = at all", "cannot read region file"),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
+            "receiving_application='CRIS^RIS'\n",
+            r"trusts\[0\]\.results_mllp: 'receiving_application' \(MSH-5\) must be 1 to 20",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
+            "sending_facility=''\n",
+            r"'sending_facility' \(MSH-4\) must be 1 to 20",
+        ),
     ],
 )
 def test_malformed_region_file_is_refused_with_where_it_is_wrong(
@@ -93,3 +103,19 @@ def test_malformed_region_file_is_refused_with_where_it_is_wrong(
 def test_missing_region_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(RegionError, match=r"nowhere\.toml"):
         load_region(tmp_path / "nowhere.toml")
+
+
+def test_a_trusts_results_feed_names_the_msh_values_its_interface_engine_expects(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "region.toml"
+    path.write_text(
+        "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
+        "receiving_application='CRIS'\nreceiving_facility='RTP01'\nsending_facility='SSX'\n"
+        "[[trusts]]\nods_code='RTK'\nname='y'\n[trusts.results_mllp]\nhost='h'\nport=2\n"
+    )
+    region = load_region(path)
+    named, default = region.trust("RTP"), region.trust("RTK")
+    assert named is not None and default is not None
+    assert named.results_header == ResultsHeader("", "SSX", "CRIS", "RTP01")
+    assert default.results_header == ResultsHeader("", "REGION", "RIS", "RTK")

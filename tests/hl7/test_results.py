@@ -440,11 +440,12 @@ def results_port() -> int:
 
 @pytest.fixture
 def region_file(tmp_path: Path, workstation_port: int, results_port: int) -> Path:
-    """The demo region with East Sussex's results listener on a test port."""
+    """The demo region with East Sussex's results listener on a test port, expecting
+    its own MSH-5 and MSH-6 (``CRIS`` at ``RXC01``)."""
     path = write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
     text, n = re.subn(
         r'(\[trusts.results_mllp\]\nhost = "127.0.0.1"\nport = )12573',
-        rf"\g<1>{results_port}",
+        rf'\g<1>{results_port}\nreceiving_application = "CRIS"\nreceiving_facility = "RXC01"',
         path.read_text(),
     )
     assert n == 1
@@ -477,3 +478,7 @@ def test_reports_signed_while_the_trust_listener_is_down_arrive_once_in_order(
     received = [str(hl7.parse(m).segment("PID")[3][0][0]) for m in listener.messages]
     assert received == patients
     assert all(str(hl7.parse(m).segment("OBR")[25]) == "F" for m in listener.messages)
+    headers = {
+        tuple(str(hl7.parse(m).segment("MSH")[n]) for n in (4, 5, 6)) for m in listener.messages
+    }
+    assert headers == {("REGION", "CRIS", "RXC01")}

@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from netpacs.app import Archive, build_archive, prepare
 from netpacs.config import Settings
 from netpacs.domain.outcomes import Origin, Protocol
+from netpacs.domain.region import ResultsHeader
 from netpacs.domain.report import Addendum, Reporter, SignedReport
 from netpacs.index.schema import instance, report, report_event, result_outbox, series, study
 from netpacs.services.report_outputs import (
@@ -384,6 +385,30 @@ def test_a_queued_result_is_the_oru_for_the_requesting_trust(
     assert str(message.segment("MSH")[10]) == row.control_id
     assert str(message.segment("MSH")[6]) == "RXC"
     assert str(message.segment("OBR")[7]) == "20261129101500"  # the study's date and time
+
+
+def test_a_queued_result_carries_the_msh_names_of_the_trusts_results_feed(
+    archive: Archive,
+) -> None:
+    store_ct(archive, 1)
+    event = report_event_pk(archive)
+    names = ResultsHeader("PACS", "SSXIN", "CRIS", "RXC01")
+    trusts = tuple(
+        dataclasses.replace(t, results_header=names) if t.ods_code == "RXC" else t
+        for t in archive.region.trusts
+    )
+    outputs = ReportOutputs(
+        ingest=archive.ingest,
+        region=dataclasses.replace(archive.region, trusts=trusts),
+        read_engine=archive.read_engine,
+        ae_title="NETPACS",
+    )
+    with archive.write_engine.begin() as conn:
+        outputs.queue_result(conn, signed(), event)
+    with archive.read_engine.connect() as conn:
+        row = conn.execute(sa.select(result_outbox)).one()
+    msh = hl7.parse(row.message).segment("MSH")
+    assert [str(msh[n]) for n in (3, 4, 5, 6)] == ["PACS", "SSXIN", "CRIS", "RXC01"]
 
 
 def test_a_queued_result_rolls_back_with_the_signature(

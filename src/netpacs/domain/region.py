@@ -72,11 +72,35 @@ class Site:
 
 
 @dataclass(frozen=True, slots=True)
+class ResultsHeader:
+    """MSH-3 to MSH-6 of the HL7 results (ORU) sent to one trust.
+
+    A trust's interface engine routes and accepts messages by these names, so each
+    trust's feed names its own (``[trusts.results_mllp]`` in the region file).
+    """
+
+    sending_application: str = ""  # MSH-3; "": netpacs's AE title
+    sending_facility: str = "REGION"  # MSH-4
+    receiving_application: str = "RIS"  # MSH-5
+    receiving_facility: str = ""  # MSH-6; "": the trust's ODS code
+
+
+#: The results MSH names the region file may set, and what each is in HL7.
+RESULTS_HEADER_KEYS = {
+    "sending_application": "MSH-3",
+    "sending_facility": "MSH-4",
+    "receiving_application": "MSH-5",
+    "receiving_facility": "MSH-6",
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Trust:
     ods_code: str
     name: str
     sites: tuple[Site, ...]
     results_endpoint: Endpoint | None = None
+    results_header: ResultsHeader = ResultsHeader()
 
 
 #: Report turnaround targets (hours from arrival) unless the region file sets its own.
@@ -129,9 +153,10 @@ class Region:
     trusts: tuple[Trust, ...]
     aes: tuple[ApplicationEntity, ...]
     reporting: Reporting = field(default_factory=Reporting)
-    _by_title: dict[str, ApplicationEntity] = field(default_factory=dict, compare=False)
+    _by_title: dict[str, ApplicationEntity] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_title", {})  # rebuilt, also by dataclasses.replace
         for ae in self.aes:
             if ae.ae_title in self._by_title:
                 raise RegionError(f"AE title {ae.ae_title!r} is defined twice")
@@ -228,6 +253,9 @@ def parse_region(doc: dict[str, Any]) -> Region:
                 name=_req(t, "name", where, str),
                 sites=tuple(sites),
                 results_endpoint=endpoint,
+                results_header=_results_header(
+                    results if isinstance(results, dict) else {}, f"{where}.results_mllp", ods
+                ),
             )
         )
     for j, a in enumerate(doc.get("archives", [])):
@@ -259,6 +287,28 @@ def parse_region(doc: dict[str, Any]) -> Region:
         aes=tuple(aes),
         reporting=reporting,
     )
+
+
+def _results_header(table: dict[str, Any], where: str, ods: str) -> ResultsHeader:
+    """The MSH names of a trust's results feed: HL7 HD namespace ids, so plain text
+    without the message's separators (| ^ ~ \\ &), 1 to 20 characters."""
+    names: dict[str, str] = {"receiving_facility": ods}
+    for key, field_name in RESULTS_HEADER_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if (
+            not isinstance(value, str)
+            or not 1 <= len(value.strip()) <= 20
+            or any(c in value for c in "|^~\\&")
+            or not value.isprintable()
+        ):
+            raise RegionError(
+                f"{where}: '{key}' ({field_name}) must be 1 to 20 printable characters "
+                "without | ^ ~ \\ &"
+            )
+        names[key] = value.strip()
+    return ResultsHeader(**names)
 
 
 def _trust_list(value: Any, where: str, key: str, known: set[str]) -> frozenset[str] | None:

@@ -53,7 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from netpacs.domain.outcomes import Origin, Protocol
-from netpacs.domain.region import Region
+from netpacs.domain.region import Region, ResultsHeader
 from netpacs.domain.report import SignedReport, sections
 from netpacs.index.schema import instance, result_outbox, series, study
 from netpacs.services.ingest import IngestService
@@ -526,14 +526,16 @@ class ReportOutputs:
             )
         ).first()
         observed_at = _hl7_date_time(row.study_date, row.study_time) if row else ""
+        trust = self._region.trust(signed.requesting_trust)
+        names = trust.results_header if trust is not None else ResultsHeader()
         message = build_oru(
             signed,
             OruHeader(
                 control_id=control_id,
-                sending_application=self._ae_title,
-                sending_facility="REGION",
-                receiving_application="RIS",
-                receiving_facility=signed.requesting_trust,
+                sending_application=names.sending_application or self._ae_title,
+                sending_facility=names.sending_facility,
+                receiving_application=names.receiving_application,
+                receiving_facility=names.receiving_facility or signed.requesting_trust,
                 created_at=when,
             ),
             observed_at=observed_at,
