@@ -128,7 +128,8 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         return EXIT_USAGE
     try:
         dimse_server.tls_context(settings)  # certificates that do not load stop us now
-    except dimse_server.DimseTlsError as exc:
+        hl7_results.tls_contexts(load_region(settings.effective_region_file), settings)
+    except (dimse_server.DimseTlsError, hl7_results.ResultsTlsError, RegionError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     results_ack_timeout_seconds: float = Field(
         default=30.0, gt=0, description="how long to wait for a trust's ACK to one ORU"
     )
+    results_tls_cert_file: Path | None = Field(
+        default=None,
+        description="our client certificate (PEM) for trusts whose results listener is "
+        "MLLP over TLS (tls = true in [trusts.results_mllp]) and asks for one",
+    )
+    results_tls_key_file: Path | None = Field(default=None, description="its private key (PEM)")
 
     @field_validator("ae_title")
     @classmethod

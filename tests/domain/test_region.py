@@ -89,6 +89,21 @@ def test_bundled_region_file_is_shipped_in_the_package() -> None:
             "sending_facility=''\n",
             r"'sending_facility' \(MSH-4\) must be 1 to 20",
         ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
+            "tls='yes'\n",
+            r"trusts\[0\]\.results_mllp: 'tls' must be true or false",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
+            "ca_file='ca.pem'\n",
+            "'ca_file' is set but 'tls' is not true",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
+            "tls=true\nca_file='nowhere.pem'\n",
+            r"'ca_file' '.*nowhere\.pem' is not a file",
+        ),
     ],
 )
 def test_malformed_region_file_is_refused_with_where_it_is_wrong(
@@ -119,3 +134,16 @@ def test_a_trusts_results_feed_names_the_msh_values_its_interface_engine_expects
     assert named is not None and default is not None
     assert named.results_header == ResultsHeader("", "SSX", "CRIS", "RTP01")
     assert default.results_header == ResultsHeader("", "REGION", "RIS", "RTK")
+
+
+def test_a_trusts_results_over_tls_name_a_ca_file_beside_the_region_file(tmp_path: Path) -> None:
+    (tmp_path / "rtp-ca.pem").write_text("a CA certificate")
+    path = tmp_path / "region.toml"
+    path.write_text(
+        "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='ris.rtp'\n"
+        "port=6661\ntls=true\nca_file='rtp-ca.pem'\n"
+    )
+    trust = load_region(path).trust("RTP")
+    assert trust is not None and trust.results_endpoint is not None
+    assert trust.results_endpoint.tls
+    assert trust.results_endpoint.ca_file == tmp_path / "rtp-ca.pem"

@@ -12,6 +12,8 @@ import contextlib
 import datetime as dt
 import re
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,15 +30,20 @@ from netpacs.adapters.hl7.results import (
     ResultsSender,
     Timing,
     read_answer,
+    tls_contexts,
 )
+from netpacs.config import Settings
 from netpacs.domain.region import Endpoint, Region, Trust
 from netpacs.domain.report import Reporter, SignedReport
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import report, report_event, result_outbox
 from netpacs.services.report_outputs import OruHeader, build_oru, new_control_id
-from tests.conftest import Netpacs, free_port, write_region
+from tests.adapters.test_dicom_tls import Pki, pki
+from tests.conftest import NETPACS, Netpacs, free_port, write_region
 from tests.hl7.test_regional_record import send_study
 from tests.http.test_reporting import client
+
+__all__ = ["pki"]  # fixture: a CA with server, client and stranger certificates
 
 START, END = b"\x0b", b"\x1c\r"
 FAST = Timing(poll=0.05, retry_first=0.1, retry_max=0.4, ack_timeout=2.0)
@@ -55,7 +62,10 @@ class Listener:
 
     port: int
     policy: Policy = accept_all
+    tls: ssl.SSLContext | None = None  # MLLP over TLS with this server context
     arrivals: list[str] = field(default_factory=list)  # control ids in arrival order
+    peers: list[str] = field(default_factory=list)  # client certificate CNs, per connection
+    refused: list[str] = field(default_factory=list)  # TLS handshakes that failed, why
     messages: list[str] = field(default_factory=list)  # the messages, in arrival order
     accepted: list[str] = field(default_factory=list)  # control ids answered AA
     _sock: socket.socket | None = None
@@ -100,12 +110,25 @@ class Listener:
 
     def _connection(self, conn: socket.socket, stop: threading.Event) -> None:
         buffer = b""
+        if self.tls is not None:
+            conn.settimeout(5)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError as exc:
+                with self._lock:
+                    self.refused.append(str(exc))
+                conn.close()
+                return
+            cert = conn.getpeercert() or {}
+            names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+            with self._lock:
+                self.peers.extend(names or ["(no client certificate)"])
         conn.settimeout(0.1)
         with conn:
             while not stop.is_set():
                 try:
                     chunk = conn.recv(65536)
-                except TimeoutError:
+                except (TimeoutError, ssl.SSLWantReadError):
                     continue
                 except OSError:
                     return
@@ -253,10 +276,21 @@ def region(**endpoints: int | None) -> Region:
 
 
 @contextlib.contextmanager
-def sending(engine: sa.Engine, the_region: Region, timing: Timing = FAST) -> Iterator[None]:
+def sending(
+    engine: sa.Engine,
+    the_region: Region,
+    timing: Timing = FAST,
+    settings: Settings | None = None,
+) -> Iterator[None]:
     stop = threading.Event()
     reader = make_engine(engine.url.render_as_string(hide_password=False))
-    sender = ResultsSender(the_region, reader=reader, writer=engine, timing=timing)
+    sender = ResultsSender(
+        the_region,
+        reader=reader,
+        writer=engine,
+        timing=timing,
+        tls=tls_contexts(the_region, settings or Settings()),
+    )
     thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
     thread.start()
     try:
@@ -423,6 +457,105 @@ def test_an_ack_for_another_message_is_not_taken_as_delivery() -> None:
         read_answer(b"MSH|^~\\&|RIS|RXC\r", "NPR1")
     answer = read_answer(ack.replace(b"OTHER", b"NPR1|fine"), "NPR1")
     assert (answer.code, answer.text) == ("AA", "fine")
+
+
+# -- MLLP over TLS ----------------------------------------------------------------------
+
+
+def tls_region(port: int, ca_file: Path) -> Region:
+    endpoint = Endpoint("localhost", port, tls=True, ca_file=ca_file)
+    return Region(name="test", trusts=(Trust("RXC", "RXC NHS Trust", (), endpoint),), aes=())
+
+
+def listener_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """A trust's TLS listener; with ``client_ca`` it requires a client certificate of it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
+
+
+def test_results_to_a_tls_listener_arrive_over_tls_with_our_client_certificate(
+    engine: sa.Engine, pki: Pki
+) -> None:
+    port = free_port()
+    ids = queue(engine, "RXC", 3)
+    context = listener_context(pki.server_cert, pki.server_key, client_ca=pki.ca)
+    listener = Listener(port, tls=context).start()
+    ours = Settings(results_tls_cert_file=pki.client_cert, results_tls_key_file=pki.client_key)
+    try:
+        with sending(engine, tls_region(port, pki.ca), settings=ours):
+            wait_until(all_sent(engine, "RXC"))
+    finally:
+        listener.stop()
+    assert listener.accepted == ids
+    assert listener.peers == ["EDGH_CT1"]  # one connection, with our client certificate
+    assert listener.refused == []
+
+
+def test_a_tls_listener_whose_certificate_we_do_not_trust_gets_nothing_and_the_row_says_why(
+    engine: sa.Engine, pki: Pki
+) -> None:
+    port = free_port()
+    queue(engine, "RXC", 2)
+    impostor = listener_context(pki.stranger_cert, pki.stranger_key, client_ca=None)
+    listener = Listener(port, tls=impostor).start()
+    try:
+        with sending(engine, tls_region(port, pki.ca)):
+            wait_until(lambda: rows(engine, "RXC")[0].attempts >= 2)
+    finally:
+        listener.stop()
+    first, second = rows(engine, "RXC")
+    assert first.sent_at is None and second.sent_at is None
+    assert "certificate is not trusted" in first.last_error
+    assert second.attempts == 0  # it waits behind the first
+    assert listener.arrivals == []
+
+
+def test_a_tls_listener_that_requires_a_client_certificate_refuses_us_without_one(
+    engine: sa.Engine, pki: Pki
+) -> None:
+    port = free_port()
+    queue(engine, "RXC", 1)
+    context = listener_context(pki.server_cert, pki.server_key, client_ca=pki.ca)
+    listener = Listener(port, tls=context).start()
+    try:
+        with sending(engine, tls_region(port, pki.ca)):
+            wait_until(lambda: rows(engine, "RXC")[0].attempts >= 1)
+    finally:
+        listener.stop()
+    (row,) = rows(engine, "RXC")
+    assert row.sent_at is None
+    assert row.last_error.startswith(f"TLS connection to localhost:{port} failed")
+    assert "set NETPACS_RESULTS_TLS_CERT_FILE" in row.last_error
+    assert listener.arrivals == []
+
+
+def test_serve_stops_with_a_message_when_our_results_client_certificate_cannot_be_used(
+    tmp_path: Path, database_url: str, region_file: Path, pki: Pki
+) -> None:
+    text = region_file.read_text().replace(
+        'receiving_facility = "RXC01"',
+        f'receiving_facility = "RXC01"\ntls = true\nca_file = "{pki.ca}"',
+    )
+    region_file.write_text(text)
+    server = Netpacs(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        region_file=region_file,
+        extra_env={
+            "NETPACS_RESULTS_TLS_CERT_FILE": str(pki.client_cert),
+            "NETPACS_RESULTS_TLS_KEY_FILE": str(tmp_path / "missing.key"),
+        },
+    )
+    result = subprocess.run(
+        [str(NETPACS), "serve"], env=server.env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "results to RXC: NETPACS_RESULTS_TLS_CERT_FILE" in result.stderr
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:

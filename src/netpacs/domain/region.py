@@ -43,6 +43,8 @@ class RegionError(ValueError):
 class Endpoint:
     host: str
     port: int
+    tls: bool = False  # MLLP over TLS 1.2+: the listener's certificate and name are verified
+    ca_file: Path | None = None  # CAs that sign the listener's certificate; None: the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +211,11 @@ def _destinations(table: dict[str, Any], where: str) -> tuple[str, ...] | None:
     return tuple(_ae_title(d, where) for d in given)
 
 
-def parse_region(doc: dict[str, Any]) -> Region:
-    """Build a Region from a parsed TOML document, checking every entry."""
+def parse_region(doc: dict[str, Any], base: Path | None = None) -> Region:
+    """Build a Region from a parsed TOML document, checking every entry.
+
+    ``base`` is the folder relative file names in the document (``ca_file``) are in.
+    """
     trusts: list[Trust] = []
     aes: list[ApplicationEntity] = []
     for i, t in enumerate(doc.get("trusts", [])):
@@ -243,7 +248,7 @@ def parse_region(doc: dict[str, Any]) -> Region:
             )
         results = t.get("results_mllp")
         endpoint = (
-            Endpoint(host=_req(results, "host", where, str), port=_req(results, "port", where, int))
+            _results_endpoint(results, f"{where}.results_mllp", base)
             if isinstance(results, dict)
             else None
         )
@@ -287,6 +292,24 @@ def parse_region(doc: dict[str, Any]) -> Region:
         aes=tuple(aes),
         reporting=reporting,
     )
+
+
+def _results_endpoint(table: dict[str, Any], where: str, base: Path | None) -> Endpoint:
+    tls = table.get("tls", False)
+    if not isinstance(tls, bool):
+        raise RegionError(f"{where}: 'tls' must be true or false")
+    ca_file: Path | None = None
+    if "ca_file" in table:
+        if not tls:
+            raise RegionError(f"{where}: 'ca_file' is set but 'tls' is not true")
+        name = _req(table, "ca_file", where, str)
+        ca_file = Path(name) if base is None else base / name
+        if not ca_file.is_file():
+            raise RegionError(f"{where}: 'ca_file' {str(ca_file)!r} is not a file")
+    port = _req(table, "port", where, int)
+    if not 0 < port < 65536:
+        raise RegionError(f"{where}: 'port' must be 1-65535")
+    return Endpoint(host=_req(table, "host", where, str), port=port, tls=tls, ca_file=ca_file)
 
 
 def _results_header(table: dict[str, Any], where: str, ods: str) -> ResultsHeader:
@@ -378,4 +401,4 @@ def load_region(path: Path) -> Region:
             doc = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise RegionError(f"cannot read region file {path}: {exc}") from exc
-    return parse_region(doc)
+    return parse_region(doc, path.parent)

@@ -17,6 +17,13 @@ before row n is acknowledged, however long that takes. Trusts are independent: e
 has its own thread, so a trust whose listener is down holds up no other. A trust
 without a results endpoint keeps its rows queued, with ``last_error`` saying so.
 
+A trust whose ``[trusts.results_mllp]`` says ``tls = true`` gets its messages over
+TLS 1.2 or later (MLLP over TLS as IHE ITI TF-2 3.1.2 secures HL7 v2): the listener's
+certificate must be signed by the trust's ``ca_file`` (the system's CAs when unset) and
+name its host; we present ``NETPACS_RESULTS_TLS_CERT_FILE`` when the listener asks for a
+client certificate. A handshake that fails is a failed attempt like a refused
+connection: the row stays queued and ``last_error`` says why.
+
 Delivery is at least once: the only state is the table, so a restart resends the row
 that was in flight when it stopped, and a message whose ACK was lost is sent again
 with the same control id (HL7 v2.5 2.10.2: the receiver recognises a duplicate by
@@ -33,10 +40,12 @@ import hashlib
 import logging
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,6 +67,88 @@ ORPHAN_CHECK = 30.0  # seconds between looks for rows of trusts the region does 
 
 class DeliveryError(Exception):
     """One attempt failed; the message (for ``last_error``) says how."""
+
+
+class ResultsTlsError(ValueError):
+    """A trust's TLS settings or our client certificate cannot be used; says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """What we present to a results listener that asks for a client certificate."""
+
+    cert_file: Path
+    key_file: Path | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> ClientCertificate | None:
+        if settings.results_tls_cert_file is None:
+            if settings.results_tls_key_file is not None:
+                raise ResultsTlsError(
+                    "NETPACS_RESULTS_TLS_KEY_FILE is set without NETPACS_RESULTS_TLS_CERT_FILE"
+                )
+            return None
+        return cls(settings.results_tls_cert_file, settings.results_tls_key_file)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsClient:
+    """How we connect to one trust's TLS listener."""
+
+    context: ssl.SSLContext
+    presents_certificate: bool  # a client certificate is loaded in ``context``
+
+    def failure(self, where: str, exc: OSError) -> str:
+        """``last_error`` for a TLS connection that broke: with no client certificate of
+        ours, the likeliest cause is a listener that requires one (TLS 1.3 tells only on
+        the first read, and sometimes only by closing)."""
+        hint = (
+            ""
+            if self.presents_certificate
+            else "; if it requires a client certificate, set NETPACS_RESULTS_TLS_CERT_FILE"
+        )
+        return f"TLS connection to {where} failed: {_reason(exc)}{hint}"
+
+
+def tls_context(endpoint: Endpoint, client: ClientCertificate | None) -> ssl.SSLContext:
+    """TLS 1.2+ client context for ``endpoint``: its certificate and name are verified."""
+    try:
+        context = ssl.create_default_context(
+            cafile=str(endpoint.ca_file) if endpoint.ca_file else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    except (ssl.SSLError, OSError) as exc:
+        raise ResultsTlsError(f"the CA file {endpoint.ca_file} cannot be used: {exc}") from exc
+    if client is not None:
+        try:
+            context.load_cert_chain(
+                str(client.cert_file), str(client.key_file) if client.key_file else None
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ResultsTlsError(
+                "NETPACS_RESULTS_TLS_CERT_FILE / NETPACS_RESULTS_TLS_KEY_FILE cannot be used: "
+                f"{exc}"
+            ) from exc
+    return context
+
+
+def tls_contexts(region: Region, settings: Settings) -> dict[str, TlsClient]:
+    """The TLS context of every trust whose results go over TLS, by ODS code.
+
+    Raises :class:`ResultsTlsError` for files that cannot be used, so that ``netpacs
+    serve`` stops at once instead of every result failing later.
+    """
+    client = ClientCertificate.of(settings)
+    contexts: dict[str, TlsClient] = {}
+    for trust in region.trusts:
+        endpoint = trust.results_endpoint
+        if endpoint is not None and endpoint.tls:
+            try:
+                context = tls_context(endpoint, client)
+                contexts[trust.ods_code] = TlsClient(context, client is not None)
+            except ResultsTlsError as exc:
+                raise ResultsTlsError(f"results to {trust.ods_code}: {exc}") from exc
+    return contexts
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +212,30 @@ def read_answer(payload: bytes, control_id: str) -> Answer:
 class MllpConnection:
     """One TCP connection to a results listener: a frame out, a frame back."""
 
-    def __init__(self, endpoint: Endpoint, *, ack_timeout: float) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, ack_timeout: float, tls: TlsClient | None = None
+    ) -> None:
         self.endpoint = endpoint
         self._ack_timeout = ack_timeout
+        self._tls = tls
         try:
-            self._sock = socket.create_connection(
+            sock = socket.create_connection(
                 (endpoint.host, endpoint.port), timeout=min(CONNECT_TIMEOUT, ack_timeout)
             )
         except OSError as exc:
             raise DeliveryError(f"cannot connect to {self.where}: {_reason(exc)}") from None
+        if tls is not None:
+            try:
+                sock = tls.context.wrap_socket(sock, server_hostname=endpoint.host)
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise DeliveryError(
+                    f"TLS to {self.where}: its certificate is not trusted ({exc.verify_message})"
+                ) from None
+            except OSError as exc:  # ssl.SSLError included
+                sock.close()
+                raise DeliveryError(tls.failure(self.where, exc)) from None
+        self._sock = sock
         self.used = False
 
     @property
@@ -162,6 +268,8 @@ class MllpConnection:
         except ConnectionLost:
             raise
         except OSError as exc:
+            if self._tls is not None and isinstance(exc, ssl.SSLError):
+                raise ConnectionLost(self._tls.failure(self.where, exc)) from None
             raise ConnectionLost(f"connection to {self.where} failed: {_reason(exc)}") from None
         frame = buffer.split(END, 1)[0]
         start = frame.find(START)
@@ -202,8 +310,10 @@ class TrustSender:
         writer: sa.Engine,
         timing: Timing,
         region_file: str = "the region file",
+        tls: TlsClient | None = None,
     ) -> None:
         self.trust = trust
+        self._tls = tls
         self._reader = reader
         self._writer = writer
         self._timing = timing
@@ -320,7 +430,9 @@ class TrustSender:
                 return self._conn.exchange(message, control_id)
             except ConnectionLost:
                 self.close()
-        self._conn = MllpConnection(endpoint, ack_timeout=self._timing.ack_timeout)
+        self._conn = MllpConnection(
+            endpoint, ack_timeout=self._timing.ack_timeout, tls=self._tls if endpoint.tls else None
+        )
         return self._conn.exchange(message, control_id)
 
     def _failed(self, tx: sa.Connection, row: Any, error: str, endpoint: Endpoint) -> float:
@@ -387,12 +499,21 @@ class ResultsSender:
         writer: sa.Engine,
         timing: Timing,
         region_file: str = "the region file",
+        tls: dict[str, TlsClient] | None = None,
     ) -> None:
         self._region = region
         self._reader = reader
         self._writer = writer
+        contexts = tls or {}
         self.senders = [
-            TrustSender(t, reader=reader, writer=writer, timing=timing, region_file=region_file)
+            TrustSender(
+                t,
+                reader=reader,
+                writer=writer,
+                timing=timing,
+                region_file=region_file,
+                tls=contexts.get(t.ods_code),
+            )
             for t in region.trusts
         ]
         self._region_file = region_file
@@ -499,12 +620,14 @@ def run_worker(settings: Settings) -> None:
     )
     sweeper.start()
     try:
+        region = load_region(settings.effective_region_file)
         ResultsSender(
-            load_region(settings.effective_region_file),
+            region,
             reader=reader,
             writer=writer,
             timing=Timing.of(settings),
             region_file=str(settings.effective_region_file),
+            tls=tls_contexts(region, settings),
         ).run(stop)
     finally:
         reader.dispose()
