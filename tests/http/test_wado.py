@@ -182,6 +182,8 @@ def test_compressed_frames_come_as_stored_with_transfer_syntax_star_or_decoded_b
     )
     assert plain.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert np.array_equal(plain.pixel_array, expected)
+    # The same object in another syntax, not a new one.
+    assert plain.SOPInstanceUID == plain.file_meta.MediaStorageSOPInstanceUID == sop
 
 
 def test_bulk_data_of_encapsulated_pixel_data_is_its_frames_as_stored(

@@ -1,14 +1,16 @@
 """The retrieve service: which stored objects a retrieve request selects, and their bytes.
 
 C-MOVE, C-GET and WADO-RS call this; access control for retrieval belongs here, once.
-Objects are given as stored; when a client asks for another transfer syntax they are
-transcoded with pydicom and its pixel data plugins. An object whose patient changed
+Objects are given as stored; when a client asks for another transfer syntax (or, over
+DIMSE, a peer accepts only an uncompressed one) they are transcoded with pydicom and its
+pixel data plugins. An object whose patient changed
 since it was stored (ADT, :mod:`netpacs.services.coercion`) is given with a coerced
 header when the caller passes its :class:`Coercion`; the stored blob is never changed.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -23,6 +25,7 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 
 from netpacs.dicom.header import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from netpacs.dicom.part10 import read_file_meta
 from netpacs.services.coercion import Coercion, apply_to_dataset, coerce_dataset, coerce_part10
 from netpacs.services.query import QueryLevel, QueryModel, QueryService, RetrieveItem
 from netpacs.storage.blobstore import BlobStore
@@ -132,9 +135,11 @@ class RetrieveService:
         try:
             has_pixels = "PixelData" in ds
             if has_pixels and ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
+                # The same object in another syntax: pydicom would otherwise give it a
+                # new SOP Instance UID, and the receiver a duplicate of the stored one.
+                ds.decompress(generate_instance_uid=False)
             if target.is_compressed and has_pixels:
-                ds.compress(target)
+                ds.compress(target, generate_instance_uid=False)
             else:
                 if target.is_compressed:
                     target = UID(EXPLICIT_VR_LE)
@@ -152,9 +157,31 @@ class RetrieveService:
             ) from None
         return out.getvalue()
 
+    def dataset_in(
+        self, item: RetrieveItem, transfer_syntax_uid: str, *, coercion: Coercion | None = None
+    ) -> bytes:
+        """The data set (without file meta) in ``transfer_syntax_uid``: as stored when it
+        is the stored syntax, else transcoded as :meth:`transcoded` does (for DIMSE
+        peers that accept only another syntax). Raises :class:`TranscodeError`."""
+        if transfer_syntax_uid == item.transfer_syntax_uid:
+            return self.dataset_bytes(item, coercion=coercion)
+        check_transcodable(item.transfer_syntax_uid, transfer_syntax_uid)
+        part10 = self.transcoded(item, transfer_syntax_uid, coercion=coercion)
+        return part10[read_file_meta(part10).dataset_offset :]
+
 
 class TranscodeError(ValueError):
     """An object cannot be given in the transfer syntax asked for."""
+
+
+@functools.cache
+def can_transcode(stored: str, target: str) -> bool:
+    """Whether objects in ``stored`` can be given in ``target`` here."""
+    try:
+        check_transcodable(stored, target)
+    except TranscodeError:
+        return False
+    return True
 
 
 def check_transcodable(stored: str, target: str) -> None:

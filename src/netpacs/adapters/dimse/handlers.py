@@ -23,8 +23,10 @@ from netpacs.adapters.dimse import commands as c
 from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.association import Association, Message
 from netpacs.adapters.dimse.negotiation import (
+    DECOMPRESS_TO,
     DEFLATED,
     EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -48,7 +50,7 @@ from netpacs.services.query import (
     QueryService,
     RetrieveItem,
 )
-from netpacs.services.retrieve import RetrieveService
+from netpacs.services.retrieve import RetrieveService, can_transcode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -400,7 +402,11 @@ class AssociationHandlers:
         self._final(msg, c.C_GET_RSP, counts, cancelled)
 
     def _get_context(self, item: RetrieveItem) -> tuple[int, str] | None:
+        """The accepted context to send ``item`` on: its stored syntax; else another
+        uncompressed one (re-encoded); else, for compressed pixel data, Explicit or
+        Implicit VR Little Endian (decompressed: the peer accepts nothing else)."""
         best: tuple[int, str] | None = None
+        decompressed: tuple[int, str] | None = None
         for ctx in self.assoc.contexts.values():
             if ctx.result != 0 or ctx.abstract_syntax != item.sop_class_uid:
                 continue
@@ -408,7 +414,13 @@ class AssociationHandlers:
                 return ctx.context_id, ctx.transfer_syntax
             if item.transfer_syntax_uid in UNCOMPRESSED and ctx.transfer_syntax in UNCOMPRESSED:
                 best = (ctx.context_id, ctx.transfer_syntax)
-        return best
+            elif ctx.transfer_syntax in DECOMPRESS_TO and (
+                decompressed is None or ctx.transfer_syntax == EXPLICIT_VR_LE
+            ):
+                decompressed = (ctx.context_id, ctx.transfer_syntax)
+        if best is not None or decompressed is None:
+            return best
+        return decompressed if can_transcode(item.transfer_syntax_uid, decompressed[1]) else None
 
     async def _get_one(
         self, item: RetrieveItem, originator_id: int, coercion: Coercion | None
@@ -423,9 +435,12 @@ class AssociationHandlers:
             return None
         ctx_id, ts = chosen
         try:
-            data = await self._run(self.s.retrieve.dataset_bytes, item, coercion=coercion)
-            if ts != item.transfer_syntax_uid:
-                data = await self._run(_transcode, data, item.transfer_syntax_uid, ts)
+            if ts == item.transfer_syntax_uid or item.transfer_syntax_uid in UNCOMPRESSED:
+                data = await self._run(self.s.retrieve.dataset_bytes, item, coercion=coercion)
+                if ts != item.transfer_syntax_uid:
+                    data = await self._run(_transcode, data, item.transfer_syntax_uid, ts)
+            else:  # compressed, and the requestor takes only uncompressed
+                data = await self._run(self.s.retrieve.dataset_in, item, ts, coercion=coercion)
         except Exception as exc:
             log.warning("C-GET: cannot read %s: %s", item.sop_instance_uid, exc)
             return None

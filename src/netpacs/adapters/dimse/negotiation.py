@@ -38,6 +38,8 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 UNCOMPRESSED = (EXPLICIT_VR_LE, IMPLICIT_VR_LE, DEFLATED, EXPLICIT_VR_BE)
+# What a compressed object is decompressed to for a retrieve peer that takes no other.
+DECOMPRESS_TO = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
 # Every transfer syntax pydicom knows (including HTJ2K, JPEG-LS, JPEG 2000, RLE, video):
 # objects are stored as received, so any encoding a sender offers is acceptable.
 STORAGE_TRANSFER_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)

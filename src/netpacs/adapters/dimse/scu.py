@@ -2,13 +2,17 @@
 
 Speed matters less here than on the receive path, so pynetdicom is kept: files are
 sent from the blob store without being decoded (pynetdicom's chunked file sending)
-unless the destination accepts only another uncompressed transfer syntax. Objects
-with a coercion (their patient changed, :mod:`netpacs.services.coercion`) are sent
-from a temporary coerced copy.
+unless the destination accepts only another uncompressed transfer syntax. A compressed
+object is proposed as stored and, in a second presentation context, uncompressed: a
+destination that accepts only the second gets it decompressed (losslessly, by the
+retrieve service), as most workstations that take no compression expect. Objects with a
+coercion (their patient changed, :mod:`netpacs.services.coercion`) are sent from a
+temporary coerced copy.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -18,11 +22,16 @@ from pydicom import dcmread
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
-from netpacs.adapters.dimse.negotiation import EXPLICIT_VR_LE, IMPLICIT_VR_LE, UNCOMPRESSED
+from netpacs.adapters.dimse.negotiation import (
+    DECOMPRESS_TO,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    UNCOMPRESSED,
+)
 from netpacs.domain.region import ApplicationEntity
 from netpacs.services.coercion import Coercion
 from netpacs.services.query import RetrieveItem
-from netpacs.services.retrieve import RetrieveService
+from netpacs.services.retrieve import RetrieveService, can_transcode
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +51,26 @@ class SubOpCounts:
 
 
 def _contexts(items: list[RetrieveItem]) -> list[tuple[str, list[str]]]:
-    wanted: dict[str, list[str]] = {}
+    """Presentation contexts to propose: per SOP class, one with the stored uncompressed
+    syntaxes (and both little endian ones), one per stored compressed syntax, and one
+    uncompressed fallback for compressed objects that can be decompressed here."""
+    uncompressed: dict[str, list[str]] = {}
+    compressed: dict[str, list[str]] = {}
     for item in items:
-        syntaxes = wanted.setdefault(item.sop_class_uid, [])
-        candidates = [item.transfer_syntax_uid]
-        if item.transfer_syntax_uid in UNCOMPRESSED:
-            candidates += [EXPLICIT_VR_LE, IMPLICIT_VR_LE]
-        for ts in candidates:
-            if ts not in syntaxes:
-                syntaxes.append(ts)
-    return list(wanted.items())[:_MAX_CONTEXTS]
+        cls, ts = item.sop_class_uid, item.transfer_syntax_uid
+        if ts in UNCOMPRESSED:
+            syntaxes = uncompressed.setdefault(cls, [])
+            candidates = [ts, EXPLICIT_VR_LE, IMPLICIT_VR_LE]
+        else:
+            syntaxes = compressed.setdefault(cls, [])
+            candidates = [ts]
+            if can_transcode(ts, EXPLICIT_VR_LE):
+                fallback = uncompressed.setdefault(cls, [])
+                fallback.extend(t for t in DECOMPRESS_TO if t not in fallback)
+        syntaxes.extend(t for t in candidates if t not in syntaxes)
+    out = [(cls, [ts]) for cls, syntaxes in compressed.items() for ts in syntaxes]
+    out += list(uncompressed.items())
+    return out[:_MAX_CONTEXTS]
 
 
 def send_to(
@@ -123,23 +142,30 @@ def _send_one(
     if not accepted:
         log.warning("destination accepted no context for %s", item.sop_class_uid)
         return None
-    exact = any(cx.transfer_syntax[0] == item.transfer_syntax_uid for cx in accepted)
+    taken = {cx.transfer_syntax[0] for cx in accepted}
     try:
-        with retrieve.as_file(item, coercion=coercion) as path:
-            if exact:
-                payload: object = path
-            elif item.transfer_syntax_uid in UNCOMPRESSED:
-                payload = dcmread(path)  # pynetdicom converts between uncompressed syntaxes
-            else:
+        if item.transfer_syntax_uid not in taken and item.transfer_syntax_uid not in UNCOMPRESSED:
+            target = next((ts for ts in DECOMPRESS_TO if ts in taken), None)
+            if target is None:
                 log.warning(
-                    "destination does not accept %s for %s; decompression is not offered",
+                    "destination accepts neither %s nor an uncompressed syntax for %s",
                     item.transfer_syntax_uid,
                     item.sop_instance_uid,
                 )
                 return None
+            payload = dcmread(io.BytesIO(retrieve.transcoded(item, target, coercion=coercion)))
             status = assoc.send_c_store(  # type: ignore[attr-defined]
                 payload, originator_aet=originator[0], originator_id=originator[1]
             )
+        else:
+            with retrieve.as_file(item, coercion=coercion) as path:
+                # As stored; else pynetdicom converts between uncompressed syntaxes.
+                as_stored = item.transfer_syntax_uid in taken
+                status = assoc.send_c_store(  # type: ignore[attr-defined]
+                    path if as_stored else dcmread(path),
+                    originator_aet=originator[0],
+                    originator_id=originator[1],
+                )
     except Exception as exc:
         log.warning("C-STORE sub-operation for %s failed: %s", item.sop_instance_uid, exc)
         return None
