@@ -147,3 +147,20 @@ def test_a_trusts_results_over_tls_name_a_ca_file_beside_the_region_file(tmp_pat
     assert trust is not None and trust.results_endpoint is not None
     assert trust.results_endpoint.tls
     assert trust.results_endpoint.ca_file == tmp_path / "rtp-ca.pem"
+
+
+def test_an_adt_feed_speaks_for_the_trust_of_its_ods_code_site_code_or_named_facility(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "region.toml"
+    path.write_text(
+        "[[trusts]]\nods_code='RXC'\nname='x'\nadt_facilities=['ESHT_PAS']\n"
+        "[[trusts.sites]]\ncode='EDGH'\nname='Eastbourne'\n"
+        "[[trusts]]\nods_code='RTP'\nname='y'\n"
+    )
+    region = load_region(path)
+    found = {f: region.trust_of_facility(f) for f in ("RXC", "EDGH", "ESHT_PAS", "RTP", "X")}
+    assert found == {"RXC": "RXC", "EDGH": "RXC", "ESHT_PAS": "RXC", "RTP": "RTP", "X": None}
+    path.write_text("[[trusts]]\nods_code='RXC'\nname='x'\nadt_facilities='ESHT_PAS'\n")
+    with pytest.raises(RegionError, match=r"trusts\[0\]: 'adt_facilities' must be a list"):
+        load_region(path)

@@ -101,7 +101,7 @@ def test_merge_across_trusts_or_of_an_unknown_identity_is_refused(
     netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
 ) -> None:
     write_and_send_ct(netpacs, tmp_path / "a", 1, patient_id="RXC0000060", issuer="RXC")
-    assert mllp.send(adt("A04", "CTRL0400", "RTP0000060^^^RTP^MR")).code == "AA"
+    assert mllp.send(adt("A04", "CTRL0400", "RTP0000060^^^RTP^MR", facility="RTP")).code == "AA"
     across = mllp.send(adt("A40", "CTRL0401", "RXC0000060^^^RXC^MR", mrg1="RTP0000060^^^RTP^MR"))
     assert across.code == "AE" and "different trusts" in across.field("MSA", 3)
     unknown = mllp.send(adt("A40", "CTRL0402", "RXC0000060^^^RXC^MR", mrg1="RXC9999999^^^RXC"))
@@ -134,3 +134,24 @@ def test_a_registration_without_a_name_takes_the_name_of_the_first_study_and_ser
     assert study["00100040"]["Value"] == ["F"]  # what ADT said is kept
     metadata = netpacs.http.get(f"{netpacs.dicomweb_url}/studies/{stored.study_uid}/metadata")
     assert metadata.json()[0]["00100010"]["Value"] == [{"Alphabetic": "NEW^NELL"}]
+
+
+def test_a_trusts_adt_feed_may_change_only_the_hospital_numbers_that_trust_issues(
+    netpacs: Netpacs, mllp: MllpClient
+) -> None:
+    registered = adt("A04", "CTRL0900", "RTP0000090^^^RTP^MR", name="OWN^ANNA", facility="RTP")
+    assert mllp.send(registered).code == "AA"
+    # East Sussex's PAS (MSH-4 RXC) tries to rename a Surrey and Sussex patient.
+    other = mllp.send(adt("A08", "CTRL0901", "RTP0000090^^^RTP^MR", name="WRONG^NAME"))
+    assert other.code == "AE"
+    assert "'RXC' is RXC's: it may not change RTP0000090 at RTP" in other.field("MSA", 3)
+    stranger = mllp.send(
+        adt("A08", "CTRL0902", "RTP0000090^^^RTP^MR", name="WRONG^NAME", facility="ELSEWHERE")
+    )
+    assert stranger.code == "AE"
+    assert "'ELSEWHERE' is not a trust of the region" in stranger.field("MSA", 3)
+    assert identity(netpacs, "RTP0000090", "RTP")["patient_name"] == "OWN^ANNA"
+    # A site of the trust (East Surrey Hospital, ESH) speaks for it.
+    site = adt("A08", "CTRL0903", "RTP0000090^^^RTP^MR", name="OWN^ANNE", facility="ESH")
+    assert mllp.send(site).code == "AA"
+    assert identity(netpacs, "RTP0000090", "RTP")["patient_name"] == "OWN^ANNE"

@@ -103,6 +103,8 @@ class Trust:
     sites: tuple[Site, ...]
     results_endpoint: Endpoint | None = None
     results_header: ResultsHeader = ResultsHeader()
+    # MSH-4 sending facilities of the trust's ADT feeds besides its ODS code.
+    adt_facilities: tuple[str, ...] = ()
 
 
 #: Report turnaround targets (hours from arrival) unless the region file sets its own.
@@ -166,6 +168,18 @@ class Region:
 
     def ae(self, ae_title: str) -> ApplicationEntity | None:
         return self._by_title.get(ae_title.strip())
+
+    def trust_of_facility(self, facility: str) -> str | None:
+        """The ODS code of the trust whose ADT feed ``facility`` (MSH-4) is, if any: the
+        trust's ODS code, one of its site codes, or one of its ``adt_facilities``."""
+        for t in self.trusts:
+            if (
+                facility == t.ods_code
+                or facility in t.adt_facilities
+                or any(facility == site.code for site in t.sites)
+            ):
+                return t.ods_code
+        return None
 
     def trust(self, ods_code: str) -> Trust | None:
         return next((t for t in self.trusts if t.ods_code == ods_code), None)
@@ -261,6 +275,7 @@ def parse_region(doc: dict[str, Any], base: Path | None = None) -> Region:
                 results_header=_results_header(
                     results if isinstance(results, dict) else {}, f"{where}.results_mllp", ods
                 ),
+                adt_facilities=_adt_facilities(t.get("adt_facilities", []), where),
             )
         )
     for j, a in enumerate(doc.get("archives", [])):
@@ -310,6 +325,16 @@ def _results_endpoint(table: dict[str, Any], where: str, base: Path | None) -> E
     if not 0 < port < 65536:
         raise RegionError(f"{where}: 'port' must be 1-65535")
     return Endpoint(host=_req(table, "host", where, str), port=port, tls=tls, ca_file=ca_file)
+
+
+def _adt_facilities(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and 0 < len(v.strip()) <= 20 and "^" not in v for v in value
+    ):
+        raise RegionError(
+            f"{where}: 'adt_facilities' must be a list of MSH-4 namespace ids (1-20 characters)"
+        )
+    return tuple(v.strip() for v in value)
 
 
 def _results_header(table: dict[str, Any], where: str, ods: str) -> ResultsHeader:

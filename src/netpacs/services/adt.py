@@ -57,6 +57,7 @@ class Outcome(enum.Enum):
     UNKNOWN_IDENTITY = "unknown identity"
     IDENTIFIER_IN_USE = "identifier in use"
     CROSS_TRUST = "cross-trust merge"
+    WRONG_SENDER = "sender not of the identity's trust"
     CONTROL_ID_REUSED = "control id reused"
     CONFLICT = "conflict"
 
@@ -216,7 +217,7 @@ class AdtService:
                 return _Replayed(seen.ack_code, seen.ack_text, seen.ack_message)
             savepoint = conn.begin_nested()
             try:
-                result = self._apply(conn, event, now)
+                result = self._apply(conn, event, now, key.sending_facility)
                 savepoint.commit()
             except _Refused as refused:
                 savepoint.rollback()
@@ -279,8 +280,11 @@ class AdtService:
             )
         )
 
-    def _apply(self, conn: sa.Connection, event: AdtEvent, now: dt.datetime) -> AdtResult:
+    def _apply(
+        self, conn: sa.Connection, event: AdtEvent, now: dt.datetime, sending_facility: str
+    ) -> AdtResult:
         identity, values = self._read(event)
+        self._check_sender(sending_facility, identity)
         source = f"HL7 ADT^{event.trigger.value} {event.control_id}"
         if event.trigger in (Trigger.A40, Trigger.A47):
             prior = self._prior(event, identity)
@@ -351,6 +355,25 @@ class AdtService:
                 f"PID-8 administrative sex {demo.sex!r} is not one of M, F, O, U, A, N",
             )
         return identity, _Values(demo.name, birth, sex, number, problem, tuple(notes))
+
+    def _check_sender(self, sending_facility: str, identity: _Identity) -> None:
+        """A trust's feed changes only the hospital numbers that trust issues: MSH-4 must
+        be the trust's ODS code, a site code of it or one of its ``adt_facilities``."""
+        facility = sending_facility.split("^", 1)[0].strip()
+        trust = self._region.trust_of_facility(facility)
+        if trust == identity.issuer:
+            return
+        if trust is None:
+            raise _Refused(
+                Outcome.WRONG_SENDER,
+                f"MSH-4 sending facility {facility!r} is not a trust of the region (an ODS "
+                "code, a site code or one of a trust's adt_facilities); nothing applied",
+            )
+        raise _Refused(
+            Outcome.WRONG_SENDER,
+            f"MSH-4 sending facility {facility!r} is {trust}'s: it may not change {identity}, "
+            f"a hospital number {identity.issuer} issues; nothing applied",
+        )
 
     def _prior(self, event: AdtEvent, identity: _Identity) -> _Identity:
         if not event.prior_identifiers:

@@ -53,6 +53,7 @@ ACK_CODES: dict[Outcome, tuple[AckCode, str]] = {
     Outcome.UNKNOWN_IDENTITY: (AckCode.AE, "204"),  # unknown key identifier
     Outcome.IDENTIFIER_IN_USE: (AckCode.AE, "205"),  # duplicate key identifier
     Outcome.CROSS_TRUST: (AckCode.AE, "207"),  # application internal error (refused rule)
+    Outcome.WRONG_SENDER: (AckCode.AE, "207"),
     Outcome.CONTROL_ID_REUSED: (AckCode.AE, "205"),
     Outcome.CONFLICT: (AckCode.AE, "206"),  # application record locked
 }
