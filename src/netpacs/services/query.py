@@ -457,6 +457,11 @@ class _Tables:
 
     def below(self, level: QueryLevel) -> _Tables:
         """These tables down to ``level``, fresh aliases beneath it (for sub-queries)."""
+        if self is _BASE:
+            return _BASE_BELOW[level]
+        return self._aliased_below(level)
+
+    def _aliased_below(self, level: QueryLevel) -> _Tables:
         depth = _DEPTH[level]
         tables = [
             t if d <= depth else t.alias()
@@ -466,6 +471,13 @@ class _Tables:
 
 
 _BASE = _Tables(patient, study, series, instance)
+# The aliases beneath each level of the base tables, made once: building an alias's
+# column collection was a tenth of a QIDO request's time. Sub-queries that share them
+# are siblings (each its own FROM scope), never nested in one another.
+_BASE_BELOW = {level: _BASE._aliased_below(level) for level in _DEPTH}
+for _tables in _BASE_BELOW.values():
+    for _table in (_tables.patient, _tables.study, _tables.series, _tables.instance):
+        _ = _table.c  # populated here, not concurrently by request threads
 _PARENT_FK = {_ST: "patient_fk", _SE: "study_fk", _IM: "series_fk"}
 
 
