@@ -204,6 +204,27 @@ def test_user_signs_in_through_the_provider_and_sees_their_trusts_patients_only(
     }
 
 
+def test_signing_out_also_ends_the_session_at_the_provider(
+    server: Netpacs, provider: OpenIdProvider, browser: Browser
+) -> None:
+    page = local_page(browser)
+    page.goto(f"{server.base_url}/signin")
+    page.get_by_role("link", name="Sign in with NHS Identity").click()
+    sign_in_at_provider(page, "rxc.oidcuser")
+    expect(page).to_have_url(f"{server.base_url}/studies")
+    page.get_by_role("button", name="Sign out").click()
+    # The provider's own sign-out (RP-initiated logout) asks to confirm ...
+    expect(page.get_by_role("button", name="Yes, sign me out")).to_be_visible()
+    assert page.url.startswith(f"{provider.issuer}/session/end")
+    page.get_by_role("button", name="Yes, sign me out").click()
+    # ... and sends the browser back to netpacs's sign-in page.
+    expect(page).to_have_url(f"{server.base_url}/signin")
+    page.goto(f"{server.base_url}/studies")
+    expect(page.get_by_label("User name")).to_be_visible()  # netpacs: signed out
+    page.get_by_role("link", name="Sign in with NHS Identity").click()
+    expect(page.locator("input[name=login]")).to_be_visible()  # provider: signed out too
+
+
 def callback_urls(page: Page) -> list[str]:
     """Every URL of netpacs's callback the page is sent to, as they happen."""
     seen: list[str] = []

@@ -77,3 +77,24 @@ def test_break_glass_form_needs_a_reason_then_opens_the_patient_in_the_study_lis
     page.get_by_role("button", name="Open the patient's imaging").click()
     expect(page).to_have_url(f"{netpacs.base_url}/studies?patient_id=BG1")
     expect(page.locator(f'a[href*="{uid}"]').first).to_be_visible()
+
+
+def test_every_page_has_a_sign_out_button_that_ends_the_browser_session(
+    netpacs: Netpacs, browser: Browser
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{netpacs.base_url}/signin")
+    page.get_by_label("User name").fill("rxc.admin")
+    page.get_by_label("Password").fill("demo")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{netpacs.base_url}/studies")
+    for path in ("/studies", "/worklist", "/turnaround", "/reconciliation", "/break-glass"):
+        page.goto(f"{netpacs.base_url}{path}")
+        expect(page.get_by_role("button", name="Sign out")).to_have_count(1)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(f"{netpacs.base_url}/signin")
+    page.goto(f"{netpacs.base_url}/studies")  # the session is gone: the sign-in form
+    expect(page.get_by_label("User name")).to_be_visible()
+    auditor = signed_in_page(browser, netpacs, "rxc.auditor")
+    auditor.goto(f"{netpacs.base_url}/audit")
+    expect(auditor.get_by_role("button", name="Sign out")).to_have_count(1)

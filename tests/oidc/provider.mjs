@@ -38,6 +38,8 @@ const provider = new Provider(issuer, {
       client_id: clientId,
       client_secret: clientSecret,
       redirect_uris: [redirectUri],
+      // netpacs's sign-in page: where the provider's sign-out sends the browser back.
+      post_logout_redirect_uris: [new URL('/signin', redirectUri).href],
       grant_types: ['authorization_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',

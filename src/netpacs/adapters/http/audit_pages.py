@@ -77,7 +77,9 @@ th,td{{border-bottom:1px solid #d4dbe2;padding:.35em;text-align:left;vertical-al
 th{{background:#eef2f5}} tr.alert{{background:#fbe4e4}} small{{color:#5a6b7b}}
 form{{margin:1em 0}} input{{font:inherit}}
 </style></head><body>
-<nav><a href="/studies">Studies</a> · <a href="/audit">Audit trail</a></nav>
+<nav><a href="/studies">Studies</a> · <a href="/audit">Audit trail</a>
+<form method=post action="/signout" class=signout style="display:inline;margin-left:1em">
+<button>Sign out</button></form></nav>
 <h1>Audit trail</h1>
 {error}
 <form method=get action="/audit"><label>Hospital or NHS number

@@ -214,10 +214,14 @@ def signin(
 
 @router.post("/signout", include_in_schema=False)
 def signout(request: Request) -> Response:
+    """End the session; after a provider sign-in, end the provider's session too."""
+    from netpacs.adapters.http import oidc  # oidc builds on this module
+
     svc = services(request)
     svc.accounts.sign_out(request.state.principal)
-    response = RedirectResponse("/signin", status_code=303)
+    response = RedirectResponse(oidc.end_session_url(request) or "/signin", status_code=303)
     response.delete_cookie(COOKIE, path="/")
+    response.delete_cookie(oidc.IDP_COOKIE, path="/signout")
     return response
 
 
@@ -267,7 +271,9 @@ form{{display:grid;gap:.7em}} input,textarea,select{{font:inherit;padding:.35em}
 .warn{{background:#fff4d6;padding:.6em;border-radius:4px}}
 .error{{background:#fbe4e4;padding:.5em;border-radius:4px}}
 </style></head><body>
-<nav><a href="/studies">Studies</a></nav>
+<nav><a href="/studies">Studies</a>
+<form method=post action="/signout" class=signout style="display:inline;margin-left:1em">
+<button>Sign out</button></form></nav>
 <h1>Break-glass: emergency access to a patient</h1>
 <p class=warn>Use this only when a patient needs care now and your trust has no record of
 them. Your name, the reason and everything you then open are recorded, and your trust's

@@ -109,7 +109,9 @@ th,td{{text-align:left;padding:.3em .8em .3em 0;vertical-align:top}}
 textarea{{width:100%;max-width:40em;font:inherit}} button{{font:inherit;margin-top:.6em}}
 nav a{{margin-right:1em}}
 </style></head><body>
-<nav><a href="/studies">Studies</a><a href="/audit">Audit trail</a></nav>
+<nav><a href="/studies">Studies</a><a href="/audit">Audit trail</a>
+<form method=post action="/signout" class=signout style="display:inline;margin-left:1em">
+<button>Sign out</button></form></nav>
 <h1>{title}</h1>
 {body}
 </body></html>

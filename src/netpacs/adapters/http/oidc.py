@@ -10,6 +10,14 @@ from the provider's JWKS, ``iss``, ``aud``, ``exp``, ``nonce``); the user is the
 admitted or refused by services.accounts (pre-provisioned account or trust and role
 claims) and gets the same session cookie as a password sign-in.
 
+Signing out of netpacs (``POST /signout``) after a provider sign-in also ends the
+session at the provider when it offers RP-initiated logout (``end_session_endpoint``,
+OpenID Connect RP-Initiated Logout 1.0): the browser is sent there with the ID token as
+``id_token_hint`` (kept for this in a cookie signed with our key, sent only to
+``/signout``) and comes back to ``/signin``, which the client registration at the
+provider must list as a post-logout redirect URI. On a shared ward workstation the next
+user then meets the provider's login, not the last user's provider session.
+
 The discovery document is cached for an hour and the JWKS (PyJWT's PyJWKClient) for
 five minutes; an ID token signed with a key we have not seen fetches the JWKS again
 at once, so the provider may rotate its keys at any time. Every failure is a page
@@ -53,6 +61,9 @@ CALLBACK = "/auth/oidc/callback"
 FLOW_COOKIE = "netpacs_oidc"
 _FLOW_PURPOSE = "netpacs:oidc-flow"
 _FLOW_SECONDS = 600
+IDP_COOKIE = "netpacs_idp"  # the ID token, for the provider's sign-out (id_token_hint)
+_IDP_PURPOSE = "netpacs:oidc-id-token"
+SIGNED_OUT = "/signin"  # post_logout_redirect_uri: register it at the provider
 _METADATA_SECONDS = 3600
 _JWKS_SECONDS = 300
 _LEEWAY_SECONDS = 60
@@ -458,7 +469,48 @@ def oidc_callback(
         )
     except SignInError as exc:  # audited by the accounts service
         return _page(request, OidcProblem.NOT_ADMITTED, exc.message, target)
-    return auth.start_session(request, _continue_page(target), principal)
+    response = auth.start_session(request, _continue_page(target), principal)
+    seconds = base.archive.settings.token_minutes * 60
+    response.set_cookie(
+        IDP_COOKIE,
+        base.accounts.seal(
+            {"id_token": str(tokens["id_token"])}, purpose=_IDP_PURPOSE, seconds=seconds
+        ),
+        max_age=seconds,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/signout",
+    )
+    return response
+
+
+def end_session_url(request: Request) -> str | None:
+    """Where to send the browser to end its session at the provider too, or None (not
+    signed in through the provider, or it offers no RP-initiated logout)."""
+    cookie = request.cookies.get(IDP_COOKIE)
+    base: HttpServices = request.app.state.services
+    if not cookie or not base.archive.settings.oidc_issuer:
+        return None
+    sealed = base.accounts.unseal(cookie, purpose=_IDP_PURPOSE)
+    if sealed is None:
+        return None
+    try:
+        client = _client(request)
+        endpoint = client.metadata().get("end_session_endpoint")
+    except (OidcError, HttpError) as exc:
+        log.warning("signing out at the identity provider is not possible now: %s", exc)
+        return None
+    if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+        return None
+    query = urlencode(
+        {
+            "id_token_hint": sealed["id_token"],
+            "client_id": client.config.client_id,
+            "post_logout_redirect_uri": base_url(request) + SIGNED_OUT,
+        }
+    )
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
 
 
 def _failure(request: Request, exc: OidcError, target: str) -> HTMLResponse:

@@ -196,7 +196,9 @@ th{{background:#eef2f5}} .issuer{{color:#5a6b7b;font-size:.85em}}
 button{{margin:.15em}} nav a{{margin-right:1em}}
 </style></head><body>
 <nav><a href="/studies">Studies</a><a href="/reconciliation">Reconciliation</a>
-<a href="/reconciliation?show=resolved">Resolved items</a></nav>
+<a href="/reconciliation?show=resolved">Resolved items</a>
+<form method=post action="/signout" class=signout style="display:inline;margin-left:1em">
+<button>Sign out</button></form></nav>
 <h1>Patient identity reconciliation</h1>
 {message}
 <p>{open_count} open, {resolved_count} resolved. Nothing here changes by itself: two
