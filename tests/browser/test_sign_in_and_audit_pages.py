@@ -91,10 +91,16 @@ def test_every_page_has_a_sign_out_button_that_ends_the_browser_session(
     for path in ("/studies", "/worklist", "/turnaround", "/reconciliation", "/break-glass"):
         page.goto(f"{netpacs.base_url}{path}")
         expect(page.get_by_role("button", name="Sign out")).to_have_count(1)
+    (session,) = [c["value"] for c in page.context.cookies() if c["name"] == "netpacs_session"]
+    me = f"{netpacs.base_url}/api/me"
+    assert httpx.get(me, headers={"Authorization": f"Bearer {session}"}).status_code == 200
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(f"{netpacs.base_url}/signin")
     page.goto(f"{netpacs.base_url}/studies")  # the session is gone: the sign-in form
     expect(page.get_by_label("User name")).to_be_visible()
+    # A copy of the session's token is refused from now on, not only when it expires.
+    assert httpx.get(me, headers={"Authorization": f"Bearer {session}"}).status_code == 401
+    assert httpx.get(me, headers=netpacs.auth("rxc.admin")).status_code == 200  # other tokens
     auditor = signed_in_page(browser, netpacs, "rxc.auditor")
     auditor.goto(f"{netpacs.base_url}/audit")
     expect(auditor.get_by_role("button", name="Sign out")).to_have_count(1)

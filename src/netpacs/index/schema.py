@@ -213,6 +213,15 @@ user_account = sa.Table(
     sa.Column("created_at", TS, nullable=False),
 )
 
+# Access tokens (sessions) ended by signing out before they expire: a token whose id is
+# here is refused. Rows are deleted once the token would have expired anyway.
+revoked_token = sa.Table(
+    "revoked_token",
+    metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("expires_at", TS, nullable=False, index=True),
+)
+
 break_glass = sa.Table(
     "break_glass",
     metadata,

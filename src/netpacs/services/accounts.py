@@ -32,7 +32,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from netpacs.domain.region import Region
-from netpacs.index.schema import audit_event, user_account
+from netpacs.index.schema import audit_event, revoked_token, user_account
 from netpacs.services.access import CLINICAL, Principal, Role
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome
 
@@ -406,6 +406,7 @@ class AccountService:
             "role": principal.role.value,
             "iat": now,
             "exp": now + dt.timedelta(seconds=self._token_seconds),
+            "jti": secrets.token_urlsafe(16),  # so that signing out can revoke it
         }
         return Token(jwt.encode(claims, self._secret, algorithm=_ALGORITHM), self._token_seconds)
 
@@ -421,15 +422,47 @@ class AccountService:
             )
         except jwt.PyJWTError:
             return None
+        jti = claims.get("jti")
         with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(user_account).where(user_account.c.username == str(claims["sub"]))
             ).first()
-        if row is None or row.disabled:
+            revoked = (
+                isinstance(jti, str)
+                and conn.execute(
+                    sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
+                ).first()
+            )
+        if row is None or row.disabled or revoked:
             return None
         return _principal(row, address)
 
-    def sign_out(self, principal: Principal) -> None:
+    def sign_out(self, principal: Principal, token: str | None = None) -> None:
+        """Record the sign-out and revoke ``token`` (the session's access token), so
+        that a copy of it is refused from now on, not only when it expires."""
+        claims: dict[str, Any] = {}
+        if token:
+            try:
+                claims = jwt.decode(token, self._secret, algorithms=[_ALGORITHM], issuer=_ISSUER)
+            except jwt.PyJWTError:
+                claims = {}
+        jti, exp = claims.get("jti"), claims.get("exp")
+        if isinstance(jti, str) and isinstance(exp, int):
+            now = dt.datetime.now(dt.UTC)
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(sa.delete(revoked_token).where(revoked_token.c.expires_at < now))
+                    known = conn.execute(
+                        sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
+                    ).first()
+                    if known is None:
+                        conn.execute(
+                            sa.insert(revoked_token).values(
+                                jti=jti[:64], expires_at=dt.datetime.fromtimestamp(exp, dt.UTC)
+                            )
+                        )
+            except sa.exc.IntegrityError:
+                pass  # signed out twice at once: revoked by the other
         self._audit.record(AuditRecord(Event.LOGOUT, principal.actor(), detail="signed out"))
 
 

@@ -55,6 +55,7 @@ def authenticate(request: Request) -> None:
     if principal is None:
         raise SignInRequired("the token or session is not valid (expired?): sign in again")
     request.state.principal = principal
+    request.state.token = token
     request.state.services = base.for_principal(principal)
 
 
@@ -218,7 +219,7 @@ def signout(request: Request) -> Response:
     from netpacs.adapters.http import oidc  # oidc builds on this module
 
     svc = services(request)
-    svc.accounts.sign_out(request.state.principal)
+    svc.accounts.sign_out(request.state.principal, request.state.token)
     response = RedirectResponse(oidc.end_session_url(request) or "/signin", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     response.delete_cookie(oidc.IDP_COOKIE, path="/signout")
