@@ -127,6 +127,12 @@ class ReportingAgreement:
     for_trusts: frozenset[str] | None
     subspecialties: frozenset[str] | None = None
 
+    def covers(self, requesting_trust: str, subspecialty: str) -> bool:
+        """Whether this agreement assigns a study of this trust and subspecialty."""
+        return (self.for_trusts is None or requesting_trust in self.for_trusts) and (
+            self.subspecialties is None or subspecialty in self.subspecialties
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Reporting:
@@ -137,18 +143,15 @@ class Reporting:
     claim_minutes: int = 30  # a claim not renewed (by saving) for this long lapses
     reporter_subspecialties: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def covered(self, reporter_trust: str | None) -> frozenset[str] | None:
-        """The trusts whose studies radiologists of ``reporter_trust`` report: None for
-        every trust, empty for none."""
+    def applying(self, reporter_trust: str | None) -> tuple[ReportingAgreement, ...]:
+        """The agreements that assign work to radiologists of ``reporter_trust``: each
+        with its own trusts and subspecialties (one agreement's subspecialty limit does
+        not narrow another's)."""
         if reporter_trust is None:
-            return frozenset()
-        trusts: set[str] = set()
-        for a in self.agreements:
-            if a.reporters is None or reporter_trust in a.reporters:
-                if a.for_trusts is None:
-                    return None
-                trusts |= a.for_trusts
-        return frozenset(trusts)
+            return ()
+        return tuple(
+            a for a in self.agreements if a.reporters is None or reporter_trust in a.reporters
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from netpacs.domain.region import AEKind, ApplicationEntity
+from netpacs.domain.region import AEKind, ApplicationEntity, ReportingAgreement
 from netpacs.index.schema import break_glass, patient, study, worklist_item
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
 
@@ -93,9 +94,9 @@ class Principal:
     trust: str | None = None  # ODS code; None only for SYSTEM
     address: str | None = None
     name: str | None = None
-    # Requesting trusts whose worklist items this reporter is assigned by the region's
-    # reporting agreements ("*": every trust); their patients are visible (issue 6).
-    reports_for: tuple[str, ...] = ()
+    # The region's reporting agreements that assign this radiologist work: the patients
+    # of the worklist items they cover are visible (issue 6).
+    reports_for: tuple[ReportingAgreement, ...] = ()
 
     def may(self, capability: Capability) -> bool:
         return capability in _CAPABILITIES[self.role]
@@ -207,8 +208,9 @@ class AccessRules:
                 item_study, item_study.c.study_instance_uid == worklist_item.c.study_instance_uid
             ).join(item_patient, item_patient.c.id == item_study.c.patient_fk)
         )
-        if "*" not in principal.reports_for:
-            cond = cond.where(worklist_item.c.requesting_trust.in_(principal.reports_for))
+        assigned = agreement_items(principal.reports_for)
+        if assigned is not None:
+            cond = cond.where(assigned)
         same_person = sa.or_(
             item_patient.c.id == patient.c.id,
             sa.and_(
@@ -217,6 +219,22 @@ class AccessRules:
             ),
         )
         return [cond.where(same_person).exists()]
+
+
+def agreement_items(agreements: Sequence[ReportingAgreement]) -> sa.ColumnElement[bool] | None:
+    """The worklist items ``agreements`` assign (each agreement's trusts and
+    subspecialties together); None: every item."""
+    any_of: list[sa.ColumnElement[bool]] = []
+    for a in agreements:
+        parts: list[sa.ColumnElement[bool]] = []
+        if a.for_trusts is not None:
+            parts.append(worklist_item.c.requesting_trust.in_(sorted(a.for_trusts)))
+        if a.subspecialties is not None:
+            parts.append(worklist_item.c.subspecialty.in_(sorted(a.subspecialties)))
+        if not parts:
+            return None
+        any_of.append(sa.and_(*parts))
+    return sa.or_(*any_of) if any_of else sa.false()
 
 
 class BreakGlassError(Exception):

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from netpacs.dicom.header import JsonDataset, first_str
 from netpacs.domain.outcomes import Origin, Protocol
-from netpacs.domain.region import SUBSPECIALTIES, AEKind, Region
+from netpacs.domain.region import SUBSPECIALTIES, AEKind, Region, ReportingAgreement
 from netpacs.domain.report import Addendum, Reporter, SignedReport
 from netpacs.index.schema import (
     instance,
@@ -61,7 +61,7 @@ from netpacs.index.schema import (
     worklist_item,
 )
 from netpacs.index.writer import InstanceRecord
-from netpacs.services.access import AccessRules, Capability, Principal, Role
+from netpacs.services.access import AccessRules, Capability, Principal, Role, agreement_items
 from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 
 if TYPE_CHECKING:
@@ -331,22 +331,22 @@ class ReportingService:
         worklist patients it may then see: services.access)."""
         if principal.role is not Role.RADIOLOGIST:
             return principal
-        covered = self._region.reporting.covered(principal.trust)
-        scope = ("*",) if covered is None else tuple(sorted(covered))
-        return dataclasses.replace(principal, reports_for=scope)
+        return dataclasses.replace(
+            principal, reports_for=self._region.reporting.applying(principal.trust)
+        )
 
     # -- who may report what -----------------------------------------------------------
     def may_report(self) -> bool:
         return self._principal.may(Capability.REPORT)
 
-    def covered_trusts(self) -> frozenset[str] | None:
-        """Requesting trusts whose items the principal may report; None: every trust."""
+    def agreements(self) -> tuple[ReportingAgreement, ...] | None:
+        """The agreements that assign the principal work; None: every item (admins)."""
         p = self._principal
         if p.sees_everything:
             return None
         if p.role is not Role.RADIOLOGIST:
-            return frozenset()
-        return self._region.reporting.covered(p.trust)
+            return ()
+        return self._region.reporting.applying(p.trust)
 
     def subspecialties(self) -> tuple[str, ...]:
         return self._region.reporting.reporter_subspecialties.get(self._principal.user_id, ())
@@ -359,30 +359,15 @@ class ReportingService:
 
     def _scope(self) -> sa.ColumnElement[bool]:
         """Items the principal may report (by agreement) and whose patient they may see."""
-        covered = self.covered_trusts()
         conds: list[sa.ColumnElement[bool]] = []
-        if covered is not None:
-            conds.append(worklist_item.c.requesting_trust.in_(sorted(covered)))
-        restricted = self._subspecialty_limits()
-        if restricted is not None:
-            conds.append(worklist_item.c.subspecialty.in_(sorted(restricted)))
+        agreements = self.agreements()
+        assigned = agreement_items(agreements) if agreements is not None else None
+        if assigned is not None:
+            conds.append(assigned)
         visible = self._rules.visible_patients(self._principal)
         if visible is not None:
             conds.append(visible)
         return sa.and_(sa.true(), *conds)
-
-    def _subspecialty_limits(self) -> frozenset[str] | None:
-        """Subspecialties the agreements limit the principal to; None: no limit."""
-        p = self._principal
-        if p.sees_everything or p.trust is None:
-            return None
-        limits: set[str] = set()
-        for a in self._region.reporting.agreements:
-            if a.reporters is None or p.trust in a.reporters:
-                if a.subspecialties is None:
-                    return None
-                limits |= a.subspecialties
-        return frozenset(limits)
 
     def _item_query(self) -> sa.Select[Any]:
         return (
@@ -709,12 +694,14 @@ class ReportingService:
         )
         with self._write.begin() as conn:
             row = self._locked_item(conn, study_uid)
-            covered = self.for_principal(assignee).covered_trusts()
-            if covered is not None and row.requesting_trust not in covered:
+            agreements = self.for_principal(assignee).agreements()
+            if agreements is not None and not any(
+                a.covers(row.requesting_trust, row.subspecialty) for a in agreements
+            ):
                 raise ReportingError(
                     422,
                     f"{username} ({account.trust}) has no reporting agreement for "
-                    f"{row.requesting_trust}'s studies",
+                    f"{row.requesting_trust}'s {row.subspecialty} studies",
                 )
             if row.status == "final":
                 raise ReportingError(409, "already reported: nothing to assign")
