@@ -273,3 +273,29 @@ def test_break_glass_opens_a_patient_for_a_while_and_is_audited_with_emergency_p
     assert "unconscious in ED" in alert[0].message_xml
     emergency = [r for r in rows if r.purpose_of_use == "ETREAT" and r.event_id == "110103"]
     assert emergency and all(r.patient_id == "K777" for r in emergency)
+
+
+def test_an_api_client_revokes_its_token_and_it_is_refused_from_then_on(
+    netpacs: Netpacs,
+) -> None:
+    token = httpx.post(
+        f"{netpacs.base_url}/auth/token", data={"username": "rtk.clinician", "password": "demo"}
+    ).json()["access_token"]
+    me = f"{netpacs.base_url}/api/me"
+    assert httpx.get(me, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    revoked = httpx.post(f"{netpacs.base_url}/auth/revoke", data={"token": token})
+    assert revoked.status_code == 200
+    assert httpx.get(me, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    # Not a token of ours: the same answer (RFC 7009), and nothing else is revoked.
+    other = httpx.post(f"{netpacs.base_url}/auth/revoke", data={"token": "not.a.token"})
+    assert other.status_code == 200
+    assert httpx.get(me, headers=netpacs.auth("rtk.clinician")).status_code == 200
+
+
+def test_signing_out_with_an_expired_or_no_session_still_leads_to_the_sign_in_page(
+    netpacs: Netpacs,
+) -> None:
+    for cookies in ({}, {"netpacs_session": "expired.or.forged"}):
+        answer = httpx.post(f"{netpacs.base_url}/signout", cookies=cookies)
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/signin"

@@ -27,7 +27,16 @@ from netpacs.services.accounts import SignInError, SignInProblem
 router = APIRouter()
 
 COOKIE = "netpacs_session"
-_OPEN_PATHS = frozenset({"/auth/token", "/signin", "/auth/oidc/login", "/auth/oidc/callback"})
+_OPEN_PATHS = frozenset(
+    {
+        "/auth/token",
+        "/auth/revoke",
+        "/signin",
+        "/signout",
+        "/auth/oidc/login",
+        "/auth/oidc/callback",
+    }
+)
 
 
 class SignInRequired(HttpError):
@@ -55,7 +64,6 @@ def authenticate(request: Request) -> None:
     if principal is None:
         raise SignInRequired("the token or session is not valid (expired?): sign in again")
     request.state.principal = principal
-    request.state.token = token
     request.state.services = base.for_principal(principal)
 
 
@@ -215,15 +223,38 @@ def signin(
 
 @router.post("/signout", include_in_schema=False)
 def signout(request: Request) -> Response:
-    """End the session; after a provider sign-in, end the provider's session too."""
+    """End the session; after a provider sign-in, end the provider's session too. Open:
+    a browser whose session has already expired is still sent on its way, not a 401."""
     from netpacs.adapters.http import oidc  # oidc builds on this module
 
-    svc = services(request)
-    svc.accounts.sign_out(request.state.principal, request.state.token)
+    _revoke(request, request.cookies.get(COOKIE))
     response = RedirectResponse(oidc.end_session_url(request) or "/signin", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     response.delete_cookie(oidc.IDP_COOKIE, path="/signout")
     return response
+
+
+@router.post(
+    "/auth/revoke",
+    summary="Revoke an access token (OAuth2 token revocation, RFC 7009)",
+    response_class=Response,
+)
+def revoke(
+    request: Request,
+    token: Annotated[str, Form(max_length=4000)],
+    token_type_hint: Annotated[str, Form(max_length=40)] = "access_token",
+) -> Response:
+    """The token is refused from now on. 200 whether or not it was valid (RFC 7009
+    2.2): the answer tells nobody whether a token was ours."""
+    _revoke(request, token)
+    return Response(status_code=200, headers={"Cache-Control": "no-store"})
+
+
+def _revoke(request: Request, token: str | None) -> None:
+    base: HttpServices = request.app.state.services
+    principal = base.accounts.principal(token, address=client_address(request)) if token else None
+    if principal is not None:
+        base.accounts.sign_out(principal, token)
 
 
 @router.get("/api/openapi.json", include_in_schema=False)
