@@ -274,16 +274,23 @@ def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedPr
 
 @pytest.fixture
 def storescp(tmp_path: Path, workstation_port: int) -> Iterator[Path]:
-    """A DCMTK storescp acting as workstation RTP_WS1; yields the folder it writes to."""
-    out = tmp_path / "ws1"
+    """A DCMTK storescp acting as workstation RTP_WS1 that accepts every transfer syntax
+    (+xa); yields the folder it writes to."""
+    with workstation(tmp_path / "ws1", workstation_port, "+xa") as out:
+        yield out
+
+
+@contextmanager
+def workstation(out: Path, port: int, *options: str) -> Iterator[Path]:
+    """DCMTK storescp as workstation RTP_WS1 on ``port`` writing to ``out``."""
     out.mkdir()
     proc = subprocess.Popen(
-        ["storescp", "-aet", "RTP_WS1", "-od", str(out), "+xa", str(workstation_port)],
+        ["storescp", "-aet", "RTP_WS1", "-od", str(out), *options, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=dict(os.environ, TCP_NODELAY="1"),
     )
-    wait_for_port(workstation_port, proc=proc)
+    wait_for_port(port, proc=proc)
     try:
         yield out
     finally:

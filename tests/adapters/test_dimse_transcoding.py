@@ -3,7 +3,6 @@ decompressed (losslessly) for workstations that accept only uncompressed syntaxe
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from tests.adapters.test_dimse import dataset_bytes, store
-from tests.conftest import Netpacs, dcmtk, wait_for_port
+from tests.conftest import Netpacs, dcmtk, workstation
 from tests.factories import ct_dataset, write
 
 
@@ -46,20 +45,8 @@ def store_as_rle(server: Netpacs, paths: list[Path]) -> None:
 def plain_workstation(tmp_path: Path, workstation_port: int) -> Iterator[Path]:
     """Workstation RTP_WS1 as a DCMTK storescp that accepts uncompressed syntaxes only
     (its default): the kind of peer that cannot take a compressed object as stored."""
-    out = tmp_path / "plain-ws1"
-    out.mkdir()
-    proc = subprocess.Popen(
-        ["storescp", "-aet", "RTP_WS1", "-od", str(out), str(workstation_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, TCP_NODELAY="1"),
-    )
-    wait_for_port(workstation_port, proc=proc)
-    try:
+    with workstation(tmp_path / "plain-ws1", workstation_port) as out:
         yield out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def move_study(server: Netpacs, study_uid: str) -> subprocess.CompletedProcess[str]:

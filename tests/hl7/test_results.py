@@ -478,19 +478,31 @@ def listener_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLCo
     return context
 
 
+def over_tls(
+    engine: sa.Engine,
+    pki: Pki,
+    context: ssl.SSLContext,
+    until: Callable[[], bool],
+    settings: Settings | None = None,
+) -> Listener:
+    """Send East Sussex's queued results to a TLS listener with ``context`` until
+    ``until()``; the stopped listener, with what it saw."""
+    listener = Listener(free_port(), tls=context).start()
+    try:
+        with sending(engine, tls_region(listener.port, pki.ca), settings=settings):
+            wait_until(until)
+    finally:
+        listener.stop()
+    return listener
+
+
 def test_results_to_a_tls_listener_arrive_over_tls_with_our_client_certificate(
     engine: sa.Engine, pki: Pki
 ) -> None:
-    port = free_port()
     ids = queue(engine, "RXC", 3)
     context = listener_context(pki.server_cert, pki.server_key, client_ca=pki.ca)
-    listener = Listener(port, tls=context).start()
     ours = Settings(results_tls_cert_file=pki.client_cert, results_tls_key_file=pki.client_key)
-    try:
-        with sending(engine, tls_region(port, pki.ca), settings=ours):
-            wait_until(all_sent(engine, "RXC"))
-    finally:
-        listener.stop()
+    listener = over_tls(engine, pki, context, all_sent(engine, "RXC"), ours)
     assert listener.accepted == ids
     assert listener.peers == ["EDGH_CT1"]  # one connection, with our client certificate
     assert listener.refused == []
@@ -499,15 +511,9 @@ def test_results_to_a_tls_listener_arrive_over_tls_with_our_client_certificate(
 def test_a_tls_listener_whose_certificate_we_do_not_trust_gets_nothing_and_the_row_says_why(
     engine: sa.Engine, pki: Pki
 ) -> None:
-    port = free_port()
     queue(engine, "RXC", 2)
     impostor = listener_context(pki.stranger_cert, pki.stranger_key, client_ca=None)
-    listener = Listener(port, tls=impostor).start()
-    try:
-        with sending(engine, tls_region(port, pki.ca)):
-            wait_until(lambda: rows(engine, "RXC")[0].attempts >= 2)
-    finally:
-        listener.stop()
+    listener = over_tls(engine, pki, impostor, lambda: rows(engine, "RXC")[0].attempts >= 2)
     first, second = rows(engine, "RXC")
     assert first.sent_at is None and second.sent_at is None
     assert "certificate is not trusted" in first.last_error
@@ -518,18 +524,12 @@ def test_a_tls_listener_whose_certificate_we_do_not_trust_gets_nothing_and_the_r
 def test_a_tls_listener_that_requires_a_client_certificate_refuses_us_without_one(
     engine: sa.Engine, pki: Pki
 ) -> None:
-    port = free_port()
     queue(engine, "RXC", 1)
     context = listener_context(pki.server_cert, pki.server_key, client_ca=pki.ca)
-    listener = Listener(port, tls=context).start()
-    try:
-        with sending(engine, tls_region(port, pki.ca)):
-            wait_until(lambda: rows(engine, "RXC")[0].attempts >= 1)
-    finally:
-        listener.stop()
+    listener = over_tls(engine, pki, context, lambda: rows(engine, "RXC")[0].attempts >= 1)
     (row,) = rows(engine, "RXC")
     assert row.sent_at is None
-    assert row.last_error.startswith(f"TLS connection to localhost:{port} failed")
+    assert row.last_error.startswith(f"TLS connection to localhost:{listener.port} failed")
     assert "set NETPACS_RESULTS_TLS_CERT_FILE" in row.last_error
     assert listener.arrivals == []
 
