@@ -164,3 +164,6 @@ def test_an_adt_feed_speaks_for_the_trust_of_its_ods_code_site_code_or_named_fac
     path.write_text("[[trusts]]\nods_code='RXC'\nname='x'\nadt_facilities='ESHT_PAS'\n")
     with pytest.raises(RegionError, match=r"trusts\[0\]: 'adt_facilities' must be a list"):
         load_region(path)
+    path.write_text("regional_adt_facilities=['A^B']\n[[trusts]]\nods_code='RXC'\nname='x'\n")
+    with pytest.raises(RegionError, match="the region file: 'regional_adt_facilities' must be"):
+        load_region(path)

@@ -155,3 +155,7 @@ def test_a_trusts_adt_feed_may_change_only_the_hospital_numbers_that_trust_issue
     site = adt("A08", "CTRL0903", "RTP0000090^^^RTP^MR", name="OWN^ANNE", facility="ESH")
     assert mllp.send(site).code == "AA"
     assert identity(netpacs, "RTP0000090", "RTP")["patient_name"] == "OWN^ANNE"
+    # So does the region's master patient index (regional_adt_facilities), for every trust.
+    empi = adt("A08", "CTRL0904", "RTP0000090^^^RTP^MR", name="OWN^ANNIE", facility="SSX_EMPI")
+    assert mllp.send(empi).code == "AA"
+    assert identity(netpacs, "RTP0000090", "RTP")["patient_name"] == "OWN^ANNIE"

@@ -160,6 +160,9 @@ class Region:
     trusts: tuple[Trust, ...]
     aes: tuple[ApplicationEntity, ...]
     reporting: Reporting = field(default_factory=Reporting)
+    # MSH-4 names of regional feeds (a master patient index, an integration engine that
+    # rewrites MSH-4) whose ADT may change the hospital numbers of every trust.
+    regional_adt_facilities: tuple[str, ...] = ()
     _by_title: dict[str, ApplicationEntity] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -309,6 +312,9 @@ def parse_region(doc: dict[str, Any], base: Path | None = None) -> Region:
         trusts=tuple(trusts),
         aes=tuple(aes),
         reporting=reporting,
+        regional_adt_facilities=_adt_facilities(
+            doc.get("regional_adt_facilities", []), "the region file", "regional_adt_facilities"
+        ),
     )
 
 
@@ -330,12 +336,12 @@ def _results_endpoint(table: dict[str, Any], where: str, base: Path | None) -> E
     return Endpoint(host=_req(table, "host", where, str), port=port, tls=tls, ca_file=ca_file)
 
 
-def _adt_facilities(value: Any, where: str) -> tuple[str, ...]:
+def _adt_facilities(value: Any, where: str, key: str = "adt_facilities") -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
         isinstance(v, str) and 0 < len(v.strip()) <= 20 and "^" not in v for v in value
     ):
         raise RegionError(
-            f"{where}: 'adt_facilities' must be a list of MSH-4 namespace ids (1-20 characters)"
+            f"{where}: '{key}' must be a list of MSH-4 namespace ids (1-20 characters)"
         )
     return tuple(v.strip() for v in value)
 

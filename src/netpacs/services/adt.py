@@ -358,16 +358,18 @@ class AdtService:
 
     def _check_sender(self, sending_facility: str, identity: _Identity) -> None:
         """A trust's feed changes only the hospital numbers that trust issues: MSH-4 must
-        be the trust's ODS code, a site code of it or one of its ``adt_facilities``."""
+        be the trust's ODS code, a site code of it or one of its ``adt_facilities``, or
+        one of the region's ``regional_adt_facilities`` (which speak for every trust)."""
         facility = sending_facility.split("^", 1)[0].strip()
         trust = self._region.trust_of_facility(facility)
-        if trust == identity.issuer:
+        if trust == identity.issuer or facility in self._region.regional_adt_facilities:
             return
         if trust is None:
             raise _Refused(
                 Outcome.WRONG_SENDER,
                 f"MSH-4 sending facility {facility!r} is not a trust of the region (an ODS "
-                "code, a site code or one of a trust's adt_facilities); nothing applied",
+                "code, a site code or one of a trust's adt_facilities) nor one of its "
+                "regional_adt_facilities; nothing applied",
             )
         raise _Refused(
             Outcome.WRONG_SENDER,
