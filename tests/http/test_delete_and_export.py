@@ -267,3 +267,21 @@ def test_a_zip_export_reveals_nothing_to_those_who_may_not_see_the_study(
         # Asked for nothing it can give: 406 naming what it can.
         refused = c.get(f"/dicomweb/studies/{uid}", headers={"Accept": "text/csv"})
     assert refused.status_code == 406 and ZIP in refused.json()["message"]
+
+
+def test_a_zip_export_through_break_glass_is_audited_as_emergency_treatment(
+    netpacs: Netpacs, ct_series: StoredSeries
+) -> None:
+    uid = ct_series.study_uid
+    with client(netpacs, "rtp.clinician") as c:  # no care relationship with RXC0000001
+        assert c.get(f"/dicomweb/studies/{uid}", headers={"Accept": ZIP}).status_code == 404
+        opened = c.post(
+            "/api/break-glass",
+            json={"patient_id": "RXC0000001", "issuer": "RXC", "reason": "ED, unconscious"},
+        )
+        assert opened.status_code == 200, opened.text
+        assert len(_zip(c.get(f"/dicomweb/studies/{uid}", headers={"Accept": ZIP}))) == 5
+    with client(netpacs, "rxc.clinician") as c:  # their own trust's patient
+        assert len(_zip(c.get(f"/dicomweb/studies/{uid}", headers={"Accept": ZIP}))) == 5
+    purposes = {(r.user_id, r.purpose_of_use) for r in audit_rows(netpacs, "110106", uid)}
+    assert purposes == {("rtp.clinician", "ETREAT"), ("rxc.clinician", "TREAT")}

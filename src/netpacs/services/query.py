@@ -820,7 +820,7 @@ class QueryService:
             AuditRecord(
                 event=event,
                 actor=self._principal.actor(),
-                purpose=self._purpose(patients),
+                purpose=self.purpose_of_use(patients),
                 patients=list(patients),
                 study_uids=studies,
                 query=query,
@@ -828,7 +828,9 @@ class QueryService:
             )
         )
 
-    def _purpose(self, patients: dict[tuple[str, str], str | None]) -> Purpose:
+    def purpose_of_use(self, patients: dict[tuple[str, str], str | None]) -> Purpose:
+        """Why the principal reaches these patients (patient ID, issuer -> NHS number):
+        emergency treatment when through their break-glass access, for the audit."""
         role = self._principal.role
         if role is Role.ADMIN:
             return Purpose.HOPERAT

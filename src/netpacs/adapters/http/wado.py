@@ -49,8 +49,7 @@ from netpacs.adapters.http.deps import (
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.domain.uids import is_valid_uid
-from netpacs.services.access import Role
-from netpacs.services.audit import AuditRecord, Event, Purpose
+from netpacs.services.audit import AuditRecord, Event
 from netpacs.services.coercion import Coercion, CoercionService
 from netpacs.services.frames import (
     EXPLICIT_VR_LE,
@@ -425,13 +424,13 @@ def _export_zip(
     found = quiet.stored_instances(study, series, instance)
     if not found:
         raise _missing(svc, study, series, instance)
-    principal = svc.principal
+    patients = _patients_of(quiet, study)
     svc.audit.record(
         AuditRecord(
             Event.EXPORT,
-            principal.actor(),
-            purpose=Purpose.HOPERAT if principal.role is Role.ADMIN else Purpose.TREAT,
-            patients=_patients_of(quiet, study),
+            svc.principal.actor(),
+            purpose=quiet.purpose_of_use(dict.fromkeys(patients)),
+            patients=patients,
             study_uids=[study],
             detail=f"{len(found)} instances exported as a ZIP of Part 10 files"
             + (f" (series {series})" if series else ""),
