@@ -74,24 +74,6 @@ class ResultsTlsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class ClientCertificate:
-    """What we present to a results listener that asks for a client certificate."""
-
-    cert_file: Path
-    key_file: Path | None = None
-
-    @classmethod
-    def of(cls, settings: Settings) -> ClientCertificate | None:
-        if settings.results_tls_cert_file is None:
-            if settings.results_tls_key_file is not None:
-                raise ResultsTlsError(
-                    "NETPACS_RESULTS_TLS_KEY_FILE is set without NETPACS_RESULTS_TLS_CERT_FILE"
-                )
-            return None
-        return cls(settings.results_tls_cert_file, settings.results_tls_key_file)
-
-
-@dataclass(frozen=True, slots=True)
 class TlsClient:
     """How we connect to one trust's TLS listener."""
 
@@ -110,7 +92,9 @@ class TlsClient:
         return f"TLS connection to {where} failed: {_reason(exc)}{hint}"
 
 
-def tls_context(endpoint: Endpoint, client: ClientCertificate | None) -> ssl.SSLContext:
+def tls_context(
+    endpoint: Endpoint, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext:
     """TLS 1.2+ client context for ``endpoint``: its certificate and name are verified."""
     try:
         context = ssl.create_default_context(
@@ -119,11 +103,9 @@ def tls_context(endpoint: Endpoint, client: ClientCertificate | None) -> ssl.SSL
         context.minimum_version = ssl.TLSVersion.TLSv1_2
     except (ssl.SSLError, OSError) as exc:
         raise ResultsTlsError(f"the CA file {endpoint.ca_file} cannot be used: {exc}") from exc
-    if client is not None:
+    if cert_file is not None:
         try:
-            context.load_cert_chain(
-                str(client.cert_file), str(client.key_file) if client.key_file else None
-            )
+            context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
         except (ssl.SSLError, OSError) as exc:
             raise ResultsTlsError(
                 "NETPACS_RESULTS_TLS_CERT_FILE / NETPACS_RESULTS_TLS_KEY_FILE cannot be used: "
@@ -138,14 +120,18 @@ def tls_contexts(region: Region, settings: Settings) -> dict[str, TlsClient]:
     Raises :class:`ResultsTlsError` for files that cannot be used, so that ``netpacs
     serve`` stops at once instead of every result failing later.
     """
-    client = ClientCertificate.of(settings)
+    cert_file, key_file = settings.results_tls_cert_file, settings.results_tls_key_file
+    if key_file is not None and cert_file is None:
+        raise ResultsTlsError(
+            "NETPACS_RESULTS_TLS_KEY_FILE is set without NETPACS_RESULTS_TLS_CERT_FILE"
+        )
     contexts: dict[str, TlsClient] = {}
     for trust in region.trusts:
         endpoint = trust.results_endpoint
         if endpoint is not None and endpoint.tls:
             try:
-                context = tls_context(endpoint, client)
-                contexts[trust.ods_code] = TlsClient(context, client is not None)
+                context = tls_context(endpoint, cert_file, key_file)
+                contexts[trust.ods_code] = TlsClient(context, cert_file is not None)
             except ResultsTlsError as exc:
                 raise ResultsTlsError(f"results to {trust.ods_code}: {exc}") from exc
     return contexts
@@ -430,9 +416,7 @@ class TrustSender:
                 return self._conn.exchange(message, control_id)
             except ConnectionLost:
                 self.close()
-        self._conn = MllpConnection(
-            endpoint, ack_timeout=self._timing.ack_timeout, tls=self._tls if endpoint.tls else None
-        )
+        self._conn = MllpConnection(endpoint, ack_timeout=self._timing.ack_timeout, tls=self._tls)
         return self._conn.exchange(message, control_id)
 
     def _failed(self, tx: sa.Connection, row: Any, error: str, endpoint: Endpoint) -> float:
