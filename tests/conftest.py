@@ -24,7 +24,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from netpacs.config import BUNDLED_DEMO_REGION
+from netpacs.app.settings import BUNDLED_DEMO_REGION
 
 ROOT = Path(__file__).resolve().parents[1]
 NETPACS = ROOT / ".venv" / "bin" / "netpacs"

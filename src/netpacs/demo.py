@@ -71,8 +71,8 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
-from netpacs.app import Archive, build_archive
-from netpacs.config import BUNDLED_DEMO_REGION, Settings
+from netpacs.app.container import Archive, build_archive
+from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.domain import nhs_number
 from netpacs.domain.outcomes import Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import AEKind, Region, Site, load_region
@@ -1085,11 +1085,10 @@ def queue_worklist(
     other (their SR is stored; their ORU waits in the outbox for the trust's listener).
     """
     from netpacs.services.access import SYSTEM, Principal, Role
-    from netpacs.services.audit import AuditService
     from netpacs.services.reporting import Priority, ReportingError, ReportingService
 
     rng = random.Random(seed * 7919 + 6)
-    audit = AuditService(archive.writer.execute, source_id=archive.settings.ae_title)
+    audit = archive.audit
     service = ReportingService(
         archive.read_engine,
         archive.write_engine,

@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lxml import etree
 
 from netpacs.adapters import syslog
-from netpacs.config import Settings
+from netpacs.app.settings import Settings
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import audit_event
 from netpacs.services.audit import (

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from netpacs.config import BUNDLED_DEMO_REGION
+from netpacs.app.settings import BUNDLED_DEMO_REGION
 from tests.browser.conftest import (
     FIRST_IMAGE_PROBE,
     Traffic,

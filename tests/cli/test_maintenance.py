@@ -11,8 +11,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from netpacs.app import build_archive, prepare
-from netpacs.config import BUNDLED_DEMO_REGION, Settings
+from netpacs.app.container import build_archive
+from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
+from netpacs.app.startup import prepare
 from netpacs.dicom.part10 import build_file_meta, read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol, StoreStatus
 from netpacs.domain.region import load_region

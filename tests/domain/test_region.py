@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from netpacs.config import BUNDLED_DEMO_REGION
+from netpacs.app.settings import BUNDLED_DEMO_REGION
 from netpacs.domain.region import AEKind, RegionError, ResultsHeader, load_region
 
 EXPECTED_SITES = {

@@ -32,7 +32,7 @@ from netpacs.adapters.hl7.results import (
     read_answer,
     tls_contexts,
 )
-from netpacs.config import Settings
+from netpacs.app.settings import Settings
 from netpacs.domain.region import Endpoint, Region, Trust
 from netpacs.domain.report import Reporter, SignedReport
 from netpacs.index.db import make_engine, migrate

@@ -127,7 +127,7 @@ def test_history_imported_with_netpacs_import_is_not_queued_for_reporting(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:
     paths = write_ct_series(tmp_path / "old", 1, rows=16, columns=16, issuer="RXC")
-    result = netpacs.cli("import", "--trust", "RXC", str(paths[0]))
+    result = netpacs.app.cli("import", "--trust", "RXC", str(paths[0]))
     assert result.returncode == 0, result.stderr
     uid = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
     assert uid not in items(netpacs, "rxc.admin", status="all")

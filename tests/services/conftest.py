@@ -21,8 +21,9 @@ from pydicom import Dataset, dcmwrite
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from netpacs.app import Archive, build_archive, prepare
-from netpacs.config import Settings
+from netpacs.app.container import Archive, build_archive
+from netpacs.app.settings import Settings
+from netpacs.app.startup import prepare
 from netpacs.domain.outcomes import Origin, Protocol
 
 PG_ADMIN_URL = os.environ.get(

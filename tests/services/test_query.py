@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from netpacs.app import Archive
+from netpacs.app.container import Archive
 from netpacs.services.access import SYSTEM
 from netpacs.services.query import (
     QueryError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from netpacs.app import Archive, build_archive
+from netpacs.app.container import Archive, build_archive
 from netpacs.index.schema import report, result_outbox
 from netpacs.services.access import Principal, Role
 from netpacs.services.audit import AuditService

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from netpacs.config import Settings
+from netpacs.app.settings import Settings
 from netpacs.index.db import make_engine
 from netpacs.index.schema import audit_event
 

@@ -123,6 +123,16 @@ class DeletionService:
         self._audit = audit
         self._source_id = source_id
 
+    def for_principal(self, principal: Principal) -> DeletionService:
+        """The same index and store, deleting for ``principal`` within what it may see."""
+        return DeletionService(
+            query=self._query.for_principal(principal),
+            run=self._run,
+            blobs=self._blobs,
+            audit=self._audit,
+            source_id=self._source_id,
+        )
+
     @property
     def principal(self) -> Principal:
         return self._query.principal

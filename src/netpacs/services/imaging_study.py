@@ -22,6 +22,7 @@ from typing import Any
 
 from netpacs.dicom.header import first_int, first_str
 from netpacs.domain import nhs_number
+from netpacs.services.access import Principal
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
 from netpacs.services.studies import nhs_number_of, study_summary_identifier
 
@@ -94,6 +95,9 @@ class ImagingStudyService:
 
     def __init__(self, query: QueryService) -> None:
         self._query = query
+
+    def for_principal(self, principal: Principal) -> ImagingStudyService:
+        return ImagingStudyService(self._query.for_principal(principal))
 
     def study_uids(
         self,

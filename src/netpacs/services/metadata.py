@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from netpacs.services.access import Principal
 from netpacs.services.coercion import CoercionService, coerce_json
 from netpacs.services.query import QueryService
 
@@ -89,6 +90,9 @@ class MetadataService:
     def __init__(self, query: QueryService, coercion: CoercionService) -> None:
         self._query = query
         self._coercion = coercion
+
+    def for_principal(self, principal: Principal) -> MetadataService:
+        return MetadataService(self._query.for_principal(principal), self._coercion)
 
     def metadata(
         self,

@@ -801,6 +801,11 @@ class QueryService:
         """The same index and audit trail, answering for ``principal``."""
         return QueryService(self._engine, principal=principal, audit=self._audit, rules=self._rules)
 
+    def unaudited(self) -> QueryService:
+        """The same principal and rules, recording no access (for a caller that audits
+        what it does itself, as an export)."""
+        return QueryService(self._engine, principal=self._principal, rules=self._rules)
+
     def _visible(self) -> list[sa.ColumnElement[bool]]:
         cond = self._rules.visible_patients(self._principal)
         return [] if cond is None else [cond]

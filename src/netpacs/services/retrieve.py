@@ -14,6 +14,7 @@ import functools
 import io
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +25,14 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 
-from netpacs.dicom.header import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from netpacs.dicom.header import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+)
 from netpacs.dicom.part10 import read_file_meta
+from netpacs.services.access import Principal
 from netpacs.services.coercion import Coercion, apply_to_dataset, coerce_dataset, coerce_part10
 from netpacs.services.query import QueryLevel, QueryModel, QueryService, RetrieveItem
 from netpacs.storage.blobstore import BlobStore
@@ -38,9 +45,9 @@ class RetrieveService:
         self._query = query
         self._blobs = blobs
 
-    @property
-    def blobs(self) -> BlobStore:
-        return self._blobs
+    def for_principal(self, principal: Principal) -> RetrieveService:
+        """The same object store, selecting what ``principal`` may retrieve."""
+        return RetrieveService(query=self._query.for_principal(principal), blobs=self._blobs)
 
     def select(
         self, identifier: dict[str, Any], *, level: QueryLevel, model: QueryModel
@@ -110,6 +117,22 @@ class RetrieveService:
     def bytes_at(self, item: RetrieveItem, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of the stored data set (a bulk data value)."""
         return self._blobs.get_range(item.blob_key, item.dataset_offset + offset, length)
+
+    def bulk_value(
+        self, item: RetrieveItem, tag: str, offset: int | None, length: int | None
+    ) -> bytes | None:
+        """The value of the bulk data element ``tag`` (8 hex digits), or None when the
+        object has none. ``offset`` and ``length`` are where the index found it in the
+        stored data set; without them (an object indexed through pydicom) it is read."""
+        if offset is not None and length is not None:
+            if item.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LE:
+                return self.bytes_at(item, offset, length)
+            data = self.dataset_bytes(item)
+            return zlib.decompress(data, -zlib.MAX_WBITS)[offset : offset + length]
+        with self._blobs.open(item.blob_key) as f:
+            ds = pydicom.dcmread(f, force=True)
+        value = getattr(ds.get(int(tag, 16)), "value", None)
+        return value if isinstance(value, bytes) else None
 
     def part10(self, item: RetrieveItem, *, coercion: Coercion | None = None) -> bytes:
         """The stored Part 10 file; with ``coercion``, its data set's header coerced."""

@@ -19,6 +19,7 @@ from netpacs.dicom.header import first_int, first_str
 from netpacs.domain import nhs_number
 from netpacs.domain.region import Region
 from netpacs.index.schema import study
+from netpacs.services.access import Principal
 from netpacs.services.query import QueryLevel, QueryModel, QueryService
 
 _PATIENT_NAME = "00100010"
@@ -130,6 +131,10 @@ class StudyListService:
         self._query = query
         self._engine = engine
         self._region = region
+
+    def for_principal(self, principal: Principal) -> StudyListService:
+        """The same index, listing what ``principal`` may see."""
+        return StudyListService(self._query.for_principal(principal), self._engine, self._region)
 
     def page(self, where: StudyFilter, *, limit: int, offset: int = 0) -> StudyPage:
         """Studies matching ``where``, newest (study date and time) first.

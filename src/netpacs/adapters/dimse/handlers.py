@@ -80,9 +80,10 @@ class DimseServices:
 
     def for_principal(self, principal: Principal) -> DimseServices:
         """The same services answering for the calling AE (access and audit)."""
-        query = self.query.for_principal(principal)
         return replace(
-            self, query=query, retrieve=RetrieveService(query=query, blobs=self.retrieve.blobs)
+            self,
+            query=self.query.for_principal(principal),
+            retrieve=self.retrieve.for_principal(principal),
         )
 
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from netpacs.config import Settings
+from netpacs.app.settings import Settings
 from netpacs.domain.region import Endpoint, Region, Trust, load_region
 from netpacs.index.db import make_engine
 from netpacs.index.schema import result_outbox
@@ -560,7 +560,7 @@ class ResultsSender:
 def _store_missing_srs(settings: Settings, stop: threading.Event) -> None:
     """Once a minute, store the SR of any final report whose SR could not be stored when
     it was signed (one process does this: the SR of a version is stored once)."""
-    from netpacs.app import build_archive
+    from netpacs.app.container import build_archive
     from netpacs.services.access import SYSTEM
     from netpacs.services.audit import AuditService
     from netpacs.services.reporting import ReportingService

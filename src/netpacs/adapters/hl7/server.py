@@ -21,9 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from netpacs.adapters.hl7 import messages
 from netpacs.adapters.hl7.messages import AckCode, Rejected
-from netpacs.config import Settings
-from netpacs.domain.region import load_region
-from netpacs.index.db import make_engine
 from netpacs.services.adt import AdtService, MessageKey, StoredAck
 
 log = logging.getLogger(__name__)
@@ -159,17 +156,10 @@ async def serve_connection(
             await writer.wait_closed()
 
 
-def run_worker(settings: Settings, sock: socket.socket) -> None:
-    """The MLLP worker process: accept connections on ``sock`` until SIGTERM."""
-    # ADT needs the index and the region only: no blob store, no ingest writer thread.
-    engine = make_engine(settings.effective_database_url, writer=True)
-    endpoint = Hl7Endpoint(
-        AdtService(
-            engine,
-            load_region(settings.effective_region_file),
-            audit_source_id=settings.ae_title,
-        )
-    )
+def serve(adt: AdtService, sock: socket.socket) -> None:
+    """Accept MLLP connections on ``sock`` until SIGTERM, applying each message through
+    ``adt``."""
+    endpoint = Hl7Endpoint(adt)
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hl7")
 
     async def main() -> None:
@@ -192,4 +182,3 @@ def run_worker(settings: Settings, sock: socket.socket) -> None:
         asyncio.run(main())
     finally:
         executor.shutdown(wait=True)
-        engine.dispose()

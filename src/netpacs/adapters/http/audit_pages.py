@@ -24,7 +24,7 @@ Days = Annotated[int, Query(ge=1, le=366)]
 
 
 def _trail(request: Request) -> AuditTrail:
-    return AuditTrail(services(request).archive.read_engine)
+    return services(request).audit_trail
 
 
 @router.get("/api/audit", summary="Audit trail: a patient's accesses or a trust's report")

@@ -167,8 +167,8 @@ def sign_in_page(
 
 def oidc_label(request: Request) -> str | None:
     """The sign-in button's label when OpenID Connect sign-in is configured."""
-    settings = request.app.state.services.archive.settings
-    return settings.oidc_display_name if settings.oidc_issuer else None
+    oidc = request.app.state.services.web.oidc
+    return oidc.display_name if oidc else None
 
 
 def start_session(request: Request, response: Response, principal: Principal) -> Response:
@@ -272,10 +272,7 @@ class BreakGlassRequest(BaseModel):
 
 
 def _break_glass(request: Request) -> BreakGlass:
-    svc = services(request)
-    return BreakGlass(
-        svc.archive.write_engine, svc.audit, minutes=svc.archive.settings.break_glass_minutes
-    )
+    return services(request).break_glass
 
 
 @router.post("/api/break-glass", summary="Emergency access to a patient (audited, time-limited)")

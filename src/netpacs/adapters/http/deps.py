@@ -6,16 +6,25 @@ from dataclasses import dataclass, replace
 
 from fastapi import Request
 
+from netpacs.adapters.http.config import WebConfig
 from netpacs.adapters.http.errors import HttpError
-from netpacs.app import Archive
+from netpacs.domain.region import Region
 from netpacs.domain.uids import is_valid_uid
-from netpacs.services.access import NOBODY, Principal
-from netpacs.services.accounts import AccountService, load_secret
+from netpacs.services.access import BreakGlass, Principal
+from netpacs.services.accounts import AccountService
 from netpacs.services.audit import AuditService
+from netpacs.services.audit_trail import AuditTrail
+from netpacs.services.coercion import CoercionService
+from netpacs.services.deletion import DeletionService
+from netpacs.services.frames import FrameReader
+from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.ingest import IngestService
+from netpacs.services.metadata import MetadataService
 from netpacs.services.query import QueryService
+from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import ReportingService
 from netpacs.services.retrieve import RetrieveService
+from netpacs.services.studies import StudyListService
 
 DICOMWEB_ROOT = "/dicomweb"
 
@@ -24,20 +33,28 @@ DICOMWEB_ROOT = "/dicomweb"
 class HttpServices:
     """The services of one worker, scoped to the principal of one request.
 
-    The worker's own instance answers for :data:`NOBODY` (it sees no patient);
-    the authentication dependency gives each request a copy scoped to its user.
+    The composition root builds the worker's own instance, which answers for
+    :data:`~netpacs.services.access.NOBODY` (it sees no patient); the authentication
+    dependency gives each request a copy scoped to its user.
     """
 
-    archive: Archive
+    region: Region
     query: QueryService
     retrieve: RetrieveService
+    ingest: IngestService
     audit: AuditService
     accounts: AccountService
     reporting: ReportingService
-
-    @property
-    def ingest(self) -> IngestService:
-        return self.archive.ingest
+    coercion: CoercionService
+    metadata: MetadataService
+    frames: FrameReader
+    imaging_studies: ImagingStudyService
+    study_list: StudyListService
+    deletion: DeletionService
+    reconciliation: ReconciliationService
+    break_glass: BreakGlass
+    audit_trail: AuditTrail
+    web: WebConfig
 
     @property
     def principal(self) -> Principal:
@@ -45,41 +62,15 @@ class HttpServices:
 
     def for_principal(self, principal: Principal) -> HttpServices:
         principal = self.reporting.with_agreements(principal)
-        query = self.query.for_principal(principal)
         return replace(
             self,
-            query=query,
-            retrieve=RetrieveService(query=query, blobs=self.archive.blobs),
+            query=self.query.for_principal(principal),
+            retrieve=self.retrieve.for_principal(principal),
             reporting=self.reporting.for_principal(principal),
-        )
-
-    @classmethod
-    def of(cls, archive: Archive) -> HttpServices:
-        settings = archive.settings
-        audit = AuditService(archive.writer.execute, source_id=settings.ae_title)
-        query = QueryService(archive.read_engine, principal=NOBODY, audit=audit)
-        accounts = AccountService(
-            archive.read_engine,
-            secret=load_secret(settings.effective_auth_secret_file),
-            audit=audit,
-            token_minutes=settings.token_minutes,
-            signin_attempts=settings.signin_attempts,
-            signin_window_minutes=settings.signin_window_minutes,
-        )
-        return cls(
-            archive=archive,
-            query=query,
-            retrieve=RetrieveService(query=query, blobs=archive.blobs),
-            audit=audit,
-            accounts=accounts,
-            reporting=ReportingService(
-                archive.read_engine,
-                archive.write_engine,
-                archive.region,
-                principal=NOBODY,
-                audit=audit,
-                outputs=archive.report_outputs,
-            ),
+            metadata=self.metadata.for_principal(principal),
+            imaging_studies=self.imaging_studies.for_principal(principal),
+            study_list=self.study_list.for_principal(principal),
+            deletion=self.deletion.for_principal(principal),
         )
 
 
@@ -106,7 +97,4 @@ def services(request: Request) -> HttpServices:
 def base_url(request: Request) -> str:
     """The URL clients reach us at, without a trailing slash (for BulkDataURIs, links)."""
     svc: HttpServices = request.app.state.services
-    configured = svc.archive.settings.public_url
-    if configured:
-        return configured.rstrip("/")
-    return str(request.base_url).rstrip("/")
+    return svc.web.public_url or str(request.base_url).rstrip("/")

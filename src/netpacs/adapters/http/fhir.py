@@ -535,7 +535,7 @@ def _search(request: Request) -> _Search:
     params = _parameters(request)
     count = _number(params, "_count", DEFAULT_COUNT, 0, MAX_COUNT)
     offset = _number(params, "_offset", 0, 0, 10**9)
-    service = ImagingStudyService(services(request).query)
+    service = services(request).imaging_studies
     uids, warnings = _select(service, params)
     return _Search(params, count, offset, service, uids, warnings)
 
@@ -545,7 +545,7 @@ def _read(request: Request, resource_type: str, resource_id: str) -> StudyRecord
     _check_format(request)
     if not _FHIR_ID.fullmatch(resource_id):
         raise FhirError(400, "invalid", f"{resource_id!r} is not a FHIR id")
-    service = ImagingStudyService(services(request).query)
+    service = services(request).imaging_studies
     record = service.study(resource_id) if is_valid_uid(resource_id) else None
     if record is None:
         raise FhirError(404, "not-found", f"no {resource_type}/{resource_id}")

@@ -39,14 +39,7 @@ _STATUS = {
 
 
 def deletion_service(svc: HttpServices) -> DeletionService:
-    archive = svc.archive
-    return DeletionService(
-        query=svc.query,
-        run=archive.writer.execute,
-        blobs=archive.blobs,
-        audit=svc.audit,
-        source_id=archive.settings.ae_title,
-    )
+    return svc.deletion
 
 
 class DeleteBody(BaseModel):

@@ -35,9 +35,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from html import escape
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urlencode
 
@@ -47,9 +45,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from netpacs.adapters.http import auth
+from netpacs.adapters.http.config import OidcConfig
 from netpacs.adapters.http.deps import HttpServices, base_url
 from netpacs.adapters.http.errors import HttpError
-from netpacs.config import Settings
 from netpacs.services.accounts import ExternalIdentity, SignInError
 
 log = logging.getLogger(__name__)
@@ -101,44 +99,6 @@ class OidcError(Exception):
         self.problem = problem
         self.reason = reason
         self.username = username
-
-
-@dataclass(frozen=True)
-class OidcConfig:
-    issuer: str
-    client_id: str
-    client_secret: str
-    display_name: str
-    scopes: str
-    username_claim: str
-    trust_claim: str | None
-    role_claim: str | None
-
-    @property
-    def claims_decide(self) -> bool:
-        return self.trust_claim is not None and self.role_claim is not None
-
-    @classmethod
-    def of(cls, settings: Settings) -> OidcConfig:
-        """From the settings (oidc_issuer is set); OidcError when the secret is unreadable."""
-        assert settings.oidc_issuer and settings.oidc_client_id
-        secret_file = settings.oidc_client_secret_file or Path()
-        try:
-            secret = secret_file.read_text().strip()
-        except OSError as exc:
-            raise OidcError(
-                OidcProblem.NOT_SET_UP, f"the client secret cannot be read ({exc.strerror})"
-            ) from None
-        return cls(
-            issuer=settings.oidc_issuer.rstrip("/"),
-            client_id=settings.oidc_client_id,
-            client_secret=secret,
-            display_name=settings.oidc_display_name,
-            scopes=settings.oidc_scopes,
-            username_claim=settings.oidc_username_claim,
-            trust_claim=settings.oidc_trust_claim,
-            role_claim=settings.oidc_role_claim,
-        )
 
 
 class OidcClient:
@@ -362,17 +322,16 @@ def _client(request: Request) -> OidcClient:
     if client is not None:
         return client
     base: HttpServices = request.app.state.services
-    settings = base.archive.settings
-    if not settings.oidc_issuer:
+    if base.web.oidc is None:
         raise HttpError(404, "OpenID Connect sign-in is not configured")
-    client = OidcClient(OidcConfig.of(settings))
+    client = OidcClient(base.web.oidc)
     request.app.state.oidc_client = client
     return client
 
 
 def _label(request: Request) -> str:
     base: HttpServices = request.app.state.services
-    return base.archive.settings.oidc_display_name
+    return base.web.oidc.display_name if base.web.oidc else ""
 
 
 def _redirect_uri(request: Request) -> str:
@@ -464,13 +423,13 @@ def oidc_callback(
         principal = base.accounts.sign_in_external(
             identity,
             claims_decide=client.config.claims_decide,
-            region=base.archive.region,
+            region=base.region,
             address=auth.client_address(request),
         )
     except SignInError as exc:  # audited by the accounts service
         return _page(request, OidcProblem.NOT_ADMITTED, exc.message, target)
     response = auth.start_session(request, _continue_page(target), principal)
-    seconds = base.archive.settings.token_minutes * 60
+    seconds = base.web.token_minutes * 60
     response.set_cookie(
         IDP_COOKIE,
         base.accounts.seal(
@@ -490,7 +449,7 @@ def end_session_url(request: Request) -> str | None:
     signed in through the provider, or it offers no RP-initiated logout)."""
     cookie = request.cookies.get(IDP_COOKIE)
     base: HttpServices = request.app.state.services
-    if not cookie or not base.archive.settings.oidc_issuer:
+    if not cookie or base.web.oidc is None:
         return None
     sealed = base.accounts.unseal(cookie, purpose=_IDP_PURPOSE)
     if sealed is None:

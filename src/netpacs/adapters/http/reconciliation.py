@@ -54,10 +54,7 @@ def _service(request: Request) -> ReconciliationService:
     svc = services(request)
     if not svc.principal.may(Capability.RECONCILE):
         raise HttpError(403, "reconciling patient identities is for PACS administrators")
-    archive = svc.archive
-    return ReconciliationService(
-        archive.write_engine, archive.region, source_id=archive.settings.ae_title
-    )
+    return svc.reconciliation
 
 
 def _http(exc: ReconciliationError) -> HttpError:

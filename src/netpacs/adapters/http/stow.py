@@ -187,7 +187,7 @@ async def _store_parts(
             log.warning("STOW-RS from %s: %s", request.client, message)
             results.append(_refused_part(message))
             continue
-        spool = Spool(svc.archive.settings.data_dir)
+        spool = Spool(svc.web.spool_dir)
         try:
             async for chunk in reader.content():
                 spool.write(chunk)

@@ -68,7 +68,7 @@ the study list is at <a href="/studies">/studies</a>.</p>
 
 
 def _viewer_dir(svc: HttpServices) -> Path:
-    return svc.archive.settings.effective_viewer_dir
+    return svc.web.viewer_dir
 
 
 def _installed(root: Path) -> bool:

@@ -29,12 +29,10 @@ import logging
 import secrets
 import time
 import zipfile
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import pydicom
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -47,7 +45,6 @@ from netpacs.adapters.http.deps import (
     services,
 )
 from netpacs.adapters.http.errors import HttpError
-from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.audit import AuditRecord, Event
 from netpacs.services.coercion import Coercion, CoercionService
@@ -62,7 +59,7 @@ from netpacs.services.frames import (
     parse_frame_list,
     pixel_layout,
 )
-from netpacs.services.metadata import MetadataService, locate_bulk
+from netpacs.services.metadata import locate_bulk
 from netpacs.services.query import QueryLevel, QueryModel, QueryService, StoredInstance
 from netpacs.services.render import (
     ImageFormat,
@@ -159,7 +156,7 @@ def _not_acceptable(header: str | None, offer: str) -> HttpError:
 
 
 def _coercion(svc: HttpServices) -> CoercionService:
-    return CoercionService(svc.archive.read_engine)
+    return svc.coercion
 
 
 def _instances(
@@ -420,7 +417,7 @@ def _export_zip(
     """
     check_url_uids(Study=study, Series=series, SOP=instance)
     # The same access rules, without the access audit record: this is an export.
-    quiet = QueryService(svc.archive.read_engine, principal=svc.principal)
+    quiet = svc.query.unaudited()
     found = quiet.stored_instances(study, series, instance)
     if not found:
         raise _missing(svc, study, series, instance)
@@ -553,9 +550,7 @@ def _metadata(
     if media_type is None:
         raise _not_acceptable(header, DICOM_JSON)
     check_url_uids(Study=study, Series=series, SOP=instance)
-    body = MetadataService(svc.query, _coercion(svc)).metadata(
-        base_url(request) + DICOMWEB_ROOT, study, series, instance
-    )
+    body = svc.metadata.metadata(base_url(request) + DICOMWEB_ROOT, study, series, instance)
     if body is None:
         raise _missing(svc, study, series, instance)
     return Response(body, media_type=media_type)
@@ -657,7 +652,7 @@ def retrieve_frames(
         layout = pixel_layout(inst)
         check_frames(layout, numbers, instance)
         mode = _frame_mode(request.headers.get("accept"), layout)
-        media, parts = _frames_body(FrameReader(svc.archive.blobs), inst, layout, numbers, mode)
+        media, parts = _frames_body(svc.frames, inst, layout, numbers, mode)
         return _multipart(parts, media)
 
     return _with_frame_errors(answer)
@@ -688,7 +683,7 @@ def retrieve_bulk(
             layout = pixel_layout(inst)
             numbers = list(range(1, layout.number_of_frames + 1))
             mode = _frame_mode(header, layout)
-            reader = FrameReader(svc.archive.blobs)
+            reader = svc.frames
             media, parts = _frames_body(reader, inst, layout, numbers, mode)
             return _multipart(parts, media)
         if not _accepts_octets(header):
@@ -711,17 +706,8 @@ def _accepts_octets(header: str | None) -> bool:
 def _bulk_bytes(
     svc: HttpServices, inst: StoredInstance, tag: str, offset: int | None, length: int | None
 ) -> bytes:
-    if offset is not None and length is not None:
-        if inst.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LE:
-            return svc.retrieve.bytes_at(inst.item, offset, length)
-        data = svc.retrieve.dataset_bytes(inst.item)
-        return zlib.decompress(data, -zlib.MAX_WBITS)[offset : offset + length]
-    # Indexed through the pydicom fallback: no offsets were recorded.
-    with svc.archive.blobs.open(inst.blob_key) as f:
-        ds = pydicom.dcmread(f, force=True)
-    element = ds.get(int(tag, 16))
-    value = getattr(element, "value", None)
-    if not isinstance(value, bytes):
+    value = svc.retrieve.bulk_value(inst.item, tag, offset, length)
+    if value is None:
         raise HttpError(404, f"instance {inst.sop_instance_uid} has no bulk data ({tag})")
     return value
 

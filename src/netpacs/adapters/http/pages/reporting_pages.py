@@ -96,7 +96,7 @@ def _page(request: Request, name: str, path: str, **values: str) -> HTMLResponse
     principal = svc.principal
     if not may_report(principal):
         return _not_for_your_role(principal)
-    region = svc.archive.region
+    region = svc.region
     context = {
         "me": {
             "username": principal.user_id,

@@ -22,7 +22,7 @@ from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.pages.reporting_pages import may_report, reporting_links
 from netpacs.domain.nhs_number import format_for_people
 from netpacs.services.query import QueryError
-from netpacs.services.studies import StudyFilter, StudyListService, StudySummary
+from netpacs.services.studies import StudyFilter, StudySummary
 
 router = APIRouter(include_in_schema=False)
 
@@ -198,7 +198,7 @@ def studies(
     }
     if limit != DEFAULT_LIMIT:
         params["limit"] = str(limit)
-    listing = StudyListService(svc.query, svc.archive.read_engine, svc.archive.region)
+    listing = svc.study_list
     error = ""
     rows = ""
     paging = ""
@@ -235,7 +235,7 @@ def studies(
             links.append(_page_link(params, offset + limit, "Older &rarr;"))
         paging = " ".join(links)
     html = _TEMPLATE.substitute(
-        region=_e(svc.archive.region.name),
+        region=_e(svc.region.name),
         reporting_links=reporting_links(svc.principal),
         name=_e(name),
         patient_id=_e(patient_id),

@@ -1,52 +1,29 @@
-"""Composition root: reads nothing itself but the Settings it is given, builds everything."""
+"""Start-up checks and one-time preparation, done by the parent before any worker starts."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from netpacs.config import Settings
-from netpacs.domain.region import Permission, Region, load_region
+from netpacs.app.settings import Settings
+from netpacs.domain.region import Permission, load_region
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
-from netpacs.index.writer import IndexWriter
-from netpacs.services.identity import RegionalRecord
-from netpacs.services.ingest import IngestService
-from netpacs.services.report_outputs import ReportOutputs
-from netpacs.services.reporting import WorklistRule
+from netpacs.services.accounts import AccountService, load_secret
+from netpacs.services.audit import AuditService
 from netpacs.storage.fs import FileSystemBlobStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Archive:
-    """The services of one netpacs process, wired to its index and object store."""
-
-    settings: Settings
-    region: Region
-    blobs: FileSystemBlobStore
-    read_engine: sa.Engine
-    write_engine: sa.Engine
-    writer: IndexWriter
-    ingest: IngestService
-    report_outputs: ReportOutputs | None = None
-    _closed: bool = field(default=False, repr=False)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.ingest.close()
-        self.writer.close()
-        self.read_engine.dispose()
-        self.write_engine.dispose()
-
-
 class UnsafeConfiguration(RuntimeError):
     """The server will not start like this (secure defaults, issue 5)."""
+
+
+class StartupError(ValueError):
+    """A setting names something that cannot be used (a file that cannot be read);
+    the message says which."""
 
 
 def check_move_destinations(settings: Settings) -> None:
@@ -77,9 +54,6 @@ def prepare(settings: Settings) -> None:
 
 
 def prepare_accounts(settings: Settings) -> None:
-    from netpacs.services.accounts import AccountService, load_secret
-    from netpacs.services.audit import AuditService
-
     engine = make_engine(settings.effective_database_url, writer=True)
     try:
         audit = AuditService(AuditService.in_own_transaction(engine), source_id=settings.ae_title)
@@ -136,39 +110,3 @@ def recover_pending_writes(settings: Settings) -> None:
             len(indexed),
             len(stale - indexed),
         )
-
-
-def build_archive(settings: Settings) -> Archive:
-    region = load_region(settings.effective_region_file)
-    url = settings.effective_database_url
-    blobs = FileSystemBlobStore(settings.blob_dir)
-    read_engine = make_engine(url)
-    write_engine = make_engine(url, writer=True)
-    writer = IndexWriter(
-        write_engine, on_new_study=RegionalRecord(), on_new_series=WorklistRule(region)
-    )
-    ingest = IngestService(
-        blobs=blobs,
-        writer=writer,
-        region=region,
-        ae_title=settings.ae_title,
-        duplicate_policy=settings.duplicate_policy,
-    )
-    return Archive(
-        settings=settings,
-        region=region,
-        blobs=blobs,
-        read_engine=read_engine,
-        write_engine=write_engine,
-        writer=writer,
-        ingest=ingest,
-        report_outputs=_report_outputs(settings, region, ingest, read_engine),
-    )
-
-
-def _report_outputs(
-    settings: Settings, region: Region, ingest: IngestService, read_engine: sa.Engine
-) -> ReportOutputs:
-    return ReportOutputs(
-        ingest=ingest, region=region, read_engine=read_engine, ae_title=settings.ae_title
-    )

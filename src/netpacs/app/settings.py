@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from netpacs.domain.outcomes import DuplicatePolicy
 
-BUNDLED_DEMO_REGION = Path(__file__).parent / "data" / "demo_region.toml"
+BUNDLED_DEMO_REGION = Path(__file__).parents[1] / "data" / "demo_region.toml"
 
 
 class ConfigFileError(ValueError):

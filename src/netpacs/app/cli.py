@@ -1,6 +1,6 @@
 """The ``netpacs`` command: serve, import, verify and reindex (a composition root each).
 
-Settings are read only through :func:`netpacs.config.load_settings` (NETPACS_*
+Settings are read only through :func:`netpacs.app.settings.load_settings` (NETPACS_*
 variables and the TOML file named by NETPACS_CONFIG). Exit status: 0 success, 1 when
 some object was refused, failed or found damaged, 2 for a usage or configuration error.
 """
@@ -26,14 +26,14 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from netpacs import __version__
-from netpacs.app import (
-    Archive,
+from netpacs.app.container import Archive, build_archive
+from netpacs.app.settings import ConfigFileError, Settings, load_settings
+from netpacs.app.startup import (
+    StartupError,
     UnsafeConfiguration,
-    build_archive,
     check_move_destinations,
     prepare,
 )
-from netpacs.config import ConfigFileError, Settings, load_settings
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import RegionError, load_region
 from netpacs.index.db import make_engine, migrate
@@ -48,7 +48,7 @@ from netpacs.services.maintenance import (
     verify,
 )
 
-log = logging.getLogger("netpacs.cli")
+log = logging.getLogger("netpacs.app.cli")
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -115,11 +115,11 @@ def _os_user() -> str | None:
 
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
     from netpacs.adapters import syslog
-    from netpacs.adapters.dimse import server as dimse_server
     from netpacs.adapters.hl7 import results as hl7_results
-    from netpacs.adapters.hl7 import server as hl7_server
-    from netpacs.adapters.http import server as http_server
-    from netpacs.supervisor import WorkerGroup, listen, supervise
+    from netpacs.app import roles
+    from netpacs.app.container import oidc_config
+    from netpacs.app.supervisor import WorkerGroup, listen, supervise
+    from netpacs.app.tls import DimseTlsError, dimse_tls_context
 
     try:
         audit_collector = syslog.check_settings(settings)
@@ -127,9 +127,10 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        dimse_server.tls_context(settings)  # certificates that do not load stop us now
+        dimse_tls_context(settings)  # certificates that do not load stop us now
         hl7_results.tls_contexts(load_region(settings.effective_region_file), settings)
-    except (dimse_server.DimseTlsError, hl7_results.ResultsTlsError, RegionError) as exc:
+        oidc_config(settings)
+    except (DimseTlsError, hl7_results.ResultsTlsError, RegionError, StartupError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -150,13 +151,11 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         WorkerGroup(
             "DIMSE",
             settings.dimse_processes,
-            lambda: dimse_server.run_worker(settings, dimse_sock, tls_sock),
+            lambda: roles.run_dimse(settings, dimse_sock, tls_sock),
         ),
-        WorkerGroup(
-            "HTTP", settings.http_processes, lambda: http_server.run_worker(settings, http_sock)
-        ),
+        WorkerGroup("HTTP", settings.http_processes, lambda: roles.run_http(settings, http_sock)),
         # One MLLP process: HL7 messages of one sender must be applied in order.
-        WorkerGroup("MLLP", 1, lambda: hl7_server.run_worker(settings, mllp_sock)),
+        WorkerGroup("MLLP", 1, lambda: roles.run_mllp(settings, mllp_sock)),
         # One results sender: a trust's ORU messages go out strictly in order.
         WorkerGroup("results", 1, lambda: hl7_results.run_worker(settings)),
     ]
