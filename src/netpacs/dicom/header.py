@@ -79,8 +79,9 @@ _ALL_VRS = frozenset(
 _VR_NAMES = {v.encode(): v for v in _ALL_VRS}
 _key_cache: dict[int, str] = {}
 _struct_cache: dict[tuple[str, str, int], struct.Struct] = {}
-# Converted values are shared between the data sets that contain them: read-only.
-_value_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+# The values of short elements by (tag, VR, bytes, byte order, character set), never
+# handed out: each data set gets a copy of its own (see _Walker.walk).
+_value_cache: dict[tuple[Any, ...], list[Any]] = {}
 _VALUE_CACHE_SIZE = 200_000
 _CACHED_VALUE_MAX = 256
 _UNDEFINED = 0xFFFFFFFF
@@ -119,8 +120,10 @@ class _Walker:
         self.explicit = explicit
         self.e = "<" if little else ">"
         self.tag_s = struct.Struct(self.e + "HH")
-        self.u16 = struct.Struct(self.e + "H")
         self.u32 = struct.Struct(self.e + "I")
+        # An element's first 8 bytes in one unpack: tag, then VR and short length
+        # (explicit VR) or the length (implicit VR).
+        self.head_s = struct.Struct(self.e + ("HH2sH" if explicit else "HHI"))
         self.bulk_threshold = bulk_threshold
 
     def walk(self, pos: int, end: int, charset: list[str] | None) -> tuple[JsonDataset, int]:
@@ -129,15 +132,20 @@ class _Walker:
         size = len(buf)
         out: JsonDataset = {}
         u32 = self.u32.unpack_from
-        u16 = self.u16.unpack_from
-        tag_of = self.tag_s.unpack_from
+        head = self.head_s.unpack_from
         explicit = self.explicit
         keys = _key_cache
         value = self._value
+        cache = _value_cache
+        order = self.e
+        charset_key = tuple(charset) if charset else None
         while pos < end:
             if pos + 8 > size:
                 raise HeaderError(f"element header truncated at offset {pos}")
-            g, el = tag_of(buf, pos)
+            if explicit:
+                g, el, vr_b, length = head(buf, pos)
+            else:
+                g, el, length = head(buf, pos)
             tag = (g << 16) | el
             if g == 0xFFFE:
                 if tag == _ITEM_DELIM:
@@ -145,7 +153,6 @@ class _Walker:
                 raise HeaderError(f"unexpected delimiter ({g:04X},{el:04X}) at offset {pos}")
             implicit_sq = False
             if explicit:
-                vr_b = buf[pos + 4 : pos + 6]
                 vr = _VR_NAMES.get(vr_b)
                 if vr is None:
                     raise HeaderError(f"invalid VR {vr_b!r} for ({g:04X},{el:04X})")
@@ -153,7 +160,6 @@ class _Walker:
                     length = u32(buf, pos + 8)[0]
                     pos += 12
                 else:
-                    length = u16(buf, pos + 6)[0]
                     pos += 8
                 if vr == "UN":
                     if length == _UNDEFINED:
@@ -164,7 +170,6 @@ class _Walker:
                         if vr == "SQ":
                             implicit_sq = True
             else:
-                length = u32(buf, pos + 4)[0]
                 pos += 8
                 vr = implicit_vr(tag) if el > 0x00FF or not g & 1 else "LO"
                 if length == _UNDEFINED and vr not in ("SQ", "OB", "OW"):
@@ -188,7 +193,23 @@ class _Walker:
                 continue  # group lengths are not carried in DICOM JSON
             if tag == 0x00080005:
                 charset = self._charset(buf[pos : pos + length])
-            out[key] = value(tag, vr, pos, length, charset)
+                charset_key = tuple(charset)
+            if 0 < length <= _CACHED_VALUE_MAX and vr not in _BINARY_VRS:
+                # The slices of a series repeat most of their values byte for byte:
+                # convert each distinct value once. Inline, and copied for each data set
+                # (its caller may change it): this loop is the C-STORE path's hot spot.
+                ckey = (tag, vr, buf[pos : pos + length], order, charset_key)
+                values = cache.get(ckey)
+                if values is None:
+                    values = self._remember(ckey, vr, pos, length, charset)
+                if not values:
+                    out[key] = {"vr": vr}
+                elif vr == "PN":
+                    out[key] = {"vr": vr, "Value": [p.copy() if p else None for p in values]}
+                else:
+                    out[key] = {"vr": vr, "Value": values[:]}
+            else:
+                out[key] = value(tag, vr, pos, length, charset)
             pos += length
         return out, pos
 
@@ -251,18 +272,18 @@ class _Walker:
             if length > self.bulk_threshold or tag in PIXEL_DATA_TAGS:
                 return {"vr": vr, "BulkDataURI": f"bulk:{pos}:{length}"}
             return {"vr": vr, "InlineBinary": base64.b64encode(buf[pos : pos + length]).decode()}
-        raw = buf[pos : pos + length]
-        if length <= _CACHED_VALUE_MAX:
-            # The slices of a series repeat most of their values byte for byte: convert
-            # each distinct (tag, VR, bytes, character set) once.
-            ckey = (tag, vr, raw, self.e, tuple(charset) if charset else None)
-            cached = _value_cache.get(ckey)
-            if cached is None:
-                if len(_value_cache) > _VALUE_CACHE_SIZE:
-                    _value_cache.clear()
-                cached = _value_cache[ckey] = self._convert(vr, raw, pos, length, charset)
-            return cached
-        return self._convert(vr, raw, pos, length, charset)
+        return self._convert(vr, buf[pos : pos + length], pos, length, charset)
+
+    def _remember(
+        self, ckey: tuple[Any, ...], vr: str, pos: int, length: int, charset: list[str] | None
+    ) -> list[Any]:
+        """The converted values of a short element, kept for the next data set."""
+        if len(_value_cache) > _VALUE_CACHE_SIZE:
+            _value_cache.clear()
+        converted = self._convert(vr, self.buf[pos : pos + length], pos, length, charset)
+        values: list[Any] = converted.get("Value", [])
+        _value_cache[ckey] = values
+        return values
 
     def _convert(
         self, vr: str, raw: bytes, pos: int, length: int, charset: list[str] | None
