@@ -28,6 +28,7 @@ from netpacs.adapters.http import (
 )
 from netpacs.adapters.http.deps import HttpServices
 from netpacs.adapters.http.pages import reporting_pages
+from netpacs.adapters.http.pages.render import wants_page
 
 
 def create_app(services: HttpServices) -> FastAPI:
@@ -47,9 +48,9 @@ def create_app(services: HttpServices) -> FastAPI:
 
     @app.exception_handler(auth.SignInRequired)
     async def _sign_in(request: Request, exc: auth.SignInRequired) -> Response:
-        if auth.wants_page(request):
+        if wants_page(request):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return auth.sign_in_page(target, status=401, oidc_label=auth.oidc_label(request))
+            return auth.sign_in_page(request, target, status=401)
         return JSONResponse(
             {"status": 401, "message": exc.message}, status_code=401, headers=exc.headers
         )

@@ -11,7 +11,6 @@ apply through the request's scoped services (deps.HttpServices.for_principal).
 
 from __future__ import annotations
 
-from html import escape
 from typing import Annotated
 from urllib.parse import quote, urlsplit
 
@@ -21,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.pages.render import render
 from netpacs.services.access import BreakGlass, BreakGlassError, Principal
 from netpacs.services.accounts import SignInError, SignInProblem
 
@@ -65,10 +65,6 @@ def authenticate(request: Request) -> None:
         raise SignInRequired("the token or session is not valid (expired?): sign in again")
     request.state.principal = principal
     request.state.services = base.for_principal(principal)
-
-
-def wants_page(request: Request) -> bool:
-    return request.method == "GET" and "text/html" in request.headers.get("accept", "")
 
 
 # -- OAuth2 token endpoint ------------------------------------------------------------------
@@ -121,47 +117,18 @@ def me(request: Request) -> JSONResponse:
 
 # -- the sign-in page -----------------------------------------------------------------------
 
-_PAGE = """<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>Sign in · netpacs</title>
-<meta name=viewport content="width=device-width, initial-scale=1">
-<style>
-body{{font:15px/1.5 system-ui,sans-serif;display:grid;place-items:center;min-height:90vh;
-color:#1d2a36}}
-form{{display:grid;gap:.7em;min-width:18em;padding:1.5em;border:1px solid #d4dbe2;
-border-radius:6px}} input{{font:inherit;padding:.35em}}
-.error{{background:#fbe4e4;padding:.5em;border-radius:4px}} small{{color:#5a6b7b}}
-.sso{{display:block;text-align:center;padding:.5em;border:1px solid #1d5fa0;border-radius:4px;
-color:#fff;background:#1d5fa0;text-decoration:none}}
-</style></head><body>
-<form method=post action="/signin">
-<h1>netpacs</h1>
-{message}
-{oidc}
-<label>User name <input name=username autocomplete=username required autofocus></label>
-<label>Password <input name=password type=password autocomplete=current-password required>
-</label>
-<input type=hidden name=next value="{next}">
-<button>Sign in</button>
-<small>Every access is recorded.</small>
-</form></body></html>
-"""
-
 
 def sign_in_page(
-    next_url: str, message: str = "", status: int = 200, *, oidc_label: str | None = None
+    request: Request, next_url: str, message: str = "", status: int = 200
 ) -> HTMLResponse:
-    """The sign-in form; with ``oidc_label``, also "Sign in with <label>" (OIDC)."""
-    shown = f"<p class=error role=alert>{escape(message)}</p>" if message else ""
-    oidc = ""
-    if oidc_label:
-        href = f"/auth/oidc/login?next={quote(next_url, safe='/')}"
-        oidc = (
-            f'<a class=sso href="{escape(href, quote=True)}">Sign in with {escape(oidc_label)}</a>'
-            "<small>or with a netpacs user name and password:</small>"
-        )
-    return HTMLResponse(
-        _PAGE.format(message=shown, oidc=oidc, next=escape(next_url, quote=True)),
-        status_code=status,
+    """The sign-in form; when OpenID Connect is configured, also "Sign in with <label>"."""
+    return render(
+        request,
+        "signin.html",
+        status=status,
+        next_url=next_url,
+        message=message,
+        oidc_label=oidc_label(request),
     )
 
 
@@ -197,7 +164,7 @@ def safe_next(value: str) -> str:
 
 @router.get("/signin", include_in_schema=False)
 def signin_form(request: Request, next: str = "/studies") -> HTMLResponse:
-    return sign_in_page(safe_next(next), oidc_label=oidc_label(request))
+    return sign_in_page(request, safe_next(next))
 
 
 @router.post("/signin", include_in_schema=False)
@@ -213,10 +180,7 @@ def signin(
         principal = base.accounts.sign_in(username, password, address=client_address(request))
     except SignInError as exc:
         return sign_in_page(
-            target,
-            exc.message,
-            429 if exc.problem is SignInProblem.LOCKED else 401,
-            oidc_label=oidc_label(request),
+            request, target, exc.message, 429 if exc.problem is SignInProblem.LOCKED else 401
         )
     return start_session(request, RedirectResponse(target, status_code=303), principal)
 
@@ -292,44 +256,18 @@ def open_break_glass(request: Request, body: BreakGlassRequest) -> JSONResponse:
     )
 
 
-_GLASS_PAGE = """<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>Break-glass · netpacs</title>
-<style>
-body{{font:15px/1.5 system-ui,sans-serif;margin:1.5em;color:#1d2a36;max-width:42em}}
-form{{display:grid;gap:.7em}} input,textarea,select{{font:inherit;padding:.35em}}
-.warn{{background:#fff4d6;padding:.6em;border-radius:4px}}
-.error{{background:#fbe4e4;padding:.5em;border-radius:4px}}
-</style></head><body>
-<nav><a href="/studies">Studies</a>
-<form method=post action="/signout" class=signout style="display:inline;margin-left:1em">
-<button>Sign out</button></form></nav>
-<h1>Break-glass: emergency access to a patient</h1>
-<p class=warn>Use this only when a patient needs care now and your trust has no record of
-them. Your name, the reason and everything you then open are recorded, and your trust's
-auditors are alerted. Access ends after {minutes} minutes.</p>
-{message}
-<form method=post action="/break-glass">
-<label>Hospital number <input name=patient_id required value="{patient_id}"></label>
-<label>Trust that issued it (ODS code) <input name=issuer required value="{issuer}"></label>
-<label>Reason <textarea name=reason required rows=3>{reason}</textarea></label>
-<button>Open the patient's imaging</button>
-</form></body></html>
-"""
-
-
 def _glass_page(
     request: Request, message: str = "", status: int = 200, **values: str
 ) -> HTMLResponse:
-    shown = f"<p class=error role=alert>{escape(message)}</p>" if message else ""
-    return HTMLResponse(
-        _GLASS_PAGE.format(
-            minutes=_break_glass(request).minutes,
-            message=shown,
-            patient_id=escape(values.get("patient_id", ""), quote=True),
-            issuer=escape(values.get("issuer", ""), quote=True),
-            reason=escape(values.get("reason", "")),
-        ),
-        status_code=status,
+    return render(
+        request,
+        "break_glass.html",
+        status=status,
+        minutes=_break_glass(request).minutes,
+        message=message,
+        patient_id=values.get("patient_id", ""),
+        issuer=values.get("issuer", ""),
+        reason=values.get("reason", ""),
     )
 
 

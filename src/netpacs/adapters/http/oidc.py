@@ -35,7 +35,6 @@ import logging
 import secrets
 import threading
 import time
-from html import escape
 from typing import Any
 from urllib.parse import quote, quote_plus, urlencode
 
@@ -48,6 +47,7 @@ from netpacs.adapters.http import auth
 from netpacs.adapters.http.config import OidcConfig
 from netpacs.adapters.http.deps import HttpServices, base_url
 from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.pages.render import render
 from netpacs.services.accounts import ExternalIdentity, SignInError
 
 log = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ def oidc_callback(
         )
     except SignInError as exc:  # audited by the accounts service
         return _page(request, OidcProblem.NOT_ADMITTED, exc.message, target)
-    response = auth.start_session(request, _continue_page(target), principal)
+    response = auth.start_session(request, _continue_page(request, target), principal)
     seconds = base.web.token_minutes * 60
     response.set_cookie(
         IDP_COOKIE,
@@ -483,57 +483,28 @@ def _failure(request: Request, exc: OidcError, target: str) -> HTMLResponse:
     return _page(request, exc.problem, exc.reason, target)
 
 
-_PAGE = """<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>{title} · netpacs</title>
-<meta name=viewport content="width=device-width, initial-scale=1">
-<style>
-body{{font:15px/1.5 system-ui,sans-serif;margin:2em auto;max-width:38em;color:#1d2a36}}
-.error{{background:#fbe4e4;padding:.6em;border-radius:4px}}
-</style></head><body>
-<h1>{title}</h1>
-<p class=error role=alert>{reason}</p>
-<p><a href="{again}">Sign in with {label} again</a> ·
-<a href="/signin?next={next}">Sign in with a netpacs user name and password</a></p>
-<small>Every sign-in attempt is recorded.</small>
-</body></html>
-"""
-
-
 def _page(request: Request, problem: OidcProblem, reason: str, target: str) -> HTMLResponse:
     label = _label(request)
     nxt = quote(target, safe="/")
-    response = HTMLResponse(
-        _PAGE.format(
-            title=escape(
-                f"{label} cannot be reached"
-                if problem is OidcProblem.UNREACHABLE
-                else f"Sign-in with {label} did not work"
-            ),
-            reason=escape(reason),
-            label=escape(label),
-            again=escape(f"{LOGIN}?next={nxt}", quote=True),
-            next=escape(nxt, quote=True),
-        ),
-        status_code=HTTP_STATUS[problem],
-        headers={"Cache-Control": "no-store"},
+    unreachable = problem is OidcProblem.UNREACHABLE
+    response = render(
+        request,
+        "oidc_refused.html",
+        status=HTTP_STATUS[problem],
+        title=f"{label} cannot be reached" if unreachable else f"Sign-in with {label} did not work",
+        reason=reason,
+        label=label,
+        again=f"{LOGIN}?next={nxt}",
+        next_url=nxt,
     )
     response.delete_cookie(FLOW_COOKIE, path=CALLBACK)  # a callback is good for one try
     return response
 
 
-_CONTINUE = """<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>Signed in · netpacs</title>
-<meta http-equiv=refresh content="0;url={url}"></head>
-<body><p>Signed in. <a href="{url}">Continue</a></p></body></html>
-"""
-
-
-def _continue_page(target: str) -> HTMLResponse:
+def _continue_page(request: Request, target: str) -> HTMLResponse:
     """Signed in: on to ``target`` from a page of ours. A redirect would not do: the
     navigation started at the provider, so the browser would withhold the new
     SameSite=Strict session cookie from it."""
-    response = HTMLResponse(
-        _CONTINUE.format(url=escape(target, quote=True)), headers={"Cache-Control": "no-store"}
-    )
+    response = render(request, "signed_in.html", url=target)
     response.delete_cookie(FLOW_COOKIE, path=CALLBACK)
     return response
