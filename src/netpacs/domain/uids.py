@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 # PS3.5 9.1: components of digits separated by '.', no leading zero in a
 # multi-digit component, at most 64 characters.
@@ -13,8 +12,3 @@ _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 def is_valid_uid(value: str) -> bool:
     """True when ``value`` is a well-formed UID under PS3.5 9.1."""
     return len(value) <= 64 and _UID_RE.match(value) is not None
-
-
-def new_uid() -> str:
-    """A new UID under the UUID-derived root 2.25 (PS3.5 B.2)."""
-    return f"2.25.{uuid.uuid4().int}"

@@ -54,10 +54,6 @@ class BulkRef:
     length: int | None
 
 
-def instance_url(dicomweb_url: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
-    return f"{dicomweb_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
-
-
 def _json_text(value: str) -> str:
     """``value`` escaped for use inside a JSON string."""
     return orjson.dumps(value).decode()[1:-1]
