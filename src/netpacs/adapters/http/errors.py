@@ -2,7 +2,9 @@
 
 Routes raise :class:`HttpError` (or FastAPI's ``HTTPException``); request validation
 errors become 400 with the offending parameter named. Anything else is a defect in
-netpacs: it is logged with its traceback and answered 500 without internals.
+netpacs: it is logged with its traceback and answered 500 without internals. A
+browser navigating to a page gets the answer as a page (the one layout of
+pages/render.py); every other client gets ``{"status", "message"}``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,24 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from netpacs.adapters.http.pages.render import error_page, wants_page
+
 log = logging.getLogger(__name__)
+
+# Programming interfaces answer JSON even to a browser.
+_APIS = ("/dicomweb", "/fhir", "/api/", "/auth/")
+_TITLES = {
+    400: "Not accepted",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not possible here",
+    409: "Not possible now",
+    413: "Too large",
+    500: "netpacs failed",
+}
 
 
 class HttpError(Exception):
@@ -27,28 +43,33 @@ class HttpError(Exception):
         self.headers = headers
 
 
-def _answer(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _answer(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    if wants_page(request) and not request.url.path.startswith(_APIS):
+        title = _TITLES.get(status, f"Error {status}")
+        return error_page(request, status, title, message, headers=headers)
     return JSONResponse({"status": status, "message": message}, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(HttpError)
-    async def _http_error(_request: Request, exc: HttpError) -> JSONResponse:
-        return _answer(exc.status, exc.message, exc.headers)
+    async def _http_error(request: Request, exc: HttpError) -> Response:
+        return _answer(request, exc.status, exc.message, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _starlette(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _answer(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def _starlette(request: Request, exc: StarletteHTTPException) -> Response:
+        return _answer(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path"))
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _answer(400, "; ".join(problems) or "invalid request")
+        return _answer(request, 400, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(Exception)
-    async def _defect(request: Request, exc: Exception) -> JSONResponse:
+    async def _defect(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error answering %s %s", request.method, request.url.path)
-        return _answer(500, "internal error; the server log has the details")
+        return _answer(request, 500, "internal error; the server log has the details")

@@ -9,7 +9,6 @@ scripts); the session cookie is SameSite=Strict, so another site cannot post it.
 from __future__ import annotations
 
 from dataclasses import asdict
-from html import escape
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import HttpServices, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.pages.render import render
 from netpacs.services.deletion import (
     MAX_REASON,
     MIN_REASON,
@@ -91,29 +91,6 @@ _SHOWN = (
     ("Instances", "00201208"),
 )
 
-_PAGE = """<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>{title} - netpacs</title>
-<meta name=viewport content="width=device-width, initial-scale=1">
-<style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;max-width:60em;font-size:15px}}
-th,td{{text-align:left;padding:.3em .8em .3em 0;vertical-align:top}}
-.message{{padding:.6em .8em;border-radius:4px;margin:1em 0}}
-.ok{{background:#e3f4e8}} .error{{background:#fbe4e4}} .warning{{background:#fff4d6}}
-textarea{{width:100%;max-width:40em;font:inherit}} button{{font:inherit;margin-top:.6em}}
-nav a{{margin-right:1em}}
-</style></head><body>
-<nav><a href="/studies">Studies</a><a href="/audit">Audit trail</a>
-<form method=post action="/signout" class=signout style="display:inline;margin-left:1em">
-<button>Sign out</button></form></nav>
-<h1>{title}</h1>
-{body}
-</body></html>
-"""
-
-
-def _e(value: object) -> str:
-    return escape(str(value), quote=True)
-
 
 def _text(dataset: dict[str, Any], tag: str) -> str:
     values = dataset.get(tag, {}).get("Value") or []
@@ -125,7 +102,8 @@ def _text(dataset: dict[str, Any], tag: str) -> str:
     return ", ".join(str(v) for v in values) if tag == "00080061" else str(first)
 
 
-def _summary(svc: HttpServices, study: str) -> str:
+def _summary(svc: HttpServices, study: str) -> list[tuple[str, str]]:
+    """What the study is, as label and value rows."""
     found = next(
         iter(
             svc.query.find(
@@ -140,47 +118,43 @@ def _summary(svc: HttpServices, study: str) -> str:
     rows = [("Study Instance UID", study)]
     if found is not None:
         rows += [(label, _text(found, tag)) for label, tag in _SHOWN]
-    return (
-        "<table id=study>"
-        + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-        + "</table>"
+    return rows
+
+
+def _form(svc: HttpServices, study: str, reason: str) -> dict[str, Any]:
+    return {
+        "action": f"/studies/{quote(study, safe='')}/delete",
+        "reason": reason,
+        "report_status": svc.worklist.statuses([study]).get(study),
+        "min_reason": MIN_REASON,
+        "max_reason": MAX_REASON,
+    }
+
+
+def _page(
+    request: Request,
+    title: str,
+    *,
+    status: int = 200,
+    study: list[tuple[str, str]] | None = None,
+    form: dict[str, Any] | None = None,
+    error: str = "",
+    done: str = "",
+) -> HTMLResponse:
+    return render(
+        request,
+        "delete.html",
+        status=status,
+        title=title,
+        study=study,
+        form=form,
+        error=error,
+        done=done,
     )
 
 
-def _form(study: str, reason: str, report_status: str | None) -> str:
-    action = f"/studies/{quote(study, safe='')}/delete"
-    report = ""
-    if report_status in ("preliminary", "final"):
-        report = (
-            f'<p class="message warning">This study has a {_e(report_status)} report: it '
-            "is part of the medical record and will not be deleted.</p>"
-        )
-    return f"""{report}<p class="message warning">Deleting removes the study's images from
-the archive for every trust of the region; it cannot be undone. The patient record stays.
-Your name and reason go into the audit trail.</p>
-<form method=post action="{_e(action)}">
-<label for=reason>Why is this study deleted? (at least {MIN_REASON} characters)</label><br>
-<textarea id=reason name=reason rows=3 minlength={MIN_REASON} maxlength={MAX_REASON}
- required placeholder="e.g. sent to the wrong patient's record">{_e(reason)}</textarea><br>
-<button type=submit id=delete>Delete this study</button> <a href="/studies">Cancel</a>
-</form>"""
-
-
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        _PAGE.format(title=_e(title), body=body),
-        status_code=status,
-        headers={"cache-control": "no-store"},
-    )
-
-
-def _refused(exc: DeletionError) -> HTMLResponse:
-    return _page(
-        "Study not deleted",
-        f'<p class="message error" role=alert>{_e(exc.message)}</p><p><a href="/studies">'
-        "Back to the studies</a></p>",
-        _STATUS[exc.problem],
-    )
+def _refused(request: Request, exc: DeletionError) -> HTMLResponse:
+    return _page(request, "Study not deleted", status=_STATUS[exc.problem], error=exc.message)
 
 
 def _gate(svc: HttpServices, study: str) -> None:
@@ -199,9 +173,8 @@ def delete_page(request: Request, study: str) -> HTMLResponse:
     try:
         _gate(svc, study)
     except DeletionError as exc:
-        return _refused(exc)
-    status = svc.reporting.statuses([study]).get(study)
-    return _page("Delete a study", _summary(svc, study) + _form(study, "", status))
+        return _refused(request, exc)
+    return _page(request, "Delete a study", study=_summary(svc, study), form=_form(svc, study, ""))
 
 
 @router.post("/studies/{study}/delete", include_in_schema=False)
@@ -215,18 +188,24 @@ def delete_from_page(
         done = deletion_service(svc).delete_study(study, reason=reason)
     except DeletionError as exc:
         if exc.problem is not Problem.INVALID:
-            return _refused(exc)
-        status = svc.reporting.statuses([study]).get(study)
-        message = f'<p class="message error" role=alert>{_e(exc.message)}</p>'
-        return _page("Delete a study", message + summary + _form(study, reason, status), 400)
+            return _refused(request, exc)
+        return _page(
+            request,
+            "Delete a study",
+            status=400,
+            study=summary,
+            form=_form(svc, study, reason),
+            error=exc.message,
+        )
     left = (
         f" {done.blobs_left} files could not be removed now; the orphan sweep removes them."
         if done.blobs_left
         else ""
     )
     return _page(
+        request,
         "Study deleted",
-        f'<p class="message ok" role=status>Study {_e(study)} deleted: {done.instances} '
-        f"instances in {done.series} series. The deletion and your reason are in the audit "
-        f'trail.{_e(left)}</p>{summary}<p><a href="/studies">Back to the studies</a></p>',
+        study=summary,
+        done=f"Study {study} deleted: {done.instances} instances in {done.series} series. "
+        f"The deletion and your reason are in the audit trail.{left}",
     )

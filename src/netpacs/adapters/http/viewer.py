@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 from email.utils import formatdate
-from html import escape
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.pages import study_list
+from netpacs.adapters.http.pages.render import render
 
 router = APIRouter(include_in_schema=False)
 Services = Annotated[HttpServices, Depends(services)]
@@ -55,16 +55,6 @@ _HASHED = re.compile(r"(^|\.)[0-9a-f]{16,}\.")
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"  # index.html and app-config.js: always the installed ones
 _SHORT = "public, max-age=3600"
-_NOT_INSTALLED = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Viewer not installed - netpacs</title></head>
-<body style="font-family: sans-serif; margin: 2em">
-<h1>The viewer is not installed</h1>
-<p>netpacs serves the OHIF Viewer from <code>{where}</code>, which holds no prepared viewer.
-Install it with <code>make setup</code> (or <code>.venv/bin/python scripts/install-viewer.py</code>)
-and reload this page. DICOMweb at <a href="/dicomweb/studies">/dicomweb</a> works without it;
-the study list is at <a href="/studies">/studies</a>.</p>
-</body></html>
-"""
 
 
 def _viewer_dir(svc: HttpServices) -> Path:
@@ -133,17 +123,15 @@ def _file(request: Request, path: Path) -> Response:
     return FileResponse(send, media_type=media_type, headers=headers, stat_result=stat)
 
 
-def _not_installed(root: Path) -> HTMLResponse:
-    return HTMLResponse(
-        _NOT_INSTALLED.format(where=escape(str(root))),
-        status_code=503,
-        headers={"cache-control": "no-store", "retry-after": "60"},
+def _not_installed(request: Request, root: Path) -> HTMLResponse:
+    return render(
+        request, "viewer_missing.html", status=503, headers={"retry-after": "60"}, where=root
     )
 
 
 def _index(request: Request, root: Path) -> Response:
     if not _installed(root):
-        return _not_installed(root)
+        return _not_installed(request, root)
     return _file(request, root / INDEX)
 
 
@@ -158,7 +146,7 @@ def viewer_file(path: str, request: Request, svc: Services) -> Response:
     """A file of the viewer, or ``index.html`` for the viewer's own (client) routes."""
     root = _viewer_dir(svc)
     if not _installed(root):
-        return _not_installed(root)
+        return _not_installed(request, root)
     if path:
         found = _resolve(root, path)
         if found is not None:

@@ -9,37 +9,29 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from html import escape
-from importlib import resources
-from string import Template
+from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from netpacs.adapters.http.deps import HttpServices, services
-from netpacs.adapters.http.pages.reporting_pages import may_report, reporting_links
+from netpacs.adapters.http.pages.render import render
 from netpacs.domain.nhs_number import format_for_people
+from netpacs.services.access import Capability
 from netpacs.services.query import QueryError
-from netpacs.services.studies import StudyFilter, StudySummary
+from netpacs.services.studies import StudyFilter, StudyPage, StudySummary
 
 router = APIRouter(include_in_schema=False)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-_TEMPLATE = Template(
-    resources.files(__package__).joinpath("study_list.html").read_text(encoding="utf-8")
-)
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 class FilterError(ValueError):
     pass
-
-
-def _e(value: object) -> str:
-    return escape(str(value), quote=True)
 
 
 def format_name(value: str) -> str:
@@ -96,80 +88,86 @@ def study_filter(
     )
 
 
-def _patient_id(s: StudySummary) -> str:
-    if not s.patient_id:
-        return ""
-    issuer = f' <span class="muted">({_e(s.issuer_of_patient_id)})</span>'
-    return _e(s.patient_id) + (issuer if s.issuer_of_patient_id else "")
-
-
-def _origin(s: StudySummary) -> str:
-    if not s.origin_trust:
-        return ""
-    name = _e(s.origin_trust_name or s.origin_trust)
-    code = f' <span class="muted">({_e(s.origin_trust)})</span>' if s.origin_trust_name else ""
-    site = f'<br><span class="muted">{_e(s.origin_site_name)}</span>' if s.origin_site_name else ""
-    return name + code + site
-
-
 _REPORT_STATUSES = ("unreported", "draft", "preliminary", "final")
 
 
-def _report_cell(uid: str, status: str | None, *, linked: bool) -> str:
-    """The study's report status; "—" when it is not on the reporting worklist."""
-    if status is None:
-        return '<span class="muted" title="not on the reporting worklist">&mdash;</span>'
-    shown = f'<span class="report-{_e(status)}">{_e(status)}</span>'
-    if linked and status in _REPORT_STATUSES:
-        return f'<a href="/report/{_e(quote(uid, safe=""))}">{shown}</a>'
-    return shown
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One study as the list shows it."""
+
+    uid: str
+    viewer_url: str
+    name: str
+    patient_id: str
+    issuer: str
+    nhs_number: str
+    date: str
+    time: str
+    modalities: str
+    description: str
+    origin: str
+    origin_code: str
+    origin_site: str
+    report_status: str | None  # None: not on the reporting worklist
+    report_url: str | None
+    zip_url: str
+    delete_url: str | None
 
 
-def _actions(uid: str, *, may_delete: bool) -> str:
-    """Download the study as a ZIP (PS3.18 ``accept`` query parameter: a plain link
-    cannot set the Accept header); for PACS administrators, the page that deletes it."""
-    quoted = quote(uid, safe="")
-    zip_link = f"/dicomweb/studies/{quoted}?accept=application/zip"
-    links = [f'<a href="{_e(zip_link)}" class="download" download>Download (ZIP)</a>']
-    if may_delete:
-        links.append(f'<a href="/studies/{_e(quoted)}/delete" class="delete">Delete&hellip;</a>')
-    return "<br>".join(links)
-
-
-def _row(
-    s: StudySummary,
-    report_status: str | None = None,
-    *,
-    linked: bool = False,
-    may_delete: bool = False,
-) -> str:
-    link = "/viewer?StudyInstanceUIDs=" + quote(s.study_instance_uid, safe="")
-    when = format_date(s.study_date)
-    time = format_time(s.study_time)
-    if time:
-        when += f' <span class="muted">{_e(time)}</span>'
-    nhs = _e(format_for_people(s.nhs_number)) if s.nhs_number else ""
-    cells = [
-        f'<a href="{_e(link)}">{_e(format_name(s.patient_name) or "(no name)")}</a>',
-        _patient_id(s),
-        f'<span class="nhs">{nhs}</span>',
-        when,
-        _e(", ".join(s.modalities)),
-        _e(s.study_description),
-        _origin(s),
-        _report_cell(s.study_instance_uid, report_status, linked=linked),
-        _actions(s.study_instance_uid, may_delete=may_delete),
-    ]
-    return (
-        f'<tr data-study="{_e(s.study_instance_uid)}">'
-        + "".join(f"<td>{c}</td>" for c in cells)
-        + "</tr>"
+def _row(s: StudySummary, report_status: str | None, *, reporter: bool, may_delete: bool) -> _Row:
+    quoted = quote(s.study_instance_uid, safe="")
+    linked = reporter and report_status in _REPORT_STATUSES
+    return _Row(
+        uid=s.study_instance_uid,
+        viewer_url=f"/viewer?StudyInstanceUIDs={quoted}",
+        name=format_name(s.patient_name) or "(no name)",
+        patient_id=s.patient_id,
+        issuer=s.issuer_of_patient_id,
+        nhs_number=format_for_people(s.nhs_number) if s.nhs_number else "",
+        date=format_date(s.study_date),
+        time=format_time(s.study_time),
+        modalities=", ".join(s.modalities),
+        description=s.study_description,
+        origin=s.origin_trust_name or s.origin_trust or "",
+        origin_code=(s.origin_trust or "") if s.origin_trust_name else "",
+        origin_site=s.origin_site_name or "",
+        report_status=report_status,
+        report_url=f"/report/{quoted}" if linked else None,
+        # PS3.18 ``accept`` query parameter: a plain link cannot set the Accept header.
+        zip_url=f"/dicomweb/studies/{quoted}?accept=application/zip",
+        delete_url=f"/studies/{quoted}/delete" if may_delete else None,
     )
 
 
-def _page_link(params: dict[str, str], offset: int, label: str) -> str:
-    query = urlencode({k: v for k, v in {**params, "offset": str(offset)}.items() if v})
-    return f'<a href="/studies?{_e(query)}">{label}</a>'
+def _page_url(params: dict[str, str], offset: int) -> str:
+    return "/studies?" + urlencode(
+        {k: v for k, v in {**params, "offset": str(offset)}.items() if v}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    rows: list[_Row]
+    shown: tuple[int, int] | None  # the first and last study's place, from 1
+    newer_url: str | None
+    older_url: str | None
+
+
+def _listing(
+    svc: HttpServices, page: StudyPage, params: dict[str, str], *, limit: int, offset: int
+) -> _Listing:
+    statuses = svc.worklist.statuses([s.study_instance_uid for s in page.studies])
+    reporter = svc.principal.may(Capability.REPORT)
+    admin = svc.principal.sees_everything
+    return _Listing(
+        rows=[
+            _row(s, statuses.get(s.study_instance_uid), reporter=reporter, may_delete=admin)
+            for s in page.studies
+        ],
+        shown=(offset + 1, offset + len(page.studies)) if page.studies else None,
+        newer_url=_page_url(params, max(0, offset - limit)) if offset else None,
+        older_url=_page_url(params, offset + limit) if page.has_more else None,
+    )
 
 
 @router.get("/")
@@ -179,6 +177,7 @@ def home() -> RedirectResponse:
 
 @router.get("/studies", response_class=HTMLResponse)
 def studies(
+    request: Request,
     svc: Annotated[HttpServices, Depends(services)],
     name: str = "",
     patient_id: str = "",
@@ -198,11 +197,13 @@ def studies(
     }
     if limit != DEFAULT_LIMIT:
         params["limit"] = str(limit)
-    listing = svc.study_list
-    error = ""
-    rows = ""
-    paging = ""
-    status = 200
+    filters = {
+        "name": name,
+        "patient_id": patient_id,
+        "date_from": _iso(_dicom_date_or_empty(date_from)),
+        "date_to": _iso(_dicom_date_or_empty(date_to)),
+        "modality": modality,
+    }
     try:
         where = study_filter(
             name=name,
@@ -211,42 +212,13 @@ def studies(
             date_to=date_to,
             modality=modality,
         )
-        page = listing.page(where, limit=limit, offset=offset)
+        page = svc.study_list.page(where, limit=limit, offset=offset)
     except (FilterError, QueryError) as exc:
-        status = 400
-        error = f'<p class="error">{_e(exc)}</p>'
-    else:
-        statuses = svc.reporting.statuses([s.study_instance_uid for s in page.studies])
-        reporter = may_report(svc.principal)
-        admin = svc.principal.sees_everything
-        rows = "\n".join(
-            _row(s, statuses.get(s.study_instance_uid), linked=reporter, may_delete=admin)
-            for s in page.studies
+        return render(
+            request, "study_list.html", status=400, filters=filters, error=str(exc), listing=None
         )
-        if not page.studies:
-            rows = '<tr><td colspan="9" class="muted">No studies match.</td></tr>'
-        links = []
-        if offset:
-            links.append(_page_link(params, max(0, offset - limit), "&larr; Newer"))
-        if page.studies:
-            first, last = offset + 1, offset + len(page.studies)
-            links.append(f'<span class="muted">studies {first}&ndash;{last}</span>')
-        if page.has_more:
-            links.append(_page_link(params, offset + limit, "Older &rarr;"))
-        paging = " ".join(links)
-    html = _TEMPLATE.substitute(
-        region=_e(svc.region.name),
-        reporting_links=reporting_links(svc.principal),
-        name=_e(name),
-        patient_id=_e(patient_id),
-        date_from=_e(_iso(_dicom_date_or_empty(date_from))),
-        date_to=_e(_iso(_dicom_date_or_empty(date_to))),
-        modality=_e(modality),
-        error=error,
-        rows=rows,
-        paging=paging,
-    )
-    return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
+    listing = _listing(svc, page, params, limit=limit, offset=offset)
+    return render(request, "study_list.html", filters=filters, error="", listing=listing)
 
 
 def _dicom_date_or_empty(value: str) -> str:
