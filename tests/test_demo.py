@@ -22,9 +22,9 @@ from pydicom.filebase import DicomBytesIO
 
 from netpacs import demo
 from netpacs.adapters.hl7 import messages
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import BUNDLED_DEMO_REGION
 from netpacs.domain import nhs_number
-from netpacs.domain.region import load_region
 from netpacs.index.db import make_engine
 from netpacs.index.schema import (
     adt_identity,

@@ -72,10 +72,11 @@ from pydicom.uid import (
 from tqdm import tqdm
 
 from netpacs.app.container import Archive, build_archive
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.domain import nhs_number
 from netpacs.domain.outcomes import Origin, Protocol, StoreOutcome, StoreStatus
-from netpacs.domain.region import AEKind, Region, Site, load_region
+from netpacs.domain.region import AEKind, Region, Site
 from netpacs.index.db import make_engine
 from netpacs.index.schema import study as study_table
 from netpacs.services.ingest import IngestService

@@ -12,11 +12,11 @@ import pydicom
 import pytest
 
 from netpacs.app.container import build_archive
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.app.startup import prepare
 from netpacs.dicom.part10 import build_file_meta, read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol, StoreStatus
-from netpacs.domain.region import load_region
 from netpacs.services.maintenance import (
     PHASE_ORPHANS,
     PHASE_VERIFY,

@@ -1,4 +1,5 @@
-"""The bundled demo region is the region of REGION.md, and bad region files are refused clearly."""
+"""The bundled demo region is the region of REGION.md, and bad region files are refused clearly:
+the message says which entry (table and key) is wrong and why."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import BUNDLED_DEMO_REGION
-from netpacs.domain.region import AEKind, RegionError, ResultsHeader, load_region
+from netpacs.domain.region import (
+    AEKind,
+    Permission,
+    RegionError,
+    ResultsHeader,
+    parse_region,
+    parse_region_toml,
+)
 
 EXPECTED_SITES = {
     "RTP": {"ESH"},
@@ -62,23 +71,36 @@ def test_bundled_region_file_is_shipped_in_the_package() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "defines no trusts"),
-        ("[[trusts]]\nname = 'x'\n", "'ods_code' must be a str"),
+        ("", "the region file defines no trusts"),
+        ("[[trusts]]\nname = 'x'\n", r"^trusts\[0\]: 'ods_code' is missing$"),
+        ("[[trusts]]\nods_code = 7\nname = 'x'\n", r"^trusts\[0\]: 'ods_code' must be text$"),
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.workstations]]\nae_title='A'\nhost='h'\n",
-            "'port' must be a int",
+            r"^trusts\[0\]\.workstations\[0\]: 'port' is missing$",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.workstations]]\nae_title='A'\n"
+            "port='104'\n",
+            r"trusts\[0\]\.workstations\[0\]: 'port' must be a whole number",
         ),
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='S'\nname='s'\n"
-            "modality_aes=['WAY_TOO_LONG_AE_TITLE']\n",
-            "is not 1-16 printable characters",
+            "modality_aes=['CT1', 'WAY_TOO_LONG_AE_TITLE']\n",
+            r"trusts\[0\]\.sites\[0\]: 'modality_aes'\[1\] 'WAY_TOO_LONG_AE_TITLE' is not an AE "
+            "title of 1-16 printable characters",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.workstations]]\nae_title='A'\n"
+            "port=104\npermissions=['store', 'print']\n",
+            r"trusts\[0\]\.workstations\[0\]: 'permissions'\[1\] must be 'store', 'find', 'move' "
+            "or 'get'",
         ),
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='S'\nname='s'\n"
             "modality_aes=['A', 'A']\n",
             "defined twice",
         ),
-        ("not = toml = at all", "cannot read region file"),
+        ("not = toml = at all", "not TOML"),
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
             "receiving_application='CRIS^RIS'\n",
@@ -95,29 +117,78 @@ def test_bundled_region_file_is_shipped_in_the_package() -> None:
             r"trusts\[0\]\.results_mllp: 'tls' must be true or false",
         ),
         (
-            "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
-            "ca_file='ca.pem'\n",
-            "'ca_file' is set but 'tls' is not true",
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=0\n",
+            r"trusts\[0\]\.results_mllp: 'port' must be at least 1",
         ),
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
-            "tls=true\nca_file='nowhere.pem'\n",
-            r"'ca_file' '.*nowhere\.pem' is not a file",
+            "ca_file='ca.pem'\n",
+            r"^trusts\[0\]\.results_mllp: 'ca_file' is set but 'tls' is not true$",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.workstations]]\nae_title='A'\n"
+            "port=104\nmove_destinations=['B']\n",
+            r"A: move_destinations \['B'\] are not AEs of the region",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[reporting]\nclaim_minutes=0\n"
+            "turnaround_hours={urgent=2}\n[[reporting.agreements]]\nreporters=['RTP']\n"
+            "for_trusts=['RTP']\nsubspecialties=['feet']\n",
+            # every mistake at once, each where it is
+            r"^reporting\.agreements\[0\]: 'subspecialties'\[0\] 'feet' is not one of neuro, .*; "
+            r"reporting: 'turnaround_hours' 'urgent' is not one of emergency, .*; "
+            r"reporting: 'claim_minutes' must be at least 1$",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[reporting.agreements]]\nreporters=['*']\n"
+            "for_trusts=['RTP', 'XYZ']\n",
+            r"reporting\.agreements\[0\]: 'for_trusts' names trusts not in the region: \['XYZ'\]",
         ),
     ],
 )
-def test_malformed_region_file_is_refused_with_where_it_is_wrong(
-    tmp_path: Path, text: str, message: str
-) -> None:
-    path = tmp_path / "region.toml"
-    path.write_text(text)
+def test_malformed_region_file_is_refused_with_where_it_is_wrong(text: str, message: str) -> None:
     with pytest.raises(RegionError, match=message):
+        parse_region_toml(text)
+
+
+def test_a_region_file_that_cannot_be_used_is_refused_naming_its_path(tmp_path: Path) -> None:
+    with pytest.raises(RegionError, match=r"cannot read region file .*nowhere\.toml"):
+        load_region(tmp_path / "nowhere.toml")
+    path = tmp_path / "region.toml"
+    path.write_text("[[trusts]]\nname = 'x'\n")
+    with pytest.raises(RegionError, match=rf"^region file {path}: trusts\[0\]: 'ods_code' is"):
+        load_region(path)
+    path.write_text(
+        "[[trusts]]\nods_code='RTP'\nname='x'\n[trusts.results_mllp]\nhost='h'\nport=1\n"
+        "tls=true\nca_file='nowhere.pem'\n"
+    )
+    with pytest.raises(RegionError, match=r"'ca_file' '.*nowhere\.pem' is not a file"):
         load_region(path)
 
 
-def test_missing_region_file_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(RegionError, match=r"nowhere\.toml"):
-        load_region(tmp_path / "nowhere.toml")
+def test_a_region_is_parsed_from_a_mapping_with_each_ae_s_permissions() -> None:
+    region = parse_region(
+        {
+            "name": "mapped",
+            "trusts": [
+                {
+                    "ods_code": "RTP",
+                    "name": "x",
+                    "workstations": [{"ae_title": "WS", "port": 104, "permissions": ["find"]}],
+                }
+            ],
+            "archives": [{"ae_title": "PEER", "trust": "RTP", "move_destinations": ["WS"]}],
+        }
+    )
+    ws, peer = region.ae("WS"), region.ae("PEER")
+    assert ws is not None and peer is not None
+    assert (ws.may(Permission.FIND), ws.may(Permission.STORE)) == (True, False)
+    assert (peer.kind, peer.port, peer.may_move_to("WS"), peer.may_move_to("X")) == (
+        AEKind.ARCHIVE,
+        None,
+        True,
+        False,
+    )
 
 
 def test_a_trusts_results_feed_names_the_msh_values_its_interface_engine_expects(
@@ -161,9 +232,10 @@ def test_an_adt_feed_speaks_for_the_trust_of_its_ods_code_site_code_or_named_fac
     region = load_region(path)
     found = {f: region.trust_of_facility(f) for f in ("RXC", "EDGH", "ESHT_PAS", "RTP", "X")}
     assert found == {"RXC": "RXC", "EDGH": "RXC", "ESHT_PAS": "RXC", "RTP": "RTP", "X": None}
-    path.write_text("[[trusts]]\nods_code='RXC'\nname='x'\nadt_facilities='ESHT_PAS'\n")
     with pytest.raises(RegionError, match=r"trusts\[0\]: 'adt_facilities' must be a list"):
-        load_region(path)
-    path.write_text("regional_adt_facilities=['A^B']\n[[trusts]]\nods_code='RXC'\nname='x'\n")
-    with pytest.raises(RegionError, match="the region file: 'regional_adt_facilities' must be"):
-        load_region(path)
+        parse_region_toml("[[trusts]]\nods_code='RXC'\nname='x'\nadt_facilities='ESHT_PAS'\n")
+    with pytest.raises(
+        RegionError,
+        match=r"the region file: 'regional_adt_facilities'\[0\] 'A\^B' is not an MSH-4 namespace",
+    ):
+        parse_region_toml("regional_adt_facilities=['A^B']\n[[trusts]]\nods_code='RXC'\nname='x'\n")

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from netpacs.domain.region import load_region
+from netpacs.app.region_file import load_region
 from netpacs.services.adt import AdtService, Outcome
 from tests.adapters.test_dimse import find
 from tests.conftest import Netpacs

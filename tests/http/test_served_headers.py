@@ -16,7 +16,7 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 
-from netpacs.domain.region import load_region
+from netpacs.app.region_file import load_region
 from netpacs.index.schema import instance
 from netpacs.services.adt import AdtService, Outcome
 from tests.conftest import Netpacs

@@ -27,6 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from netpacs import __version__
 from netpacs.app.container import Archive, build_archive
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import ConfigFileError, Settings, load_settings
 from netpacs.app.startup import (
     StartupError,
@@ -35,7 +36,7 @@ from netpacs.app.startup import (
     prepare,
 )
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
-from netpacs.domain.region import RegionError, load_region
+from netpacs.domain.region import RegionError
 from netpacs.index.db import make_engine, migrate
 from netpacs.services.ingest import IngestService
 from netpacs.services.maintenance import (
@@ -172,7 +173,6 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
 def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser) -> int:
     import sqlalchemy as sa
 
-    from netpacs.domain.region import load_region
     from netpacs.index.db import make_engine, migrate
     from netpacs.index.schema import user_account
     from netpacs.services.access import Role

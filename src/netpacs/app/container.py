@@ -19,9 +19,10 @@ import sqlalchemy as sa
 from netpacs.adapters.dimse.handlers import DimseServices
 from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings
 from netpacs.app.startup import StartupError
-from netpacs.domain.region import Region, load_region
+from netpacs.domain.region import Region
 from netpacs.index.db import make_engine
 from netpacs.index.writer import IndexWriter
 from netpacs.services.access import NOBODY, AccessRules, BreakGlass

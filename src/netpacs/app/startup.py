@@ -6,8 +6,9 @@ import logging
 
 import sqlalchemy as sa
 
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings
-from netpacs.domain.region import Permission, load_region
+from netpacs.domain.region import Permission
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
 from netpacs.services.accounts import AccountService, load_secret

@@ -1,15 +1,30 @@
 """The region netpacs serves: trusts (by ODS code), their sites and application entities.
 
-Loaded from a TOML region file (see ``netpacs/data/demo_region.toml`` for the format).
+Described by a TOML region file (see ``netpacs/data/demo_region.toml`` for the format),
+which :func:`parse_region_toml` checks entry by entry with pydantic models of the file
+and turns into these values. Reading the file is the composition root's
+(``netpacs.app.region_file``).
 """
 
 from __future__ import annotations
 
 import enum
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 
 class AEKind(enum.Enum):
@@ -195,110 +210,216 @@ class Region:
         return frozenset(t.ods_code for t in self.trusts)
 
 
-def _req(table: dict[str, Any], key: str, where: str, kind: type) -> Any:
-    value = table.get(key)
-    if not isinstance(value, kind):
-        raise RegionError(f"{where}: '{key}' must be a {kind.__name__}")
-    return value
+# -- the region file ---------------------------------------------------------------------
+# Pydantic models of the file as written; _region turns a checked file into a Region. A
+# check that needs the whole file (known trusts and AE titles) is made there.
 
 
-def _ae_title(value: str, where: str) -> str:
+def _ae_title(value: str) -> str:
     if not 0 < len(value) <= 16 or "\\" in value or not value.isprintable():
-        raise RegionError(f"{where}: AE title {value!r} is not 1-16 printable characters")
+        raise ValueError(f"{value!r} is not an AE title of 1-16 printable characters")
     return value
 
 
-def _permissions(table: dict[str, Any], where: str) -> frozenset[Permission]:
-    given = table.get("permissions")
-    if given is None:
-        return frozenset()
-    if not isinstance(given, list):
-        raise RegionError(f"{where}: 'permissions' must be a list of store, find, move, get")
-    try:
-        return frozenset(Permission(str(p)) for p in given)
-    except ValueError:
-        raise RegionError(
-            f"{where}: 'permissions' {given!r}: each one of store, find, move, get"
-        ) from None
+def _namespace_id(value: str) -> str:
+    """An MSH-4 namespace id of an ADT feed."""
+    if not 0 < len(value.strip()) <= 20 or "^" in value:
+        raise ValueError(f"{value!r} is not an MSH-4 namespace id (1-20 characters, no ^)")
+    return value.strip()
 
 
-def _destinations(table: dict[str, Any], where: str) -> tuple[str, ...] | None:
-    given = table.get("move_destinations")
-    if given is None:
-        return None
-    if not isinstance(given, list) or not all(isinstance(d, str) for d in given):
-        raise RegionError(f"{where}: 'move_destinations' must be a list of AE titles")
-    return tuple(_ae_title(d, where) for d in given)
+def _subspecialty(value: str) -> str:
+    if value not in SUBSPECIALTIES:
+        raise ValueError(f"{value!r} is not one of {', '.join(SUBSPECIALTIES)}")
+    return value
 
 
-def parse_region(doc: dict[str, Any], base: Path | None = None) -> Region:
-    """Build a Region from a parsed TOML document, checking every entry.
+AeTitle = Annotated[str, AfterValidator(_ae_title)]
+NamespaceId = Annotated[str, AfterValidator(_namespace_id)]
+Subspecialty = Annotated[str, AfterValidator(_subspecialty)]
+PermissionName = Literal["store", "find", "move", "get"]
+
+
+class _Table(BaseModel):
+    """A table of the region file: values of the TOML types asked for, no conversions."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+
+class _Site(_Table):
+    code: str
+    name: str
+    modality_aes: list[AeTitle] = []
+
+
+class _Workstation(_Table):
+    ae_title: AeTitle
+    site: str | None = None
+    host: str = "127.0.0.1"
+    port: int
+    permissions: list[PermissionName] | None = None
+    move_destinations: list[AeTitle] | None = None
+
+
+class _Archive(_Table):
+    ae_title: AeTitle
+    trust: str
+    host: str = "127.0.0.1"
+    port: int | None = None
+    permissions: list[PermissionName] | None = None
+    move_destinations: list[AeTitle] | None = None
+
+
+class _ResultsMllp(_Table):
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+    tls: bool = False
+    ca_file: str | None = None
+    sending_application: str | None = None
+    sending_facility: str | None = None
+    receiving_application: str | None = None
+    receiving_facility: str | None = None
+
+    @field_validator(*RESULTS_HEADER_KEYS)
+    @classmethod
+    def _msh_name(cls, value: str | None, info: Any) -> str | None:
+        """HL7 HD namespace ids: plain text without the message's separators."""
+        if value is not None and (
+            not 1 <= len(value.strip()) <= 20
+            or any(c in value for c in "|^~\\&")
+            or not value.isprintable()
+        ):
+            raise ValueError(
+                f"({RESULTS_HEADER_KEYS[info.field_name]}) must be 1 to 20 printable "
+                "characters without | ^ ~ \\ &"
+            )
+        return None if value is None else value.strip()
+
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> _ResultsMllp:
+        if self.ca_file is not None and not self.tls:
+            raise PydanticCustomError("region", "'ca_file' is set but 'tls' is not true")
+        return self
+
+
+class _Trust(_Table):
+    ods_code: str
+    name: str
+    sites: list[_Site] = []
+    workstations: list[_Workstation] = []
+    results_mllp: _ResultsMllp | None = None
+    adt_facilities: list[NamespaceId] = []
+
+
+class _Agreement(_Table):
+    reporters: list[str]  # ODS codes, or ["*"]
+    for_trusts: list[str]
+    subspecialties: list[Subspecialty] | None = None
+
+
+class _Reporter(_Table):
+    username: str
+    subspecialties: list[Subspecialty] = []
+
+
+class _Reporting(_Table):
+    agreements: list[_Agreement] = []
+    turnaround_hours: dict[str, Annotated[int, Field(ge=1)]] = {}
+    claim_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 30
+    reporters: list[_Reporter] = []
+
+    @field_validator("turnaround_hours")
+    @classmethod
+    def _priorities(cls, value: dict[str, int]) -> dict[str, int]:
+        for key in value:
+            if key not in DEFAULT_TURNAROUND_HOURS:
+                raise ValueError(f"{key!r} is not one of {', '.join(DEFAULT_TURNAROUND_HOURS)}")
+        return value
+
+
+class _RegionFile(_Table):
+    name: str = "region"
+    trusts: list[_Trust] = []
+    archives: list[_Archive] = []
+    reporting: _Reporting = _Reporting()
+    regional_adt_facilities: list[NamespaceId] = []
+
+
+# What is wrong, by pydantic error type, after "where: 'key'".
+_SAYS = {
+    "missing": "is missing",
+    "string_type": "must be text",
+    "int_type": "must be a whole number",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``trusts[0].results_mllp`` for the error location ('trusts', 0, 'results_mllp')."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text or "the region file"
+
+
+def _message(error: ErrorDetails) -> str:
+    """One error of the region file, saying where it is: a table and a key in it."""
+    loc = error["loc"]
+    if error["type"] == "region":  # a check of a table as a whole
+        return f"{_where(loc)}: {error['msg']}"
+    keys = [i for i, part in enumerate(loc) if isinstance(part, str)]
+    if not keys:
+        return f"the region file: {error['msg']}"
+    at = keys[-1]
+    key = f"'{loc[at]}'" + "".join(f"[{i}]" for i in loc[at + 1 :])
+    ctx = error.get("ctx", {})
+    if error["type"] == "value_error":
+        says = str(ctx.get("error", error["msg"]))
+    elif error["type"] in _SAYS:
+        says = _SAYS[error["type"]].format(**ctx)
+    else:
+        says = error["msg"].replace("Input should be", "must be")
+    return f"{_where(loc[:at])}: {key} {says}"
+
+
+def parse_region(doc: Mapping[str, Any], base: Path | None = None) -> Region:
+    """Check a region file's document (parsed TOML) and build its Region.
 
     ``base`` is the folder relative file names in the document (``ca_file``) are in.
+    Raises :class:`RegionError` saying what is wrong where.
     """
-    trusts: list[Trust] = []
+    try:
+        checked = _RegionFile.model_validate(doc)
+    except ValidationError as exc:
+        raise RegionError("; ".join(_message(e) for e in exc.errors())) from None
+    return _region(checked, base)
+
+
+def parse_region_toml(text: str, base: Path | None = None) -> Region:
+    """:func:`parse_region` for the text of a region file."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RegionError(f"not TOML: {exc}") from None
+    return parse_region(doc, base)
+
+
+def _aes(doc: _RegionFile) -> list[ApplicationEntity]:
     aes: list[ApplicationEntity] = []
-    for i, t in enumerate(doc.get("trusts", [])):
-        where = f"trusts[{i}]"
-        ods = _req(t, "ods_code", where, str)
-        sites = []
-        for j, s in enumerate(t.get("sites", [])):
-            swhere = f"{where}.sites[{j}]"
-            code = _req(s, "code", swhere, str)
-            sites.append(Site(code=code, name=_req(s, "name", swhere, str), trust=ods))
-            for m in s.get("modality_aes", []):
-                aes.append(
-                    ApplicationEntity(
-                        ae_title=_ae_title(m, swhere), trust=ods, kind=AEKind.MODALITY, site=code
-                    )
-                )
-        for j, w in enumerate(t.get("workstations", [])):
-            wwhere = f"{where}.workstations[{j}]"
-            aes.append(
-                ApplicationEntity(
-                    ae_title=_ae_title(_req(w, "ae_title", wwhere, str), wwhere),
-                    trust=ods,
-                    kind=AEKind.WORKSTATION,
-                    site=w.get("site"),
-                    host=w.get("host", "127.0.0.1"),
-                    port=_req(w, "port", wwhere, int),
-                    permissions=_permissions(w, wwhere),
-                    move_destinations=_destinations(w, wwhere),
-                )
-            )
-        results = t.get("results_mllp")
-        endpoint = (
-            _results_endpoint(results, f"{where}.results_mllp", base)
-            if isinstance(results, dict)
-            else None
+    for t in doc.trusts:
+        aes += (
+            ApplicationEntity(title, t.ods_code, AEKind.MODALITY, site=s.code)
+            for s in t.sites
+            for title in s.modality_aes
         )
-        trusts.append(
-            Trust(
-                ods_code=ods,
-                name=_req(t, "name", where, str),
-                sites=tuple(sites),
-                results_endpoint=endpoint,
-                results_header=_results_header(
-                    results if isinstance(results, dict) else {}, f"{where}.results_mllp", ods
-                ),
-                adt_facilities=_adt_facilities(t.get("adt_facilities", []), where),
-            )
-        )
-    for j, a in enumerate(doc.get("archives", [])):
-        awhere = f"archives[{j}]"
-        aes.append(
-            ApplicationEntity(
-                ae_title=_ae_title(_req(a, "ae_title", awhere, str), awhere),
-                trust=_req(a, "trust", awhere, str),
-                kind=AEKind.ARCHIVE,
-                host=a.get("host", "127.0.0.1"),
-                port=a.get("port"),
-                permissions=_permissions(a, awhere),
-                move_destinations=_destinations(a, awhere),
-            )
-        )
-    if not trusts:
-        raise RegionError("the region file defines no trusts")
+        aes += (_ae(w, t.ods_code, AEKind.WORKSTATION, site=w.site) for w in t.workstations)
+    aes += (_ae(a, a.trust, AEKind.ARCHIVE) for a in doc.archives)
     known = {ae.ae_title for ae in aes}
     for ae in aes:
         unknown = sorted(set(ae.move_destinations or ()) - known)
@@ -306,133 +427,83 @@ def parse_region(doc: dict[str, Any], base: Path | None = None) -> Region:
             raise RegionError(
                 f"{ae.ae_title}: move_destinations {unknown} are not AEs of the region"
             )
-    reporting = _reporting(doc.get("reporting", {}), {t.ods_code for t in trusts})
-    return Region(
-        name=str(doc.get("name", "region")),
-        trusts=tuple(trusts),
-        aes=tuple(aes),
-        reporting=reporting,
-        regional_adt_facilities=_adt_facilities(
-            doc.get("regional_adt_facilities", []), "the region file", "regional_adt_facilities"
-        ),
+    return aes
+
+
+def _ae(
+    doc: _Workstation | _Archive, trust: str, kind: AEKind, *, site: str | None = None
+) -> ApplicationEntity:
+    return ApplicationEntity(
+        ae_title=doc.ae_title,
+        trust=trust,
+        kind=kind,
+        site=site,
+        host=doc.host,
+        port=doc.port,
+        permissions=frozenset(Permission(p) for p in doc.permissions or ()),
+        move_destinations=None if doc.move_destinations is None else tuple(doc.move_destinations),
     )
 
 
-def _results_endpoint(table: dict[str, Any], where: str, base: Path | None) -> Endpoint:
-    tls = table.get("tls", False)
-    if not isinstance(tls, bool):
-        raise RegionError(f"{where}: 'tls' must be true or false")
-    ca_file: Path | None = None
-    if "ca_file" in table:
-        if not tls:
-            raise RegionError(f"{where}: 'ca_file' is set but 'tls' is not true")
-        name = _req(table, "ca_file", where, str)
-        ca_file = Path(name) if base is None else base / name
-        if not ca_file.is_file():
-            raise RegionError(f"{where}: 'ca_file' {str(ca_file)!r} is not a file")
-    port = _req(table, "port", where, int)
-    if not 0 < port < 65536:
-        raise RegionError(f"{where}: 'port' must be 1-65535")
-    return Endpoint(host=_req(table, "host", where, str), port=port, tls=tls, ca_file=ca_file)
-
-
-def _adt_facilities(value: Any, where: str, key: str = "adt_facilities") -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(v, str) and 0 < len(v.strip()) <= 20 and "^" not in v for v in value
-    ):
-        raise RegionError(
-            f"{where}: '{key}' must be a list of MSH-4 namespace ids (1-20 characters)"
+def _trust(doc: _Trust, base: Path | None) -> Trust:
+    results = doc.results_mllp
+    endpoint = header = None
+    if results is not None:
+        ca_file = None
+        if results.ca_file is not None:
+            ca_file = Path(results.ca_file) if base is None else base / results.ca_file
+        endpoint = Endpoint(results.host, results.port, tls=results.tls, ca_file=ca_file)
+        names = {k: getattr(results, k) for k in RESULTS_HEADER_KEYS}
+        header = ResultsHeader(
+            **{"receiving_facility": doc.ods_code}
+            | {k: v for k, v in names.items() if v is not None}
         )
-    return tuple(v.strip() for v in value)
+    return Trust(
+        ods_code=doc.ods_code,
+        name=doc.name,
+        sites=tuple(Site(code=s.code, name=s.name, trust=doc.ods_code) for s in doc.sites),
+        results_endpoint=endpoint,
+        results_header=header or ResultsHeader(receiving_facility=doc.ods_code),
+        adt_facilities=tuple(doc.adt_facilities),
+    )
 
 
-def _results_header(table: dict[str, Any], where: str, ods: str) -> ResultsHeader:
-    """The MSH names of a trust's results feed: HL7 HD namespace ids, so plain text
-    without the message's separators (| ^ ~ \\ &), 1 to 20 characters."""
-    names: dict[str, str] = {"receiving_facility": ods}
-    for key, field_name in RESULTS_HEADER_KEYS.items():
-        if key not in table:
-            continue
-        value = table[key]
-        if (
-            not isinstance(value, str)
-            or not 1 <= len(value.strip()) <= 20
-            or any(c in value for c in "|^~\\&")
-            or not value.isprintable()
-        ):
-            raise RegionError(
-                f"{where}: '{key}' ({field_name}) must be 1 to 20 printable characters "
-                "without | ^ ~ \\ &"
-            )
-        names[key] = value.strip()
-    return ResultsHeader(**names)
-
-
-def _trust_list(value: Any, where: str, key: str, known: set[str]) -> frozenset[str] | None:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RegionError(f"{where}: '{key}' must be a list of ODS codes (or [\"*\"])")
+def _trust_list(value: list[str], where: str, known: set[str]) -> frozenset[str] | None:
     if "*" in value:
         return None
     unknown = sorted(set(value) - known)
     if unknown:
-        raise RegionError(f"{where}: '{key}' names trusts not in the region: {unknown}")
+        raise RegionError(f"{where} names trusts not in the region: {unknown}")
     return frozenset(value)
 
 
-def _subspecialty_list(value: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(v in SUBSPECIALTIES for v in value):
-        raise RegionError(f"{where}: subspecialties must be a list of {', '.join(SUBSPECIALTIES)}")
-    return tuple(value)
-
-
-def _reporting(table: Any, trusts: set[str]) -> Reporting:
-    if not isinstance(table, dict):
-        raise RegionError("'reporting' must be a table")
-    agreements = []
-    for i, a in enumerate(table.get("agreements", [])):
-        where = f"reporting.agreements[{i}]"
-        subs = a.get("subspecialties")
-        agreements.append(
-            ReportingAgreement(
-                reporters=_trust_list(a.get("reporters"), where, "reporters", trusts),
-                for_trusts=_trust_list(a.get("for_trusts"), where, "for_trusts", trusts),
-                subspecialties=None if subs is None else frozenset(_subspecialty_list(subs, where)),
-            )
+def _reporting(doc: _Reporting, trusts: set[str]) -> Reporting:
+    agreements = tuple(
+        ReportingAgreement(
+            reporters=_trust_list(a.reporters, f"reporting.agreements[{i}]: 'reporters'", trusts),
+            for_trusts=_trust_list(
+                a.for_trusts, f"reporting.agreements[{i}]: 'for_trusts'", trusts
+            ),
+            subspecialties=None if a.subspecialties is None else frozenset(a.subspecialties),
         )
-    hours = dict(DEFAULT_TURNAROUND_HOURS)
-    given = table.get("turnaround_hours", {})
-    if not isinstance(given, dict):
-        raise RegionError("reporting.turnaround_hours must be a table of priority = hours")
-    for key, value in given.items():
-        if key not in DEFAULT_TURNAROUND_HOURS:
-            raise RegionError(
-                f"reporting.turnaround_hours: {key!r} is not one of "
-                f"{', '.join(DEFAULT_TURNAROUND_HOURS)}"
-            )
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise RegionError(f"reporting.turnaround_hours.{key} must be a whole number of hours")
-        hours[key] = value
-    claim = table.get("claim_minutes", 30)
-    if not isinstance(claim, int) or not 1 <= claim <= 24 * 60:
-        raise RegionError("reporting.claim_minutes must be a whole number of minutes, 1-1440")
-    reporters: dict[str, tuple[str, ...]] = {}
-    for j, r in enumerate(table.get("reporters", [])):
-        where = f"reporting.reporters[{j}]"
-        reporters[_req(r, "username", where, str)] = _subspecialty_list(
-            r.get("subspecialties", []), where
-        )
+        for i, a in enumerate(doc.agreements)
+    )
     return Reporting(
-        agreements=tuple(agreements),
-        turnaround_hours=hours,
-        claim_minutes=claim,
-        reporter_subspecialties=reporters,
+        agreements=agreements,
+        turnaround_hours=DEFAULT_TURNAROUND_HOURS | doc.turnaround_hours,
+        claim_minutes=doc.claim_minutes,
+        reporter_subspecialties={r.username: tuple(r.subspecialties) for r in doc.reporters},
     )
 
 
-def load_region(path: Path) -> Region:
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise RegionError(f"cannot read region file {path}: {exc}") from exc
-    return parse_region(doc, path.parent)
+def _region(doc: _RegionFile, base: Path | None) -> Region:
+    if not doc.trusts:
+        raise RegionError("the region file defines no trusts")
+    trusts = tuple(_trust(t, base) for t in doc.trusts)
+    return Region(
+        name=doc.name,
+        trusts=trusts,
+        aes=tuple(_aes(doc)),
+        reporting=_reporting(doc.reporting, {t.ods_code for t in trusts}),
+        regional_adt_facilities=tuple(doc.regional_adt_facilities),
+    )

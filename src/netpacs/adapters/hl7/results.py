@@ -50,8 +50,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings
-from netpacs.domain.region import Endpoint, Region, Trust, load_region
+from netpacs.domain.region import Endpoint, Region, Trust
 from netpacs.index.db import make_engine
 from netpacs.index.schema import result_outbox
 
