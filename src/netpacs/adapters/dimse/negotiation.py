@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom.sop_class import _STORAGE_CLASSES
+from pynetdicom import AllStoragePresentationContexts
 
 from netpacs.adapters.dimse import pdu as p
 from netpacs.domain.outcomes import Origin, Protocol
@@ -31,7 +31,8 @@ QUERY_RETRIEVE = frozenset(
         STUDY_ROOT_GET,
     }
 )
-STORAGE_SOP_CLASSES = frozenset(str(uid) for uid in _STORAGE_CLASSES.values())
+# The SOP classes of the Storage Service Class (PS3.4 B.5) that pynetdicom knows.
+STORAGE_SOP_CLASSES = frozenset(cx.abstract_syntax for cx in AllStoragePresentationContexts)
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
