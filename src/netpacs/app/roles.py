@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
+from netpacs.adapters.dimse import scu
 from netpacs.adapters.dimse import server as dimse_server
 from netpacs.adapters.hl7 import server as hl7_server
 from netpacs.adapters.http import server as http_server
@@ -28,6 +29,7 @@ def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
 
 def run_dimse(settings: Settings, sock: socket.socket, tls_sock: socket.socket | None) -> None:
     """A DIMSE worker: associations on ``sock`` (and DICOM TLS ones on ``tls_sock``)."""
+    scu.send_files_as_stored()
     archive = build_archive(settings)
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dimse")
     try:

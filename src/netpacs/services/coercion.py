@@ -34,8 +34,6 @@ decoded, the file meta group is kept as stored. Retired group length elements
 
 from __future__ import annotations
 
-import io
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,11 +42,9 @@ import orjson
 import sqlalchemy as sa
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 
-from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE, first_str
+from netpacs.dicom.encoding import read_encoded, write_encoded
+from netpacs.dicom.header import first_str
 from netpacs.index.schema import adt_identity, instance, patient, patient_merge, series, study
 from netpacs.services.query import RetrieveItem
 
@@ -274,29 +270,11 @@ def apply_to_dataset(ds: Dataset, coercion: Coercion) -> None:
         ds[number] = DataElement(number, _VR[tag], value)
 
 
-def _encoding(transfer_syntax_uid: str) -> tuple[bool, bool]:
-    """(implicit VR, little endian) of a transfer syntax's data set encoding."""
-    return transfer_syntax_uid == IMPLICIT_VR_LE, transfer_syntax_uid != EXPLICIT_VR_BE
-
-
 def coerce_dataset(data: bytes, transfer_syntax_uid: str, coercion: Coercion) -> bytes:
     """An encoded data set (no file meta) with the coerced elements, in the same syntax."""
-    deflated = transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE
-    if deflated:
-        data = zlib.decompress(data, -zlib.MAX_WBITS)
-    implicit, little = _encoding(transfer_syntax_uid)
-    ds = read_dataset(io.BytesIO(data), implicit, little)
+    ds = read_encoded(data, transfer_syntax_uid)
     apply_to_dataset(ds, coercion)
-    out = DicomBytesIO()
-    out.is_implicit_VR, out.is_little_endian = implicit, little
-    write_dataset(out, ds)
-    encoded = out.getvalue()
-    if deflated:
-        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-        encoded = packer.compress(encoded) + packer.flush()
-        if len(encoded) % 2:  # PS3.5 A.5: the deflated stream is padded to even length
-            encoded += b"\0"
-    return encoded
+    return write_encoded(ds, transfer_syntax_uid)
 
 
 def coerce_part10(

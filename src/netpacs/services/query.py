@@ -195,8 +195,10 @@ _SPECIFIC_CHARACTER_SET = "00080005"
 _INSTANCE_AVAILABILITY = "00080056"
 # Qualifies the times of the query (PS3.4 C.2.2.2.5), it is not matched itself.
 _TIMEZONE_OFFSET = "00080201"
-# Filled in by the adapter that knows them (C-FIND: Retrieve AE Title; QIDO-RS: URL).
+# Filled in by the adapter that knows them (QIDO-RS: the URLs), else empty.
 _ADAPTER_KEYS = frozenset({"00080054", "00081190", "0040E010", "00880130", "00880140"})
+# Retrieve AE Title: where the entity can be retrieved with C-MOVE (PS3.4 C.4.1.1.3.2).
+_RETRIEVE_AE_TITLE = "00080054"
 
 _WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # a backslash is text, not a delimiter
@@ -786,12 +788,16 @@ class QueryService:
         principal: Principal,
         audit: AuditService | None = None,
         rules: AccessRules | None = None,
+        retrieve_ae_title: str = "",
     ) -> None:
+        """``retrieve_ae_title``: this archive's AE title, answered as the Retrieve AE
+        Title of every match; empty: left empty."""
         self._engine = engine
         self._sql = _Sql(engine.dialect.name)
         self._principal = principal
         self._audit = audit
         self._rules = rules or AccessRules()
+        self._retrieve_ae_title = retrieve_ae_title
 
     @property
     def principal(self) -> Principal:
@@ -799,12 +805,13 @@ class QueryService:
 
     def for_principal(self, principal: Principal) -> QueryService:
         """The same index and audit trail, answering for ``principal``."""
-        return QueryService(self._engine, principal=principal, audit=self._audit, rules=self._rules)
-
-    def unaudited(self) -> QueryService:
-        """The same principal and rules, recording no access (for a caller that audits
-        what it does itself, as an export)."""
-        return QueryService(self._engine, principal=self._principal, rules=self._rules)
+        return QueryService(
+            self._engine,
+            principal=principal,
+            audit=self._audit,
+            rules=self._rules,
+            retrieve_ae_title=self._retrieve_ae_title,
+        )
 
     def _visible(self) -> list[sa.ColumnElement[bool]]:
         cond = self._rules.visible_patients(self._principal)
@@ -991,7 +998,7 @@ class QueryService:
             )
         )
 
-    def _accessed(self, study_uid: str, detail: str) -> None:
+    def _accessed(self, study_uid: str, detail: str, event: Event = Event.ACCESS) -> None:
         if self._audit is None:
             return
         with self._engine.connect() as conn:
@@ -1001,7 +1008,7 @@ class QueryService:
                 .where(study.c.study_instance_uid == study_uid)
             ).first()
         patients = {} if found is None else {(found[0], found[1]): found[2]}
-        self._record(Event.ACCESS, patients=patients, studies=[study_uid], detail=detail)
+        self._record(event, patients=patients, studies=[study_uid], detail=detail)
 
     def stored_instances(
         self,
@@ -1012,6 +1019,29 @@ class QueryService:
         with_metadata: bool = False,
     ) -> list[StoredInstance]:
         """The stored instances of a study, a series of it, or one instance of that series."""
+        found = self._stored(study_uid, series_uid, sop_instance_uid, with_metadata)
+        if found:
+            self._accessed(study_uid, f"{len(found)} instances")
+        return found
+
+    def exported_instances(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[StoredInstance]:
+        """As :meth:`stored_instances`, audited as an export (PS3.15 A.5.3.7)."""
+        found = self._stored(study_uid, series_uid, sop_instance_uid, False)
+        if found:
+            where = f" (series {series_uid})" if series_uid else ""
+            detail = f"{len(found)} instances exported as a ZIP of Part 10 files{where}"
+            self._accessed(study_uid, detail, Event.EXPORT)
+        return found
+
+    def _stored(
+        self,
+        study_uid: str,
+        series_uid: str | None,
+        sop_instance_uid: str | None,
+        with_metadata: bool,
+    ) -> list[StoredInstance]:
         inst = instance
         meta = inst.c.metadata_json if with_metadata else sa.literal("", type_=sa.String)
         stmt = (
@@ -1031,10 +1061,7 @@ class QueryService:
             .order_by(*_WADO_ORDER)
         )
         with self._engine.connect() as conn:
-            found = [StoredInstance(*row) for row in conn.execute(stmt)]
-        if found:
-            self._accessed(study_uid, f"{len(found)} instances")
-        return found
+            return [StoredInstance(*row) for row in conn.execute(stmt)]
 
     def scope_exists(self, study_uid: str, series_uid: str | None = None) -> tuple[bool, bool]:
         """Whether the study is stored, and whether the series (if given) is one of its."""
@@ -1118,6 +1145,9 @@ class QueryService:
                     _Output(key.tag, "SQ", label=label, request=key.element, other_ids=True)
                 )
                 needs_meta = True
+            elif key.tag == _RETRIEVE_AE_TITLE and self._retrieve_ae_title:
+                answer = {"vr": "AE", "Value": [self._retrieve_ae_title]}
+                outputs.append(_Output(key.tag, "AE", constant=answer))
             elif key.tag in _ADAPTER_KEYS or (attr and _DEPTH[attr.level] > depth):
                 outputs.append(_Output(key.tag, key.vr, constant={"vr": key.vr}))
             elif attr is None:

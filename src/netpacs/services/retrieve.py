@@ -1,103 +1,185 @@
-"""The retrieve service: which stored objects a retrieve request selects, and their bytes.
+"""The retrieve service: every way an object leaves netpacs goes through here.
 
-C-MOVE, C-GET and WADO-RS call this; access control for retrieval belongs here, once.
-Objects are given as stored; when a client asks for another transfer syntax (or, over
-DIMSE, a peer accepts only an uncompressed one) they are transcoded with pydicom and its
-pixel data plugins. An object whose patient changed
-since it was stored (ADT, :mod:`netpacs.services.coercion`) is given with a coerced
-header when the caller passes its :class:`Coercion`; the stored blob is never changed.
+C-MOVE, C-GET, WADO-RS (and WADO-URI) and the ZIP export select their objects here,
+within what the principal may see and audited (through the query service), and read
+their bytes here. Each selected object comes as a :class:`Served`: where its bytes are
+and the header coercion it needs (its patient changed since it was stored: ADT, a
+merge; :mod:`netpacs.services.coercion`). Every byte-reading method applies that
+coercion, so no path can serve stale patient details; the stored blob is never changed.
+Objects go as stored; when a client asks for another transfer syntax (or a DIMSE peer
+accepts only an uncompressed one) they are transcoded (:mod:`netpacs.services.transcode`).
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import pydicom
-from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.encoders.base import get_encoder
-from pydicom.uid import UID
 
-from netpacs.dicom.header import (
-    DEFLATED_EXPLICIT_VR_LE,
-    EXPLICIT_VR_BE,
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
-)
+from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.dicom.part10 import read_file_meta
 from netpacs.services.access import Principal
-from netpacs.services.coercion import Coercion, apply_to_dataset, coerce_dataset, coerce_part10
+from netpacs.services.coercion import Coercion, CoercionService, coerce_dataset, coerce_part10
 from netpacs.services.query import QueryLevel, QueryModel, QueryService, RetrieveItem
+from netpacs.services.transcode import (
+    UNCOMPRESSED,
+    check_transcodable,
+    reencode_dataset,
+    transcode_part10,
+)
 from netpacs.storage.blobstore import BlobStore
 
 CHUNK_SIZE = 1 << 20
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One selected object: where its bytes are, and how its header is served."""
+
+    item: RetrieveItem
+    coercion: Coercion | None = None  # None: served byte for byte as stored
+    series_instance_uid: str = ""
+
+    @property
+    def sop_class_uid(self) -> str:
+        return self.item.sop_class_uid
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.item.sop_instance_uid
+
+    @property
+    def transfer_syntax_uid(self) -> str:
+        return self.item.transfer_syntax_uid
+
+    @property
+    def blob_size(self) -> int:
+        return self.item.blob_size
+
+    def as_stored(self, transfer_syntax_uid: str) -> bool:
+        """Whether serving it in ``transfer_syntax_uid`` is sending the stored bytes."""
+        return self.coercion is None and transfer_syntax_uid == self.item.transfer_syntax_uid
+
+
 class RetrieveService:
-    def __init__(self, *, query: QueryService, blobs: BlobStore) -> None:
+    def __init__(self, *, query: QueryService, coercion: CoercionService, blobs: BlobStore) -> None:
         self._query = query
+        self._coercion = coercion
         self._blobs = blobs
 
     def for_principal(self, principal: Principal) -> RetrieveService:
         """The same object store, selecting what ``principal`` may retrieve."""
-        return RetrieveService(query=self._query.for_principal(principal), blobs=self._blobs)
+        return RetrieveService(
+            query=self._query.for_principal(principal),
+            coercion=self._coercion,
+            blobs=self._blobs,
+        )
 
+    # -- selection ---------------------------------------------------------------------
     def select(
         self, identifier: dict[str, Any], *, level: QueryLevel, model: QueryModel
-    ) -> list[RetrieveItem]:
-        return self._query.instances_for_retrieve(identifier, level=level, model=model)
+    ) -> list[Served]:
+        """What a C-MOVE or C-GET identifier selects (PS3.4 C.4.2, C.4.3), audited."""
+        items = self._query.instances_for_retrieve(identifier, level=level, model=model)
+        coercions = self._coercion.for_items(items)
+        return [Served(i, coercions.get(i.sop_instance_uid)) for i in items]
 
-    def dataset_bytes(self, item: RetrieveItem, *, coercion: Coercion | None = None) -> bytes:
-        """The stored data set (without file meta), in its stored transfer syntax;
-        with ``coercion``, its header coerced."""
+    def stored(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[Served]:
+        """The instances of a study, a series of it or one instance (WADO-RS), audited
+        as accessed; empty when there are none the principal may see."""
+        found = self._query.stored_instances(study_uid, series_uid, sop_instance_uid)
+        return self._served(found, study_uid, series_uid, sop_instance_uid)
+
+    def export(
+        self, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> list[Served]:
+        """As :meth:`stored`, audited as an export (PS3.15 A.5.3.7), not as an access."""
+        found = self._query.exported_instances(study_uid, series_uid, sop_instance_uid)
+        return self._served(found, study_uid, series_uid, sop_instance_uid)
+
+    def _served(
+        self,
+        found: list[Any],
+        study_uid: str,
+        series_uid: str | None,
+        sop_instance_uid: str | None,
+    ) -> list[Served]:
+        if not found:
+            return []
+        coercions = self._coercion.for_scope(study_uid, series_uid, sop_instance_uid)
+        return [
+            Served(f.item, coercions.get(f.sop_instance_uid), f.series_instance_uid) for f in found
+        ]
+
+    # -- bytes -------------------------------------------------------------------------
+    def dataset_bytes(self, obj: Served) -> bytes:
+        """The data set (without file meta) in its stored transfer syntax, as served."""
+        item = obj.item
         data = self._blobs.get_range(
             item.blob_key, item.dataset_offset, item.blob_size - item.dataset_offset
         )
-        if coercion is None:
+        if obj.coercion is None:
             return data
-        return coerce_dataset(data, item.transfer_syntax_uid, coercion)
+        return coerce_dataset(data, item.transfer_syntax_uid, obj.coercion)
 
-    @contextmanager
-    def as_file(self, item: RetrieveItem, *, coercion: Coercion | None = None) -> Iterator[Path]:
-        """A local Part 10 file holding the object, for senders that read files.
+    def dataset_in(self, obj: Served, transfer_syntax_uid: str) -> bytes:
+        """The data set (without file meta) in ``transfer_syntax_uid`` (a DIMSE peer's
+        accepted syntax): re-encoded between uncompressed syntaxes, else transcoded.
+        Raises :class:`~netpacs.services.transcode.TranscodeError`."""
+        stored = obj.transfer_syntax_uid
+        if transfer_syntax_uid == stored:
+            return self.dataset_bytes(obj)
+        if stored in UNCOMPRESSED and transfer_syntax_uid in UNCOMPRESSED:
+            return reencode_dataset(self.dataset_bytes(obj), stored, transfer_syntax_uid)
+        part10 = self.part10_in(obj, transfer_syntax_uid)
+        return part10[read_file_meta(part10).dataset_offset :]
 
-        With ``coercion`` the file is a temporary copy with the coerced header, removed
-        on exit.
-        """
-        if coercion is not None:
-            fd, name = tempfile.mkstemp(prefix="netpacs-coerced-", suffix=".dcm")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(self.part10(item, coercion=coercion))
-                yield Path(name)
-            finally:
-                os.unlink(name)
+    def part10(self, obj: Served) -> bytes:
+        """The Part 10 file as served (stored preamble and file meta)."""
+        item = obj.item
+        blob = self._blobs.get(item.blob_key)
+        if obj.coercion is None:
+            return blob
+        return coerce_part10(blob, item.dataset_offset, item.transfer_syntax_uid, obj.coercion)
+
+    def part10_in(self, obj: Served, transfer_syntax_uid: str) -> bytes:
+        """The Part 10 file in ``transfer_syntax_uid``: as served when that is the stored
+        syntax, else transcoded. Raises
+        :class:`~netpacs.services.transcode.TranscodeError`."""
+        if transfer_syntax_uid == obj.transfer_syntax_uid:
+            return self.part10(obj)
+        check_transcodable(obj.transfer_syntax_uid, transfer_syntax_uid)
+        blob = self._blobs.get(obj.item.blob_key)
+        return transcode_part10(blob, obj.sop_instance_uid, transfer_syntax_uid, obj.coercion)
+
+    def part10_chunks(self, obj: Served, *, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """The Part 10 file as served, in chunks (read as it goes when served as stored)."""
+        if obj.coercion is not None:
+            yield self.part10(obj)
             return
-        path = self._blobs.local_path(item.blob_key)
-        if path is None:
-            raise NotImplementedError("remote blob stores are read through dataset_bytes")
-        yield path
-
-    # -- WADO-RS ---------------------------------------------------------------------------
-    def part10_chunks(self, item: RetrieveItem, *, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """The stored Part 10 file (preamble, file meta, data set) in chunks, as stored."""
-        with self._blobs.open(item.blob_key) as f:
+        with self._blobs.open(obj.item.blob_key) as f:
             while chunk := f.read(chunk_size):
                 yield chunk
 
-    def part10_framed(self, item: RetrieveItem, head: bytes, tail: bytes) -> bytearray:
-        """``head`` + the stored Part 10 file + ``tail`` in one buffer, read with one copy.
+    def part10_framed(self, obj: Served, head: bytes, tail: bytes) -> bytearray:
+        """``head`` + the Part 10 file as served + ``tail`` in one buffer.
 
         For multipart answers: the part's headers and delimiter go around the file
-        without concatenating (the file is read straight into the buffer).
+        without concatenating (a file served as stored is read straight into the buffer).
         """
+        if obj.coercion is not None:
+            return bytearray(head + self.part10(obj) + tail)
+        item = obj.item
         size = item.blob_size
         buf = bytearray(len(head) + size + len(tail))
         buf[: len(head)] = head
@@ -114,10 +196,25 @@ class RetrieveService:
         buf[len(head) + size :] = tail
         return buf
 
-    def bytes_at(self, item: RetrieveItem, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` of the stored data set (a bulk data value)."""
-        return self._blobs.get_range(item.blob_key, item.dataset_offset + offset, length)
+    @contextmanager
+    def as_file(self, obj: Served) -> Iterator[Path]:
+        """A local Part 10 file holding the object as served, for senders that read
+        files: the stored file itself, or a temporary coerced copy removed on exit."""
+        if obj.coercion is not None:
+            fd, name = tempfile.mkstemp(prefix="netpacs-coerced-", suffix=".dcm")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(self.part10(obj))
+                yield Path(name)
+            finally:
+                os.unlink(name)
+            return
+        path = self._blobs.local_path(obj.item.blob_key)
+        if path is None:
+            raise NotImplementedError("remote blob stores are read through dataset_bytes")
+        yield path
 
+    # -- bulk data (never coerced: patient details are not bulk data) -----------------
     def bulk_value(
         self, item: RetrieveItem, tag: str, offset: int | None, length: int | None
     ) -> bytes | None:
@@ -126,102 +223,14 @@ class RetrieveService:
         stored data set; without them (an object indexed through pydicom) it is read."""
         if offset is not None and length is not None:
             if item.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LE:
-                return self.bytes_at(item, offset, length)
-            data = self.dataset_bytes(item)
+                return self._blobs.get_range(item.blob_key, item.dataset_offset + offset, length)
+            data = self.dataset_bytes(Served(item))
             return zlib.decompress(data, -zlib.MAX_WBITS)[offset : offset + length]
         with self._blobs.open(item.blob_key) as f:
             ds = pydicom.dcmread(f, force=True)
         value = getattr(ds.get(int(tag, 16)), "value", None)
         return value if isinstance(value, bytes) else None
 
-    def part10(self, item: RetrieveItem, *, coercion: Coercion | None = None) -> bytes:
-        """The stored Part 10 file; with ``coercion``, its data set's header coerced."""
-        blob = self._blobs.get(item.blob_key)
-        if coercion is None:
-            return blob
-        return coerce_part10(blob, item.dataset_offset, item.transfer_syntax_uid, coercion)
-
-    def transcoded(
-        self, item: RetrieveItem, transfer_syntax_uid: str, *, coercion: Coercion | None = None
-    ) -> bytes:
-        """The object as a Part 10 file in another transfer syntax (pydicom).
-
-        Compressed pixel data is decoded first (colour as RGB); an object without pixel
-        data asked for in a compressed syntax comes in Explicit VR Little Endian
-        (PS3.18 8.7.3.5.2). Call :func:`check_transcodable` first: this raises
-        :class:`TranscodeError` on what it cannot do. ``coercion``: as for :meth:`part10`.
-        """
-        ds = pydicom.dcmread(io.BytesIO(self._blobs.get(item.blob_key)))
-        if coercion is not None:
-            apply_to_dataset(ds, coercion)
-        target = UID(transfer_syntax_uid)
-        try:
-            has_pixels = "PixelData" in ds
-            if has_pixels and ds.file_meta.TransferSyntaxUID.is_compressed:
-                # The same object in another syntax: pydicom would otherwise give it a
-                # new SOP Instance UID, and the receiver a duplicate of the stored one.
-                ds.decompress(generate_instance_uid=False)
-            if target.is_compressed and has_pixels:
-                ds.compress(target, generate_instance_uid=False)
-            else:
-                if target.is_compressed:
-                    target = UID(EXPLICIT_VR_LE)
-                ds.file_meta.TransferSyntaxUID = target
-            out = io.BytesIO()
-            ds.save_as(
-                out,
-                implicit_vr=target == IMPLICIT_VR_LE,
-                little_endian=True,
-                enforce_file_format=True,
-            )
-        except Exception as exc:  # the pixel plugins raise many types
-            raise TranscodeError(
-                f"{item.sop_instance_uid} cannot be given in {target.name}: {exc}"
-            ) from None
-        return out.getvalue()
-
-    def dataset_in(
-        self, item: RetrieveItem, transfer_syntax_uid: str, *, coercion: Coercion | None = None
-    ) -> bytes:
-        """The data set (without file meta) in ``transfer_syntax_uid``: as stored when it
-        is the stored syntax, else transcoded as :meth:`transcoded` does (for DIMSE
-        peers that accept only another syntax). Raises :class:`TranscodeError`."""
-        if transfer_syntax_uid == item.transfer_syntax_uid:
-            return self.dataset_bytes(item, coercion=coercion)
-        check_transcodable(item.transfer_syntax_uid, transfer_syntax_uid)
-        part10 = self.transcoded(item, transfer_syntax_uid, coercion=coercion)
-        return part10[read_file_meta(part10).dataset_offset :]
-
-
-class TranscodeError(ValueError):
-    """An object cannot be given in the transfer syntax asked for."""
-
-
-@functools.cache
-def can_transcode(stored: str, target: str) -> bool:
-    """Whether objects in ``stored`` can be given in ``target`` here."""
-    try:
-        check_transcodable(stored, target)
-    except TranscodeError:
-        return False
-    return True
-
-
-def check_transcodable(stored: str, target: str) -> None:
-    """Raise TranscodeError unless objects in ``stored`` can be given in ``target``."""
-    if stored == target:
-        return
-    wanted, have = UID(target), UID(stored)
-    if not wanted.is_transfer_syntax or wanted == EXPLICIT_VR_BE:
-        raise TranscodeError(f"netpacs does not write {target} ({wanted.name or 'unknown'})")
-    if have.is_compressed and not _available(get_decoder, have):
-        raise TranscodeError(f"no decoder here for the stored {have.name}")
-    if wanted.is_compressed and not _available(get_encoder, wanted):
-        raise TranscodeError(f"no encoder here for {wanted.name}")
-
-
-def _available(get: Any, uid: UID) -> bool:
-    try:
-        return bool(get(uid).is_available)
-    except NotImplementedError:
-        return False
+    def stored_dataset(self, item: RetrieveItem) -> bytes:
+        """The stored data set's bytes, for rendering pixels (patient details unused)."""
+        return self.dataset_bytes(Served(item))

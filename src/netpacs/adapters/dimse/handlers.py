@@ -41,16 +41,15 @@ from netpacs.adapters.dimse.negotiation import (
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
 from netpacs.domain.region import Permission, Region
 from netpacs.services.access import Principal, principal_for_ae
-from netpacs.services.coercion import Coercion, CoercionService
 from netpacs.services.ingest import IngestService
 from netpacs.services.query import (
     QueryError,
     QueryLevel,
     QueryModel,
     QueryService,
-    RetrieveItem,
 )
-from netpacs.services.retrieve import RetrieveService, can_transcode
+from netpacs.services.retrieve import RetrieveService, Served
+from netpacs.services.transcode import can_transcode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,7 +74,6 @@ class DimseServices:
     ingest: IngestService
     query: QueryService
     retrieve: RetrieveService
-    coercion: CoercionService
     executor: Executor
 
     def for_principal(self, principal: Principal) -> DimseServices:
@@ -298,16 +296,13 @@ class AssociationHandlers:
         return functools.partial(self._encode_identifier, msg)
 
     # -- C-MOVE ------------------------------------------------------------------------
-    async def _select(
-        self, msg: Message, rsp: int
-    ) -> tuple[list[RetrieveItem], dict[str, Coercion]] | None:
-        """The objects to send, and the coercion of those whose patient changed (ADT)."""
+    async def _select(self, msg: Message, rsp: int) -> list[Served] | None:
+        """The objects to send, as the retrieve service serves them."""
         try:
             ident, level, model = self._identifier(msg)
             if level is QueryLevel.PATIENT and model is QueryModel.STUDY_ROOT:
                 raise QueryError("PATIENT level is not valid in the Study Root model")
-            items = await self._run(self.s.retrieve.select, ident, level=level, model=model)
-            return items, await self._run(self.s.coercion.for_items, items)
+            return await self._run(self.s.retrieve.select, ident, level=level, model=model)
         except QueryError as exc:
             self._reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
         except Exception as exc:
@@ -341,10 +336,9 @@ class AssociationHandlers:
                 else f"{self.assoc.calling_ae} may not send to {dest_title!r} (region file)",
             )
             return
-        selected = await self._select(msg, c.C_MOVE_RSP)
-        if selected is None:
+        items = await self._select(msg, c.C_MOVE_RSP)
+        if items is None:
             return
-        items, coercions = selected
         loop = asyncio.get_running_loop()
         mid = msg.command.message_id
 
@@ -361,7 +355,6 @@ class AssociationHandlers:
                 dest,
                 our_ae_title=self.s.ae_title,
                 items=items,
-                coercions=coercions,
                 retrieve=self.s.retrieve,
                 originator=(self.assoc.calling_ae, mid),
                 progress=progress,
@@ -376,10 +369,9 @@ class AssociationHandlers:
 
     # -- C-GET -------------------------------------------------------------------------
     async def c_get(self, msg: Message) -> None:
-        selected = await self._select(msg, c.C_GET_RSP)
-        if selected is None:
+        items = await self._select(msg, c.C_GET_RSP)
+        if items is None:
             return
-        items, coercions = selected
         mid = msg.command.message_id
         counts = SubOpCounts(remaining=len(items))
         cancelled = False
@@ -390,7 +382,7 @@ class AssociationHandlers:
                 break
             if self.assoc.closed:
                 return
-            result = await self._get_one(item, mid, coercions.get(item.sop_instance_uid))
+            result = await self._get_one(item, mid)
             counts.remaining -= 1
             if result is None:
                 counts.failed += 1
@@ -402,7 +394,7 @@ class AssociationHandlers:
                 self._reply(msg, c.C_GET_RSP, st.PENDING, counts=counts.as_tuple())
         self._final(msg, c.C_GET_RSP, counts, cancelled)
 
-    def _get_context(self, item: RetrieveItem) -> tuple[int, str] | None:
+    def _get_context(self, item: Served) -> tuple[int, str] | None:
         """The accepted context to send ``item`` on: its stored syntax; else another
         uncompressed one (re-encoded); else, for compressed pixel data, Explicit or
         Implicit VR Little Endian (decompressed: the peer accepts nothing else)."""
@@ -423,9 +415,7 @@ class AssociationHandlers:
             return best
         return decompressed if can_transcode(item.transfer_syntax_uid, decompressed[1]) else None
 
-    async def _get_one(
-        self, item: RetrieveItem, originator_id: int, coercion: Coercion | None
-    ) -> bool | None:
+    async def _get_one(self, item: Served, originator_id: int) -> bool | None:
         chosen = self._get_context(item)
         if chosen is None:
             log.warning(
@@ -436,12 +426,7 @@ class AssociationHandlers:
             return None
         ctx_id, ts = chosen
         try:
-            if ts == item.transfer_syntax_uid or item.transfer_syntax_uid in UNCOMPRESSED:
-                data = await self._run(self.s.retrieve.dataset_bytes, item, coercion=coercion)
-                if ts != item.transfer_syntax_uid:
-                    data = await self._run(_transcode, data, item.transfer_syntax_uid, ts)
-            else:  # compressed, and the requestor takes only uncompressed
-                data = await self._run(self.s.retrieve.dataset_in, item, ts, coercion=coercion)
+            data = await self._run(self.s.retrieve.dataset_in, item, ts)
         except Exception as exc:
             log.warning("C-GET: cannot read %s: %s", item.sop_instance_uid, exc)
             return None
@@ -483,13 +468,4 @@ def _take(
         out.append(encoder(result))
         if len(out) >= n:
             break
-    return out
-
-
-def _transcode(data: bytes, from_ts: str, to_ts: str) -> bytes:
-    """Re-encode an uncompressed data set in another uncompressed transfer syntax."""
-    ds = decode(io.BytesIO(data), *_encoding(from_ts))
-    out = encode(ds, *_encoding(to_ts))
-    if out is None:
-        raise ValueError(f"cannot re-encode from {from_ts} to {to_ts}")
     return out

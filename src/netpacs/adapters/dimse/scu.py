@@ -7,7 +7,7 @@ object is proposed as stored and, in a second presentation context, uncompressed
 destination that accepts only the second gets it decompressed (losslessly, by the
 retrieve service), as most workstations that take no compression expect. Objects with a
 coercion (their patient changed, :mod:`netpacs.services.coercion`) are sent from a
-temporary coerced copy.
+temporary coerced copy the retrieve service makes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom import dcmread
@@ -29,9 +29,8 @@ from netpacs.adapters.dimse.negotiation import (
     UNCOMPRESSED,
 )
 from netpacs.domain.region import ApplicationEntity
-from netpacs.services.coercion import Coercion
-from netpacs.services.query import RetrieveItem
-from netpacs.services.retrieve import RetrieveService, can_transcode
+from netpacs.services.retrieve import RetrieveService, Served
+from netpacs.services.transcode import can_transcode
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class SubOpCounts:
         return self.remaining, self.completed, self.failed, self.warning
 
 
-def _contexts(items: list[RetrieveItem]) -> list[tuple[str, list[str]]]:
+def _contexts(items: list[Served]) -> list[tuple[str, list[str]]]:
     """Presentation contexts to propose: per SOP class, one with the stored uncompressed
     syntaxes (and both little endian ones), one per stored compressed syntax, and one
     uncompressed fallback for compressed objects that can be decompressed here."""
@@ -73,12 +72,22 @@ def _contexts(items: list[RetrieveItem]) -> list[tuple[str, list[str]]]:
     return out[:_MAX_CONTEXTS]
 
 
+def send_files_as_stored() -> None:
+    """Have pynetdicom send a C-STORE of a file as its bytes are, in chunks, never decoded.
+
+    ``STORE_SEND_CHUNKED_DATASET`` is a setting of the whole process in pynetdicom, not
+    of an AE or an association: the composition root sets it once, when a DIMSE worker
+    starts. Without it, sub-operations still succeed, but each file is decoded and
+    encoded again on the way out.
+    """
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
 def send_to(
     destination: ApplicationEntity,
     *,
     our_ae_title: str,
-    items: list[RetrieveItem],
-    coercions: Mapping[str, Coercion],
+    items: list[Served],
     retrieve: RetrieveService,
     originator: tuple[str, int],
     progress: Callable[[SubOpCounts], None],
@@ -89,7 +98,6 @@ def send_to(
     assert counts.failed_uids is not None
     if not items:  # nothing matched (or nothing the caller may see): no association
         return counts
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send files as stored, never decoded
     ae = AE(ae_title=our_ae_title)
     ae.acse_timeout = 30
     ae.dimse_timeout = 60
@@ -109,8 +117,7 @@ def send_to(
         for item in items:
             if cancelled() or not assoc.is_established:
                 break
-            coercion = coercions.get(item.sop_instance_uid)
-            ok = _send_one(assoc, item, retrieve, originator, coercion)
+            ok = _send_one(assoc, item, retrieve, originator)
             counts.remaining -= 1
             if ok is None:
                 counts.failed += 1
@@ -128,10 +135,9 @@ def send_to(
 
 def _send_one(
     assoc: object,
-    item: RetrieveItem,
+    item: Served,
     retrieve: RetrieveService,
     originator: tuple[str, int],
-    coercion: Coercion | None,
 ) -> bool | None:
     """True on success, False on a warning status, None on failure."""
     accepted = [
@@ -153,12 +159,12 @@ def _send_one(
                     item.sop_instance_uid,
                 )
                 return None
-            payload = dcmread(io.BytesIO(retrieve.transcoded(item, target, coercion=coercion)))
+            payload = dcmread(io.BytesIO(retrieve.part10_in(item, target)))
             status = assoc.send_c_store(  # type: ignore[attr-defined]
                 payload, originator_aet=originator[0], originator_id=originator[1]
             )
         else:
-            with retrieve.as_file(item, coercion=coercion) as path:
+            with retrieve.as_file(item) as path:
                 # As stored; else pynetdicom converts between uncompressed syntaxes.
                 as_stored = item.transfer_syntax_uid in taken
                 status = assoc.send_c_store(  # type: ignore[attr-defined]

@@ -25,6 +25,8 @@ from netpacs.adapters.http import (
     stow,
     viewer,
     wado,
+    wado_frames,
+    wado_uri,
 )
 from netpacs.adapters.http.deps import HttpServices
 from netpacs.adapters.http.pages import reporting_pages
@@ -62,6 +64,8 @@ def create_app(services: HttpServices) -> FastAPI:
         stow,
         qido,
         wado,
+        wado_frames,
+        wado_uri,
         rendered,
         fhir,
         reconciliation,

@@ -306,10 +306,10 @@ def _render(
     items = svc.retrieve.select(identifier, level=QueryLevel.IMAGE, model=QueryModel.STUDY_ROOT)
     if not items:
         raise HttpError(404, f"instance {image.sop_instance_uid} is no longer stored")
-    item = items[0]
+    item = items[0].item
     number = frame or 1
     try:
-        data = svc.retrieve.dataset_bytes(item)
+        data = svc.retrieve.stored_dataset(item)
         body = render_stored(data, item.transfer_syntax_uid, frame=number, options=options)
     except BlobNotFound:
         raise HttpError(404, "the object's stored file is missing") from None
