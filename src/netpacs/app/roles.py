@@ -20,7 +20,6 @@ from netpacs.app.tls import dimse_tls_context
 
 def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
     return dimse_server.DimseConfig(
-        reject_unknown_calling_ae=settings.reject_unknown_calling_ae,
         idle_timeout=settings.dimse_timeout,
         max_pdu_length=settings.max_pdu_length,
         tls=dimse_tls_context(settings),

@@ -71,6 +71,8 @@ class StoreOutcome:
     sop_class_uid: str | None = None
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
+    patient_id: str | None = None
+    issuer: str | None = None  # of the patient ID: the object's, else its sender's trust
 
 
 class DuplicatePolicy(enum.Enum):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from netpacs.domain.region import AEKind, ApplicationEntity, ReportingAgreement
+from netpacs.domain.region import AEKind, ApplicationEntity, Permission, ReportingAgreement
 from netpacs.index.schema import break_glass, patient, study, worklist_item
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
 
@@ -53,35 +53,42 @@ CLINICAL = frozenset({Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN})
 
 
 class Capability(enum.Enum):
-    SEE_IMAGING = "see imaging"  # query, retrieve, view
+    SEE_IMAGING = "see imaging"  # the care relationship applies: query, retrieve, view
+    QUERY = "query"  # C-FIND, QIDO-RS, FHIR searches, the study list
+    RETRIEVE = "retrieve"  # C-GET, WADO-RS, the viewer, a ZIP export
+    SEND = "send to another AE"  # C-MOVE
     STORE = "store"
     BREAK_GLASS = "break glass"
     RECONCILE = "reconcile patient identities"
     READ_AUDIT = "read the audit trail"
     REPORT = "report studies"
+    DELETE = "delete studies"
 
 
+_IMAGING = frozenset({Capability.SEE_IMAGING, Capability.QUERY, Capability.RETRIEVE})
 _CAPABILITIES: dict[Role, frozenset[Capability]] = {
-    Role.RADIOLOGIST: frozenset(
-        {Capability.SEE_IMAGING, Capability.STORE, Capability.BREAK_GLASS, Capability.REPORT}
-    ),
-    Role.RADIOGRAPHER: frozenset(
-        {Capability.SEE_IMAGING, Capability.STORE, Capability.BREAK_GLASS}
-    ),
-    Role.CLINICIAN: frozenset({Capability.SEE_IMAGING, Capability.BREAK_GLASS}),
-    Role.ADMIN: frozenset(
-        {
-            Capability.SEE_IMAGING,
-            Capability.STORE,
-            Capability.RECONCILE,
-            Capability.READ_AUDIT,
-            Capability.REPORT,
-        }
-    ),
+    Role.RADIOLOGIST: _IMAGING | {Capability.STORE, Capability.BREAK_GLASS, Capability.REPORT},
+    Role.RADIOGRAPHER: _IMAGING | {Capability.STORE, Capability.BREAK_GLASS},
+    Role.CLINICIAN: _IMAGING | {Capability.BREAK_GLASS},
+    Role.ADMIN: _IMAGING
+    | {
+        Capability.STORE,
+        Capability.RECONCILE,
+        Capability.READ_AUDIT,
+        Capability.REPORT,
+        Capability.DELETE,
+    },
     Role.AUDITOR: frozenset({Capability.READ_AUDIT}),
-    Role.APPLICATION: frozenset({Capability.SEE_IMAGING, Capability.STORE}),
-    Role.ARCHIVE: frozenset({Capability.SEE_IMAGING, Capability.STORE}),
+    Role.APPLICATION: _IMAGING | {Capability.STORE, Capability.SEND},
+    Role.ARCHIVE: _IMAGING | {Capability.STORE, Capability.SEND},
     Role.SYSTEM: frozenset(Capability),
+}
+# What each DICOM permission of the region file lets an AE do.
+_PERMITS: dict[Permission, Capability] = {
+    Permission.STORE: Capability.STORE,
+    Permission.FIND: Capability.QUERY,
+    Permission.MOVE: Capability.SEND,
+    Permission.GET: Capability.RETRIEVE,
 }
 
 
@@ -97,9 +104,12 @@ class Principal:
     # The region's reporting agreements that assign this radiologist work: the patients
     # of the worklist items they cover are visible (issue 6).
     reports_for: tuple[ReportingAgreement, ...] = ()
+    # None: what the role allows; a DICOM AE: what the region file permits it.
+    capabilities: frozenset[Capability] | None = None
 
     def may(self, capability: Capability) -> bool:
-        return capability in _CAPABILITIES[self.role]
+        allowed = _CAPABILITIES[self.role] if self.capabilities is None else self.capabilities
+        return capability in allowed
 
     @property
     def sees_everything(self) -> bool:
@@ -121,11 +131,17 @@ SYSTEM = Principal("netpacs", Role.SYSTEM)
 
 def principal_for_ae(ae: ApplicationEntity | None, ae_title: str, address: str | None) -> Principal:
     """A calling DICOM AE as a principal: its trust's care relationships (an archive
-    of the region: everything); an AE not in the region file: no patient at all."""
+    of the region: everything) and what the region file permits it; an AE not in the
+    region file (let in only when unknown AEs are accepted): it may store, and sees no
+    patient."""
     if ae is None:
-        return Principal(ae_title or "?", Role.APPLICATION, None, address)
+        unknown = frozenset({Capability.STORE})
+        return Principal(ae_title or "?", Role.APPLICATION, None, address, capabilities=unknown)
     role = Role.ARCHIVE if ae.kind is AEKind.ARCHIVE else Role.APPLICATION
-    return Principal(ae.ae_title, role, ae.trust, address)
+    permitted = frozenset(_PERMITS[p] for p in Permission if ae.may(p))
+    if permitted & {Capability.QUERY, Capability.RETRIEVE, Capability.SEND}:
+        permitted |= {Capability.SEE_IMAGING}
+    return Principal(ae.ae_title, role, ae.trust, address, capabilities=permitted)
 
 
 #: Before sign-in: may see imaging in principle, but of no trust, so of no patient.

@@ -281,6 +281,8 @@ class IngestService:
             sop_class_uid=record.instance["sop_class_uid"],
             study_instance_uid=record.study["study_instance_uid"],
             series_instance_uid=record.series["series_instance_uid"],
+            patient_id=record.patient["patient_id"],
+            issuer=record.patient["issuer"],
         )
 
     def _commit(

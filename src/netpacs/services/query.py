@@ -54,7 +54,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from netpacs.domain import nhs_number
 from netpacs.index.schema import break_glass, instance, patient, series, study
 from netpacs.services.access import CLINICAL, AccessRules, Principal, Role
-from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome, Purpose
+from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 
 JsonDataset = dict[str, Any]
 
@@ -975,28 +975,6 @@ class QueryService:
         if rows:
             self._accessed(study_uid, f"metadata of {len(rows)} instances")
         return rows
-
-    def record_store(self, study_uids: Sequence[str], *, stored: int, refused: int) -> None:
-        """Audit objects the principal stored (one message per request or association)."""
-        if self._audit is None or not (stored or refused):
-            return
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(patient.c.patient_id, patient.c.issuer, patient.c.nhs_number)
-                .select_from(study.join(patient, study.c.patient_fk == patient.c.id))
-                .where(study.c.study_instance_uid.in_(list(study_uids)))
-            ).all()
-        self._audit.record(
-            AuditRecord(
-                event=Event.STORE,
-                actor=self._principal.actor(),
-                outcome=Outcome.SUCCESS if not refused else Outcome.MINOR_FAILURE,
-                purpose=Purpose.TREAT,
-                patients=[(r[0], r[1]) for r in rows],
-                study_uids=list(study_uids),
-                detail=f"{stored} instances stored" + (f", {refused} refused" if refused else ""),
-            )
-        )
 
     def _accessed(self, study_uid: str, detail: str, event: Event = Event.ACCESS) -> None:
         if self._audit is None:

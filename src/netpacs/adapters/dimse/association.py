@@ -21,6 +21,7 @@ from netpacs.adapters.dimse import pdu as p
 from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from netpacs.domain.outcomes import Origin, Protocol
+from netpacs.services.access import Principal
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Association(asyncio.BufferedProtocol):
         self.contexts: dict[int, p.AcceptedContext] = {}
         self.calling_ae = ""
         self.origin = Origin(Protocol.DIMSE)
+        self.principal: Principal | None = None
         self.peer = ""
         self._cmd_frags: list[bytearray] = []
         self._data_frags: list[bytearray] = []
@@ -91,6 +93,7 @@ class Association(asyncio.BufferedProtocol):
         self._last_activity = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._handlers: Any = None
+        self._finishing: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -195,6 +198,8 @@ class Association(asyncio.BufferedProtocol):
         if self._worker is not None:
             self._queue.put_nowait(None)
             self._worker.cancel()
+            # An aborted or dropped association: its stores are audited all the same.
+            self._finishing = asyncio.get_running_loop().create_task(self._handlers.finish())
 
     # -- PDUs --------------------------------------------------------------------------
     def _control_pdu(self, pdu_type: int, body: bytes) -> None:
@@ -214,7 +219,10 @@ class Association(asyncio.BufferedProtocol):
 
     def _associate(self, rq: p.AssociateRequest) -> None:
         assert self.transport is not None
-        decision = self._negotiator.negotiate(rq)
+        address = self.peer.rpartition(":")[0] or None
+        decision = self._negotiator.negotiate(rq, address)
+        if decision.refusal is not None:
+            self._negotiator.record_later(decision.refusal)
         if decision.reject is not None:
             result, source, reason, why = decision.reject
             log.warning(
@@ -227,8 +235,9 @@ class Association(asyncio.BufferedProtocol):
             self.transport.write(p.encode_associate_rj(result, source, reason))
             self._close()
             return
-        assert decision.origin is not None
+        assert decision.origin is not None and decision.principal is not None
         self.origin = decision.origin
+        self.principal = decision.principal
         self.calling_ae = rq.calling_ae_title
         self.peer_max_pdu = rq.max_pdu_length
         self.contexts = {ctx.context_id: ctx for ctx in decision.contexts}
@@ -272,6 +281,7 @@ class Association(asyncio.BufferedProtocol):
         while True:
             msg = await self._queue.get()
             if msg is None:
+                await self._handlers.finish()
                 if not self._closing and self.transport is not None:
                     self.transport.write(p.encode_release_rp())
                     self._close()

@@ -39,9 +39,9 @@ from netpacs.adapters.dimse.negotiation import (
     VERIFICATION,
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
-from netpacs.domain.region import Permission, Region
-from netpacs.services.access import Principal, principal_for_ae
-from netpacs.services.ingest import IngestService
+from netpacs.services.access import Capability, Principal
+from netpacs.services.access_policy import AccessPolicy, Refusal
+from netpacs.services.ingest_batch import StoreService
 from netpacs.services.query import (
     QueryError,
     QueryLevel,
@@ -70,8 +70,8 @@ class DimseServices:
     """What the DIMSE adapter needs from the rest of netpacs (one set per process)."""
 
     ae_title: str
-    region: Region
-    ingest: IngestService
+    access: AccessPolicy
+    stores: StoreService
     query: QueryService
     retrieve: RetrieveService
     executor: Executor
@@ -85,13 +85,12 @@ class DimseServices:
         )
 
 
-# PS3.7 C.5.x general status "Refused: Not Authorized".
-NOT_AUTHORIZED = 0x0124
+# What each request needs the calling AE to be allowed (region file permissions).
 _NEEDS = {
-    c.C_STORE_RQ: Permission.STORE,
-    c.C_FIND_RQ: Permission.FIND,
-    c.C_MOVE_RQ: Permission.MOVE,
-    c.C_GET_RQ: Permission.GET,
+    c.C_STORE_RQ: Capability.STORE,
+    c.C_FIND_RQ: Capability.QUERY,
+    c.C_MOVE_RQ: Capability.SEND,
+    c.C_GET_RQ: Capability.RETRIEVE,
 }
 
 
@@ -102,13 +101,17 @@ def _encoding(ts: str) -> tuple[bool, bool, bool]:
 
 class AssociationHandlers:
     def __init__(self, services: DimseServices, assoc: Association) -> None:
-        self.ae = services.region.ae(assoc.calling_ae)
-        address = assoc.peer.rpartition(":")[0] or None
-        self.principal = principal_for_ae(self.ae, assoc.calling_ae, address)
+        assert assoc.principal is not None
+        self.principal = assoc.principal
         self.s = services.for_principal(self.principal)
         self.assoc = assoc
         self.busy = False
-        self._stored_studies: set[str] = set()
+        # Every C-STORE of the association, audited per study when it ends.
+        self._stores = services.stores.batch(self.principal, assoc.origin)
+
+    async def finish(self) -> None:
+        """The association ended (released, aborted or dropped): audit its stores."""
+        await self._run(self._stores.close)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -128,26 +131,15 @@ class AssociationHandlers:
         finally:
             self.busy = False
 
-    def _allowed(self, field: int) -> bool:
-        needed = _NEEDS.get(field)
-        if needed is None:
-            return True
-        # An AE not in the region file is let in only with reject_unknown_calling_ae off:
-        # it may store (the objects are kept without a trust), and sees nothing.
-        return self.ae.may(needed) if self.ae is not None else needed is Permission.STORE
-
     async def _handle(self, msg: Message) -> None:
         field = msg.command.field
         ctx = self.assoc.contexts[msg.context_id]
-        if not self._allowed(field):
-            needed = _NEEDS[field].value
-            self._reply(
-                msg,
-                field | 0x8000,
-                NOT_AUTHORIZED,
-                comment=f"{self.assoc.calling_ae} may not {needed} (region file permissions)",
-            )
-            return
+        needed = _NEEDS.get(field)
+        if needed is not None:
+            refusal = await self._run(self.s.access.check, self.principal, needed)
+            if refusal is not None:
+                self._reply(msg, field | 0x8000, st.NOT_AUTHORIZED, comment=refusal.message)
+                return
         if field == c.C_STORE_RQ and ctx.abstract_syntax in STORAGE_SOP_CLASSES:
             await self.c_store(msg)
         elif field == c.C_ECHO_RQ and ctx.abstract_syntax == VERIFICATION:
@@ -208,19 +200,13 @@ class AssociationHandlers:
             return
         assert msg.data is not None
         outcome = await self._run(
-            self.s.ingest.store_dataset,
+            self._stores.store_dataset,
             msg.data,
             transfer_syntax_uid=ctx.transfer_syntax,
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
-            origin=self.assoc.origin,
         )
         status = st.store_status(outcome)
-        study = outcome.study_instance_uid
-        if outcome.status.ok and study and study not in self._stored_studies:
-            # One audit message per study and association, when its first object is kept.
-            self._stored_studies.add(study)
-            await self._run(self.s.query.record_store, [study], stored=1, refused=0)
         self._reply(
             msg,
             c.C_STORE_RSP,
@@ -323,18 +309,10 @@ class AssociationHandlers:
         )
 
     async def c_move(self, msg: Message) -> None:
-        dest_title = msg.command.get_str(c.MOVE_DESTINATION)
-        dest = self.s.region.ae(dest_title)
-        allowed = self.ae is not None and self.ae.may_move_to(dest_title.strip())
-        if dest is None or dest.port is None or not allowed:
-            self._reply(
-                msg,
-                c.C_MOVE_RSP,
-                st.MOVE_DESTINATION_UNKNOWN,
-                comment=f"move destination {dest_title!r} is not a known AE with a port"
-                if dest is None or dest.port is None
-                else f"{self.assoc.calling_ae} may not send to {dest_title!r} (region file)",
-            )
+        dest_title = msg.command.get_str(c.MOVE_DESTINATION).strip()
+        dest = await self._run(self.s.access.move_destination, self.principal, dest_title)
+        if isinstance(dest, Refusal):
+            self._reply(msg, c.C_MOVE_RSP, st.MOVE_DESTINATION_UNKNOWN, comment=dest.message)
             return
         items = await self._select(msg, c.C_MOVE_RSP)
         if items is None:

@@ -5,6 +5,7 @@ PS3.8 9.3.2-9.3.4 and PS3.7 D.3.3.4 (SCP/SCU role selection, needed for C-GET).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from pydicom.uid import AllTransferSyntaxes
@@ -12,7 +13,8 @@ from pynetdicom import AllStoragePresentationContexts
 
 from netpacs.adapters.dimse import pdu as p
 from netpacs.domain.outcomes import Origin, Protocol
-from netpacs.domain.region import Region
+from netpacs.services.access import Principal
+from netpacs.services.access_policy import AccessPolicy, Refusal
 
 VERIFICATION = "1.2.840.10008.1.1"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
@@ -49,18 +51,23 @@ STORAGE_TRANSFER_SYNTAXES = frozenset(str(ts) for ts in AllTransferSyntaxes)
 @dataclass(slots=True)
 class Decision:
     reject: tuple[int, int, int, str] | None = None  # result, source, reason, why
+    refusal: Refusal | None = None  # a calling AE refused by the access policy
     origin: Origin | None = None
+    principal: Principal | None = None  # who the calling AE acts as
     contexts: list[p.AcceptedContext] = field(default_factory=list)
     roles: list[p.RoleSelection] = field(default_factory=list)
 
 
 class Negotiator:
-    def __init__(self, *, region: Region, ae_title: str, reject_unknown_calling_ae: bool) -> None:
-        self._region = region
+    def __init__(self, *, access: AccessPolicy, ae_title: str) -> None:
+        self._access = access
         self._ae_title = ae_title
-        self._reject_unknown = reject_unknown_calling_ae
 
-    def negotiate(self, rq: p.AssociateRequest) -> Decision:
+    def record_later(self, refusal: Refusal) -> None:
+        """Audit a refused caller in a worker thread (negotiation runs on the loop)."""
+        asyncio.get_running_loop().run_in_executor(None, self._access.record, refusal)
+
+    def negotiate(self, rq: p.AssociateRequest, address: str | None) -> Decision:
         if rq.application_context != p.APPLICATION_CONTEXT:
             return Decision(
                 reject=(
@@ -79,23 +86,18 @@ class Negotiator:
                     f"called AE title is not {self._ae_title!r}",
                 )
             )
-        ae = self._region.ae(rq.calling_ae_title)
-        if ae is None and self._reject_unknown:
-            return Decision(
-                reject=(
-                    p.RJ_PERMANENT,
-                    p.RJ_SOURCE_USER,
-                    p.RJ_REASON_CALLING_AE,
-                    "calling AE title is not in the region file",
-                )
-            )
+        caller = self._access.calling_ae(rq.calling_ae_title, address)
+        if isinstance(caller, Refusal):
+            reason = (p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_CALLING_AE, caller.message)
+            return Decision(reject=reason, refusal=caller)
+        ae = caller.ae
         origin = Origin(
             Protocol.DIMSE,
             ae_title=rq.calling_ae_title,
             trust=ae.trust if ae else None,
             site=ae.site if ae else None,
         )
-        decision = Decision(origin=origin)
+        decision = Decision(origin=origin, principal=caller.principal)
         for ctx in rq.contexts:
             decision.contexts.append(self._context(ctx))
         storage_requested = {

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 class DimseConfig:
     """How the DIMSE listener behaves (from the composition root)."""
 
-    reject_unknown_calling_ae: bool
     idle_timeout: float  # seconds of silence before an association is aborted
     max_pdu_length: int
     tls: ssl.SSLContext | None = None  # for the DICOM TLS port
@@ -41,11 +40,7 @@ async def _serve(
     stop: asyncio.Event,
     tls_sock: socket.socket | None = None,
 ) -> None:
-    negotiator = Negotiator(
-        region=services.region,
-        ae_title=services.ae_title,
-        reject_unknown_calling_ae=config.reject_unknown_calling_ae,
-    )
+    negotiator = Negotiator(access=services.access, ae_title=services.ae_title)
 
     def factory() -> Association:
         return Association(

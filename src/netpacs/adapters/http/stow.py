@@ -39,6 +39,7 @@ from netpacs.adapters.http.multipart import MediaType, MultipartError, Multipart
 from netpacs.adapters.http.qido import negotiate_json
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.services.access import Capability
+from netpacs.services.ingest_batch import IngestBatch
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["STOW-RS"])
@@ -133,19 +134,16 @@ class Spool:
         self._memory = bytearray()
 
 
-def _ingest(svc: HttpServices, spool: Spool, study: str | None) -> PartResult:
+def _ingest(batch: IngestBatch, spool: Spool, study: str | None) -> PartResult:
     """Store one spooled part (blocking: runs in a worker thread)."""
-    who = svc.principal
-    origin = Origin(Protocol.DICOMWEB, user=who.user_id, trust=who.trust)
     with spool.view() as view:
-        outcome = svc.ingest.store_part10(view, origin=origin, study_instance_uid=study)
+        outcome = batch.store_part10(view, study_instance_uid=study)
     return PartResult(outcome, outcome.sop_class_uid)
 
 
-def _refused_part(message: str) -> PartResult:
-    return PartResult(
-        StoreOutcome(StoreStatus.INVALID, None, message, InvalidReason.UNPARSABLE), None
-    )
+def _refused_part(batch: IngestBatch, message: str) -> PartResult:
+    outcome = StoreOutcome(StoreStatus.INVALID, None, message, InvalidReason.UNPARSABLE)
+    return PartResult(batch.refused(outcome), None)
 
 
 def _request_media_type(request: Request) -> MediaType:
@@ -171,6 +169,7 @@ def _request_media_type(request: Request) -> MediaType:
 async def _store_parts(
     request: Request,
     svc: HttpServices,
+    batch: IngestBatch,
     reader: MultipartReader,
     study: str | None,
     results: list[PartResult],
@@ -185,16 +184,16 @@ async def _store_parts(
                 pass
             message = f"part {number} is {declared!r}, not {DICOM}"
             log.warning("STOW-RS from %s: %s", request.client, message)
-            results.append(_refused_part(message))
+            results.append(_refused_part(batch, message))
             continue
         spool = Spool(svc.web.spool_dir)
         try:
             async for chunk in reader.content():
                 spool.write(chunk)
             if spool.size == 0:
-                results.append(_refused_part(f"part {number} is empty"))
+                results.append(_refused_part(batch, f"part {number} is empty"))
                 continue
-            results.append(await run_in_threadpool(_ingest, svc, spool, study))
+            results.append(await run_in_threadpool(_ingest, batch, spool, study))
         finally:
             spool.close()
 
@@ -243,12 +242,16 @@ async def _stow(request: Request, study: str | None) -> Response:
     answer_as = negotiate_json(request)
     media = _request_media_type(request)
     svc = services(request)
-    if not svc.principal.may(Capability.STORE):
-        raise HttpError(403, f"a {svc.principal.role.value} may not store objects")
+    who = svc.principal
+    refusal = await run_in_threadpool(svc.access.check, who, Capability.STORE)
+    if refusal is not None:
+        raise HttpError(403, refusal.message)
+    origin = Origin(Protocol.DICOMWEB, user=who.user_id, trust=who.trust)
     results: list[PartResult] = []
+    batch = svc.stores.batch(who, origin)
     try:
         reader = MultipartReader(request.stream(), media.params["boundary"])
-        await _store_parts(request, svc, reader, study, results)
+        await _store_parts(request, svc, batch, reader, study, results)
     except (MultipartError, ClientDisconnect) as exc:
         kept = sum(failure_reason(r.outcome) is None for r in results)
         problem = (
@@ -257,16 +260,10 @@ async def _stow(request: Request, study: str | None) -> Response:
             else "the client went away before the body was complete"
         )
         raise HttpError(400, f"{problem} ({kept} instance(s) before it were stored)") from None
+    finally:
+        await run_in_threadpool(batch.close)
     if not results:
         raise HttpError(400, "the multipart/related body has no parts")
-    stored_studies = {r.outcome.study_instance_uid for r in results if r.outcome.status.ok}
-    refused = sum(1 for r in results if not r.outcome.status.ok)
-    await run_in_threadpool(
-        svc.query.record_store,
-        sorted(u for u in stored_studies if u),
-        stored=len(results) - refused,
-        refused=refused,
-    )
     return _response(results, base_url(request) + DICOMWEB_ROOT, study, answer_as)
 
 
