@@ -97,7 +97,13 @@ def build_archive(settings: Settings) -> Archive:
         ae_title=settings.ae_title,
         duplicate_policy=settings.duplicate_policy,
     )
-    query = QueryService(read_engine, principal=NOBODY, audit=audit, rules=AccessRules())
+    query = QueryService(
+        read_engine,
+        principal=NOBODY,
+        audit=audit,
+        rules=AccessRules(),
+        retrieve_ae_title=settings.ae_title,
+    )
     coercion = CoercionService(read_engine)
     return Archive(
         ae_title=settings.ae_title,
