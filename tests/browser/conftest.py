@@ -1,8 +1,10 @@
 """Fixtures for the viewer and page tests: headless Debian Chromium through Playwright.
 
 These tests run on SQLite only (the HTTP answers they rely on are tested on both
-databases elsewhere) to keep the suite fast; Chromium is closed after each test.
-Playwright never downloads a browser here: it drives /usr/bin/chromium.
+databases elsewhere) to keep the suite fast. One Chromium serves a whole test module
+(each test's pages are closed after it), and so does one netpacs (``module_netpacs``)
+for the tests that do not need an empty archive. Playwright never downloads a browser
+here: it drives /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'index.sqlite'}"
 
 
+@pytest.fixture(scope="module")
+def module_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SQLite only, for ``module_netpacs`` (overrides tests/conftest.py)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'index.sqlite'}"
+
+
 @pytest.fixture
 def viewer_installed() -> Path:
     if not (VIEWER_DIR / "index.html").is_file():
@@ -45,8 +53,9 @@ def viewer_installed() -> Path:
     return VIEWER_DIR
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One headless Chromium for the module."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test-setup` installs Debian's chromium")
     with sync_playwright() as pw:
@@ -57,6 +66,17 @@ def browser() -> Iterator[Browser]:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_pages(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Close the pages a test opened in the module's Chromium: nothing of one test (a
+    worklist refreshing itself, a viewer drawing) runs on into the next."""
+    yield
+    if "browser" in request.fixturenames:
+        browser: Browser = request.getfixturevalue("browser")
+        for context in browser.contexts:
+            context.close()
 
 
 def is_local(url: str) -> bool:

@@ -14,6 +14,12 @@ from tests.http.conftest import StoredSeries, write_and_send_ct
 
 
 @pytest.fixture
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    """One server for the module: each test sends and looks at its own study."""
+    return module_netpacs
+
+
+@pytest.fixture
 def ct_series(netpacs: Netpacs, tmp_path: Path) -> StoredSeries:
     """A 5-slice CT from East Sussex (EDGH_CT1), issuer RXC."""
     return write_and_send_ct(

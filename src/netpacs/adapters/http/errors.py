@@ -9,6 +9,7 @@ pages/render.py); every other client gets ``{"status", "message"}``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from fastapi import FastAPI, Request
@@ -47,9 +48,20 @@ def _answer(
     request: Request, status: int, message: str, headers: dict[str, str] | None = None
 ) -> Response:
     if wants_page(request) and not request.url.path.startswith(_APIS):
+        if not hasattr(request.state, "principal"):
+            _identify(request)
         title = _TITLES.get(status, f"Error {status}")
         return error_page(request, status, title, message, headers=headers)
     return JSONResponse({"status": status, "message": message}, status_code=status, headers=headers)
+
+
+def _identify(request: Request) -> None:
+    """Who is signed in, for the page's header: no route (hence no authentication) ran
+    for a path that does not exist."""
+    from netpacs.adapters.http import auth  # auth builds on this module
+
+    with contextlib.suppress(auth.SignInRequired):
+        auth.authenticate(request)
 
 
 def install(app: FastAPI) -> None:
