@@ -1086,18 +1086,20 @@ def queue_worklist(
     other (their SR is stored; their ORU waits in the outbox for the trust's listener).
     """
     from netpacs.services.access import SYSTEM, Principal, Role
-    from netpacs.services.reporting import Priority, ReportingError, ReportingService
+    from netpacs.services.reporting import (
+        Priority,
+        ReportingError,
+        ReportingScope,
+        ReportsService,
+        WorklistService,
+    )
 
     rng = random.Random(seed * 7919 + 6)
-    audit = archive.audit
-    service = ReportingService(
-        archive.read_engine,
-        archive.write_engine,
-        archive.region,
-        principal=SYSTEM,
-        audit=audit,
-        outputs=archive.report_outputs,
+    scope = ReportingScope(
+        archive.read_engine, archive.write_engine, archive.region, archive.audit, principal=SYSTEM
     )
+    worklist = WorklistService(scope)
+    reports = ReportsService(scope, outputs=archive.report_outputs)
     newest = sorted(demo.studies, key=lambda s: (s.study_date, s.study_time), reverse=True)
     now = dt.datetime.now(dt.UTC)
     weights = {
@@ -1114,14 +1116,14 @@ def queue_worklist(
     for n, (study, arrived) in enumerate(zip(chosen, arrivals, strict=True)):
         priority = rng.choices(list(weights), weights=list(weights.values()))[0]
         try:
-            service.queue(study.study_instance_uid, priority=priority.value, arrived_at=arrived)
+            worklist.queue(study.study_instance_uid, priority=priority.value, arrived_at=arrived)
         except ReportingError:
             continue
         if n >= reported:
             continue
         trust = rng.choice(archive.region.trusts).ods_code
-        reporter = service.for_principal(
-            service.with_agreements(
+        reporter = reports.for_principal(
+            worklist.with_agreements(
                 Principal(
                     f"{trust.lower()}.radiologist",
                     Role.RADIOLOGIST,
@@ -1131,7 +1133,7 @@ def queue_worklist(
             )
         )
         modality = study.modality.value
-        text = service.templates().get(modality, "FINDINGS:\n\n\nCONCLUSION:\n")
+        text = reports.templates().get(modality, "FINDINGS:\n\n\nCONCLUSION:\n")
         text = text.replace("FINDINGS:\n", f"FINDINGS:\n{_FINDINGS[modality]}\n", 1)
         text = text.replace("CONCLUSION:\n", "CONCLUSION:\nNo acute abnormality.\n", 1)
         try:

@@ -26,6 +26,7 @@ from netpacs.domain.region import Region
 from netpacs.index.db import make_engine
 from netpacs.index.writer import IndexWriter
 from netpacs.services.access import NOBODY, AccessRules, BreakGlass
+from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.adt import AdtService
 from netpacs.services.audit import AuditService
@@ -36,11 +37,19 @@ from netpacs.services.frames import FrameReader
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.ingest import IngestService
+from netpacs.services.ingest_batch import StoreService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.query import QueryService
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.report_outputs import ReportOutputs
-from netpacs.services.reporting import ReportingService, WorklistRule
+from netpacs.services.reporting import (
+    ClaimsService,
+    ReportingScope,
+    ReportsService,
+    TurnaroundService,
+    WorklistRule,
+    WorklistService,
+)
 from netpacs.services.retrieve import RetrieveService
 from netpacs.services.studies import StudyListService
 from netpacs.storage.fs import FileSystemBlobStore
@@ -64,6 +73,8 @@ class Archive:
     writer: IndexWriter
     audit: AuditService
     ingest: IngestService
+    stores: StoreService
+    access: AccessPolicy
     query: QueryService
     coercion: CoercionService
     retrieve: RetrieveService
@@ -114,9 +125,13 @@ def build_archive(settings: Settings) -> Archive:
         writer=writer,
         audit=audit,
         ingest=ingest,
+        stores=StoreService(ingest, audit),
+        access=AccessPolicy(
+            region, audit, reject_unknown_calling_ae=settings.reject_unknown_calling_ae
+        ),
         query=query,
         coercion=coercion,
-        retrieve=RetrieveService(query=query, blobs=blobs),
+        retrieve=RetrieveService(query=query, coercion=coercion, blobs=blobs),
         report_outputs=ReportOutputs(
             ingest=ingest, region=region, read_engine=read_engine, ae_title=settings.ae_title
         ),
@@ -130,11 +145,10 @@ def dimse_services(archive: Archive, executor: Executor) -> DimseServices:
     """The DIMSE worker's services (each association answers for its calling AE)."""
     return DimseServices(
         ae_title=archive.ae_title,
-        region=archive.region,
-        ingest=archive.ingest,
+        access=archive.access,
+        stores=archive.stores,
         query=archive.query,
         retrieve=archive.retrieve,
-        coercion=archive.coercion,
         executor=executor,
     )
 
@@ -176,22 +190,21 @@ def oidc_config(settings: Settings) -> OidcConfig | None:
 
 def http_services(archive: Archive, settings: Settings) -> HttpServices:
     """The HTTP worker's services; each request gets a copy scoped to its user."""
-    reporting = ReportingService(
-        archive.read_engine,
-        archive.write_engine,
-        archive.region,
-        principal=NOBODY,
-        audit=archive.audit,
-        outputs=archive.report_outputs,
+    reporting = ReportingScope(
+        archive.read_engine, archive.write_engine, archive.region, archive.audit
     )
     return HttpServices(
         region=archive.region,
         query=archive.query,
         retrieve=archive.retrieve,
-        ingest=archive.ingest,
+        stores=archive.stores,
+        access=archive.access,
         audit=archive.audit,
         accounts=accounts(archive, settings),
-        reporting=reporting,
+        worklist=WorklistService(reporting),
+        claims=ClaimsService(reporting),
+        reports=ReportsService(reporting, outputs=archive.report_outputs),
+        turnaround=TurnaroundService(reporting),
         coercion=archive.coercion,
         metadata=MetadataService(archive.query, archive.coercion),
         frames=FrameReader(archive.blobs),
@@ -210,7 +223,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
         break_glass=BreakGlass(
             archive.write_engine, archive.audit, minutes=settings.break_glass_minutes
         ),
-        audit_trail=AuditTrail(archive.read_engine),
+        audit_trail=AuditTrail(archive.read_engine, archive.access),
         web=WebConfig(
             public_url=settings.public_url.rstrip("/") if settings.public_url else None,
             viewer_dir=settings.effective_viewer_dir,

@@ -564,16 +564,15 @@ def _store_missing_srs(settings: Settings, stop: threading.Event) -> None:
     from netpacs.app.container import build_archive
     from netpacs.services.access import SYSTEM
     from netpacs.services.audit import AuditService
-    from netpacs.services.reporting import ReportingService
+    from netpacs.services.reporting import ReportingScope, ReportsService
 
     archive = build_archive(settings)
     try:
-        service = ReportingService(
-            archive.read_engine,
-            archive.write_engine,
-            archive.region,
-            principal=SYSTEM,
-            audit=AuditService(archive.writer.execute, source_id=settings.ae_title),
+        audit = AuditService(archive.writer.execute, source_id=settings.ae_title)
+        service = ReportsService(
+            ReportingScope(
+                archive.read_engine, archive.write_engine, archive.region, audit, principal=SYSTEM
+            ),
             outputs=archive.report_outputs,
         )
         while not stop.wait(60.0):

@@ -11,6 +11,7 @@ from netpacs.adapters.http.errors import HttpError
 from netpacs.domain.region import Region
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import BreakGlass, Principal
+from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService
 from netpacs.services.audit import AuditService
 from netpacs.services.audit_trail import AuditTrail
@@ -18,11 +19,16 @@ from netpacs.services.coercion import CoercionService
 from netpacs.services.deletion import DeletionService
 from netpacs.services.frames import FrameReader
 from netpacs.services.imaging_study import ImagingStudyService
-from netpacs.services.ingest import IngestService
+from netpacs.services.ingest_batch import StoreService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.query import QueryService
 from netpacs.services.reconciliation import ReconciliationService
-from netpacs.services.reporting import ReportingService
+from netpacs.services.reporting import (
+    ClaimsService,
+    ReportsService,
+    TurnaroundService,
+    WorklistService,
+)
 from netpacs.services.retrieve import RetrieveService
 from netpacs.services.studies import StudyListService
 
@@ -41,10 +47,14 @@ class HttpServices:
     region: Region
     query: QueryService
     retrieve: RetrieveService
-    ingest: IngestService
+    stores: StoreService
+    access: AccessPolicy
     audit: AuditService
     accounts: AccountService
-    reporting: ReportingService
+    worklist: WorklistService
+    claims: ClaimsService
+    reports: ReportsService
+    turnaround: TurnaroundService
     coercion: CoercionService
     metadata: MetadataService
     frames: FrameReader
@@ -61,12 +71,15 @@ class HttpServices:
         return self.query.principal
 
     def for_principal(self, principal: Principal) -> HttpServices:
-        principal = self.reporting.with_agreements(principal)
+        principal = self.worklist.with_agreements(principal)
         return replace(
             self,
             query=self.query.for_principal(principal),
             retrieve=self.retrieve.for_principal(principal),
-            reporting=self.reporting.for_principal(principal),
+            worklist=self.worklist.for_principal(principal),
+            claims=self.claims.for_principal(principal),
+            reports=self.reports.for_principal(principal),
+            turnaround=self.turnaround.for_principal(principal),
             metadata=self.metadata.for_principal(principal),
             imaging_studies=self.imaging_studies.for_principal(principal),
             study_list=self.study_list.for_principal(principal),

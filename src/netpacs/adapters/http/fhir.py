@@ -584,7 +584,7 @@ def read_imaging_study(resource_id: str, request: Request) -> Response:
 def search_diagnostic_report(request: Request) -> Response:
     def produce() -> dict[str, Any]:
         found = _search(request)
-        reports = services(request).reporting.published(found.uids)
+        reports = services(request).reports.published(found.uids)
         reported = [u for u in found.uids if u in reports]
         page = found.service.studies(reported[found.offset : found.offset + found.count])
         base = base_url(request)
@@ -609,7 +609,7 @@ def search_diagnostic_report(request: Request) -> Response:
 def read_diagnostic_report(resource_id: str, request: Request) -> Response:
     def produce() -> dict[str, Any]:
         record = _read(request, "DiagnosticReport", resource_id)
-        rep = services(request).reporting.published([resource_id]).get(resource_id)
+        rep = services(request).reports.published([resource_id]).get(resource_id)
         if rep is None:
             raise FhirError(404, "not-found", f"no DiagnosticReport/{resource_id}")
         return diagnostic_report(record, rep, base_url(request))

@@ -1,0 +1,276 @@
+"""What the reporting services share: the problems they report, the priorities, a
+worklist item as the API shows it, and the scope of one principal (the items and
+patients that are theirs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from netpacs.domain.region import Region, ReportingAgreement
+from netpacs.index.reporting import worklist_rows
+from netpacs.index.schema import report, worklist_item
+from netpacs.services.access import (
+    NOBODY,
+    AccessRules,
+    Capability,
+    Principal,
+    Role,
+    agreement_items,
+)
+from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
+
+
+class Problem(enum.Enum):
+    """Why the reporting rules refuse a request (each adapter maps it to its status)."""
+
+    NOT_FOUND = "not found"  # no such study or report, or not the principal's to see
+    FORBIDDEN = "forbidden"  # the principal's role may not do this
+    CONFLICT = "conflict"  # another reporter holds the item, or the report is final
+    INVALID = "invalid"  # a value of the request is wrong
+
+
+class ReportingError(Exception):
+    """A request the reporting rules refuse, with the words to show the user."""
+
+    def __init__(self, problem: Problem, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.message = message
+
+
+def not_found() -> ReportingError:
+    # The same words whether the study does not exist or the user may not see it.
+    return ReportingError(Problem.NOT_FOUND, "no such study on the worklist")
+
+
+class Priority(enum.Enum):
+    EMERGENCY = "emergency"
+    INPATIENT = "inpatient"
+    CANCER_2WW = "cancer-2ww"
+    OUTPATIENT = "outpatient"
+    GP = "gp"
+
+    @property
+    def rank(self) -> int:
+        return list(Priority).index(self)
+
+    @property
+    def label(self) -> str:
+        return _PRIORITY_LABELS[self]
+
+    @classmethod
+    def parse(cls, value: str) -> Priority:
+        """The priority ``value`` names; INVALID, naming the choices, when none."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ReportingError(
+                Problem.INVALID, f"priority {value!r}: one of {', '.join(p.value for p in cls)}"
+            ) from None
+
+
+_PRIORITY_LABELS = {
+    Priority.EMERGENCY: "Emergency",
+    Priority.INPATIENT: "Inpatient",
+    Priority.CANCER_2WW: "Cancer two-week wait",
+    Priority.OUTPATIENT: "Outpatient",
+    Priority.GP: "GP direct access",
+}
+
+#: Item statuses still to be reported.
+OPEN = ("unreported", "draft", "preliminary")
+#: The worklist item's values when nobody holds it.
+NO_CLAIM: dict[str, None] = dict.fromkeys(
+    ("claimed_by", "claimed_by_name", "claimed_by_trust", "claimed_at", "claim_expires_at")
+)
+
+
+def target(region: Region, priority: Priority) -> dt.timedelta:
+    """The time from arrival to final report the region sets for ``priority``."""
+    return dt.timedelta(hours=region.reporting.turnaround_hours[priority.value])
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return aware(value).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    # SQLite gives naive datetimes back; they were written in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def report_row(conn: sa.Connection, study_uid: str, *, required: bool = False) -> Any:
+    """The study's report row (None when it has none, unless ``required``)."""
+    query = sa.select(report).where(report.c.study_instance_uid == study_uid)
+    return conn.execute(query).one() if required else conn.execute(query).first()
+
+
+def holder(row: sa.Row[Any], now: dt.datetime) -> str | None:
+    """Who holds the item at ``now`` (a lapsed claim is nobody's)."""
+    m = row._mapping
+    if m["claimed_by"] is None or m["claim_expires_at"] is None:
+        return None
+    return str(m["claimed_by"]) if aware(m["claim_expires_at"]) > now else None
+
+
+def held_message(row: sa.Row[Any]) -> str:
+    m = row._mapping
+    since = aware(m["claimed_at"]).strftime("%H:%M") if m["claimed_at"] else "?"
+    who = m["claimed_by_name"] or m["claimed_by"]
+    return f"claimed by {who} ({m['claimed_by']}, {m['claimed_by_trust']}) since {since} UTC"
+
+
+def item_json(row: sa.Row[Any], now: dt.datetime) -> dict[str, Any]:
+    """A worklist row (index.reporting.worklist_rows) as the API shows it at ``now``."""
+    m = row._mapping
+    due = aware(m["due_at"])
+    held = holder(row, now) is not None
+    end = aware(m["reported_at"]) if m["status"] == "final" and m["reported_at"] else now
+    priority = Priority(m["priority"])
+    shown = (
+        "study_instance_uid", "patient_id", "issuer", "patient_name", "nhs_number",
+        "accession_number", "study_date", "requesting_trust", "requesting_site", "modality",
+        "body_part", "study_description", "subspecialty",
+    )  # fmt: skip
+    return {
+        **{key: m[key] for key in shown},
+        "priority": priority.value,
+        "priority_label": priority.label,
+        "status": m["status"],
+        "claimed_by": m["claimed_by"] if held else None,
+        "claimed_by_name": m["claimed_by_name"] if held else None,
+        "claimed_by_trust": m["claimed_by_trust"] if held else None,
+        "claimed_at": iso(m["claimed_at"]) if held else None,
+        "claim_expires_at": iso(m["claim_expires_at"]) if held else None,
+        "arrived_at": iso(m["arrived_at"]),
+        "due_at": iso(due),
+        "reported_at": iso(m["reported_at"]),
+        "reported_by": m["reported_by"],
+        "breached": end > due,
+        "minutes_to_breach": int((due - now).total_seconds() // 60),
+        "second_opinion_requested": m["second_opinion_requested_by"] is not None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ReportingScope:
+    """One principal's view of reporting: the items their agreements assign them, the
+    patients they may see, and where both are kept. Built once per process for
+    :data:`NOBODY`; each request works with a copy for its principal."""
+
+    read_engine: sa.Engine
+    write_engine: sa.Engine
+    region: Region
+    audit: AuditService
+    principal: Principal = NOBODY
+    rules: AccessRules = field(default_factory=AccessRules)
+
+    def for_principal(self, principal: Principal) -> ReportingScope:
+        return dataclasses.replace(self, principal=principal)
+
+    def with_agreements(self, principal: Principal) -> Principal:
+        """The principal with the requesting trusts its reporting agreements cover (whose
+        worklist patients it may then see: services.access)."""
+        if principal.role is not Role.RADIOLOGIST:
+            return principal
+        return dataclasses.replace(
+            principal, reports_for=self.region.reporting.applying(principal.trust)
+        )
+
+    def may_report(self) -> bool:
+        return self.principal.may(Capability.REPORT)
+
+    def require_reporter(self) -> None:
+        if not self.may_report():
+            raise ReportingError(
+                Problem.FORBIDDEN,
+                f"reporting is for radiologists and admins, not a {self.principal.role.value}",
+            )
+
+    def require_admin(self, what: str) -> None:
+        """FORBIDDEN unless a PACS admin (or netpacs itself) asks; ``what`` they may do."""
+        if not self.principal.sees_everything:
+            raise ReportingError(Problem.FORBIDDEN, f"only a PACS admin may {what}")
+
+    def agreements(self) -> tuple[ReportingAgreement, ...] | None:
+        """The agreements that assign the principal work; None: every item (admins)."""
+        p = self.principal
+        if p.sees_everything:
+            return None
+        if p.role is not Role.RADIOLOGIST:
+            return ()
+        return self.region.reporting.applying(p.trust)
+
+    def subspecialties(self) -> tuple[str, ...]:
+        return self.region.reporting.reporter_subspecialties.get(self.principal.user_id, ())
+
+    def visible_patients(self) -> sa.ColumnElement[bool] | None:
+        return self.rules.visible_patients(self.principal)
+
+    def condition(self) -> sa.ColumnElement[bool]:
+        """Items the principal may report (by agreement) and whose patient they may see."""
+        conds: list[sa.ColumnElement[bool]] = []
+        agreements = self.agreements()
+        assigned = agreement_items(agreements) if agreements is not None else None
+        if assigned is not None:
+            conds.append(assigned)
+        visible = self.visible_patients()
+        if visible is not None:
+            conds.append(visible)
+        return sa.and_(sa.true(), *conds)
+
+    def items(self) -> sa.Select[Any]:
+        """The principal's worklist rows."""
+        return worklist_rows().where(self.condition())
+
+    def item(self, study_uid: str) -> dict[str, Any]:
+        """The principal's worklist item of a study; NOT_FOUND when it is not theirs."""
+        with self.read_engine.connect() as conn:
+            row = conn.execute(
+                self.items().where(worklist_item.c.study_instance_uid == study_uid)
+            ).first()
+        if row is None:
+            raise not_found()
+        return item_json(row, dt.datetime.now(dt.UTC))
+
+    def locked_item(self, conn: sa.Connection, study_uid: str) -> sa.Row[Any]:
+        """The principal's worklist row of a study, locked for this transaction."""
+        row = conn.execute(
+            self.items()
+            .where(worklist_item.c.study_instance_uid == study_uid)
+            .with_for_update(of=worklist_item)
+        ).first()
+        if row is None:
+            raise not_found()
+        return row
+
+    def claim_values(self, now: dt.datetime, by: Principal | None = None) -> dict[str, Any]:
+        """The item's values while ``by`` (default: the principal) holds it from ``now``."""
+        p = by or self.principal
+        return {
+            "claimed_by": p.user_id,
+            "claimed_by_name": p.name or p.user_id,
+            "claimed_by_trust": p.trust,
+            "claim_expires_at": now + dt.timedelta(minutes=self.region.reporting.claim_minutes),
+        }
+
+    def audit_event(self, item: sa.Row[Any], what: str) -> None:
+        """Audit what the principal did with a patient's worklist item or report."""
+        self.audit.record(
+            AuditRecord(
+                Event.PATIENT_RECORD,
+                self.principal.actor(),
+                purpose=Purpose.TREAT,
+                patients=[(item.patient_id, item.issuer)],
+                study_uids=[item.study_instance_uid],
+                detail=what,
+            )
+        )
