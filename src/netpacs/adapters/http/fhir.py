@@ -15,7 +15,8 @@
   not a result); status ``preliminary``, ``final``, or ``appended`` once an addendum
   was added; ``presentedForm`` is the whole text (report and addenda) as text/plain,
   ``conclusion`` the Conclusion (or Impression) section; ``imagingStudy`` refers to
-  the ImagingStudy, ``resultsInterpreter`` names the reporter and their trust.
+  the ImagingStudy, ``resultsInterpreter`` is the reporter (by name) and ``performer``
+  their trust (by ODS code and name).
 - ``GET /fhir/metadata``: the CapabilityStatement.
 
 Patient identifier systems (REGION.md: an identifier means nothing without its issuer):
@@ -55,6 +56,7 @@ from fastapi import APIRouter, Request, Response
 
 from netpacs import __version__
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, services
+from netpacs.domain.region import Region
 from netpacs.domain.report import sections
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.imaging_study import (
@@ -71,6 +73,7 @@ FHIR_ROOT = "/fhir"
 FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.0.1"
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 ISSUER_SYSTEM_PREFIX = "urn:netpacs:issuer:"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -276,17 +279,30 @@ def report_text(rep: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def diagnostic_report(record: StudyRecord, rep: dict[str, Any], base: str) -> dict[str, Any]:
+def _organisation(ods_code: str, region: Region) -> dict[str, Any]:
+    trust = region.trust(ods_code)
+    return {
+        "type": "Organization",
+        "identifier": {"system": ODS_SYSTEM, "value": ods_code},
+        "display": trust.name if trust else ods_code,
+    }
+
+
+def diagnostic_report(
+    record: StudyRecord, rep: dict[str, Any], base: str, region: Region
+) -> dict[str, Any]:
     """A study's report (services.reporting) as a FHIR R4 DiagnosticReport."""
     status = rep["status"]
     if status == "final" and rep["addenda"]:
         status = "appended"
     text = report_text(rep)
     issued = rep["signed_at"] or rep["preliminary_at"] or rep["updated_at"]
+    # The reporter's name as it is (a name may already say the trust, as the demo users'
+    # do); their trust is the performer.
     interpreter = {
         "type": "Practitioner",
         "identifier": {"system": "urn:netpacs:user", "value": rep["author"]},
-        "display": f"{rep['author_name'] or rep['author']} ({rep['author_trust']})",
+        "display": rep["author_name"] or rep["author"],
     }
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
@@ -316,6 +332,7 @@ def diagnostic_report(record: StudyRecord, rep: dict[str, Any], base: str) -> di
         "subject": _subject(record),
         "issued": issued,
         "resultsInterpreter": [interpreter],
+        "performer": [_organisation(rep["author_trust"], region)],
         "imagingStudy": [{"reference": f"ImagingStudy/{record.study_instance_uid}"}],
         "presentedForm": [
             {
@@ -587,7 +604,7 @@ def search_diagnostic_report(request: Request) -> Response:
         reports = services(request).reports.published(found.uids)
         reported = [u for u in found.uids if u in reports]
         page = found.service.studies(reported[found.offset : found.offset + found.count])
-        base = base_url(request)
+        base, region = base_url(request), services(request).region
         return _bundle(
             page,
             found.warnings,
@@ -597,7 +614,7 @@ def search_diagnostic_report(request: Request) -> Response:
             offset=found.offset,
             count=found.count,
             resource_type="DiagnosticReport",
-            render=lambda r: diagnostic_report(r, reports[r.study_instance_uid], base),
+            render=lambda r: diagnostic_report(r, reports[r.study_instance_uid], base, region),
         )
 
     return _answer(produce)
@@ -612,7 +629,7 @@ def read_diagnostic_report(resource_id: str, request: Request) -> Response:
         rep = services(request).reports.published([resource_id]).get(resource_id)
         if rep is None:
             raise FhirError(404, "not-found", f"no DiagnosticReport/{resource_id}")
-        return diagnostic_report(record, rep, base_url(request))
+        return diagnostic_report(record, rep, base_url(request), services(request).region)
 
     return _answer(produce)
 
