@@ -221,7 +221,10 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             archive.write_engine, archive.region, source_id=archive.ae_title
         ),
         break_glass=BreakGlass(
-            archive.write_engine, archive.audit, minutes=settings.break_glass_minutes
+            archive.write_engine,
+            archive.audit,
+            archive.access,
+            minutes=settings.break_glass_minutes,
         ),
         audit_trail=AuditTrail(archive.read_engine, archive.access),
         web=WebConfig(

@@ -28,12 +28,16 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from netpacs.domain.region import AEKind, ApplicationEntity, Permission, ReportingAgreement
 from netpacs.index.schema import break_glass, patient, study, worklist_item
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
+
+if TYPE_CHECKING:  # the policy builds on this module's roles and principals
+    from netpacs.services.access_policy import AccessPolicy
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +275,12 @@ class BreakGlass:
 
     MIN_REASON = 10
 
-    def __init__(self, engine: sa.Engine, audit: AuditService, *, minutes: int) -> None:
+    def __init__(
+        self, engine: sa.Engine, audit: AuditService, access: AccessPolicy, *, minutes: int
+    ) -> None:
         self._engine = engine
         self._audit = audit
+        self._access = access
         self._minutes = minutes
 
     @property
@@ -281,8 +288,9 @@ class BreakGlass:
         return self._minutes
 
     def open(self, principal: Principal, patient_id: str, issuer: str, reason: str) -> dt.datetime:
-        if not principal.may(Capability.BREAK_GLASS):
-            raise BreakGlassError(True, f"a {principal.role.value} may not use break-glass")
+        refusal = self._access.check(principal, Capability.BREAK_GLASS)
+        if refusal is not None:
+            raise BreakGlassError(True, refusal.message)
         reason = " ".join(reason.split())
         patient_id = patient_id.strip()
         if not patient_id:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NoReturn
 
 from netpacs.domain.region import ApplicationEntity, Region
 from netpacs.services.access import Capability, Principal, principal_for_ae
@@ -114,11 +115,20 @@ class AccessPolicy:
         if refusal is not None:
             raise AccessDenied(refusal)
 
+    def deny(self, principal: Principal, capability: Capability, message: str) -> NoReturn:
+        """Refuse a principal that has the capability but not for this (another trust's
+        report, say): audited, then :class:`AccessDenied`."""
+        refusal = Refusal(principal, capability, message)
+        self.record(refusal)
+        raise AccessDenied(refusal)
+
     @staticmethod
     def _why(principal: Principal, capability: Capability) -> str:
         if principal.capabilities is not None:  # a DICOM AE
             return f"{principal.user_id} may not {DOING[capability]} (region file permissions)"
-        return f"a {principal.role.value} may not {DOING[capability]}"
+        role = principal.role.value
+        article = "an" if role[0] in "aeiou" else "a"
+        return f"{article} {role} may not {DOING[capability]}"
 
     def record(self, refusal: Refusal) -> None:
         """Audit a refusal: a security alert naming who was refused what, and why."""

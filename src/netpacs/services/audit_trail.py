@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from netpacs.index.schema import audit_event
 from netpacs.services.access import Capability, Principal, Role
+from netpacs.services.access_policy import AccessPolicy
 
 _NAMES = {
     ("110104", None): "objects transferred",
@@ -28,10 +29,6 @@ _NAMES = {
     ("110113", "110127"): "BREAK-GLASS",
     ("110113", "110132"): "security alert",
 }
-
-
-class AuditAccessError(PermissionError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +75,15 @@ def _entry(row: sa.Row[Any]) -> Entry:
 
 
 class AuditTrail:
-    def __init__(self, engine: sa.Engine) -> None:
+    """Raises :class:`~netpacs.services.access_policy.AccessDenied` (audited) for a
+    principal who may not read what it asks for."""
+
+    def __init__(self, engine: sa.Engine, access: AccessPolicy) -> None:
         self._engine = engine
+        self._access = access
 
     def _check(self, principal: Principal) -> None:
-        if not principal.may(Capability.READ_AUDIT):
-            raise AuditAccessError("the audit trail is for auditors and PACS administrators")
+        self._access.require(principal, Capability.READ_AUDIT)
 
     def patient(
         self, principal: Principal, patient_id: str, issuer: str, *, limit: int = 500
@@ -111,7 +111,11 @@ class AuditTrail:
         """What the trust's users (and AEs) did in the last ``days``, newest first."""
         self._check(principal)
         if principal.role is Role.AUDITOR and trust != principal.trust:
-            raise AuditAccessError(f"an auditor of {principal.trust} reports on {principal.trust}")
+            self._access.deny(
+                principal,
+                Capability.READ_AUDIT,
+                f"an auditor of {principal.trust} reports on {principal.trust}",
+            )
         since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
         stmt = sa.select(audit_event).where(
             audit_event.c.trust == trust, audit_event.c.event_time >= since

@@ -41,7 +41,7 @@ from netpacs.index.schema import (
     worklist_item,
 )
 from netpacs.index.writer import bump_epoch
-from netpacs.services.access import Principal
+from netpacs.services.access import Capability, Principal
 from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome, Purpose
 from netpacs.services.query import QueryService
 from netpacs.storage.blobstore import BlobStore
@@ -138,7 +138,7 @@ class DeletionService:
         return self._query.principal
 
     def may_delete(self) -> bool:
-        return self.principal.sees_everything
+        return self.principal.may(Capability.DELETE)
 
     def delete_study(self, study_uid: str, *, reason: str) -> DeletedStudy:
         """Remove the study's index rows (one transaction, audited), then its blobs."""

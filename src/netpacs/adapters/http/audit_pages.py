@@ -13,9 +13,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from netpacs.adapters.http.deps import services
-from netpacs.adapters.http.errors import HttpError
-from netpacs.adapters.http.pages.render import error_page, render
-from netpacs.services.audit_trail import AuditAccessError, AuditTrail
+from netpacs.adapters.http.pages.render import render
+from netpacs.services.audit_trail import AuditTrail
 
 router = APIRouter()
 
@@ -37,15 +36,12 @@ def audit_api(
     alerts: bool = False,
 ) -> JSONResponse:
     principal = services(request).principal
-    try:
-        if patient_id is not None:
-            entries = _trail(request).patient(principal, patient_id, issuer or "")
-        else:
-            entries = _trail(request).trust_report(
-                principal, trust or principal.trust or "", days=days, alerts_only=alerts
-            )
-    except AuditAccessError as exc:
-        raise HttpError(403, str(exc)) from None
+    if patient_id is not None:
+        entries = _trail(request).patient(principal, patient_id, issuer or "")
+    else:
+        entries = _trail(request).trust_report(
+            principal, trust or principal.trust or "", days=days, alerts_only=alerts
+        )
     return JSONResponse({"entries": [asdict(e) for e in entries]})
 
 
@@ -54,12 +50,9 @@ def audit_page(request: Request, patient_id: Text = None, issuer: Text = None) -
     principal = services(request).principal
     trail = _trail(request)
     trust = principal.trust or ""
-    try:
-        alerts = trail.trust_report(principal, trust, days=30, alerts_only=True)
-        report = trail.trust_report(principal, trust, days=7, limit=300)
-        patient = trail.patient(principal, patient_id, issuer or "") if patient_id else None
-    except AuditAccessError as exc:
-        return error_page(request, 403, "Not allowed", str(exc))
+    alerts = trail.trust_report(principal, trust, days=30, alerts_only=True)
+    report = trail.trust_report(principal, trust, days=7, limit=300)
+    patient = trail.patient(principal, patient_id, issuer or "") if patient_id else None
     return render(
         request,
         "audit.html",

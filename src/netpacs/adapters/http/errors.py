@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from netpacs.adapters.http.pages.render import error_page, wants_page
+from netpacs.services.access_policy import AccessDenied
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HttpError)
     async def _http_error(request: Request, exc: HttpError) -> Response:
         return _answer(request, exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(AccessDenied)
+    async def _denied(request: Request, exc: AccessDenied) -> Response:
+        return _answer(request, 403, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _starlette(request: Request, exc: StarletteHTTPException) -> Response:

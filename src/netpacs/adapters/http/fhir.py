@@ -55,10 +55,12 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from netpacs import __version__
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, services
 from netpacs.domain.region import Region
 from netpacs.domain.report import sections
 from netpacs.domain.uids import is_valid_uid
+from netpacs.services.access import Capability
 from netpacs.services.imaging_study import (
     NHS_NUMBER_ISSUERS,
     ImagingStudyService,
@@ -67,7 +69,7 @@ from netpacs.services.imaging_study import (
 )
 from netpacs.services.query import QueryError
 
-router = APIRouter(tags=["FHIR"])
+router = APIRouter(tags=["FHIR"], dependencies=[requires(Capability.QUERY)])
 
 FHIR_ROOT = "/fhir"
 FHIR_JSON = "application/fhir+json"

@@ -19,12 +19,14 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import first_str
+from netpacs.services.access import Capability
 from netpacs.services.query import QueryError, QueryLevel, QueryModel
 
-router = APIRouter(tags=["QIDO-RS"])
+router = APIRouter(tags=["QIDO-RS"], dependencies=[requires(Capability.QUERY)])
 
 DICOM_JSON = "application/dicom+json"
 JSON = "application/json"

@@ -50,9 +50,9 @@ _KINDS = {
 
 
 def _service(request: Request) -> ReconciliationService:
+    """The reconciliation service, for a principal who may reconcile (else 403, audited)."""
     svc = services(request)
-    if not svc.principal.may(Capability.RECONCILE):
-        raise HttpError(403, "reconciling patient identities is for PACS administrators")
+    svc.access.require(svc.principal, Capability.RECONCILE)
     return svc.reconciliation
 
 

@@ -29,9 +29,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import first
+from netpacs.services.access import Capability
 from netpacs.services.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.render import (
     ImageFormat,
@@ -46,7 +48,7 @@ from netpacs.services.render import (
 from netpacs.storage.blobstore import BlobNotFound
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["WADO-RS rendered"])
+router = APIRouter(tags=["WADO-RS rendered"], dependencies=[requires(Capability.RETRIEVE)])
 Services = Annotated[HttpServices, Depends(services)]
 
 THUMBNAIL_SIZE = 128

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import (
     DICOMWEB_ROOT,
     HttpServices,
@@ -42,7 +43,7 @@ from netpacs.services.access import Capability
 from netpacs.services.ingest_batch import IngestBatch
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["STOW-RS"])
+router = APIRouter(tags=["STOW-RS"], dependencies=[requires(Capability.STORE)])
 
 DICOM = "application/dicom"
 # A part larger than this is spooled to a temporary file instead of memory.
@@ -243,9 +244,6 @@ async def _stow(request: Request, study: str | None) -> Response:
     media = _request_media_type(request)
     svc = services(request)
     who = svc.principal
-    refusal = await run_in_threadpool(svc.access.check, who, Capability.STORE)
-    if refusal is not None:
-        raise HttpError(403, refusal.message)
     origin = Origin(Protocol.DICOMWEB, user=who.user_id, trust=who.trust)
     results: list[PartResult] = []
     batch = svc.stores.batch(who, origin)

@@ -31,6 +31,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import (
     DICOMWEB_ROOT,
     HttpServices,
@@ -55,12 +56,13 @@ from netpacs.adapters.http.dicomweb import (
 )
 from netpacs.adapters.http.errors import HttpError
 from netpacs.domain.uids import is_valid_uid
+from netpacs.services.access import Capability
 from netpacs.services.retrieve import Served
 from netpacs.services.transcode import TranscodeError
 from netpacs.storage.blobstore import BlobNotFound
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["WADO-RS"])
+router = APIRouter(tags=["WADO-RS"], dependencies=[requires(Capability.RETRIEVE)])
 
 Services = Annotated[HttpServices, Depends(services)]
 

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.dicomweb import (
     INSTANCE,
@@ -27,6 +28,7 @@ from netpacs.adapters.http.dicomweb import (
     stored_instances,
 )
 from netpacs.adapters.http.errors import HttpError
+from netpacs.services.access import Capability
 from netpacs.services.frames import (
     EXPLICIT_VR_LE,
     FrameError,
@@ -41,7 +43,7 @@ from netpacs.services.metadata import locate_bulk
 from netpacs.services.query import StoredInstance
 from netpacs.storage.blobstore import BlobNotFound
 
-router = APIRouter(tags=["WADO-RS"])
+router = APIRouter(tags=["WADO-RS"], dependencies=[requires(Capability.RETRIEVE)])
 Services = Annotated[HttpServices, Depends(services)]
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, services
 from netpacs.adapters.http.dicomweb import (
     DEFAULT,
@@ -20,6 +21,7 @@ from netpacs.adapters.http.dicomweb import (
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.wado import single_part10
 from netpacs.domain.uids import is_valid_uid
+from netpacs.services.access import Capability
 from netpacs.services.query import StoredInstance
 from netpacs.services.render import (
     ImageFormat,
@@ -30,7 +32,7 @@ from netpacs.services.render import (
     render_stored,
 )
 
-router = APIRouter(tags=["WADO-URI"])
+router = APIRouter(tags=["WADO-URI"], dependencies=[requires(Capability.RETRIEVE)])
 Services = Annotated[HttpServices, Depends(services)]
 
 

@@ -16,8 +16,9 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import HttpServices, services
-from netpacs.adapters.http.pages.render import render
+from netpacs.adapters.http.pages.render import navigation, render
 from netpacs.domain.nhs_number import format_for_people
 from netpacs.services.access import Capability
 from netpacs.services.query import QueryError
@@ -171,11 +172,13 @@ def _listing(
 
 
 @router.get("/")
-def home() -> RedirectResponse:
-    return RedirectResponse("/studies", status_code=307)
+def home(request: Request) -> RedirectResponse:
+    """The first page of the navigation the user may use (an auditor: the audit trail)."""
+    pages = navigation(services(request).principal)
+    return RedirectResponse(pages[0].href if pages else "/studies", status_code=307)
 
 
-@router.get("/studies", response_class=HTMLResponse)
+@router.get("/studies", response_class=HTMLResponse, dependencies=[requires(Capability.QUERY)])
 def studies(
     request: Request,
     svc: Annotated[HttpServices, Depends(services)],
