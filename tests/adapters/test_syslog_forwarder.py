@@ -3,9 +3,10 @@
 rsyslog (Debian ``rsyslog`` with ``rsyslog-gnutls``) runs in the foreground with its own
 configuration, work directory and port, receiving RFC 5425 syslog over TLS with a
 throwaway CA and server certificate made here, and writing every message whole to a file.
-``netpacs serve`` runs as users run it, with NETPACS_AUDIT_SYSLOG set; the tests write
-audit records through the AuditService into the same index, as the interfaces do, and
-read what rsyslog received: the collector down, killed and restarted, none lost.
+The forwarding job runs in this process as the composition root builds it from the
+settings (NETPACS_AUDIT_SYSLOG and its files); the tests write audit records through the
+AuditService into the same index, as the interfaces do, and read what rsyslog received:
+the collector down, killed and restarted, none lost.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import logging
 import signal
 import socket
 import subprocess
@@ -31,8 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lxml import etree
 
-from netpacs.adapters import syslog
+from netpacs.adapters.transports import syslog
+from netpacs.app import jobs
 from netpacs.app.settings import Settings
+from netpacs.domain.outbox import AuditEntry
+from netpacs.domain.region import Region
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import audit_event
 from netpacs.services.audit import (
@@ -44,7 +49,10 @@ from netpacs.services.audit import (
     Outcome,
     Purpose,
 )
-from tests.conftest import Netpacs, free_port, wait_for_port
+from netpacs.services.jobs.audit_forwarding import BACKOFF_FIRST, AuditForwarding, Backoff
+from netpacs.services.jobs.runner import Job, JobRunner
+from tests.conftest import Netpacs, free_port, wait_for_port, wait_until
+from tests.hl7.test_results import running
 
 RSYSLOGD = Path("/usr/sbin/rsyslogd")
 # One line per message: the RFC 5424 header fields, then the whole MSG (control characters
@@ -276,34 +284,6 @@ def rsyslog(collectors: list[Rsyslog], folder: Path, certs: Certs | None) -> Rsy
     return collector
 
 
-# -- netpacs and its audit records -------------------------------------------------------
-
-
-@contextlib.contextmanager
-def netpacs_forwarding(
-    tmp_path: Path, database_url: str, region_file: Path, **env: str
-) -> Iterator[Netpacs]:
-    server = Netpacs(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        region_file=region_file,
-        processes=1,
-        extra_env=env,
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def tls_env(collector: Rsyslog, certs: Certs) -> dict[str, str]:
-    return {
-        "NETPACS_AUDIT_SYSLOG": collector.url,
-        "NETPACS_AUDIT_SYSLOG_CA_FILE": str(certs.ca),
-    }
-
-
 class AuditWriter:
     """Writes audit records into the server's index as the interfaces do."""
 
@@ -383,12 +363,34 @@ def wait_for_markers(
         time.sleep(0.2)
 
 
-def wait_until(condition: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.1)
+# -- netpacs's forwarding job ---------------------------------------------------------------
+
+
+def tls_settings(collector: Rsyslog, certs: Certs) -> Settings:
+    return Settings(audit_syslog=collector.url, audit_syslog_ca_file=certs.ca)
+
+
+@contextlib.contextmanager
+def outbox_jobs(database_url: str, settings: Settings) -> Iterator[list[Job]]:
+    """The outbox jobs the composition root builds from ``settings`` (a region without
+    trusts: no results to send), on engines of their own."""
+    reader, writer = make_engine(database_url), make_engine(database_url, writer=True)
+    try:
+        yield jobs.outbox_jobs(settings, Region("test", (), ()), reader=reader, writer=writer)
+    finally:
+        reader.dispose()
+        writer.dispose()
+
+
+@contextlib.contextmanager
+def forwarding(database_url: str, settings: Settings) -> Iterator[None]:
+    with outbox_jobs(database_url, settings) as built, running(JobRunner(built)):
+        yield
+
+
+def forwarder(built: list[Job]) -> AuditForwarding:
+    (job,) = [job for job in built if isinstance(job, AuditForwarding)]
+    return job
 
 
 # -- behaviour ---------------------------------------------------------------------------
@@ -397,19 +399,18 @@ def wait_until(condition: object, timeout: float = 30.0) -> None:
 def test_records_arrive_over_tls_as_valid_rfc5424_audit_messages(
     tmp_path: Path,
     database_url: str,
-    region_file: Path,
     certs: Certs,
     collectors: list[Rsyslog],
     writer: AuditWriter,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     collector = rsyslog(collectors, tmp_path / "rsyslog", certs).start()
-    with netpacs_forwarding(
-        tmp_path, database_url, region_file, **tls_env(collector, certs)
-    ) as server:
+    with forwarding(database_url, tls_settings(collector, certs)):
         records = writer.write("tls", 25)
         messages = wait_for_markers(collector, "tls", 25)
         wait_until(lambda: writer.unforwarded() == 0)
-        assert f"forwarding audit records to {collector.url}" in server.log()
+    assert f"forwarding audit records to {collector.url}" in caplog.text
     by_detail = dict(zip(details(messages), messages, strict=True))
     for record in records:
         message = by_detail[record.detail]
@@ -428,43 +429,47 @@ def test_records_arrive_over_tls_as_valid_rfc5424_audit_messages(
 def test_records_written_while_the_collector_is_down_all_arrive_when_it_starts(
     tmp_path: Path,
     database_url: str,
-    region_file: Path,
     certs: Certs,
     collectors: list[Rsyslog],
     writer: AuditWriter,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     collector = rsyslog(collectors, tmp_path / "rsyslog", certs)  # not started
-    with netpacs_forwarding(
-        tmp_path, database_url, region_file, **tls_env(collector, certs)
-    ) as server:
+    with outbox_jobs(database_url, tls_settings(collector, certs)) as built:
+        job = forwarder(built)
         writer.write("down", 700)  # more than one batch
-        time.sleep(4)  # attempts at about 0 s, 1 s and 3 s
+        assert [job.step() for _ in range(4)] == [1, 2, 4, 8]  # each attempt backs off
         assert writer.unforwarded() >= 700
-        assert server.log().count("cannot be reached") == 1, server.log()
+        assert caplog.text.count("cannot be reached") == 1, caplog.text  # one per outage
         collector.start()
-        messages = wait_for_markers(collector, "down", 700)
-        wait_until(lambda: writer.unforwarded() == 0)
-        assert "reachable again" in server.log()
-    assert len(messages) >= 700
+        for _ in range(10):
+            if writer.unforwarded() == 0:
+                break
+            job.step()
+        job.close()
+    assert writer.unforwarded() == 0
+    assert "reachable again" in caplog.text
+    assert len(wait_for_markers(collector, "down", 700)) >= 700
 
 
 def test_collector_killed_and_restarted_mid_stream_loses_nothing(
     tmp_path: Path,
     database_url: str,
-    region_file: Path,
     certs: Certs,
     collectors: list[Rsyslog],
     writer: AuditWriter,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     collector = rsyslog(collectors, tmp_path / "rsyslog", certs).start()
-    with netpacs_forwarding(tmp_path, database_url, region_file, **tls_env(collector, certs)):
+    with forwarding(database_url, tls_settings(collector, certs)):
         stream = threading.Thread(target=writer.write, args=("stream", 400), kwargs={"pause": 0.01})
         stream.start()
         wait_until(lambda: len(collector.received()) >= 20)
         collector.kill()
-        time.sleep(1.5)
+        wait_until(lambda: "cannot be reached" in caplog.text)  # it noticed, and waits
         collector.start()
-        time.sleep(1.0)
+        arrived = len(collector.received())
+        wait_until(lambda: len(collector.received()) > arrived)  # forwarding again
         collector.kill()
         collector.start()
         stream.join()
@@ -474,31 +479,26 @@ def test_collector_killed_and_restarted_mid_stream_loses_nothing(
 
 
 def test_plain_tcp_collector_receives_the_records(
-    tmp_path: Path,
-    database_url: str,
-    region_file: Path,
-    collectors: list[Rsyslog],
-    writer: AuditWriter,
+    tmp_path: Path, database_url: str, collectors: list[Rsyslog], writer: AuditWriter
 ) -> None:
     collector = rsyslog(collectors, tmp_path / "rsyslog", None).start()
     assert collector.url.startswith("tcp://")
-    with netpacs_forwarding(
-        tmp_path, database_url, region_file, NETPACS_AUDIT_SYSLOG=collector.url
-    ):
+    with forwarding(database_url, Settings(audit_syslog=collector.url)):
         writer.write("tcp", 30)
         messages = wait_for_markers(collector, "tcp", 30)
     assert {m.msgid for m in messages} == {"IHE+RFC-3881"}
 
 
-def test_without_a_collector_records_stay_in_the_index(tmp_path: Path, region_file: Path) -> None:
+def test_without_a_collector_records_stay_in_the_index(tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'index.sqlite'}"
     writer = AuditWriter(database_url)
     try:
-        with netpacs_forwarding(tmp_path, database_url, region_file) as server:
+        with outbox_jobs(database_url, Settings()) as built:
+            assert not [job for job in built if isinstance(job, AuditForwarding)]
             writer.write("kept", 5)
-            time.sleep(2 * syslog.POLL + 1)
-            assert "forwarding audit records" not in server.log()
-        assert writer.unforwarded() >= 5
+            for job in built:
+                job.step()
+        assert writer.unforwarded() == 5
     finally:
         writer.close()
 
@@ -514,14 +514,33 @@ def test_without_a_collector_records_stay_in_the_index(tmp_path: Path, region_fi
         ("tcp://127.0.0.1:notaport", "not a URL"),
     ],
 )
+def test_a_bad_audit_syslog_setting_is_refused_with_a_message(value: str, says: str) -> None:
+    with pytest.raises(jobs.JobSettingsError) as refused:
+        jobs.audit_collector(Settings(audit_syslog=value))
+    assert "NETPACS_AUDIT_SYSLOG" in str(refused.value) and says in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"NETPACS_AUDIT_SYSLOG": "udp://audit.example:514"}, "scheme must be tls://"),
+        (
+            {
+                "NETPACS_AUDIT_SYSLOG": "tls://localhost:6514",
+                "NETPACS_AUDIT_SYSLOG_CA_FILE": "/nowhere/ca.pem",
+            },
+            "NETPACS_AUDIT_SYSLOG_CA_FILE",
+        ),
+    ],
+)
 def test_a_bad_audit_syslog_setting_stops_serve_with_a_message(
-    tmp_path: Path, region_file: Path, value: str, says: str
+    tmp_path: Path, region_file: Path, env: dict[str, str], says: str
 ) -> None:
     server = Netpacs(
         data_dir=tmp_path / "data",
         database_url=f"sqlite:///{tmp_path / 'index.sqlite'}",
         region_file=region_file,
-        extra_env={"NETPACS_AUDIT_SYSLOG": value},
+        extra_env=env,
     )
     done = server.cli("serve", timeout=60)
     assert done.returncode == 2, done
@@ -529,28 +548,18 @@ def test_a_bad_audit_syslog_setting_stops_serve_with_a_message(
     assert "Traceback" not in done.stderr
 
 
-def test_a_missing_ca_file_stops_serve_with_a_message(tmp_path: Path, region_file: Path) -> None:
-    server = Netpacs(
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'index.sqlite'}",
-        region_file=region_file,
-        extra_env={
-            "NETPACS_AUDIT_SYSLOG": "tls://localhost:6514",
-            "NETPACS_AUDIT_SYSLOG_CA_FILE": str(tmp_path / "nowhere.pem"),
-        },
-    )
-    done = server.cli("serve", timeout=60)
-    assert done.returncode == 2, done
-    assert "NETPACS_AUDIT_SYSLOG_CA_FILE" in done.stderr
-
-
 # -- the pieces --------------------------------------------------------------------------
+
+
+def entry(*, when: dt.datetime, outcome: int, event_id: str, xml: str) -> AuditEntry:
+    return AuditEntry(id=1, event_time=when, event_id=event_id, outcome=outcome, message_xml=xml)
 
 
 def test_frame_is_octet_counted_rfc5424_with_bom() -> None:
     when = dt.datetime(2026, 3, 1, 9, 30, 15, 250_000, tzinfo=dt.UTC)
     frame = syslog.syslog_frame(
-        when=when, outcome=0, event_id="110112", xml="<AuditMessage>é</AuditMessage>", hostname="h"
+        entry(when=when, outcome=0, event_id="110112", xml="<AuditMessage>é</AuditMessage>"),
+        hostname="h",
     )
     length, message = frame.split(b" ", 1)
     assert int(length) == len(message)
@@ -559,7 +568,7 @@ def test_frame_is_octet_counted_rfc5424_with_bom() -> None:
         + b"\xef\xbb\xbf<AuditMessage>\xc3\xa9</AuditMessage>"
     )
     naive = syslog.syslog_frame(
-        when=when.replace(tzinfo=None), outcome=4, event_id="110112", xml="", hostname="h"
+        entry(when=when.replace(tzinfo=None), outcome=4, event_id="110112", xml=""), hostname="h"
     )
     assert naive.split(b" ", 2)[1] == b"<84>1"
 
@@ -581,7 +590,7 @@ def test_connection_sees_the_peer_go_away() -> None:
 
 
 def test_backoff_doubles_to_thirty_seconds_and_resets() -> None:
-    backoff = syslog.Backoff()
+    backoff = Backoff()
     assert [backoff.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     backoff.reset()
     assert backoff.next() == 1
@@ -589,50 +598,77 @@ def test_backoff_doubles_to_thirty_seconds_and_resets() -> None:
 
 def test_settings_name_the_collector(tmp_path: Path) -> None:
     settings = Settings(audit_syslog="tls://audit.example.nhs.uk:6514")
-    assert syslog.check_settings(settings) == syslog.Collector("tls", "audit.example.nhs.uk", 6514)
-    assert syslog.check_settings(Settings()) is None
-    assert syslog.parse_collector("tcp://[::1]:514").url == "tcp://[::1]:514"
-    assert syslog.parse_collector("tcp://[::1]:514").is_local
+    assert jobs.audit_collector(settings) == syslog.Collector("tls", "audit.example.nhs.uk", 6514)
+    assert jobs.audit_collector(Settings()) is None
+    assert jobs.parse_collector("tcp://[::1]:514").url == "tcp://[::1]:514"
+    assert jobs.parse_collector("tcp://[::1]:514").is_local
     ca_file = tmp_path / "ca.pem"
     ca_file.write_text("")
-    with pytest.raises(syslog.AuditSyslogError, match="plain TCP"):
-        syslog.check_settings(
+    with pytest.raises(jobs.JobSettingsError, match="plain TCP"):
+        jobs.audit_collector(
             Settings(audit_syslog="tcp://127.0.0.1:514", audit_syslog_ca_file=ca_file)
         )
-    with pytest.raises(syslog.AuditSyslogError, match="certificate files cannot be used"):
-        syslog.check_settings(
+    with pytest.raises(jobs.JobSettingsError, match="certificate files cannot be used"):
+        jobs.audit_collector(
             Settings(audit_syslog="tls://localhost:6514", audit_syslog_ca_file=ca_file)
         )
 
 
 class FakeCollector:
-    """A TCP collector on a free port: keeps what it reads, or dies on the first bytes."""
+    """A TCP collector on a free port that keeps what it reads; with ``dies_first`` its
+    first connection dies on the first bytes, unread (a crash mid-batch)."""
 
-    def __init__(self, *, dies: bool) -> None:
-        self.dies = dies
+    def __init__(self, *, dies_first: bool = False) -> None:
+        self.dies_first = dies_first
         self.data = bytearray()
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.connections = 0
+        self._lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", free_port()))
         self.port = int(self.listener.getsockname()[1])
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
     def _serve(self) -> None:
-        conn, _ = self.listener.accept()
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self.connections += 1
+                dies = self.dies_first and self.connections == 1
+            threading.Thread(target=self._read, args=(conn, dies), daemon=True).start()
+
+    def _read(self, conn: socket.socket, dies: bool) -> None:
         with conn:
             while chunk := conn.recv(65536):
-                if self.dies:
+                if dies:
                     # A crash with the batch unread: the kernel answers with a reset.
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
                     return
-                self.data += chunk
+                with self._lock:
+                    self.data += chunk
 
-    def frames(self) -> list[bytes]:
-        frames, rest = [], bytes(self.data)
+    def details(self) -> list[str]:
+        """The EventOutcomeDescription of every whole message received, in order."""
+        with self._lock:
+            rest = bytes(self.data)
+        found = []
         while rest:
-            length, rest = rest.split(b" ", 1)
-            frames.append(rest[: int(length)])
-            rest = rest[int(length) :]
-        return frames
+            length, _, after = rest.partition(b" ")
+            if len(after) < int(length):
+                break
+            frame, rest = after[: int(length)], after[int(length) :]
+            assert frame.split(b" ", 6)[5] == b"IHE+RFC-3881"
+            xml = frame.split(b"\xef\xbb\xbf", 1)[1]
+            found.append(
+                etree.fromstring(xml).findtext("EventIdentification/EventOutcomeDescription") or ""
+            )
+        return found
 
     def close(self) -> None:
         self.listener.close()
@@ -641,43 +677,19 @@ class FakeCollector:
 def test_a_batch_the_collector_dies_with_is_sent_again(database_url: str) -> None:
     """The check after sending, not the one before, catches a collector dying mid-batch."""
     writer = AuditWriter(database_url)
-    reader = make_engine(database_url)
-    dying, alive = FakeCollector(dies=True), FakeCollector(dies=False)
-    target = [dying]
-    forwarder = syslog.AuditForwarder(
-        reader=reader,
-        writer=writer.engine,
-        collector=syslog.Collector("tcp", "127.0.0.1", dying.port),
-        open_connection=lambda: syslog.connect(
-            syslog.Collector("tcp", "127.0.0.1", target[0].port), None
-        ),
-        hostname="test-host",
-    )
+    collector = FakeCollector(dies_first=True)
     try:
-        writer.write("batch", 3)
-        assert forwarder.step() == syslog.BACKOFF_FIRST  # lost: back off, then resend
-        assert writer.unforwarded() == 3
-        target[0] = alive
-        assert forwarder.step() == 0.0
-        assert writer.unforwarded() == 0
-        forwarder.run(_stopped())  # closes the connection
-        alive.thread.join(timeout=10)
-        frames = alive.frames()
-        assert [f.split(b" ", 6)[5] for f in frames] == [b"IHE+RFC-3881"] * 3
-        assert [f"batch-{n}" for n in range(3)] == [
-            etree.fromstring(f.split(b"\xef\xbb\xbf", 1)[1]).findtext(
-                "EventIdentification/EventOutcomeDescription"
-            )
-            for f in frames
-        ]
+        with outbox_jobs(database_url, Settings(audit_syslog=collector.url)) as built:
+            job = forwarder(built)
+            writer.write("batch", 3)
+            assert job.step() == BACKOFF_FIRST  # lost: back off, then resend
+            assert writer.unforwarded() == 3
+            assert job.step() == 0.0
+            assert writer.unforwarded() == 0
+            job.close()
+        wait_until(lambda: len(collector.details()) == 3)
+        assert collector.details() == [f"batch-{n}" for n in range(3)]
+        assert collector.connections == 2
     finally:
-        dying.close()
-        alive.close()
-        reader.dispose()
+        collector.close()
         writer.close()
-
-
-def _stopped() -> threading.Event:
-    stop = threading.Event()
-    stop.set()
-    return stop

@@ -15,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,31 +24,34 @@ import hl7
 import pytest
 import sqlalchemy as sa
 
-from netpacs.adapters.hl7.results import (
-    DeliveryError,
-    ResultsSender,
-    Timing,
-    read_answer,
-    tls_contexts,
-)
+from netpacs.adapters.hl7.oru import read_ack
+from netpacs.app.jobs import results_jobs, results_tls
 from netpacs.app.settings import Settings
-from netpacs.domain.region import Endpoint, Region, Trust
+from netpacs.domain.outbox import Acceptance, QueuedResult, Receipt
+from netpacs.domain.region import Endpoint, Region, ResultsHeader, Trust
 from netpacs.domain.report import Reporter, SignedReport
+from netpacs.index import outbox
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import report, report_event, result_outbox
-from netpacs.services.report_outputs import OruHeader, build_oru, new_control_id
+from netpacs.services.jobs.claiming import Claiming
+from netpacs.services.jobs.results import DeliveryFailed, Timing
+from netpacs.services.jobs.runner import JobRunner
+from netpacs.services.report_outputs import new_control_id
 from tests.adapters.test_dicom_tls import Pki, pki
-from tests.conftest import NETPACS, Netpacs, free_port, write_region
+from tests.conftest import NETPACS, Netpacs, free_port, wait_until, write_region
 from tests.hl7.test_regional_record import send_study
 from tests.http.test_reporting import client
 
 __all__ = ["pki"]  # fixture: a CA with server, client and stranger certificates
 
 START, END = b"\x0b", b"\x1c\r"
-FAST = Timing(poll=0.05, retry_first=0.1, retry_max=0.4, ack_timeout=2.0)
+FAST = Timing(poll=0.05, retry_first=0.1, retry_max=0.4)
+ACK_TIMEOUT = 2.0
 
-# What a listener does with a message: an ACK code (and text), or None to die unanswered.
+# What a listener does with a message: an ACK code (and text), NO_ANSWER to close the
+# connection without answering, or None to die unanswered.
 Policy = Callable[[str, int], tuple[str, str] | None]
+NO_ANSWER = ("", "")
 
 
 def accept_all(_control_id: str, _seen: int) -> tuple[str, str] | None:
@@ -68,6 +70,7 @@ class Listener:
     refused: list[str] = field(default_factory=list)  # TLS handshakes that failed, why
     messages: list[str] = field(default_factory=list)  # the messages, in arrival order
     accepted: list[str] = field(default_factory=list)  # control ids answered AA
+    connections: int = 0  # accepted so far
     _sock: socket.socket | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -106,6 +109,7 @@ class Listener:
                     return
                 with self._lock:
                     self._conns.append(conn)
+                    self.connections += 1
                 threading.Thread(target=self._connection, args=(conn, stop), daemon=True).start()
 
     def _connection(self, conn: socket.socket, stop: threading.Event) -> None:
@@ -149,6 +153,8 @@ class Listener:
                         if self._sock is not None:
                             self._sock.close()
                         return
+                    if answer == NO_ANSWER:
+                        return
                     code, text = answer
                     if code == "AA":
                         with self._lock:
@@ -168,23 +174,46 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+def signed_report(trust: str, n: int, now: dt.datetime) -> SignedReport:
+    return SignedReport(
+        study_instance_uid=f"1.2.826.0.1.3680043.10.543.62.{n}",
+        accession_number=f"ACC{n}",
+        patient_id=f"{trust}{n}",
+        issuer=trust,
+        patient_name="DOE^JANE",
+        birth_date="19700101",
+        sex="F",
+        nhs_number=None,
+        requesting_trust=trust,
+        requesting_site=None,
+        modality="CR",
+        study_description="CHEST",
+        text="FINDINGS:\nNormal.",
+        author=Reporter("ryr.radiologist", "Dr Ruth Younger", "RYR"),
+        signed_at=now,
+        addenda=(),
+        event="final",
+        event_at=now,
+    )
+
+
 def queue(engine: sa.Engine, trust: str, count: int) -> list[str]:
-    """``count`` signed reports for ``trust``, queued as the reporting service does."""
+    """``count`` signed reports for ``trust``, queued as the reporting service does;
+    their control ids."""
     ids = []
     now = dt.datetime.now(dt.UTC)
-    author = Reporter("ryr.radiologist", "Dr Ruth Younger", "RYR")
     with engine.begin() as conn:
         for _ in range(count):
-            n = conn.execute(sa.select(sa.func.count()).select_from(report)).scalar_one()
-            study_uid = f"1.2.826.0.1.3680043.10.543.62.{n + 1}"
+            n = conn.execute(sa.select(sa.func.count()).select_from(report)).scalar_one() + 1
+            signed = signed_report(trust, n, now)
             report_pk = conn.execute(
                 sa.insert(report)
                 .values(
-                    study_instance_uid=study_uid,
+                    study_instance_uid=signed.study_instance_uid,
                     status="final",
-                    text="FINDINGS:\nNormal.",
-                    author=author.username,
-                    author_trust=author.trust,
+                    text=signed.text,
+                    author=signed.author.username,
+                    author_trust=signed.author.trust,
                     created_at=now,
                     updated_at=now,
                 )
@@ -195,50 +224,22 @@ def queue(engine: sa.Engine, trust: str, count: int) -> list[str]:
                 .values(
                     report_fk=report_pk,
                     kind="final",
-                    author=author.username,
-                    author_trust=author.trust,
+                    author=signed.author.username,
+                    author_trust=signed.author.trust,
                     at=now,
                 )
                 .returning(report_event.c.id)
             ).scalar_one()
-            control_id = new_control_id(event_pk)
-            signed = SignedReport(
-                study_instance_uid=study_uid,
-                accession_number=f"ACC{n + 1}",
-                patient_id=f"{trust}{n + 1}",
-                issuer=trust,
-                patient_name="DOE^JANE",
-                birth_date="19700101",
-                sex="F",
-                nhs_number=None,
-                requesting_trust=trust,
-                requesting_site=None,
-                modality="CR",
-                study_description="CHEST",
-                text="FINDINGS:\nNormal.",
-                author=author,
-                signed_at=now,
-                addenda=(),
-                event="final",
-                event_at=now,
+            result = QueuedResult(
+                control_id=new_control_id(event_pk),
+                created_at=now,
+                names=ResultsHeader("NETPACS", "REGION", "RIS", trust),
+                report=signed,
+                study_date="20261129",
+                study_time="101500",
             )
-            message = build_oru(
-                signed,
-                OruHeader(control_id, "NETPACS", "REGION", "RIS", trust, now),
-                observed_at="",
-            )
-            conn.execute(
-                sa.insert(result_outbox).values(
-                    trust=trust,
-                    study_instance_uid=study_uid,
-                    report_event_fk=event_pk,
-                    control_id=control_id,
-                    message=message,
-                    created_at=now,
-                    next_attempt_at=now,
-                )
-            )
-            ids.append(control_id)
+            outbox.queue_result(conn, result, trust=trust, report_event_pk=event_pk)
+            ids.append(result.control_id)
     return ids
 
 
@@ -276,38 +277,44 @@ def region(**endpoints: int | None) -> Region:
 
 
 @contextlib.contextmanager
+def running(runner: JobRunner) -> Iterator[JobRunner]:
+    """``runner`` in a thread of its own while the block runs."""
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+@contextlib.contextmanager
 def sending(
     engine: sa.Engine,
     the_region: Region,
     timing: Timing = FAST,
     settings: Settings | None = None,
 ) -> Iterator[None]:
-    stop = threading.Event()
-    reader = make_engine(engine.url.render_as_string(hide_password=False))
-    sender = ResultsSender(
+    """The results jobs the composition root builds for ``the_region``, running on
+    engines of their own (a node of their own) on ``engine``'s database."""
+    url = engine.url.render_as_string(hide_password=False)
+    reader, writer = make_engine(url), make_engine(url, writer=True)
+    jobs = results_jobs(
         the_region,
-        reader=reader,
-        writer=engine,
+        claiming=Claiming(reader=reader, writer=writer),
+        writer=writer,
         timing=timing,
-        tls=tls_contexts(the_region, settings or Settings()),
+        ack_timeout=ACK_TIMEOUT,
+        tls=results_tls(the_region, settings or Settings()),
     )
-    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
-    thread.start()
     try:
-        yield
+        with running(JobRunner(jobs, after_index_failure=0.1, after_failure=0.1)):
+            yield
     finally:
-        stop.set()
-        thread.join(timeout=30)
         reader.dispose()
-        assert not thread.is_alive()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
+        writer.dispose()
 
 
 def all_sent(engine: sa.Engine, trust: str) -> Callable[[], bool]:
@@ -359,7 +366,8 @@ def test_a_listener_restarting_mid_stream_loses_nothing_and_keeps_the_order(
     with sending(engine, region(RXC=port)):
         wait_until(crashed.is_set)
         listener.stop()
-        time.sleep(0.5)  # down for a while: the sender retries into a refused port
+        # Down for a while: the sender retries into a refused port.
+        wait_until(lambda: "cannot connect" in (rows(engine, "RXC")[3].last_error or ""))
         assert [r.sent_at is not None for r in rows(engine, "RXC")] == [True] * 3 + [False] * 5
         listener.start()
         try:
@@ -451,12 +459,12 @@ def test_a_restarted_sender_sends_what_is_left_and_nothing_twice(engine: sa.Engi
 
 def test_an_ack_for_another_message_is_not_taken_as_delivery() -> None:
     ack = b"MSH|^~\\&|RIS|RXC|NETPACS|REGION|20261129||ACK|A1|P|2.4\rMSA|AA|OTHER\r"
-    with pytest.raises(DeliveryError, match="acknowledges message 'OTHER'"):
-        read_answer(ack, "NPR1")
-    with pytest.raises(DeliveryError, match="no MSA"):
-        read_answer(b"MSH|^~\\&|RIS|RXC\r", "NPR1")
-    answer = read_answer(ack.replace(b"OTHER", b"NPR1|fine"), "NPR1")
-    assert (answer.code, answer.text) == ("AA", "fine")
+    with pytest.raises(DeliveryFailed, match="acknowledges message 'OTHER'"):
+        read_ack(ack, "NPR1")
+    with pytest.raises(DeliveryFailed, match="no MSA"):
+        read_ack(b"MSH|^~\\&|RIS|RXC\r", "NPR1")
+    receipt = read_ack(ack.replace(b"OTHER", b"NPR1|fine"), "NPR1")
+    assert receipt == Receipt(Acceptance.ACCEPTED, "AA", "fine")
 
 
 # -- MLLP over TLS ----------------------------------------------------------------------
@@ -586,6 +594,18 @@ def region_file(tmp_path: Path, workstation_port: int, results_port: int) -> Pat
     return path
 
 
+def waiting(server: Netpacs, trust: str, *, refused: bool = False) -> list[Any]:
+    """The results waiting for ``trust`` (as GET /api/results shows an admin); with
+    ``refused``, only once the first has been tried and refused."""
+    with client(server, "rxc.admin") as c:
+        answer = c.get("/api/results", params={"trust": trust})
+    assert answer.status_code == 200, answer.text
+    results: list[Any] = answer.json()["messages"]
+    if refused and not (results and "cannot connect" in (results[0]["last_error"] or "")):
+        return []
+    return results
+
+
 def test_reports_signed_while_the_trust_listener_is_down_arrive_once_in_order(
     netpacs: Netpacs, tmp_path: Path, results_port: int
 ) -> None:
@@ -600,13 +620,14 @@ def test_reports_signed_while_the_trust_listener_is_down_arrive_once_in_order(
             text = f"FINDINGS:\nNo abnormality in study {uid}.\n\nCONCLUSION:\nNormal."
             signed = c.put(f"/api/reports/{uid}", json={"text": text, "status": "final"})
             assert signed.status_code == 200, signed.text
-    time.sleep(1.5)  # East Sussex's listener is down: the sender's attempts are refused
+    # East Sussex's listener is down: the sender's attempts are refused.
+    wait_until(lambda: waiting(netpacs, "RXC", refused=True), timeout=60)
     listener = Listener(results_port).start()
     try:
-        wait_until(lambda: len(listener.accepted) >= 3, timeout=60)
-        time.sleep(1.0)  # nothing more comes
+        wait_until(lambda: waiting(netpacs, "RXC") == [], timeout=60)
     finally:
         listener.stop()
+    # Acknowledged results are never sent again: what arrived is all that ever will.
     assert len(listener.arrivals) == 3
     received = [str(hl7.parse(m).segment("PID")[3][0][0]) for m in listener.messages]
     assert received == patients

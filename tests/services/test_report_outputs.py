@@ -21,20 +21,21 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from netpacs.adapters.hl7.oru import render_oru
 from netpacs.app.container import Archive, build_archive
 from netpacs.app.settings import Settings
 from netpacs.app.startup import prepare
+from netpacs.domain.outbox import QueuedResult
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import ResultsHeader
 from netpacs.domain.report import Addendum, Reporter, SignedReport
+from netpacs.index import outbox
 from netpacs.index.schema import instance, report, report_event, result_outbox, series, study
 from netpacs.services.report_outputs import (
     BASIC_TEXT_SR,
-    OruHeader,
     PersonName,
     ReportOutputError,
     ReportOutputs,
-    build_oru,
     heading_code,
 )
 
@@ -271,57 +272,6 @@ def test_an_sr_for_a_study_with_nothing_stored_is_refused_with_the_reason(
         outputs.store_sr(signed())
 
 
-# -- the ORU^R01 ----------------------------------------------------------------------
-
-HEADER = OruHeader("NPR1TEST", "NETPACS", "REGION", "RIS", "RXC", SIGNED_AT)
-
-
-def obx_text(message: Any) -> list[str]:
-    return [
-        str(message.unescape(str(seg[5]))) for seg in message.segments("OBX") if str(seg[2]) == "TX"
-    ]
-
-
-def test_oru_carries_patient_ids_accession_procedure_status_and_the_text() -> None:
-    message = hl7.parse(build_oru(signed(), HEADER, observed_at="20261129101500"))
-    msh = message.segment("MSH")
-    assert (str(msh[9]), str(msh[10]), str(msh[12])) == ("ORU^R01^ORU_R01", "NPR1TEST", "2.4")
-    assert str(message.segment("PID")[3]) == f"RXC5001^^^RXC^MR~{NHS}^^^NHS^NH"
-    assert str(message.segment("PID")[5]) == "SMITH^JOAN^^^MRS"
-    obr = message.segment("OBR")
-    assert (str(obr[2]), str(obr[3]), str(obr[4])) == (
-        "RXC-ACC-77",
-        "RXC-ACC-77",
-        "CT^CT ABDOMEN^L",
-    )
-    assert (str(obr[7]), str(obr[25])) == ("20261129101500", "F")
-    assert str(obr[32]) == "ryr.radiologist&Younger&Ruth&&&Dr&&&RYR"
-    assert obx_text(message) == TEXT.split("\n")
-    assert {str(seg[11]) for seg in message.segments("OBX")} == {"F"}
-
-
-def test_oru_after_an_addendum_is_a_corrected_result_with_all_the_text() -> None:
-    message = hl7.parse(build_oru(with_addendum(), HEADER, observed_at=""))
-    assert str(message.segment("OBR")[25]) == "C"
-    assert {str(seg[11]) for seg in message.segments("OBX")} == {"C"}
-    lines = obx_text(message)
-    assert lines[: len(TEXT.split("\n"))] == TEXT.split("\n")
-    assert lines[-2].startswith("ADDENDUM (Prof Anna Kay, RXC, 29/11/2026 16:30 UTC)")
-    assert lines[-1] == "Addendum: the appendix is normal."
-
-
-def test_oru_text_with_hl7_separators_arrives_unchanged() -> None:
-    text = "FINDINGS:\nA|B ^ C & D ~ E \\ F.\nCONCLUSION:\nNormal."
-    message = hl7.parse(build_oru(signed(text=text), HEADER, observed_at=""))
-    assert obx_text(message) == text.split("\n")
-    assert len(message.segments("OBX")) == 4
-
-
-def test_oru_without_an_nhs_number_names_the_hospital_number_only() -> None:
-    message = hl7.parse(build_oru(signed(nhs_number=None), HEADER, observed_at=""))
-    assert str(message.segment("PID")[3]) == "RXC5001^^^RXC^MR"
-
-
 def test_report_headings_map_to_cid_7001() -> None:
     findings, impression = heading_code("FINDINGS"), heading_code("Impression")
     assert findings is not None and findings.code.value == "59776-5"
@@ -370,6 +320,14 @@ def report_event_pk(archive: Archive) -> int:
         )
 
 
+def queued_oru(archive: Archive) -> str:
+    """The ORU^R01 that the result queued for East Sussex renders to."""
+    with archive.read_engine.connect() as conn:
+        pending = outbox.next_result(conn, "RXC")
+    assert pending is not None and isinstance(pending.content, QueuedResult)
+    return render_oru(pending.content)
+
+
 def test_a_queued_result_is_the_oru_for_the_requesting_trust(
     archive: Archive, outputs: ReportOutputs
 ) -> None:
@@ -382,7 +340,7 @@ def test_a_queued_result_is_the_oru_for_the_requesting_trust(
     assert (row.trust, row.study_instance_uid, row.report_event_fk) == ("RXC", STUDY, event)
     assert (row.attempts, row.sent_at, row.last_error) == (0, None, None)
     assert len(row.control_id) <= 20
-    message = hl7.parse(row.message)
+    message = hl7.parse(queued_oru(archive))
     assert str(message.segment("MSH")[10]) == row.control_id
     assert str(message.segment("MSH")[6]) == "RXC"
     assert str(message.segment("OBR")[7]) == "20261129101500"  # the study's date and time
@@ -406,9 +364,7 @@ def test_a_queued_result_carries_the_msh_names_of_the_trusts_results_feed(
     )
     with archive.write_engine.begin() as conn:
         outputs.queue_result(conn, signed(), event)
-    with archive.read_engine.connect() as conn:
-        row = conn.execute(sa.select(result_outbox)).one()
-    msh = hl7.parse(row.message).segment("MSH")
+    msh = hl7.parse(queued_oru(archive)).segment("MSH")
     assert [str(msh[n]) for n in (3, 4, 5, 6)] == ["PACS", "SSXIN", "CRIS", "RXC01"]
 
 

@@ -115,23 +115,16 @@ def _os_user() -> str | None:
 
 
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
-    from netpacs.adapters import syslog
-    from netpacs.adapters.hl7 import results as hl7_results
-    from netpacs.app import roles
+    from netpacs.app import jobs, roles
     from netpacs.app.container import oidc_config
     from netpacs.app.supervisor import WorkerGroup, listen, supervise
     from netpacs.app.tls import DimseTlsError, dimse_tls_context
 
     try:
-        audit_collector = syslog.check_settings(settings)
-    except syslog.AuditSyslogError as exc:
-        print(f"netpacs: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
         dimse_tls_context(settings)  # certificates that do not load stop us now
-        hl7_results.tls_contexts(load_region(settings.effective_region_file), settings)
+        jobs.check_settings(settings, load_region(settings.effective_region_file))
         oidc_config(settings)
-    except (DimseTlsError, hl7_results.ResultsTlsError, RegionError, StartupError) as exc:
+    except (DimseTlsError, jobs.JobSettingsError, RegionError, StartupError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -157,12 +150,8 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         WorkerGroup("HTTP", settings.http_processes, lambda: roles.run_http(settings, http_sock)),
         # One MLLP process: HL7 messages of one sender must be applied in order.
         WorkerGroup("MLLP", 1, lambda: roles.run_mllp(settings, mllp_sock)),
-        # One results sender: a trust's ORU messages go out strictly in order.
-        WorkerGroup("results", 1, lambda: hl7_results.run_worker(settings)),
+        *jobs.worker_groups(settings),
     ]
-    if audit_collector is not None:
-        # One forwarder sends the audit records in order; unset, they stay in the index.
-        groups.append(WorkerGroup("audit", 1, lambda: syslog.run_worker(settings)))
     supervise(groups)
     return EXIT_OK
 

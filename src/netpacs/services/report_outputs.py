@@ -13,11 +13,10 @@ things leave netpacs:
   report, then the report with every addendum so far) is a new instance in one series
   "Radiology report" of the study, COMPLETE and VERIFIED, naming its predecessor
   (PS3.3 C.17.2.3, Predecessor Documents Sequence).
-* an **HL7 v2.4 ORU^R01** (HL7 v2.4 chapter 7.3.1) for the requesting trust's results
-  MLLP listener, queued in ``result_outbox`` inside the signing transaction and sent by
-  the results worker (adapters.hl7.results). Its text is the report line by line, one
-  OBX of type TX per line, then each addendum; result status F for the final report, C
-  (corrected) once an addendum amends it.
+* a **result** for the requesting trust's results listener, queued in the outbox inside
+  the signing transaction (index.outbox) as what it says: the signed report, the names
+  of the trust's feed and a control id fixed here. The results job (services.jobs)
+  sends it, and its transport renders it as an HL7 v2.4 ORU^R01 (adapters.hl7.oru).
 
 Report sections (domain.report.sections) are coded with the headings of PS3.16 CID 7001
 "Diagnostic Imaging Report Heading" where one fits the heading, else with a local code
@@ -52,10 +51,12 @@ from highdicom.sr.sop import _SR
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from netpacs.domain.outbox import QueuedResult
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import Region, ResultsHeader
 from netpacs.domain.report import SignedReport, sections
-from netpacs.index.schema import instance, result_outbox, series, study
+from netpacs.index import outbox
+from netpacs.index.schema import instance, series, study
 from netpacs.services.ingest import IngestService
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -195,11 +196,6 @@ def _utc(when: dt.datetime) -> dt.datetime:
 
 
 def _dicom_dt(when: dt.datetime) -> str:
-    return _utc(when).strftime("%Y%m%d%H%M%S") + "+0000"
-
-
-def _hl7_ts(when: dt.datetime) -> str:
-    """HL7 v2.4 TS to the second with its offset (UTC), e.g. 20261129143005+0000."""
     return _utc(when).strftime("%Y%m%d%H%M%S") + "+0000"
 
 
@@ -360,139 +356,7 @@ def dataset_from_json(metadata: dict[str, Any]) -> Dataset:
     return Dataset.from_json(kept)
 
 
-# -- the ORU^R01 -----------------------------------------------------------------------
-
-
-def _escape(text: str) -> str:
-    """HL7 escape sequences (v2.4 2.7) for text in one field with standard separators."""
-    out = text.replace("\\", "\\E\\")
-    for char, code in (("|", "F"), ("^", "S"), ("&", "T"), ("~", "R")):
-        out = out.replace(char, f"\\{code}\\")
-    return out.replace("\r", " ").replace("\n", " ")
-
-
-def _xpn(name: str) -> str:
-    """DICOM PN (family^given^middle^prefix^suffix) as HL7 XPN (family^given^middle^
-    suffix^prefix)."""
-    parts = (name.split("=")[0].split("^") + [""] * 5)[:5]
-    family, given, middle, prefix, suffix = (_escape(p) for p in parts)
-    return "^".join([family, given, middle, suffix, prefix]).rstrip("^")
-
-
-def _cnn(username: str, display_name: str, trust: str) -> str:
-    """HL7 v2.4 CNN in a field of type NDL: id&family&given&&&prefix&&&authority."""
-    name = PersonName.of(display_name, username)
-
-    parts = [username, name.family, name.given, "", "", name.prefix, "", "", trust]
-    return "&".join(_escape(p) for p in parts).rstrip("&")
-
-
-def _ce(concept: CodedConcept) -> str:
-    return f"{concept.value}^{_escape(concept.meaning)}^{concept.scheme_designator}"
-
-
-@dataclass(frozen=True, slots=True)
-class OruHeader:
-    """Who sends the ORU to whom, its control id and when (MSH)."""
-
-    control_id: str  # MSH-10, at most 20 characters
-    sending_application: str
-    sending_facility: str
-    receiving_application: str
-    receiving_facility: str
-    created_at: dt.datetime
-
-
-def _report_lines(signed: SignedReport) -> list[tuple[CodedConcept, str, dt.datetime]]:
-    """(OBX-3 concept, line, observed at) for every line of the report and its addenda."""
-    out: list[tuple[CodedConcept, str, dt.datetime]] = []
-    concept = NARRATIVE
-    lines = signed.text.replace("\r\n", "\n").split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    for line in lines:
-        title = re.match(r"^\s*([A-Za-z][A-Za-z /&()-]{1,40}):\s*$", line)
-        if title:
-            known = heading_code(title.group(1))
-            concept = known.code if known is not None else NARRATIVE
-        out.append((concept, line.rstrip(), signed.signed_at))
-    for addendum in signed.addenda:
-        who = addendum.author.name or addendum.author.username
-        stamp = _utc(addendum.at).strftime("%d/%m/%Y %H:%M UTC")
-        out.append((ADDENDUM, "", addendum.at))
-        out.append((ADDENDUM, f"ADDENDUM ({who}, {addendum.author.trust}, {stamp}):", addendum.at))
-        out.extend((ADDENDUM, line.rstrip(), addendum.at) for line in addendum.text.split("\n"))
-    return out
-
-
-def build_oru(signed: SignedReport, header: OruHeader, *, observed_at: str) -> str:
-    """The ORU^R01 of ``signed`` (HL7 v2.4 7.3.1), segments ended by CR.
-
-    ``observed_at`` is OBR-7, the examination's date/time (HL7 TS, '' when unknown).
-    Result status (OBR-25, OBX-11) is F for the final report and C once an addendum has
-    amended it; the whole text is sent each time, so the receiver replaces the result.
-    """
-    status = "F" if signed.event == "final" else "C"
-    accession = _escape(signed.accession_number)
-    author = signed.author
-    interpreter = _cnn(author.username, author.name, author.trust)
-    ids = [f"{_escape(signed.patient_id)}^^^{_escape(signed.issuer)}^MR"]
-    if signed.nhs_number:
-        ids.append(f"{_escape(signed.nhs_number)}^^^NHS^NH")
-    procedure = (
-        f"{_escape(signed.modality)}^{_escape(signed.study_description or signed.modality)}^L"
-    )
-    msh = [
-        "MSH",
-        "^~\\&",
-        _escape(header.sending_application),
-        _escape(header.sending_facility),
-        _escape(header.receiving_application),
-        _escape(header.receiving_facility),
-        _hl7_ts(header.created_at),
-        "",
-        "ORU^R01^ORU_R01",
-        header.control_id,
-        "P",
-        "2.4",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "UNICODE UTF-8",
-    ]
-    segments = [
-        "|".join(msh),
-        "|".join(
-            [
-                "PID",
-                "1",
-                "",
-                "~".join(ids),
-                "",
-                _xpn(signed.patient_name),
-                "",
-                _escape(signed.birth_date),
-                _escape(signed.sex),
-            ]
-        ),
-        "PV1|1|U",
-        "|".join(
-            ["ORC", "RE", accession, accession, "", "CM", "", "", "", _hl7_ts(signed.event_at)]
-        ),
-        "|".join(
-            ["OBR", "1", accession, accession, procedure, "", "", observed_at]  # OBR-7
-            + [""] * 14
-            + [_hl7_ts(signed.event_at), "", "RAD", status]  # OBR-22, OBR-24, OBR-25
-            + [""] * 6
-            + [interpreter]  # OBR-32
-        ),
-    ]
-    for n, (concept, line, at) in enumerate(_report_lines(signed), start=1):
-        value = ["OBX", str(n), "TX", _ce(concept), "1", _escape(line)]  # OBX-1 .. OBX-5
-        segments.append("|".join([*value, "", "", "", "", "", status, "", "", _hl7_ts(at)]))
-    return "\r".join(segments) + "\r"
+# -- the result for the requesting trust --------------------------------------------------
 
 
 def new_control_id(report_event_pk: int) -> str:
@@ -516,41 +380,31 @@ class ReportOutputs:
         self._ae_title = ae_title
 
     def queue_result(self, conn: sa.Connection, signed: SignedReport, report_event_pk: int) -> None:
-        """Insert the ORU for the requesting trust into ``result_outbox`` in ``conn``'s
-        transaction (it commits or rolls back with the signature)."""
-        when = dt.datetime.now(dt.UTC)
-        control_id = new_control_id(report_event_pk)
+        """Queue the result (ORU) for the requesting trust in ``conn``'s transaction (it
+        commits or rolls back with the signature). What it says is decided here, once:
+        the transport renders the same message from it at every attempt."""
         row = conn.execute(
             sa.select(study.c.study_date, study.c.study_time).where(
                 study.c.study_instance_uid == signed.study_instance_uid
             )
         ).first()
-        observed_at = _hl7_date_time(row.study_date, row.study_time) if row else ""
         trust = self._region.trust(signed.requesting_trust)
         names = trust.results_header if trust is not None else ResultsHeader()
-        message = build_oru(
-            signed,
-            OruHeader(
-                control_id=control_id,
+        result = QueuedResult(
+            control_id=new_control_id(report_event_pk),
+            created_at=dt.datetime.now(dt.UTC),
+            names=ResultsHeader(
                 sending_application=names.sending_application or self._ae_title,
                 sending_facility=names.sending_facility,
                 receiving_application=names.receiving_application,
                 receiving_facility=names.receiving_facility or signed.requesting_trust,
-                created_at=when,
             ),
-            observed_at=observed_at,
+            report=signed,
+            study_date=(row.study_date or "") if row else "",
+            study_time=(row.study_time or "") if row else "",
         )
-        conn.execute(
-            sa.insert(result_outbox).values(
-                trust=signed.requesting_trust,
-                study_instance_uid=signed.study_instance_uid,
-                report_event_fk=report_event_pk,
-                control_id=control_id,
-                message=message,
-                created_at=when,
-                attempts=0,
-                next_attempt_at=when,
-            )
+        outbox.queue_result(
+            conn, result, trust=signed.requesting_trust, report_event_pk=report_event_pk
         )
 
     def store_sr(self, signed: SignedReport) -> str:
@@ -636,8 +490,3 @@ _REPORT_SERIES = uuid.UUID("5f0c4a8e-6a51-4d0e-9a36-6e6574706163")  # netpacs's 
 def report_series_uid(study_uid: str) -> str:
     """The series of a study's report SRs: the same for every version of the report."""
     return f"2.25.{uuid.uuid5(_REPORT_SERIES, study_uid).int}"
-
-
-def _hl7_date_time(date: str, time: str) -> str:
-    digits = re.sub(r"[^0-9]", "", time.split(".")[0])[:6]
-    return (date + digits) if re.fullmatch(r"\d{8}", date or "") else ""

@@ -3,9 +3,9 @@
 MLLP release 2 (HL7 v2.5 appendix C): each message is answered on the same
 connection before the next is read, so that the messages of one connection are
 applied in the order sent. Database work runs in a thread pool, off the event loop.
-A frame that breaks the rules (bytes before the start block, over :data:`MAX_FRAME`)
-is answered with a NAK when possible and the connection closed; a message that is
-framed well but wrong gets a NAK and the connection stays open.
+A frame that breaks the rules (adapters.hl7.mllp: bytes before the start block, over
+``MAX_FRAME``) is answered with a NAK when possible and the connection closed; a
+message that is framed well but wrong gets a NAK and the connection stays open.
 """
 
 from __future__ import annotations
@@ -21,25 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from netpacs.adapters.hl7 import messages
 from netpacs.adapters.hl7.messages import AckCode, Rejected
+from netpacs.adapters.hl7.mllp import FramingError, frame, read_frame
 from netpacs.services.adt import AdtService, MessageKey, StoredAck
 
 log = logging.getLogger(__name__)
 
-START = b"\x0b"  # <VT>
-END = b"\x1c\r"  # <FS><CR>
-MAX_FRAME = 1 << 20  # bytes; ADT messages are a few kB
 IDLE_TIMEOUT = 600.0  # seconds without a byte before a connection is closed
-_READ_SIZE = 64 * 1024
 
 Handler = Callable[[bytes], bytes]
-
-
-class FramingError(Exception):
-    """The byte stream is not MLLP; the connection cannot be trusted further."""
-
-
-def frame(message: bytes) -> bytes:
-    return START + message + END
 
 
 class Hl7Endpoint:
@@ -90,30 +79,6 @@ def _header_or_none(payload: bytes) -> messages.Header | None:
         return messages.read_header(messages.decode(payload))
     except Rejected as rejected:
         return rejected.header
-
-
-async def read_frame(reader: asyncio.StreamReader, buffer: bytearray, idle: float) -> bytes | None:
-    """The next payload; None when the peer closed between frames. ``buffer`` keeps the rest."""
-    while True:
-        start = buffer.find(START)
-        if start > 0 and buffer[:start].strip():
-            raise FramingError(f"{start} bytes before the start block <VT>")
-        if start < 0 and buffer.strip():
-            raise FramingError("data without the start block <VT>")
-        if start >= 0:
-            end = buffer.find(END, start + 1)
-            if end >= 0:
-                payload = bytes(buffer[start + 1 : end])
-                del buffer[: end + len(END)]
-                return payload
-            if len(buffer) - start > MAX_FRAME:
-                raise FramingError(f"message longer than {MAX_FRAME} bytes without <FS><CR>")
-        chunk = await asyncio.wait_for(reader.read(_READ_SIZE), idle)
-        if not chunk:
-            if buffer.strip():
-                raise FramingError("connection closed inside a message")
-            return None
-        buffer += chunk
 
 
 async def serve_connection(

@@ -1,0 +1,86 @@
+"""The job runner: each job in a thread of its own, stepped until the runner is stopped.
+
+A job's step does at most one unit of work and returns the seconds until the job
+should run again (0: at once, more work waits). A step that fails does not end its
+job: an index that is away is retried soon, anything else later, and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = 60.0  # seconds; longer than any transport waits for its peer
+
+
+class Job(Protocol):
+    @property
+    def name(self) -> str:
+        """What the job does, for logs and thread names (e.g. ``results RXC``)."""
+        ...
+
+    def step(self) -> float:
+        """Claim and do at most one unit of work; seconds until the next step."""
+        ...
+
+    def close(self) -> None:
+        """Let go of connections; the job is not stepped again."""
+        ...
+
+
+class JobRunner:
+    """Runs ``jobs`` until :meth:`run`'s ``stop`` is set."""
+
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        *,
+        after_index_failure: float = 1.0,
+        after_failure: float = 30.0,
+    ) -> None:
+        self.jobs = tuple(jobs)
+        self._after_index_failure = after_index_failure
+        self._after_failure = after_failure
+
+    def run(self, stop: threading.Event) -> None:
+        """Step every job in its own thread; return once ``stop`` is set and each job's
+        current step has ended (steps are bounded by their transports' timeouts)."""
+        threads = [
+            threading.Thread(
+                target=self._loop, args=(job, stop), name=f"job {job.name}", daemon=True
+            )
+            for job in self.jobs
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            stop.wait()
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=JOIN_TIMEOUT)
+
+    def _loop(self, job: Job, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                delay = self._step(job)
+                if delay > 0:
+                    stop.wait(delay)
+        finally:
+            job.close()
+
+    def _step(self, job: Job) -> float:
+        try:
+            return job.step()
+        except sa.exc.DBAPIError as exc:
+            log.warning("%s: the index failed (%s); trying again", job.name, exc.orig)
+            return self._after_index_failure
+        except Exception:
+            log.exception("%s failed; trying again in %.0f s", job.name, self._after_failure)
+            return self._after_failure
