@@ -78,8 +78,10 @@ class JobRunner:
     def _step(self, job: Job) -> float:
         try:
             return job.step()
-        except sa.exc.DBAPIError as exc:
-            log.warning("%s: the index failed (%s); trying again", job.name, exc.orig)
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+            # The database is away, or every connection of the pool is busy sending.
+            reason = getattr(exc, "orig", None) or exc  # the driver's words, without the SQL
+            log.warning("%s: the index failed (%s); trying again", job.name, reason)
             return self._after_index_failure
         except Exception:
             log.exception("%s failed; trying again in %.0f s", job.name, self._after_failure)
