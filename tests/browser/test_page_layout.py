@@ -58,6 +58,8 @@ def expected_status(role: str, path: str) -> int:
         return {"admin": 200, "auditor": 404}.get(role, 403)
     if path == "/audit":
         return 200 if role in ("admin", "auditor") else 403
+    if path == "/studies":
+        return 403 if role == "auditor" else 200
     if path == "/no-such-page":
         return 404
     return 200

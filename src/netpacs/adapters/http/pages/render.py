@@ -40,7 +40,7 @@ class Link:
 
 #: The main navigation, each page with the capability a role needs to use it.
 NAVIGATION: tuple[tuple[Capability, Link], ...] = (
-    (Capability.SEE_IMAGING, Link("/studies", "Studies")),
+    (Capability.QUERY, Link("/studies", "Studies")),
     (Capability.REPORT, Link("/worklist", "Worklist")),
     (Capability.REPORT, Link("/turnaround", "Turnaround")),
     (Capability.RECONCILE, Link("/reconciliation", "Reconciliation")),

@@ -159,10 +159,10 @@ def _listing(
 ) -> _Listing:
     statuses = svc.worklist.statuses([s.study_instance_uid for s in page.studies])
     reporter = svc.principal.may(Capability.REPORT)
-    admin = svc.principal.sees_everything
+    may_delete = svc.principal.may(Capability.DELETE)
     return _Listing(
         rows=[
-            _row(s, statuses.get(s.study_instance_uid), reporter=reporter, may_delete=admin)
+            _row(s, statuses.get(s.study_instance_uid), reporter=reporter, may_delete=may_delete)
             for s in page.studies
         ],
         shown=(offset + 1, offset + len(page.studies)) if page.studies else None,
