@@ -1,14 +1,19 @@
 """Networked reporting over HTTP: a study that arrives becomes a worklist item of the
 region, one reporter at a time holds it, a final report is never edited, and only
-those who may see the patient read the report."""
+those who may see the patient read the report.
+
+One server per database serves the whole module: each test sends its own studies (of
+its own patients) and looks at those, or at how counts change.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +24,38 @@ import sqlalchemy as sa
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
+from netpacs.adapters.http.reporting import STATUS
 from netpacs.index.schema import worklist_item
+from netpacs.services.reporting import Problem
 from netpacs.synthetic import write_ct_series
-from tests.conftest import Netpacs
+from tests.conftest import Netpacs, free_port, postgres_database, write_region
 from tests.http.conftest import storescu
 
 FINDINGS = "FINDINGS:\nNo acute abnormality.\n\nCONCLUSION:\nNormal study."
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def netpacs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Netpacs]:
+    """One netpacs for the module's tests, on each database."""
+    folder = tmp_path_factory.mktemp("reporting")
+    region = write_region(folder / "region.toml", {"RTP_WS1": free_port()})
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite:///{folder / 'index.sqlite'}"
+            if request.param == "sqlite"
+            else stack.enter_context(postgres_database())
+        )
+        server = Netpacs(data_dir=folder / "data", database_url=url, region_file=region)
+        server.start()
+        stack.callback(server.stop)
+        yield server
+
+
+def test_every_problem_of_the_reporting_services_has_an_http_status() -> None:
+    assert set(STATUS) == set(Problem)
+    assert all(400 <= code < 500 for code in STATUS.values())
 
 
 def send_ct(
@@ -61,7 +92,8 @@ def items(server: Netpacs, user: str, **params: str) -> dict[str, dict[str, Any]
 def test_a_ct_from_eastbourne_becomes_a_worklist_item_with_its_trust_site_and_target(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:
-    routine = send_ct(netpacs, tmp_path / "a")
+    before = open_counts(netpacs)
+    routine = send_ct(netpacs, tmp_path / "a", patient_id="RXC1001")
     emergency = send_ct(
         netpacs,
         tmp_path / "b",
@@ -90,12 +122,15 @@ def test_a_ct_from_eastbourne_becomes_a_worklist_item_with_its_trust_site_and_ta
     # Emergencies first, then by time to breach.
     order = [uid for uid in listed if uid in (routine, emergency)]
     assert order == [emergency, routine]
-    counts = {(c["trust"], c["priority"]): c["count"] for c in items_counts(netpacs)}
-    assert counts[("RXC", "outpatient")] == 1 and counts[("RYR", "emergency")] == 1
+    counts = open_counts(netpacs)
+    for key in (("RXC", "outpatient"), ("RYR", "emergency")):
+        assert counts[key] == before.get(key, 0) + 1
     # The subspecialty view: neuro is Brighton's radiologist's, not Eastbourne's body one.
-    assert set(items(netpacs, "ryr.radiologist", view="subspecialty")) == {emergency}
-    assert set(items(netpacs, "rxc.radiologist", view="subspecialty")) == {routine}
-    assert set(items(netpacs, "rxc.radiologist", view="trust", trust="RYR")) == {emergency}
+    ours = {routine, emergency}
+    assert ours & set(items(netpacs, "ryr.radiologist", view="subspecialty")) == {emergency}
+    assert ours & set(items(netpacs, "rxc.radiologist", view="subspecialty")) == {routine}
+    by_trust = items(netpacs, "rxc.radiologist", view="trust", trust="RYR")
+    assert ours & set(by_trust) == {emergency}
 
 
 def race(
@@ -118,16 +153,18 @@ def race(
     return answers
 
 
-def items_counts(server: Netpacs) -> list[dict[str, Any]]:
+def open_counts(server: Netpacs) -> dict[tuple[str, str], int]:
+    """Open worklist items per (requesting trust, priority), as an admin sees them."""
     with client(server, "rxc.admin") as c:
-        return c.get("/api/worklist").json()["counts"]  # type: ignore[no-any-return]
+        counts = c.get("/api/worklist").json()["counts"]
+    return {(n["trust"], n["priority"]): n["count"] for n in counts}
 
 
 def test_history_imported_with_netpacs_import_is_not_queued_for_reporting(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:
     paths = write_ct_series(tmp_path / "old", 1, rows=16, columns=16, issuer="RXC")
-    result = netpacs.app.cli("import", "--trust", "RXC", str(paths[0]))
+    result = netpacs.cli("import", "--trust", "RXC", str(paths[0]))
     assert result.returncode == 0, result.stderr
     uid = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
     assert uid not in items(netpacs, "rxc.admin", status="all")
@@ -184,7 +221,7 @@ def test_two_reporters_racing_to_sign_final_exactly_one_report_is_signed(
 def test_a_final_report_is_never_edited_and_later_words_are_addenda(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:
-    uid = send_ct(netpacs, tmp_path / "a")
+    uid = send_ct(netpacs, tmp_path / "a", patient_id="RXC1002")
     with client(netpacs, "ryr.radiologist") as c:
         assert c.post(f"/api/worklist/{uid}/claim").status_code == 200
         draft = c.put(
@@ -236,7 +273,7 @@ def test_a_final_report_is_never_edited_and_later_words_are_addenda(
 def test_only_those_who_may_see_the_patient_read_the_report_and_only_reporters_see_the_worklist(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:
-    uid = send_ct(netpacs, tmp_path / "a")
+    uid = send_ct(netpacs, tmp_path / "a", patient_id="RXC1003")
     with client(netpacs, "ra2.radiologist") as c:
         assert (
             c.put(f"/api/reports/{uid}", json={"text": FINDINGS, "status": "final"}).status_code
@@ -266,7 +303,7 @@ def qido_uids(server: Netpacs, c: httpx.Client, uid: str) -> list[str]:
 
 
 def test_a_stale_claim_lapses_and_an_admin_can_reassign(netpacs: Netpacs, tmp_path: Path) -> None:
-    uid = send_ct(netpacs, tmp_path / "a")
+    uid = send_ct(netpacs, tmp_path / "a", patient_id="RXC1004")
     with client(netpacs, "ryr.radiologist") as c:
         assert c.post(f"/api/worklist/{uid}/claim").status_code == 200
     with client(netpacs, "rtk.radiologist") as c:
@@ -348,20 +385,33 @@ def test_fhir_diagnostic_report_is_found_by_patient_identifier_once_it_is_a_resu
 def test_an_admin_sees_results_waiting_for_a_trust_whose_listener_is_down(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:
-    uid = send_ct(netpacs, tmp_path / "a")  # East Sussex: nothing listens on its port here
+    # East Sussex: nothing listens on its port here
+    uid = send_ct(netpacs, tmp_path / "a", patient_id="RXC1005")
+    with client(netpacs, "rxc.admin") as c:
+        waiting_before = waiting_for(c)["RXC"]["waiting"]
     with client(netpacs, "ryr.radiologist") as c:
         assert c.put(f"/api/reports/{uid}", json={"text": FINDINGS, "status": "final"}).is_success
         assert c.get("/api/results").status_code == 403
     with client(netpacs, "rxc.admin") as c:
+        ours = [
+            m for m in c.get("/api/results").json()["messages"] if m["study_instance_uid"] == uid
+        ]
+        waiting = waiting_for(c)
+        # Earlier tests' results may be first in line: the sender's attempt on the
+        # trust's oldest waiting result is what the admin sees fail.
         deadline = time.monotonic() + 20
         while True:
-            outbox = c.get("/api/results").json()
-            message = outbox["messages"][0]
-            if message["last_error"] or time.monotonic() > deadline:
+            tried = c.get("/api/results", params={"trust": "RXC"}).json()["messages"]
+            if tried[0]["last_error"] or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-    waiting = {w["trust"]: w for w in outbox["waiting_by_trust"]}
-    assert waiting["RXC"]["waiting"] == 1 and waiting["RXC"]["endpoint"] == "127.0.0.1:12573"
-    assert (message["trust"], message["study_instance_uid"]) == ("RXC", uid)
-    assert message["attempts"] >= 1 and "12573" in message["last_error"]
-    assert message["sent_at"] is None
+    assert waiting["RXC"]["waiting"] == waiting_before + 1
+    assert waiting["RXC"]["endpoint"] == "127.0.0.1:12573"
+    assert len(ours) == 1 and ours[0]["trust"] == "RXC" and ours[0]["sent_at"] is None
+    assert tried[0]["attempts"] >= 1 and "12573" in tried[0]["last_error"]
+    assert tried[0]["sent_at"] is None and tried[0]["next_attempt_at"]
+
+
+def waiting_for(c: httpx.Client) -> dict[str, dict[str, Any]]:
+    """The results outbox's waiting messages per trust."""
+    return {w["trust"]: w for w in c.get("/api/results").json()["waiting_by_trust"]}
