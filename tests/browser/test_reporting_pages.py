@@ -64,8 +64,9 @@ def worklist_row(page: Page, uid: str) -> Locator:
 
 
 def test_worklist_claim_report_beside_a_prior_from_another_trust_and_sign_final(
-    netpacs: Netpacs, browser: Browser, tmp_path: Path
+    module_netpacs: Netpacs, browser: Browser, tmp_path: Path
 ) -> None:
+    netpacs = module_netpacs  # its own patient; the "Mine" view holds only its claim
     number = valid_nhs("401023213")
     # Royal Surrey scanned her in January; Eastbourne scans her now.
     prior = send(
@@ -188,6 +189,7 @@ def test_worklist_claim_report_beside_a_prior_from_another_trust_and_sign_final(
 def test_turnaround_dashboard_counts_the_reported_study_and_draws_its_charts(
     netpacs: Netpacs, browser: Browser, tmp_path: Path
 ) -> None:
+    """On an archive of its own: it counts every study of the region."""
     number = valid_nhs("450557710")
     done = send(
         netpacs, tmp_path / "a", aet="EDGH_CT1", patient_id="RXC3001", issuer="RXC",
@@ -237,6 +239,7 @@ def test_turnaround_dashboard_counts_the_reported_study_and_draws_its_charts(
 def test_reporting_pages_are_for_reporters_and_linked_only_for_them(
     netpacs: Netpacs, browser: Browser
 ) -> None:
+    """On an archive of its own: an empty worklist and dashboard."""
     clinician = signed_in_page(browser, netpacs, "rxc.clinician")
     for path in ("/worklist", "/turnaround", "/report/1.2.3"):
         response = clinician.goto(f"{netpacs.base_url}{path}")
@@ -254,3 +257,49 @@ def test_reporting_pages_are_for_reporters_and_linked_only_for_them(
     expect(radiologist.locator("#summary")).to_contain_text("0 reported, 0 waiting")
     response = radiologist.goto(f"{netpacs.base_url}/report/not-a-uid")
     assert response is not None and response.status == 400
+
+
+def test_report_page_of_a_study_not_on_the_worklist_says_so_and_an_admin_can_queue_it(
+    module_netpacs: Netpacs, browser: Browser, tmp_path: Path
+) -> None:
+    netpacs = module_netpacs
+    # History brought in with `netpacs import` is not queued for reporting.
+    paths = write_ct_series(
+        tmp_path / "history", 2, rows=16, columns=16, patient_id="RXC4001", issuer="RXC", seed=7
+    )
+    imported = netpacs.cli("import", "--trust", "RXC", str(tmp_path / "history"))
+    assert imported.returncode == 0, imported.stderr
+    uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+
+    def report_page(user: str) -> Page:
+        page = signed_in_page(browser, netpacs, user)
+        page.route(re.compile(r"/viewer"), lambda route: route.fulfill(body=""))  # not its point
+        page.goto(f"{netpacs.base_url}/report/{uid}")
+        return page
+
+    # A radiologist is told why it cannot be reported here and who can change that;
+    # no error, no template of another modality, no Sign final that must fail.
+    page = report_page("rxc.radiologist")
+    not_queued = page.locator("#not-queued")
+    expect(not_queued).to_contain_text("not on your reporting worklist")
+    expect(not_queued).to_contain_text("A PACS administrator can put it on the worklist")
+    expect(page.get_by_role("alert")).to_have_count(0)
+    expect(page.get_by_label("Template")).to_be_hidden()
+    expect(page.get_by_label("Report text")).to_be_hidden()
+    expect(page.get_by_role("button", name="Sign final")).to_be_hidden()
+    expect(page.get_by_role("button", name="Put it on the worklist")).to_have_count(0)
+
+    # An administrator puts it on the worklist from the page; it is then reportable.
+    admin = report_page("rxc.admin")
+    admin.get_by_role("button", name="Put it on the worklist").click()
+    expect(admin.locator("#notice")).to_contain_text("on the worklist now")
+    expect(admin.locator("#not-queued")).to_be_hidden()
+    expect(admin.locator("#claim-state")).to_contain_text("Nobody has claimed this study")
+    expect(admin.get_by_label("Template")).to_have_value("CT")
+    expect(admin.locator("#priors")).to_contain_text("No priors at any trust")
+    expect(admin.get_by_role("alert")).to_have_count(0)
+
+    page.reload()
+    expect(page.get_by_label("Template")).to_have_value("CT")
+    expect(page.get_by_role("button", name="Sign final")).to_be_visible()
+    expect(page.locator("#not-queued")).to_be_hidden()

@@ -51,7 +51,15 @@ def _send(server: Netpacs, folder: Path, aet: str, *, nhs: str | None = None, **
 
 
 @pytest.fixture
-def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    """One server for the module, holding the two studies of ``studies`` only."""
+    return module_netpacs
+
+
+@pytest.fixture(scope="module")
+def studies(module_netpacs: Netpacs, tmp_path_factory: pytest.TempPathFactory) -> Studies:
+    """Sent once: the tests only read them."""
+    netpacs, tmp_path = module_netpacs, tmp_path_factory.mktemp("studies")
     older = _send(
         netpacs,
         tmp_path / "a",

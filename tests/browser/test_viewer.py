@@ -24,6 +24,12 @@ from tests.conftest import Netpacs
 from tests.http.conftest import write_and_send_ct
 
 
+@pytest.fixture
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    """One server for the module (the test that needs no viewer starts its own)."""
+    return module_netpacs
+
+
 def raw_get(server: Netpacs, path: str) -> tuple[int, bytes]:
     """GET with the path sent exactly as given (no client-side normalisation)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
