@@ -1,4 +1,4 @@
-"""FHIR R4 ImagingStudy through a running netpacs: search, read, errors, CapabilityStatement.
+"""FHIR R4 ImagingStudy through netpacs's HTTP app: search, read, errors, CapabilityStatement.
 
 Resources are validated with the fhir.resources models (R4B: ImagingStudy, Endpoint,
 Bundle, OperationOutcome and CapabilityStatement are unchanged from R4 in what is
@@ -20,8 +20,8 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from netpacs.synthetic import write_ct_series
-from tests.conftest import Netpacs
-from tests.http.conftest import StoredSeries, storescu
+from tests.conftest import HttpApp
+from tests.http.conftest import StoredSeries
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 RXC = "urn:netpacs:issuer:RXC"
@@ -35,19 +35,19 @@ class Studies:
     nhs: StoredSeries  # NHS number 9434765919
 
 
-def _send(server: Netpacs, folder: Path, aet: str, **kw: Any) -> StoredSeries:
+def _send(server: HttpApp, folder: Path, aet: str, **kw: Any) -> StoredSeries:
     paths = write_ct_series(folder, 2, rows=16, columns=16, **kw)
-    storescu(server, *paths, aet=aet)
+    server.store(*paths, aet=aet)
     head = pydicom.dcmread(paths[0], stop_before_pixels=True)
     sops = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
     return StoredSeries(paths, str(head.StudyInstanceUID), str(head.SeriesInstanceUID), sops)
 
 
 @pytest.fixture
-def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
+def studies(http_app: HttpApp, tmp_path: Path) -> Studies:
     return Studies(
         east_sussex=_send(
-            netpacs,
+            http_app,
             tmp_path / "rxc",
             "EDGH_CT1",
             patient_id="H1234567",
@@ -55,7 +55,7 @@ def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
             patient_name="EASTBOURNE^Alice",
         ),
         surrey=_send(
-            netpacs,
+            http_app,
             tmp_path / "rtp",
             "ESH_CT1",
             patient_id="H1234567",
@@ -64,7 +64,7 @@ def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
             seed=1,
         ),
         nhs=_send(
-            netpacs,
+            http_app,
             tmp_path / "nhs",
             "EDGH_CT1",
             patient_id="9434765919",
@@ -93,10 +93,10 @@ def _study_uids(bundle: dict[str, Any]) -> list[str]:
 
 
 def test_search_by_hospital_number_finds_the_trusts_patient_only(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    url = f"{netpacs.base_url}/fhir/ImagingStudy"
-    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
+    url = f"{http_app.base_url}/fhir/ImagingStudy"
+    with http_app.client() as client:
         found = _bundle(client.get(url, params={"patient.identifier": f"{RXC}|H1234567"}))
         assert found["total"] == 1 and _study_uids(found) == [studies.east_sussex.study_uid]
         entry = found["entry"][0]
@@ -126,7 +126,7 @@ def test_search_by_hospital_number_finds_the_trusts_patient_only(
             "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
             "code": "dicom-wado-rs",
         }
-        assert endpoint["address"] == netpacs.dicomweb_url
+        assert endpoint["address"] == http_app.dicomweb_url
         # The endpoint answers for the study.
         qido = client.get(f"{endpoint['address']}/studies/{study['id']}/series")
         assert qido.status_code == 200 and len(qido.json()) == 1
@@ -177,9 +177,9 @@ def _outcome(response: httpx.Response, status: int, words: str) -> None:
     assert words in body["issue"][0]["diagnostics"], body
 
 
-def test_read_by_id_and_errors_as_operation_outcomes(netpacs: Netpacs, studies: Studies) -> None:
-    url = f"{netpacs.base_url}/fhir/ImagingStudy"
-    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
+def test_read_by_id_and_errors_as_operation_outcomes(http_app: HttpApp, studies: Studies) -> None:
+    url = f"{http_app.base_url}/fhir/ImagingStudy"
+    with http_app.client() as client:
         read = client.get(f"{url}/{studies.surrey.study_uid}", headers={"accept": FHIR_JSON})
         assert read.status_code == 200
         study = read.json()
@@ -203,7 +203,7 @@ def test_read_by_id_and_errors_as_operation_outcomes(netpacs: Netpacs, studies: 
         )
         _outcome(client.get(url, params={"patient.identifier": f"{RXC}|"}), 400, "no value")
 
-        metadata = client.get(f"{netpacs.base_url}/fhir/metadata")
+        metadata = client.get(f"{http_app.base_url}/fhir/metadata")
         assert metadata.status_code == 200
         statement = metadata.json()
         CapabilityStatement.model_validate(statement)

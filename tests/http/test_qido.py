@@ -1,4 +1,4 @@
-"""QIDO-RS (PS3.18 10.6) through a running netpacs, on studies sent by storescu."""
+"""QIDO-RS (PS3.18 10.6) through netpacs's HTTP app, on studies stored as a modality sends them."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ from typing import Any
 
 import httpx
 import pytest
-from dicomweb_client import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from tests.conftest import Netpacs
+from tests.conftest import HttpApp
 from tests.factories import ct_dataset, write
-from tests.http.conftest import StoredSeries, storescu
+from tests.http.conftest import StoredSeries
 
 
 @dataclass(frozen=True)
 class Studies:
-    """Three small studies sent by storescu: two Smiths and a Jones."""
+    """Three small studies from a modality: two Smiths and a Jones."""
 
     smith: str  # SMITH^JOHN, 20260105, CT, one series of two instances
     smith_series: str
@@ -28,7 +27,7 @@ class Studies:
 
 
 @pytest.fixture
-def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
+def studies(http_app: HttpApp, tmp_path: Path) -> Studies:
     smith, smith_series, smithson, jones = (generate_uid() for _ in range(4))
     common = {"IssuerOfPatientID": "RTP", "InstitutionName": "East Surrey Hospital"}
     datasets = [
@@ -69,13 +68,13 @@ def studies(netpacs: Netpacs, tmp_path: Path) -> Studies:
             )
         )
     paths = [write(ds, tmp_path / "in" / f"{i}.dcm") for i, ds in enumerate(datasets)]
-    storescu(netpacs, *paths)
+    http_app.store(*paths)
     return Studies(
         smith, smith_series, [str(ds.SOPInstanceUID) for ds in datasets[:2]], smithson, jones
     )
 
 
-def qido(server: Netpacs, path: str, **headers: str) -> httpx.Response:
+def qido(server: HttpApp, path: str, **headers: str) -> httpx.Response:
     return server.http.get(f"{server.dicomweb_url}{path}", headers=headers)
 
 
@@ -89,9 +88,9 @@ def study_uids(found: list[dict[str, Any]]) -> list[str]:
 
 
 def test_patient_name_wildcard_matches_case_insensitively(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
     found = client.search_for_studies(search_filters={"PatientName": "smith*"})
     assert sorted(study_uids(found)) == sorted([studies.smith, studies.smithson])
     exact = client.search_for_studies(search_filters={"00100010": "jones^ann"})
@@ -99,9 +98,9 @@ def test_patient_name_wildcard_matches_case_insensitively(
 
 
 def test_date_range_and_modalities_in_study_select_studies(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
 
     def search(**filters: str) -> list[str]:
         return study_uids(client.search_for_studies(search_filters=filters))
@@ -118,9 +117,9 @@ def test_date_range_and_modalities_in_study_select_studies(
 
 
 def test_study_answers_carry_the_default_attributes_and_a_retrieve_url(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    response = qido(netpacs, f"/studies?StudyInstanceUID={studies.jones}")
+    response = qido(http_app, f"/studies?StudyInstanceUID={studies.jones}")
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/dicom+json"
@@ -134,19 +133,19 @@ def test_study_answers_carry_the_default_attributes_and_a_retrieve_url(
     assert first(jones, "00201206") == 2
     assert first(jones, "00201208") == 2
     assert first(jones, "00081030") == "CT HEAD"
-    assert first(jones, "00081190") == f"{netpacs.dicomweb_url}/studies/{studies.jones}"
+    assert first(jones, "00081190") == f"{http_app.dicomweb_url}/studies/{studies.jones}"
 
 
 def test_includefield_adds_attributes_by_keyword_tag_list_and_all(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
     filters = {"StudyInstanceUID": studies.smith}
     (one,) = client.search_for_studies(search_filters=filters, fields=["PatientAge"])
     assert first(one, "00101010") == "056Y"
 
     listed = qido(
-        netpacs, f"/studies?StudyInstanceUID={studies.smith}&includefield=00101010,PatientWeight"
+        http_app, f"/studies?StudyInstanceUID={studies.smith}&includefield=00101010,PatientWeight"
     )
     (two,) = listed.json()
     assert first(two, "00101010") == "056Y"
@@ -156,14 +155,14 @@ def test_includefield_adds_attributes_by_keyword_tag_list_and_all(
     )
     assert first(series, "00080080") == "East Surrey Hospital"
 
-    (every,) = qido(netpacs, f"/studies?StudyInstanceUID={studies.smith}&includefield=all").json()
+    (every,) = qido(http_app, f"/studies?StudyInstanceUID={studies.smith}&includefield=all").json()
     assert first(every, "00080062") == "1.2.840.10008.5.1.4.1.1.2"  # SOPClassesInStudy
 
 
 def test_limit_and_offset_page_through_studies_in_a_stable_order(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
     everything = study_uids(client.search_for_studies())
     pages = [study_uids(client.search_for_studies(limit=2, offset=o)) for o in (0, 2, 4)]
 
@@ -172,9 +171,9 @@ def test_limit_and_offset_page_through_studies_in_a_stable_order(
 
 
 def test_series_and_instances_are_found_at_every_resource(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
     jones_series = client.search_for_series(study_instance_uid=studies.jones)
     assert [first(s, "00080060") for s in jones_series] == ["CT", "US"]
     assert all(first(s, "00201209") == 1 for s in jones_series)
@@ -203,10 +202,10 @@ def test_series_and_instances_are_found_at_every_resource(
     assert "0008103E" in anywhere  # all instances: series attributes too
 
 
-def test_storescu_ct_series_is_found_by_patient_id_and_issuer(
-    netpacs: Netpacs, ct_series: StoredSeries
+def test_a_modalitys_ct_series_is_found_by_patient_id_and_issuer(
+    http_app: HttpApp, ct_series: StoredSeries
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
     (study,) = client.search_for_studies(
         search_filters={"PatientID": "RXC0000001", "IssuerOfPatientID": "RXC"}
     )
@@ -216,18 +215,18 @@ def test_storescu_ct_series_is_found_by_patient_id_and_issuer(
 
 
 def test_no_match_is_an_empty_list_and_json_is_answered_to_plain_json_accept(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
-    nothing = qido(netpacs, "/studies?PatientName=NOBODY*")
+    nothing = qido(http_app, "/studies?PatientName=NOBODY*")
     assert nothing.status_code == 200 and nothing.json() == []
-    plain = qido(netpacs, "/studies", Accept="application/json")
+    plain = qido(http_app, "/studies", Accept="application/json")
     assert plain.headers["content-type"] == "application/json"
     assert len(plain.json()) == 3
-    assert qido(netpacs, "/series", Accept="text/html, */*;q=0.1").status_code == 200
+    assert qido(http_app, "/series", Accept="text/html, */*;q=0.1").status_code == 200
 
 
 def test_bad_searches_are_4xx_with_a_message_naming_the_problem(
-    netpacs: Netpacs, studies: Studies
+    http_app: HttpApp, studies: Studies
 ) -> None:
     cases = {
         "/studies?PatientNaem=SMITH": (400, "PatientNaem"),
@@ -245,10 +244,10 @@ def test_bad_searches_are_4xx_with_a_message_naming_the_problem(
         "/studies/*/series": (400, "Study Instance UID"),
     }
     for path, (status, word) in cases.items():
-        response = qido(netpacs, path)
+        response = qido(http_app, path)
         assert response.status_code == status, (path, response.text)
         assert word in response.json()["message"], (path, response.text)
-    assert len(qido(netpacs, "/studies?limit=99999999999999999999999").json()) == 3
-    refused = qido(netpacs, "/studies", Accept="application/dicom+xml")
+    assert len(qido(http_app, "/studies?limit=99999999999999999999999").json()) == 3
+    refused = qido(http_app, "/studies", Accept="application/dicom+xml")
     assert refused.status_code == 406
     assert "application/dicom+json" in refused.json()["message"]

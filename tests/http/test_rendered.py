@@ -1,4 +1,4 @@
-"""WADO-RS /rendered and /thumbnail through a running netpacs (PS3.18 10.4.1.1.3, 8.3.5)."""
+"""WADO-RS /rendered and /thumbnail through netpacs's HTTP app (PS3.18 10.4.1.1.3, 8.3.5)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pydicom.uid import (
 )
 
 from netpacs.synthetic import write_ct_series
-from tests.conftest import Netpacs
-from tests.http.conftest import StoredSeries, storescu
+from tests.conftest import HttpApp
+from tests.http.conftest import StoredSeries
 
 PNG = {"accept": "image/png"}
 
@@ -33,16 +33,16 @@ def _image(response: httpx.Response, media_type: str = "image/png") -> npt.NDArr
     return np.asarray(image)
 
 
-def _url(server: Netpacs, ct: StoredSeries, sop: int = 0) -> str:
+def _url(server: HttpApp, ct: StoredSeries, sop: int = 0) -> str:
     return (
         f"{server.dicomweb_url}/studies/{ct.study_uid}/series/{ct.series_uid}"
         f"/instances/{ct.sop_uids[sop]}"
     )
 
 
-def test_rendered_and_thumbnails_of_a_ct_series(netpacs: Netpacs, ct_series: StoredSeries) -> None:
-    instance = _url(netpacs, ct_series)
-    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
+def test_rendered_and_thumbnails_of_a_ct_series(http_app: HttpApp, ct_series: StoredSeries) -> None:
+    instance = _url(http_app, ct_series)
+    with http_app.client() as client:
         jpeg = _image(client.get(f"{instance}/rendered"), "image/jpeg")
         assert jpeg.shape == (64, 64) and jpeg.std() > 10  # the phantom, not a blank
 
@@ -74,10 +74,10 @@ def test_rendered_and_thumbnails_of_a_ct_series(netpacs: Netpacs, ct_series: Sto
         assert small.shape == (16, 16)
 
         series = (
-            f"{netpacs.dicomweb_url}/studies/{ct_series.study_uid}/series/{ct_series.series_uid}"
+            f"{http_app.dicomweb_url}/studies/{ct_series.study_uid}/series/{ct_series.series_uid}"
         )
         for url in (
-            f"{netpacs.dicomweb_url}/studies/{ct_series.study_uid}/thumbnail",
+            f"{http_app.dicomweb_url}/studies/{ct_series.study_uid}/thumbnail",
             f"{series}/thumbnail",
             f"{instance}/thumbnail",
             f"{instance}/frames/1/thumbnail",
@@ -104,7 +104,7 @@ def _variant(
     return str(ds.SOPInstanceUID)
 
 
-def _stow(server: Netpacs, *paths: Path) -> None:
+def _stow(server: HttpApp, *paths: Path) -> None:
     boundary = "netpacs-test-boundary"
     body = (
         b"".join(
@@ -158,7 +158,7 @@ def _structured_report(like: Path, out: Path) -> tuple[str, str]:
 
 
 def test_monochrome1_inverts_and_compressed_objects_render_as_their_uncompressed_twin(
-    netpacs: Netpacs, tmp_path: Path
+    http_app: HttpApp, tmp_path: Path
 ) -> None:
     original = write_ct_series(tmp_path / "ct", 1, rows=48, columns=40, issuer="RXC")[0]
     head = pydicom.dcmread(original, stop_before_pixels=True)
@@ -168,12 +168,12 @@ def test_monochrome1_inverts_and_compressed_objects_render_as_their_uncompressed
         "mono1": _variant(original, tmp_path / "mono1.dcm", mono1=True),
     }
     sr_series, sr_sop = _structured_report(original, tmp_path / "sr.dcm")
-    storescu(netpacs, original, tmp_path / "mono1.dcm", tmp_path / "sr.dcm")
-    _stow(netpacs, tmp_path / "rle.dcm", tmp_path / "j2k.dcm")  # arrive compressed
+    http_app.store(original, tmp_path / "mono1.dcm", tmp_path / "sr.dcm")
+    _stow(http_app, tmp_path / "rle.dcm", tmp_path / "j2k.dcm")  # arrive compressed
     series = (
-        f"{netpacs.dicomweb_url}/studies/{head.StudyInstanceUID}/series/{head.SeriesInstanceUID}"
+        f"{http_app.dicomweb_url}/studies/{head.StudyInstanceUID}/series/{head.SeriesInstanceUID}"
     )
-    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
+    with http_app.client() as client:
         plain = _image(
             client.get(f"{series}/instances/{head.SOPInstanceUID}/rendered", headers=PNG)
         )
@@ -185,22 +185,22 @@ def test_monochrome1_inverts_and_compressed_objects_render_as_their_uncompressed
         assert np.array_equal(inverted, 255 - plain)
 
         # A series without images has no thumbnail; an SR is not rendered as an image.
-        sr = f"{netpacs.dicomweb_url}/studies/{head.StudyInstanceUID}/series/{sr_series}"
+        sr = f"{http_app.dicomweb_url}/studies/{head.StudyInstanceUID}/series/{sr_series}"
         response = client.get(f"{sr}/thumbnail")
         assert response.status_code == 404 and "no images" in response.json()["message"]
         response = client.get(f"{sr}/instances/{sr_sop}/rendered")
         assert response.status_code == 406 and "no pixel data" in response.json()["message"]
         # The study's thumbnail skips to its series with images.
         study_thumb = client.get(
-            f"{netpacs.dicomweb_url}/studies/{head.StudyInstanceUID}/thumbnail"
+            f"{http_app.dicomweb_url}/studies/{head.StudyInstanceUID}/thumbnail"
         )
         assert _image(study_thumb, "image/jpeg").shape == (128, 107)
 
 
-def test_bad_requests_are_4xx_with_a_message(netpacs: Netpacs, ct_series: StoredSeries) -> None:
-    root = netpacs.dicomweb_url
+def test_bad_requests_are_4xx_with_a_message(http_app: HttpApp, ct_series: StoredSeries) -> None:
+    root = http_app.dicomweb_url
     study, series = ct_series.study_uid, ct_series.series_uid
-    instance = _url(netpacs, ct_series)
+    instance = _url(http_app, ct_series)
     cases: list[tuple[str, dict[str, str], dict[str, str], int, str]] = [
         (f"{root}/studies/1.2.3.4/rendered", {}, {}, 404, "no study 1.2.3.4"),
         (f"{root}/studies/{study}/series/1.2.3/thumbnail", {}, {}, 404, "no series 1.2.3"),
@@ -226,7 +226,7 @@ def test_bad_requests_are_4xx_with_a_message(netpacs: Netpacs, ct_series: Stored
         (f"{instance}/frames/1,2/rendered", {}, {}, 400, "one frame"),
         (f"{instance}/frames/0/thumbnail", {}, {}, 400, "frame"),
     ]
-    with httpx.Client(timeout=30, headers=netpacs.auth()) as client:
+    with http_app.client() as client:
         for url, params, headers, status, words in cases:
             response = client.get(url, params=params, headers=headers)
             assert response.status_code == status, (url, params, headers, response.text)

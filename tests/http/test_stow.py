@@ -1,4 +1,4 @@
-"""STOW-RS (PS3.18 10.5) through a running netpacs: dicomweb-client and raw HTTP requests."""
+"""STOW-RS (PS3.18 10.5) through netpacs's HTTP app: dicomweb-client and raw HTTP requests."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from netpacs.adapters.http.multipart import MediaType, MultipartError, MultipartReader
 from netpacs.adapters.http.stow import Spool
-from tests.conftest import Netpacs
+from tests.conftest import HttpApp
 from tests.factories import ct_dataset
 
 BOUNDARY = "netpacs-test-boundary"
@@ -48,8 +48,8 @@ def multipart(*parts: tuple[str, bytes]) -> bytes:
     return out + f"--{BOUNDARY}--\r\n".encode()
 
 
-def stow(server: Netpacs, body: bytes, study: str | None = None, **headers: str) -> httpx.Response:
-    url = f"{server.dicomweb_url}/studies" + (f"/{study}" if study else "")
+def stow(server: HttpApp, body: bytes, study: str | None = None, **headers: str) -> httpx.Response:
+    url = "/dicomweb/studies" + (f"/{study}" if study else "")
     return server.http.post(url, content=body, headers={"Content-Type": STOW_TYPE, **headers})
 
 
@@ -65,9 +65,9 @@ def instance_count(client: DICOMwebClient, study: str) -> int:
 
 
 def test_stored_instances_are_referenced_with_retrieve_urls_and_found_by_qido(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
     study, series = generate_uid(), generate_uid()
     datasets = [
         part10(ct_dataset(StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=i + 1))
@@ -89,8 +89,8 @@ def test_stored_instances_are_referenced_with_retrieve_urls_and_found_by_qido(
     assert sorted(values(f, "00080018")[0] for f in found) == sorted(referenced)
 
 
-def test_resend_of_identical_instance_is_success_and_stored_once(netpacs: Netpacs) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+def test_resend_of_identical_instance_is_success_and_stored_once(http_app: HttpApp) -> None:
+    client = http_app.dicomweb()
     ds = part10(ct_dataset())
     client.store_instances([ds])
     again = client.store_instances([ds])
@@ -100,9 +100,9 @@ def test_resend_of_identical_instance_is_success_and_stored_once(netpacs: Netpac
 
 
 def test_instance_of_another_study_than_the_url_is_refused_and_not_stored(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+    client = http_app.dicomweb()
     study = generate_uid()
     own, foreign = part10(ct_dataset(StudyInstanceUID=study)), part10(ct_dataset())
     response = client.store_instances([own, foreign], study_instance_uid=study)
@@ -124,14 +124,14 @@ def test_instance_of_another_study_than_the_url_is_refused_and_not_stored(
 # -- status codes and failure reasons (raw HTTP) ----------------------------------------------
 
 
-def test_some_parts_failing_gives_202_with_failed_sop_sequence(netpacs: Netpacs) -> None:
+def test_some_parts_failing_gives_202_with_failed_sop_sequence(http_app: HttpApp) -> None:
     ds = ct_dataset()
     body = multipart(
         ("application/dicom", encode(ds)),
         ("application/pdf", b"%PDF-1.4 not an image"),
         ("application/dicom", b"this is not DICOM at all"),
     )
-    response = stow(netpacs, body)
+    response = stow(http_app, body)
 
     assert response.status_code == 202, response.text
     assert response.headers["content-type"] == "application/dicom+json"
@@ -139,16 +139,16 @@ def test_some_parts_failing_gives_202_with_failed_sop_sequence(netpacs: Netpacs)
     (stored,) = values(answer, "00081199")
     assert values(stored, "00081155") == [ds.SOPInstanceUID]
     assert values(stored, "00081190") == [
-        f"{netpacs.dicomweb_url}/studies/{ds.StudyInstanceUID}"
+        f"{http_app.dicomweb_url}/studies/{ds.StudyInstanceUID}"
         f"/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
     ]
     failed = values(answer, "00081198")
     assert [values(item, "00081197") for item in failed] == [[0xC000], [0xC000]]
 
 
-def test_all_parts_failing_gives_409(netpacs: Netpacs) -> None:
+def test_all_parts_failing_gives_409(http_app: HttpApp) -> None:
     study = generate_uid()
-    response = stow(netpacs, multipart(("application/dicom", encode(ct_dataset()))), study)
+    response = stow(http_app, multipart(("application/dicom", encode(ct_dataset()))), study)
 
     assert response.status_code == 409, response.text
     (failed,) = values(response.json(), "00081198")
@@ -157,12 +157,12 @@ def test_all_parts_failing_gives_409(netpacs: Netpacs) -> None:
 
 
 def test_different_content_under_a_stored_sop_instance_uid_is_a_conflict(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
     ds = ct_dataset()
-    assert stow(netpacs, multipart(("application/dicom", encode(ds)))).status_code == 200
+    assert stow(http_app, multipart(("application/dicom", encode(ds)))).status_code == 200
     ds.StudyDescription = "CT HEAD CHANGED"
-    response = stow(netpacs, multipart(("application/dicom", encode(ds))))
+    response = stow(http_app, multipart(("application/dicom", encode(ds))))
 
     assert response.status_code == 409, response.text
     (failed,) = values(response.json(), "00081198")
@@ -170,7 +170,7 @@ def test_different_content_under_a_stored_sop_instance_uid_is_a_conflict(
     assert values(failed, "00081197") == [0x0111]
 
 
-def test_malformed_multipart_bodies_are_400_with_a_message(netpacs: Netpacs) -> None:
+def test_malformed_multipart_bodies_are_400_with_a_message(http_app: HttpApp) -> None:
     dicom = encode(ct_dataset())
     bodies = {
         "empty body": b"",
@@ -181,23 +181,23 @@ def test_malformed_multipart_bodies_are_400_with_a_message(netpacs: Netpacs) -> 
         "header without colon": f"--{BOUNDARY}\r\nnonsense\r\n\r\nx\r\n--{BOUNDARY}--".encode(),
     }
     for what, body in bodies.items():
-        response = stow(netpacs, body)
+        response = stow(http_app, body)
         assert response.status_code == 400, (what, response.status_code, response.text)
         assert response.json()["message"], what
     cut = multipart(("application/dicom", dicom), ("application/dicom", encode(ct_dataset())))
-    truncated = stow(netpacs, cut[: len(cut) // 2 + len(dicom) // 2])
+    truncated = stow(http_app, cut[: len(cut) // 2 + len(dicom) // 2])
     assert truncated.status_code == 400
     assert "1 instance(s) before it were stored" in truncated.json()["message"]
     no_boundary = stow(
-        netpacs, multipart(), **{"Content-Type": 'multipart/related; type="application/dicom"'}
+        http_app, multipart(), **{"Content-Type": 'multipart/related; type="application/dicom"'}
     )
     assert no_boundary.status_code == 400
     assert "boundary" in no_boundary.json()["message"]
-    assert stow(netpacs, b"", study="not-a-uid").status_code == 400
+    assert stow(http_app, b"", study="not-a-uid").status_code == 400
 
 
 def test_request_content_types_other_than_multipart_related_dicom_are_415(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
     body = multipart(("application/dicom", encode(ct_dataset())))
     for content_type in (
@@ -206,22 +206,22 @@ def test_request_content_types_other_than_multipart_related_dicom_are_415(
         f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}',
         "",
     ):
-        response = stow(netpacs, body, **{"Content-Type": content_type})
+        response = stow(http_app, body, **{"Content-Type": content_type})
         assert response.status_code == 415, (content_type, response.text)
     reordered = f'Multipart/Related; boundary="{BOUNDARY}"; type=application/dicom'
-    assert stow(netpacs, body, **{"Content-Type": reordered}).status_code == 200
+    assert stow(http_app, body, **{"Content-Type": reordered}).status_code == 200
 
 
-def test_accept_header_without_json_is_406_and_plain_json_is_answered(netpacs: Netpacs) -> None:
+def test_accept_header_without_json_is_406_and_plain_json_is_answered(http_app: HttpApp) -> None:
     body = multipart(("application/dicom", encode(ct_dataset())))
-    assert stow(netpacs, body, Accept="application/dicom+xml").status_code == 406
-    plain = stow(netpacs, body, Accept="application/json")
+    assert stow(http_app, body, Accept="application/dicom+xml").status_code == 406
+    plain = stow(http_app, body, Accept="application/json")
     assert plain.status_code == 200
     assert plain.headers["content-type"] == "application/json"
 
 
-def test_dicomweb_client_raises_on_409(netpacs: Netpacs) -> None:
-    client = DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+def test_dicomweb_client_raises_on_409(http_app: HttpApp) -> None:
+    client = http_app.dicomweb()
     with pytest.raises(requests.HTTPError) as raised:
         client.store_instances([part10(ct_dataset())], study_instance_uid=generate_uid())
     assert raised.value.response.status_code == 409

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,9 +16,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from netpacs.dicom.part10 import read_file_meta
 from netpacs.synthetic import make_ct_series
-from tests.conftest import Netpacs, dcmtk, free_port
+from tests.conftest import HttpApp
 from tests.http.conftest import StoredSeries
 
+PUBLIC_URL = "http://pacs.example.nhs.uk"
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 
 
@@ -43,32 +44,19 @@ def data_set(part10: bytes) -> bytes:
 
 
 @pytest.fixture
-def netpacs(tmp_path: Path, database_url: str, region_file: Path) -> Iterator[Netpacs]:
-    """netpacs with its public URL set: dicomweb-client sends ``Host`` without the port,
-    so URLs taken from the request (the BulkDataURIs) would name port 80."""
-    port = free_port()
-    server = Netpacs(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        region_file=region_file,
-        http_port=port,
-        extra_env={"NETPACS_PUBLIC_URL": f"http://127.0.0.1:{port}"},
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def http_settings() -> dict[str, Any]:
+    """A public URL other than the Host of the requests: the BulkDataURIs name it."""
+    return {"public_url": PUBLIC_URL}
 
 
 @pytest.fixture
-def client(netpacs: Netpacs) -> DICOMwebClient:
-    return DICOMwebClient(url=netpacs.dicomweb_url, headers=netpacs.auth())
+def client(http_app: HttpApp) -> DICOMwebClient:
+    return http_app.dicomweb()
 
 
 @pytest.fixture
-def rle_multiframe(netpacs: Netpacs, ct_series: StoredSeries, tmp_path: Path) -> pydicom.Dataset:
-    """A 3-frame RLE Lossless object in the study of ``ct_series``, sent by storescu."""
+def rle_multiframe(http_app: HttpApp, ct_series: StoredSeries, tmp_path: Path) -> pydicom.Dataset:
+    """A 3-frame RLE Lossless object in the study of ``ct_series``, from a modality."""
     slices = list(make_ct_series(3, rows=32, columns=24, study_uid=ct_series.study_uid))
     ds = slices[0]
     pixels = np.stack([s.pixel_array for s in slices])
@@ -80,32 +68,20 @@ def rle_multiframe(netpacs: Netpacs, ct_series: StoredSeries, tmp_path: Path) ->
     ds.compress(RLELossless, pixels)
     path = tmp_path / "rle.dcm"
     ds.save_as(path, enforce_file_format=True)
-    # -xr: propose RLE Lossless, so that the object is stored as it was made.
-    sent = dcmtk(
-        "storescu",
-        "-xr",
-        "-aet",
-        "EDGH_CT1",
-        "-aec",
-        "NETPACS",
-        "127.0.0.1",
-        str(netpacs.port),
-        str(path),
-    )
-    assert sent.returncode == 0 and "Failed" not in sent.stderr, sent.stderr
+    http_app.store(path)  # as a modality sends it: RLE Lossless, as made
     return pydicom.dcmread(path)
 
 
 def test_retrieve_gives_the_stored_objects_byte_for_byte_at_every_level(
-    netpacs: Netpacs, ct_series: StoredSeries, client: DICOMwebClient
+    http_app: HttpApp, ct_series: StoredSeries, client: DICOMwebClient
 ) -> None:
     sent = {
         str(pydicom.dcmread(p).SOPInstanceUID): data_set(p.read_bytes()) for p in ct_series.paths
     }
     study, series = ct_series.study_uid, ct_series.series_uid
-    url = f"{netpacs.dicomweb_url}/studies/{study}/series/{series}"
+    url = f"{http_app.dicomweb_url}/studies/{study}/series/{series}"
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    got = parts(netpacs.http.get(url, headers={"Accept": accept}))
+    got = parts(http_app.http.get(url, headers={"Accept": accept}))
     assert [ct.split(";")[0] for ct, _ in got] == ["application/dicom"] * len(sent)
     by_uid = {str(pydicom.dcmread(_file(b)).SOPInstanceUID): data_set(b) for _, b in got}
     assert by_uid == sent
@@ -136,7 +112,7 @@ def test_series_metadata_and_its_bulk_data_uris_rebuild_the_objects_sent(
         assert rebuilt.PixelData == sent.PixelData
         assert rebuilt.StudyDescription == sent.StudyDescription  # study level, from the header
     assert len(uris) == len(ct_series.paths)
-    assert all(u.startswith(client.base_url) for u in uris)
+    assert all(u.startswith(f"{PUBLIC_URL}/dicomweb/studies/") for u in uris)
 
 
 def test_study_and_instance_metadata_cover_their_scope(
@@ -150,25 +126,25 @@ def test_study_and_instance_metadata_cover_their_scope(
 
 
 def test_frames_of_uncompressed_pixel_data_are_the_raw_pixels(
-    netpacs: Netpacs, ct_series: StoredSeries, client: DICOMwebClient
+    http_app: HttpApp, ct_series: StoredSeries, client: DICOMwebClient
 ) -> None:
     study, series, sop = ct_series.study_uid, ct_series.series_uid, ct_series.sop_uids[0]
     pixels = pydicom.dcmread(ct_series.paths[0]).PixelData
     (frame,) = client.retrieve_instance_frames(study, series, sop, frame_numbers=[1])
     assert frame == pixels
-    url = f"{netpacs.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}/frames/1"
-    (ohif,) = parts(netpacs.http.get(url, headers={"Accept": OHIF_FRAMES}))
+    url = f"{http_app.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    (ohif,) = parts(http_app.http.get(url, headers={"Accept": OHIF_FRAMES}))
     assert ohif == (f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}", pixels)
 
 
 def test_compressed_frames_come_as_stored_with_transfer_syntax_star_or_decoded_by_default(
-    netpacs: Netpacs, rle_multiframe: pydicom.Dataset, client: DICOMwebClient
+    http_app: HttpApp, rle_multiframe: pydicom.Dataset, client: DICOMwebClient
 ) -> None:
     ds = rle_multiframe
     study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-    url = f"{netpacs.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}/frames/3,1"
+    url = f"{http_app.dicomweb_url}/studies/{study}/series/{series}/instances/{sop}/frames/3,1"
     stored = [pydicom.encaps.get_frame(ds.PixelData, i, number_of_frames=3) for i in (2, 0)]
-    as_stored = parts(netpacs.http.get(url, headers={"Accept": OHIF_FRAMES}))
+    as_stored = parts(http_app.http.get(url, headers={"Accept": OHIF_FRAMES}))
     assert as_stored == [(f"image/dicom-rle; transfer-syntax={RLELossless}", f) for f in stored]
     decoded = client.retrieve_instance_frames(study, series, sop, frame_numbers=[3, 1])
     expected = ds.pixel_array
@@ -187,7 +163,7 @@ def test_compressed_frames_come_as_stored_with_transfer_syntax_star_or_decoded_b
 
 
 def test_bulk_data_of_encapsulated_pixel_data_is_its_frames_as_stored(
-    netpacs: Netpacs, rle_multiframe: pydicom.Dataset, client: DICOMwebClient
+    http_app: HttpApp, rle_multiframe: pydicom.Dataset, client: DICOMwebClient
 ) -> None:
     ds = rle_multiframe
     meta = client.retrieve_instance_metadata(
@@ -195,7 +171,7 @@ def test_bulk_data_of_encapsulated_pixel_data_is_its_frames_as_stored(
     )
     uri = meta["7FE00010"]["BulkDataURI"]
     got = parts(
-        netpacs.http.get(uri, headers={"Accept": "multipart/related; type=image/dicom-rle"})
+        http_app.http.get(uri, headers={"Accept": "multipart/related; type=image/dicom-rle"})
     )
     assert [b for _, b in got] == list(
         pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=3)
@@ -224,14 +200,16 @@ BAD_REQUESTS = [
 ]
 
 
-def test_bad_requests_get_a_status_and_a_message(netpacs: Netpacs, ct_series: StoredSeries) -> None:
+def test_bad_requests_get_a_status_and_a_message(
+    http_app: HttpApp, ct_series: StoredSeries
+) -> None:
     wrong = []
     for suffix, accept, status in BAD_REQUESTS:
         path = suffix.format(
             study=ct_series.study_uid, series=ct_series.series_uid, sop=ct_series.sop_uids[0]
         )
         headers = {"Accept": accept} if accept else {}
-        response = netpacs.http.get(netpacs.dicomweb_url + path, headers=headers)
+        response = http_app.http.get(http_app.dicomweb_url + path, headers=headers)
         if response.status_code != status or not response.json().get("message"):
             wrong.append((suffix, accept, response.status_code, response.text[:200]))
     assert wrong == []
