@@ -18,29 +18,18 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from netpacs.index.records import InstanceRecord, PatientRow
 from netpacs.index.schema import index_epoch, instance, patient, series, study
 
 log = logging.getLogger(__name__)
 
 _DEMOGRAPHICS = ("patient_name", "patient_birth_date", "patient_sex")
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRecord:
-    """Everything the index keeps about one stored object."""
-
-    patient: dict[str, Any]  # patient_id, issuer, patient_name, ...
-    study: dict[str, Any]  # study_instance_uid, ...
-    series: dict[str, Any]  # series_instance_uid, ...
-    instance: dict[str, Any]  # sop_instance_uid, blob_key, ...
-    # What the rules run on a new study (NewStudyHook) need from the header.
-    hints: dict[str, Any] = field(default_factory=dict)
 
 
 class NewStudyHook(Protocol):
@@ -208,27 +197,29 @@ class IndexWriter:
         return int(pk)
 
     def _parents(self, conn: sa.Connection, record: InstanceRecord, now: dt.datetime) -> int:
-        series_uid = record.series["series_instance_uid"]
+        series_uid = record.series.series_instance_uid
         series_pk = self._series_pk.get(series_uid)
         if series_pk is not None:
             return series_pk
-        study_uid = record.study["study_instance_uid"]
+        study_uid = record.study.study_instance_uid
         study_pk = self._study_pk.get(study_uid)
         if study_pk is None:
-            pkey = (record.patient["patient_id"], record.patient["issuer"])
+            pkey = (record.patient.patient_id, record.patient.issuer)
             patient_pk = self._patient_pk.get(pkey)
             if patient_pk is None:
-                patient_pk = self._upsert(conn, patient, {**record.patient, "created_at": now})
+                patient_pk = self._upsert(
+                    conn, patient, {**record.patient.values(), "created_at": now}
+                )
                 self._fill_blanks(conn, patient_pk, record.patient)
             study_pk = self._upsert(
-                conn, study, {**record.study, "patient_fk": patient_pk, "created_at": now}
+                conn, study, {**record.study.values(), "patient_fk": patient_pk, "created_at": now}
             )
             if self._on_new_study is not None:
                 self._on_new_study(conn, record, patient_pk, now)
             self._patient_pk[pkey] = patient_pk
             self._study_pk[study_uid] = study_pk
         series_pk = self._upsert(
-            conn, series, {**record.series, "study_fk": study_pk, "created_at": now}
+            conn, series, {**record.series.values(), "study_fk": study_pk, "created_at": now}
         )
         if self._on_new_series is not None:
             self._on_new_series(conn, record, study_pk, now)
@@ -238,10 +229,10 @@ class IndexWriter:
         return series_pk
 
     @staticmethod
-    def _fill_blanks(conn: sa.Connection, pk: int, values: dict[str, Any]) -> None:
+    def _fill_blanks(conn: sa.Connection, pk: int, row: PatientRow) -> None:
         """Demographics the patient row lacks (e.g. made by an ADT message that did not
         send them) taken from the object; what the row has is never overwritten."""
-        given = {c: values.get(c) or "" for c in _DEMOGRAPHICS}
+        given = {c: getattr(row, c) or "" for c in _DEMOGRAPHICS}
         if not any(given.values()):
             return
         conn.execute(
@@ -262,26 +253,26 @@ class IndexWriter:
     def _insert(self, conn: sa.Connection, record: InstanceRecord) -> WriteResult:
         now = dt.datetime.now(dt.UTC)
         series_pk = self._parents(conn, record, now)
-        params = {**record.instance, "series_fk": series_pk, "received_at": now}
+        params = {**record.instance.values(), "series_fk": series_pk, "received_at": now}
         pk = conn.execute(self._statements.insert["instance"], params).scalar()
         if pk is not None:
             return WriteResult(WriteStatus.INSERTED)
         row = conn.execute(
             sa.select(instance).where(
-                instance.c.sop_instance_uid == record.instance["sop_instance_uid"]
+                instance.c.sop_instance_uid == record.instance.sop_instance_uid
             )
         ).one()
         return WriteResult(WriteStatus.EXISTS, existing=dict(row._mapping))
 
     def _replace(self, conn: sa.Connection, record: InstanceRecord) -> dict[str, Any]:
         now = dt.datetime.now(dt.UTC)
-        uid = record.instance["sop_instance_uid"]
+        uid = record.instance.sop_instance_uid
         old = conn.execute(sa.select(instance).where(instance.c.sop_instance_uid == uid)).one()
         series_pk = self._parents(conn, record, now)
         conn.execute(
             sa.update(instance)
             .where(instance.c.sop_instance_uid == uid)
-            .values(**record.instance, series_fk=series_pk, received_at=now)
+            .values(**record.instance.values(), series_fk=series_pk, received_at=now)
         )
         return dict(old._mapping)
 

@@ -39,8 +39,8 @@ import sqlalchemy as sa
 
 from netpacs.dicom.header import JsonDataset, first_str
 from netpacs.domain import nhs_number
+from netpacs.index.records import InstanceRecord
 from netpacs.index.schema import adt_identity, instance, patient, reconciliation, series, study
-from netpacs.index.writer import InstanceRecord
 
 log = logging.getLogger(__name__)
 
@@ -339,14 +339,13 @@ class RegionalRecord:
         self, conn: sa.Connection, record: InstanceRecord, patient_pk: int, now: dt.datetime
     ) -> None:
         """The index writer's hook for a new study (index.writer.NewStudyHook)."""
-        in_header = record.hints.get("nhs_number")
         self.on_new_study(
             conn,
             patient_pk,
-            record.study["study_instance_uid"],
-            record.patient,
-            in_header if isinstance(in_header, NhsNumberInHeader) else NhsNumberInHeader(),
-            source=str(record.hints.get("source") or "DICOM"),
+            record.study.study_instance_uid,
+            record.patient.values(),
+            nhs_number_in_header(record.header),
+            source=record.origin.describe(),
             now=now,
         )
 

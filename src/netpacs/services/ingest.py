@@ -39,8 +39,14 @@ from netpacs.domain.outcomes import (
 )
 from netpacs.domain.region import Region
 from netpacs.domain.uids import is_valid_uid
-from netpacs.index.writer import IndexWriter, InstanceRecord, WriteStatus
-from netpacs.services.identity import nhs_number_in_header
+from netpacs.index.records import (
+    InstanceRecord,
+    InstanceRow,
+    PatientRow,
+    SeriesRow,
+    StudyRow,
+)
+from netpacs.index.writer import IndexWriter, WriteStatus
 from netpacs.storage.blobstore import BlobStore, new_blob_key
 
 log = logging.getLogger(__name__)
@@ -278,19 +284,19 @@ class IngestService:
         outcome = self._commit(obj, record, write, origin)
         return dataclasses.replace(
             outcome,
-            sop_class_uid=record.instance["sop_class_uid"],
-            study_instance_uid=record.study["study_instance_uid"],
-            series_instance_uid=record.series["series_instance_uid"],
-            patient_id=record.patient["patient_id"],
-            issuer=record.patient["issuer"],
+            sop_class_uid=record.instance.sop_class_uid,
+            study_instance_uid=record.study.study_instance_uid,
+            series_instance_uid=record.series.series_instance_uid,
+            patient_id=record.patient.patient_id,
+            issuer=record.patient.issuer,
         )
 
     def _commit(
         self, obj: ParsedObject, record: InstanceRecord, write: Future[int], origin: Origin
     ) -> StoreOutcome:
         """Wait for the blob, then insert the index rows (or settle the duplicate)."""
-        sop_uid = record.instance["sop_instance_uid"]
-        key = record.instance["blob_key"]
+        sop_uid = record.instance.sop_instance_uid
+        key = record.instance.blob_key
         try:
             write.result()
         except OSError as exc:
@@ -311,8 +317,8 @@ class IngestService:
     def _duplicate(
         self, obj: ParsedObject, record: InstanceRecord, existing: dict[str, Any], origin: Origin
     ) -> StoreOutcome:
-        sop_uid = record.instance["sop_instance_uid"]
-        new_key = record.instance["blob_key"]
+        sop_uid = record.instance.sop_instance_uid
+        new_key = record.instance.blob_key
         if self._same_content(obj, existing):
             self._blobs.delete(new_key)
             return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid)
@@ -394,61 +400,56 @@ def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> Instanc
     """The index rows for an object stored under ``blob_key`` (ingest and reindex)."""
     h = obj.header
     crc = zlib.crc32(obj.dataset, zlib.crc32(obj.head))
-    issuer = first_str(h, "00100021") or origin.trust or ""
-    patient = {
-        "patient_id": first_str(h, "00100020"),
-        "issuer": issuer,
-        "patient_name": first_str(h, "00100010"),
-        "patient_birth_date": first_str(h, "00100030"),
-        "patient_sex": first_str(h, "00100040"),
-        "nhs_number": None,  # linked by the regional record's rules (services.identity)
-    }
-    study = {
-        "study_instance_uid": first_str(h, "0020000D"),
-        "study_date": first_str(h, "00080020"),
-        "study_time": first_str(h, "00080030"),
-        "accession_number": first_str(h, "00080050"),
-        "study_id": first_str(h, "00200010"),
-        "study_description": first_str(h, "00081030"),
-        "referring_physician_name": first_str(h, "00080090"),
-        "origin_trust": origin.trust,
-        "origin_site": origin.site,
-    }
-    series = {
-        "series_instance_uid": first_str(h, "0020000E"),
-        "modality": first_str(h, "00080060"),
-        "series_number": first_int(h, "00200011"),
-        "series_description": first_str(h, "0008103E"),
-        "body_part_examined": first_str(h, "00180015"),
-        "series_date": first_str(h, "00080021"),
-        "series_time": first_str(h, "00080031"),
-        "institution_name": first_str(h, "00080080"),
-        "station_name": first_str(h, "00081010"),
-    }
-    inst = {
-        "sop_instance_uid": first_str(h, "00080018"),
-        "sop_class_uid": first_str(h, "00080016"),
-        "instance_number": first_int(h, "00200013"),
-        "transfer_syntax_uid": obj.transfer_syntax_uid,
-        "content_date": first_str(h, "00080023"),
-        "content_time": first_str(h, "00080033"),
-        "image_rows": first_int(h, "00280010"),
-        "image_columns": first_int(h, "00280011"),
-        "number_of_frames": first_int(h, "00280008"),
-        "blob_key": blob_key,
-        "blob_size": len(obj.head) + len(obj.dataset),
-        "blob_crc32": crc,
-        "dataset_offset": len(obj.head),
-        "metadata_json": orjson.dumps(h).decode(),
-        "origin_protocol": origin.protocol.value,
-        "origin_ae": origin.ae_title,
-        "origin_trust": origin.trust,
-        "origin_user": origin.user,
-    }
-    hints = {
-        "nhs_number": nhs_number_in_header(h),
-        "source": origin.describe(),
-        "origin": origin,  # the reporting worklist queues what modalities and users send
-        "header": h,
-    }
-    return InstanceRecord(patient, study, series, inst, hints)
+    return InstanceRecord(
+        patient=PatientRow(
+            patient_id=first_str(h, "00100020"),
+            issuer=first_str(h, "00100021") or origin.trust or "",
+            patient_name=first_str(h, "00100010"),
+            patient_birth_date=first_str(h, "00100030"),
+            patient_sex=first_str(h, "00100040"),
+        ),
+        study=StudyRow(
+            study_instance_uid=first_str(h, "0020000D"),
+            study_date=first_str(h, "00080020"),
+            study_time=first_str(h, "00080030"),
+            accession_number=first_str(h, "00080050"),
+            study_id=first_str(h, "00200010"),
+            study_description=first_str(h, "00081030"),
+            referring_physician_name=first_str(h, "00080090"),
+            origin_trust=origin.trust,
+            origin_site=origin.site,
+        ),
+        series=SeriesRow(
+            series_instance_uid=first_str(h, "0020000E"),
+            modality=first_str(h, "00080060"),
+            series_number=first_int(h, "00200011"),
+            series_description=first_str(h, "0008103E"),
+            body_part_examined=first_str(h, "00180015"),
+            series_date=first_str(h, "00080021"),
+            series_time=first_str(h, "00080031"),
+            institution_name=first_str(h, "00080080"),
+            station_name=first_str(h, "00081010"),
+        ),
+        instance=InstanceRow(
+            sop_instance_uid=first_str(h, "00080018"),
+            sop_class_uid=first_str(h, "00080016"),
+            instance_number=first_int(h, "00200013"),
+            transfer_syntax_uid=obj.transfer_syntax_uid,
+            content_date=first_str(h, "00080023"),
+            content_time=first_str(h, "00080033"),
+            image_rows=first_int(h, "00280010"),
+            image_columns=first_int(h, "00280011"),
+            number_of_frames=first_int(h, "00280008"),
+            blob_key=blob_key,
+            blob_size=len(obj.head) + len(obj.dataset),
+            blob_crc32=crc,
+            dataset_offset=len(obj.head),
+            metadata_json=orjson.dumps(h).decode(),
+            origin_protocol=origin.protocol.value,
+            origin_ae=origin.ae_title,
+            origin_trust=origin.trust,
+            origin_user=origin.user,
+        ),
+        origin=origin,
+        header=h,
+    )

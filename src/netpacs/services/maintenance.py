@@ -29,8 +29,9 @@ from netpacs.dicom.header import HeaderError
 from netpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, FileMeta, read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import Region
+from netpacs.index.records import InstanceRecord
 from netpacs.index.schema import instance, patient, series, study
-from netpacs.index.writer import IndexWriter, InstanceRecord, WriteStatus
+from netpacs.index.writer import IndexWriter, WriteStatus
 from netpacs.services.ingest import (
     InvalidObject,
     ParsedObject,
@@ -424,7 +425,7 @@ def _reindex_one(key: str, *, blobs: BlobStore, writer: IndexWriter, region: Reg
     except InvalidObject as inv:
         sop = meta.media_storage_sop_instance_uid or None
         return ReindexItem(key, ReindexStatus.UNINDEXABLE, sop, inv.detail)
-    sop_uid = record.instance["sop_instance_uid"]
+    sop_uid = record.instance.sop_instance_uid
     try:
         result = writer.insert(record)
     except Exception as exc:
@@ -435,8 +436,8 @@ def _reindex_one(key: str, *, blobs: BlobStore, writer: IndexWriter, region: Reg
     assert result.existing is not None
     other = result.existing
     same = (other["blob_size"], other["blob_crc32"]) == (
-        record.instance["blob_size"],
-        record.instance["blob_crc32"],
+        record.instance.blob_size,
+        record.instance.blob_crc32,
     )
     detail = (
         f"SOP Instance {sop_uid} is already indexed from blob {other['blob_key']} "

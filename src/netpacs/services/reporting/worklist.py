@@ -31,9 +31,9 @@ import sqlalchemy as sa
 from netpacs.dicom.header import JsonDataset, first_str
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import SUBSPECIALTIES, AEKind, Region
+from netpacs.index.records import InstanceRecord
 from netpacs.index.reporting import first_image, insert_worklist_item
 from netpacs.index.schema import patient, study, worklist_item
-from netpacs.index.writer import InstanceRecord
 from netpacs.services.access import Principal
 from netpacs.services.reporting.common import (
     OPEN,
@@ -167,17 +167,16 @@ class WorklistRule:
     def __call__(
         self, conn: sa.Connection, record: InstanceRecord, study_pk: int, now: dt.datetime
     ) -> None:
-        modality = str(record.series.get("modality") or "").upper()
-        if modality in NOT_REPORTED or not _queued(record.hints.get("origin"), self.region):
+        modality = record.series.modality.upper()
+        origin = record.origin
+        if modality in NOT_REPORTED or not _queued(origin, self.region):
             return
-        header = record.hints.get("header")
-        origin = record.hints["origin"]
         values = _new_item(
             self.region,
-            study_uid=record.study["study_instance_uid"],
+            study_uid=record.study.study_instance_uid,
             modality=modality,
-            body_part=str(record.series.get("body_part_examined") or ""),
-            header=header if isinstance(header, dict) else {},
+            body_part=record.series.body_part_examined,
+            header=record.header,
             priority=None,
             arrived_at=now,
         )
@@ -185,9 +184,9 @@ class WorklistRule:
             conn,
             values
             | {
-                "requesting_trust": record.study.get("origin_trust") or origin.trust or "",
-                "requesting_site": record.study.get("origin_site"),
-                "study_description": str(record.study.get("study_description") or ""),
+                "requesting_trust": record.study.origin_trust or origin.trust or "",
+                "requesting_site": record.study.origin_site,
+                "study_description": record.study.study_description,
             },
         )
 
