@@ -41,7 +41,7 @@ def test_a_clinician_is_denied_the_audit_trail_and_an_auditor_sees_the_break_gla
     denied = signed_in_page(browser, netpacs, "rpc.clinician")
     response = denied.goto(f"{netpacs.base_url}/audit")
     assert response is not None and response.status == 403
-    expect(denied.get_by_role("alert")).to_contain_text("for auditors")
+    expect(denied.get_by_role("alert")).to_contain_text("may not read the audit trail")
 
     opened = httpx.post(
         f"{netpacs.base_url}/api/break-glass",
