@@ -437,9 +437,9 @@ def test_records_written_while_the_collector_is_down_all_arrive_when_it_starts(
     collector = rsyslog(collectors, tmp_path / "rsyslog", certs)  # not started
     with outbox_jobs(database_url, tls_settings(collector, certs)) as built:
         job = forwarder(built)
-        writer.write("down", 700)  # more than one batch
+        writer.write("down", 600)  # more than one batch
         assert [job.step() for _ in range(4)] == [1, 2, 4, 8]  # each attempt backs off
-        assert writer.unforwarded() >= 700
+        assert writer.unforwarded() >= 600
         assert caplog.text.count("cannot be reached") == 1, caplog.text  # one per outage
         collector.start()
         for _ in range(10):
@@ -449,7 +449,7 @@ def test_records_written_while_the_collector_is_down_all_arrive_when_it_starts(
         job.close()
     assert writer.unforwarded() == 0
     assert "reachable again" in caplog.text
-    assert len(wait_for_markers(collector, "down", 700)) >= 700
+    assert len(wait_for_markers(collector, "down", 600)) >= 600
 
 
 def test_collector_killed_and_restarted_mid_stream_loses_nothing(

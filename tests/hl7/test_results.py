@@ -543,8 +543,9 @@ def test_a_tls_listener_that_requires_a_client_certificate_refuses_us_without_on
 
 
 def test_serve_stops_with_a_message_when_our_results_client_certificate_cannot_be_used(
-    tmp_path: Path, database_url: str, region_file: Path, pki: Pki
+    tmp_path: Path, region_file: Path, pki: Pki
 ) -> None:
+    database_url = f"sqlite:///{tmp_path / 'index.sqlite'}"  # serve stops before using it
     text = region_file.read_text().replace(
         'receiving_facility = "RXC01"',
         f'receiving_facility = "RXC01"\ntls = true\nca_file = "{pki.ca}"',
