@@ -121,7 +121,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
 
 @pytest.fixture(scope="module")
 def model() -> demo.DemoRegion:
-    return demo.build_region(PATIENTS, SEED)
+    return demo.build_region(PATIENTS, SEED, region=REGION)
 
 
 def test_summary_names_patients_studies_instances_and_time(
@@ -224,10 +224,10 @@ def test_a_second_run_with_the_same_seed_finds_everything_already_stored(
 def test_the_same_seed_gives_the_same_region_and_uids(
     loaded: Loaded, model: demo.DemoRegion
 ) -> None:
-    assert demo.build_region(PATIENTS, SEED) == model
+    assert demo.build_region(PATIENTS, SEED, region=REGION) == model
     stored = {value(s, "StudyInstanceUID") for s in loaded.studies()}
     assert stored == {s.study_instance_uid for s in model.studies}
-    other = demo.build_region(PATIENTS, SEED + 1)
+    other = demo.build_region(PATIENTS, SEED + 1, region=REGION)
     assert [p.nhs_number for p in other.persons] != [p.nhs_number for p in model.persons]
     assert not stored & {s.study_instance_uid for s in other.studies}
 

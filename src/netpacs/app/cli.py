@@ -38,7 +38,8 @@ from netpacs.app.startup import (
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import RegionError
 from netpacs.index.db import make_engine, migrate
-from netpacs.services.ingest import IngestService
+from netpacs.services.access import Principal, Role
+from netpacs.services.ingest_batch import IngestBatch
 from netpacs.services.maintenance import (
     ReindexReport,
     ReindexStatus,
@@ -215,10 +216,10 @@ def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.Argument
 def _cmd_demo_data(
     args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser
 ) -> int:
-    from netpacs import demo
+    from netpacs.app import demo_data
 
     _prepare_index(settings)
-    return demo.main(settings, patients=args.patients, seed=args.seed, if_empty=args.if_empty)
+    return demo_data.main(settings, patients=args.patients, seed=args.seed, if_empty=args.if_empty)
 
 
 # -- import ------------------------------------------------------------------------------
@@ -236,16 +237,18 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def _import_one(ingest: IngestService, path: Path, origin: Origin) -> StoreOutcome:
+def _import_one(batch: IngestBatch, path: Path) -> StoreOutcome:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return StoreOutcome(StoreStatus.FAILED, None, f"could not read the file: {exc}")
+        failed = StoreOutcome(StoreStatus.FAILED, None, f"could not read the file: {exc}")
+        return batch.refused(failed)
     try:
-        return ingest.store_part10(data, origin=origin)
+        return batch.store_part10(data)
     except Exception as exc:  # one bad file must not stop the import
         log.exception("unexpected error storing %s", path)
-        return StoreOutcome(StoreStatus.FAILED, None, f"unexpected error: {exc!r}")
+        failed = StoreOutcome(StoreStatus.FAILED, None, f"unexpected error: {exc!r}")
+        return batch.refused(failed)
 
 
 def refusal_group(outcome: StoreOutcome) -> str:
@@ -318,7 +321,10 @@ def _cmd_import(args: argparse.Namespace, settings: Settings, p: argparse.Argume
     if missing:
         p.error("no such file or directory: " + ", ".join(missing))
     _prepare_index(settings)
-    origin = Origin(Protocol.IMPORT, trust=trust, user=_os_user())
+    user = _os_user()
+    origin = Origin(Protocol.IMPORT, trust=trust, user=user)
+    # Who ran the import, audited as netpacs acting for them and the trust named.
+    principal = Principal(user or "netpacs import", Role.SYSTEM, trust)
     total = sum(1 for _ in _walk(paths))
     summary = ImportSummary()
     started = time.monotonic()
@@ -327,9 +333,10 @@ def _cmd_import(args: argparse.Namespace, settings: Settings, p: argparse.Argume
         with (
             logging_redirect_tqdm(),
             tqdm(total=total, unit="file", desc="importing", disable=None) as bar,
+            archive.stores.session(principal, origin) as batch,
         ):
             results = run_bounded(
-                lambda path: _import_one(archive.ingest, path, origin),
+                lambda path: _import_one(batch, path),
                 _walk(paths),
                 workers=args.workers,
             )
