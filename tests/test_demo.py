@@ -25,6 +25,7 @@ from netpacs.adapters.hl7 import messages
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import BUNDLED_DEMO_REGION
 from netpacs.domain import nhs_number
+from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.index.db import make_engine
 from netpacs.index.schema import (
     adt_identity,
@@ -36,7 +37,7 @@ from netpacs.index.schema import (
     worklist_item,
 )
 from netpacs.services.access import SYSTEM
-from netpacs.services.query import QueryLevel, QueryModel, QueryService
+from netpacs.services.query import QueryService
 
 ROOT = Path(__file__).resolve().parents[1]
 NETPACS = ROOT / ".venv" / "bin" / "netpacs"

@@ -8,14 +8,9 @@ import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from netpacs.app.container import Archive
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel, RetrieveItem
 from netpacs.services.access import SYSTEM
-from netpacs.services.query import (
-    QueryError,
-    QueryLevel,
-    QueryModel,
-    QueryService,
-    RetrieveItem,
-)
+from netpacs.services.query import QueryService
 
 from .conftest import PATIENTS, SERIES_UID, SOP_CLASS, SOP_UID, STUDY_UID
 

@@ -45,8 +45,8 @@ from pydicom.dataelem import DataElement
 
 from netpacs.dicom.encoding import read_encoded, write_encoded
 from netpacs.dicom.header import first_str
+from netpacs.domain.query import RetrieveItem
 from netpacs.index.schema import adt_identity, instance, patient, patient_merge, series, study
-from netpacs.services.query import RetrieveItem
 
 JsonDataset = dict[str, Any]
 

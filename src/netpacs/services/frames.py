@@ -26,7 +26,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, first_int
-from netpacs.services.query import StoredInstance
+from netpacs.domain.query import StoredInstance
 from netpacs.storage.blobstore import BlobStore
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"

@@ -22,8 +22,9 @@ from typing import Any
 
 from netpacs.dicom.header import first_int, first_str
 from netpacs.domain import nhs_number
+from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.services.access import Principal
-from netpacs.services.query import QueryLevel, QueryModel, QueryService
+from netpacs.services.query import QueryService
 from netpacs.services.studies import nhs_number_of, study_summary_identifier
 
 _PATIENT_NAME = "00100010"

@@ -26,9 +26,10 @@ import pydicom
 
 from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.query import QueryLevel, QueryModel, RetrieveItem
 from netpacs.services.access import Principal
 from netpacs.services.coercion import Coercion, CoercionService, coerce_dataset, coerce_part10
-from netpacs.services.query import QueryLevel, QueryModel, QueryService, RetrieveItem
+from netpacs.services.query import QueryService
 from netpacs.services.transcode import (
     UNCOMPRESSED,
     check_transcodable,

@@ -17,10 +17,11 @@ import sqlalchemy as sa
 
 from netpacs.dicom.header import first_int, first_str
 from netpacs.domain import nhs_number
+from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.domain.region import Region
 from netpacs.index.schema import study
 from netpacs.services.access import Principal
-from netpacs.services.query import QueryLevel, QueryModel, QueryService
+from netpacs.services.query import QueryService
 
 _PATIENT_NAME = "00100010"
 _PATIENT_ID = "00100020"

@@ -39,15 +39,11 @@ from netpacs.adapters.dimse.negotiation import (
     VERIFICATION,
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 from netpacs.services.ingest_batch import StoreService
-from netpacs.services.query import (
-    QueryError,
-    QueryLevel,
-    QueryModel,
-    QueryService,
-)
+from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService, Served
 from netpacs.services.transcode import can_transcode
 

@@ -10,8 +10,8 @@ from fastapi import Response
 
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, check_url_uids
 from netpacs.adapters.http.errors import HttpError
+from netpacs.domain.query import StoredInstance
 from netpacs.services.frames import EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from netpacs.services.query import StoredInstance
 from netpacs.services.retrieve import Served
 from netpacs.services.transcode import TranscodeError, check_transcodable
 

@@ -57,6 +57,7 @@ from fastapi import APIRouter, Request, Response
 from netpacs import __version__
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, services
+from netpacs.domain.query import QueryError
 from netpacs.domain.region import Region
 from netpacs.domain.report import sections
 from netpacs.domain.uids import is_valid_uid
@@ -67,7 +68,6 @@ from netpacs.services.imaging_study import (
     PatientIdentifier,
     StudyRecord,
 )
-from netpacs.services.query import QueryError
 
 router = APIRouter(tags=["FHIR"], dependencies=[requires(Capability.QUERY)])
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from netpacs.adapters.http.deps import HttpServices, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
+from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.services.deletion import (
     MAX_REASON,
     MIN_REASON,
@@ -26,7 +27,6 @@ from netpacs.services.deletion import (
     DeletionService,
     Problem,
 )
-from netpacs.services.query import QueryLevel, QueryModel
 
 router = APIRouter()
 

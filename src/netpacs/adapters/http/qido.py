@@ -23,8 +23,8 @@ from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import first_str
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.access import Capability
-from netpacs.services.query import QueryError, QueryLevel, QueryModel
 
 router = APIRouter(tags=["QIDO-RS"], dependencies=[requires(Capability.QUERY)])
 

@@ -33,8 +33,8 @@ from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.dicom.header import first
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.access import Capability
-from netpacs.services.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.render import (
     ImageFormat,
     Region,

@@ -28,6 +28,7 @@ from netpacs.adapters.http.dicomweb import (
     stored_instances,
 )
 from netpacs.adapters.http.errors import HttpError
+from netpacs.domain.query import StoredInstance
 from netpacs.services.access import Capability
 from netpacs.services.frames import (
     EXPLICIT_VR_LE,
@@ -40,7 +41,6 @@ from netpacs.services.frames import (
     pixel_layout,
 )
 from netpacs.services.metadata import locate_bulk
-from netpacs.services.query import StoredInstance
 from netpacs.storage.blobstore import BlobNotFound
 
 router = APIRouter(tags=["WADO-RS"], dependencies=[requires(Capability.RETRIEVE)])

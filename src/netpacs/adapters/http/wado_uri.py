@@ -20,9 +20,9 @@ from netpacs.adapters.http.dicomweb import (
 )
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.wado import single_part10
+from netpacs.domain.query import StoredInstance
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import Capability
-from netpacs.services.query import StoredInstance
 from netpacs.services.render import (
     ImageFormat,
     RenderError,

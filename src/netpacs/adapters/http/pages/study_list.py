@@ -20,8 +20,8 @@ from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.pages.render import navigation, render
 from netpacs.domain.nhs_number import format_for_people
+from netpacs.domain.query import QueryError
 from netpacs.services.access import Capability
-from netpacs.services.query import QueryError
 from netpacs.services.studies import StudyFilter, StudyPage, StudySummary
 
 router = APIRouter(include_in_schema=False)

@@ -1,0 +1,316 @@
+"""C-FIND and C-MOVE / C-GET identifiers compiled into SELECT statements.
+
+Keys of levels below the query level are matched relationally (an entity matches if
+one of its descendants matches them all) and returned empty. Keys without a column are
+matched on ``metadata_json`` after the SQL filter, at STUDY, SERIES and PATIENT level
+on one representative instance (the lowest pk).
+
+Patients (services.identity): a Patient ID with Issuer of Patient ID ``NHS`` is an NHS
+number and matches every local identity linked to it. A hospital number with its
+issuer matches that identity only, unless the caller asks for linked identities: then
+every identity sharing its verified NHS number too.
+
+Every statement selects who and what it reached (:data:`AUDIT_COLUMNS`), for the audit
+trail, and carries the caller's conditions on the patients it may see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from netpacs.domain import nhs_number
+from netpacs.domain.query import JsonDataset, QueryError, QueryLevel, QueryModel
+from netpacs.index.query.answers import Output, fixed_elements
+from netpacs.index.query.attributes import (
+    ADAPTER_KEYS,
+    DEPTH,
+    IM,
+    INSTANCE_AVAILABILITY,
+    ISSUER,
+    NHS_ISSUERS,
+    OTHER_PATIENT_IDS,
+    PATIENT_ID,
+    RETRIEVE_AE_TITLE,
+    SE,
+    UNIQUE_KEYS,
+    Kind,
+    P,
+    name,
+)
+from netpacs.index.query.matching import Exact, Key, check_model, parse_identifier
+from netpacs.index.query.sql import BASE, Sql, chain, child_of, link, related
+from netpacs.index.schema import instance, patient, series, study
+
+Conditions = Sequence[sa.ColumnElement[bool]]
+
+# Who and what a statement reached, for the audit trail (never part of an answer).
+AUDIT_COLUMNS: list[sa.ColumnElement[Any]] = [
+    patient.c.patient_id.label("_audit_pid"),
+    patient.c.issuer.label("_audit_issuer"),
+    patient.c.nhs_number.label("_audit_nhs"),
+    study.c.study_instance_uid.label("_audit_study"),
+]
+
+
+class Reached:
+    """The patients (patient ID, issuer -> NHS number) and studies rows reached."""
+
+    def __init__(self) -> None:
+        self.patients: dict[tuple[str, str], str | None] = {}
+        self._studies: dict[str, None] = {}
+
+    def add(self, row: sa.Row[Any]) -> None:
+        mapping = row._mapping
+        self.patients[(mapping["_audit_pid"], mapping["_audit_issuer"])] = mapping["_audit_nhs"]
+        if "_audit_study" in mapping:
+            self._studies[mapping["_audit_study"]] = None
+
+    @property
+    def studies(self) -> list[str]:
+        return list(self._studies)
+
+
+@dataclass(frozen=True, slots=True)
+class FindPlan:
+    """A compiled query: its statement and how each of its rows becomes an answer."""
+
+    stmt: sa.Select[Any]
+    outputs: list[Output]
+    fixed: JsonDataset  # in every answer
+    stored_filters: list[Key]  # matched on metadata_json after the SQL filter
+    limit: int | None  # applied while reading when there are stored filters, else in SQL
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class _FindRequest:
+    keys: list[Key]
+    level: QueryLevel
+    linked: bool
+    visible: Conditions
+    retrieve_ae_title: str
+
+
+def compile_find(
+    sql: Sql,
+    identifier: dict[str, Any],
+    *,
+    level: QueryLevel,
+    model: QueryModel,
+    limit: int | None,
+    offset: int,
+    linked: bool,
+    visible: Conditions,
+    retrieve_ae_title: str,
+) -> FindPlan:
+    """The plan of a C-FIND-style query; raises :class:`QueryError` for a bad one."""
+    check_model(level, model)
+    if (limit is not None and limit < 0) or offset < 0:
+        raise QueryError("limit and offset must not be negative")
+    keys = parse_identifier(identifier, level)
+    request = _FindRequest(keys, level, linked, visible, retrieve_ae_title)
+    stmt, outputs, stored_filters = _find_statement(sql, request)
+    fixed = fixed_elements(identifier, level)
+    if stored_filters:
+        return FindPlan(stmt, outputs, fixed, stored_filters, limit, offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
+    return FindPlan(stmt, outputs, fixed, [], None, 0)
+
+
+def _find_statement(sql: Sql, req: _FindRequest) -> tuple[sa.Select[Any], list[Output], list[Key]]:
+    conds, stored_filters = _find_conditions(sql, req)
+    columns, outputs, needs_meta = _returns(sql, req)
+    level = req.level
+    columns.insert(0, BASE.at(level).c.id.label("pk"))
+    columns += AUDIT_COLUMNS if level is not P else AUDIT_COLUMNS[:3]
+    if needs_meta or stored_filters:
+        meta = (
+            BASE.instance.c.metadata_json
+            if level is IM
+            else sql.representative_metadata(BASE, level)
+        )
+        columns.append(meta.label("meta"))
+    stmt = (
+        sa.select(*columns)
+        .select_from(chain(BASE, P, level))
+        .where(*conds)
+        .order_by(*_order(level))
+    )
+    return stmt, outputs, stored_filters
+
+
+def _find_conditions(sql: Sql, req: _FindRequest) -> tuple[list[sa.ColumnElement[bool]], list[Key]]:
+    """The WHERE of a query, and the keys left to match on metadata_json."""
+    depth = DEPTH[req.level]
+    matched, conds = identity_match(req.keys, linked=req.linked)
+    lower: list[Key] = []
+    stored_filters: list[Key] = []
+    for key in matched:
+        if not key.terms:
+            continue
+        if key.attr is None:
+            stored_filters.append(key)
+        elif DEPTH[key.attr.level] > depth:
+            lower.append(key)
+        else:
+            conds.append(sql.match_key(key, BASE))
+    if lower:
+        conds.append(_lower_exists(sql, lower, req.level))
+    conds += req.visible
+    return conds, stored_filters
+
+
+def _lower_exists(sql: Sql, keys: list[Key], level: QueryLevel) -> sa.ColumnElement[bool]:
+    """Relational matching: some descendant of the entity matches all these keys."""
+    deepest = max((k.attr.level for k in keys if k.attr), key=DEPTH.__getitem__)
+    sub, joined = related(BASE, level, deepest)
+    conds = [sql.match_key(k, sub) for k in keys]
+    return sa.select(1).select_from(joined).where(link(sub, child_of(level)), *conds).exists()
+
+
+def _returns(sql: Sql, req: _FindRequest) -> tuple[list[sa.ColumnElement[Any]], list[Output], bool]:
+    """The columns a query selects, how each return key is answered, and whether any
+    is answered from metadata_json."""
+    depth = DEPTH[req.level]
+    columns: list[sa.ColumnElement[Any]] = []
+    outputs: list[Output] = []
+    needs_meta = False
+    for key in req.keys:
+        attr = key.attr
+        label = f"k{key.tag}"
+        if key.tag == INSTANCE_AVAILABILITY:
+            outputs.append(Output(key.tag, "CS", constant={"vr": "CS", "Value": ["ONLINE"]}))
+        elif key.tag == OTHER_PATIENT_IDS:
+            columns.append(patient.c.nhs_number.label(label))
+            columns.append(sql.linked_identities().label(label + "_linked"))
+            outputs.append(Output(key.tag, "SQ", label=label, request=key.element, other_ids=True))
+            needs_meta = True
+        elif key.tag == RETRIEVE_AE_TITLE and req.retrieve_ae_title:
+            answer = {"vr": "AE", "Value": [req.retrieve_ae_title]}
+            outputs.append(Output(key.tag, "AE", constant=answer))
+        elif key.tag in ADAPTER_KEYS or (attr and DEPTH[attr.level] > depth):
+            outputs.append(Output(key.tag, key.vr, constant={"vr": key.vr}))
+        elif attr is None:
+            outputs.append(Output(key.tag, key.vr, request=key.element))
+            needs_meta = True
+        elif attr.kind is Kind.COLUMN:
+            columns.append(BASE.at(attr.level).c[attr.column].label(label))
+            outputs.append(Output(key.tag, attr.vr, label=label))
+        elif attr.kind is Kind.COUNT:
+            columns.append(sql.count(attr, BASE).label(label))
+            outputs.append(Output(key.tag, attr.vr, label=label))
+        else:
+            columns.append(sql.value_set(attr, BASE).label(label))
+            outputs.append(Output(key.tag, attr.vr, label=label, is_set=True))
+    return columns, outputs, needs_meta
+
+
+def compile_retrieve(
+    sql: Sql,
+    identifier: dict[str, Any],
+    *,
+    level: QueryLevel,
+    model: QueryModel,
+    visible: Conditions,
+) -> tuple[sa.Select[Any], list[Key]]:
+    """The stored instances a C-MOVE / C-GET identifier selects (PS3.4 C.4.2, C.4.3),
+    and the keys left to match on their metadata_json.
+
+    The unique key of the level is required (list of UID matching allowed); other
+    keys with a column in the index are matched too, relationally, on each instance.
+    Keys answered from ``metadata_json`` are matched only at IMAGE level.
+    """
+    check_model(level, model)
+    keys = parse_identifier(identifier, level)
+    _check_retrieve_keys(keys, level)
+    inst = BASE.instance
+    keys, conds = identity_match(keys, linked=False)
+    conds += [sql.match_key(k, BASE) for k in keys if k.attr and k.terms]
+    conds += visible
+    stored_filters = [k for k in keys if k.attr is None and k.terms and level is IM]
+    stmt = (
+        sa.select(
+            inst.c.sop_class_uid,
+            inst.c.sop_instance_uid,
+            inst.c.transfer_syntax_uid,
+            inst.c.blob_key,
+            inst.c.dataset_offset,
+            inst.c.blob_size,
+            (inst.c.metadata_json if stored_filters else sa.null()).label("meta"),
+            *AUDIT_COLUMNS,
+        )
+        .select_from(chain(BASE, P, IM))
+        .where(*conds)
+        .order_by(*_order(IM))
+    )
+    return stmt, stored_filters
+
+
+def _check_retrieve_keys(keys: list[Key], level: QueryLevel) -> None:
+    unique = UNIQUE_KEYS[level]
+    if not any(k.tag == unique and k.terms for k in keys):
+        raise QueryError(f"a {level.value} level retrieve needs {name(unique)}")
+    for key in keys:
+        if (
+            key.tag in UNIQUE_KEYS.values()
+            and key.terms
+            and any(not isinstance(t, Exact) for t in key.terms)
+        ):
+            raise QueryError(f"{name(key.tag)}: a retrieve needs exact values")
+
+
+def identity_match(
+    keys: list[Key], *, linked: bool
+) -> tuple[list[Key], list[sa.ColumnElement[bool]]]:
+    """Patient ID and Issuer keys as regional record conditions (see the module doc).
+
+    Returns the keys still to match one by one, and the conditions replacing the rest.
+    """
+    pid = next((k for k in keys if k.tag == PATIENT_ID and k.terms), None)
+    issuer = next((k for k in keys if k.tag == ISSUER and k.terms), None)
+    if pid is None or issuer is None:
+        return keys, []
+    if not all(isinstance(t, Exact) for t in (*(pid.terms or ()), *(issuer.terms or ()))):
+        return keys, []
+    values = [str(t.value) for t in pid.terms or () if isinstance(t, Exact)]
+    issuers = [str(t.value) for t in issuer.terms or () if isinstance(t, Exact)]
+    rest = [k for k in keys if k is not pid and k is not issuer]
+    if all(nhs_number.is_nhs_issuer(i) for i in issuers):
+        digits = [p.digits for p in map(nhs_number.parse, values) if p.valid]
+        as_id = sa.and_(patient.c.patient_id.in_(values), patient.c.issuer.in_(NHS_ISSUERS))
+        if not digits:
+            return rest, [as_id]
+        return rest, [sa.or_(as_id, patient.c.nhs_number.in_(digits))]
+    if not linked:
+        return keys, []
+    given = sa.and_(patient.c.patient_id.in_(values), patient.c.issuer.in_(issuers))
+    holder = patient.alias()
+    numbers = sa.select(holder.c.nhs_number).where(
+        holder.c.patient_id.in_(values),
+        holder.c.issuer.in_(issuers),
+        holder.c.nhs_number.is_not(None),
+    )
+    return rest, [sa.or_(given, patient.c.nhs_number.in_(numbers))]
+
+
+def nulls_last(col: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:
+    return [sa.case((col.is_(None), 1), else_=0), col]
+
+
+def _order(level: QueryLevel) -> list[sa.ColumnElement[Any]]:
+    """A deterministic order: patients by pk; studies by date, time, pk; then numbers."""
+    if level is P:
+        return [patient.c.id]
+    order: list[sa.ColumnElement[Any]] = [study.c.study_date, study.c.study_time, study.c.id]
+    if DEPTH[level] >= DEPTH[SE]:
+        order += [*nulls_last(series.c.series_number), series.c.id]
+    if level is IM:
+        order += [*nulls_last(instance.c.instance_number), instance.c.id]
+    return order
