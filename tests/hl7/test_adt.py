@@ -7,8 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from netpacs.app.region_file import load_region
-from netpacs.services.adt import AdtService, Outcome
+from netpacs.services.adt import MergeService, Outcome
 from tests.adapters.test_dimse import find
 from tests.conftest import Netpacs
 from tests.hl7.conftest import MllpClient, adt, identity
@@ -90,7 +89,7 @@ def test_a40_moves_studies_to_the_survivor_and_undo_restores_query_results(
     engine = sa.create_engine(netpacs.database_url)
     try:
         merge_id = int(ack.field("MSA", 3).rsplit("merge ", 1)[1].rstrip(")"))
-        result = AdtService(engine, load_region(netpacs.region_file)).undo_merge(merge_id)
+        result = MergeService(engine).undo_merge(merge_id)
     finally:
         engine.dispose()
     assert result.outcome is Outcome.APPLIED, result.detail

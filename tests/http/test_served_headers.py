@@ -14,9 +14,8 @@ from typing import Any
 import pydicom
 import sqlalchemy as sa
 
-from netpacs.app.region_file import load_region
 from netpacs.index.schema import instance
-from netpacs.services.adt import AdtService, Outcome
+from netpacs.services.adt import MergeService, Outcome
 from tests.conftest import HttpApp, Netpacs
 from tests.hl7.conftest import adt
 from tests.http.conftest import AdtFeed, StoredSeries, write_and_send_ct
@@ -181,7 +180,7 @@ def test_after_a40_the_merged_study_is_served_with_the_survivors_patient_id(
     merge_id = int(ack.field("MSA", 3).rsplit("merge ", 1)[1].rstrip(")"))
     engine = sa.create_engine(http_app.database_url)
     try:
-        undone = AdtService(engine, load_region(http_app.region_file)).undo_merge(merge_id)
+        undone = MergeService(engine).undo_merge(merge_id)
     finally:
         engine.dispose()
     assert undone.outcome is Outcome.APPLIED, undone.detail

@@ -28,7 +28,7 @@ from netpacs.index.writer import IndexWriter
 from netpacs.services.access import NOBODY, AccessRules, BreakGlass
 from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService, load_secret
-from netpacs.services.adt import AdtService
+from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit import AuditService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.coercion import CoercionService
@@ -218,7 +218,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             source_id=archive.ae_title,
         ),
         reconciliation=ReconciliationService(
-            archive.write_engine, archive.region, source_id=archive.ae_title
+            archive.write_engine, MergeService(archive.write_engine), source_id=archive.ae_title
         ),
         break_glass=BreakGlass(
             archive.write_engine,

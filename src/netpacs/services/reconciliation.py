@@ -16,10 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from netpacs.domain.region import Region
 from netpacs.index.schema import patient, patient_merge, reconciliation
 from netpacs.services.access import Principal
-from netpacs.services.adt import AdtService, MergeRefused
+from netpacs.services.adt import MergeRefused, MergeService
 from netpacs.services.adt import Outcome as AdtOutcome
 from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 from netpacs.services.identity import ACTIONS, OPEN, RESOLVED, Action, Kind, RegionalRecord
@@ -105,10 +104,12 @@ def _item(row: sa.Row[Any]) -> Item:
 
 
 class ReconciliationService:
-    def __init__(self, engine: sa.Engine, region: Region, *, source_id: str = "NETPACS") -> None:
+    def __init__(
+        self, engine: sa.Engine, merges: MergeService, *, source_id: str = "NETPACS"
+    ) -> None:
         self._engine = engine
         self._source_id = source_id
-        self._adt = AdtService(engine, region, audit_source_id=source_id)
+        self._merges = merges
         self._record = RegionalRecord()
 
     # -- reading ------------------------------------------------------------------------
@@ -243,7 +244,7 @@ class ReconciliationService:
         if row.other_patient_id is None or row.other_issuer is None:
             raise ReconciliationError(Problem.INVALID, "this item names no record to merge into")
         try:
-            return self._adt.merge_identities(
+            return self._merges.merge_identities(
                 conn,
                 (row.patient_id, row.issuer),
                 (row.other_patient_id, row.other_issuer),
@@ -255,7 +256,7 @@ class ReconciliationService:
 
     def undo_merge(self, merge_id: int, *, by: Principal) -> str:
         """Undo a patient merge exactly; an item that made it is open again."""
-        result = self._adt.undo_merge(merge_id)
+        result = self._merges.undo_merge(merge_id)
         if result.outcome is AdtOutcome.UNKNOWN_IDENTITY:
             raise ReconciliationError(Problem.NOT_FOUND, result.detail)
         if result.outcome is not AdtOutcome.APPLIED:

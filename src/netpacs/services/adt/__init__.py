@@ -1,0 +1,30 @@
+"""The ADT feed's rules (HL7 v2 ADT over MLLP): local identities, their demographics and
+NHS numbers, identifier changes and merges, each message applied once and audited."""
+
+from netpacs.services.adt.events import (
+    AdtEvent,
+    AdtResult,
+    Demographics,
+    MergeRefused,
+    MessageKey,
+    Outcome,
+    StoredAck,
+    Trigger,
+    TypedIdentifier,
+)
+from netpacs.services.adt.feed import AdtService
+from netpacs.services.adt.merges import MergeService
+
+__all__ = [
+    "AdtEvent",
+    "AdtResult",
+    "AdtService",
+    "Demographics",
+    "MergeRefused",
+    "MergeService",
+    "MessageKey",
+    "Outcome",
+    "StoredAck",
+    "Trigger",
+    "TypedIdentifier",
+]
