@@ -279,10 +279,12 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     url = settings.effective_database_url
-    # Engines of their own: a trust's job holds a connection while its message is on
-    # the wire, and must not wait for one behind ingest.
-    reader, writer = make_engine(url), make_engine(url, writer=True)
     archive = build_archive(settings)
+    # Engines of their own: a trust's job holds a connection while its message is on
+    # the wire, and must not wait for one behind ingest or behind the other trusts.
+    pool = len(archive.region.trusts) + 4
+    reader = make_engine(url, pool_size=pool)
+    writer = make_engine(url, writer=True, pool_size=pool)
     try:
         jobs = outbox_jobs(settings, archive.region, reader=reader, writer=writer)
         JobRunner([*jobs, *reporting_jobs(archive)]).run(stop)

@@ -22,14 +22,15 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(url: str, *, writer: bool = False) -> sa.Engine:
-    """An engine for the index at ``url``; ``writer`` selects the SQLite write mode."""
+def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Engine:
+    """An engine for the index at ``url``; ``writer`` selects the SQLite write mode;
+    ``pool_size`` connections are kept (and as many again opened under load)."""
     if is_sqlite(url):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=8
+            url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=pool_size
         )
 
         @event.listens_for(engine, "connect")
@@ -49,7 +50,7 @@ def make_engine(url: str, *, writer: bool = False) -> sa.Engine:
             conn.exec_driver_sql(begin)
 
         return engine
-    return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 def alembic_config(url: str) -> Config:

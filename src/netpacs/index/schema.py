@@ -339,7 +339,9 @@ result_outbox = sa.Table(
     sa.Column("study_instance_uid", UID, nullable=False),
     sa.Column("report_event_fk", sa.ForeignKey("report_event.id"), nullable=False),
     sa.Column("control_id", sa.String(), nullable=False, unique=True),  # MSH-10
-    sa.Column("message", sa.Text(), nullable=False),  # the ORU^R01 (ER7), fixed when queued
+    # The result as queued, JSON (rendered to an ORU^R01 at each attempt; ER7 text in
+    # rows queued by netpacs before the jobs were services).
+    sa.Column("message", sa.Text(), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("next_attempt_at", TS, nullable=False),
