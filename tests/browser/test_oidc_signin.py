@@ -2,7 +2,10 @@
 
 The provider is panva's oidc-provider (OpenID Certified, npm; tests/oidc/provider.mjs)
 run by Node.js on 127.0.0.1 with its development login and consent pages, which
-accept any password for the test accounts it knows.
+accept any password for the test accounts it knows. One provider and one netpacs
+(trust and role from claims) serve the whole module; every test signs in from a new
+browser context and looks only at the audit records it caused. Two tests need a
+netpacs configured otherwise and start their own.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,7 +26,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 from netpacs.index.schema import audit_event
 from netpacs.services.audit import Event, Outcome
 from tests.browser.conftest import is_local
-from tests.conftest import ROOT, Netpacs, free_port, wait_for_port
+from tests.conftest import ROOT, Netpacs, free_port, wait_for_port, write_region
 from tests.hl7.test_regional_record import send_study
 
 PROVIDER_DIR = ROOT / "tests" / "oidc"
@@ -31,9 +35,10 @@ CLIENT_ID = "netpacs"
 
 @dataclass
 class OpenIdProvider:
-    """A running tests/oidc/provider.mjs with netpacs registered as a client."""
+    """A running tests/oidc/provider.mjs with netpacs registered as a client (the
+    callbacks of netpacs servers on each of ``http_ports``)."""
 
-    redirect_uri: str
+    http_ports: tuple[int, ...]
     log_path: Path
     port: int = field(default_factory=free_port)
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -54,7 +59,7 @@ class OpenIdProvider:
                 str(self.port),
                 CLIENT_ID,
                 self.client_secret,
-                self.redirect_uri,
+                *(f"http://127.0.0.1:{p}/auth/oidc/callback" for p in self.http_ports),
             ],
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
@@ -70,16 +75,11 @@ class OpenIdProvider:
 
 
 def oidc_netpacs(
-    tmp_path: Path,
-    database_url: str,
-    region_file: Path,
-    *,
-    http_port: int,
-    issuer: str,
-    client_secret: str,
-    claims_decide: bool = True,
+    folder: Path, *, http_port: int, issuer: str, client_secret: str, claims_decide: bool = True
 ) -> Netpacs:
-    secret_file = tmp_path / "oidc-client-secret"
+    """netpacs in demo mode (SQLite) signing in through ``issuer`` as client netpacs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    secret_file = folder / "oidc-client-secret"
     secret_file.write_text(client_secret + "\n")
     env = {
         "NETPACS_OIDC_ISSUER": issuer,
@@ -94,24 +94,26 @@ def oidc_netpacs(
             "NETPACS_OIDC_ROLE_CLAIM": "netpacs_role",
         }
     return Netpacs(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        region_file=region_file,
+        data_dir=folder / "data",
+        database_url=f"sqlite:///{folder / 'index.sqlite'}",
+        region_file=write_region(folder / "region.toml", {"RTP_WS1": free_port()}),
         http_port=http_port,
         extra_env=env,
     )
 
 
-@pytest.fixture
-def http_port() -> int:
-    return free_port()
+@pytest.fixture(scope="module")
+def http_ports() -> tuple[int, int]:
+    """The module's netpacs, and one netpacs a test starts for itself."""
+    return free_port(), free_port()
 
 
-@pytest.fixture
-def provider(tmp_path: Path, http_port: int) -> Iterator[OpenIdProvider]:
+@pytest.fixture(scope="module")
+def provider(
+    tmp_path_factory: pytest.TempPathFactory, http_ports: tuple[int, int]
+) -> Iterator[OpenIdProvider]:
     idp = OpenIdProvider(
-        redirect_uri=f"http://127.0.0.1:{http_port}/auth/oidc/callback",
-        log_path=tmp_path / "provider.log",
+        http_ports=http_ports, log_path=tmp_path_factory.mktemp("idp") / "provider.log"
     ).start()
     try:
         yield idp
@@ -119,20 +121,16 @@ def provider(tmp_path: Path, http_port: int) -> Iterator[OpenIdProvider]:
         idp.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(
-    tmp_path: Path,
-    database_url: str,
-    region_file: Path,
-    http_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    http_ports: tuple[int, int],
     provider: OpenIdProvider,
 ) -> Iterator[Netpacs]:
     """netpacs in demo mode whose IdP users get their trust and role from claims."""
     np = oidc_netpacs(
-        tmp_path,
-        database_url,
-        region_file,
-        http_port=http_port,
+        tmp_path_factory.mktemp("netpacs"),
+        http_port=http_ports[0],
         issuer=provider.issuer,
         client_secret=provider.client_secret,
     ).start()
@@ -164,21 +162,33 @@ def sign_in_at_provider(page: Page, login: str) -> None:
     page.get_by_role("button", name="Continue").click()
 
 
-def failed_sign_ins(server: Netpacs) -> list[str]:
-    """The details of the failed sign-ins in the audit trail (index table)."""
+def _audit(server: Netpacs, query: Any) -> list[Any]:
     engine = sa.create_engine(server.database_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(audit_event.c.user_id, audit_event.c.detail)
-                .where(
-                    audit_event.c.event_id == Event.LOGIN.event_id.code,
-                    audit_event.c.outcome != int(Outcome.SUCCESS),
-                )
-                .order_by(audit_event.c.id)
-            ).all()
+            return list(conn.execute(query).all())
     finally:
         engine.dispose()
+
+
+def last_audit_id(server: Netpacs) -> int:
+    """Where the audit trail ends now: a test's own records come after it."""
+    return int(_audit(server, sa.select(sa.func.coalesce(sa.func.max(audit_event.c.id), 0)))[0][0])
+
+
+def failed_sign_ins(server: Netpacs, *, after: int = 0) -> list[str]:
+    """The details of the failed sign-ins in the audit trail (index table) after the
+    record ``after``."""
+    rows = _audit(
+        server,
+        sa.select(audit_event.c.user_id, audit_event.c.detail)
+        .where(
+            audit_event.c.id > after,
+            audit_event.c.event_id == Event.LOGIN.event_id.code,
+            audit_event.c.outcome != int(Outcome.SUCCESS),
+        )
+        .order_by(audit_event.c.id),
+    )
     return [f"{user}: {detail}" for user, detail in rows]
 
 
@@ -235,6 +245,7 @@ def callback_urls(page: Page) -> list[str]:
 def test_a_replayed_callback_and_a_forged_state_are_refused_and_audited(
     server: Netpacs, browser: Browser
 ) -> None:
+    before = last_audit_id(server)
     page = local_page(browser)
     callbacks = callback_urls(page)
     page.goto(f"{server.base_url}/signin")
@@ -256,7 +267,7 @@ def test_a_replayed_callback_and_a_forged_state_are_refused_and_audited(
     expect(page.get_by_role("heading")).to_have_text("Sign-in with NHS Identity did not work")
     expect(page.get_by_role("alert")).to_contain_text("state does not match")
 
-    failures = failed_sign_ins(server)
+    failures = failed_sign_ins(server, after=before)
     assert len(failures) == 2, failures
     assert "no sign-in in progress" in failures[0]
     assert "state does not match" in failures[1]
@@ -265,6 +276,7 @@ def test_a_replayed_callback_and_a_forged_state_are_refused_and_audited(
 def test_provider_users_with_no_known_trust_or_role_or_a_local_name_are_refused(
     server: Netpacs, browser: Browser
 ) -> None:
+    before = last_audit_id(server)
     for login, reason in [
         ("nowhere.oidcuser", "no trust and role netpacs knows"),
         ("rxc.admin", "local account"),  # the demo admin's name: never taken over
@@ -278,23 +290,30 @@ def test_provider_users_with_no_known_trust_or_role_or_a_local_name_are_refused(
         expect(page.get_by_role("alert")).to_contain_text(reason)
         assert page.request.get(f"{server.base_url}/api/me").status == 401
         page.context.close()
-    failures = failed_sign_ins(server)
+    failures = failed_sign_ins(server, after=before)
     assert [f.split(":")[0] for f in failures] == ["nowhere.oidcuser", "rxc.admin"], failures
 
 
 def test_provider_down_gives_a_page_that_says_so(
-    server: Netpacs, provider: OpenIdProvider, browser: Browser
+    tmp_path: Path, http_ports: tuple[int, int], browser: Browser
 ) -> None:
-    provider.stop()
-    page = local_page(browser)
-    page.goto(f"{server.base_url}/signin")
-    with page.expect_response(lambda r: "/auth/oidc/login" in r.url) as answer:
-        page.get_by_role("link", name="Sign in with NHS Identity").click()
-    assert answer.value.status == 502
-    expect(page.get_by_role("heading")).to_have_text("NHS Identity cannot be reached")
-    expect(page.get_by_role("alert")).to_contain_text("could not be fetched")
-    expect(page.get_by_role("link", name="Sign in with a netpacs user name")).to_be_visible()
-    assert "provider unreachable" in failed_sign_ins(server)[0]
+    # A netpacs of its own: the module's has the provider's discovery document cached.
+    down = OpenIdProvider(http_ports=(), log_path=tmp_path / "down.log")  # never started
+    server = oidc_netpacs(
+        tmp_path, http_port=http_ports[1], issuer=down.issuer, client_secret="never used"
+    ).start()
+    try:
+        page = local_page(browser)
+        page.goto(f"{server.base_url}/signin")
+        with page.expect_response(lambda r: "/auth/oidc/login" in r.url) as answer:
+            page.get_by_role("link", name="Sign in with NHS Identity").click()
+        assert answer.value.status == 502
+        expect(page.get_by_role("heading")).to_have_text("NHS Identity cannot be reached")
+        expect(page.get_by_role("alert")).to_contain_text("could not be fetched")
+        expect(page.get_by_role("link", name="Sign in with a netpacs user name")).to_be_visible()
+        assert "provider unreachable" in failed_sign_ins(server)[0]
+    finally:
+        server.stop()
 
 
 def test_sign_in_still_works_after_the_provider_rotates_its_signing_key(
@@ -312,18 +331,11 @@ def test_sign_in_still_works_after_the_provider_rotates_its_signing_key(
 
 
 def test_without_claims_only_a_pre_provisioned_external_account_is_admitted(
-    tmp_path: Path,
-    database_url: str,
-    region_file: Path,
-    http_port: int,
-    provider: OpenIdProvider,
-    browser: Browser,
+    tmp_path: Path, http_ports: tuple[int, int], provider: OpenIdProvider, browser: Browser
 ) -> None:
     server = oidc_netpacs(
         tmp_path,
-        database_url,
-        region_file,
-        http_port=http_port,
+        http_port=http_ports[1],
         issuer=provider.issuer,
         client_secret=provider.client_secret,
         claims_decide=False,

@@ -2,17 +2,18 @@
 // Certified), with its development login and consent pages, one client (netpacs) and
 // a few test accounts. Started by tests/browser/test_oidc_signin.py:
 //
-//   node tests/oidc/provider.mjs PORT CLIENT_ID CLIENT_SECRET REDIRECT_URI
+//   node tests/oidc/provider.mjs PORT CLIENT_ID CLIENT_SECRET REDIRECT_URI [REDIRECT_URI ...]
 //
+// Several redirect URIs: several netpacs servers (on their own ports) use it at once.
 // The issuer is http://localhost:PORT: another site than netpacs on 127.0.0.1, as a
 // real identity provider is. Every start makes a new RSA signing key (a new kid), so restarting the provider on
 // the same port is a key rotation as netpacs sees it. Prints "listening" when ready.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
-const [port, clientId, clientSecret, redirectUri] = process.argv.slice(2);
-if (!redirectUri) {
-  console.error('usage: node provider.mjs PORT CLIENT_ID CLIENT_SECRET REDIRECT_URI');
+const [port, clientId, clientSecret, ...redirectUris] = process.argv.slice(2);
+if (redirectUris.length === 0) {
+  console.error('usage: node provider.mjs PORT CLIENT_ID CLIENT_SECRET REDIRECT_URI...');
   process.exit(2);
 }
 
@@ -37,9 +38,9 @@ const provider = new Provider(issuer, {
     {
       client_id: clientId,
       client_secret: clientSecret,
-      redirect_uris: [redirectUri],
+      redirect_uris: redirectUris,
       // netpacs's sign-in page: where the provider's sign-out sends the browser back.
-      post_logout_redirect_uris: [new URL('/signin', redirectUri).href],
+      post_logout_redirect_uris: redirectUris.map((uri) => new URL('/signin', uri).href),
       grant_types: ['authorization_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
