@@ -48,6 +48,7 @@ import requests.adapters
 import sqlalchemy as sa
 from dicomweb_client import DICOMwebClient
 from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPHeaderDict, HTTPResponse
 
 from netpacs.adapters.hl7.server import Hl7Endpoint
 from netpacs.adapters.http.app import create_app
@@ -485,14 +486,23 @@ class RequestsOverAsgi(requests.adapters.BaseAdapter):
         answer = self._client.request(
             str(request.method), str(request.url), headers=headers, content=content
         )
+        headers = HTTPHeaderDict()
+        for name, value in answer.headers.multi_items():
+            if name.lower() != "content-encoding":  # httpx decoded the content already
+                headers.add(name, value)
         response = requests.Response()
         response.status_code = answer.status_code
         response.reason = answer.reason_phrase
-        response.headers = CaseInsensitiveDict(
-            {k: v for k, v in answer.headers.items() if k.lower() != "content-encoding"}
+        response.headers = CaseInsensitiveDict(headers)
+        response._content = answer.content
+        response.raw = HTTPResponse(
+            body=io.BytesIO(answer.content),
+            headers=headers,
+            status=answer.status_code,
+            reason=answer.reason_phrase,
+            version=11,
+            preload_content=False,
         )
-        response._content = answer.content  # decoded already
-        response.raw = io.BytesIO(answer.content)
         response.encoding = requests.utils.get_encoding_from_headers(response.headers)
         response.url = str(request.url)
         response.request = request

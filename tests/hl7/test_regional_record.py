@@ -13,9 +13,8 @@ from pydicom.dataset import Dataset
 from netpacs.domain import nhs_number
 from netpacs.synthetic import write_ct_series
 from tests.adapters.test_dimse import find
-from tests.conftest import Netpacs, dcmtk
+from tests.conftest import HttpApp, Netpacs, dcmtk
 from tests.hl7.conftest import MllpClient, adt
-from tests.http.conftest import storescu
 
 NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 
@@ -28,7 +27,7 @@ def valid_nhs(first_nine: str) -> str:
 
 
 def send_study(
-    server: Netpacs,
+    server: Netpacs | HttpApp,
     folder: Path,
     *,
     aet: str,
@@ -39,7 +38,7 @@ def send_study(
     sex: str = "",
     nhs: str | None = None,
 ) -> str:
-    """A 2-slice CT for a hospital number, sent by storescu from ``aet``; its Study UID.
+    """A 2-slice CT for a hospital number, sent from modality ``aet``; its Study UID.
 
     ``nhs`` goes into Other Patient IDs Sequence issued by NHS, as a modality would
     copy it from the worklist.
@@ -58,7 +57,7 @@ def send_study(
             item.TypeOfPatientID = "TEXT"
             ds.OtherPatientIDsSequence = [item]
         ds.save_as(path)
-    storescu(server, *paths, aet=aet)
+    server.store(*paths, aet=aet)
     return str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
 
 

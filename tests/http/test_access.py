@@ -1,17 +1,17 @@
 """Who may see what over HTTP: sign-in, the care relationship of each trust, roles,
-break-glass, and nothing revealed to a user who may not see it."""
+break-glass, and nothing revealed to a user who may not see it (netpacs's HTTP app)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
 from netpacs.index.schema import audit_event
-from tests.conftest import Netpacs, write_region
-from tests.hl7.conftest import MllpClient, adt
+from tests.conftest import HttpApp, write_region
+from tests.hl7.conftest import Ack, adt
 from tests.hl7.test_regional_record import send_study
 
 TRUSTS = ("RTP", "RTK", "RXC", "RPC", "RA2", "RYR")
@@ -21,39 +21,34 @@ NHS = "9434765919"
 
 
 @pytest.fixture
-def region_studies(netpacs: Netpacs, tmp_path: Path) -> dict[str, tuple[str, str, set[str]]]:
+def region_studies(http_app: HttpApp, tmp_path: Path) -> dict[str, tuple[str, str, set[str]]]:
     """Study UID -> (patient ID, issuer, trusts with a care relationship)."""
-    mllp = MllpClient(netpacs.mllp_port)
-    try:
-        # A person known at University Hospitals Sussex and, by ADT, at Brighton (RA2).
-        for trust, number in (("RYR", "K777"), ("RA2", "B777")):
-            ack = mllp.send(
-                adt(
-                    "A04",
-                    f"AX{trust}",
-                    f"{number}^^^{trust}^MR~{NHS}^^^NHS^NH",
-                    name="CARE^CAROL",
-                    birth_date="19600101",
-                    sex="F",
-                    facility=trust,
-                )
-            )
-            assert ack.code == "AA", ack.text
-    finally:
-        mllp.close()
+    # A person known at University Hospitals Sussex and, by ADT, at Brighton (RA2).
+    for trust, number in (("RYR", "K777"), ("RA2", "B777")):
+        message = adt(
+            "A04",
+            f"AX{trust}",
+            f"{number}^^^{trust}^MR~{NHS}^^^NHS^NH",
+            name="CARE^CAROL",
+            birth_date="19600101",
+            sex="F",
+            facility=trust,
+        )
+        ack = Ack(http_app.adt(message))
+        assert ack.code == "AA", ack.text
     studies = {
-        send_study(netpacs, tmp_path / "a", aet="EDGH_CT1", patient_id="A1", issuer="RXC"): (
+        send_study(http_app, tmp_path / "a", aet="EDGH_CT1", patient_id="A1", issuer="RXC"): (
             "A1",
             "RXC",
             {"RXC"},
         ),
-        send_study(netpacs, tmp_path / "b", aet="ESH_CT1", patient_id="B1", issuer="RTP"): (
+        send_study(http_app, tmp_path / "b", aet="ESH_CT1", patient_id="B1", issuer="RTP"): (
             "B1",
             "RTP",
             {"RTP"},
         ),
         send_study(
-            netpacs,
+            http_app,
             tmp_path / "c",
             aet="RSUS_CT1",
             patient_id="K777",
@@ -61,7 +56,7 @@ def region_studies(netpacs: Netpacs, tmp_path: Path) -> dict[str, tuple[str, str
             name="CARE^CAROL",
         ): ("K777", "RYR", {"RYR", "RA2"}),
         # A Royal Surrey patient scanned at Eastbourne: both trusts care for them.
-        send_study(netpacs, tmp_path / "d", aet="EDGH_CT1", patient_id="K42", issuer="RTK"): (
+        send_study(http_app, tmp_path / "d", aet="EDGH_CT1", patient_id="K42", issuer="RTK"): (
             "K42",
             "RTK",
             {"RTK", "RXC"},
@@ -71,17 +66,17 @@ def region_studies(netpacs: Netpacs, tmp_path: Path) -> dict[str, tuple[str, str
 
 
 @pytest.fixture
-def region_file(tmp_path: Path, workstation_port: int) -> Path:
+def http_settings(tmp_path: Path) -> dict[str, Any]:
     """The demo region with one reporting agreement instead of the region-wide one:
     University Hospitals Sussex's radiologists report East Sussex's studies."""
-    path = write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
+    path = write_region(tmp_path / "region.toml", {})
     text = path.read_text()
     wide = '[[reporting.agreements]]\nreporters = ["*"]\nfor_trusts = ["*"]\n'
     assert wide in text
     path.write_text(
         text.replace(wide, '[[reporting.agreements]]\nreporters = ["RYR"]\nfor_trusts = ["RXC"]\n')
     )
-    return path
+    return {"region_file": path}
 
 
 #: Where each fixture study was captured (its requesting trust, on the worklist).
@@ -99,16 +94,16 @@ def expected(role: str, trust: str, carers: set[str], patient_id: str) -> bool:
 
 
 def test_access_matrix_over_qido_wado_fhir_and_the_study_list_has_no_leak(
-    netpacs: Netpacs, region_studies: dict[str, tuple[str, str, set[str]]]
+    http_app: HttpApp, region_studies: dict[str, tuple[str, str, set[str]]]
 ) -> None:
     leaks: list[str] = []
     denials: list[str] = []
     for trust in TRUSTS:
         for role in ROLES:
             user = f"{trust.lower()}.{role}"
-            with httpx.Client(headers=netpacs.auth(user), timeout=60) as client:
-                found = client.get(f"{netpacs.dicomweb_url}/studies")
-                page = client.get(f"{netpacs.base_url}/studies")
+            with http_app.client(user) as client:
+                found = client.get(f"{http_app.dicomweb_url}/studies")
+                page = client.get(f"{http_app.base_url}/studies")
                 if role == "auditor":  # reads the audit trail, never imaging: refused
                     assert (found.status_code, page.status_code) == (403, 403), user
                     continue
@@ -124,11 +119,11 @@ def test_access_matrix_over_qido_wado_fhir_and_the_study_list_has_no_leak(
                     seen = {
                         "QIDO-RS": uid in listed,
                         "WADO-RS metadata": client.get(
-                            f"{netpacs.dicomweb_url}/studies/{uid}/metadata"
+                            f"{http_app.dicomweb_url}/studies/{uid}/metadata"
                         ).status_code
                         == 200,
                         "FHIR read": client.get(
-                            f"{netpacs.base_url}/fhir/ImagingStudy/{uid}"
+                            f"{http_app.base_url}/fhir/ImagingStudy/{uid}"
                         ).status_code
                         == 200,
                         "study list": uid in page.text,
@@ -143,18 +138,18 @@ def test_access_matrix_over_qido_wado_fhir_and_the_study_list_has_no_leak(
 
 
 def test_a_hidden_study_is_answered_exactly_like_a_missing_one(
-    netpacs: Netpacs, region_studies: dict[str, tuple[str, str, set[str]]]
+    http_app: HttpApp, region_studies: dict[str, tuple[str, str, set[str]]]
 ) -> None:
     hidden = next(uid for uid, (_, issuer, _) in region_studies.items() if issuer == "RTP")
     missing = "1.2.826.0.1.3680043.8.498.1"
-    with httpx.Client(headers=netpacs.auth("rpc.clinician"), timeout=60) as client:
+    with http_app.client("rpc.clinician") as client:
         for suffix in ("/metadata", "", "/rendered", "/series"):
-            a = client.get(f"{netpacs.dicomweb_url}/studies/{hidden}{suffix}")
-            b = client.get(f"{netpacs.dicomweb_url}/studies/{missing}{suffix}")
+            a = client.get(f"{http_app.dicomweb_url}/studies/{hidden}{suffix}")
+            b = client.get(f"{http_app.dicomweb_url}/studies/{missing}{suffix}")
             assert a.status_code == b.status_code, suffix
             assert a.text.replace(hidden, "UID") == b.text.replace(missing, "UID"), suffix
-        a = client.get(f"{netpacs.base_url}/fhir/ImagingStudy/{hidden}")
-        b = client.get(f"{netpacs.base_url}/fhir/ImagingStudy/{missing}")
+        a = client.get(f"{http_app.base_url}/fhir/ImagingStudy/{hidden}")
+        b = client.get(f"{http_app.base_url}/fhir/ImagingStudy/{missing}")
         assert (a.status_code, a.text.replace(hidden, "UID")) == (
             b.status_code,
             b.text.replace(missing, "UID"),
@@ -162,37 +157,39 @@ def test_a_hidden_study_is_answered_exactly_like_a_missing_one(
 
 
 def test_every_interface_needs_sign_in_and_a_browser_gets_the_sign_in_page(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
-    for path in (
-        "/dicomweb/studies",
-        "/fhir/ImagingStudy?patient.identifier=x",
-        "/studies",
-        "/viewer/",
-        "/api/reconciliation",
-        "/api/openapi.json",
-        "/reconciliation",
-    ):
-        plain = httpx.get(netpacs.base_url + path)
-        assert plain.status_code == 401, path
-        assert plain.headers["www-authenticate"].startswith("Bearer")
-        forged = httpx.get(netpacs.base_url + path, headers={"Authorization": "Bearer x.y.z"})
-        assert forged.status_code == 401, path
-    page = httpx.get(f"{netpacs.base_url}/studies", headers={"Accept": "text/html"})
+    with http_app.anonymous() as anyone:
+        for path in (
+            "/dicomweb/studies",
+            "/fhir/ImagingStudy?patient.identifier=x",
+            "/studies",
+            "/viewer/",
+            "/api/reconciliation",
+            "/api/openapi.json",
+            "/reconciliation",
+        ):
+            plain = anyone.get(path)
+            assert plain.status_code == 401, path
+            assert plain.headers["www-authenticate"].startswith("Bearer")
+            forged = anyone.get(path, headers={"Authorization": "Bearer x.y.z"})
+            assert forged.status_code == 401, path
+        page = anyone.get("/studies", headers={"Accept": "text/html"})
     assert page.status_code == 401 and 'action="/signin"' in page.text
 
 
 def test_token_endpoint_gives_a_bearer_token_and_refuses_a_wrong_password(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
-    ok = httpx.post(
-        f"{netpacs.base_url}/auth/token", data={"username": "rxc.clinician", "password": "demo"}
+    anyone = http_app.anonymous()
+    ok = anyone.post(
+        f"{http_app.base_url}/auth/token", data={"username": "rxc.clinician", "password": "demo"}
     )
     assert ok.status_code == 200
     body = ok.json()
     assert body["token_type"] == "bearer" and body["expires_in"] == 3600
-    me = httpx.get(
-        f"{netpacs.base_url}/api/me", headers={"Authorization": f"Bearer {body['access_token']}"}
+    me = anyone.get(
+        f"{http_app.base_url}/api/me", headers={"Authorization": f"Bearer {body['access_token']}"}
     )
     assert me.json() == {
         "username": "rxc.clinician",
@@ -200,23 +197,24 @@ def test_token_endpoint_gives_a_bearer_token_and_refuses_a_wrong_password(
         "trust": "RXC",
         "role": "clinician",
     }
-    wrong = httpx.post(
-        f"{netpacs.base_url}/auth/token", data={"username": "rxc.clinician", "password": "guess"}
+    wrong = anyone.post(
+        f"{http_app.base_url}/auth/token", data={"username": "rxc.clinician", "password": "guess"}
     )
     assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
 
 
-def test_repeated_failed_sign_ins_are_refused_for_a_while_and_audited(netpacs: Netpacs) -> None:
-    url = f"{netpacs.base_url}/auth/token"
+def test_repeated_failed_sign_ins_are_refused_for_a_while_and_audited(http_app: HttpApp) -> None:
+    anyone = http_app.anonymous()
+    url = f"{http_app.base_url}/auth/token"
     codes = [
-        httpx.post(url, data={"username": "rtp.admin", "password": f"guess{n}"}).status_code
+        anyone.post(url, data={"username": "rtp.admin", "password": f"guess{n}"}).status_code
         for n in range(6)
     ]
     assert codes == [400] * 5 + [429]
     # Even the right password waits now.
-    right = httpx.post(url, data={"username": "rtp.admin", "password": "demo"})
+    right = anyone.post(url, data={"username": "rtp.admin", "password": "demo"})
     assert right.status_code == 429 and int(right.headers["retry-after"]) > 0
-    engine = sa.create_engine(netpacs.database_url)
+    engine = sa.create_engine(http_app.database_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
@@ -231,20 +229,21 @@ def test_repeated_failed_sign_ins_are_refused_for_a_while_and_audited(netpacs: N
 
 
 def test_break_glass_opens_a_patient_for_a_while_and_is_audited_with_emergency_purpose(
-    netpacs: Netpacs, region_studies: dict[str, tuple[str, str, set[str]]]
+    http_app: HttpApp, region_studies: dict[str, tuple[str, str, set[str]]]
 ) -> None:
+    anyone = http_app.anonymous()
     uid = next(u for u, (_, issuer, _) in region_studies.items() if issuer == "RYR")
     user = "rpc.clinician"
-    with httpx.Client(headers=netpacs.auth(user), timeout=60) as client:
-        metadata = f"{netpacs.dicomweb_url}/studies/{uid}/metadata"
+    with http_app.client(user) as client:
+        metadata = f"{http_app.dicomweb_url}/studies/{uid}/metadata"
         assert client.get(metadata).status_code == 404
         no_reason = client.post(
-            f"{netpacs.base_url}/api/break-glass",
+            f"{http_app.base_url}/api/break-glass",
             json={"patient_id": "K777", "issuer": "RYR", "reason": " "},
         )
         assert no_reason.status_code == 400
         opened = client.post(
-            f"{netpacs.base_url}/api/break-glass",
+            f"{http_app.base_url}/api/break-glass",
             json={
                 "patient_id": "K777",
                 "issuer": "RYR",
@@ -256,16 +255,17 @@ def test_break_glass_opens_a_patient_for_a_while_and_is_audited_with_emergency_p
         assert client.get(metadata).status_code == 200
         # The grant is for the person: their Brighton (RA2) identity too.
         linked = client.get(
-            f"{netpacs.dicomweb_url}/studies", params={"PatientID": NHS, "IssuerOfPatientID": "NHS"}
+            f"{http_app.dicomweb_url}/studies",
+            params={"PatientID": NHS, "IssuerOfPatientID": "NHS"},
         )
         assert [s["0020000D"]["Value"][0] for s in linked.json()] == [uid]
-    auditor = httpx.post(
-        f"{netpacs.base_url}/api/break-glass",
-        headers=netpacs.auth("rpc.auditor"),
+    auditor = anyone.post(
+        f"{http_app.base_url}/api/break-glass",
+        headers=http_app.auth("rpc.auditor"),
         json={"patient_id": "K777", "issuer": "RYR", "reason": "curious about"},
     )
     assert auditor.status_code == 403
-    engine = sa.create_engine(netpacs.database_url)
+    engine = sa.create_engine(http_app.database_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.select(audit_event).where(audit_event.c.user_id == user)).all()
@@ -279,26 +279,28 @@ def test_break_glass_opens_a_patient_for_a_while_and_is_audited_with_emergency_p
 
 
 def test_an_api_client_revokes_its_token_and_it_is_refused_from_then_on(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
-    token = httpx.post(
-        f"{netpacs.base_url}/auth/token", data={"username": "rtk.clinician", "password": "demo"}
+    anyone = http_app.anonymous()
+    token = anyone.post(
+        f"{http_app.base_url}/auth/token", data={"username": "rtk.clinician", "password": "demo"}
     ).json()["access_token"]
-    me = f"{netpacs.base_url}/api/me"
-    assert httpx.get(me, headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    revoked = httpx.post(f"{netpacs.base_url}/auth/revoke", data={"token": token})
+    me = f"{http_app.base_url}/api/me"
+    assert anyone.get(me, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    revoked = anyone.post(f"{http_app.base_url}/auth/revoke", data={"token": token})
     assert revoked.status_code == 200
-    assert httpx.get(me, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert anyone.get(me, headers={"Authorization": f"Bearer {token}"}).status_code == 401
     # Not a token of ours: the same answer (RFC 7009), and nothing else is revoked.
-    other = httpx.post(f"{netpacs.base_url}/auth/revoke", data={"token": "not.a.token"})
+    other = anyone.post(f"{http_app.base_url}/auth/revoke", data={"token": "not.a.token"})
     assert other.status_code == 200
-    assert httpx.get(me, headers=netpacs.auth("rtk.clinician")).status_code == 200
+    assert anyone.get(me, headers=http_app.auth("rtk.clinician")).status_code == 200
 
 
 def test_signing_out_with_an_expired_or_no_session_still_leads_to_the_sign_in_page(
-    netpacs: Netpacs,
+    http_app: HttpApp,
 ) -> None:
     for cookies in ({}, {"netpacs_session": "expired.or.forged"}):
-        answer = httpx.post(f"{netpacs.base_url}/signout", cookies=cookies)
+        with http_app.anonymous(cookies=cookies) as browser:
+            answer = browser.post("/signout")
         assert answer.status_code == 303
         assert answer.headers["location"] == "/signin"

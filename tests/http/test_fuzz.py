@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netpacs.dicom.part10 import read_file_meta
-from tests.conftest import Netpacs, write_region
+from tests.conftest import HttpApp, http_app_on
 from tests.http.conftest import StoredSeries, write_and_send_ct
 
 TIMEOUT = 20.0
@@ -35,40 +36,33 @@ FUZZ_SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netpacs]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    server = Netpacs(
-        data_dir=tmp / "data",
-        database_url=f"sqlite:///{tmp / 'index.sqlite'}",
-        region_file=write_region(tmp / "region.toml", {}),
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def fuzz_server(
+    tmp_path_factory: pytest.TempPathFactory, index_templates: Any
+) -> Iterator[HttpApp]:
+    """The app in this process, on SQLite, for the whole module."""
+    with http_app_on(index_templates, "sqlite", tmp_path_factory.mktemp("fuzz")) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
-def stored(fuzz_server: Netpacs, tmp_path_factory: pytest.TempPathFactory) -> StoredSeries:
+def stored(fuzz_server: HttpApp, tmp_path_factory: pytest.TempPathFactory) -> StoredSeries:
     return write_and_send_ct(
         fuzz_server, tmp_path_factory.mktemp("ct"), 3, patient_id="RTP0000777", issuer="RTP"
     )
 
 
 @pytest.fixture(scope="module")
-def client(fuzz_server: Netpacs, stored: StoredSeries) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=fuzz_server.base_url, timeout=TIMEOUT, headers=fuzz_server.auth()
-    ) as c:
+def client(fuzz_server: HttpApp, stored: StoredSeries) -> Iterator[httpx.Client]:
+    with fuzz_server.client(timeout=TIMEOUT) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def api_schema(fuzz_server: Netpacs, stored: StoredSeries) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(
-        f"{fuzz_server.base_url}/api/openapi.json", headers=fuzz_server.auth()
-    )
+def api_schema(fuzz_server: HttpApp, stored: StoredSeries) -> schemathesis.BaseSchema:
+    with fuzz_server.client() as c:
+        document = c.get("/api/openapi.json")
+    assert document.status_code == 200, document.text
+    return schemathesis.openapi.from_dict(document.json())
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
@@ -82,9 +76,14 @@ def _no_server_error(response: httpx.Response | object, what: str) -> None:
 @schema.parametrize()
 @FUZZ_SETTINGS
 def test_requests_generated_from_the_openapi_document_never_get_a_server_error(
-    case: schemathesis.Case, fuzz_server: Netpacs
+    case: schemathesis.Case, fuzz_server: HttpApp
 ) -> None:
-    response = case.call(timeout=TIMEOUT, headers=fuzz_server.auth())
+    response = case.call(
+        base_url=fuzz_server.base_url,
+        session=fuzz_server.session(),
+        timeout=TIMEOUT,
+        headers=fuzz_server.auth(),
+    )
     _no_server_error(response, f"{case.method} {case.formatted_path} {case.query}")
 
 
@@ -243,7 +242,7 @@ def test_wado_with_odd_paths_headers_and_parameters_answers_without_server_error
     _no_server_error(response, f"GET {path} {query} Accept: {accept}")
 
 
-def test_fuzzing_left_the_stored_study_intact(stored: StoredSeries, fuzz_server: Netpacs) -> None:
+def test_fuzzing_left_the_stored_study_intact(stored: StoredSeries, fuzz_server: HttpApp) -> None:
     """Runs last in this module: every original instance is still stored, byte for byte."""
     blobs = [p for p in (fuzz_server.data_dir / "objects").glob("???/*") if p.is_file()]
     kept = {_dataset_digest(p) for p in blobs}
