@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
-from netpacs.adapters.http.reporting import STATUS
+from netpacs.adapters.http.errors import STATUS
+from netpacs.domain.outcomes import Problem
 from netpacs.index.schema import worklist_item
-from netpacs.services.reporting import Problem
 from netpacs.synthetic import write_ct_series
 from tests.conftest import Netpacs, free_port, postgres_database, write_region
 from tests.http.conftest import storescu
@@ -53,7 +53,7 @@ def netpacs(
         yield server
 
 
-def test_every_problem_of_the_reporting_services_has_an_http_status() -> None:
+def test_every_problem_a_service_refuses_with_has_an_http_status() -> None:
     assert set(STATUS) == set(Problem)
     assert all(400 <= code < 500 for code in STATUS.values())
 

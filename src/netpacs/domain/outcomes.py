@@ -81,3 +81,24 @@ class DuplicatePolicy(enum.Enum):
     REJECT = "reject"
     KEEP_FIRST = "keep-first"
     REPLACE = "replace"
+
+
+class Problem(enum.Enum):
+    """Why a service refuses a request. Services say which; each adapter maps it to its
+    protocol's status through one table (HTTP: ``adapters/http/errors.py``)."""
+
+    NOT_FOUND = "not found"  # no such thing, or not the principal's to see (the same)
+    FORBIDDEN = "forbidden"  # the principal may not do this
+    CONFLICT = "conflict"  # the state does not allow it now
+    INVALID = "invalid"  # understood, but a value of the request is refused
+    MALFORMED = "malformed"  # the request itself is wrong (a list, a range, an action)
+    NOT_ACCEPTABLE = "not acceptable"  # it cannot be given in the form asked for
+
+
+class Refused(Exception):
+    """A request a service refuses: the problem, and the words to show the user."""
+
+    def __init__(self, problem: Problem, message: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.message = message

@@ -22,7 +22,6 @@ an administrator removes it with a reason that goes into the audit trail. The ru
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.domain.outcomes import Problem, Refused
 from netpacs.index.schema import (
     instance,
     patient,
@@ -56,18 +56,9 @@ ISSUED = ("preliminary", "final")
 Run = Callable[[Callable[[sa.Connection], Any]], Any]
 
 
-class Problem(enum.Enum):
-    NOT_FOUND = "not found"
-    FORBIDDEN = "forbidden"
-    CONFLICT = "conflict"  # the study is part of the medical record: kept
-    INVALID = "invalid"  # no reason, or too short
-
-
-class DeletionError(Exception):
-    def __init__(self, problem: Problem, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
-        self.message = message
+class DeletionError(Refused):
+    """Not deleted: not found, not an administrator, part of the medical record
+    (CONFLICT: an issued report), or no reason given (MALFORMED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +87,12 @@ def normalise_reason(reason: str) -> str:
     text = " ".join(reason.split())
     if len(text) < MIN_REASON:
         raise DeletionError(
-            Problem.INVALID,
+            Problem.MALFORMED,
             f"say why the study is deleted (at least {MIN_REASON} characters, e.g. "
             '"sent to the wrong patient\'s record"): the reason is audited',
         )
     if len(text) > MAX_REASON:
-        raise DeletionError(Problem.INVALID, f"the reason is over {MAX_REASON} characters")
+        raise DeletionError(Problem.MALFORMED, f"the reason is over {MAX_REASON} characters")
     return text
 
 

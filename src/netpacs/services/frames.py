@@ -26,6 +26,7 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, first_int
+from netpacs.domain.outcomes import Problem, Refused
 from netpacs.domain.query import StoredInstance
 from netpacs.storage.blobstore import BlobStore
 
@@ -68,13 +69,9 @@ _EXTENDED_OFFSET_TABLE = "7FE00001"
 _EXTENDED_OFFSET_TABLE_LENGTHS = "7FE00002"
 
 
-class FrameError(ValueError):
-    """A frame cannot be given; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class FrameError(Refused):
+    """A frame cannot be given: there is no such frame (NOT_FOUND), the frame list is
+    wrong (MALFORMED), or it cannot be decoded here (NOT_ACCEPTABLE)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +112,19 @@ def pixel_layout(inst: StoredInstance) -> PixelLayout:
     parts = uri.split(":")
     if len(parts) != 3 or parts[0] != "bulk":
         if uri == "bulk:pydicom":
-            raise FrameError(406, "the frames of this object can only be read by full decoding")
-        raise FrameError(404, f"instance {inst.sop_instance_uid} has no Pixel Data (7FE0,0010)")
+            raise FrameError(
+                Problem.NOT_ACCEPTABLE,
+                "the frames of this object can only be read by full decoding",
+            )
+        raise FrameError(
+            Problem.NOT_FOUND, f"instance {inst.sop_instance_uid} has no Pixel Data (7FE0,0010)"
+        )
     rows, columns = first_int(header, "00280010"), first_int(header, "00280011")
     bits = first_int(header, "00280100")
     if not rows or not columns or not bits:
-        raise FrameError(404, f"instance {inst.sop_instance_uid} has no image pixel description")
+        raise FrameError(
+            Problem.NOT_FOUND, f"instance {inst.sop_instance_uid} has no image pixel description"
+        )
     return PixelLayout(
         transfer_syntax_uid=inst.transfer_syntax_uid,
         rows=rows,
@@ -140,10 +144,12 @@ def parse_frame_list(text: str) -> list[int]:
     for part in text.split(","):
         part = part.strip()
         if not part.isdigit() or not part.isascii():
-            raise FrameError(400, f"frame list {text!r} is not comma-separated frame numbers")
+            raise FrameError(
+                Problem.MALFORMED, f"frame list {text!r} is not comma-separated frame numbers"
+            )
         numbers.append(int(part))
     if any(n < 1 for n in numbers):
-        raise FrameError(400, f"frame numbers start at 1 (frame list {text!r})")
+        raise FrameError(Problem.MALFORMED, f"frame numbers start at 1 (frame list {text!r})")
     return numbers
 
 
@@ -157,11 +163,12 @@ def check_frames(layout: PixelLayout, numbers: list[int], sop_uid: str) -> None:
     if beyond:
         shown = ", ".join(map(str, beyond[:5])) + (", ..." if len(beyond) > 5 else "")
         raise FrameError(
-            404, f"instance {sop_uid} has {layout.number_of_frames} frame(s); no frame {shown}"
+            Problem.NOT_FOUND,
+            f"instance {sop_uid} has {layout.number_of_frames} frame(s); no frame {shown}",
         )
     if len(numbers) > max(layout.number_of_frames, 64):
         raise FrameError(
-            400,
+            Problem.MALFORMED,
             f"{len(numbers)} frames asked for; instance {sop_uid} has {layout.number_of_frames}",
         )
 
@@ -183,7 +190,8 @@ class FrameReader:
         size = layout.frame_bits // 8
         if size * layout.number_of_frames > layout.length:
             raise FrameError(
-                404, f"the Pixel Data of {inst.sop_instance_uid} is shorter than its frames"
+                Problem.NOT_FOUND,
+                f"the Pixel Data of {inst.sop_instance_uid} is shorter than its frames",
             )
         base = inst.dataset_offset + layout.offset
         with self._blobs.open(inst.blob_key) as f:
@@ -236,7 +244,9 @@ class FrameReader:
                         number_of_frames=layout.number_of_frames,
                     )
                 except (ValueError, KeyError, EOFError) as exc:
-                    raise FrameError(404, f"frame {n} of {inst.sop_instance_uid}: {exc}") from None
+                    raise FrameError(
+                        Problem.NOT_FOUND, f"frame {n} of {inst.sop_instance_uid}: {exc}"
+                    ) from None
 
     def _extended_offsets(
         self, inst: StoredInstance, layout: PixelLayout
@@ -276,7 +286,8 @@ class FrameReader:
                 array = pixel_array(source, index=n - 1)
             except Exception as exc:  # the decoders raise many types on corrupt data
                 raise FrameError(
-                    406, f"frame {n} of {inst.sop_instance_uid} cannot be decoded: {exc}"
+                    Problem.NOT_ACCEPTABLE,
+                    f"frame {n} of {inst.sop_instance_uid} cannot be decoded: {exc}",
                 ) from None
             yield np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
 
@@ -290,5 +301,6 @@ def check_decodable(transfer_syntax_uid: str) -> None:
     if not available:
         name = UID(transfer_syntax_uid).name
         raise FrameError(
-            406, f"frames in {name} cannot be decoded here; ask for transfer-syntax=* instead"
+            Problem.NOT_ACCEPTABLE,
+            f"frames in {name} cannot be decoded here; ask for transfer-syntax=* instead",
         )

@@ -10,12 +10,12 @@ item made reopens that item, so the state before the decision is back exactly.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.domain.outcomes import Problem, Refused
 from netpacs.index.schema import patient, patient_merge, reconciliation
 from netpacs.services.access import Principal
 from netpacs.services.adt import MergeRefused, MergeService
@@ -24,17 +24,9 @@ from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 from netpacs.services.identity import ACTIONS, OPEN, RESOLVED, Action, Kind, RegionalRecord
 
 
-class Problem(enum.Enum):
-    NOT_FOUND = "not found"
-    CONFLICT = "conflict"  # already resolved, or the state no longer allows it
-    INVALID = "invalid"  # an action the item does not take
-
-
-class ReconciliationError(Exception):
-    def __init__(self, problem: Problem, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
-        self.message = message
+class ReconciliationError(Refused):
+    """Not done: no such item or merge, already resolved or no longer possible
+    (CONFLICT), or an action the item does not take (MALFORMED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +158,7 @@ class ReconciliationService:
         except ValueError:
             allowed = ", ".join(a.value for a in Action)
             raise ReconciliationError(
-                Problem.INVALID, f"action {action!r} is not one of {allowed}"
+                Problem.MALFORMED, f"action {action!r} is not one of {allowed}"
             ) from None
         now = dt.datetime.now(dt.UTC)
         with self._engine.begin() as conn:
@@ -186,7 +178,7 @@ class ReconciliationService:
             if chosen not in ACTIONS[kind]:
                 allowed = ", ".join(a.value for a in ACTIONS[kind])
                 raise ReconciliationError(
-                    Problem.INVALID, f"a {kind.value} item is resolved by {allowed}, not {action}"
+                    Problem.MALFORMED, f"a {kind.value} item is resolved by {allowed}, not {action}"
                 )
             merge_id = self._carry_out(conn, row, chosen, by=by.user_id, now=now)
             conn.execute(
@@ -242,7 +234,7 @@ class ReconciliationService:
             return None
         # MERGE: this hospital number into the other of the same trust (the older record).
         if row.other_patient_id is None or row.other_issuer is None:
-            raise ReconciliationError(Problem.INVALID, "this item names no record to merge into")
+            raise ReconciliationError(Problem.MALFORMED, "this item names no record to merge into")
         try:
             return self._merges.merge_identities(
                 conn,

@@ -41,6 +41,8 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
+from netpacs.domain.outcomes import Problem, Refused
+
 __all__ = [
     "MAX_VIEWPORT",
     "ImageFormat",
@@ -66,15 +68,10 @@ _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "Y
 _GRAY = frozenset({"MONOCHROME1", "MONOCHROME2"})
 
 
-class RenderError(ValueError):
-    """A frame cannot be rendered; ``status``: 404 no such frame, 406 nothing this
-    server can render (no pixel data, no decoder, unsupported photometric
-    interpretation), 422 pixel data that does not decode."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class RenderError(Refused):
+    """A frame cannot be rendered: no such frame (NOT_FOUND), nothing this server can
+    render (no pixel data, no decoder, an unsupported photometric interpretation:
+    NOT_ACCEPTABLE), or a viewport outside the image (MALFORMED)."""
 
 
 class ImageFormat(enum.Enum):
@@ -181,7 +178,7 @@ def read_stored(data: bytes, transfer_syntax_uid: str) -> Dataset:
             is_little_endian=syntax.is_little_endian if syntax.is_transfer_syntax else True,
         )
     except Exception as exc:  # pydicom raises many types on bad input
-        raise RenderError(422, f"the stored object does not parse: {exc}") from None
+        raise RenderError(Problem.INVALID, f"the stored object does not parse: {exc}") from None
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
@@ -233,10 +230,15 @@ def display_pixels(
 ) -> ByteArray:
     """Frame ``frame`` as 8-bit display values: (rows, columns) gray or (rows, columns, 3) RGB."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise RenderError(406, "the object has no pixel data: there is no image to render")
+        raise RenderError(
+            Problem.NOT_ACCEPTABLE, "the object has no pixel data: there is no image to render"
+        )
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in _GRAY and photometric not in _COLOUR and photometric != "PALETTE COLOR":
-        raise RenderError(406, f"photometric interpretation {photometric or 'none'!r} not shown")
+        raise RenderError(
+            Problem.NOT_ACCEPTABLE,
+            f"photometric interpretation {photometric or 'none'!r} not shown",
+        )
     raw = _decode(ds, frame)
     if source is not None:
         raw = _crop(raw, source)
@@ -249,37 +251,47 @@ def display_pixels(
             rgb = apply_color_lut(raw, ds)
         except Exception as exc:
             raise RenderError(
-                422, f"the palette colour lookup table is not usable: {exc}"
+                Problem.INVALID, f"the palette colour lookup table is not usable: {exc}"
             ) from None
         return _to_8bit(np.asarray(rgb), _lut_bits(rgb))
     if raw.ndim != 3 or raw.shape[-1] != 3:
-        raise RenderError(422, f"colour frame has shape {raw.shape}, not rows x columns x 3")
+        raise RenderError(
+            Problem.INVALID, f"colour frame has shape {raw.shape}, not rows x columns x 3"
+        )
     return _to_8bit(raw, int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8))
 
 
 def _decode(ds: Dataset, frame: int) -> npt.NDArray[Any]:
     frames = number_of_frames(ds)
     if not 1 <= frame <= frames:
-        raise RenderError(404, f"the object has {frames} frame(s); there is no frame {frame}")
+        raise RenderError(
+            Problem.NOT_FOUND, f"the object has {frames} frame(s); there is no frame {frame}"
+        )
     try:
         arr = pixel_array(ds, index=frame - 1)
     except NotImplementedError as exc:
-        raise RenderError(406, f"no decoder here for this pixel data: {exc}") from None
+        raise RenderError(
+            Problem.NOT_ACCEPTABLE, f"no decoder here for this pixel data: {exc}"
+        ) from None
     except Exception as exc:  # the pixel plugins raise many types on bad data
         syntax = ds.file_meta.get("TransferSyntaxUID")
         name = getattr(syntax, "name", syntax)
-        raise RenderError(422, f"the pixel data ({name}) does not decode: {exc}") from None
+        raise RenderError(
+            Problem.INVALID, f"the pixel data ({name}) does not decode: {exc}"
+        ) from None
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or arr.size == 0:
-        raise RenderError(422, f"decoded frame has unexpected shape {arr.shape}")
+        raise RenderError(Problem.INVALID, f"decoded frame has unexpected shape {arr.shape}")
     return arr
 
 
 def _crop(arr: npt.NDArray[Any], region: Region) -> npt.NDArray[Any]:
     rows, columns = arr.shape[:2]
     if region.x >= columns or region.y >= rows:
-        raise RenderError(400, f"the source region starts outside the {columns}x{rows} image")
+        raise RenderError(
+            Problem.MALFORMED, f"the source region starts outside the {columns}x{rows} image"
+        )
     x_step = -1 if (region.width or 1) < 0 else 1
     y_step = -1 if (region.height or 1) < 0 else 1
     x_end = columns if region.width is None else min(columns, region.x + abs(region.width))
@@ -309,7 +321,7 @@ def _modality(raw: npt.NDArray[Any], ds: Dataset, frame: int) -> FloatArray:
         try:
             return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
         except Exception as exc:
-            raise RenderError(422, f"the Modality LUT is not usable: {exc}") from None
+            raise RenderError(Problem.INVALID, f"the Modality LUT is not usable: {exc}") from None
     slope = _number(source.get("RescaleSlope"), 1.0) or 1.0
     intercept = _number(source.get("RescaleIntercept"), 0.0)
     values = raw.astype(np.float32, copy=True)

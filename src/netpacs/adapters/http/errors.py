@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from netpacs.adapters.http.pages.render import error_page, wants_page
+from netpacs.domain.outcomes import Problem, Refused
 from netpacs.services.access_policy import AccessDenied
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,17 @@ _TITLES = {
     409: "Not possible now",
     413: "Too large",
     500: "netpacs failed",
+}
+
+
+#: The HTTP status of each problem a service refuses a request with: the one table.
+STATUS: dict[Problem, int] = {
+    Problem.NOT_FOUND: 404,
+    Problem.FORBIDDEN: 403,
+    Problem.CONFLICT: 409,
+    Problem.INVALID: 422,
+    Problem.MALFORMED: 400,
+    Problem.NOT_ACCEPTABLE: 406,
 }
 
 
@@ -69,6 +81,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HttpError)
     async def _http_error(request: Request, exc: HttpError) -> Response:
         return _answer(request, exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> Response:
+        return _answer(request, STATUS[exc.problem], exc.message)
 
     @app.exception_handler(AccessDenied)
     async def _denied(request: Request, exc: AccessDenied) -> Response:

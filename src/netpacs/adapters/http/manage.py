@@ -17,25 +17,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import HttpServices, check_url_uids, services
-from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.errors import STATUS
 from netpacs.adapters.http.pages.render import render
+from netpacs.domain.outcomes import Problem
 from netpacs.domain.query import QueryLevel, QueryModel
-from netpacs.services.deletion import (
-    MAX_REASON,
-    MIN_REASON,
-    DeletionError,
-    DeletionService,
-    Problem,
-)
+from netpacs.services.deletion import MAX_REASON, MIN_REASON, DeletionError, DeletionService
 
 router = APIRouter()
-
-_STATUS = {
-    Problem.NOT_FOUND: 404,
-    Problem.FORBIDDEN: 403,
-    Problem.CONFLICT: 409,
-    Problem.INVALID: 400,
-}
 
 
 def deletion_service(svc: HttpServices) -> DeletionService:
@@ -59,12 +47,9 @@ def delete_study(
     request: Request, study: str, body: Annotated[DeleteBody | None, Body()] = None
 ) -> JSONResponse:
     check_url_uids(Study=study)
-    try:
-        done = deletion_service(services(request)).delete_study(
-            study, reason=body.reason if body else ""
-        )
-    except DeletionError as exc:
-        raise HttpError(_STATUS[exc.problem], exc.message) from None
+    done = deletion_service(services(request)).delete_study(
+        study, reason=body.reason if body else ""
+    )
     return JSONResponse(asdict(done))
 
 
@@ -154,7 +139,7 @@ def _page(
 
 
 def _refused(request: Request, exc: DeletionError) -> HTMLResponse:
-    return _page(request, "Study not deleted", status=_STATUS[exc.problem], error=exc.message)
+    return _page(request, "Study not deleted", status=STATUS[exc.problem], error=exc.message)
 
 
 def _gate(svc: HttpServices, study: str) -> None:

@@ -20,20 +20,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import services
-from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.errors import STATUS, HttpError
 from netpacs.adapters.http.pages.render import render
 from netpacs.domain.nhs_number import format_for_people
 from netpacs.services.access import Capability
 from netpacs.services.identity import OPEN
-from netpacs.services.reconciliation import (
-    Problem,
-    ReconciliationError,
-    ReconciliationService,
-)
+from netpacs.services.reconciliation import ReconciliationError, ReconciliationService
 
 router = APIRouter()
 
-_STATUS = {Problem.NOT_FOUND: 404, Problem.CONFLICT: 409, Problem.INVALID: 400}
 _LABELS = {
     "link": "Link (same person)",
     "unlink": "Unlink (not this person)",
@@ -57,7 +52,7 @@ def _service(request: Request) -> ReconciliationService:
 
 
 def _http(exc: ReconciliationError) -> HttpError:
-    return HttpError(_STATUS[exc.problem], exc.message)
+    return HttpError(STATUS[exc.problem], exc.message)
 
 
 class Decision(BaseModel):

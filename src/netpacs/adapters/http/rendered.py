@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, check_url_uids, services
-from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.errors import STATUS, HttpError
 from netpacs.dicom.header import first
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.access import Capability
@@ -316,7 +316,8 @@ def _render(
     except BlobNotFound:
         raise HttpError(404, "the object's stored file is missing") from None
     except RenderError as exc:
-        raise HttpError(exc.status, f"instance {image.sop_instance_uid}: {exc.message}") from None
+        problem = f"instance {image.sop_instance_uid}: {exc.message}"
+        raise HttpError(STATUS[exc.problem], problem) from None
     return Response(
         body,
         media_type=options.format.media_type,

@@ -2,9 +2,9 @@
 
 ``/api/worklist`` lists and claims items, ``/api/reports/{study}`` saves, signs and
 amends reports, ``/api/turnaround`` gives the dashboard's figures. The rules are in
-services.reporting; this module translates HTTP to them, and each problem they report
-to its status through :data:`STATUS` (403 for a role that may not, 404 for a study that
-does not exist or is not the user's to report, 409 when another reporter holds the
+services.reporting; this module translates HTTP to them. What they refuse is answered
+through the one table of :mod:`.errors` (403 for a role that may not, 404 for a study
+that does not exist or is not the user's to report, 409 when another reporter holds the
 claim or the report is already final, 422 for bad input; bodies ``{"status",
 "message"}`` as everywhere).
 """
@@ -17,26 +17,9 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import check_url_uids, services
-from netpacs.adapters.http.errors import HttpError
-from netpacs.services.reporting import MAX_TEXT, Problem, ReportingError
+from netpacs.services.reporting import MAX_TEXT
 
 router = APIRouter()
-
-#: The HTTP status of each problem the reporting services report (pages use it too).
-STATUS = {
-    Problem.NOT_FOUND: 404,
-    Problem.FORBIDDEN: 403,
-    Problem.CONFLICT: 409,
-    Problem.INVALID: 422,
-}
-
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    try:
-        result: dict[str, Any] = fn(*args, **kwargs)
-    except ReportingError as exc:
-        raise HttpError(STATUS[exc.problem], exc.message) from None
-    return result
 
 
 class ReportBody(BaseModel):
@@ -77,8 +60,7 @@ def worklist(
     limit: Annotated[int, Query(ge=1, le=2000)] = 500,
 ) -> dict[str, Any]:
     """Worklist items the user may report, by priority and time to breach."""
-    return _call(
-        services(request).worklist.worklist,
+    return services(request).worklist.worklist(
         view=view,
         trust=trust,
         subspecialty=subspecialty,
@@ -97,46 +79,46 @@ class QueueBody(BaseModel):
 def queue(request: Request, body: QueueBody) -> dict[str, Any]:
     """An admin puts a stored study on the worklist (one not queued on arrival)."""
     check_url_uids(Study=body.study_instance_uid)
-    return _call(services(request).worklist.queue, body.study_instance_uid, priority=body.priority)
+    return services(request).worklist.queue(body.study_instance_uid, priority=body.priority)
 
 
 @router.get("/api/worklist/{study}", tags=["reporting"])
 def worklist_item(request: Request, study: str) -> dict[str, Any]:
     check_url_uids(Study=study)
-    return _call(services(request).worklist.item, study)
+    return services(request).worklist.item(study)
 
 
 @router.post("/api/worklist/{study}/claim", tags=["reporting"])
 def claim(request: Request, study: str) -> dict[str, Any]:
     """Claim the item (409 with who holds it when someone else does)."""
     check_url_uids(Study=study)
-    return _call(services(request).claims.claim, study)
+    return services(request).claims.claim(study)
 
 
 @router.delete("/api/worklist/{study}/claim", tags=["reporting"])
 def release(request: Request, study: str) -> dict[str, Any]:
     check_url_uids(Study=study)
-    return _call(services(request).claims.release, study)
+    return services(request).claims.release(study)
 
 
 @router.post("/api/worklist/{study}/assign", tags=["reporting"])
 def assign(request: Request, study: str, body: AssignBody) -> dict[str, Any]:
     """An admin gives the item to a radiologist."""
     check_url_uids(Study=study)
-    return _call(services(request).claims.assign, study, body.username)
+    return services(request).claims.assign(study, body.username)
 
 
 @router.post("/api/worklist/{study}/priority", tags=["reporting"])
 def set_priority(request: Request, study: str, body: PriorityBody) -> dict[str, Any]:
     check_url_uids(Study=study)
-    return _call(services(request).claims.set_priority, study, body.priority)
+    return services(request).claims.set_priority(study, body.priority)
 
 
 @router.get("/api/worklist/{study}/priors", tags=["reporting"])
 def priors(request: Request, study: str) -> dict[str, Any]:
     """The study and the person's priors from every trust, newest first."""
     check_url_uids(Study=study)
-    return _call(services(request).reports.priors, study)
+    return services(request).reports.priors(study)
 
 
 @router.get("/api/reports/templates", tags=["reporting"])
@@ -147,15 +129,14 @@ def templates(request: Request) -> dict[str, str]:
 @router.get("/api/reports/{study}", tags=["reporting"])
 def get_report(request: Request, study: str) -> dict[str, Any]:
     check_url_uids(Study=study)
-    return _call(services(request).reports.report, study)
+    return services(request).reports.report(study)
 
 
 @router.put("/api/reports/{study}", tags=["reporting"])
 def put_report(request: Request, study: str, body: ReportBody) -> dict[str, Any]:
     """Save a draft or a preliminary report, or sign it final."""
     check_url_uids(Study=study)
-    return _call(
-        services(request).reports.save,
+    return services(request).reports.save(
         study,
         body.text,
         body.status,
@@ -167,19 +148,19 @@ def put_report(request: Request, study: str, body: ReportBody) -> dict[str, Any]
 @router.post("/api/reports/{study}/addenda", tags=["reporting"])
 def add_addendum(request: Request, study: str, body: TextBody) -> dict[str, Any]:
     check_url_uids(Study=study)
-    return _call(services(request).reports.addendum, study, body.text)
+    return services(request).reports.addendum(study, body.text)
 
 
 @router.post("/api/reports/{study}/second-opinion", tags=["reporting"])
 def second_opinion(request: Request, study: str, body: ReasonBody) -> dict[str, Any]:
     check_url_uids(Study=study)
-    return _call(services(request).reports.second_opinion, study, body.reason)
+    return services(request).reports.second_opinion(study, body.reason)
 
 
 @router.post("/api/reports/{study}/discrepancy", tags=["reporting"])
 def discrepancy(request: Request, study: str, body: TextBody) -> dict[str, Any]:
     check_url_uids(Study=study)
-    return _call(services(request).reports.discrepancy, study, body.text)
+    return services(request).reports.discrepancy(study, body.text)
 
 
 @router.get("/api/results", tags=["reporting"])
@@ -191,12 +172,10 @@ def results(
 ) -> dict[str, Any]:
     """HL7 results (ORU^R01) for the trusts' listeners: waiting ones with their last
     error, and how many wait per trust (PACS admins)."""
-    return _call(
-        services(request).reports.results, waiting=status == "waiting", trust=trust, limit=limit
-    )
+    return services(request).reports.results(waiting=status == "waiting", trust=trust, limit=limit)
 
 
 @router.get("/api/turnaround", tags=["reporting"])
 def turnaround(request: Request, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
     """Arrival-to-report times, backlog and breaches per trust and modality."""
-    return _call(services(request).turnaround.turnaround, days)
+    return services(request).turnaround.turnaround(days)

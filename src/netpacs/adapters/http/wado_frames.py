@@ -32,7 +32,6 @@ from netpacs.domain.query import StoredInstance
 from netpacs.services.access import Capability
 from netpacs.services.frames import (
     EXPLICIT_VR_LE,
-    FrameError,
     FrameReader,
     PixelLayout,
     check_decodable,
@@ -100,10 +99,10 @@ def _frames_body(
 
 
 def _with_frame_errors(call: Callable[[], Response]) -> Response:
+    """The answer of ``call``; a blob gone missing is a 404 (a FrameError is answered
+    through the one table of :mod:`.errors`)."""
     try:
         return call()
-    except FrameError as exc:
-        raise HttpError(exc.status, exc.message) from None
     except BlobNotFound:
         raise HttpError(404, "the object's stored file is missing") from None
 

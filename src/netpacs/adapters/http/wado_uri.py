@@ -25,7 +25,6 @@ from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import Capability
 from netpacs.services.render import (
     ImageFormat,
-    RenderError,
     RenderOptions,
     Viewport,
     Window,
@@ -130,13 +129,10 @@ def _wado_uri_rendered(
         )
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
-    try:
-        image = render_stored(
-            svc.retrieve.stored_dataset(inst.item),
-            inst.transfer_syntax_uid,
-            frame=frame or 1,
-            options=options,
-        )
-    except RenderError as exc:
-        raise HttpError(exc.status, exc.message) from None
+    image = render_stored(
+        svc.retrieve.stored_dataset(inst.item),
+        inst.transfer_syntax_uid,
+        frame=frame or 1,
+        options=options,
+    )
     return Response(image, media_type=mime)

@@ -16,10 +16,10 @@ admins manage everything. Each service is built once per process for nobody and
 scoped to each request's principal with ``for_principal``.
 """
 
+from netpacs.domain.outcomes import Problem
 from netpacs.services.reporting.claims import ClaimsService
 from netpacs.services.reporting.common import (
     Priority,
-    Problem,
     ReportingError,
     ReportingScope,
 )

@@ -16,12 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.domain.outcomes import Problem
 from netpacs.index.schema import user_account, worklist_item
 from netpacs.services.access import Principal, Role
 from netpacs.services.reporting.common import (
     NO_CLAIM,
     Priority,
-    Problem,
     ReportingError,
     ReportingScope,
     aware,

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.domain.outcomes import Problem, Refused
 from netpacs.domain.region import Region, ReportingAgreement
 from netpacs.index.reporting import worklist_rows
 from netpacs.index.schema import report, worklist_item
@@ -26,22 +27,10 @@ from netpacs.services.access import (
 from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 
 
-class Problem(enum.Enum):
-    """Why the reporting rules refuse a request (each adapter maps it to its status)."""
-
-    NOT_FOUND = "not found"  # no such study or report, or not the principal's to see
-    FORBIDDEN = "forbidden"  # the principal's role may not do this
-    CONFLICT = "conflict"  # another reporter holds the item, or the report is final
-    INVALID = "invalid"  # a value of the request is wrong
-
-
-class ReportingError(Exception):
-    """A request the reporting rules refuse, with the words to show the user."""
-
-    def __init__(self, problem: Problem, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
-        self.message = message
+class ReportingError(Refused):
+    """A request the reporting rules refuse: not found (or not the principal's to see),
+    forbidden for the role, held by another reporter or final already (CONFLICT), or a
+    value of the request refused (INVALID)."""
 
 
 def not_found() -> ReportingError:

@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from netpacs.domain.outcomes import Problem
 from netpacs.domain.report import Addendum, Reporter, SignedReport
 from netpacs.index.schema import patient, report_event, study
-from netpacs.services.reporting.common import Problem, ReportingError, aware, iso, report_row
+from netpacs.services.reporting.common import ReportingError, aware, iso, report_row
 
 TEMPLATES: dict[str, str] = {
     "CT": "CLINICAL DETAILS:\n\n\nTECHNIQUE:\n\n\nCOMPARISON:\n\n\nFINDINGS:\n\n\nCONCLUSION:\n",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 
+from netpacs.domain.outcomes import Problem
 from netpacs.domain.report import SignedReport
 from netpacs.index.reporting import other_studies_of_person
 from netpacs.index.schema import (
@@ -32,7 +33,6 @@ from netpacs.index.schema import (
 from netpacs.services.access import Principal
 from netpacs.services.reporting.common import (
     NO_CLAIM,
-    Problem,
     ReportingError,
     ReportingScope,
     aware,

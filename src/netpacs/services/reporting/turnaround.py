@@ -9,12 +9,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.domain.outcomes import Problem
 from netpacs.index.schema import patient, study, worklist_item
 from netpacs.services.access import Principal
 from netpacs.services.reporting.common import (
     OPEN,
     Priority,
-    Problem,
     ReportingError,
     ReportingScope,
     aware,

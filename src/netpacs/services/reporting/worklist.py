@@ -29,7 +29,7 @@ import orjson
 import sqlalchemy as sa
 
 from netpacs.dicom.header import JsonDataset, first_str
-from netpacs.domain.outcomes import Origin, Protocol
+from netpacs.domain.outcomes import Origin, Problem, Protocol
 from netpacs.domain.region import SUBSPECIALTIES, AEKind, Region
 from netpacs.index.records import InstanceRecord
 from netpacs.index.reporting import first_image, insert_worklist_item
@@ -38,7 +38,6 @@ from netpacs.services.access import Principal
 from netpacs.services.reporting.common import (
     OPEN,
     Priority,
-    Problem,
     ReportingError,
     ReportingScope,
     item_json,
