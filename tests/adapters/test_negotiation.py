@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pynetdicom.sop_class as sop_class
+import pytest
+from pynetdicom import AE, build_context
 from pynetdicom.service_class import StorageServiceClass
 
-from netpacs.adapters.dimse import pdu as p
-from netpacs.adapters.dimse.negotiation import EXPLICIT_VR_LE, Negotiator
-from netpacs.app.region_file import load_region
-from netpacs.app.settings import BUNDLED_DEMO_REGION
+from tests.conftest import Netpacs, free_port, write_region
 
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context ids are odd numbers 1-255
 
 
 def storage_sop_classes() -> list[str]:
@@ -23,38 +26,48 @@ def storage_sop_classes() -> list[str]:
     )
 
 
-def request(abstract_syntaxes: list[str], transfer_syntax: str) -> p.AssociateRequest:
-    return p.AssociateRequest(
-        called_ae_title="NETPACS",
-        calling_ae_title="ESH_CT1",
-        application_context=p.APPLICATION_CONTEXT,
-        contexts=tuple(
-            p.ProposedContext(2 * i + 1, uid, (transfer_syntax,))
-            for i, uid in enumerate(abstract_syntaxes)
-        ),
-        max_pdu_length=0,
-        implementation_class_uid="1.2.3",
-        implementation_version_name="TEST",
-    )
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Netpacs]:
+    """netpacs on SQLite: negotiation does not touch the index."""
+    folder = tmp_path_factory.mktemp("negotiation")
+    np = Netpacs(
+        data_dir=folder / "data",
+        database_url=f"sqlite:///{folder / 'index.sqlite'}",
+        region_file=write_region(folder / "region.toml", {"RTP_WS1": free_port()}),
+    ).start()
+    try:
+        yield np
+    finally:
+        np.stop()
 
 
-def test_every_storage_sop_class_is_accepted_in_any_transfer_syntax() -> None:
+def accepted(server: Netpacs, abstract_syntaxes: list[str], transfer_syntax: str) -> list[str]:
+    """The abstract syntaxes netpacs accepts when modality ESH_CT1 proposes each of them
+    in ``transfer_syntax`` (as many associations as the contexts need)."""
+    taken: list[str] = []
+    for at in range(0, len(abstract_syntaxes), MAX_CONTEXTS):
+        ae = AE(ae_title="ESH_CT1")
+        ae.requested_contexts = [
+            build_context(uid, transfer_syntax) for uid in abstract_syntaxes[at : at + MAX_CONTEXTS]
+        ]
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+        assert assoc.is_established
+        try:
+            taken += [cx.abstract_syntax for cx in assoc.accepted_contexts]
+        finally:
+            assoc.release()
+    return sorted(taken)
+
+
+def test_every_storage_sop_class_is_accepted_in_any_transfer_syntax(server: Netpacs) -> None:
     classes = storage_sop_classes()
     assert len(classes) > 150  # CT, MR, ..., every modality and SR of the standard
-    negotiator = Negotiator(
-        region=load_region(BUNDLED_DEMO_REGION), ae_title="NETPACS", reject_unknown_calling_ae=True
-    )
     for syntax in (EXPLICIT_VR_LE, JPEG_LS_LOSSLESS):
-        decision = negotiator.negotiate(request(classes, syntax))
-        refused = [c.abstract_syntax for c in decision.contexts if c.result != p.PC_ACCEPTANCE]
-        assert decision.reject is None and refused == []
-        assert {c.transfer_syntax for c in decision.contexts} == {syntax}
+        assert accepted(server, classes, syntax) == classes
 
 
-def test_a_sop_class_that_is_not_storage_is_refused() -> None:
-    negotiator = Negotiator(
-        region=load_region(BUNDLED_DEMO_REGION), ae_title="NETPACS", reject_unknown_calling_ae=True
-    )
+def test_a_sop_class_that_is_not_storage_is_refused(server: Netpacs) -> None:
     printing = str(sop_class.BasicGrayscalePrintManagementMeta)
-    decision = negotiator.negotiate(request([printing], EXPLICIT_VR_LE))
-    assert [c.result for c in decision.contexts] == [p.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED]
+    assert accepted(server, [printing, str(sop_class.CTImageStorage)], EXPLICIT_VR_LE) == [
+        str(sop_class.CTImageStorage)
+    ]
