@@ -199,7 +199,7 @@ class OidcClient:
                 auth=client,
                 **secret,
             )
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             raise OidcError(
                 OidcProblem.UNREACHABLE, f"its token endpoint ({url}) could not be fetched: {exc}"
             ) from None
