@@ -4,6 +4,7 @@ calling AE's trust seeing only the patients it cares for, and the audit trail.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -55,11 +56,18 @@ def c_move(server: Netpacs, calling_ae: str, destination: str, study: str) -> li
     return out
 
 
-@pytest.fixture
-def two_trusts(netpacs: Netpacs, tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    """One server for the module: its studies are those of ``two_trusts``."""
+    return module_netpacs
+
+
+@pytest.fixture(scope="module")
+def two_trusts(netpacs: Netpacs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("two-trusts")
     return {
-        "RXC": send_study(netpacs, tmp_path / "a", aet="EDGH_CT1", patient_id="D1", issuer="RXC"),
-        "RTP": send_study(netpacs, tmp_path / "b", aet="ESH_CT1", patient_id="D2", issuer="RTP"),
+        "RXC": send_study(netpacs, tmp / "a", aet="EDGH_CT1", patient_id="D1", issuer="RXC"),
+        "RTP": send_study(netpacs, tmp / "b", aet="ESH_CT1", patient_id="D2", issuer="RTP"),
     }
 
 
@@ -106,23 +114,31 @@ def test_move_destinations_of_the_region_file_are_an_allow_list(
 def test_stores_and_queries_are_audited_with_the_calling_ae_and_its_trust(
     netpacs: Netpacs, two_trusts: dict[str, str]
 ) -> None:
+    before = audit_rows(netpacs)
     c_find_studies(netpacs, "RTP_WS1")
-    engine = sa.create_engine(netpacs.database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(
-                    audit_event.c.event_id,
-                    audit_event.c.user_id,
-                    audit_event.c.trust,
-                    audit_event.c.patient_id,
-                    audit_event.c.study_uids,
-                )
-            ).all()
-    finally:
-        engine.dispose()
+    rows = audit_rows(netpacs)
     stores = {(r.user_id, r.trust, r.study_uids) for r in rows if r.event_id == "110104"}
     assert ("EDGH_CT1", "RXC", two_trusts["RXC"]) in stores
     assert ("ESH_CT1", "RTP", two_trusts["RTP"]) in stores
-    queries = [r for r in rows if r.event_id == "110112" and r.user_id == "RTP_WS1"]
-    assert len(queries) == 1 and queries[0].trust == "RTP" and queries[0].patient_id == "D2"
+    queries = [r for r in rows[len(before) :] if r.event_id == "110112"]
+    assert [(q.user_id, q.trust, q.patient_id) for q in queries] == [("RTP_WS1", "RTP", "D2")]
+
+
+def audit_rows(server: Netpacs) -> list[sa.Row[Any]]:
+    """Every audit record, oldest first."""
+    engine = sa.create_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(
+                        audit_event.c.event_id,
+                        audit_event.c.user_id,
+                        audit_event.c.trust,
+                        audit_event.c.patient_id,
+                        audit_event.c.study_uids,
+                    ).order_by(audit_event.c.id)
+                ).all()
+            )
+    finally:
+        engine.dispose()

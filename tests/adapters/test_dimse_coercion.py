@@ -1,6 +1,7 @@
 """C-GET and C-MOVE deliver coerced headers after ADT (issue 4); stored objects stay.
 
 Real peers: DCMTK getscu and movescu (to a DCMTK storescp workstation) and pynetdicom.
+One server per module and backend; each test has its own patients.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from tests.conftest import Netpacs, dcmtk
 from tests.hl7.conftest import MllpClient, adt
 from tests.http.conftest import write_and_send_ct
 from tests.http.test_served_headers import stored_objects
+
+
+@pytest.fixture(scope="module")
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    return module_netpacs
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """DIMSE retrieve of compressed objects: as stored to peers that take the compression,
-decompressed (losslessly) for workstations that accept only uncompressed syntaxes."""
+decompressed (losslessly) for workstations that accept only uncompressed syntaxes.
+One server per module and backend; each test has its own study."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def store_as_rle(server: Netpacs, paths: list[Path]) -> None:
         "127.0.0.1", str(server.port), *map(str, paths),
     )  # fmt: skip
     assert out.returncode == 0 and "Failed" not in out.stderr, out.stderr
+
+
+@pytest.fixture(scope="module")
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    return module_netpacs
 
 
 @pytest.fixture
