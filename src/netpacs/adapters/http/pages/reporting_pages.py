@@ -47,6 +47,8 @@ def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
             "role": principal.role.value,
         },
         "trusts": [{"code": t.ods_code, "name": t.name} for t in svc.region.trusts],
+        # A PACS admin releases anyone's claim, reassigns and queues (services.reporting).
+        "manages_worklist": principal.sees_everything,
     }
     return render(request, template, context=context, **values)
 
@@ -73,8 +75,6 @@ def report(request: Request, study_instance_uid: str) -> HTMLResponse:
         "report.html",
         uid=study_instance_uid,
         viewer_src="/viewer?StudyInstanceUIDs=" + quote(study_instance_uid, safe=""),
-        # Who may put a study on the worklist (services.reporting: a PACS admin).
-        may_queue=services(request).principal.sees_everything,
     )
 
 
