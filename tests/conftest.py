@@ -55,7 +55,7 @@ from netpacs.adapters.http.app import create_app
 from netpacs.app.container import Archive, adt_service, build_archive, http_services
 from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.app.startup import prepare
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.services.access_policy import Caller
 

@@ -14,8 +14,8 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from netpacs.adapters.dimse.negotiation import STORAGE_SOP_CLASSES
-from netpacs.dicom.header import HeaderError
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.header import HeaderError
+from netpacs.domain.dicom.part10 import read_file_meta
 from tests.conftest import Netpacs
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from netpacs.app.container import build_archive
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.app.startup import prepare
-from netpacs.dicom.part10 import build_file_meta, read_file_meta
+from netpacs.domain.dicom.part10 import build_file_meta, read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol, StoreStatus
 from netpacs.services.maintenance import (
     PHASE_ORPHANS,
@@ -130,7 +130,7 @@ def test_source_ae_in_a_foreign_file_meta_is_not_taken_as_origin(tmp_path: Path)
 
 def test_import_origin_is_recorded_in_the_file_meta_and_read_back(tmp_path: Path) -> None:
     """Private Information (0002,0100/0102): ours replaces a foreign pair, pydicom reads it."""
-    from netpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, with_private_information
+    from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, with_private_information
     from netpacs.services.ingest import origin_information
 
     ds = ct_dataset()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from netpacs.dicom.header import EXPLICIT_VR_LE, walk_dataset
+from netpacs.domain.dicom.header import EXPLICIT_VR_LE, walk_dataset
 from netpacs.synthetic import make_ct_series
 
 PATIENT_NAME = "00100010"

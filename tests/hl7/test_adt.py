@@ -1,10 +1,14 @@
-"""ADT rules over real MLLP: demographics in queries, NHS numbers, merges and their undo."""
+"""ADT rules over real MLLP: demographics in queries, NHS numbers, merges and their undo.
+
+One server per module and backend: each test has its own hospital numbers and control IDs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from netpacs.services.adt import MergeService, Outcome
@@ -12,6 +16,11 @@ from tests.adapters.test_dimse import find
 from tests.conftest import Netpacs
 from tests.hl7.conftest import MllpClient, adt, identity
 from tests.http.conftest import write_and_send_ct
+
+
+@pytest.fixture(scope="module")
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    return module_netpacs
 
 
 def studies(server: Netpacs, patient_id: str) -> list[dict[str, Any]]:
@@ -138,23 +147,23 @@ def test_a_registration_without_a_name_takes_the_name_of_the_first_study_and_ser
 def test_a_trusts_adt_feed_may_change_only_the_hospital_numbers_that_trust_issues(
     netpacs: Netpacs, mllp: MllpClient
 ) -> None:
-    registered = adt("A04", "CTRL0900", "RTP0000090^^^RTP^MR", name="OWN^ANNA", facility="RTP")
+    registered = adt("A04", "CTRL1000", "RTP0000090^^^RTP^MR", name="OWN^ANNA", facility="RTP")
     assert mllp.send(registered).code == "AA"
     # East Sussex's PAS (MSH-4 RXC) tries to rename a Surrey and Sussex patient.
-    other = mllp.send(adt("A08", "CTRL0901", "RTP0000090^^^RTP^MR", name="WRONG^NAME"))
+    other = mllp.send(adt("A08", "CTRL1001", "RTP0000090^^^RTP^MR", name="WRONG^NAME"))
     assert other.code == "AE"
     assert "'RXC' is RXC's: it may not change RTP0000090 at RTP" in other.field("MSA", 3)
     stranger = mllp.send(
-        adt("A08", "CTRL0902", "RTP0000090^^^RTP^MR", name="WRONG^NAME", facility="ELSEWHERE")
+        adt("A08", "CTRL1002", "RTP0000090^^^RTP^MR", name="WRONG^NAME", facility="ELSEWHERE")
     )
     assert stranger.code == "AE"
     assert "'ELSEWHERE' is not a trust of the region" in stranger.field("MSA", 3)
     assert identity(netpacs, "RTP0000090", "RTP")["patient_name"] == "OWN^ANNA"
     # A site of the trust (East Surrey Hospital, ESH) speaks for it.
-    site = adt("A08", "CTRL0903", "RTP0000090^^^RTP^MR", name="OWN^ANNE", facility="ESH")
+    site = adt("A08", "CTRL1003", "RTP0000090^^^RTP^MR", name="OWN^ANNE", facility="ESH")
     assert mllp.send(site).code == "AA"
     assert identity(netpacs, "RTP0000090", "RTP")["patient_name"] == "OWN^ANNE"
     # So does the region's master patient index (regional_adt_facilities), for every trust.
-    empi = adt("A08", "CTRL0904", "RTP0000090^^^RTP^MR", name="OWN^ANNIE", facility="SSX_EMPI")
+    empi = adt("A08", "CTRL1004", "RTP0000090^^^RTP^MR", name="OWN^ANNIE", facility="SSX_EMPI")
     assert mllp.send(empi).code == "AA"
     assert identity(netpacs, "RTP0000090", "RTP")["patient_name"] == "OWN^ANNIE"

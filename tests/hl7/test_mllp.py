@@ -1,11 +1,21 @@
-"""MLLP round trips: ACKs, NAKs, framing, duplicates (real sockets, running netpacs)."""
+"""MLLP round trips: ACKs, NAKs, framing, duplicates (real sockets, running netpacs).
+
+One server per module and backend; each test has its own control IDs.
+"""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.conftest import Netpacs
 from tests.hl7.conftest import END, VT, MllpClient, adt, identity
 
 MRN = "RXC0000001^^^RXC^MR"
+
+
+@pytest.fixture(scope="module")
+def netpacs(module_netpacs: Netpacs) -> Netpacs:
+    return module_netpacs
 
 
 def test_a01_is_acknowledged_with_its_control_id_and_swapped_sender(mllp: MllpClient) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pydicom
 import sqlalchemy as sa
 
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.index.schema import audit_event, instance, patient, series, study, worklist_item
 from tests.conftest import HttpApp
 from tests.http.conftest import StoredSeries

@@ -22,7 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.part10 import read_file_meta
 from tests.conftest import HttpApp, http_app_on
 from tests.http.conftest import StoredSeries, write_and_send_ct
 

@@ -14,7 +14,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.synthetic import make_ct_series
 from tests.conftest import HttpApp
 from tests.http.conftest import StoredSeries

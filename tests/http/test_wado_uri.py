@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.part10 import read_file_meta
 from tests.conftest import HttpApp
 from tests.http.conftest import StoredSeries
 

@@ -16,7 +16,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.services.coercion import (
     Coercion,
     ServedPatient,

@@ -43,8 +43,8 @@ import sqlalchemy as sa
 from pydicom import Dataset
 from pydicom.dataelem import DataElement
 
-from netpacs.dicom.encoding import read_encoded, write_encoded
-from netpacs.dicom.header import first_str
+from netpacs.domain.dicom.encoding import read_encoded, write_encoded
+from netpacs.domain.dicom.header import first_str
 from netpacs.domain.query import RetrieveItem
 from netpacs.index.schema import adt_identity, instance, patient, patient_merge, series, study
 

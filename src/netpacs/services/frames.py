@@ -25,7 +25,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
-from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, first_int
+from netpacs.domain.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, first_int
 from netpacs.domain.outcomes import Problem, Refused
 from netpacs.domain.query import StoredInstance
 from netpacs.storage.blobstore import BlobStore

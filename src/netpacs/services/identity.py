@@ -37,8 +37,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from netpacs.dicom.header import JsonDataset, first_str
 from netpacs.domain import nhs_number
+from netpacs.domain.dicom.header import JsonDataset, first_str
 from netpacs.index.records import InstanceRecord
 from netpacs.index.schema import adt_identity, instance, patient, reconciliation, series, study
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from netpacs.dicom.header import first_int, first_str
 from netpacs.domain import nhs_number
+from netpacs.domain.dicom.header import first_int, first_str
 from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.services.access import Principal
 from netpacs.services.query import QueryService

@@ -22,8 +22,8 @@ import orjson
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from netpacs.dicom.header import HeaderError, JsonDataset, first_int, first_str, walk_dataset
-from netpacs.dicom.part10 import (
+from netpacs.domain.dicom.header import HeaderError, JsonDataset, first_int, first_str, walk_dataset
+from netpacs.domain.dicom.part10 import (
     FileMeta,
     build_file_meta,
     read_file_meta,

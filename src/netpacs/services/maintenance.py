@@ -25,8 +25,8 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from netpacs.dicom.header import HeaderError
-from netpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, FileMeta, read_file_meta
+from netpacs.domain.dicom.header import HeaderError
+from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, FileMeta, read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import Region
 from netpacs.index.records import InstanceRecord

@@ -2,7 +2,7 @@
 
 Each instance's header is kept in the index as DICOM JSON text (``instance.metadata_json``)
 with bulk data as internal references ``bulk:<offset>:<length>`` (offsets into the
-stored data set; see :mod:`netpacs.dicom.header`). An answer is made with string
+stored data set; see :mod:`netpacs.domain.dicom.header`). An answer is made with string
 operations on those texts: one query, one regular expression substitution per instance
 turning each reference into a BulkDataURI we serve, and a join into one JSON array.
 Parsing and re-serialising 600 headers would cost several times more, and the texts

@@ -24,8 +24,8 @@ from typing import Any, cast
 
 import pydicom
 
-from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE
-from netpacs.dicom.part10 import read_file_meta
+from netpacs.domain.dicom.header import DEFLATED_EXPLICIT_VR_LE
+from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.domain.query import QueryLevel, QueryModel, RetrieveItem
 from netpacs.services.access import Principal
 from netpacs.services.coercion import Coercion, CoercionService, coerce_dataset, coerce_part10

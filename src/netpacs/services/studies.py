@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from netpacs.dicom.header import first_int, first_str
 from netpacs.domain import nhs_number
+from netpacs.domain.dicom.header import first_int, first_str
 from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.domain.region import Region
 from netpacs.index.schema import study

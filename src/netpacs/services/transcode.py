@@ -16,20 +16,24 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 
-from netpacs.dicom.encoding import read_encoded, write_encoded
-from netpacs.dicom.header import (
+from netpacs.domain.dicom.encoding import read_encoded, write_encoded
+from netpacs.domain.dicom.header import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
 )
+from netpacs.domain.outcomes import Problem, Refused
 from netpacs.services.coercion import Coercion, apply_to_dataset
 
 UNCOMPRESSED = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED_EXPLICIT_VR_LE})
 
 
-class TranscodeError(ValueError):
+class TranscodeError(Refused):
     """An object cannot be given in the transfer syntax asked for."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Problem.NOT_ACCEPTABLE, message)
 
 
 @functools.cache

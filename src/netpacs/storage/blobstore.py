@@ -11,9 +11,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from netpacs.domain.outcomes import Problem, Refused
 
-class BlobNotFound(KeyError):
-    """No blob is stored under the key."""
+
+class BlobNotFound(Refused):
+    """No blob is stored under the key: an object the index names has lost its file
+    (answered as not found, and found by ``netpacs verify``)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(Problem.NOT_FOUND, "the object's stored file is missing")
+        self.key = key
 
 
 def new_blob_key() -> str:

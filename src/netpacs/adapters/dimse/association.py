@@ -19,7 +19,7 @@ from typing import Any
 from netpacs.adapters.dimse import commands as c
 from netpacs.adapters.dimse import pdu as p
 from netpacs.adapters.dimse.negotiation import Negotiator
-from netpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.services.access import Principal
 

@@ -22,7 +22,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
-from netpacs.dicom.header import first_str
+from netpacs.domain.dicom.header import first_str
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.access import Capability
 

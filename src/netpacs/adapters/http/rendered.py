@@ -32,7 +32,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, HttpServices, check_url_uids, services
 from netpacs.adapters.http.errors import STATUS, HttpError
-from netpacs.dicom.header import first
+from netpacs.domain.dicom.header import first
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.access import Capability
 from netpacs.services.render import (
@@ -45,7 +45,6 @@ from netpacs.services.render import (
     Window,
     render_stored,
 )
-from netpacs.storage.blobstore import BlobNotFound
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS rendered"], dependencies=[requires(Capability.RETRIEVE)])
@@ -313,8 +312,6 @@ def _render(
     try:
         data = svc.retrieve.stored_dataset(item)
         body = render_stored(data, item.transfer_syntax_uid, frame=number, options=options)
-    except BlobNotFound:
-        raise HttpError(404, "the object's stored file is missing") from None
     except RenderError as exc:
         problem = f"instance {image.sop_instance_uid}: {exc.message}"
         raise HttpError(STATUS[exc.problem], problem) from None

@@ -54,12 +54,10 @@ from netpacs.adapters.http.dicomweb import (
     parse_accept,
     served,
 )
-from netpacs.adapters.http.errors import HttpError
+from netpacs.domain.outcomes import Refused
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import Capability
 from netpacs.services.retrieve import Served
-from netpacs.services.transcode import TranscodeError
-from netpacs.storage.blobstore import BlobNotFound
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS"], dependencies=[requires(Capability.RETRIEVE)])
@@ -143,7 +141,7 @@ async def _part10_parts(
             for buf in await run_in_threadpool(_read_batch, svc, batch, heads):
                 yield memoryview(buf)
         yield f"--{boundary}--\r\n".encode()
-    except (BlobNotFound, TranscodeError, OSError):
+    except (Refused, OSError):
         # The status line is sent: all we can do is end the body short, which the
         # client sees as a missing closing delimiter.
         log.exception("WADO-RS retrieve stopped part way")
@@ -177,11 +175,8 @@ def _retrieve(
 
 
 def single_part10(svc: HttpServices, obj: Served, target: str) -> Response:
-    """One object as ``application/dicom`` in ``target`` (406 when it cannot be)."""
-    try:
-        body = svc.retrieve.part10_in(obj, target)
-    except TranscodeError as exc:
-        raise HttpError(406, str(exc)) from None
+    """One object as ``application/dicom`` in ``target`` (a TranscodeError is a 406)."""
+    body = svc.retrieve.part10_in(obj, target)
     return Response(body, media_type=f"{DICOM}; transfer-syntax={target}")
 
 
@@ -291,7 +286,7 @@ def _zip_stream(svc: HttpServices, found: list[Served]) -> Iterator[bytes]:
                     yield data
         if data := sink.take():
             yield data
-    except (BlobNotFound, OSError):
+    except (Refused, OSError):
         # The status line is sent: the ZIP ends without its central directory, which
         # every unzip tool reports as a damaged archive.
         log.exception("ZIP export stopped part way")

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -40,7 +39,6 @@ from netpacs.services.frames import (
     pixel_layout,
 )
 from netpacs.services.metadata import locate_bulk
-from netpacs.storage.blobstore import BlobNotFound
 
 router = APIRouter(tags=["WADO-RS"], dependencies=[requires(Capability.RETRIEVE)])
 Services = Annotated[HttpServices, Depends(services)]
@@ -98,29 +96,17 @@ def _frames_body(
     )
 
 
-def _with_frame_errors(call: Callable[[], Response]) -> Response:
-    """The answer of ``call``; a blob gone missing is a 404 (a FrameError is answered
-    through the one table of :mod:`.errors`)."""
-    try:
-        return call()
-    except BlobNotFound:
-        raise HttpError(404, "the object's stored file is missing") from None
-
-
 @router.get(f"{INSTANCE}/frames/{{frames}}", summary="Frames of an instance (WADO-RS)")
 def retrieve_frames(
     request: Request, svc: Services, study: str, series: str, instance: str, frames: str
 ) -> Response:
-    def answer() -> Response:
-        numbers = parse_frame_list(frames)
-        inst = stored_instances(svc, study, series, instance)[0]
-        layout = pixel_layout(inst)
-        check_frames(layout, numbers, instance)
-        mode = _frame_mode(request.headers.get("accept"), layout)
-        media, parts = _frames_body(svc.frames, inst, layout, numbers, mode)
-        return multipart(parts, media)
-
-    return _with_frame_errors(answer)
+    numbers = parse_frame_list(frames)
+    inst = stored_instances(svc, study, series, instance)[0]
+    layout = pixel_layout(inst)
+    check_frames(layout, numbers, instance)
+    mode = _frame_mode(request.headers.get("accept"), layout)
+    media, parts = _frames_body(svc.frames, inst, layout, numbers, mode)
+    return multipart(parts, media)
 
 
 # -- bulk data (PS3.18 10.4.1.1.3) ------------------------------------------------------
@@ -136,27 +122,24 @@ def retrieve_bulk(
     tag: str,
     offset: Annotated[int | None, Query(ge=0, description="which occurrence of the tag")] = None,
 ) -> Response:
-    def answer() -> Response:
-        if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
-            raise HttpError(400, f"{tag[:40]!r} is not a tag (GGGGEEEE)")
-        inst = stored_instances(svc, study, series, instance)[0]
-        ref = locate_bulk(inst.metadata_json, tag, offset)
-        if ref is None:
-            raise HttpError(404, f"instance {instance} has no bulk data ({tag}) there")
-        header = request.headers.get("accept")
-        if ref.length is not None and ref.length < 0:  # encapsulated pixel data: its frames
-            layout = pixel_layout(inst)
-            numbers = list(range(1, layout.number_of_frames + 1))
-            mode = _frame_mode(header, layout)
-            reader = svc.frames
-            media, parts = _frames_body(reader, inst, layout, numbers, mode)
-            return multipart(parts, media)
-        if not _accepts_octets(header):
-            raise not_acceptable(header, f'multipart/related; type="{OCTET_STREAM}"')
-        data = _bulk_bytes(svc, inst, ref.tag, ref.offset, ref.length)
-        return multipart([data], OCTET_STREAM)
-
-    return _with_frame_errors(answer)
+    if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
+        raise HttpError(400, f"{tag[:40]!r} is not a tag (GGGGEEEE)")
+    inst = stored_instances(svc, study, series, instance)[0]
+    ref = locate_bulk(inst.metadata_json, tag, offset)
+    if ref is None:
+        raise HttpError(404, f"instance {instance} has no bulk data ({tag}) there")
+    header = request.headers.get("accept")
+    if ref.length is not None and ref.length < 0:  # encapsulated pixel data: its frames
+        layout = pixel_layout(inst)
+        numbers = list(range(1, layout.number_of_frames + 1))
+        mode = _frame_mode(header, layout)
+        reader = svc.frames
+        media, parts = _frames_body(reader, inst, layout, numbers, mode)
+        return multipart(parts, media)
+    if not _accepts_octets(header):
+        raise not_acceptable(header, f'multipart/related; type="{OCTET_STREAM}"')
+    data = _bulk_bytes(svc, inst, ref.tag, ref.offset, ref.length)
+    return multipart([data], OCTET_STREAM)
 
 
 def _accepts_octets(header: str | None) -> bool:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import orjson
 import sqlalchemy as sa
 
-from netpacs.dicom.header import JsonDataset, first_str
+from netpacs.domain.dicom.header import JsonDataset, first_str
 from netpacs.domain.outcomes import Origin, Problem, Protocol
 from netpacs.domain.region import SUBSPECIALTIES, AEKind, Region
 from netpacs.index.records import InstanceRecord

@@ -10,7 +10,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
-from netpacs.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from netpacs.domain.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 
 def _encoding(transfer_syntax_uid: str) -> tuple[bool, bool]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from netpacs.dicom.header import HeaderError
+from netpacs.domain.dicom.header import HeaderError
 
 PREAMBLE = bytes(128)
 MAGIC = b"DICM"
