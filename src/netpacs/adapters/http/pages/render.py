@@ -57,7 +57,6 @@ def navigation(principal: Principal) -> tuple[Link, ...]:
 class SignedIn:
     """Who the header shows as signed in."""
 
-    username: str
     name: str
     trust: str
     role: str
@@ -77,7 +76,6 @@ def _signed_in(request: Request, base: HttpServices) -> SignedIn | None:
         return None
     trust = base.region.trust(principal.trust) if principal.trust else None
     return SignedIn(
-        username=principal.user_id,
         name=principal.name or principal.user_id,
         trust=f"{trust.name} ({trust.ods_code})" if trust else principal.trust or "",
         role=principal.role.value,
@@ -114,7 +112,7 @@ def error_page(
     back: Link | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> HTMLResponse:
-    """A page that says what went wrong (``role=alert``), with a way back."""
+    """A page that says what went wrong (``role=alert``), and ``back`` where to go."""
     return render(
         request,
         "error.html",
