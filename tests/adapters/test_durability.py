@@ -61,7 +61,7 @@ def test_sigkill_during_storescu_loses_no_acknowledged_instance(
     netpacs.start()
     stored = _find_images(netpacs.port, "RTP_WS1")  # sent by ESH_CT1, East Surrey's
     assert set(acknowledged) <= stored
-    verify = netpacs.app.cli("verify")
+    verify = netpacs.cli("verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
