@@ -9,14 +9,11 @@ precision, modalities and descriptions, and names in mixed case.
 from __future__ import annotations
 
 import io
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from pydicom import Dataset, dcmwrite
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -26,9 +23,6 @@ from netpacs.app.settings import Settings
 from netpacs.app.startup import prepare
 from netpacs.domain.outcomes import Origin, Protocol
 
-PG_ADMIN_URL = os.environ.get(
-    "NETPACS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
-)
 UID_ROOT = "1.2.826.0.1.3680043.10.543"
 
 SOP_CLASS = {
@@ -288,27 +282,6 @@ def populate(archive: Archive) -> None:
             for number in range(1, ser.instances + 1):
                 outcome = archive.ingest.store_part10(part10(study, ser, number), origin=origin)
                 assert outcome.status.ok, outcome
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def module_database_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A fresh, empty index database for one test module, on each backend."""
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("sqlite") / "index.sqlite"
-        yield f"sqlite:///{path}"
-        return
-    name = f"netpacs_q_{secrets.token_hex(6)}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
