@@ -131,6 +131,13 @@ class Principal:
 
 
 SYSTEM = Principal("netpacs", Role.SYSTEM)
+#: The roles people sign in with (the others are applications and netpacs itself).
+PEOPLE = (Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN, Role.ADMIN, Role.AUDITOR)
+
+
+def roles_with(capability: Capability) -> list[Role]:
+    """The roles of people that have ``capability`` (to tell a refused user who may)."""
+    return [role for role in PEOPLE if capability in _CAPABILITIES[role]]
 
 
 def principal_for_ae(ae: ApplicationEntity | None, ae_title: str, address: str | None) -> Principal:

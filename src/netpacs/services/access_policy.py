@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from netpacs.domain.region import ApplicationEntity, Region
-from netpacs.services.access import Capability, Principal, principal_for_ae
+from netpacs.services.access import Capability, Principal, principal_for_ae, roles_with
 from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 #: What a refusal says the principal tried, in words (audit detail and messages).
 DOING: dict[Capability, str] = {
     Capability.SEE_IMAGING: "see imaging",
-    Capability.QUERY: "query (C-FIND, QIDO-RS, FHIR)",
-    Capability.RETRIEVE: "retrieve (C-GET, WADO-RS)",
-    Capability.SEND: "send images to another AE (C-MOVE)",
-    Capability.STORE: "store objects (C-STORE, STOW-RS)",
+    Capability.QUERY: "query imaging",
+    Capability.RETRIEVE: "retrieve imaging",
+    Capability.SEND: "send imaging to another AE",
+    Capability.STORE: "store imaging",
     Capability.BREAK_GLASS: "use break-glass",
     Capability.RECONCILE: "reconcile patient identities",
     Capability.READ_AUDIT: "read the audit trail",
@@ -128,7 +128,9 @@ class AccessPolicy:
             return f"{principal.user_id} may not {DOING[capability]} (region file permissions)"
         role = principal.role.value
         article = "an" if role[0] in "aeiou" else "a"
-        return f"{article} {role} may not {DOING[capability]}"
+        who = [f"{r.value}s" for r in roles_with(capability)]
+        may = " and ".join([", ".join(who[:-1]), who[-1]] if len(who) > 1 else who)
+        return f"{article} {role} may not {DOING[capability]}" + (f"; {may} may" if may else "")
 
     def record(self, refusal: Refusal) -> None:
         """Audit a refusal: a security alert naming who was refused what, and why."""
