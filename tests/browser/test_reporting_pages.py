@@ -244,7 +244,7 @@ def test_reporting_pages_are_for_reporters_and_linked_only_for_them(
     for path in ("/worklist", "/turnaround", "/report/1.2.3"):
         response = clinician.goto(f"{netpacs.base_url}{path}")
         assert response is not None and response.status == 403, path
-        expect(clinician.get_by_role("alert")).to_contain_text("for radiologists")
+        expect(clinician.get_by_role("alert")).to_contain_text("radiologists and admins may")
     clinician.goto(f"{netpacs.base_url}/studies")
     expect(clinician.get_by_role("link", name="Worklist")).to_have_count(0)
 

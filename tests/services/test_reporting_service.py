@@ -14,12 +14,11 @@ from netpacs.app.container import Archive, build_archive
 from netpacs.app.settings import Settings
 from netpacs.index.schema import audit_event, report, result_outbox, worklist_item
 from netpacs.services.access import SYSTEM, Principal, Role
+from netpacs.services.access_policy import AccessDenied
 from netpacs.services.audit import AuditService
 from netpacs.services.report_outputs import ReportOutputs
 from netpacs.services.reporting import (
     ClaimsService,
-    Problem,
-    ReportingError,
     ReportingScope,
     ReportsService,
 )
@@ -36,6 +35,7 @@ def scope(archive: Archive) -> ReportingScope:
         archive.write_engine,
         archive.region,
         AuditService(archive.writer.execute, source_id="NETPACS"),
+        archive.access,
     )
 
 
@@ -128,9 +128,9 @@ def test_the_expiry_job_releases_a_lapsed_claim_once_audited_and_keeps_a_live_on
     assert audited(archive, "lapsed") == [
         ("netpacs", "RXC5001", "claim of ryr.radiologist released: it lapsed")
     ]
-    with pytest.raises(ReportingError) as refused:
+    with pytest.raises(AccessDenied) as refused:
         radiologist.expire_claims(now=lapsed)
-    assert refused.value.problem is Problem.FORBIDDEN
+    assert refused.value.message == "only a PACS admin may release lapsed claims"
 
 
 def test_releasing_a_claim_is_audited_and_a_release_of_nothing_is_not(archive: Archive) -> None:

@@ -191,7 +191,7 @@ def oidc_config(settings: Settings) -> OidcConfig | None:
 def http_services(archive: Archive, settings: Settings) -> HttpServices:
     """The HTTP worker's services; each request gets a copy scoped to its user."""
     reporting = ReportingScope(
-        archive.read_engine, archive.write_engine, archive.region, archive.audit
+        archive.read_engine, archive.write_engine, archive.region, archive.audit, archive.access
     )
     return HttpServices(
         region=archive.region,

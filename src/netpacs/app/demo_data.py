@@ -136,7 +136,12 @@ def queue_worklist(
 
     rng = random.Random(seed * 7919 + 6)
     scope = ReportingScope(
-        archive.read_engine, archive.write_engine, archive.region, archive.audit, principal=SYSTEM
+        archive.read_engine,
+        archive.write_engine,
+        archive.region,
+        archive.audit,
+        archive.access,
+        principal=SYSTEM,
     )
     worklist = WorklistService(scope)
     reports = ReportsService(scope, outputs=archive.report_outputs)

@@ -239,7 +239,12 @@ def check_settings(settings: Settings, region: Region) -> None:
 def reporting_jobs(archive: Archive) -> list[Job]:
     """The SR sweep and claim expiry, run as netpacs itself by the reporting services."""
     scope = ReportingScope(
-        archive.read_engine, archive.write_engine, archive.region, archive.audit, principal=SYSTEM
+        archive.read_engine,
+        archive.write_engine,
+        archive.region,
+        archive.audit,
+        archive.access,
+        principal=SYSTEM,
     )
     claiming = Claiming(reader=archive.read_engine, writer=archive.write_engine)
     return [

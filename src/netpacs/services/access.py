@@ -66,6 +66,7 @@ class Capability(enum.Enum):
     RECONCILE = "reconcile patient identities"
     READ_AUDIT = "read the audit trail"
     REPORT = "report studies"
+    MANAGE_WORKLIST = "manage the reporting worklist"  # assign, queue, release any claim
     DELETE = "delete studies"
 
 
@@ -80,6 +81,7 @@ _CAPABILITIES: dict[Role, frozenset[Capability]] = {
         Capability.RECONCILE,
         Capability.READ_AUDIT,
         Capability.REPORT,
+        Capability.MANAGE_WORKLIST,
         Capability.DELETE,
     },
     Role.AUDITOR: frozenset({Capability.READ_AUDIT}),

@@ -33,6 +33,7 @@ DOING: dict[Capability, str] = {
     Capability.RECONCILE: "reconcile patient identities",
     Capability.READ_AUDIT: "read the audit trail",
     Capability.REPORT: "report studies",
+    Capability.MANAGE_WORKLIST: "manage the reporting worklist",
     Capability.DELETE: "delete studies",
 }
 

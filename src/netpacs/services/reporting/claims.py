@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from netpacs.domain.outcomes import Problem
 from netpacs.index.schema import user_account, worklist_item
-from netpacs.services.access import Principal, Role
+from netpacs.services.access import Capability, Principal, Role
 from netpacs.services.reporting.common import (
     NO_CLAIM,
     Priority,
@@ -74,7 +74,7 @@ class ClaimsService:
             row = scope.locked_item(conn, study_uid)
             held_by = holder(row, now)
             others = held_by is not None and held_by != scope.principal.user_id
-            if others and not scope.principal.sees_everything:
+            if others and not scope.principal.may(Capability.MANAGE_WORKLIST):
                 raise ReportingError(
                     Problem.CONFLICT, held_message(row) + ": only they or an admin may release it"
                 )

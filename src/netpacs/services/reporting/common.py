@@ -24,6 +24,7 @@ from netpacs.services.access import (
     Role,
     agreement_items,
 )
+from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 
 
@@ -159,6 +160,7 @@ class ReportingScope:
     write_engine: sa.Engine
     region: Region
     audit: AuditService
+    access: AccessPolicy
     principal: Principal = NOBODY
     rules: AccessRules = field(default_factory=AccessRules)
 
@@ -178,16 +180,16 @@ class ReportingScope:
         return self.principal.may(Capability.REPORT)
 
     def require_reporter(self) -> None:
-        if not self.may_report():
-            raise ReportingError(
-                Problem.FORBIDDEN,
-                f"reporting is for radiologists and admins, not a {self.principal.role.value}",
-            )
+        """AccessDenied (audited) unless the principal may report."""
+        self.access.require(self.principal, Capability.REPORT)
 
     def require_admin(self, what: str) -> None:
-        """FORBIDDEN unless a PACS admin (or netpacs itself) asks; ``what`` they may do."""
-        if not self.principal.sees_everything:
-            raise ReportingError(Problem.FORBIDDEN, f"only a PACS admin may {what}")
+        """AccessDenied (audited) unless the principal manages the worklist (a PACS admin,
+        or netpacs itself); ``what`` they asked to do."""
+        if not self.principal.may(Capability.MANAGE_WORKLIST):
+            self.access.deny(
+                self.principal, Capability.MANAGE_WORKLIST, f"only a PACS admin may {what}"
+            )
 
     def agreements(self) -> tuple[ReportingAgreement, ...] | None:
         """The agreements that assign the principal work; None: every item (admins)."""

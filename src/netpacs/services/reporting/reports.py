@@ -454,8 +454,7 @@ class ReportsService:
         """The HL7 results (ORU) queued for the trusts: those waiting for delivery (or
         all), oldest first, with attempts and the last error; for PACS admins."""
         scope = self._scope
-        if not scope.principal.sees_everything:
-            raise ReportingError(Problem.FORBIDDEN, "the results outbox is for PACS admins")
+        scope.require_admin("see the results outbox")
         q = sa.select(
             result_outbox.c.trust,
             result_outbox.c.study_instance_uid,

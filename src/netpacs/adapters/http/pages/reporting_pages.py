@@ -30,13 +30,14 @@ router = APIRouter(include_in_schema=False)
 def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
     svc: HttpServices = services(request)
     principal = svc.principal
-    if not principal.may(Capability.REPORT):
+    refusal = svc.access.check(principal, Capability.REPORT)  # audited when refused
+    if refusal is not None:
         return error_page(
             request,
             403,
             "Not allowed",
-            "The reporting pages are for radiologists and PACS administrators; you are "
-            f"signed in as {principal.user_id} ({principal.role.value}).",
+            f"{refusal.message[0].upper()}{refusal.message[1:]}; you are signed in as "
+            f"{principal.user_id}.",
             back=Link("/studies", "Back to the study list"),
         )
     context = {
@@ -48,7 +49,7 @@ def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
         },
         "trusts": [{"code": t.ods_code, "name": t.name} for t in svc.region.trusts],
         # A PACS admin releases anyone's claim, reassigns and queues (services.reporting).
-        "manages_worklist": principal.sees_everything,
+        "manages_worklist": principal.may(Capability.MANAGE_WORKLIST),
     }
     return render(request, template, context=context, **values)
 
