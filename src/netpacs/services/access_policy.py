@@ -102,12 +102,18 @@ class AccessPolicy:
         return refusal
 
     # -- capabilities -----------------------------------------------------------------
-    def check(self, principal: Principal, capability: Capability) -> Refusal | None:
-        """None when ``principal`` may; else the refusal, audited."""
+    def decide(self, principal: Principal, capability: Capability) -> Refusal | None:
+        """None when ``principal`` may; else the refusal, for the caller to :meth:`record`
+        (no I/O: for an event loop, which records a refusal in a worker thread)."""
         if principal.may(capability):
             return None
-        refusal = Refusal(principal, capability, self._why(principal, capability))
-        self.record(refusal)
+        return Refusal(principal, capability, self._why(principal, capability))
+
+    def check(self, principal: Principal, capability: Capability) -> Refusal | None:
+        """None when ``principal`` may; else the refusal, audited."""
+        refusal = self.decide(principal, capability)
+        if refusal is not None:
+            self.record(refusal)
         return refusal
 
     def require(self, principal: Principal, capability: Capability) -> None:

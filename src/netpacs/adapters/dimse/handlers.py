@@ -131,11 +131,11 @@ class AssociationHandlers:
         field = msg.command.field
         ctx = self.assoc.contexts[msg.context_id]
         needed = _NEEDS.get(field)
-        if needed is not None:
-            refusal = await self._run(self.s.access.check, self.principal, needed)
-            if refusal is not None:
-                self._reply(msg, field | 0x8000, st.NOT_AUTHORIZED, comment=refusal.message)
-                return
+        refusal = None if needed is None else self.s.access.decide(self.principal, needed)
+        if refusal is not None:
+            await self._run(self.s.access.record, refusal)
+            self._reply(msg, field | 0x8000, st.NOT_AUTHORIZED, comment=refusal.message)
+            return
         if field == c.C_STORE_RQ and ctx.abstract_syntax in STORAGE_SOP_CLASSES:
             await self.c_store(msg)
         elif field == c.C_ECHO_RQ and ctx.abstract_syntax == VERIFICATION:
