@@ -140,7 +140,7 @@ class StudyListService:
     def page(self, where: StudyFilter, *, limit: int, offset: int = 0) -> StudyPage:
         """Studies matching ``where``, newest (study date and time) first.
 
-        Raises :class:`~netpacs.services.query.QueryError` for a filter that is not
+        Raises :class:`~netpacs.domain.query.QueryError` for a filter that is not
         a valid matching key (e.g. a malformed date).
         """
         if limit < 1 or offset < 0:
