@@ -151,6 +151,15 @@ def test_malformed_region_file_is_refused_with_where_it_is_wrong(text: str, mess
         parse_region_toml(text)
 
 
+def test_a_misspelt_key_is_refused_rather_than_ignored() -> None:
+    # Ignored, a misspelt ``permissions`` would leave the workstation every permission.
+    text = BUNDLED_DEMO_REGION.read_text().replace(
+        'ae_title = "RTP_WS1"', 'ae_title = "RTP_WS1"\npermisions = ["find"]', 1
+    )
+    with pytest.raises(RegionError, match=r"'permisions' is not a key of this table"):
+        parse_region_toml(text)
+
+
 def test_a_region_file_that_cannot_be_used_is_refused_naming_its_path(tmp_path: Path) -> None:
     with pytest.raises(RegionError, match=r"cannot read region file .*nowhere\.toml"):
         load_region(tmp_path / "nowhere.toml")

@@ -460,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"netpacs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = sub.add_parser("serve", help="run the DIMSE server until SIGINT or SIGTERM")
+    serve = sub.add_parser(
+        "serve", help="run the DIMSE, HTTP, MLLP and job workers until SIGINT or SIGTERM"
+    )
     serve.set_defaults(func=_cmd_serve)
 
     imp = sub.add_parser("import", help="store DICOM Part 10 files from files and folders")

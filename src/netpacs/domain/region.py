@@ -241,9 +241,11 @@ PermissionName = Literal["store", "find", "move", "get"]
 
 
 class _Table(BaseModel):
-    """A table of the region file: values of the TOML types asked for, no conversions."""
+    """A table of the region file: values of the TOML types asked for, no conversions,
+    and no key it does not know (a misspelt ``permissions`` must not leave an AE with
+    every permission)."""
 
-    model_config = ConfigDict(strict=True, frozen=True)
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
 
 class _Site(_Table):
@@ -348,6 +350,7 @@ class _RegionFile(_Table):
 # What is wrong, by pydantic error type, after "where: 'key'".
 _SAYS = {
     "missing": "is missing",
+    "extra_forbidden": "is not a key of this table (misspelt?)",
     "string_type": "must be text",
     "int_type": "must be a whole number",
     "bool_type": "must be true or false",
