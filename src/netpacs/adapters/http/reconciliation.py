@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
@@ -67,6 +67,8 @@ StatusParam = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=10**9)]
+# A row id: beyond 64 bits the index cannot even look it up (an error, not "not found").
+RowId = Annotated[int, Path(ge=-(2**63), le=2**63 - 1)]
 
 
 @router.get("/api/reconciliation", summary="List reconciliation items, newest first")
@@ -79,7 +81,7 @@ def list_items(
 
 
 @router.get("/api/reconciliation/{item_id}", summary="One reconciliation item")
-def get_item(request: Request, item_id: int) -> JSONResponse:
+def get_item(request: Request, item_id: RowId) -> JSONResponse:
     try:
         return JSONResponse(asdict(_service(request).item(item_id)))
     except ReconciliationError as exc:
@@ -87,7 +89,7 @@ def get_item(request: Request, item_id: int) -> JSONResponse:
 
 
 @router.post("/api/reconciliation/{item_id}/resolve", summary="Resolve an item")
-def resolve_item(request: Request, item_id: int, decision: Decision) -> JSONResponse:
+def resolve_item(request: Request, item_id: RowId, decision: Decision) -> JSONResponse:
     try:
         item = _service(request).resolve(
             item_id, decision.action, by=services(request).principal, note=decision.note
@@ -104,7 +106,7 @@ def list_merges(request: Request, limit: Limit = 100, offset: Offset = 0) -> JSO
 
 
 @router.post("/api/merges/{merge_id}/undo", summary="Undo a merge, restoring the prior state")
-def undo_merge(request: Request, merge_id: int) -> JSONResponse:
+def undo_merge(request: Request, merge_id: RowId) -> JSONResponse:
     try:
         detail = _service(request).undo_merge(merge_id, by=services(request).principal)
     except ReconciliationError as exc:
@@ -152,7 +154,7 @@ def _back(**params: Any) -> RedirectResponse:
 @router.post("/reconciliation/{item_id}", include_in_schema=False)
 def page_resolve(
     request: Request,
-    item_id: int,
+    item_id: RowId,
     action: Annotated[str, Form(max_length=20)],
     note: Annotated[str, Form(max_length=2000)] = "",
 ) -> RedirectResponse:
@@ -167,7 +169,7 @@ def page_resolve(
 
 
 @router.post("/reconciliation/merges/{merge_id}/undo", include_in_schema=False)
-def page_undo(request: Request, merge_id: int) -> RedirectResponse:
+def page_undo(request: Request, merge_id: RowId) -> RedirectResponse:
     try:
         detail = _service(request).undo_merge(merge_id, by=services(request).principal)
     except ReconciliationError as exc:
