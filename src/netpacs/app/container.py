@@ -125,7 +125,7 @@ def build_archive(settings: Settings) -> Archive:
         writer=writer,
         audit=audit,
         ingest=ingest,
-        stores=StoreService(ingest, audit),
+        stores=StoreService(ingest, audit, writer.execute),
         access=AccessPolicy(
             region, audit, reject_unknown_calling_ae=settings.reject_unknown_calling_ae
         ),

@@ -34,6 +34,7 @@ from netpacs.services.jobs.claiming import Claiming
 from netpacs.services.jobs.results import StrayResults, Timing, TrustResults
 from netpacs.services.jobs.runner import Job, JobRunner
 from netpacs.services.jobs.sr_sweep import SrSweep
+from netpacs.services.jobs.store_audits import StaleStoreAudits
 from netpacs.services.reporting import ClaimsService, ReportingScope, ReportsService
 
 log = logging.getLogger(__name__)
@@ -236,8 +237,9 @@ def check_settings(settings: Settings, region: Region) -> None:
     results_tls(region, settings)
 
 
-def reporting_jobs(archive: Archive) -> list[Job]:
-    """The SR sweep and claim expiry, run as netpacs itself by the reporting services."""
+def archive_jobs(archive: Archive) -> list[Job]:
+    """The SR sweep and claim expiry, run as netpacs itself by the reporting services,
+    and the audit of store batches whose process died."""
     scope = ReportingScope(
         archive.read_engine,
         archive.write_engine,
@@ -250,6 +252,7 @@ def reporting_jobs(archive: Archive) -> list[Job]:
     return [
         SrSweep(ReportsService(scope, outputs=archive.report_outputs), claiming=claiming),
         ClaimExpiry(ClaimsService(scope)),
+        StaleStoreAudits(archive.writer.execute, archive.audit),
     ]
 
 
@@ -292,7 +295,7 @@ def run_worker(settings: Settings) -> None:
     writer = make_engine(url, writer=True, pool_size=pool)
     try:
         jobs = outbox_jobs(settings, archive.region, reader=reader, writer=writer)
-        JobRunner([*jobs, *reporting_jobs(archive)]).run(stop)
+        JobRunner([*jobs, *archive_jobs(archive)]).run(stop)
     finally:
         archive.close()
         reader.dispose()

@@ -349,3 +349,22 @@ result_outbox = sa.Table(
     sa.Column("sent_at", TS, nullable=True),  # acknowledged (MSA-1 AA/CA)
 )
 sa.Index(None, result_outbox.c.sent_at, result_outbox.c.trust, result_outbox.c.id)
+
+# What an association, STOW-RS request or import run has stored of each study so far,
+# kept while it runs so that its audit message is not lost with its process: written
+# as the batch goes, turned into the study's DICOM Instances Transferred message and
+# deleted when it ends; rows of a batch whose process died are audited by a job.
+store_tally = sa.Table(
+    "store_tally",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("batch", sa.String(32), nullable=False),  # one per association / request
+    sa.Column("study_instance_uid", sa.String(), nullable=False),  # '' before a study
+    sa.Column("actor_json", sa.Text(), nullable=False),  # who stored (audit Actor)
+    sa.Column("origin", sa.Text(), nullable=False),  # how, for people: "C-STORE from ..."
+    sa.Column("patients_json", sa.Text(), nullable=False),  # [[patient ID, issuer], ...]
+    sa.Column("stored", sa.Integer(), nullable=False),
+    sa.Column("refused_json", sa.Text(), nullable=False),  # {"why": count}
+    sa.Column("touched_at", TS, nullable=False, index=True),
+    sa.UniqueConstraint("batch", "study_instance_uid"),
+)

@@ -340,9 +340,12 @@ class AuditService:
 
     def record(self, record: AuditRecord) -> None:
         """Build and durably store the audit message; raises if it cannot be stored."""
+        self._run(lambda conn: self.record_in(conn, record))
+
+    def record_in(self, conn: sa.Connection, record: AuditRecord) -> None:
+        """Store the audit message in ``conn``'s transaction (with what it records)."""
         xml = build_message(record, source_id=self._source_id, site_id=self._site_id)
-        values = _row(record, xml)
-        self._run(lambda conn: conn.execute(sa.insert(audit_event).values(values)))
+        conn.execute(sa.insert(audit_event).values(_row(record, xml)))
         # Nested patients/studies make a message long; the log line is the summary.
         log.debug(
             "audit %s %s by %s (%s): %s",

@@ -6,20 +6,38 @@ writes one DICOM Instances Transferred message (PS3.15 A.5.3.5) per study with t
 counts of stored and refused instances and why they were refused. Objects refused
 before their study was known (unparsable, no Study Instance UID) are counted in one
 message of their own, without a study.
+
+The counts do not live only in the process's memory: a batch saves its tally in the
+index (``store_tally``) when it meets a new study and at least every
+:data:`SAVE_EVERY` seconds while it stores, and deletes it in the transaction that
+writes its audit messages. A process killed in the middle of an association leaves its
+tally behind; :class:`~netpacs.services.jobs.store_audits.StaleStoreAudits` audits it
+from there (counts as last saved).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import datetime as dt
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
 
 from netpacs.domain.outcomes import Origin, StoreOutcome, StoreStatus
+from netpacs.index.tally import TallyRow, delete_batch, save_tallies
 from netpacs.services.access import Principal
-from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome, Purpose
+from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome, Purpose
 from netpacs.services.ingest import IngestService
+
+Run = Callable[[Callable[[sa.Connection], Any]], Any]
+SAVE_EVERY = 30.0  # seconds: at most this much of a batch's counts dies with its process
 
 _WHY: dict[StoreStatus, str] = {
     StoreStatus.CONFLICT: "already stored with different content",
@@ -33,30 +51,61 @@ class _Study:
     stored: int = 0
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     patients: set[tuple[str, str]] = field(default_factory=set)
+    in_index: bool = False  # a tally row of the study is in the index
+    dirty: bool = True  # counts the index does not have yet
 
-    def detail(self) -> str:
-        text = f"{self.stored} instances stored"
-        if self.refused:
-            why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.refused.items()))
-            text += f", {self.refused.total()} refused ({why})"
-        return text
 
-    def outcome(self) -> Outcome:
-        if not self.refused:
-            return Outcome.SUCCESS
-        return Outcome.MINOR_FAILURE if self.stored else Outcome.SERIOUS_FAILURE
+def store_record(
+    actor: Actor,
+    origin: str,
+    study_uid: str,
+    *,
+    stored: int,
+    refused: dict[str, int],
+    patients: list[tuple[str, str]],
+    note: str = "",
+) -> AuditRecord:
+    """The DICOM Instances Transferred message of one study of a batch."""
+    detail = f"{stored} instances stored"
+    if refused:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
+        detail += f", {sum(refused.values())} refused ({why})"
+    if not refused:
+        outcome = Outcome.SUCCESS
+    else:
+        outcome = Outcome.MINOR_FAILURE if stored else Outcome.SERIOUS_FAILURE
+    return AuditRecord(
+        Event.STORE,
+        actor,
+        outcome=outcome,
+        purpose=Purpose.TREAT,
+        patients=sorted(patients),
+        study_uids=[study_uid] if study_uid else [],
+        detail=f"{detail} ({origin}){note}",
+    )
 
 
 class IngestBatch:
     """Stores for one principal and origin; thread-safe; audited by :meth:`close`."""
 
     def __init__(
-        self, ingest: IngestService, audit: AuditService, principal: Principal, origin: Origin
+        self,
+        ingest: IngestService,
+        audit: AuditService,
+        run: Run,
+        principal: Principal,
+        origin: Origin,
+        *,
+        save_every: float = SAVE_EVERY,
     ) -> None:
         self._ingest = ingest
         self._audit = audit
-        self._principal = principal
+        self._run = run
+        self._actor = principal.actor()
         self._origin = origin
+        self._batch = uuid.uuid4().hex
+        self._save_every = save_every
+        self._saved_at = time.monotonic()
         self._studies: dict[str, _Study] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -101,7 +150,10 @@ class IngestBatch:
 
     def _count(self, outcome: StoreOutcome) -> StoreOutcome:
         with self._lock:
-            study = self._studies.setdefault(outcome.study_instance_uid or "", _Study())
+            uid = outcome.study_instance_uid or ""
+            study = self._studies.get(uid)
+            if study is None:
+                study = self._studies[uid] = _Study()
             if outcome.status.ok:
                 study.stored += 1
             else:
@@ -109,40 +161,71 @@ class IngestBatch:
                 study.refused[_WHY[outcome.status] + (f": {reason}" if reason else "")] += 1
             if outcome.patient_id:
                 study.patients.add((outcome.patient_id, outcome.issuer or ""))
+            study.dirty = True
+            due = not study.in_index or time.monotonic() - self._saved_at >= self._save_every
+            if due and not self._closed:
+                self._save()
         return outcome
 
+    def _save(self) -> None:
+        """Save the tally of every study changed since the last save (lock held)."""
+        now = dt.datetime.now(dt.UTC)
+        rows = [self._row(uid, s, now) for uid, s in self._studies.items() if s.dirty]
+        self._run(lambda conn: save_tallies(conn, rows))
+        for study in self._studies.values():
+            study.in_index, study.dirty = True, False
+        self._saved_at = time.monotonic()
+
+    def _row(self, uid: str, study: _Study, now: dt.datetime) -> TallyRow:
+        return TallyRow(
+            batch=self._batch,
+            study_instance_uid=uid,
+            actor=dataclasses.asdict(self._actor),
+            origin=self._origin.describe(),
+            patients=tuple(sorted(study.patients)),
+            stored=study.stored,
+            refused=dict(study.refused),
+            touched_at=now,
+        )
+
     def close(self) -> None:
-        """Audit what was stored and refused, one message per study (once)."""
+        """Audit what was stored and refused, one message per study, and forget the
+        tally, in one transaction (once)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            studies = dict(self._studies)
-        how = self._origin.describe()
-        for uid, counts in studies.items():
-            self._audit.record(
-                AuditRecord(
-                    Event.STORE,
-                    self._principal.actor(),
-                    outcome=counts.outcome(),
-                    purpose=Purpose.TREAT,
-                    patients=sorted(counts.patients),
-                    study_uids=[uid] if uid else [],
-                    detail=f"{counts.detail()} ({how})",
+            records = [
+                store_record(
+                    self._actor,
+                    self._origin.describe(),
+                    uid,
+                    stored=s.stored,
+                    refused=dict(s.refused),
+                    patients=list(s.patients),
                 )
-            )
+                for uid, s in self._studies.items()
+            ]
+
+        def write(conn: sa.Connection) -> None:
+            for record in records:
+                self._audit.record_in(conn, record)
+            delete_batch(conn, self._batch)
+
+        self._run(write)
 
 
 class StoreService:
     """What the adapters store through: audited batches of the ingest service."""
 
-    def __init__(self, ingest: IngestService, audit: AuditService) -> None:
+    def __init__(self, ingest: IngestService, audit: AuditService, run: Run) -> None:
         self._ingest = ingest
         self._audit = audit
+        self._run = run
 
     def batch(self, principal: Principal, origin: Origin) -> IngestBatch:
         """A batch the caller closes (an association, closed when it ends)."""
-        return IngestBatch(self._ingest, self._audit, principal, origin)
+        return IngestBatch(self._ingest, self._audit, self._run, principal, origin)
 
     @contextmanager
     def session(self, principal: Principal, origin: Origin) -> Iterator[IngestBatch]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from netpacs.app.container import Archive
-from netpacs.app.jobs import reporting_jobs
+from netpacs.app.jobs import archive_jobs
 from netpacs.app.settings import Settings
 from netpacs.index import outbox
 from netpacs.index.schema import report, worklist_item
@@ -32,7 +32,7 @@ __all__ = ["archive"]  # the fixture
 
 
 def job(archive: Archive, kind: type[Job]) -> Job:
-    (found,) = [j for j in reporting_jobs(archive) if isinstance(j, kind)]
+    (found,) = [j for j in archive_jobs(archive) if isinstance(j, kind)]
     return found
 
 
