@@ -10,10 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,13 +25,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from netpacs.index.schema import instance, patient, series, study
 from netpacs.storage.fs import FileSystemBlobStore
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-NETPACS = ROOT / ".venv" / "bin" / "netpacs"
-PG_ADMIN = os.environ.get(
-    "NETPACS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+from tests.conftest import NETPACS, free_port, postgres_database, wait_for_port
 
 # What "the same query answers" means for a rebuilt index: every attribute the index
 # matches on or returns, per instance, with its patient, study and series.
@@ -74,23 +65,6 @@ IDENTITY_COLUMNS = (
     instance.c.sop_instance_uid,
     instance.c.blob_key,
 )
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database; dropped afterwards."""
-    name = f"netpacs_cli_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 @dataclass
@@ -143,14 +117,7 @@ class Cli:
         log = (self.data_dir.parent / f"serve-{port}.log").open("wb")
         proc = subprocess.Popen([str(NETPACS), "serve"], env=env, stdout=log, stderr=log)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, "netpacs serve exited before listening"
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                assert time.monotonic() < deadline, "netpacs serve is not listening"
-                time.sleep(0.05)
+            wait_for_port(port, timeout=30, proc=proc)
             yield proc
         finally:
             if proc.poll() is None:
