@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
-
-JsonDataset = dict[str, Any]
 
 
 class QueryLevel(enum.Enum):

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from netpacs.domain.dicom.header import JsonDataset
 from netpacs.domain.outcomes import Origin
-
-JsonDataset = dict[str, Any]
 
 
 class _Row:

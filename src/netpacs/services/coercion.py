@@ -44,11 +44,9 @@ from pydicom import Dataset
 from pydicom.dataelem import DataElement
 
 from netpacs.domain.dicom.encoding import read_encoded, write_encoded
-from netpacs.domain.dicom.header import first_str
+from netpacs.domain.dicom.header import JsonDataset, first_str
 from netpacs.domain.query import RetrieveItem
 from netpacs.index.schema import adt_identity, instance, patient, patient_merge, series, study
-
-JsonDataset = dict[str, Any]
 
 PATIENT_NAME = "00100010"
 PATIENT_ID = "00100020"

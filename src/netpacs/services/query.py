@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from netpacs.domain.dicom.header import JsonDataset
 from netpacs.domain.query import (
-    JsonDataset,
     QueryLevel,
     QueryModel,
     RetrieveItem,

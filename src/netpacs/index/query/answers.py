@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from netpacs.domain import nhs_number
-from netpacs.domain.query import JsonDataset, QueryLevel
+from netpacs.domain.dicom.header import JsonDataset
+from netpacs.domain.query import QueryLevel
 from netpacs.index.query.attributes import (
     ID_SEP,
     ISSUER,

@@ -23,7 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from netpacs.domain import nhs_number
-from netpacs.domain.query import JsonDataset, QueryError, QueryLevel, QueryModel
+from netpacs.domain.dicom.header import JsonDataset
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.index.query.answers import Output, fixed_elements
 from netpacs.index.query.attributes import (
     ADAPTER_KEYS,

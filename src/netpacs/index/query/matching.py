@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from netpacs.domain.query import JsonDataset, QueryError, QueryLevel, QueryModel
+from netpacs.domain.dicom.header import JsonDataset
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.index.query.attributes import (
     ADAPTER_KEYS,
     ATTRS,
