@@ -13,9 +13,7 @@ from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import BreakGlass, Principal
 from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService
-from netpacs.services.audit import AuditService
 from netpacs.services.audit_trail import AuditTrail
-from netpacs.services.coercion import CoercionService
 from netpacs.services.deletion import DeletionService
 from netpacs.services.frames import FrameReader
 from netpacs.services.imaging_study import ImagingStudyService
@@ -49,13 +47,11 @@ class HttpServices:
     retrieve: RetrieveService
     stores: StoreService
     access: AccessPolicy
-    audit: AuditService
     accounts: AccountService
     worklist: WorklistService
     claims: ClaimsService
     reports: ReportsService
     turnaround: TurnaroundService
-    coercion: CoercionService
     metadata: MetadataService
     frames: FrameReader
     imaging_studies: ImagingStudyService
