@@ -172,12 +172,12 @@ def delete_from_page(
         summary = _summary(svc, study)
         done = deletion_service(svc).delete_study(study, reason=reason)
     except DeletionError as exc:
-        if exc.problem is not Problem.INVALID:
+        if exc.problem is not Problem.MALFORMED:  # a reason too short: kept for correcting
             return _refused(request, exc)
         return _page(
             request,
             "Delete a study",
-            status=400,
+            status=STATUS[exc.problem],
             study=summary,
             form=_form(svc, study, reason),
             error=exc.message,
