@@ -30,10 +30,12 @@ run: setup
 	NETPACS_DEMO=true $(BIN)/netpacs demo-data --if-empty
 	NETPACS_DEMO=true $(BIN)/netpacs serve
 
+# Three test processes on two cores: most tests wait on servers, sockets and disks.
+# Each module runs whole in one process (its shared servers stay with it).
 test: test-setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 lint:
 	$(BIN)/ruff check src tests bench
