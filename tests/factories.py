@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from netpacs.domain.report import Reporter, SignedReport
 
 
 def ct_dataset(**attrs: Any) -> pydicom.Dataset:
@@ -70,3 +74,39 @@ def write_series(folder: Path, n: int, **attrs: Any) -> list[Path]:
         )
         for i in range(n)
     ]
+
+
+REPORT_STUDY = "1.2.826.0.1.3680043.10.543.61.1"
+REPORT_SIGNED_AT = dt.datetime(2026, 11, 29, 14, 30, 5, tzinfo=dt.UTC)
+REPORT_AUTHOR = Reporter("ryr.radiologist", "Dr Ruth Younger", "RYR")
+REPORT_TEXT = (
+    "CLINICAL DETAILS:\nAbdominal pain.\n\nFINDINGS:\nNo free fluid.\nLiver normal.\n\n"
+    "CONCLUSION:\nNormal CT abdomen.\n\nOther notes:\nDiscussed with the ward."
+)
+REPORT_NHS_NUMBER = "9434765919"
+
+
+def signed_report(**changes: Any) -> SignedReport:
+    """A final CT report of an East Sussex patient, signed by a Brighton radiologist;
+    keyword arguments replace its fields."""
+    report = SignedReport(
+        study_instance_uid=REPORT_STUDY,
+        accession_number="RXC-ACC-77",
+        patient_id="RXC5001",
+        issuer="RXC",
+        patient_name="SMITH^JOAN^^MRS",
+        birth_date="19550505",
+        sex="F",
+        nhs_number=REPORT_NHS_NUMBER,
+        requesting_trust="RXC",
+        requesting_site="EDGH",
+        modality="CT",
+        study_description="CT ABDOMEN",
+        text=REPORT_TEXT,
+        author=REPORT_AUTHOR,
+        signed_at=REPORT_SIGNED_AT,
+        addenda=(),
+        event="final",
+        event_at=REPORT_SIGNED_AT,
+    )
+    return dataclasses.replace(report, **changes)

@@ -3,7 +3,6 @@ that it renders from, as the outbox keeps it (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -19,37 +18,20 @@ from netpacs.domain.report import Addendum, Reporter, SignedReport
 from netpacs.index import outbox
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import report, report_event, result_outbox
-
-SIGNED_AT = dt.datetime(2026, 11, 29, 14, 30, 5, tzinfo=dt.UTC)
-TEXT = (
-    "CLINICAL DETAILS:\nAbdominal pain.\n\nFINDINGS:\nNo free fluid.\nLiver normal.\n\n"
-    "CONCLUSION:\nNormal CT abdomen.\n\nOther notes:\nDiscussed with the ward."
+from tests.factories import (
+    REPORT_NHS_NUMBER,
+    REPORT_SIGNED_AT,
+    REPORT_TEXT,
+    signed_report,
 )
-NHS = "9434765919"
+
+SIGNED_AT = REPORT_SIGNED_AT
+TEXT = REPORT_TEXT
+NHS = REPORT_NHS_NUMBER
 
 
 def signed(**changes: Any) -> SignedReport:
-    report_ = SignedReport(
-        study_instance_uid="1.2.826.0.1.3680043.10.543.61.1",
-        accession_number="RXC-ACC-77",
-        patient_id="RXC5001",
-        issuer="RXC",
-        patient_name="SMITH^JOAN^^MRS",
-        birth_date="19550505",
-        sex="F",
-        nhs_number=NHS,
-        requesting_trust="RXC",
-        requesting_site="EDGH",
-        modality="CT",
-        study_description="CT ABDOMEN",
-        text=TEXT,
-        author=Reporter("ryr.radiologist", "Dr Ruth Younger", "RYR"),
-        signed_at=SIGNED_AT,
-        addenda=(),
-        event="final",
-        event_at=SIGNED_AT,
-    )
-    return dataclasses.replace(report_, **changes)
+    return signed_report(**changes)
 
 
 def with_addendum(text: str = "Addendum: the appendix is normal.") -> SignedReport:

@@ -38,39 +38,24 @@ from netpacs.services.report_outputs import (
     ReportOutputs,
     heading_code,
 )
-
-STUDY = "1.2.826.0.1.3680043.10.543.61.1"
-SIGNED_AT = dt.datetime(2026, 11, 29, 14, 30, 5, tzinfo=dt.UTC)
-AUTHOR = Reporter("ryr.radiologist", "Dr Ruth Younger", "RYR")
-TEXT = (
-    "CLINICAL DETAILS:\nAbdominal pain.\n\nFINDINGS:\nNo free fluid.\nLiver normal.\n\n"
-    "CONCLUSION:\nNormal CT abdomen.\n\nOther notes:\nDiscussed with the ward."
+from tests.factories import (
+    REPORT_AUTHOR,
+    REPORT_NHS_NUMBER,
+    REPORT_SIGNED_AT,
+    REPORT_STUDY,
+    REPORT_TEXT,
+    signed_report,
 )
-NHS = "9434765919"
+
+STUDY = REPORT_STUDY
+SIGNED_AT = REPORT_SIGNED_AT
+AUTHOR = REPORT_AUTHOR
+TEXT = REPORT_TEXT
+NHS = REPORT_NHS_NUMBER
 
 
 def signed(**changes: Any) -> SignedReport:
-    report_ = SignedReport(
-        study_instance_uid=STUDY,
-        accession_number="RXC-ACC-77",
-        patient_id="RXC5001",
-        issuer="RXC",
-        patient_name="SMITH^JOAN^^MRS",
-        birth_date="19550505",
-        sex="F",
-        nhs_number=NHS,
-        requesting_trust="RXC",
-        requesting_site="EDGH",
-        modality="CT",
-        study_description="CT ABDOMEN",
-        text=TEXT,
-        author=AUTHOR,
-        signed_at=SIGNED_AT,
-        addenda=(),
-        event="final",
-        event_at=SIGNED_AT,
-    )
-    return dataclasses.replace(report_, **changes)
+    return signed_report(**changes)
 
 
 def with_addendum(text: str = "Addendum: the appendix is normal.") -> SignedReport:
