@@ -43,8 +43,15 @@ def _send(server: HttpApp, folder: Path, aet: str, **kw: Any) -> StoredSeries:
     return StoredSeries(paths, str(head.StudyInstanceUID), str(head.SeriesInstanceUID), sops)
 
 
-@pytest.fixture
-def studies(http_app: HttpApp, tmp_path: Path) -> Studies:
+@pytest.fixture(scope="module")
+def http_app(module_http_app: HttpApp) -> HttpApp:
+    """One app for the module: its tests only read the studies of ``studies``."""
+    return module_http_app
+
+
+@pytest.fixture(scope="module")
+def studies(http_app: HttpApp, tmp_path_factory: pytest.TempPathFactory) -> Studies:
+    tmp_path = tmp_path_factory.mktemp("fhir")
     return Studies(
         east_sussex=_send(
             http_app,
