@@ -11,7 +11,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from netpacs.domain.report import Reporter, SignedReport
+from netpacs.domain.report import Addendum, Reporter, SignedReport
 
 
 def ct_dataset(**attrs: Any) -> pydicom.Dataset:
@@ -110,3 +110,10 @@ def signed_report(**changes: Any) -> SignedReport:
         event_at=REPORT_SIGNED_AT,
     )
     return dataclasses.replace(report, **changes)
+
+
+def report_with_addendum(text: str = "Addendum: the appendix is normal.") -> SignedReport:
+    """:func:`signed_report` with an addendum by an East Sussex radiologist, 2 h later."""
+    later = REPORT_SIGNED_AT + dt.timedelta(hours=2)
+    by = Reporter("rxc.radiologist", "Prof Anna Kay", "RXC")
+    return signed_report(addenda=(Addendum(text, by, later),), event="addendum", event_at=later)

@@ -3,7 +3,6 @@ that it renders from, as the outbox keeps it (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 from netpacs.adapters.hl7.oru import ACK_CODES, read_ack, render_oru
 from netpacs.domain.outbox import Acceptance, QueuedResult
 from netpacs.domain.region import ResultsHeader
-from netpacs.domain.report import Addendum, Reporter, SignedReport
+from netpacs.domain.report import SignedReport
 from netpacs.index import outbox
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import report, report_event, result_outbox
@@ -22,22 +21,13 @@ from tests.factories import (
     REPORT_NHS_NUMBER,
     REPORT_SIGNED_AT,
     REPORT_TEXT,
+    report_with_addendum,
     signed_report,
 )
 
 SIGNED_AT = REPORT_SIGNED_AT
 TEXT = REPORT_TEXT
 NHS = REPORT_NHS_NUMBER
-
-
-def signed(**changes: Any) -> SignedReport:
-    return signed_report(**changes)
-
-
-def with_addendum(text: str = "Addendum: the appendix is normal.") -> SignedReport:
-    later = SIGNED_AT + dt.timedelta(hours=2)
-    by = Reporter("rxc.radiologist", "Prof Anna Kay", "RXC")
-    return signed(addenda=(Addendum(text, by, later),), event="addendum", event_at=later)
 
 
 def queued(report_: SignedReport, *, study_date: str = "", study_time: str = "") -> QueuedResult:
@@ -58,7 +48,9 @@ def obx_text(message: Any) -> list[str]:
 
 
 def test_oru_carries_patient_ids_accession_procedure_status_and_the_text() -> None:
-    message = hl7.parse(render_oru(queued(signed(), study_date="20261129", study_time="101500")))
+    message = hl7.parse(
+        render_oru(queued(signed_report(), study_date="20261129", study_time="101500"))
+    )
     msh = message.segment("MSH")
     assert (str(msh[9]), str(msh[10]), str(msh[12])) == ("ORU^R01^ORU_R01", "NPR1TEST", "2.4")
     assert [str(msh[n]) for n in (3, 4, 5, 6)] == ["NETPACS", "REGION", "RIS", "RXC"]
@@ -77,7 +69,7 @@ def test_oru_carries_patient_ids_accession_procedure_status_and_the_text() -> No
 
 
 def test_oru_after_an_addendum_is_a_corrected_result_with_all_the_text() -> None:
-    message = hl7.parse(render_oru(queued(with_addendum())))
+    message = hl7.parse(render_oru(queued(report_with_addendum())))
     assert str(message.segment("OBR")[25]) == "C"
     assert {str(seg[11]) for seg in message.segments("OBX")} == {"C"}
     lines = obx_text(message)
@@ -88,18 +80,18 @@ def test_oru_after_an_addendum_is_a_corrected_result_with_all_the_text() -> None
 
 def test_oru_text_with_hl7_separators_arrives_unchanged() -> None:
     text = "FINDINGS:\nA|B ^ C & D ~ E \\ F.\nCONCLUSION:\nNormal."
-    message = hl7.parse(render_oru(queued(signed(text=text))))
+    message = hl7.parse(render_oru(queued(signed_report(text=text))))
     assert obx_text(message) == text.split("\n")
     assert len(message.segments("OBX")) == 4
 
 
 def test_oru_without_an_nhs_number_names_the_hospital_number_only() -> None:
-    message = hl7.parse(render_oru(queued(signed(nhs_number=None))))
+    message = hl7.parse(render_oru(queued(signed_report(nhs_number=None))))
     assert str(message.segment("PID")[3]) == "RXC5001^^^RXC^MR"
 
 
 def test_an_examination_without_a_date_has_an_empty_obr_7() -> None:
-    message = hl7.parse(render_oru(queued(signed(), study_time="101500")))
+    message = hl7.parse(render_oru(queued(signed_report(), study_time="101500")))
     assert str(message.segment("OBR")[7]) == ""
 
 
@@ -128,7 +120,7 @@ def report_event_pk(conn: sa.Connection) -> int:
     report_pk = conn.execute(
         sa.insert(report)
         .values(
-            study_instance_uid=signed().study_instance_uid,
+            study_instance_uid=signed_report().study_instance_uid,
             status="final",
             text=TEXT,
             author="ryr.radiologist",
@@ -154,7 +146,7 @@ def report_event_pk(conn: sa.Connection) -> int:
 
 
 def test_a_queued_result_renders_to_the_same_message_at_every_attempt(engine: sa.Engine) -> None:
-    result = queued(with_addendum(), study_date="20261129", study_time="1015")
+    result = queued(report_with_addendum(), study_date="20261129", study_time="1015")
     with engine.begin() as conn:
         outbox.queue_result(conn, result, trust="RXC", report_event_pk=report_event_pk(conn))
     with engine.connect() as conn:
@@ -170,12 +162,12 @@ def test_a_queued_result_renders_to_the_same_message_at_every_attempt(engine: sa
 def test_a_result_queued_as_text_by_an_earlier_version_is_sent_as_it_was(
     engine: sa.Engine,
 ) -> None:
-    text = render_oru(queued(signed()))
+    text = render_oru(queued(signed_report()))
     with engine.begin() as conn:
         conn.execute(
             sa.insert(result_outbox).values(
                 trust="RXC",
-                study_instance_uid=signed().study_instance_uid,
+                study_instance_uid=signed_report().study_instance_uid,
                 report_event_fk=report_event_pk(conn),
                 control_id="NPR1TEST",
                 message=text,

@@ -7,7 +7,6 @@ and is read back from the object store with pydicom; the ORU is parsed with pyth
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,6 @@ from netpacs.app.startup import prepare
 from netpacs.domain.outbox import QueuedResult
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import ResultsHeader
-from netpacs.domain.report import Addendum, Reporter, SignedReport
 from netpacs.index import outbox
 from netpacs.index.schema import instance, report, report_event, result_outbox, series, study
 from netpacs.services.report_outputs import (
@@ -44,6 +42,7 @@ from tests.factories import (
     REPORT_SIGNED_AT,
     REPORT_STUDY,
     REPORT_TEXT,
+    report_with_addendum,
     signed_report,
 )
 
@@ -52,16 +51,6 @@ SIGNED_AT = REPORT_SIGNED_AT
 AUTHOR = REPORT_AUTHOR
 TEXT = REPORT_TEXT
 NHS = REPORT_NHS_NUMBER
-
-
-def signed(**changes: Any) -> SignedReport:
-    return signed_report(**changes)
-
-
-def with_addendum(text: str = "Addendum: the appendix is normal.") -> SignedReport:
-    later = SIGNED_AT + dt.timedelta(hours=2)
-    by = Reporter("rxc.radiologist", "Prof Anna Kay", "RXC")
-    return signed(addenda=(Addendum(text, by, later),), event="addendum", event_at=later)
 
 
 # -- the archive ----------------------------------------------------------------------
@@ -159,7 +148,7 @@ def test_signed_report_is_stored_as_a_verified_basic_text_sr_in_its_study(
     archive: Archive, outputs: ReportOutputs
 ) -> None:
     store_ct(archive)
-    sop_uid = outputs.store_sr(signed())
+    sop_uid = outputs.store_sr(signed_report())
     sr = stored(archive, sop_uid)
     assert sr.SOPClassUID == BASIC_TEXT_SR
     assert (sr.StudyInstanceUID, sr.Modality, sr.SeriesDescription) == (
@@ -202,7 +191,7 @@ def test_the_sr_joins_the_study_and_patient_in_the_index(
     archive: Archive, outputs: ReportOutputs
 ) -> None:
     store_ct(archive)
-    sop_uid = outputs.store_sr(signed())
+    sop_uid = outputs.store_sr(signed_report())
     query = (
         sa.select(series.c.modality, study.c.study_instance_uid, study.c.patient_fk)
         .select_from(
@@ -229,8 +218,8 @@ def test_an_addendum_is_a_new_sr_version_with_the_report_and_every_addendum(
     archive: Archive, outputs: ReportOutputs
 ) -> None:
     store_ct(archive)
-    first = stored(archive, outputs.store_sr(signed()))
-    second = stored(archive, outputs.store_sr(with_addendum()))
+    first = stored(archive, outputs.store_sr(signed_report()))
+    second = stored(archive, outputs.store_sr(report_with_addendum()))
     assert second.SOPInstanceUID != first.SOPInstanceUID
     assert second.SeriesInstanceUID == first.SeriesInstanceUID
     assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
@@ -254,7 +243,7 @@ def test_an_sr_for_a_study_with_nothing_stored_is_refused_with_the_reason(
     archive: Archive, outputs: ReportOutputs
 ) -> None:
     with pytest.raises(ReportOutputError, match="has no stored instance"):
-        outputs.store_sr(signed())
+        outputs.store_sr(signed_report())
 
 
 def test_report_headings_map_to_cid_7001() -> None:
@@ -319,7 +308,7 @@ def test_a_queued_result_is_the_oru_for_the_requesting_trust(
     store_ct(archive, 1)
     event = report_event_pk(archive)
     with archive.write_engine.begin() as conn:
-        outputs.queue_result(conn, signed(), event)
+        outputs.queue_result(conn, signed_report(), event)
     with archive.read_engine.connect() as conn:
         row = conn.execute(sa.select(result_outbox)).one()
     assert (row.trust, row.study_instance_uid, row.report_event_fk) == ("RXC", STUDY, event)
@@ -348,7 +337,7 @@ def test_a_queued_result_carries_the_msh_names_of_the_trusts_results_feed(
         ae_title="NETPACS",
     )
     with archive.write_engine.begin() as conn:
-        outputs.queue_result(conn, signed(), event)
+        outputs.queue_result(conn, signed_report(), event)
     msh = hl7.parse(queued_oru(archive)).segment("MSH")
     assert [str(msh[n]) for n in (3, 4, 5, 6)] == ["PACS", "SSXIN", "CRIS", "RXC01"]
 
@@ -358,7 +347,7 @@ def test_a_queued_result_rolls_back_with_the_signature(
 ) -> None:
     event = report_event_pk(archive)
     with pytest.raises(RuntimeError), archive.write_engine.begin() as conn:
-        outputs.queue_result(conn, signed(), event)
+        outputs.queue_result(conn, signed_report(), event)
         raise RuntimeError("the signature failed")
     with archive.read_engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(result_outbox)).scalar() == 0
@@ -369,8 +358,8 @@ def test_each_queued_result_has_its_own_control_id(
 ) -> None:
     event = report_event_pk(archive)
     with archive.write_engine.begin() as conn:
-        outputs.queue_result(conn, signed(), event)
-        outputs.queue_result(conn, with_addendum(), event)
+        outputs.queue_result(conn, signed_report(), event)
+        outputs.queue_result(conn, report_with_addendum(), event)
     with archive.read_engine.connect() as conn:
         ids = conn.execute(sa.select(result_outbox.c.control_id)).scalars().all()
     assert len(set(ids)) == 2
