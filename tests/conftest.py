@@ -52,7 +52,8 @@ from urllib3 import HTTPHeaderDict, HTTPResponse
 
 from netpacs.adapters.hl7.server import Hl7Endpoint
 from netpacs.adapters.http.app import create_app
-from netpacs.app.container import Archive, adt_service, build_archive, http_services
+from netpacs.app.container import Archive, build_archive
+from netpacs.app.roles import adt_service, http_services
 from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.app.startup import prepare
 from netpacs.domain.dicom.part10 import read_file_meta

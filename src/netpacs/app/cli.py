@@ -117,7 +117,7 @@ def _os_user() -> str | None:
 
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
     from netpacs.app import jobs, roles
-    from netpacs.app.container import oidc_config
+    from netpacs.app.roles import oidc_config
     from netpacs.app.supervisor import WorkerGroup, listen, supervise
     from netpacs.app.tls import DimseTlsError, dimse_tls_context
 

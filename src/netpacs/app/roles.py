@@ -1,21 +1,156 @@
-"""The process roles of ``netpacs serve``: each builds its services once and runs its adapter.
+"""The process roles of ``netpacs serve``: the typed container of services each role's
+adapter receives, built once per process, and the function that runs the role.
 
-One function per role, run in a worker process the supervisor forks: DIMSE, HTTP and
-MLLP listeners on inherited sockets, and the job workers.
+One runner per role, run in a worker process the supervisor forks: DIMSE, HTTP and
+MLLP listeners on inherited sockets (the job worker is :mod:`netpacs.app.jobs`).
 """
 
 from __future__ import annotations
 
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+import sqlalchemy as sa
 
 from netpacs.adapters.dimse import scu
 from netpacs.adapters.dimse import server as dimse_server
+from netpacs.adapters.dimse.handlers import DimseServices
 from netpacs.adapters.hl7 import server as hl7_server
 from netpacs.adapters.http import server as http_server
-from netpacs.app.container import adt_service, build_archive, dimse_services, http_services
+from netpacs.adapters.http.config import OidcConfig, WebConfig
+from netpacs.adapters.http.deps import HttpServices
+from netpacs.app.container import Archive, build_archive
+from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings
+from netpacs.app.startup import StartupError
 from netpacs.app.tls import dimse_tls_context
+from netpacs.index.db import make_engine
+from netpacs.services.access import BreakGlass
+from netpacs.services.accounts import AccountService, load_secret
+from netpacs.services.adt import AdtService, MergeService
+from netpacs.services.audit_trail import AuditTrail
+from netpacs.services.deletion import DeletionService
+from netpacs.services.frames import FrameReader
+from netpacs.services.imaging_study import ImagingStudyService
+from netpacs.services.metadata import MetadataService
+from netpacs.services.reconciliation import ReconciliationService
+from netpacs.services.reporting import (
+    ClaimsService,
+    ReportingScope,
+    ReportsService,
+    TurnaroundService,
+    WorklistService,
+)
+from netpacs.services.studies import StudyListService
+
+# -- the containers -----------------------------------------------------------------------
+
+
+def dimse_services(archive: Archive, executor: Executor) -> DimseServices:
+    """The DIMSE worker's services (each association answers for its calling AE)."""
+    return DimseServices(
+        ae_title=archive.ae_title,
+        access=archive.access,
+        stores=archive.stores,
+        query=archive.query,
+        retrieve=archive.retrieve,
+        executor=executor,
+    )
+
+
+def accounts(archive: Archive, settings: Settings) -> AccountService:
+    return AccountService(
+        archive.read_engine,
+        secret=load_secret(settings.effective_auth_secret_file),
+        audit=archive.audit,
+        token_minutes=settings.token_minutes,
+        signin_attempts=settings.signin_attempts,
+        signin_window_minutes=settings.signin_window_minutes,
+    )
+
+
+def oidc_config(settings: Settings) -> OidcConfig | None:
+    """OpenID Connect sign-in, when an issuer is configured."""
+    if not settings.oidc_issuer:
+        return None
+    assert settings.oidc_client_id and settings.oidc_client_secret_file
+    try:
+        secret = settings.oidc_client_secret_file.read_text().strip()
+    except OSError as exc:
+        raise StartupError(
+            f"NETPACS_OIDC_CLIENT_SECRET_FILE={str(settings.oidc_client_secret_file)!r} "
+            f"cannot be read ({exc.strerror})"
+        ) from None
+    return OidcConfig(
+        issuer=settings.oidc_issuer.rstrip("/"),
+        client_id=settings.oidc_client_id,
+        client_secret=secret,
+        display_name=settings.oidc_display_name,
+        scopes=settings.oidc_scopes,
+        username_claim=settings.oidc_username_claim,
+        trust_claim=settings.oidc_trust_claim,
+        role_claim=settings.oidc_role_claim,
+    )
+
+
+def http_services(archive: Archive, settings: Settings) -> HttpServices:
+    """The HTTP worker's services; each request gets a copy scoped to its user."""
+    reporting = ReportingScope(
+        archive.read_engine, archive.write_engine, archive.region, archive.audit, archive.access
+    )
+    return HttpServices(
+        region=archive.region,
+        query=archive.query,
+        retrieve=archive.retrieve,
+        stores=archive.stores,
+        access=archive.access,
+        accounts=accounts(archive, settings),
+        worklist=WorklistService(reporting),
+        claims=ClaimsService(reporting),
+        reports=ReportsService(reporting, outputs=archive.report_outputs),
+        turnaround=TurnaroundService(reporting),
+        metadata=MetadataService(archive.query, archive.coercion),
+        frames=FrameReader(archive.blobs),
+        imaging_studies=ImagingStudyService(archive.query),
+        study_list=StudyListService(archive.query, archive.read_engine, archive.region),
+        deletion=DeletionService(
+            query=archive.query,
+            run=archive.writer.execute,
+            blobs=archive.blobs,
+            audit=archive.audit,
+            source_id=archive.ae_title,
+        ),
+        reconciliation=ReconciliationService(
+            archive.write_engine, MergeService(archive.write_engine), source_id=archive.ae_title
+        ),
+        break_glass=BreakGlass(
+            archive.write_engine,
+            archive.audit,
+            archive.access,
+            minutes=settings.break_glass_minutes,
+        ),
+        audit_trail=AuditTrail(archive.read_engine, archive.access),
+        web=WebConfig(
+            public_url=settings.public_url.rstrip("/") if settings.public_url else None,
+            viewer_dir=settings.effective_viewer_dir,
+            spool_dir=settings.data_dir,
+            oidc=oidc_config(settings),
+            token_minutes=settings.token_minutes,
+        ),
+    )
+
+
+def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
+    """The MLLP worker's service: ADT needs the index and the region only (no blob
+    store, no ingest writer thread). The engine is returned for the worker to dispose."""
+    engine = make_engine(settings.effective_database_url, writer=True)
+    service = AdtService(
+        engine, load_region(settings.effective_region_file), audit_source_id=settings.ae_title
+    )
+    return service, engine
+
+
+# -- the runners ---------------------------------------------------------------------------
 
 
 def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
