@@ -128,19 +128,26 @@ class DeletionService:
     def principal(self) -> Principal:
         return self._query.principal
 
-    def may_delete(self) -> bool:
-        return self.principal.may(Capability.DELETE)
-
-    def delete_study(self, study_uid: str, *, reason: str) -> DeletedStudy:
-        """Remove the study's index rows (one transaction, audited), then its blobs."""
+    def check(self, study_uid: str) -> None:
+        """DeletionError unless the principal may delete this study: NOT_FOUND for a study
+        it cannot see (as for one that does not exist), FORBIDDEN for one it sees but
+        may not delete. For showing the delete form; :meth:`delete_study` checks again."""
         visible, _ = self._query.scope_exists(study_uid)
         if not visible:
             raise DeletionError(Problem.NOT_FOUND, f"study {study_uid} is not stored here")
-        if not self.may_delete():
-            self._refused(study_uid, "only a PACS administrator may delete a study")
+        if not self.principal.may(Capability.DELETE):
             raise DeletionError(
                 Problem.FORBIDDEN, "deleting a study is for PACS administrators only"
             )
+
+    def delete_study(self, study_uid: str, *, reason: str) -> DeletedStudy:
+        """Remove the study's index rows (one transaction, audited), then its blobs."""
+        try:
+            self.check(study_uid)
+        except DeletionError as exc:
+            if exc.problem is Problem.FORBIDDEN:
+                self._refused(study_uid, "only a PACS administrator may delete a study")
+            raise
         text = normalise_reason(reason)
         try:
             removed: _Removed = self._run(lambda conn: self._remove_rows(conn, study_uid, text))

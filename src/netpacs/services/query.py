@@ -21,6 +21,7 @@ is audited (services.audit) with the patients and studies it reached.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -67,14 +68,11 @@ class QueryService:
         return self._principal
 
     def for_principal(self, principal: Principal) -> QueryService:
-        """The same index and audit trail, answering for ``principal``."""
-        return QueryService(
-            self._engine,
-            principal=principal,
-            audit=self._audit,
-            rules=self._rules,
-            retrieve_ae_title=self._retrieve_ae_title,
-        )
+        """The same index and audit trail, answering for ``principal`` (a shallow copy:
+        every request and association makes one)."""
+        scoped = copy.copy(self)
+        scoped._principal = principal
+        return scoped
 
     def _visible(self) -> list[sa.ColumnElement[bool]]:
         cond = self._rules.visible_patients(self._principal)

@@ -26,7 +26,7 @@ import pydicom
 
 from netpacs.domain.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.domain.dicom.part10 import read_file_meta
-from netpacs.domain.query import QueryLevel, QueryModel, RetrieveItem
+from netpacs.domain.query import QueryLevel, QueryModel, RetrieveItem, StoredInstance
 from netpacs.services.access import Principal
 from netpacs.services.coercion import Coercion, CoercionService, coerce_dataset, coerce_part10
 from netpacs.services.query import QueryService
@@ -110,7 +110,7 @@ class RetrieveService:
 
     def _served(
         self,
-        found: list[Any],
+        found: list[StoredInstance],
         study_uid: str,
         series_uid: str | None,
         sop_instance_uid: str | None,

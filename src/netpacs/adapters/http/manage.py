@@ -21,13 +21,9 @@ from netpacs.adapters.http.errors import STATUS
 from netpacs.adapters.http.pages.render import render
 from netpacs.domain.outcomes import Problem
 from netpacs.domain.query import QueryLevel, QueryModel
-from netpacs.services.deletion import MAX_REASON, MIN_REASON, DeletionError, DeletionService
+from netpacs.services.deletion import MAX_REASON, MIN_REASON, DeletionError
 
 router = APIRouter()
-
-
-def deletion_service(svc: HttpServices) -> DeletionService:
-    return svc.deletion
 
 
 class DeleteBody(BaseModel):
@@ -47,9 +43,7 @@ def delete_study(
     request: Request, study: str, body: Annotated[DeleteBody | None, Body()] = None
 ) -> JSONResponse:
     check_url_uids(Study=study)
-    done = deletion_service(services(request)).delete_study(
-        study, reason=body.reason if body else ""
-    )
+    done = services(request).deletion.delete_study(study, reason=body.reason if body else "")
     return JSONResponse(asdict(done))
 
 
@@ -145,11 +139,7 @@ def _refused(request: Request, exc: DeletionError) -> HTMLResponse:
 def _gate(svc: HttpServices, study: str) -> None:
     """404 for a study the user cannot see, 403 for one they see but may not delete."""
     check_url_uids(Study=study)
-    visible, _ = svc.query.scope_exists(study)
-    if not visible:
-        raise DeletionError(Problem.NOT_FOUND, f"study {study} is not stored here")
-    if not deletion_service(svc).may_delete():
-        raise DeletionError(Problem.FORBIDDEN, "deleting a study is for PACS administrators only")
+    svc.deletion.check(study)
 
 
 @router.get("/studies/{study}/delete", include_in_schema=False)
@@ -170,7 +160,7 @@ def delete_from_page(
     try:
         _gate(svc, study)
         summary = _summary(svc, study)
-        done = deletion_service(svc).delete_study(study, reason=reason)
+        done = svc.deletion.delete_study(study, reason=reason)
     except DeletionError as exc:
         if exc.problem is not Problem.MALFORMED:  # a reason too short: kept for correcting
             return _refused(request, exc)

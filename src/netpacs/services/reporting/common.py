@@ -176,9 +176,6 @@ class ReportingScope:
             principal, reports_for=self.region.reporting.applying(principal.trust)
         )
 
-    def may_report(self) -> bool:
-        return self.principal.may(Capability.REPORT)
-
     def require_reporter(self) -> None:
         """AccessDenied (audited) unless the principal may report."""
         self.access.require(self.principal, Capability.REPORT)
