@@ -164,6 +164,10 @@ class Cli:
             ).scalar_one()
         return key
 
+    def put_blob(self, key: str, data: bytes) -> None:
+        """Write a blob no index row names (a stray object) through the store."""
+        FileSystemBlobStore(self.data_dir / "objects").put(key, [data])
+
     def blob_path(self, key: str) -> Path:
         path = FileSystemBlobStore(self.data_dir / "objects").local_path(key)
         assert path is not None

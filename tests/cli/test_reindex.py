@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -97,8 +96,8 @@ def test_reindex_keeps_the_import_trust_as_issuer(sqlite_cli: Cli, tmp_path: Pat
 def test_unparsable_blob_is_reported_and_kept(cli: Cli, tmp_path: Path) -> None:
     import_mixed(cli, tmp_path)
     junk_key = uuid.uuid4().hex
+    cli.put_blob(junk_key, b"not dicom at all")
     junk = cli.blob_path(junk_key)
-    junk.write_bytes(b"not dicom at all")
     cli.lose_index()
 
     result = cli.run("reindex")
@@ -116,7 +115,7 @@ def test_second_blob_of_one_instance_is_reported_as_duplicate(
     assert sqlite_cli.run("import", f).returncode == 0
     (original,) = sqlite_cli.identities()
     copy_key = uuid.uuid4().hex
-    shutil.copyfile(sqlite_cli.blob_path(original[5]), sqlite_cli.blob_path(copy_key))
+    sqlite_cli.put_blob(copy_key, sqlite_cli.blob_path(original[5]).read_bytes())
     sqlite_cli.lose_index()
 
     result = sqlite_cli.run("reindex")

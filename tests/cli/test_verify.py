@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -71,8 +70,8 @@ def test_deleted_blob_is_reported_missing(cli: Cli, tmp_path: Path) -> None:
 def test_orphan_blob_is_reported_and_swept_only_when_old_enough(cli: Cli, tmp_path: Path) -> None:
     uids = imported(cli, tmp_path, 2)
     orphan_key = uuid.uuid4().hex
+    cli.put_blob(orphan_key, cli.blob_path(cli.blob_key(uids[0])).read_bytes())
     orphan = cli.blob_path(orphan_key)
-    shutil.copyfile(cli.blob_path(cli.blob_key(uids[0])), orphan)
 
     reported = cli.run("verify")
     assert reported.returncode == 0, reported.stdout  # orphans waste space, lose nothing
@@ -97,8 +96,9 @@ def test_orphan_blob_is_reported_and_swept_only_when_old_enough(cli: Cli, tmp_pa
 
 def test_sweep_age_zero_removes_fresh_orphans(sqlite_cli: Cli, tmp_path: Path) -> None:
     uids = imported(sqlite_cli, tmp_path, 1)
-    orphan = sqlite_cli.blob_path(uuid.uuid4().hex)
-    shutil.copyfile(sqlite_cli.blob_path(sqlite_cli.blob_key(uids[0])), orphan)
+    orphan_key = uuid.uuid4().hex
+    sqlite_cli.put_blob(orphan_key, sqlite_cli.blob_path(sqlite_cli.blob_key(uids[0])).read_bytes())
+    orphan = sqlite_cli.blob_path(orphan_key)
 
     result = sqlite_cli.run("verify", "--sweep-orphans", "0")
 

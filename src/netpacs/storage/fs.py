@@ -17,26 +17,32 @@ _FANOUT = 16**3
 
 
 class FileSystemBlobStore:
-    """Blobs in ``root/abc/abcd...``: 4,096 fan-out directories on the opaque key.
+    """Blobs in ``root/abc/abcd...``: up to 4,096 fan-out directories on the opaque key.
 
-    The directories are all made (and fsynced) once, when the store is first opened,
-    so that storing an object never has to make a directory durable.
+    A fan-out directory is made (and made durable) by the first object stored in it,
+    so an empty archive costs two directories, not 4,097 (a test run makes hundreds
+    of archives; tmpfs counts inodes). Once made, storing an object never has to make
+    a directory durable again.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._tmp = root / "tmp"
-        marker = root / ".layout-v1"
-        if not marker.exists():
-            self._make_layout(marker)
+        if not self._tmp.is_dir():
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.root)
 
-    def _make_layout(self, marker: Path) -> None:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        for i in range(_FANOUT):
-            (self.root / f"{i:03x}").mkdir(exist_ok=True)
-        _fsync_dir(self.root)  # one journal commit covers every mkdir (ext4, XFS)
-        marker.write_text("fan-out: 3 hex digits\n")
-        _fsync_dir(self.root)
+    def _place(self, tmp: Path, final: Path) -> None:
+        """Rename a written file into its fan-out directory, making the directory first
+        (durably) if this is its first object."""
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:
+            if not tmp.exists():
+                raise
+            final.parent.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+            os.rename(tmp, final)
 
     def _path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
@@ -65,7 +71,7 @@ class FileSystemBlobStore:
         # the data itself). After a power loss an acknowledged object may still sit
         # under tmp/; recover_pending() finishes its rename, because its index row
         # proves it was complete.
-        os.rename(tmp, final)
+        self._place(tmp, final)
         return size
 
     def get(self, key: str) -> bytes:
@@ -93,7 +99,10 @@ class FileSystemBlobStore:
 
     def keys(self) -> Iterator[str]:
         for i in range(_FANOUT):
-            for f in sorted((self.root / f"{i:03x}").iterdir()):
+            fanout = self.root / f"{i:03x}"
+            if not fanout.is_dir():
+                continue
+            for f in sorted(fanout.iterdir()):
                 if _KEY_RE.match(f.name):
                     yield f.name
 
@@ -119,8 +128,9 @@ class FileSystemBlobStore:
             return
         final = self._path(key)
         if tmp.exists():
-            os.rename(tmp, final)
-        _fsync_dir(final.parent)
+            self._place(tmp, final)
+        if final.parent.is_dir():
+            _fsync_dir(final.parent)
         _fsync_dir(self._tmp)
 
 
