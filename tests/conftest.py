@@ -697,7 +697,16 @@ def http_app_on(
     folder.mkdir(parents=True, exist_ok=True)
     with templates.database(backend, folder) as url:
         app = HttpApp.start(
-            Settings(**{"data_dir": folder / "data", "database_url": url, "demo": True, **settings})
+            Settings(
+                **{
+                    "data_dir": folder / "data",
+                    "database_url": url,
+                    "demo": True,
+                    # the Host of HttpApp's requests (http://testserver)
+                    "allowed_hosts": "testserver",
+                    **settings,
+                }
+            )
         )
         try:
             yield app

@@ -21,7 +21,7 @@ from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
 from netpacs.app.container import Archive, build_archive
 from netpacs.app.region_file import load_region
-from netpacs.app.settings import Settings
+from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
 from netpacs.app.tls import dimse_tls_context
 from netpacs.index.db import make_engine
@@ -136,6 +136,9 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             spool_dir=settings.data_dir,
             oidc=oidc_config(settings),
             token_minutes=settings.token_minutes,
+            trusted_proxies=tuple(split_list(settings.trusted_proxies)),
+            allowed_hosts=frozenset(h.lower() for h in split_list(settings.allowed_hosts)),
+            max_body_bytes=settings.http_max_body_bytes,
         ),
     )
 

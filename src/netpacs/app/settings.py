@@ -6,7 +6,9 @@ NETPACS_CONFIG (keys as the field names below, e.g. ``dimse_port = 11112``), def
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,11 @@ from pydantic_settings import (
 from netpacs.domain.outcomes import DuplicatePolicy
 
 BUNDLED_DEMO_REGION = Path(__file__).parents[1] / "data" / "demo_region.toml"
+
+
+def split_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, without blanks."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class ConfigFileError(ValueError):
@@ -139,6 +146,22 @@ class Settings(BaseSettings):
         "MLLP over TLS (tls = true in [trusts.results_mllp]) and asks for one",
     )
     results_tls_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    # -- web: who the HTTP server believes and what it reads (issue 17) ---------------------
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated addresses or networks (CIDR) of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; unset: nobody's",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="comma-separated host names the HTTP server answers to (the Host header); "
+        "the public_url's host and localhost always are",
+    )
+    http_max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="largest request body other than STOW-RS (JSON, forms): larger is 413",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -146,6 +169,26 @@ class Settings(BaseSettings):
         if not 0 < len(v.strip()) <= 16:
             raise ValueError("AE title must be 1-16 characters")
         return v.strip()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: str) -> str:
+        for item in split_list(v):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"
+                ) from None
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: str) -> str:
+        for item in split_list(v):
+            if item != "*" and not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", item):
+                raise ValueError(f"{item!r} is not a host name (no scheme, port or path)")
+        return v
 
     @model_validator(mode="after")
     def _check_oidc(self) -> Settings:

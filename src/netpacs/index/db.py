@@ -7,6 +7,8 @@ beside the writer).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,10 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
     ``pool_size`` connections are kept (and as many again opened under load)."""
     if is_sqlite(url):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = path.split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            owner_only(Path(path))
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=pool_size
         )
@@ -51,6 +55,19 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
 
         return engine
     return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def owner_only(database: Path) -> None:
+    """Make the SQLite index readable and writable by its owner only (it holds patient
+    data and password hashes): created 0600 before SQLite opens it, an older file and
+    its -wal and -shm set to 0600. SQLite creates -wal and -shm with the database
+    file's permissions."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for file in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
 
 
 def alembic_config(url: str) -> Config:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from netpacs import __version__
 from netpacs.adapters.http import (
@@ -16,6 +17,7 @@ from netpacs.adapters.http import (
     auth,
     errors,
     fhir,
+    gate,
     manage,
     oidc,
     qido,
@@ -75,4 +77,10 @@ def create_app(services: HttpServices) -> FastAPI:
         viewer,
     ):
         app.include_router(module.router)
+    # The gate sees every request before a route or a body read (gate.py); outside it,
+    # X-Forwarded-For/-Proto are believed from the trusted proxies only (none: from
+    # nobody; uvicorn's own default would believe anyone on 127.0.0.1).
+    app.add_middleware(gate.Gate, web=services.web)
+    if services.web.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(services.web.trusted_proxies))
     return app

@@ -17,8 +17,9 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
-from netpacs.adapters.http.deps import HttpServices, services
+from netpacs.adapters.http.deps import HttpServices, is_https, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
 from netpacs.services.access import BreakGlass, BreakGlassError, Principal
@@ -47,24 +48,56 @@ class SignInRequired(HttpError):
 
 
 def client_address(request: Request) -> str | None:
+    """The client's address: the peer's, or the one a trusted proxy forwarded (the
+    application's ProxyHeadersMiddleware believes only NETPACS_TRUSTED_PROXIES)."""
     return request.client.host if request.client else None
 
 
-def authenticate(request: Request) -> None:
-    """App-wide dependency: the request's principal and its scoped services, or 401."""
-    if request.url.path in _OPEN_PATHS:
-        return
-    base: HttpServices = request.app.state.services
+def credentials(request: Request) -> tuple[str | None, bool]:
+    """The request's access token, and whether it came from the session cookie (which a
+    browser sends by itself) rather than an ``Authorization: Bearer`` header."""
     header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    token = credentials.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE)
-    if not token:
-        raise SignInRequired("sign in: this needs a bearer token or a session")
-    principal = base.accounts.principal(token, address=client_address(request))
-    if principal is None:
-        raise SignInRequired("the token or session is not valid (expired?): sign in again")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None, False
+    cookie = request.cookies.get(COOKIE)
+    return cookie or None, cookie is not None
+
+
+def is_open(path: str) -> bool:
+    """Paths anyone may reach without signing in (sign-in itself, sign-out)."""
+    return path in _OPEN_PATHS
+
+
+def identify(request: Request) -> None:
+    """Who sent the request, in ``request.state``: ``principal`` (None when not signed in,
+    with ``sign_in_problem`` saying why) and the services scoped to them. Reads the index
+    (revoked tokens, the account): call it in a worker thread."""
+    base: HttpServices = request.app.state.services
+    token, _ = credentials(request)
+    principal = base.accounts.principal(token, address=client_address(request)) if token else None
     request.state.principal = principal
-    request.state.services = base.for_principal(principal)
+    request.state.sign_in_problem = (
+        None
+        if principal is not None
+        else "the token or session is not valid (expired?): sign in again"
+        if token
+        else "sign in: this needs a bearer token or a session"
+    )
+    if principal is not None:
+        request.state.services = base.for_principal(principal)
+
+
+async def authenticate(request: Request) -> None:
+    """App-wide dependency: 401 unless the request's principal is known. The gate
+    (gate.py) has identified the sender before any route ran, and before anything read
+    the request's body."""
+    if is_open(request.url.path):
+        return
+    if not hasattr(request.state, "sign_in_problem"):  # no gate ran (an app without it)
+        await run_in_threadpool(identify, request)
+    if request.state.principal is None:
+        raise SignInRequired(request.state.sign_in_problem)
 
 
 # -- OAuth2 token endpoint ------------------------------------------------------------------
@@ -148,7 +181,7 @@ def start_session(request: Request, response: Response, principal: Principal) ->
         max_age=issued.expires_in,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=is_https(request),
         path="/",
     )
     return response

@@ -31,3 +31,15 @@ class WebConfig:
     spool_dir: Path  # STOW-RS parts over the spooling threshold go to files here
     oidc: OidcConfig | None
     token_minutes: int
+    # Reverse proxies whose X-Forwarded-For/-Proto are believed (addresses or networks);
+    # empty: nobody's, the client address is the peer's.
+    trusted_proxies: tuple[str, ...] = ()
+    # Host names this server answers to besides the public URL's and localhost's; "*"
+    # in it: any (the Host header then flows into redirects and URLs).
+    allowed_hosts: frozenset[str] = frozenset()
+    max_body_bytes: int = 1 << 20  # JSON and form bodies; STOW-RS is not capped by it
+
+    @property
+    def https(self) -> bool:
+        """Clients reach us over https whatever a request's own scheme (TLS ends at a proxy)."""
+        return (self.public_url or "").startswith("https://")

@@ -107,3 +107,11 @@ def base_url(request: Request) -> str:
     """The URL clients reach us at, without a trailing slash (for BulkDataURIs, links)."""
     svc: HttpServices = request.app.state.services
     return svc.web.public_url or str(request.base_url).rstrip("/")
+
+
+def is_https(request: Request) -> bool:
+    """Whether the browser reached us over https: the request's scheme (a trusted
+    proxy's X-Forwarded-Proto included), or an https public URL (TLS ends before us).
+    Decides the session cookie's ``Secure``."""
+    svc: HttpServices = request.app.state.services
+    return request.url.scheme == "https" or svc.web.https

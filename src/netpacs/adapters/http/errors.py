@@ -9,7 +9,6 @@ pages/render.py); every other client gets ``{"status", "message"}``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from fastapi import FastAPI, Request
@@ -73,8 +72,8 @@ def _identify(request: Request) -> None:
     for a path that does not exist."""
     from netpacs.adapters.http import auth  # auth builds on this module
 
-    with contextlib.suppress(auth.SignInRequired):
-        auth.authenticate(request)
+    if not auth.is_open(request.url.path):
+        auth.identify(request)
 
 
 def install(app: FastAPI) -> None:

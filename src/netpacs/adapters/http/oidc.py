@@ -34,7 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from netpacs.adapters.http import auth
-from netpacs.adapters.http.deps import HttpServices, base_url
+from netpacs.adapters.http.deps import HttpServices, base_url, is_https
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.oidc_client import OidcClient, OidcError, OidcProblem, identity_of
 from netpacs.adapters.http.pages.render import render
@@ -118,7 +118,7 @@ def oidc_login(request: Request, next: str = "/studies") -> Response:
         max_age=_FLOW_SECONDS,
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=is_https(request),
         path=CALLBACK,
     )
     return response
@@ -189,7 +189,7 @@ def oidc_callback(
         max_age=seconds,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=is_https(request),
         path="/signout",
     )
     return response

@@ -26,6 +26,8 @@ def serve(services: HttpServices, sock: socket.socket) -> None:
         timeout_keep_alive=30,
         timeout_graceful_shutdown=10,
         server_header=False,
+        # Forwarded headers are handled in the app, from NETPACS_TRUSTED_PROXIES only.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     log.info("HTTP listening on port %d (pid %d)", sock.getsockname()[1], os.getpid())

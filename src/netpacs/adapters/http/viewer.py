@@ -11,6 +11,8 @@ route of the single-page app and gets ``index.html``, so that
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import os
 import re
@@ -55,6 +57,43 @@ _HASHED = re.compile(r"(^|\.)[0-9a-f]{16,}\.")
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _REVALIDATE = "no-cache"  # index.html and app-config.js: always the installed ones
 _SHORT = "public, max-age=3600"
+
+
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
+
+
+@functools.lru_cache(maxsize=4)
+def _inline_hashes(index: Path, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+    """The CSP sources of the inline scripts of the installed index.html (OHIF sets its
+    PUBLIC_URL in two): their SHA-256, so that no other inline script runs."""
+    found = _INLINE_SCRIPT.findall(index.read_bytes())
+    return tuple(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in found)
+
+
+def viewer_policy(root: Path) -> str:
+    """The Content-Security-Policy of every viewer file (a worker script's own answer is
+    its policy): OHIF's scripts from this origin and its two inline ones, its codecs'
+    WebAssembly, blob: workers, the inline styles React and its CSS loader inject, and
+    framing only by pages of this origin (the report page)."""
+    index = root / INDEX
+    try:
+        stat = index.stat()
+        inline = " ".join(_inline_hashes(index, stat.st_mtime_ns, stat.st_size))
+    except OSError:
+        inline = ""
+    return (
+        "default-src 'self'; "
+        f"script-src 'self' {inline} 'wasm-unsafe-eval'; "
+        "worker-src 'self' blob:; "
+        "style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data: blob:; "
+        "font-src 'self' data:; "
+        "connect-src 'self' data: blob:; "
+        "media-src 'self' blob:; "
+        "frame-ancestors 'self'; "
+        "object-src 'none'; "
+        "base-uri 'self'"
+    )
 
 
 def _viewer_dir(svc: HttpServices) -> Path:
@@ -102,10 +141,14 @@ def _accepts_gzip(request: Request) -> bool:
     return False
 
 
-def _file(request: Request, path: Path) -> Response:
+def _file(request: Request, root: Path, path: Path) -> Response:
     """One file of the viewer: type, cache headers, 304, the gzip twin when taken."""
     media_type = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    headers = {"cache-control": _cache_control(path.name)}
+    headers = {
+        "cache-control": _cache_control(path.name),
+        "content-security-policy": viewer_policy(root),
+        "x-frame-options": "SAMEORIGIN",
+    }
     twin = path.with_name(path.name + ".gz")
     send = path
     if "range" not in request.headers and twin.is_file():
@@ -132,7 +175,7 @@ def _not_installed(request: Request, root: Path) -> HTMLResponse:
 def _index(request: Request, root: Path) -> Response:
     if not _installed(root):
         return _not_installed(request, root)
-    return _file(request, root / INDEX)
+    return _file(request, root, root / INDEX)
 
 
 @router.get("/viewer")
@@ -150,7 +193,7 @@ def viewer_file(path: str, request: Request, svc: Services) -> Response:
     if path:
         found = _resolve(root, path)
         if found is not None:
-            return _file(request, found)
+            return _file(request, root, found)
         if "." in PurePosixPath(path).name:
             # A missing asset must not become index.html (a chunk would fail to parse).
             return Response(

@@ -8,6 +8,7 @@ signed in (the sign-in form, a refused sign-in) has the same header without them
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,23 @@ _ENV = Environment(
 )
 # Every page shows who is signed in, and most show patients: no copy in any cache.
 NO_STORE = {"cache-control": "no-store"}
+
+
+def page_policy(nonce: str) -> str:
+    """The Content-Security-Policy of a page: only its own scripts and style blocks
+    (those carrying ``nonce``) run, everything is fetched from this origin, and no
+    other site may frame it. The report page frames the viewer (same origin)."""
+    return (
+        "default-src 'self'; "
+        f"script-src 'nonce-{nonce}'; "
+        f"style-src 'self' 'nonce-{nonce}'; "
+        "style-src-attr 'unsafe-inline'; "
+        "img-src 'self' data: blob:; "
+        "frame-src 'self'; "
+        "frame-ancestors 'none'; "
+        "object-src 'none'; "
+        "base-uri 'none'"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +86,7 @@ class Layout:
     region: str
     path: str  # the page's own path: its navigation link is marked current
     user: SignedIn | None
+    nonce: str  # of this answer's <script> and <style> elements (page_policy)
 
 
 def _signed_in(request: Request, base: HttpServices) -> SignedIn | None:
@@ -98,9 +117,18 @@ def render(
 ) -> HTMLResponse:
     """``template`` (a file of ``templates/``) on the layout of the request's user."""
     base: HttpServices = request.app.state.services
-    layout = Layout(region=base.region.name, path=request.url.path, user=_signed_in(request, base))
+    nonce = secrets.token_urlsafe(16)
+    layout = Layout(
+        region=base.region.name,
+        path=request.url.path,
+        user=_signed_in(request, base),
+        nonce=nonce,
+    )
     html = _ENV.get_template(template).render(layout=layout, **context)
-    return HTMLResponse(html, status_code=status, headers={**NO_STORE, **(headers or {})})
+    security = {"content-security-policy": page_policy(nonce), "x-frame-options": "DENY"}
+    return HTMLResponse(
+        html, status_code=status, headers={**NO_STORE, **security, **(headers or {})}
+    )
 
 
 def error_page(
