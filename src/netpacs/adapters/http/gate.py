@@ -13,14 +13,14 @@ In order:
    by another page's form or script without a CORS preflight (which we never grant).
    Sign-in and sign-out are refused only when the browser says the request is
    cross-origin. Otherwise 403.
-3. **Body size.** A body other than STOW-RS's larger than ``max_body_bytes`` is 413:
-   at once by its ``Content-Length``, else as soon as that many bytes have arrived
-   (Starlette's RequestBodyLimitResponder counts them). STOW-RS streams its parts to
-   disk (stow.py) and is not capped here.
-4. **Sign-in.** The sender is identified (auth.identify) before anything reads the
+3. **Sign-in.** The sender is identified (auth.identify) before anything reads the
    body: a request with a body, or a state change, from nobody signed in is 401 at
    once. Other requests go on, and the app-wide dependency answers them 401 (a
    browser asking for a page gets the sign-in form).
+4. **Body size.** A body other than STOW-RS's larger than ``max_body_bytes`` is 413:
+   at once by its ``Content-Length``, else as soon as that many bytes have arrived
+   (Starlette's RequestBodyLimitResponder counts them). STOW-RS streams its parts to
+   disk (stow.py) and is not capped here.
 
 Every answer then gets ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
 same-origin``, a Content-Security-Policy that forbids framing (pages and the viewer
@@ -109,6 +109,15 @@ class Gate:
                 return
         app = self.app
         if not (request.method == "POST" and _STOW.fullmatch(path)):
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.web.max_body_bytes:
+                too_large = _json(
+                    413,
+                    f"the request body ({int(declared)} bytes) is larger than the "
+                    f"{self.web.max_body_bytes} bytes accepted here",
+                )
+                await too_large(scope, receive, send)
+                return
             app = RequestBodyLimitResponder(self.app, self.web.max_body_bytes)
         await app(scope, receive, send)
 
@@ -132,17 +141,6 @@ class Gate:
                     "refused: this change did not come from a page of this site "
                     "(a cross-site request carrying the session cookie)",
                 )
-        declared = request.headers.get("content-length", "")
-        if (
-            declared.isdigit()
-            and int(declared) > self.web.max_body_bytes
-            and not (request.method == "POST" and _STOW.fullmatch(request.url.path))
-        ):
-            return _json(
-                413,
-                f"the request body ({int(declared)} bytes) is larger than the "
-                f"{self.web.max_body_bytes} bytes accepted here",
-            )
         return None
 
     def _same_origin(self, request: Request) -> bool | None:
