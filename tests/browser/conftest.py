@@ -130,7 +130,9 @@ class Traffic:
 
 def wait_for_first_image(page: Page, timeout_ms: float = 60_000) -> float:
     """Seconds from navigation start to the first image cornerstone drew."""
-    page.wait_for_function("window.__firstImage !== null", timeout=timeout_ms)
+    # A function, not an expression: Playwright evaluates an expression with eval(),
+    # which the viewer's Content-Security-Policy refuses.
+    page.wait_for_function("() => window.__firstImage !== null", timeout=timeout_ms)
     return float(page.evaluate("window.__firstImage")) / 1000
 
 
