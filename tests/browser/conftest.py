@@ -92,6 +92,10 @@ class Traffic:
 
     responses: list[tuple[int, str]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # DICOMweb answers (2xx) whose rest the viewer's streaming reader cancelled once it
+    # had its part: Chromium reports those as failed (ERR_ABORTED) when the answer may
+    # not be cached (Cache-Control: no-store), and it is not a failure.
+    cancelled: list[str] = field(default_factory=list)
     external: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
 
@@ -113,12 +117,20 @@ class Traffic:
                 self.external.append(r.request.url)
                 r.abort()
 
+        answered: set[str] = set()
+
         def failed(req: Request) -> None:
-            if is_local(req.url):
+            if not is_local(req.url):
+                return
+            if req.failure == "net::ERR_ABORTED" and req.url in answered:
+                self.cancelled.append(req.url)
+            else:
                 self.failed.append(f"{req.method} {req.url}: {req.failure}")
 
         def response(resp: Response) -> None:
             self.responses.append((resp.status, resp.url))
+            if resp.ok and "/dicomweb/" in resp.url:
+                answered.add(resp.url)
 
         page.route("**/*", route)
         page.on("requestfailed", failed)
