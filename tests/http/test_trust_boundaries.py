@@ -172,6 +172,7 @@ def test_a_signed_in_json_or_form_body_over_one_mebibyte_is_413(server: Netpacs)
         server.http_port, _head(server, "/api/break-glass", None, token), chunked=True
     )
     assert status == 413, answer[:300]
+    assert b"larger than the 1048576 bytes" in answer
     assert MB <= sent < 32 * MB
     # A form too (sign-in takes one before anyone is signed in).
     big = httpx.post(
