@@ -4,7 +4,9 @@ Every route of the application depends on :func:`authenticate` (set once in
 ``create_app``): a request carries ``Authorization: Bearer <token>`` (from
 ``POST /auth/token``, the OAuth2 password grant) or the session cookie the sign-in
 page sets (the same token, HttpOnly, SameSite=Strict), so the viewer's requests carry
-it too. Without one it is answered 401; a browser asking for a page gets the sign-in
+it too; a change the cookie authenticates must come from a page of this origin
+(gate.py, which also identifies the sender before any body is read). Without
+credentials a request is answered 401; a browser asking for a page gets the sign-in
 form with that 401. The rules of what a user may then see are in services.access and
 apply through the request's scoped services (deps.HttpServices.for_principal).
 """

@@ -3,7 +3,7 @@
 The rules are in :mod:`netpacs.services.deletion`; this module translates HTTP to
 them. The page (``/studies/{uid}/delete``, linked from the study list for PACS
 administrators) shows what the study is, asks why, and posts a plain form (no
-scripts); the session cookie is SameSite=Strict, so another site cannot post it.
+scripts); a post from another origin's page is refused by the gate (gate.py).
 """
 
 from __future__ import annotations
