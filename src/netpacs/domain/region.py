@@ -20,7 +20,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -298,7 +300,13 @@ class _Site(_Table):
     code: str
     name: str
     # AE titles, or tables {ae_title, hosts, tls_subject, tls_fingerprint}
-    modality_aes: list[AeTitle | _Modality] = []
+    modality_aes: list[
+        Annotated[
+            Annotated[str, AfterValidator(_ae_title), Tag("<title>")]
+            | Annotated[_Modality, Tag("<table>")],
+            Discriminator(lambda v: "<title>" if isinstance(v, str) else "<table>"),
+        ]
+    ] = []
 
 
 class _Workstation(_Caller):
@@ -436,7 +444,8 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 def _message(error: ErrorDetails) -> str:
     """One error of the region file, saying where it is: a table and a key in it."""
-    loc = error["loc"]
+    # Tags of a list of alternatives ("<title>", "<table>") are not keys of the file.
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("<")))
     if error["type"] == "region":  # a check of a table as a whole
         return f"{_where(loc)}: {error['msg']}"
     keys = [i for i, part in enumerate(loc) if isinstance(part, str)]
