@@ -6,6 +6,7 @@ be closed when the DICOM TLS port is configured. DCMTK and pynetdicom as real pe
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.index.schema import audit_event
 from netpacs.synthetic import write_ct_series
 from tests.certificates import Pair, TestCa
-from tests.conftest import Netpacs, dcmtk, free_port
+from tests.conftest import NETPACS, Netpacs, dcmtk, free_port
 
 EDGH_SUBJECT = "CN=EDGH_CT1,O=East Sussex Healthcare"
 
@@ -219,6 +220,17 @@ def test_the_plain_dimse_port_can_be_closed_when_the_tls_port_is_configured(
         assert echo.returncode == 0, echo.stdout + echo.stderr
     finally:
         server.stop()
+
+
+def test_a_certificate_named_for_an_ae_without_a_tls_ca_file_stops_serve(tmp_path: Path) -> None:
+    region = tmp_path / "region.toml"
+    region.write_text(region_text())
+    server = Netpacs(data_dir=tmp_path / "data", database_url="sqlite://", region_file=region)
+    result = subprocess.run(
+        [str(NETPACS), "serve"], env=server.env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "names TLS client certificates for EDGH_CT1" in result.stderr
 
 
 def test_closing_the_plain_port_needs_a_tls_port() -> None:

@@ -34,6 +34,9 @@ from netpacs.services.adt import AdtCaller, AdtService, MessageKey, StoredAck
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 600.0  # seconds without a byte before a connection is closed
+# A connection that is no ADT feed is answered once (an AR saying why) and closed; it
+# may not hold its socket for the feeds' idle time meanwhile.
+STRANGER_TIMEOUT = 10.0
 
 Handler = Callable[[bytes], bytes]
 
@@ -165,12 +168,14 @@ def serve(
 
         async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             endpoint = Hl7Endpoint(adt, adt.caller(peer_of(w)))
+            stranger = not endpoint.caller.identified
             await serve_connection(
                 r,
                 w,
                 handler=endpoint,
                 executor=executor,
-                close_after_answer=not endpoint.caller.identified,
+                idle_timeout=STRANGER_TIMEOUT if stranger else IDLE_TIMEOUT,
+                close_after_answer=stranger,
             )
 
         servers = []
