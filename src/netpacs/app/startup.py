@@ -62,6 +62,17 @@ def check_caller_identity(settings: Settings, region: Region) -> None:
             f"{', '.join(pinned_feeds[:6])}: set NETPACS_MLLP_TLS_PORT and its certificate, "
             "key and CA files"
         )
+    for what, tls_port, plain in (
+        ("DIMSE", settings.dimse_tls_port, settings.dimse_plain_port),
+        ("MLLP", settings.mllp_tls_port, settings.mllp_plain_port),
+    ):
+        if tls_port is not None and plain:
+            log.info(
+                "the plain %s port is open beside its TLS port: NETPACS_%s_PLAIN_PORT=false "
+                "closes it",
+                what,
+                what,
+            )
     plain_feeds = [f.name for f in region.adt_feeds if not f.caller.needs_certificate]
     if plain_feeds and not settings.mllp_plain_port:
         log.warning(
