@@ -68,9 +68,7 @@ class Feeds:
         return Client(self.tls_port, source=source, tls=self.ca.client_context(pair))
 
 
-@pytest.fixture(scope="module")
-def feeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feeds]:
-    folder = tmp_path_factory.mktemp("feeds")
+def start(folder: Path, **env: str) -> Feeds:
     ca = TestCa(folder)
     ours = ca.issue("netpacs", cn="localhost", server=True)
     rtk = ca.issue("rtk", cn="rtk-pas.example", o="Ashford and St Peter's")
@@ -86,14 +84,20 @@ def feeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feeds]:
             "NETPACS_MLLP_TLS_CERT_FILE": str(ours.cert),
             "NETPACS_MLLP_TLS_KEY_FILE": str(ours.key),
             "NETPACS_MLLP_TLS_CA_FILE": str(ca.path),
-            "NETPACS_DIMSE_PROCESSES": "1",
+            **env,
         },
         processes=1,
     ).start()
+    return Feeds(server, ca, rtk, stranger)
+
+
+@pytest.fixture(scope="module")
+def feeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feeds]:
+    started = start(tmp_path_factory.mktemp("feeds"))
     try:
-        yield Feeds(server, ca, rtk, stranger)
+        yield started
     finally:
-        server.stop()
+        started.server.stop()
 
 
 def identities(server: Netpacs, patient_id: str) -> list[dict[str, Any]]:
@@ -248,3 +252,16 @@ def test_whitespace_before_a_start_block_is_capped_and_the_connection_dropped(
     assert isinstance(ok, Ack) and ok.code == "AA"
     assert _rss_kb(feeds.server.proc.pid) - before < 300 * 1024
     assert time.monotonic() - started < 20
+
+
+def test_the_plain_mllp_port_can_be_closed_leaving_mllp_over_tls(tmp_path: Path) -> None:
+    tls_only = start(tmp_path, NETPACS_MLLP_PLAIN_PORT="false")
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            tls_only.plain()
+        rtk = tls_only.tls(tls_only.rtk)
+        ack = rtk.send(adt("A04", "ID-TLS-ONLY", "RTK999100^^^RTK^MR", name="A^B", facility="RTK"))
+        rtk.close()
+        assert ack.code == "AA", ack.text
+    finally:
+        tls_only.server.stop()
