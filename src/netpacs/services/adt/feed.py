@@ -9,8 +9,8 @@ that :meth:`AdtService.undo_merge` restores it exactly.
 
 Every message comes from a caller the region file recognises (:meth:`AdtService.caller`:
 an ``adt_feeds`` entry by source address or TLS client certificate), whose feeds must
-speak for its MSH-4; otherwise it is refused (AR) before anything is read or stored, and
-audited as a Security Alert.
+speak for its MSH-4; otherwise it is refused (AR) before anything is applied or stored,
+and audited as a Security Alert.
 
 Every message is applied once: its control id (per sending application and facility) is
 stored with its acknowledgement in ``hl7_message`` in the same transaction, and a
