@@ -22,7 +22,7 @@ from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.index.schema import audit_event
 from netpacs.synthetic import write_ct_series
 from tests.certificates import Pair, TestCa
-from tests.conftest import NETPACS, Netpacs, dcmtk, free_port
+from tests.conftest import NETPACS, Netpacs, dcmtk, free_port, wait_until
 
 EDGH_SUBJECT = "CN=EDGH_CT1,O=East Sussex Healthcare"
 
@@ -160,9 +160,15 @@ def test_an_ae_tied_to_its_certificate_stores_over_tls_only_with_that_certificat
         "127.0.0.1", tls_port(server),
     )  # fmt: skip
     assert other.returncode != 0
-    details = [a.detail for a in security_alerts(server) if a.user_id == "EDGH_CT1"]
-    assert any("must connect over TLS with its client certificate" in d for d in details)
-    assert any("presented certificate 'CN=EDGH_CT1,O=Somewhere Else'" in d for d in details)
+
+    def alerted() -> bool:  # audited in a worker thread, after the A-ASSOCIATE-RJ
+        details = " ".join(a.detail for a in security_alerts(server) if a.user_id == "EDGH_CT1")
+        return (
+            "must connect over TLS with its client certificate" in details
+            and "presented certificate 'CN=EDGH_CT1,O=Somewhere Else'" in details
+        )
+
+    wait_until(alerted, what="the security alerts of both refusals")
 
 
 def test_getscu_as_rxc_ws1_from_an_address_not_among_its_hosts_is_refused(
@@ -187,11 +193,15 @@ def test_getscu_as_rxc_ws1_from_an_address_not_among_its_hosts_is_refused(
     assert list(out.iterdir()) == []
     assert find_studies(server, "RXC_WS1", "127.0.0.3") is None
     assert study in (find_studies(server, "RXC_WS1", "127.0.0.2") or set())
-    refused = [a for a in security_alerts(server) if a.user_id == "RXC_WS1"]
-    assert {a.source for a in refused} >= {"127.0.0.1", "127.0.0.3"}
-    assert "calling AE RXC_WS1 connects from 127.0.0.3, not one of its hosts" in " ".join(
-        a.detail for a in refused
-    )
+
+    def alerted() -> bool:
+        refused = [a for a in security_alerts(server) if a.user_id == "RXC_WS1"]
+        return {a.source for a in refused} >= {"127.0.0.1", "127.0.0.3"} and (
+            "calling AE RXC_WS1 connects from 127.0.0.3, not one of its hosts"
+            in " ".join(a.detail for a in refused)
+        )
+
+    wait_until(alerted, what="the security alerts of both refusals")
 
 
 def test_with_hosts_required_an_ae_without_hosts_or_certificate_is_refused(
@@ -199,9 +209,12 @@ def test_with_hosts_required_an_ae_without_hosts_or_certificate_is_refused(
 ) -> None:
     echo = dcmtk("echoscu", "-aet", "RTP_WS1", "-aec", "NETPACS", "127.0.0.1", str(server.port))
     assert echo.returncode != 0
-    assert any(
-        "RTP_WS1 has neither hosts nor a TLS certificate" in a.detail
-        for a in security_alerts(server)
+    wait_until(
+        lambda: any(
+            "RTP_WS1 has neither hosts nor a TLS certificate" in a.detail
+            for a in security_alerts(server)
+        ),
+        what="the security alert",
     )
 
 

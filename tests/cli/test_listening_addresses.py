@@ -26,11 +26,11 @@ LOOPBACK = "0100007F"  # 127.0.0.1, little-endian hex
 
 
 def test_demo_mode_listens_on_loopback_and_an_address_set_is_used_and_logged(
-    tmp_path: Path, database_url: str, region_file: Path
+    tmp_path: Path, region_file: Path
 ) -> None:
     server = Netpacs(
         data_dir=tmp_path / "data",
-        database_url=database_url,
+        database_url=f"sqlite:///{tmp_path / 'index.sqlite'}",
         region_file=region_file,
         processes=1,
         extra_env={"NETPACS_MLLP_HOST": "127.0.0.2"},
