@@ -102,7 +102,7 @@ class AdtService:
 
     def _refuse_caller(self, caller: AdtCaller, key: MessageKey, reason: str) -> None:
         """A Security Alert for a message from a caller that is not who MSH-4 says."""
-        log.warning("HL7 %s from %s refused: %s", key.control_id, caller.peer, reason)
+        log.warning("HL7 %s refused: %s", key.control_id, reason)
         audit = AuditService(
             AuditService.in_own_transaction(self._engine), source_id=self._audit_source_id
         )
