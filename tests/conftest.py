@@ -58,6 +58,7 @@ from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.app.startup import prepare
 from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol
+from netpacs.domain.peer import Peer
 from netpacs.services.access_policy import Caller
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -676,7 +677,8 @@ class HttpApp:
         """Apply an HL7 v2 message as the MLLP worker does; the acknowledgement's text."""
         service, engine = adt_service(self.settings)
         try:
-            return Hl7Endpoint(service)(message.encode("utf-8")).decode("utf-8")
+            endpoint = Hl7Endpoint(service, service.caller(Peer("127.0.0.1")))
+            return endpoint(message.encode("utf-8")).decode("utf-8")
         finally:
             engine.dispose()
 

@@ -9,6 +9,7 @@ import pytest
 
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import BUNDLED_DEMO_REGION
+from netpacs.domain.peer import Peer, PeerCertificate
 from netpacs.domain.region import (
     AEKind,
     Permission,
@@ -248,3 +249,64 @@ def test_an_adt_feed_speaks_for_the_trust_of_its_ods_code_site_code_or_named_fac
         match=r"the region file: 'regional_adt_facilities'\[0\] 'A\^B' is not an MSH-4 namespace",
     ):
         parse_region_toml("regional_adt_facilities=['A^B']\n[[trusts]]\nods_code='RXC'\nname='x'\n")
+
+
+# -- callers (issue 17) ------------------------------------------------------------------
+
+_FEED_REGION = """
+[[trusts]]
+ods_code = "RXC"
+name = "East Sussex"
+[[trusts.sites]]
+code = "EDGH"
+name = "Eastbourne"
+modality_aes = ["EDGH_CR1", { ae_title = "EDGH_CT1", hosts = ["10.1.2.0/24"] }]
+[[trusts.workstations]]
+ae_title = "RXC_WS1"
+port = 104
+hosts = ["10.9.9.9", "::ffff:10.9.9.8"]
+tls_fingerprint = "sha256:%s"
+"""
+
+
+def test_aes_may_name_their_hosts_and_certificate_and_feeds_must_name_one_of_them() -> None:
+    fp = ":".join(["AB"] * 32)
+    region = parse_region_toml(
+        _FEED_REGION % fp
+        + '[[adt_feeds]]\nname = "PAS"\nfacilities = ["RXC", "EDGH"]\n'
+        + 'tls_subject = "CN=pas.example,O=RXC"\n'
+    )
+    ct, cr, ws = region.ae("EDGH_CT1"), region.ae("EDGH_CR1"), region.ae("RXC_WS1")
+    assert ct is not None and cr is not None and ws is not None
+    assert ct.caller.problem(Peer("10.1.2.77")) is None
+    assert "not one of its hosts" in (ct.caller.problem(Peer("10.1.3.1")) or "")
+    assert ct.caller.problem(Peer("::ffff:10.1.2.5")) is None  # IPv4-mapped
+    assert not cr.caller.is_known and cr.caller.problem(Peer("192.0.2.1")) is None
+    good = PeerCertificate("CN=x", "ab" * 32)
+    assert ws.caller.problem(Peer("10.9.9.9", good)) is None
+    assert "over TLS" in (ws.caller.problem(Peer("10.9.9.9")) or "")
+    other = PeerCertificate("CN=x", "0" * 64)
+    assert "SHA-256" in (ws.caller.problem(Peer("10.9.9.9", other)) or "")
+    (feed,) = region.adt_feeds
+    assert feed.facilities == {"RXC", "EDGH"}
+    assert region.adt_feeds_of(Peer("10.0.0.1", PeerCertificate("CN=pas.example,O=RXC", ""))) == (
+        feed,
+    )
+    assert region.adt_feeds_of(Peer("10.0.0.1", PeerCertificate("CN=pas.example", ""))) == ()
+
+
+@pytest.mark.parametrize(
+    ("feed", "says"),
+    [
+        ('name = "PAS"\nfacilities = ["RXC"]\n', "an ADT feed needs 'hosts'"),
+        ('name = "PAS"\nfacilities = ["RTK"]\nhosts = ["10.0.0.1"]\n', "['RTK'] are neither"),
+        ('name = "PAS"\nfacilities = ["RXC"]\nhosts = ["pas.example"]\n', "not an IP address"),
+        ('name = "PAS"\nfacilities = ["RXC"]\ntls_subject = "nonsense"\n', "not a subject name"),
+        ('name = "PAS"\nfacilities = ["RXC"]\ntls_fingerprint = "abc"\n', "64 hex digits"),
+        ('name = "PAS"\nfacilities = []\nhosts = ["10.0.0.1"]\n', "adt_feeds[0]: 'facilities'"),
+    ],
+)
+def test_a_malformed_adt_feed_is_refused_saying_why(feed: str, says: str) -> None:
+    with pytest.raises(RegionError) as refused:
+        parse_region_toml(_FEED_REGION % ("ab" * 32) + "[[adt_feeds]]\n" + feed)
+    assert says in str(refused.value)

@@ -12,6 +12,7 @@ import collections
 import getpass
 import logging
 import os
+import socket
 import sys
 import time
 import tomllib
@@ -32,6 +33,7 @@ from netpacs.app.settings import ConfigFileError, Settings, load_settings
 from netpacs.app.startup import (
     StartupError,
     UnsafeConfiguration,
+    check_caller_identity,
     check_move_destinations,
     prepare,
 )
@@ -119,13 +121,16 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
     from netpacs.app import jobs, roles
     from netpacs.app.roles import oidc_config
     from netpacs.app.supervisor import WorkerGroup, listen, supervise
-    from netpacs.app.tls import DimseTlsError, dimse_tls_context
+    from netpacs.app.tls import TlsSettingsError, dimse_tls_context, mllp_tls_context
 
     try:
         dimse_tls_context(settings)  # certificates that do not load stop us now
-        jobs.check_settings(settings, load_region(settings.effective_region_file))
+        mllp_tls_context(settings)
+        region = load_region(settings.effective_region_file)
+        jobs.check_settings(settings, region)
+        check_caller_identity(settings, region)
         oidc_config(settings)
-    except (DimseTlsError, jobs.JobSettingsError, RegionError, StartupError) as exc:
+    except (TlsSettingsError, jobs.JobSettingsError, RegionError, StartupError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -134,14 +139,29 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
     except UnsafeConfiguration as exc:
         print(f"netpacs: will not start: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    dimse_sock = listen(settings.dimse_host, settings.dimse_port)
-    tls_sock = (
-        listen(settings.dimse_host, settings.dimse_tls_port)
-        if settings.dimse_tls_port is not None
-        else None
+    listening: list[str] = []
+
+    def open_port(
+        what: str, host: str, port: int | None, wanted: bool = True
+    ) -> socket.socket | None:
+        if port is None or not wanted:
+            return None
+        sock = listen(host, port)
+        listening.append(f"{what} {host}:{sock.getsockname()[1]}")
+        return sock
+
+    dimse_host, mllp_host = settings.effective_dimse_host, settings.effective_mllp_host
+    dimse_sock = open_port("DIMSE", dimse_host, settings.dimse_port, settings.dimse_plain_port)
+    tls_sock = open_port("DICOM TLS", dimse_host, settings.dimse_tls_port)
+    http_sock = open_port("HTTP", settings.effective_http_host, settings.http_port)
+    mllp_sock = open_port("MLLP", mllp_host, settings.mllp_port, settings.mllp_plain_port)
+    mllp_tls_sock = open_port("MLLP over TLS", mllp_host, settings.mllp_tls_port)
+    assert http_sock is not None
+    log.info(
+        "netpacs serve%s listening on %s",
+        " (demo mode)" if settings.demo else "",
+        ", ".join(listening),
     )
-    http_sock = listen(settings.http_host, settings.http_port)
-    mllp_sock = listen(settings.mllp_host, settings.mllp_port)
     groups = [
         WorkerGroup(
             "DIMSE",
@@ -150,7 +170,7 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         ),
         WorkerGroup("HTTP", settings.http_processes, lambda: roles.run_http(settings, http_sock)),
         # One MLLP process: HL7 messages of one sender must be applied in order.
-        WorkerGroup("MLLP", 1, lambda: roles.run_mllp(settings, mllp_sock)),
+        WorkerGroup("MLLP", 1, lambda: roles.run_mllp(settings, mllp_sock, mllp_tls_sock)),
         *jobs.worker_groups(settings),
     ]
     supervise(groups)

@@ -107,7 +107,10 @@ def build_archive(settings: Settings) -> Archive:
         ingest=ingest,
         stores=StoreService(ingest, audit, writer.execute),
         access=AccessPolicy(
-            region, audit, reject_unknown_calling_ae=settings.reject_unknown_calling_ae
+            region,
+            audit,
+            reject_unknown_calling_ae=settings.reject_unknown_calling_ae,
+            require_ae_hosts=settings.dimse_require_ae_hosts,
         ),
         query=query,
         coercion=coercion,

@@ -88,7 +88,8 @@ def apply_adt(demo: DemoRegion, archive: Archive) -> dict[str, int]:
     from netpacs.adapters.hl7.server import Hl7Endpoint
     from netpacs.services.adt import AdtService
 
-    endpoint = Hl7Endpoint(AdtService(archive.write_engine, archive.region))
+    service = AdtService(archive.write_engine, archive.region)
+    endpoint = Hl7Endpoint(service, service.console())
     counts: dict[str, int] = {}
     adt_log = logging.getLogger("netpacs.services.adt")
     level = adt_log.level

@@ -23,7 +23,7 @@ from netpacs.app.container import Archive, build_archive
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
-from netpacs.app.tls import dimse_tls_context
+from netpacs.app.tls import dimse_tls_context, mllp_tls_context
 from netpacs.index.db import make_engine
 from netpacs.services.access import BreakGlass
 from netpacs.services.accounts import AccountService, load_secret
@@ -164,7 +164,9 @@ def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
     )
 
 
-def run_dimse(settings: Settings, sock: socket.socket, tls_sock: socket.socket | None) -> None:
+def run_dimse(
+    settings: Settings, sock: socket.socket | None, tls_sock: socket.socket | None
+) -> None:
     """A DIMSE worker: associations on ``sock`` (and DICOM TLS ones on ``tls_sock``)."""
     scu.send_files_as_stored()
     archive = build_archive(settings)
@@ -187,10 +189,12 @@ def run_http(settings: Settings, sock: socket.socket) -> None:
         archive.close()
 
 
-def run_mllp(settings: Settings, sock: socket.socket) -> None:
-    """The MLLP worker: HL7 v2 ADT on ``sock``."""
+def run_mllp(
+    settings: Settings, sock: socket.socket | None, tls_sock: socket.socket | None
+) -> None:
+    """The MLLP worker: HL7 v2 ADT on ``sock`` (and MLLP over TLS on ``tls_sock``)."""
     adt, engine = adt_service(settings)
     try:
-        hl7_server.serve(adt, sock)
+        hl7_server.serve(adt, sock, tls_sock, mllp_tls_context(settings))
     finally:
         engine.dispose()

@@ -44,11 +44,17 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file in the data dir"
     )
     ae_title: str = "NETPACS"
-    dimse_host: str = "0.0.0.0"
+    dimse_host: str | None = Field(
+        default=None, description="listening address; default 127.0.0.1 in demo mode, else 0.0.0.0"
+    )
     dimse_port: int = Field(default=11112, ge=0, le=65535)
-    mllp_host: str = "0.0.0.0"
+    mllp_host: str | None = Field(
+        default=None, description="listening address; default 127.0.0.1 in demo mode, else 0.0.0.0"
+    )
     mllp_port: int = Field(default=2575, ge=0, le=65535, description="HL7 v2 ADT over MLLP")
-    http_host: str = "0.0.0.0"
+    http_host: str | None = Field(
+        default=None, description="listening address; default 127.0.0.1 in demo mode, else 0.0.0.0"
+    )
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_processes: int = Field(default=2, ge=1, le=64, description="HTTP worker processes")
     public_url: str | None = Field(
@@ -162,6 +168,26 @@ class Settings(BaseSettings):
         ge=1024,
         description="largest request body other than STOW-RS (JSON, forms): larger is 413",
     )
+    # -- caller identity (issue 17): MLLP over TLS, plain ports, AE hosts -----------------
+    mllp_tls_port: int | None = Field(
+        default=None, ge=0, le=65535, description="MLLP over TLS 1.2+ (client certificates)"
+    )
+    mllp_tls_cert_file: Path | None = Field(default=None, description="our certificate (PEM)")
+    mllp_tls_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    mllp_tls_ca_file: Path | None = Field(
+        default=None, description="CAs of the ADT feeds' client certificates (required)"
+    )
+    mllp_plain_port: bool = Field(
+        default=True, description="open the plain MLLP port; false: MLLP over TLS only"
+    )
+    dimse_plain_port: bool = Field(
+        default=True, description="open the plain DIMSE port; false: DICOM TLS only"
+    )
+    dimse_require_ae_hosts: bool = Field(
+        default=False,
+        description="refuse a region AE with neither hosts nor a TLS certificate in the "
+        "region file (default: such an AE may call from anywhere)",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -200,6 +226,33 @@ class Settings(BaseSettings):
         if (self.oidc_trust_claim is None) != (self.oidc_role_claim is None):
             raise ValueError("set both oidc_trust_claim and oidc_role_claim, or neither")
         return self
+
+    @model_validator(mode="after")
+    def _check_plain_ports(self) -> Settings:
+        if not self.dimse_plain_port and self.dimse_tls_port is None:
+            raise ValueError("dimse_plain_port = false needs dimse_tls_port (DICOM TLS)")
+        if not self.mllp_plain_port and self.mllp_tls_port is None:
+            raise ValueError("mllp_plain_port = false needs mllp_tls_port (MLLP over TLS)")
+        return self
+
+    def _listen_host(self, host: str | None) -> str:
+        """An address set, else loopback in demo mode (demo users, demo passwords), else
+        every interface."""
+        if host is not None:
+            return host
+        return "127.0.0.1" if self.demo else "0.0.0.0"
+
+    @property
+    def effective_dimse_host(self) -> str:
+        return self._listen_host(self.dimse_host)
+
+    @property
+    def effective_mllp_host(self) -> str:
+        return self._listen_host(self.mllp_host)
+
+    @property
+    def effective_http_host(self) -> str:
+        return self._listen_host(self.http_host)
 
     @property
     def effective_database_url(self) -> str:

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings
-from netpacs.domain.region import Permission
+from netpacs.domain.region import Permission, Region
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
 from netpacs.services.accounts import AccountService, load_secret
@@ -42,6 +42,57 @@ def check_move_destinations(settings: Settings) -> None:
             f"C-MOVE destinations are open to any AE for {len(open_to_any)} AEs ({shown}): "
             "give each AE that may C-MOVE a move_destinations list in the region file "
             f"({settings.effective_region_file}), or run in demo mode"
+        )
+
+
+def check_caller_identity(settings: Settings, region: Region) -> None:
+    """Region-file callers that could never connect stop the start: a certificate named
+    for an AE or an ADT feed needs a TLS port that asks for client certificates."""
+    pinned_aes = [ae.ae_title for ae in region.aes if ae.caller.needs_certificate]
+    if pinned_aes and (settings.dimse_tls_port is None or settings.dimse_tls_ca_file is None):
+        raise StartupError(
+            f"the region file names TLS client certificates for {', '.join(pinned_aes[:6])}: "
+            "set NETPACS_DIMSE_TLS_PORT and NETPACS_DIMSE_TLS_CA_FILE (the CAs of those "
+            "certificates)"
+        )
+    pinned_feeds = [f.name for f in region.adt_feeds if f.caller.needs_certificate]
+    if pinned_feeds and settings.mllp_tls_port is None:
+        raise StartupError(
+            f"the region file names TLS client certificates for ADT feeds "
+            f"{', '.join(pinned_feeds[:6])}: set NETPACS_MLLP_TLS_PORT and its certificate, "
+            "key and CA files"
+        )
+    for what, tls_port, plain in (
+        ("DIMSE", settings.dimse_tls_port, settings.dimse_plain_port),
+        ("MLLP", settings.mllp_tls_port, settings.mllp_plain_port),
+    ):
+        if tls_port is not None and plain:
+            log.info(
+                "the plain %s port is open beside its TLS port: NETPACS_%s_PLAIN_PORT=false "
+                "closes it",
+                what,
+                what,
+            )
+    plain_feeds = [f.name for f in region.adt_feeds if not f.caller.needs_certificate]
+    if plain_feeds and not settings.mllp_plain_port:
+        log.warning(
+            "ADT feeds %s connect by address only, but the plain MLLP port is closed "
+            "(NETPACS_MLLP_PLAIN_PORT=false): they cannot send",
+            ", ".join(plain_feeds),
+        )
+    if not region.adt_feeds:
+        log.warning("the region file lists no adt_feeds: every ADT message will be refused")
+    anywhere = [ae.ae_title for ae in region.aes if not ae.caller.is_known]
+    if anywhere:
+        log.log(
+            logging.WARNING if settings.dimse_require_ae_hosts else logging.INFO,
+            "%d AEs of the region file have no hosts nor certificate (%s%s): %s",
+            len(anywhere),
+            ", ".join(anywhere[:4]),
+            " ..." if len(anywhere) > 4 else "",
+            "they are refused (NETPACS_DIMSE_REQUIRE_AE_HOSTS)"
+            if settings.dimse_require_ae_hosts
+            else "they may call from any address",
         )
 
 

@@ -8,6 +8,7 @@ and turns into these values. Reading the file is the composition root's
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import tomllib
 from collections.abc import Mapping
@@ -19,12 +20,16 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
+
+from netpacs.domain.peer import CallerIdentity, Peer, fingerprint, network, subject
 
 
 class AEKind(enum.Enum):
@@ -73,6 +78,9 @@ class ApplicationEntity:
     permissions: frozenset[Permission] = frozenset()  # empty: DEFAULT_PERMISSIONS[kind]
     # AE titles this AE may send C-MOVE results to; None: any AE of the region with a port.
     move_destinations: tuple[str, ...] | None = None
+    # Where it calls from and the TLS client certificate it presents (``hosts``,
+    # ``tls_subject``, ``tls_fingerprint``); unset: anywhere, any or no certificate.
+    caller: CallerIdentity = field(default_factory=CallerIdentity)
 
     def may(self, permission: Permission) -> bool:
         return permission in (self.permissions or DEFAULT_PERMISSIONS[self.kind])
@@ -134,6 +142,17 @@ SUBSPECIALTIES = ("neuro", "chest", "body", "msk", "breast", "cardiac", "paediat
 
 
 @dataclass(frozen=True, slots=True)
+class AdtFeed:
+    """A system that sends ADT over MLLP (``[[adt_feeds]]``): the MSH-4 sending
+    facilities it speaks for, and how its connection is recognised (``hosts`` for the
+    plain port, a TLS client certificate for the TLS port)."""
+
+    name: str
+    facilities: frozenset[str]
+    caller: CallerIdentity
+
+
+@dataclass(frozen=True, slots=True)
 class ReportingAgreement:
     """Radiologists of ``reporters`` (ODS codes) report studies requested by ``for_trusts``
     (in ``subspecialties``); None means every trust (every subspecialty)."""
@@ -178,6 +197,8 @@ class Region:
     # MSH-4 names of regional feeds (a master patient index, an integration engine that
     # rewrites MSH-4) whose ADT may change the hospital numbers of every trust.
     regional_adt_facilities: tuple[str, ...] = ()
+    # The systems that may send ADT, each recognised by address or certificate.
+    adt_feeds: tuple[AdtFeed, ...] = ()
     _by_title: dict[str, ApplicationEntity] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -201,6 +222,10 @@ class Region:
             ):
                 return t.ods_code
         return None
+
+    def adt_feeds_of(self, peer: Peer) -> tuple[AdtFeed, ...]:
+        """The ADT feeds ``peer`` may be (by its address and certificate)."""
+        return tuple(f for f in self.adt_feeds if f.caller.problem(peer) is None)
 
     def trust(self, ods_code: str) -> Trust | None:
         return next((t for t in self.trusts if t.ods_code == ods_code), None)
@@ -235,6 +260,9 @@ def _subspecialty(value: str) -> str:
 
 
 AeTitle = Annotated[str, AfterValidator(_ae_title)]
+HostNetwork = Annotated[str, AfterValidator(lambda v: str(network(v)))]
+TlsSubject = Annotated[str, AfterValidator(subject)]
+TlsFingerprint = Annotated[str, AfterValidator(fingerprint)]
 NamespaceId = Annotated[str, AfterValidator(_namespace_id)]
 Subspecialty = Annotated[str, AfterValidator(_subspecialty)]
 PermissionName = Literal["store", "find", "move", "get"]
@@ -248,13 +276,40 @@ class _Table(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
 
+class _Caller(_Table):
+    """Keys that say how a caller is recognised: ``hosts`` it connects from (IP
+    addresses or networks) and the TLS client certificate it presents."""
+
+    hosts: list[HostNetwork] | None = None
+    tls_subject: TlsSubject | None = None
+    tls_fingerprint: TlsFingerprint | None = None
+
+    def identity(self) -> CallerIdentity:
+        return CallerIdentity(
+            hosts=None if self.hosts is None else tuple(network(h) for h in self.hosts),
+            tls_subject=self.tls_subject,
+            tls_fingerprint=self.tls_fingerprint,
+        )
+
+
+class _Modality(_Caller):
+    ae_title: AeTitle
+
+
 class _Site(_Table):
     code: str
     name: str
-    modality_aes: list[AeTitle] = []
+    # AE titles, or tables {ae_title, hosts, tls_subject, tls_fingerprint}
+    modality_aes: list[
+        Annotated[
+            Annotated[str, AfterValidator(_ae_title), Tag("<title>")]
+            | Annotated[_Modality, Tag("<table>")],
+            Discriminator(lambda v: "<title>" if isinstance(v, str) else "<table>"),
+        ]
+    ] = []
 
 
-class _Workstation(_Table):
+class _Workstation(_Caller):
     ae_title: AeTitle
     site: str | None = None
     host: str = "127.0.0.1"
@@ -263,13 +318,28 @@ class _Workstation(_Table):
     move_destinations: list[AeTitle] | None = None
 
 
-class _Archive(_Table):
+class _Archive(_Caller):
     ae_title: AeTitle
     trust: str
     host: str = "127.0.0.1"
     port: int | None = None
     permissions: list[PermissionName] | None = None
     move_destinations: list[AeTitle] | None = None
+
+
+class _AdtFeed(_Caller):
+    name: str
+    facilities: Annotated[list[NamespaceId], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _recognisable(self) -> _AdtFeed:
+        if self.hosts is None and self.tls_subject is None and self.tls_fingerprint is None:
+            raise PydanticCustomError(
+                "region",
+                "an ADT feed needs 'hosts' (plain MLLP from those addresses) or "
+                "'tls_subject'/'tls_fingerprint' (MLLP over TLS with that client certificate)",
+            )
+        return self
 
 
 class _ResultsMllp(_Table):
@@ -345,6 +415,7 @@ class _RegionFile(_Table):
     archives: list[_Archive] = []
     reporting: _Reporting = _Reporting()
     regional_adt_facilities: list[NamespaceId] = []
+    adt_feeds: list[_AdtFeed] = []
 
 
 # What is wrong, by pydantic error type, after "where: 'key'".
@@ -373,7 +444,8 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 def _message(error: ErrorDetails) -> str:
     """One error of the region file, saying where it is: a table and a key in it."""
-    loc = error["loc"]
+    # Tags of a list of alternatives ("<title>", "<table>") are not keys of the file.
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("<")))
     if error["type"] == "region":  # a check of a table as a whole
         return f"{_where(loc)}: {error['msg']}"
     keys = [i for i, part in enumerate(loc) if isinstance(part, str)]
@@ -416,11 +488,7 @@ def parse_region_toml(text: str, base: Path | None = None) -> Region:
 def _aes(doc: _RegionFile) -> list[ApplicationEntity]:
     aes: list[ApplicationEntity] = []
     for t in doc.trusts:
-        aes += (
-            ApplicationEntity(title, t.ods_code, AEKind.MODALITY, site=s.code)
-            for s in t.sites
-            for title in s.modality_aes
-        )
+        aes += (_modality(m, t.ods_code, s.code) for s in t.sites for m in s.modality_aes)
         aes += (_ae(w, t.ods_code, AEKind.WORKSTATION, site=w.site) for w in t.workstations)
     aes += (_ae(a, a.trust, AEKind.ARCHIVE) for a in doc.archives)
     known = {ae.ae_title for ae in aes}
@@ -431,6 +499,12 @@ def _aes(doc: _RegionFile) -> list[ApplicationEntity]:
                 f"{ae.ae_title}: move_destinations {unknown} are not AEs of the region"
             )
     return aes
+
+
+def _modality(doc: str | _Modality, trust: str, site: str) -> ApplicationEntity:
+    if isinstance(doc, str):
+        return ApplicationEntity(doc, trust, AEKind.MODALITY, site=site)
+    return ApplicationEntity(doc.ae_title, trust, AEKind.MODALITY, site=site, caller=doc.identity())
 
 
 def _ae(
@@ -445,6 +519,7 @@ def _ae(
         port=doc.port,
         permissions=frozenset(Permission(p) for p in doc.permissions or ()),
         move_destinations=None if doc.move_destinations is None else tuple(doc.move_destinations),
+        caller=doc.identity(),
     )
 
 
@@ -499,14 +574,34 @@ def _reporting(doc: _Reporting, trusts: set[str]) -> Reporting:
     )
 
 
+def _adt_feeds(doc: _RegionFile, region: Region) -> tuple[AdtFeed, ...]:
+    """Each feed's facilities must be ones the ADT rules know (a trust's ODS code, site
+    code or ``adt_facilities``, or a ``regional_adt_facilities`` name)."""
+    feeds = []
+    for i, feed in enumerate(doc.adt_feeds):
+        unknown = sorted(
+            f
+            for f in feed.facilities
+            if region.trust_of_facility(f) is None and f not in region.regional_adt_facilities
+        )
+        if unknown:
+            raise RegionError(
+                f"adt_feeds[{i}]: 'facilities' {unknown} are neither a trust's ODS code, site "
+                "code or adt_facilities nor regional_adt_facilities"
+            )
+        feeds.append(AdtFeed(feed.name, frozenset(feed.facilities), feed.identity()))
+    return tuple(feeds)
+
+
 def _region(doc: _RegionFile, base: Path | None) -> Region:
     if not doc.trusts:
         raise RegionError("the region file defines no trusts")
     trusts = tuple(_trust(t, base) for t in doc.trusts)
-    return Region(
+    region = Region(
         name=doc.name,
         trusts=trusts,
         aes=tuple(_aes(doc)),
         reporting=_reporting(doc.reporting, {t.ods_code for t in trusts}),
         regional_adt_facilities=tuple(doc.regional_adt_facilities),
     )
+    return dataclasses.replace(region, adt_feeds=_adt_feeds(doc, region))

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import NoReturn
 
+from netpacs.domain.peer import Peer, PeerCertificate
 from netpacs.domain.region import ApplicationEntity, Region
 from netpacs.services.access import Capability, Principal, principal_for_ae, roles_with
 from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome
@@ -67,23 +68,46 @@ class AccessDenied(Exception):
 
 class AccessPolicy:
     def __init__(
-        self, region: Region, audit: AuditService, *, reject_unknown_calling_ae: bool = True
+        self,
+        region: Region,
+        audit: AuditService,
+        *,
+        reject_unknown_calling_ae: bool = True,
+        require_ae_hosts: bool = False,
     ) -> None:
         self._region = region
         self._audit = audit
         self._reject_unknown = reject_unknown_calling_ae
+        self._require_hosts = require_ae_hosts
 
     # -- DICOM callers ----------------------------------------------------------------
-    def calling_ae(self, ae_title: str, address: str | None) -> Caller | Refusal:
-        """Who a calling DICOM AE acts as, or a refusal when it is not in the region file
-        and unknown AEs are refused. Decided without I/O (association negotiation runs
-        on the event loop): the caller passes a refusal to :meth:`record`."""
+    def calling_ae(
+        self, ae_title: str, address: str | None, certificate: PeerCertificate | None = None
+    ) -> Caller | Refusal:
+        """Who a calling DICOM AE acts as, or a refusal: an AE title not in the region
+        file (when unknown AEs are refused), or one of the region called from an address
+        not among its ``hosts`` or without the TLS client certificate the region file
+        names for it (``certificate``: the one presented, verified by the handshake).
+        An AE with neither ``hosts`` nor a certificate may call from anywhere, unless
+        ``require_ae_hosts`` (as Orthanc's DicomCheckModalityHost checks only the hosts
+        it knows). Decided without I/O (association negotiation runs on the event
+        loop): the caller passes a refusal to :meth:`record`."""
         ae = self._region.ae(ae_title)
         principal = principal_for_ae(ae, ae_title, address)
-        if ae is None and self._reject_unknown:
-            return Refusal(
-                principal, Capability.STORE, "calling AE title is not in the region file"
+        if ae is None:
+            if self._reject_unknown:
+                return Refusal(
+                    principal, Capability.STORE, "calling AE title is not in the region file"
+                )
+            return Caller(principal, None)
+        problem = ae.caller.problem(Peer(address, certificate))
+        if problem is None and self._require_hosts and not ae.caller.is_known:
+            problem = (
+                "has neither hosts nor a TLS certificate in the region file, and every AE "
+                "must have (NETPACS_DIMSE_REQUIRE_AE_HOSTS)"
             )
+        if problem is not None:
+            return Refusal(principal, Capability.STORE, f"calling AE {ae.ae_title} {problem}")
         return Caller(principal, ae)
 
     def move_destination(self, principal: Principal, ae_title: str) -> ApplicationEntity | Refusal:

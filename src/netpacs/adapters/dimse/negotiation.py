@@ -13,6 +13,7 @@ from pynetdicom import AllStoragePresentationContexts
 
 from netpacs.adapters.dimse import pdu as p
 from netpacs.domain.outcomes import Origin, Protocol
+from netpacs.domain.peer import PeerCertificate
 from netpacs.services.access import Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 
@@ -59,9 +60,15 @@ class Decision:
 
 
 class Negotiator:
-    def __init__(self, *, access: AccessPolicy, ae_title: str) -> None:
+    """One association's negotiation. ``certificate``: the TLS client certificate the
+    caller presented (set when the connection is made; None on the plain port)."""
+
+    def __init__(
+        self, *, access: AccessPolicy, ae_title: str, certificate: PeerCertificate | None = None
+    ) -> None:
         self._access = access
         self._ae_title = ae_title
+        self.certificate = certificate
 
     def record_later(self, refusal: Refusal) -> None:
         """Audit a refused caller in a worker thread (negotiation runs on the loop)."""
@@ -86,7 +93,7 @@ class Negotiator:
                     f"called AE title is not {self._ae_title!r}",
                 )
             )
-        caller = self._access.calling_ae(rq.calling_ae_title, address)
+        caller = self._access.calling_ae(rq.calling_ae_title, address, self.certificate)
         if isinstance(caller, Refusal):
             reason = (p.RJ_PERMANENT, p.RJ_SOURCE_USER, p.RJ_REASON_CALLING_AE, caller.message)
             return Decision(reject=reason, refusal=caller)

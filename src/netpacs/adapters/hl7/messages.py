@@ -56,6 +56,7 @@ ACK_CODES: dict[Outcome, tuple[AckCode, str]] = {
     Outcome.WRONG_SENDER: (AckCode.AE, "207"),
     Outcome.CONTROL_ID_REUSED: (AckCode.AE, "205"),
     Outcome.CONFLICT: (AckCode.AE, "206"),  # application record locked
+    Outcome.UNIDENTIFIED_CALLER: (AckCode.AR, "207"),  # rejected: not sent again
 }
 # Rejections before the service is asked (table 0357).
 UNSUPPORTED_TYPE = "200"

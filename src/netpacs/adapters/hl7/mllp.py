@@ -2,9 +2,11 @@
 
 HL7 v2.5 appendix C (MLLP release 1; release 2 adds only the rule that each message is
 answered before the next is sent). One frame reader for both sides: whitespace between
-frames is allowed; anything else outside a frame, a frame over :data:`MAX_FRAME` bytes
-or a connection closed inside a frame is a :class:`FramingError`, after which the
-byte stream cannot be trusted.
+frames is allowed, up to :data:`MAX_WHITESPACE` bytes of it (whitespace was buffered
+and rescanned without limit: a sender of endless blanks held memory and CPU); anything
+else outside a frame, more whitespace, a frame over :data:`MAX_FRAME` bytes or a
+connection closed inside a frame is a :class:`FramingError`, after which the byte
+stream cannot be trusted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 START = b"\x0b"  # <VT>
 END = b"\x1c\r"  # <FS><CR>
 MAX_FRAME = 1 << 20  # bytes; ADT messages and acknowledgements are a few kB
+MAX_WHITESPACE = 4096  # bytes between frames (a CR/LF or two is what senders add)
 _READ_SIZE = 64 * 1024
 
 
@@ -30,12 +33,14 @@ def frame(payload: bytes) -> bytes:
 def take_frame(buffer: bytearray) -> bytes | None:
     """The payload of the first whole frame in ``buffer``, removed from it; None while
     the frame is incomplete."""
-    start = buffer.find(START)
+    start = buffer.find(START, 0, MAX_WHITESPACE + 1)
     if start > 0 and buffer[:start].strip():
         raise FramingError(f"{start} bytes before the start block <VT>")
     if start < 0:
-        if buffer.strip():
+        if buffer[: MAX_WHITESPACE + 1].strip():
             raise FramingError("data without the start block <VT>")
+        if len(buffer) > MAX_WHITESPACE:
+            raise FramingError(f"more than {MAX_WHITESPACE} bytes of whitespace between messages")
         return None
     end = buffer.find(END, start + 1)
     if end >= 0:

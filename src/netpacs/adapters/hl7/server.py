@@ -6,6 +6,11 @@ applied in the order sent. Database work runs in a thread pool, off the event lo
 A frame that breaks the rules (adapters.hl7.mllp: bytes before the start block, over
 ``MAX_FRAME``) is answered with a NAK when possible and the connection closed; a
 message that is framed well but wrong gets a NAK and the connection stays open.
+
+Each connection's caller is its address and, on the TLS port, its verified client
+certificate (:class:`~netpacs.domain.peer.Peer`); the ADT service decides which feed of
+the region file that is and refuses what it may not send. A connection that is no feed
+at all gets an AR for its first message and is closed.
 """
 
 from __future__ import annotations
@@ -16,26 +21,33 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from netpacs.adapters.hl7 import messages
 from netpacs.adapters.hl7.messages import AckCode, Rejected
 from netpacs.adapters.hl7.mllp import FramingError, frame, read_frame
-from netpacs.services.adt import AdtService, MessageKey, StoredAck
+from netpacs.domain.peer import Peer, PeerCertificate
+from netpacs.services.adt import AdtCaller, AdtService, MessageKey, StoredAck
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 600.0  # seconds without a byte before a connection is closed
+# A connection that is no ADT feed is answered once (an AR saying why) and closed; it
+# may not hold its socket for the feeds' idle time meanwhile.
+STRANGER_TIMEOUT = 10.0
 
 Handler = Callable[[bytes], bytes]
 
 
 class Hl7Endpoint:
-    """One payload in, one acknowledgement out: never raises, whatever the bytes."""
+    """One payload in, one acknowledgement out: never raises, whatever the bytes. One
+    per connection: ``caller`` is who the connection is (``AdtService.caller``)."""
 
-    def __init__(self, adt: AdtService) -> None:
+    def __init__(self, adt: AdtService, caller: AdtCaller) -> None:
         self._adt = adt
+        self.caller = caller
 
     def __call__(self, payload: bytes) -> bytes:
         try:
@@ -71,7 +83,19 @@ class Hl7Endpoint:
             message_type=f"{h.message_type}^{h.trigger}",
             digest=request.digest,
         )
-        return self._adt.process(key, request.event, lambda r: messages.ack_for(request, r))
+        return self._adt.process(
+            key, request.event, lambda r: messages.ack_for(request, r), caller=self.caller
+        )
+
+
+def peer_of(writer: asyncio.StreamWriter) -> Peer:
+    """The connection's caller: its IP address and, over TLS, the client certificate it
+    presented (verified against our CAs by the handshake)."""
+    peername = writer.get_extra_info("peername")
+    address = str(peername[0]) if peername else None
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return Peer(address, PeerCertificate.from_der(der) if der else None)
 
 
 def _header_or_none(payload: bytes) -> messages.Header | None:
@@ -88,8 +112,10 @@ async def serve_connection(
     handler: Handler,
     executor: ThreadPoolExecutor,
     idle_timeout: float = IDLE_TIMEOUT,
+    close_after_answer: bool = False,
 ) -> None:
-    """Answer the messages of one connection one after the other, in order."""
+    """Answer the messages of one connection one after the other, in order
+    (``close_after_answer``: only the first, then close: a caller that is no feed)."""
     peer = writer.get_extra_info("peername")
     loop = asyncio.get_running_loop()
     buffer = bytearray()
@@ -113,6 +139,9 @@ async def serve_connection(
             answer = await loop.run_in_executor(executor, handler, payload)
             writer.write(frame(answer))
             await writer.drain()
+            if close_after_answer:
+                log.warning("MLLP %s: not an ADT feed of the region; connection closed", peer)
+                return
     except (ConnectionError, OSError) as exc:
         log.info("MLLP %s: connection lost (%s)", peer, exc)
     finally:
@@ -121,10 +150,14 @@ async def serve_connection(
             await writer.wait_closed()
 
 
-def serve(adt: AdtService, sock: socket.socket) -> None:
-    """Accept MLLP connections on ``sock`` until SIGTERM, applying each message through
-    ``adt``."""
-    endpoint = Hl7Endpoint(adt)
+def serve(
+    adt: AdtService,
+    sock: socket.socket | None,
+    tls_sock: socket.socket | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Accept MLLP connections on ``sock`` (plain) and ``tls_sock`` (MLLP over TLS with
+    ``tls``) until SIGTERM, applying each message through ``adt``."""
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hl7")
 
     async def main() -> None:
@@ -134,14 +167,36 @@ def serve(adt: AdtService, sock: socket.socket) -> None:
             loop.add_signal_handler(sig, stop.set)
 
         async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await serve_connection(r, w, handler=endpoint, executor=executor)
+            endpoint = Hl7Endpoint(adt, adt.caller(peer_of(w)))
+            stranger = not endpoint.caller.identified
+            await serve_connection(
+                r,
+                w,
+                handler=endpoint,
+                executor=executor,
+                idle_timeout=STRANGER_TIMEOUT if stranger else IDLE_TIMEOUT,
+                close_after_answer=stranger,
+            )
 
-        server = await asyncio.start_server(on_connect, sock=sock)
-        log.info("MLLP listening on port %d (pid %d)", sock.getsockname()[1], os.getpid())
+        servers = []
+        ports = []
+        if sock is not None:
+            servers.append(await asyncio.start_server(on_connect, sock=sock))
+            ports.append(f"{sock.getsockname()[1]}")
+        if tls_sock is not None and tls is not None:
+            servers.append(
+                await asyncio.start_server(
+                    on_connect, sock=tls_sock, ssl=tls, ssl_handshake_timeout=30
+                )
+            )
+            ports.append(f"{tls_sock.getsockname()[1]} (TLS)")
+        log.info("MLLP listening on port %s (pid %d)", " and ".join(ports), os.getpid())
         await stop.wait()
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), timeout=5)
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), timeout=5)
 
     try:
         asyncio.run(main())

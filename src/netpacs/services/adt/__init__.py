@@ -2,6 +2,7 @@
 NHS numbers, identifier changes and merges, each message applied once and audited."""
 
 from netpacs.services.adt.events import (
+    AdtCaller,
     AdtEvent,
     AdtResult,
     Demographics,
@@ -16,6 +17,7 @@ from netpacs.services.adt.feed import AdtService
 from netpacs.services.adt.merges import MergeService
 
 __all__ = [
+    "AdtCaller",
     "AdtEvent",
     "AdtResult",
     "AdtService",

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from netpacs.domain import nhs_number
+from netpacs.domain.peer import Peer
+from netpacs.domain.region import AdtFeed
 
 
 class Trigger(enum.Enum):
@@ -30,6 +32,7 @@ class Outcome(enum.Enum):
     WRONG_SENDER = "sender not of the identity's trust"
     CONTROL_ID_REUSED = "control id reused"
     CONFLICT = "conflict"
+    UNIDENTIFIED_CALLER = "caller is not the feed it claims to be"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,30 @@ class AdtEvent:
     demographics: Demographics
     prior_identifiers: tuple[TypedIdentifier, ...] = ()
     control_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdtCaller:
+    """Who sends a connection's messages: the region's ADT feeds its peer may be (by its
+    address and TLS client certificate). ``console``: netpacs's own command line (the
+    demo data), which speaks for every facility."""
+
+    peer: Peer
+    feeds: tuple[AdtFeed, ...]
+    console: bool = False
+
+    @property
+    def identified(self) -> bool:
+        return self.console or bool(self.feeds)
+
+    def speaks_for(self, facility: str) -> bool:
+        return self.console or any(facility in feed.facilities for feed in self.feeds)
+
+    def __str__(self) -> str:
+        if self.console:
+            return "the netpacs command line"
+        names = ", ".join(repr(f.name) for f in self.feeds)
+        return f"{self.peer}" + (f" (ADT feed {names})" if names else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,13 @@ A47 (change identifier) and A40 (merge) move studies from one local identity to
 another of the same trust and keep a ``patient_merge`` row with the prior state, so
 that :meth:`AdtService.undo_merge` restores it exactly.
 
-Every message is applied once: its control id (per sending application and facility)
-is stored with its acknowledgement in ``hl7_message`` in the same transaction, and a
+Every message comes from a caller the region file recognises (:meth:`AdtService.caller`:
+an ``adt_feeds`` entry by source address or TLS client certificate), whose feeds must
+speak for its MSH-4; otherwise it is refused (AR) before anything is applied or stored,
+and audited as a Security Alert.
+
+Every message is applied once: its control id (per sending application and facility) is
+stored with its acknowledgement in ``hl7_message`` in the same transaction, and a
 resend is answered with that acknowledgement.
 """
 
@@ -22,9 +27,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from netpacs.domain import nhs_number
+from netpacs.domain.peer import Peer
 from netpacs.domain.region import Region
 from netpacs.index.schema import adt_identity, hl7_message
 from netpacs.services.adt.events import (
+    AdtCaller,
     AdtEvent,
     AdtResult,
     Identity,
@@ -61,6 +68,57 @@ class AdtService:
         self._merges = MergeService(engine)
         self._audit_source_id = audit_source_id
 
+    # -- callers ----------------------------------------------------------------------
+
+    def caller(self, peer: Peer) -> AdtCaller:
+        """The ADT feeds of the region file a connection from ``peer`` may be (by its
+        address and verified TLS client certificate); none: every message is refused."""
+        return AdtCaller(peer, self._region.adt_feeds_of(peer))
+
+    def console(self) -> AdtCaller:
+        """netpacs's own command line (``netpacs demo-data``): speaks for every facility."""
+        return AdtCaller(Peer(None), (), console=True)
+
+    def _caller_refusal(self, caller: AdtCaller, key: MessageKey) -> str | None:
+        """Why ``caller`` may not send this message (None: it may). A facility the
+        region does not know is left to the ADT rules (:meth:`_check_sender`)."""
+        facility = key.sending_facility.split("^", 1)[0].strip()
+        if not caller.identified:
+            return (
+                f"connection from {caller.peer} is not an ADT feed of the region file "
+                "(adt_feeds: plain MLLP only from a feed's hosts, MLLP over TLS with its "
+                "client certificate); nothing applied"
+            )
+        known = (
+            self._region.trust_of_facility(facility) is not None
+            or facility in self._region.regional_adt_facilities
+        )
+        if known and not caller.speaks_for(facility):
+            return (
+                f"MSH-4 sending facility {facility!r} is not one that {caller} sends for "
+                "(adt_feeds facilities in the region file); nothing applied"
+            )
+        return None
+
+    def _refuse_caller(self, caller: AdtCaller, key: MessageKey, reason: str) -> None:
+        """A Security Alert for a message from a caller that is not who MSH-4 says."""
+        log.warning("HL7 %s refused: %s", key.control_id, reason)
+        audit = AuditService(
+            AuditService.in_own_transaction(self._engine), source_id=self._audit_source_id
+        )
+        audit.record(
+            AuditRecord(
+                Event.SECURITY_ALERT,
+                Actor(
+                    user_id=f"{key.sending_application}@{key.sending_facility}"[:64],
+                    address=caller.peer.address,
+                    is_application=True,
+                ),
+                AuditOutcome.MINOR_FAILURE,
+                detail=f"refused HL7 {key.message_type} {key.control_id}: {reason}",
+            )
+        )
+
     # -- messages ---------------------------------------------------------------------
 
     def process(
@@ -68,8 +126,16 @@ class AdtService:
         key: MessageKey,
         event: AdtEvent,
         acknowledge: Callable[[AdtResult], StoredAck],
+        *,
+        caller: AdtCaller,
     ) -> StoredAck:
-        """Apply ``event`` once; a resend of ``key`` gets the first acknowledgement back."""
+        """Apply ``event`` once; a resend of ``key`` gets the first acknowledgement back.
+        A caller that may not send it is refused before its control id is looked at (so
+        that it cannot use up a real feed's control ids)."""
+        reason = self._caller_refusal(caller, key)
+        if reason is not None:
+            self._refuse_caller(caller, key, reason)
+            return acknowledge(AdtResult(Outcome.UNIDENTIFIED_CALLER, reason))
         for attempt in (1, 2):
             try:
                 return self._process_once(key, event, acknowledge)
