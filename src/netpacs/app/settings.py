@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         "MLLP over TLS (tls = true in [trusts.results_mllp]) and asks for one",
     )
     results_tls_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    # -- queries (issue 17: hostile input) --
+    query_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds of work one query (C-FIND, QIDO-RS, FHIR search, study list) "
+        "may take; a longer one is stopped: QIDO-RS 503, C-FIND Out of Resources (A700)",
+    )
 
     @field_validator("ae_title")
     @classmethod
