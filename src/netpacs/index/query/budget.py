@@ -54,9 +54,10 @@ class QueryBudget:
             raise self.error()
 
     def error(self) -> QueryTimeout:
+        # The essential words first: a C-FIND Error Comment keeps 64 characters.
         return QueryTimeout(
-            f"the query was stopped after {self._limit:g} s of work (the limit for one "
-            "query): narrow it with a patient, a date range or fewer wild cards"
+            f"query stopped: over its {self._limit:g} s work limit; narrow it with a "
+            "patient, a date range or fewer wild cards"
         )
 
     @contextmanager

@@ -163,16 +163,17 @@ MAX_WILD_CARDS = 64
 
 
 def _check_size(tag: str, value: str) -> None:
+    # The essential words first: a C-FIND Error Comment keeps 64 characters.
     if len(value) > MAX_MATCH_LENGTH:
         raise QueryError(
-            f"{name(tag)}: a matching value is at most {MAX_MATCH_LENGTH} characters "
-            f"(this one has {len(value)})"
+            f"{name(tag)}: over {MAX_MATCH_LENGTH} characters ({len(value)}); "
+            f"a matching value may have at most {MAX_MATCH_LENGTH}"
         )
     wild = value.count("*") + value.count("?")
     if wild > MAX_WILD_CARDS:
         raise QueryError(
-            f"{name(tag)}: a matching value has at most {MAX_WILD_CARDS} wild cards "
-            f"(* and ?; this one has {wild})"
+            f"{name(tag)}: over {MAX_WILD_CARDS} wild cards ({wild}); a matching value "
+            f"may have at most {MAX_WILD_CARDS} (* and ?)"
         )
 
 
