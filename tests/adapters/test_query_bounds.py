@@ -39,9 +39,7 @@ class Stored:
         for i, protocol in enumerate((LONG_A, A_THEN_B, "xyz")):
             uid = generate_uid()
             self.by_protocol[protocol] = uid
-            ds = ct_dataset(
-                StudyInstanceUID=uid, PatientID=self.patient, ProtocolName=protocol
-            )
+            ds = ct_dataset(StudyInstanceUID=uid, PatientID=self.patient, ProtocolName=protocol)
             paths.append(write(ds, folder / f"{i}.dcm"))
         server.store(*paths)  # from EDGH_CT1, a modality of RXC: RXC sees them
 

@@ -28,7 +28,7 @@ def test_a_statement_over_the_limit_is_stopped_by_the_database(database_url: str
         budget.resume()
         start = time.monotonic()
         with (
-            pytest.raises(QueryTimeout, match="over its 0.2 s work limit"),
+            pytest.raises(QueryTimeout, match=r"over its 0\.2 s work limit"),
             engine.connect() as conn,
             budget.guard(conn, sqlite=sqlite),
         ):

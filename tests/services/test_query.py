@@ -877,9 +877,7 @@ BAD = [
     pytest.param(
         ST, SR, ident(ProtocolName="*a" * 65), r"over 64 wild cards \(65\)", id="wild-cards"
     ),
-    pytest.param(
-        ST, SR, ident(StudyDescription="x" * 1025), "over 1024 characters", id="too-long"
-    ),
+    pytest.param(ST, SR, ident(StudyDescription="x" * 1025), "over 1024 characters", id="too-long"),
 ]
 
 
