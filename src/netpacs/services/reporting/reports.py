@@ -8,6 +8,12 @@ addendum queue an HL7 ORU^R01 for the requesting trust in the same transaction (
 outputs' outbox: sent by the results job, never lost) and then store a Basic Text SR in
 the study (services.report_outputs); an SR that could not be stored then is stored by
 :meth:`ReportsService.store_missing_srs`.
+
+Reading: a draft is read by its author and the study's reporting colleagues only
+(:meth:`ReportingScope.may_read_draft`); preliminary and final reports
+(:data:`~.records.PUBLISHED`) by everyone who may see the patient, over the API and
+FHIR alike. Every read of a report, of priors and of the reporting page is audited
+(Patient Record, Read).
 """
 
 from __future__ import annotations
