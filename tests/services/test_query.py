@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from netpacs.app.container import Archive
-from netpacs.domain.query import QueryError, QueryLevel, QueryModel, RetrieveItem
+from netpacs.domain.query import (
+    QueryError,
+    QueryLevel,
+    QueryModel,
+    QueryTimeout,
+    RetrieveItem,
+)
 from netpacs.services.access import SYSTEM
 from netpacs.services.query import QueryService
 
@@ -867,6 +874,10 @@ BAD = [
     ),
     pytest.param(IM, SR, ident(InstanceNumber="4294967296"), "outside the range", id="is-overflow"),
     pytest.param(IM, SR, ident(SliceThickness="inf"), "finite", id="float-infinite"),
+    pytest.param(
+        ST, SR, ident(ProtocolName="*a" * 65), r"over 64 wild cards \(65\)", id="wild-cards"
+    ),
+    pytest.param(ST, SR, ident(StudyDescription="x" * 1025), "over 1024 characters", id="too-long"),
 ]
 
 
@@ -885,6 +896,37 @@ def test_bad_identifiers_raise_query_error_at_call_time(
 def test_negative_limit_is_a_query_error(service: QueryService) -> None:
     with pytest.raises(QueryError, match="negative"):
         service.find({}, level=ST, model=SR, limit=-1)
+
+
+def test_many_stars_on_stored_json_match_in_linear_time(service: QueryService) -> None:
+    """Issue 17: each ``*`` was a backtracking ``.*``; 64 stars now take milliseconds."""
+    start = time.monotonic()
+    assert found(service, ident(ImageType="*A" * 63 + "*"), IM) == []
+    assert len(found(service, ident(ImageType="*O*R*I*G*I*N*A*L*"), IM)) > 0
+    assert time.monotonic() - start < 1
+
+
+@pytest.mark.parametrize("python_filter", [False, True], ids=["sql", "python-filter"])
+def test_a_query_over_its_time_limit_stops_and_releases_the_connection(
+    populated_archive: Archive, python_filter: bool
+) -> None:
+    hasty = QueryService(populated_archive.read_engine, principal=SYSTEM, time_limit=1e-6)
+    identifier = ident(ImageType="*I*") if python_filter else {}
+    results = hasty.find(with_identity(identifier, IM), level=IM, model=SR)
+    with pytest.raises(QueryTimeout, match="query stopped: over its 1e-06 s work limit"):
+        list(results)
+    assert populated_archive.read_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_time_a_caller_takes_between_answers_is_not_charged_to_the_query(
+    populated_archive: Archive,
+) -> None:
+    patient = QueryService(populated_archive.read_engine, principal=SYSTEM, time_limit=0.5)
+    answers = 0
+    for _ in patient.find(with_identity({}, IM), level=IM, model=SR, limit=3):
+        time.sleep(0.3)  # a slow C-FIND peer
+        answers += 1
+    assert answers == 3
 
 
 # -- retrieve ----------------------------------------------------------------------------

@@ -94,6 +94,7 @@ def build_archive(settings: Settings) -> Archive:
         audit=audit,
         rules=AccessRules(),
         retrieve_ae_title=settings.ae_title,
+        time_limit=settings.query_timeout_seconds,
     )
     coercion = CoercionService(read_engine)
     return Archive(

@@ -188,6 +188,13 @@ class Settings(BaseSettings):
         description="refuse a region AE with neither hosts nor a TLS certificate in the "
         "region file (default: such an AE may call from anywhere)",
     )
+    # -- queries (issue 17: hostile input) --
+    query_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds of work one query (C-FIND, QIDO-RS, FHIR search, study list) "
+        "may take; a longer one is stopped: QIDO-RS 503, C-FIND Out of Resources (A700)",
+    )
 
     @field_validator("ae_title")
     @classmethod

@@ -27,6 +27,11 @@ class QueryError(ValueError):
     """The identifier cannot be answered as given; the message says what is wrong."""
 
 
+class QueryTimeout(QueryError):
+    """The query took more than its time limit to answer, and was stopped; the message
+    says so (QIDO-RS answers 503, C-FIND Out of Resources)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetrieveItem:
     """One stored object a C-MOVE / C-GET identifier selects, and where its bytes are."""

@@ -52,6 +52,7 @@ class Event(enum.Enum):
     EXPORT = (_dcm("110106", "Export"), None, "R")
     DELETE = (_dcm("110105", "DICOM Study Deleted"), None, "D")
     PATIENT_RECORD = (_dcm("110110", "Patient Record"), None, "U")
+    PATIENT_RECORD_READ = (_dcm("110110", "Patient Record"), None, "R")  # a report read
     LOGIN = (_dcm("110114", "User Authentication"), _dcm("110122", "Login"), "E")
     LOGOUT = (_dcm("110114", "User Authentication"), _dcm("110123", "Logout"), "E")
     BREAK_GLASS = (

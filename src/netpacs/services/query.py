@@ -53,11 +53,14 @@ class QueryService:
         audit: AuditService | None = None,
         rules: AccessRules | None = None,
         retrieve_ae_title: str = "",
+        time_limit: float | None = None,
     ) -> None:
         """``retrieve_ae_title``: this archive's AE title, answered as the Retrieve AE
-        Title of every match; empty: left empty."""
+        Title of every match; empty: left empty. ``time_limit``: the seconds of work
+        one query may take (None: no limit); a query that takes longer is stopped with
+        :class:`~netpacs.domain.query.QueryTimeout`."""
         self._engine = engine
-        self._index = QueryIndex(engine)
+        self._index = QueryIndex(engine, time_limit=time_limit)
         self._principal = principal
         self._audit = audit
         self._rules = rules or AccessRules()

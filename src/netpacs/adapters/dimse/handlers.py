@@ -39,7 +39,7 @@ from netpacs.adapters.dimse.negotiation import (
     VERIFICATION,
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
-from netpacs.domain.query import QueryError, QueryLevel, QueryModel
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 from netpacs.services.ingest_batch import StoreService
@@ -261,6 +261,9 @@ class AssociationHandlers:
                 if len(batch) < _FIND_BATCH or self.assoc.closed:
                     break
                 await asyncio.sleep(0)
+        except QueryTimeout as exc:
+            self._reply(msg, c.C_FIND_RSP, st.OUT_OF_RESOURCES, comment=str(exc))
+            return
         except QueryError as exc:
             self._reply(msg, c.C_FIND_RSP, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
             return

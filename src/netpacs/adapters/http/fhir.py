@@ -68,7 +68,7 @@ from netpacs.adapters.http.fhir_resources import (
     diagnostic_report,
     imaging_study,
 )
-from netpacs.domain.query import QueryError
+from netpacs.domain.query import QueryError, QueryTimeout
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import Capability
 from netpacs.services.imaging_study import (
@@ -299,6 +299,8 @@ def _answer(produce: Callable[[], dict[str, Any]]) -> Response:
         return _json(produce())
     except FhirError as exc:
         return _error(exc)
+    except QueryTimeout as exc:
+        return _error(FhirError(503, "timeout", str(exc)))
     except QueryError as exc:
         return _error(FhirError(400, "invalid", str(exc)))
 

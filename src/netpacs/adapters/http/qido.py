@@ -23,7 +23,7 @@ from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.domain.dicom.header import first_str
-from netpacs.domain.query import QueryError, QueryLevel, QueryModel
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.services.access import Capability
 
 router = APIRouter(tags=["QIDO-RS"], dependencies=[requires(Capability.QUERY)])
@@ -263,6 +263,8 @@ def _search(
             linked=linked,
         )
         matches = list(found)
+    except QueryTimeout as exc:
+        raise HttpError(503, str(exc)) from None
     except QueryError as exc:
         raise HttpError(400, str(exc)) from None
     headers = None

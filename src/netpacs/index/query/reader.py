@@ -20,6 +20,7 @@ from netpacs.domain.query import (
 )
 from netpacs.index.query import scopes
 from netpacs.index.query.answers import answer
+from netpacs.index.query.budget import QueryBudget
 from netpacs.index.query.compile import (
     Conditions,
     FindPlan,
@@ -36,9 +37,13 @@ PatientKeys = dict[tuple[str, str], str | None]  # (patient ID, issuer) -> NHS n
 class QueryIndex:
     """Compiles C-FIND-style identifiers (PS3.4 C.2.2.2, C.6) and answers them."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, time_limit: float | None = None) -> None:
+        """``time_limit``: the seconds of work one query's answers may take (None: no
+        limit); beyond it :meth:`answers` raises
+        :class:`~netpacs.domain.query.QueryTimeout`."""
         self._engine = engine
         self._sql = Sql(engine.dialect.name)
+        self._time_limit = time_limit
 
     def compile_find(
         self,
@@ -75,7 +80,9 @@ class QueryIndex:
         if plan.limit == 0:
             return
         skipped = emitted = 0
-        with self._engine.connect() as conn:
+        budget = QueryBudget(self._time_limit)
+        budget.resume()
+        with self._engine.connect() as conn, budget.guard(conn, sqlite=self._sql.sqlite):
             if not self._sql.sqlite:
                 # A server-side cursor is otherwise planned for its first 10 % of rows
                 # (fast-start plans that can be 15x slower in total); a C-FIND wants them
@@ -83,6 +90,7 @@ class QueryIndex:
                 conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
             result = conn.execution_options(yield_per=256).execute(plan.stmt)
             for row in result:
+                budget.check()
                 meta: JsonDataset | None = None
                 if "meta" in row._fields:
                     meta = orjson.loads(row.meta) if row.meta else {}
@@ -93,7 +101,9 @@ class QueryIndex:
                     continue
                 found = answer(row, plan.outputs, plan.fixed, meta)
                 reached.add(row)
+                budget.pause()
                 yield found
+                budget.resume()
                 emitted += 1
                 if plan.limit is not None and emitted >= plan.limit:
                     return

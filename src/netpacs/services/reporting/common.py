@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,6 +250,34 @@ class ReportingScope:
             "claimed_by_trust": p.trust,
             "claim_expires_at": now + dt.timedelta(minutes=self.region.reporting.claim_minutes),
         }
+
+    def may_read_draft(self, conn: sa.Connection, study_uid: str, author: str) -> bool:
+        """Whether the principal reads the draft report of a study: its author, or a
+        reporting colleague (one who may report the study: an agreement of the region
+        assigns them its worklist item, or they manage the worklist)."""
+        p = self.principal
+        if p.user_id == author:
+            return True
+        if not p.may(Capability.REPORT):
+            return False
+        query = self.items().where(worklist_item.c.study_instance_uid == study_uid)
+        return conn.execute(sa.select(query.exists())).scalar_one()
+
+    def audit_read(
+        self, patients: Sequence[tuple[str, str]], study_uids: Sequence[str], what: str
+    ) -> None:
+        """Audit what the principal read of patients' reports (PS3.15 A.5.3.9 Patient
+        Record, action Read)."""
+        self.audit.record(
+            AuditRecord(
+                Event.PATIENT_RECORD_READ,
+                self.principal.actor(),
+                purpose=Purpose.TREAT,
+                patients=list(dict.fromkeys(patients)),
+                study_uids=list(dict.fromkeys(study_uids)),
+                detail=what,
+            )
+        )
 
     def audit_event(self, item: sa.Row[Any], what: str) -> None:
         """Audit what the principal did with a patient's worklist item or report."""

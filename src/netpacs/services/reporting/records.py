@@ -29,6 +29,9 @@ TEMPLATES: dict[str, str] = {
 }
 MIN_FINAL_TEXT = 10
 MAX_TEXT = 100_000
+#: The statuses of a report that everyone who may see the patient reads (FHIR
+#: DiagnosticReport, /api/reports); a draft is its author's and reporting colleagues'.
+PUBLISHED = ("preliminary", "final")
 
 
 def clean(text: Any) -> str:

@@ -8,6 +8,12 @@ addendum queue an HL7 ORU^R01 for the requesting trust in the same transaction (
 outputs' outbox: sent by the results job, never lost) and then store a Basic Text SR in
 the study (services.report_outputs); an SR that could not be stored then is stored by
 :meth:`ReportsService.store_missing_srs`.
+
+Reading: a draft is read by its author and the study's reporting colleagues only
+(:meth:`ReportingScope.may_read_draft`); preliminary and final reports
+(:data:`~.records.PUBLISHED`) by everyone who may see the patient, over the API and
+FHIR alike. Every read of a report, of priors and of the reporting page is audited
+(Patient Record, Read).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from netpacs.services.reporting.common import (
 )
 from netpacs.services.reporting.records import (
     MIN_FINAL_TEXT,
+    PUBLISHED,
     TEMPLATES,
     clean,
     note,
@@ -75,9 +82,39 @@ class ReportsService:
 
     # -- reading -------------------------------------------------------------------------
     def report(self, study_uid: str) -> dict[str, Any]:
-        """The report of a study the principal may see (NOT_FOUND when none or hidden)."""
+        """The report of a study the principal may see (NOT_FOUND when none or hidden);
+        a draft only for its author and reporting colleagues (others are answered as if
+        there were no report, as FHIR does). Every read is audited."""
+        scope = self._scope
+        with scope.read_engine.connect() as conn:
+            row = self._report_row(conn, study_uid)
+            if row is None or (
+                row.status not in PUBLISHED
+                and not scope.may_read_draft(conn, study_uid, row.author)
+            ):
+                raise ReportingError(Problem.NOT_FOUND, "no report for this study yet")
+            events = self._events(conn, row.id)
+        scope.audit_read(
+            [(row.report_patient_id, row.report_issuer)], [study_uid], f"{row.status} report read"
+        )
+        return report_json(row, events)
+
+    def _written(self, study_uid: str) -> dict[str, Any]:
+        """The report just written by the principal (a reporter), as the API shows it."""
+        with self._scope.read_engine.connect() as conn:
+            row = self._report_row(conn, study_uid)
+            if row is None:
+                raise ReportingError(Problem.NOT_FOUND, "no report for this study yet")
+            return report_json(row, self._events(conn, row.id))
+
+    def _report_row(self, conn: sa.Connection, study_uid: str) -> sa.Row[Any] | None:
+        """The report of a study whose patient the principal may see, with the patient."""
         q = (
-            sa.select(report)
+            sa.select(
+                report,
+                patient.c.patient_id.label("report_patient_id"),
+                patient.c.issuer.label("report_issuer"),
+            )
             .select_from(
                 report.join(study, study.c.study_instance_uid == report.c.study_instance_uid).join(
                     patient, patient.c.id == study.c.patient_fk
@@ -88,16 +125,28 @@ class ReportsService:
         visible = self._scope.visible_patients()
         if visible is not None:
             q = q.where(visible)
-        with self._scope.read_engine.connect() as conn:
-            row = conn.execute(q).first()
-            if row is None:
-                raise ReportingError(Problem.NOT_FOUND, "no report for this study yet")
-            events = conn.execute(
-                sa.select(report_event)
-                .where(report_event.c.report_fk == row.id)
-                .order_by(report_event.c.id)
-            ).all()
-        return report_json(row, events)
+        return conn.execute(q).first()
+
+    @staticmethod
+    def _events(conn: sa.Connection, report_pk: int) -> Sequence[sa.Row[Any]]:
+        return conn.execute(
+            sa.select(report_event)
+            .where(report_event.c.report_fk == report_pk)
+            .order_by(report_event.c.id)
+        ).all()
+
+    def page_opened(self, study_uid: str) -> None:
+        """Audit the reporting page of a study opened by the principal (it shows the
+        study, its priors and its report)."""
+        scope = self._scope
+        with scope.read_engine.connect() as conn:
+            item = conn.execute(
+                scope.items().where(worklist_item.c.study_instance_uid == study_uid)
+            ).first()
+        if item is None:
+            scope.audit_read([], [study_uid], "reporting page opened (not on the worklist)")
+        else:
+            scope.audit_read([(item.patient_id, item.issuer)], [study_uid], "reporting page opened")
 
     def published(self, study_uids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Preliminary and final reports (not drafts) of studies the caller has already
@@ -108,7 +157,7 @@ class ReportsService:
             rows = conn.execute(
                 sa.select(report).where(
                     report.c.study_instance_uid.in_(list(study_uids)),
-                    report.c.status.in_(("preliminary", "final")),
+                    report.c.status.in_(PUBLISHED),
                 )
             ).all()
             events = conn.execute(
@@ -137,6 +186,11 @@ class ReportsService:
             if visible is not None:
                 q = q.where(visible)
             rows = conn.execute(q.limit(200)).all()
+        scope.audit_read(
+            [(cur.patient_id, cur.issuer), *((r.patient_id, r.issuer) for r in rows)],
+            [study_uid, *(r.study_instance_uid for r in rows)],
+            f"priors read: {len(rows)} studies of the person beside this one",
+        )
         current = item_json(cur, dt.datetime.now(dt.UTC))
         return {
             "study": {
@@ -199,7 +253,7 @@ class ReportsService:
             scope.audit_event(item, f"report {status}")
         if signed is not None:
             self._store_sr(signed)
-        return self.report(study_uid)
+        return self._written(study_uid)
 
     def _check_writable(
         self, item: sa.Row[Any], text: str, status: Status, now: dt.datetime
@@ -312,7 +366,7 @@ class ReportsService:
                 self._outputs.queue_result(conn, signed, event_pk)
         scope.audit_event(item, "addendum added")
         self._store_sr(signed)
-        return self.report(study_uid)
+        return self._written(study_uid)
 
     def second_opinion(self, study_uid: str, reason: Any) -> dict[str, Any]:
         """Ask a colleague: the request is recorded and the claim released for them."""
@@ -341,7 +395,7 @@ class ReportsService:
                     sa.update(worklist_item).where(worklist_item.c.id == item.id).values(NO_CLAIM)
                 )
         scope.audit_event(item, "second opinion requested")
-        return self.report(study_uid)
+        return self._written(study_uid)
 
     def discrepancy(self, study_uid: str, text: Any) -> dict[str, Any]:
         """Flag a discrepancy in a final report (peer review, a later reader)."""
@@ -361,7 +415,7 @@ class ReportsService:
                 .values(discrepancy=text, discrepancy_by=scope.principal.user_id, updated_at=now)
             )
         scope.audit_event(item, "discrepancy flagged")
-        return self.report(study_uid)
+        return self._written(study_uid)
 
     def _event(
         self, conn: sa.Connection, report_pk: int, kind: str, text: str | None, now: dt.datetime

@@ -13,6 +13,7 @@ For radiologists and PACS administrators; everyone else gets the not-allowed pag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -27,7 +28,14 @@ from netpacs.services.access import Capability
 router = APIRouter(include_in_schema=False)
 
 
-def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
+def _page(
+    request: Request,
+    template: str,
+    *,
+    opened: Callable[[HttpServices], None] | None = None,
+    **values: Any,
+) -> HTMLResponse:
+    """The page for a principal who may report; ``opened`` audits a page of a patient."""
     svc: HttpServices = services(request)
     principal = svc.principal
     refusal = svc.access.check(principal, Capability.REPORT)  # audited when refused
@@ -40,6 +48,8 @@ def _page(request: Request, template: str, **values: Any) -> HTMLResponse:
             f"{principal.user_id}.",
             back=Link("/studies", "Back to the study list"),
         )
+    if opened is not None:
+        opened(svc)
     context = {
         "me": {
             "username": principal.user_id,
@@ -74,6 +84,7 @@ def report(request: Request, study_instance_uid: str) -> HTMLResponse:
     return _page(
         request,
         "report.html",
+        opened=lambda svc: svc.reports.page_opened(study_instance_uid),
         uid=study_instance_uid,
         viewer_src="/viewer?StudyInstanceUIDs=" + quote(study_instance_uid, safe=""),
     )
