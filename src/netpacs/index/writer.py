@@ -233,36 +233,41 @@ class IndexWriter:
         """The series row the instance goes in (made with its study and patient when
         new), or the refusal when the object contradicts the study or series it names:
         an object is never added to a study of another patient, nor to a series of
-        another study (issue 17)."""
-        study_pk = self._study_of(conn, record, now)
-        if isinstance(study_pk, WriteResult):
-            return study_pk
+        another study (issue 17). A refused object makes no row."""
         study_uid = record.study.study_instance_uid
         series_uid = record.series.series_instance_uid
-        known = self._series_pk.get(series_uid)
-        if known is not None:
-            series_pk, of_study = known
-        else:
-            values = {**record.series.values(), "study_fk": study_pk, "created_at": now}
-            found = conn.execute(self._statements.insert["series"], values).scalar()
-            if found is not None:
-                series_pk, of_study = int(found), study_uid
-            else:
-                row = conn.execute(self._statements.series_study, {"uid": series_uid}).one()
-                series_pk, of_study = int(row.id), str(row.study_instance_uid)
-            if of_study == study_uid and self._on_new_series is not None:
-                self._on_new_series(conn, record, study_pk, now)
-            self._series_pk[series_uid] = (series_pk, of_study)
-            if len(self._series_pk) > 10_000:
-                self._forget_caches()
-        if of_study != study_uid:
+        cached = self._series_pk.get(series_uid)
+        known = cached or self._find_series(conn, series_uid)
+        if known is not None and known[1] != study_uid:
             return WriteResult(
                 WriteStatus.REFUSED,
                 refused=InvalidReason.SERIES_MISMATCH,
                 detail=f"Series Instance UID {series_uid} belongs to another study than "
                 f"{study_uid}: refused",
             )
-        return series_pk
+        study_pk = self._study_of(conn, record, now)
+        if isinstance(study_pk, WriteResult):
+            return study_pk
+        if cached is not None:
+            return cached[0]
+        if known is None:
+            values = {**record.series.values(), "study_fk": study_pk, "created_at": now}
+            found = conn.execute(self._statements.insert["series"], values).scalar()
+            known = (int(found), study_uid) if found is not None else None
+        if known is None:  # another process made it just now
+            known = self._find_series(conn, series_uid)
+            if known is None or known[1] != study_uid:
+                raise RuntimeError(f"series {series_uid} was made in another study meanwhile")
+        if self._on_new_series is not None:
+            self._on_new_series(conn, record, study_pk, now)
+        self._series_pk[series_uid] = known
+        if len(self._series_pk) > 10_000:
+            self._forget_caches()
+        return known[0]
+
+    def _find_series(self, conn: sa.Connection, series_uid: str) -> tuple[int, str] | None:
+        row = conn.execute(self._statements.series_study, {"uid": series_uid}).first()
+        return None if row is None else (int(row.id), str(row.study_instance_uid))
 
     def _study_of(
         self, conn: sa.Connection, record: InstanceRecord, now: dt.datetime
