@@ -15,7 +15,7 @@ from pydicom.uid import generate_uid
 from tests.conftest import HttpApp
 from tests.factories import ct_dataset
 from tests.hl7.conftest import Ack, adt
-from tests.hl7.test_regional_record import send_study
+from tests.hl7.test_regional_record import send_study, valid_nhs
 from tests.http.test_stow import STOW_TYPE, encode, multipart, values
 
 PATIENT_CONTRADICTS_STUDY = 0xC003
@@ -257,3 +257,63 @@ def test_objects_that_name_the_studys_patient_are_added_to_it(
     metadata = http_app.http.get(f"/dicomweb/studies/{theirs}/metadata").json()
     assert len(metadata) == 6
     assert items(http_app, "patient-contradicts-study") == []
+
+
+def test_an_nhs_number_typed_under_the_trusts_own_number_opens_nothing_until_its_pas_registers_it(
+    http_app: HttpApp, tmp_path: Path
+) -> None:
+    number = valid_nhs("401023214")
+    # East Surrey's PAS registers its patient with the NHS number; scanned at East Surrey.
+    ack = Ack(
+        http_app.adt(
+            adt(
+                "A04",
+                "A7201",
+                f"RTP7201^^^RTP^MR~{number}^^^NHS^NH",
+                name="PRICE^PAT",
+                birth_date="19580303",
+                sex="F",
+                facility="RTP",
+            )
+        )
+    )
+    assert ack.code == "AA", ack.text
+    theirs = send_study(
+        http_app, tmp_path / "rtp", aet="ESH_CT1", patient_id="RTP7201", issuer="RTP"
+    )
+    # East Sussex's radiographer stores under a new East Sussex number, with that NHS
+    # number (and the right birth date and sex) in Other Patient IDs.
+    ours = send_study(
+        http_app,
+        tmp_path / "rxc",
+        aet="EDGH_CT1",
+        patient_id="RXC7201",
+        issuer="RXC",
+        name="PRICE^PAT",
+        birth_date="19580303",
+        sex="F",
+        nhs=number,
+    )
+    with http_app.client("rxc.admin") as admin:
+        linked = admin.get(
+            "/dicomweb/studies", params={"PatientID": number, "IssuerOfPatientID": "NHS"}
+        )
+    assert {values(s, "0020000D")[0] for s in linked.json()} == {theirs, ours}  # one person
+    assert can_read(http_app, "rxc.clinician", ours)
+    assert not can_read(http_app, "rxc.clinician", theirs)
+    # East Sussex's own PAS registers the number: now the person's imaging is theirs too.
+    ack = Ack(
+        http_app.adt(
+            adt(
+                "A04",
+                "A7202",
+                f"RXC7201^^^RXC^MR~{number}^^^NHS^NH",
+                name="PRICE^PAT",
+                birth_date="19580303",
+                sex="F",
+                facility="RXC",
+            )
+        )
+    )
+    assert ack.code == "AA", ack.text
+    assert can_read(http_app, "rxc.clinician", theirs)

@@ -13,9 +13,12 @@ The rules (issue 5):
   the trust (its hospital number, which is also how its ADT registrations are kept),
   or an identity a PACS administrator granted it (a resolved ``foreign-identity``
   reconciliation item). For such a patient they see every trust's studies: the
-  identities linked by NHS number are one person (services.identity). Storing objects
-  makes no care relationship: a study a trust captured under another trust's hospital
-  number or a bare NHS number is seen through a grant or break-glass (services.care).
+  identities linked by NHS number are one person (services.identity), when the trust's
+  own identity has that NHS number from its ADT registration or a person's ``link``
+  decision. Storing objects makes no care relationship: a study a trust captured under
+  another trust's hospital number or a bare NHS number, or an NHS number only an
+  object's header gave its own hospital number, is seen through a grant or break-glass
+  (services.care).
 - Any other patient only through break-glass: a reason, a time limit, an audit record
   and an alert to the trust's auditors.
 - A reporter (radiologist) also sees the patients whose studies the region's reporting
@@ -36,7 +39,14 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from netpacs.domain.region import AEKind, ApplicationEntity, Permission, ReportingAgreement
-from netpacs.index.schema import break_glass, patient, reconciliation, study, worklist_item
+from netpacs.index.schema import (
+    adt_identity,
+    break_glass,
+    patient,
+    reconciliation,
+    study,
+    worklist_item,
+)
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
 from netpacs.services.identity import RESOLVED, Action, Kind
 
@@ -187,20 +197,44 @@ class AccessRules:
             reconciliation.c.other_issuer == trust,
         )
 
-        def cared_for(identity: sa.FromClause) -> sa.ColumnElement[bool]:
-            return sa.or_(
-                identity.c.issuer == trust,
-                sa.tuple_(identity.c.patient_id, identity.c.issuer).in_(granted_to_trust),
-            )
-
-        direct = cared_for(patient)
-        # The same person's identity at another trust, cared for here. An alias: the
-        # outer statement has ``patient`` too, and must not be correlated into it.
+        direct = sa.or_(
+            patient.c.issuer == trust,
+            sa.tuple_(patient.c.patient_id, patient.c.issuer).in_(granted_to_trust),
+        )
+        # The same person's identity at another trust, through an identity cared for
+        # here whose NHS number the trust's PAS registered (ADT) or a person linked: a
+        # number a store brought (a header anyone can type) links for finding, not for
+        # access. An alias: the outer statement has ``patient`` too, and must not be
+        # correlated into it.
         other = patient.alias("cared_identity")
+        registered = (
+            sa.select(1)
+            .select_from(adt_identity)
+            .where(
+                adt_identity.c.patient_id == other.c.patient_id,
+                adt_identity.c.issuer == other.c.issuer,
+                adt_identity.c.nhs_number == other.c.nhs_number,
+            )
+            .exists()
+        )
+        decided = sa.select(
+            reconciliation.c.patient_id, reconciliation.c.issuer, reconciliation.c.nhs_number
+        ).where(
+            reconciliation.c.status == RESOLVED, reconciliation.c.resolution == Action.LINK.value
+        )
+        confirmed = sa.or_(
+            registered,
+            sa.tuple_(other.c.patient_id, other.c.issuer, other.c.nhs_number).in_(decided),
+        )
+        own_confirmed = sa.and_(other.c.issuer == trust, confirmed)
+        granted_other = sa.tuple_(other.c.patient_id, other.c.issuer).in_(granted_to_trust)
         same_person = (
             sa.select(1)
             .select_from(other)
-            .where(other.c.nhs_number == patient.c.nhs_number, cared_for(other))
+            .where(
+                other.c.nhs_number == patient.c.nhs_number,
+                sa.or_(own_confirmed, granted_other),
+            )
             .exists()
         )
         linked = sa.and_(patient.c.nhs_number.is_not(None), same_person)
