@@ -97,11 +97,13 @@ class StoredIdentities:
         """Raise an item for each identity of ``identities`` (stored in ``study_uid``)
         that is not the storing trust's own; the alerts for the other trusts' auditors.
 
-        netpacs itself and the region's peer archives (replication) store for every
-        trust and create nothing; a principal of no trust has no care relationship.
+        The region's peer archives (replication) store for every trust and raise
+        nothing; nor does a principal of no trust (netpacs itself, an AE outside the
+        region file), which has no care relationship. An import run for a trust
+        (``netpacs import --trust``) is that trust's store.
         """
         trust = principal.trust
-        if not trust or principal.role in (Role.SYSTEM, Role.ARCHIVE):
+        if not trust or principal.role is Role.ARCHIVE:
             return []
         alerts: list[AuditRecord] = []
         for patient_id, issuer in sorted(set(identities)):
@@ -129,7 +131,7 @@ class StoredIdentities:
                 detail,
                 number=number,
                 study_uid=study_uid,
-                per_study=False,
+                by_identity=True,
                 source=origin.describe(),
                 now=now,
             )

@@ -395,18 +395,19 @@ def raise_item(
     *,
     number: str | None = None,
     study_uid: str | None = None,
-    per_study: bool = True,
+    by_identity: bool = False,
     source: str,
     now: dt.datetime,
 ) -> bool:
     """Raise an item for a person unless the same question was raised before (open or
     decided); True when it is new. ``other`` is the other identity, or (None, trust)
-    for a trust (the storing trust of a ``foreign-identity`` item). ``per_study``
-    False: the study is named but another study does not make another question."""
+    for a trust (the storing trust of a ``foreign-identity`` item). ``by_identity``:
+    the question is about the two parties only; the study and number it names are
+    shown, but another study or number does not make another question."""
     # One item per question: the same conflict seen from either identity is one.
     pair = sorted([me, (other[0] or "", other[1])]) if other else [me]
-    in_key = study_uid if per_study else None
-    key = "|".join([kind.value, number or "", in_key or "", *(f"{p}\x1f{i}" for p, i in pair)])
+    named = ("", "") if by_identity else (number or "", study_uid or "")
+    key = "|".join([kind.value, *named, *(f"{p}\x1f{i}" for p, i in pair)])
     exists = conn.execute(
         sa.select(reconciliation.c.id).where(reconciliation.c.dedup_key == key)
     ).first()
