@@ -137,6 +137,9 @@ def test_a_stow_under_another_trusts_hospital_number_gives_no_access_until_grant
         ours,
     )
     assert item["actions"] == ["grant", "reject"]
+    page = http_app.http.get("/reconciliation", headers={"Accept": "text/html"})
+    assert f'id="item-{item["id"]}" data-kind="foreign-identity"' in page.text
+    assert 'value="grant">Grant care' in page.text
     decided = http_app.http.post(
         f"/api/reconciliation/{item['id']}/resolve",
         json={"action": "grant", "note": "transferred to Eastbourne for surgery"},
