@@ -535,9 +535,13 @@ def test_merging_a_duplicate_registration_then_undoing_it_restores_every_answer(
 
 
 def test_c_get_by_nhs_number_retrieves_the_persons_studies_from_every_trust(
-    netpacs: Netpacs, tmp_path: Path
+    netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
 ) -> None:
     number = valid_nhs("999000015")
+    # East Sussex's PAS registers her NHS number: its AEs see her imaging at every trust
+    # (a number only an image header gives opens nothing: issue 17).
+    ack = mllp.send(adt("A04", "G1", f"G1^^^RXC^MR~{number}^^^NHS^NH"))
+    assert ack.code == "AA", ack.text
     hers = {
         send_study(
             netpacs, tmp_path / "a", aet="EDGH_CT1", patient_id="G1", issuer="RXC", nhs=number

@@ -55,11 +55,13 @@ def region_studies(http_app: HttpApp, tmp_path: Path) -> dict[str, tuple[str, st
             issuer="RYR",
             name="CARE^CAROL",
         ): ("K777", "RYR", {"RYR", "RA2"}),
-        # A Royal Surrey patient scanned at Eastbourne: both trusts care for them.
+        # An Ashford and St Peter's hospital number scanned at Eastbourne: a store makes
+        # no care relationship, so only RTK's staff see it (RXC's need a reconciliation
+        # decision or break-glass: tests/services/test_care.py).
         send_study(http_app, tmp_path / "d", aet="EDGH_CT1", patient_id="K42", issuer="RTK"): (
             "K42",
             "RTK",
-            {"RTK", "RXC"},
+            {"RTK"},
         ),
     }
     return studies

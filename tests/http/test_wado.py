@@ -57,7 +57,16 @@ def client(http_app: HttpApp) -> DICOMwebClient:
 @pytest.fixture
 def rle_multiframe(http_app: HttpApp, ct_series: StoredSeries, tmp_path: Path) -> pydicom.Dataset:
     """A 3-frame RLE Lossless object in the study of ``ct_series``, from a modality."""
-    slices = list(make_ct_series(3, rows=32, columns=24, study_uid=ct_series.study_uid))
+    slices = list(
+        make_ct_series(
+            3,
+            rows=32,
+            columns=24,
+            study_uid=ct_series.study_uid,
+            patient_id="RXC0000001",  # the study's patient: another would be refused
+            issuer="RXC",
+        )
+    )
     ds = slices[0]
     pixels = np.stack([s.pixel_array for s in slices])
     ds.SeriesInstanceUID = generate_uid()

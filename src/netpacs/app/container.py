@@ -22,6 +22,7 @@ from netpacs.index.writer import IndexWriter
 from netpacs.services.access import NOBODY, AccessRules
 from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.audit import AuditService
+from netpacs.services.care import StoredIdentities, StudyPatientRule
 from netpacs.services.coercion import CoercionService
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
@@ -78,7 +79,10 @@ def build_archive(settings: Settings) -> Archive:
     read_engine = make_engine(url)
     write_engine = make_engine(url, writer=True)
     writer = IndexWriter(
-        write_engine, on_new_study=RegionalRecord(), on_new_series=WorklistRule(region)
+        write_engine,
+        on_new_study=RegionalRecord(),
+        on_new_series=WorklistRule(region),
+        on_other_patient=StudyPatientRule(region, source_id=settings.ae_title),
     )
     audit = AuditService(writer.execute, source_id=settings.ae_title)
     ingest = IngestService(
@@ -106,7 +110,7 @@ def build_archive(settings: Settings) -> Archive:
         writer=writer,
         audit=audit,
         ingest=ingest,
-        stores=StoreService(ingest, audit, writer.execute),
+        stores=StoreService(ingest, audit, writer.execute, identities=StoredIdentities(region)),
         access=AccessPolicy(
             region,
             audit,

@@ -59,6 +59,11 @@ class InvalidReason(enum.Enum):
     MALFORMED_UID = "a UID is malformed (PS3.5 9.1)"
     SOP_MISMATCH = "the SOP Class or Instance UID in the data set differs from the command"
     STUDY_MISMATCH = "the Study Instance UID in the data set differs from the one the request names"
+    # The object names a study (or series) the index holds, but its patient is not that
+    # study's patient (or the series is another study's): refused, and a reconciliation
+    # item raised, so that no image is slipped into another patient's study.
+    PATIENT_MISMATCH = "the patient of the object contradicts the patient of the study it names"
+    SERIES_MISMATCH = "the Series Instance UID belongs to another study"
 
 
 @dataclass(frozen=True, slots=True)

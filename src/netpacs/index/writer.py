@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from netpacs.domain.outcomes import InvalidReason
 from netpacs.index.records import InstanceRecord, PatientRow
 from netpacs.index.schema import index_epoch, instance, patient, series, study
 
@@ -57,15 +58,38 @@ class NewSeriesHook(Protocol):
     ) -> None: ...
 
 
+class OtherPatientHook(Protocol):
+    """Rules run in the writer's transaction when an object names a study the index
+    holds under another patient identity than the object's: None to add the object to
+    the study, else why it is refused (the hook raises what a person must see)."""
+
+    def __call__(
+        self,
+        conn: sa.Connection,
+        record: InstanceRecord,
+        study_pk: int,
+        now: dt.datetime,
+    ) -> str | None: ...
+
+
 class WriteStatus(enum.Enum):
     INSERTED = "inserted"
     EXISTS = "exists"  # the SOP Instance UID is already indexed
+    REFUSED = "refused"  # the object contradicts the study or series it names
 
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     status: WriteStatus
     existing: dict[str, Any] | None = None  # the indexed row, when EXISTS
+    refused: InvalidReason | None = None  # why, when REFUSED
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownStudy:
+    pk: int
+    patient: tuple[str, str]  # (patient ID, issuer) of its patient when last read
 
 
 @dataclass(slots=True)
@@ -84,16 +108,21 @@ class IndexWriter:
         max_batch: int = 64,
         on_new_study: NewStudyHook | None = None,
         on_new_series: NewSeriesHook | None = None,
+        on_other_patient: OtherPatientHook | None = None,
     ) -> None:
         self._engine = engine
         self._on_new_study = on_new_study
         self._on_new_series = on_new_series
+        self._on_other_patient = on_other_patient
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._dialect = engine.dialect.name
-        self._study_pk: dict[str, int] = {}
-        self._series_pk: dict[str, int] = {}
+        self._study: dict[str, _KnownStudy] = {}
+        self._series_pk: dict[str, tuple[int, str]] = {}  # -> (pk, its Study Instance UID)
         self._patient_pk: dict[tuple[str, str], int] = {}
+        # (study UID, patient ID, issuer) another identity than the study's that the
+        # hook let into the study (an object without issuer, a merged identity).
+        self._admitted: set[tuple[str, str, str]] = set()
         self._epoch: int | None = None
         self._statements = _Statements(self._dialect)
         self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
@@ -103,8 +132,9 @@ class IndexWriter:
     def insert(self, record: InstanceRecord) -> WriteResult:
         return self._submit(lambda conn: self._insert(conn, record))  # type: ignore[no-any-return]
 
-    def replace(self, record: InstanceRecord) -> dict[str, Any]:
-        """Point an indexed instance at new content; returns the previous row."""
+    def replace(self, record: InstanceRecord) -> dict[str, Any] | WriteResult:
+        """Point an indexed instance at new content; returns the previous row (or the
+        refusal, when the new content contradicts the study or series it names)."""
         return self._submit(lambda conn: self._replace(conn, record))  # type: ignore[no-any-return]
 
     def execute(self, fn: Callable[[sa.Connection], Any]) -> Any:
@@ -184,9 +214,10 @@ class IndexWriter:
             self._epoch = epoch
 
     def _forget_caches(self) -> None:
-        self._study_pk.clear()
+        self._study.clear()
         self._series_pk.clear()
         self._patient_pk.clear()
+        self._admitted.clear()
 
     def _upsert(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> int:
         stmts = self._statements
@@ -196,37 +227,90 @@ class IndexWriter:
             pk = conn.execute(stmts.select_pk[table.name], keys).scalar_one()
         return int(pk)
 
-    def _parents(self, conn: sa.Connection, record: InstanceRecord, now: dt.datetime) -> int:
-        series_uid = record.series.series_instance_uid
-        series_pk = self._series_pk.get(series_uid)
-        if series_pk is not None:
-            return series_pk
+    def _parents(
+        self, conn: sa.Connection, record: InstanceRecord, now: dt.datetime
+    ) -> int | WriteResult:
+        """The series row the instance goes in (made with its study and patient when
+        new), or the refusal when the object contradicts the study or series it names:
+        an object is never added to a study of another patient, nor to a series of
+        another study (issue 17). A refused object makes no row."""
         study_uid = record.study.study_instance_uid
-        study_pk = self._study_pk.get(study_uid)
-        if study_pk is None:
-            pkey = (record.patient.patient_id, record.patient.issuer)
+        series_uid = record.series.series_instance_uid
+        cached = self._series_pk.get(series_uid)
+        known = cached or self._find_series(conn, series_uid)
+        if known is not None and known[1] != study_uid:
+            return WriteResult(
+                WriteStatus.REFUSED,
+                refused=InvalidReason.SERIES_MISMATCH,
+                detail=f"Series Instance UID {series_uid} belongs to another study than "
+                f"{study_uid}: refused",
+            )
+        study_pk = self._study_of(conn, record, now)
+        if isinstance(study_pk, WriteResult):
+            return study_pk
+        if cached is not None:
+            return cached[0]
+        if known is None:
+            values = {**record.series.values(), "study_fk": study_pk, "created_at": now}
+            found = conn.execute(self._statements.insert["series"], values).scalar()
+            known = (int(found), study_uid) if found is not None else None
+        if known is None:  # another process made it just now
+            known = self._find_series(conn, series_uid)
+            if known is None or known[1] != study_uid:
+                raise RuntimeError(f"series {series_uid} was made in another study meanwhile")
+        if self._on_new_series is not None:
+            self._on_new_series(conn, record, study_pk, now)
+        self._series_pk[series_uid] = known
+        if len(self._series_pk) > 10_000:
+            self._forget_caches()
+        return known[0]
+
+    def _find_series(self, conn: sa.Connection, series_uid: str) -> tuple[int, str] | None:
+        row = conn.execute(self._statements.series_study, {"uid": series_uid}).first()
+        return None if row is None else (int(row.id), str(row.study_instance_uid))
+
+    def _study_of(
+        self, conn: sa.Connection, record: InstanceRecord, now: dt.datetime
+    ) -> int | WriteResult:
+        """The study row the object names (made with its patient when new); a study the
+        index holds under another patient identity is the hook's to decide."""
+        study_uid = record.study.study_instance_uid
+        pkey = (record.patient.patient_id, record.patient.issuer)
+        known = self._study.get(study_uid) or self._find_study(conn, study_uid)
+        if known is None:
             patient_pk = self._patient_pk.get(pkey)
             if patient_pk is None:
                 patient_pk = self._upsert(
                     conn, patient, {**record.patient.values(), "created_at": now}
                 )
                 self._fill_blanks(conn, patient_pk, record.patient)
-            study_pk = self._upsert(
-                conn, study, {**record.study.values(), "patient_fk": patient_pk, "created_at": now}
-            )
-            if self._on_new_study is not None:
-                self._on_new_study(conn, record, patient_pk, now)
-            self._patient_pk[pkey] = patient_pk
-            self._study_pk[study_uid] = study_pk
-        series_pk = self._upsert(
-            conn, series, {**record.series.values(), "study_fk": study_pk, "created_at": now}
-        )
-        if self._on_new_series is not None:
-            self._on_new_series(conn, record, study_pk, now)
-        self._series_pk[series_uid] = series_pk
-        if len(self._series_pk) > 10_000:
-            self._forget_caches()
-        return series_pk
+            values = {**record.study.values(), "patient_fk": patient_pk, "created_at": now}
+            study_pk = conn.execute(self._statements.insert["study"], values).scalar()
+            if study_pk is not None:
+                if self._on_new_study is not None:
+                    self._on_new_study(conn, record, patient_pk, now)
+                self._patient_pk[pkey] = patient_pk
+                self._study[study_uid] = _KnownStudy(int(study_pk), pkey)
+                return int(study_pk)
+            known = self._find_study(conn, study_uid)  # another process made it just now
+            assert known is not None
+        self._study[study_uid] = known
+        if pkey == known.patient or (study_uid, *pkey) in self._admitted:
+            return known.pk
+        if self._on_other_patient is not None:
+            why = self._on_other_patient(conn, record, known.pk, now)
+            if why is not None:
+                return WriteResult(
+                    WriteStatus.REFUSED, refused=InvalidReason.PATIENT_MISMATCH, detail=why
+                )
+        self._admitted.add((study_uid, *pkey))
+        return known.pk
+
+    def _find_study(self, conn: sa.Connection, study_uid: str) -> _KnownStudy | None:
+        row = conn.execute(self._statements.study_patient, {"uid": study_uid}).first()
+        if row is None:
+            return None
+        return _KnownStudy(int(row.id), (str(row.patient_id), str(row.issuer)))
 
     @staticmethod
     def _fill_blanks(conn: sa.Connection, pk: int, row: PatientRow) -> None:
@@ -253,6 +337,8 @@ class IndexWriter:
     def _insert(self, conn: sa.Connection, record: InstanceRecord) -> WriteResult:
         now = dt.datetime.now(dt.UTC)
         series_pk = self._parents(conn, record, now)
+        if isinstance(series_pk, WriteResult):
+            return series_pk
         params = {**record.instance.values(), "series_fk": series_pk, "received_at": now}
         pk = conn.execute(self._statements.insert["instance"], params).scalar()
         if pk is not None:
@@ -264,11 +350,13 @@ class IndexWriter:
         ).one()
         return WriteResult(WriteStatus.EXISTS, existing=dict(row._mapping))
 
-    def _replace(self, conn: sa.Connection, record: InstanceRecord) -> dict[str, Any]:
+    def _replace(self, conn: sa.Connection, record: InstanceRecord) -> dict[str, Any] | WriteResult:
         now = dt.datetime.now(dt.UTC)
         uid = record.instance.sop_instance_uid
         old = conn.execute(sa.select(instance).where(instance.c.sop_instance_uid == uid)).one()
         series_pk = self._parents(conn, record, now)
+        if isinstance(series_pk, WriteResult):
+            return series_pk
         conn.execute(
             sa.update(instance)
             .where(instance.c.sop_instance_uid == uid)
@@ -299,6 +387,16 @@ class _Statements:
         make = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self.keys = self._UNIQUE
         self.epoch = sa.select(index_epoch.c.epoch).where(index_epoch.c.id == 1)
+        self.study_patient = (
+            sa.select(study.c.id, patient.c.patient_id, patient.c.issuer)
+            .select_from(study.join(patient, patient.c.id == study.c.patient_fk))
+            .where(study.c.study_instance_uid == sa.bindparam("uid"))
+        )
+        self.series_study = (
+            sa.select(series.c.id, study.c.study_instance_uid)
+            .select_from(series.join(study, study.c.id == series.c.study_fk))
+            .where(series.c.series_instance_uid == sa.bindparam("uid"))
+        )
         self.insert: dict[str, Any] = {}
         self.select_pk: dict[str, sa.Select[Any]] = {}
         for table in (patient, study, series, instance):

@@ -11,8 +11,14 @@ The rules (issue 5):
 - A clinical user (radiologist, radiographer, clinician) or a DICOM AE of a trust sees
   the patients their trust has a care relationship with: a local identity issued by
   the trust (its hospital number, which is also how its ADT registrations are kept),
-  or a study captured at one of its sites. For such a patient they see every trust's
-  studies: the identities linked by NHS number are one person (services.identity).
+  or an identity a PACS administrator granted it (a resolved ``foreign-identity``
+  reconciliation item). For such a patient they see every trust's studies: the
+  identities linked by NHS number are one person (services.identity), when the trust's
+  own identity has that NHS number from its ADT registration or a person's ``link``
+  decision. Storing objects makes no care relationship: a study a trust captured under
+  another trust's hospital number or a bare NHS number, or an NHS number only an
+  object's header gave its own hospital number, is seen through a grant or break-glass
+  (services.care).
 - Any other patient only through break-glass: a reason, a time limit, an audit record
   and an alert to the trust's auditors.
 - A reporter (radiologist) also sees the patients whose studies the region's reporting
@@ -33,8 +39,16 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from netpacs.domain.region import AEKind, ApplicationEntity, Permission, ReportingAgreement
-from netpacs.index.schema import break_glass, patient, study, worklist_item
+from netpacs.index.schema import (
+    adt_identity,
+    break_glass,
+    patient,
+    reconciliation,
+    study,
+    worklist_item,
+)
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
+from netpacs.services.identity import RESOLVED, Action, Kind
 
 if TYPE_CHECKING:  # the policy builds on this module's roles and principals
     from netpacs.services.access_policy import AccessPolicy
@@ -174,31 +188,52 @@ class AccessRules:
             return sa.false()
         trust = principal.trust
         now = now or dt.datetime.now(dt.UTC)
-        # Aliases throughout: the outer statement has ``study`` too, and must not be
-        # correlated into these.
-        here = study.alias("care_study")
-        captured_here = (
-            sa.select(1)
-            .select_from(here)
-            .where(here.c.patient_fk == patient.c.id, here.c.origin_trust == trust)
-            .exists()
+        # Identities of other issuers a person granted to the trust (one uncorrelated
+        # subquery: the table is small and has no index on the identity).
+        granted_to_trust = sa.select(reconciliation.c.patient_id, reconciliation.c.issuer).where(
+            reconciliation.c.kind == Kind.FOREIGN_IDENTITY.value,
+            reconciliation.c.status == RESOLVED,
+            reconciliation.c.resolution == Action.GRANT.value,
+            reconciliation.c.other_issuer == trust,
         )
-        direct = sa.or_(patient.c.issuer == trust, captured_here)
-        # The same person's identity at another trust, cared for here.
+
+        direct = sa.or_(
+            patient.c.issuer == trust,
+            sa.tuple_(patient.c.patient_id, patient.c.issuer).in_(granted_to_trust),
+        )
+        # The same person's identity at another trust, through an identity cared for
+        # here whose NHS number the trust's PAS registered (ADT) or a person linked: a
+        # number a store brought (a header anyone can type) links for finding, not for
+        # access. An alias: the outer statement has ``patient`` too, and must not be
+        # correlated into it.
         other = patient.alias("cared_identity")
-        other_study = study.alias("cared_study")
-        other_captured_here = (
+        registered = (
             sa.select(1)
-            .select_from(other_study)
-            .where(other_study.c.patient_fk == other.c.id, other_study.c.origin_trust == trust)
+            .select_from(adt_identity)
+            .where(
+                adt_identity.c.patient_id == other.c.patient_id,
+                adt_identity.c.issuer == other.c.issuer,
+                adt_identity.c.nhs_number == other.c.nhs_number,
+            )
             .exists()
         )
+        decided = sa.select(
+            reconciliation.c.patient_id, reconciliation.c.issuer, reconciliation.c.nhs_number
+        ).where(
+            reconciliation.c.status == RESOLVED, reconciliation.c.resolution == Action.LINK.value
+        )
+        confirmed = sa.or_(
+            registered,
+            sa.tuple_(other.c.patient_id, other.c.issuer, other.c.nhs_number).in_(decided),
+        )
+        own_confirmed = sa.and_(other.c.issuer == trust, confirmed)
+        granted_other = sa.tuple_(other.c.patient_id, other.c.issuer).in_(granted_to_trust)
         same_person = (
             sa.select(1)
             .select_from(other)
             .where(
                 other.c.nhs_number == patient.c.nhs_number,
-                sa.or_(other.c.issuer == trust, other_captured_here),
+                sa.or_(own_confirmed, granted_other),
             )
             .exists()
         )

@@ -122,6 +122,10 @@ class AuditRecord:
     query: str | None = None  # the query as asked (QIDO query string, C-FIND keys)
     detail: str = ""  # EventOutcomeDescription: what happened, for people
     when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # The trust whose auditors see the record in their trust's report (the index's
+    # ``audit_event.trust``): the actor's trust, unless the record alerts another trust
+    # (a store under its patient's identity, services.care). The message is the same.
+    audience: str | None = None
 
 
 _MAX_OBJECTS = 200  # participant objects per message; the rest are counted in the detail
@@ -301,7 +305,7 @@ def _row(record: AuditRecord, xml: str) -> dict[str, Any]:
         "action": record.event.action,
         "outcome": int(record.outcome),
         "user_id": record.actor.user_id,
-        "trust": record.actor.trust,
+        "trust": record.audience or record.actor.trust,
         "role": record.actor.role,
         "purpose_of_use": record.purpose.name if record.purpose else None,
         "source": record.actor.address,

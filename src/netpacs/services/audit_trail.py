@@ -108,7 +108,9 @@ class AuditTrail:
         alerts_only: bool = False,
         limit: int = 1000,
     ) -> list[Entry]:
-        """What the trust's users (and AEs) did in the last ``days``, newest first."""
+        """What the trust's users (and AEs) did in the last ``days``, newest first, and
+        the alerts raised for the trust about its patients by others (a store under its
+        patient's identity: ``AuditRecord.audience``, services.care)."""
         self._check(principal)
         if principal.role is Role.AUDITOR and trust != principal.trust:
             self._access.deny(

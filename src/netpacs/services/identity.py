@@ -19,6 +19,12 @@ administrator instead of a change:
 - ``study-mismatch``: a study's patient name or birth date disagrees with the trust's
   ADT record for its hospital number (queries and served headers show the ADT record).
 - ``invalid-nhs-number``: an NHS number failed the modulus 11 check; it is never used.
+- ``foreign-identity``: a trust stored objects under an identity that is not its own
+  (another trust's hospital number, a bare NHS number): they are kept, but the trust
+  gains no care relationship from them until a person grants it (``grant``)
+  (services.care).
+- ``patient-contradicts-study``: an object named a study the index holds under another
+  patient; it was refused and nothing was added to the study (services.care).
 
 A person resolves an item with ``link``, ``unlink``, ``merge`` or ``reject`` (which
 ones depends on the kind, :data:`ACTIONS`); the decision is kept, so an automatic
@@ -55,6 +61,8 @@ class Kind(enum.Enum):
     DUPLICATE_REGISTRATION = "duplicate-registration"
     STUDY_MISMATCH = "study-mismatch"
     INVALID_NHS_NUMBER = "invalid-nhs-number"
+    FOREIGN_IDENTITY = "foreign-identity"
+    PATIENT_MISMATCH = "patient-contradicts-study"
 
 
 class Action(enum.Enum):
@@ -62,6 +70,7 @@ class Action(enum.Enum):
     UNLINK = "unlink"  # it is not: remove the link, and never make it automatically again
     MERGE = "merge"  # two hospital numbers of one trust are one record (undoable)
     REJECT = "reject"  # leave things as they are, close the item
+    GRANT = "grant"  # the storing trust cares for this patient: its staff may see them
 
 
 #: What a person may do with each kind of item, first the usual answer.
@@ -71,6 +80,8 @@ ACTIONS: dict[Kind, tuple[Action, ...]] = {
     Kind.DUPLICATE_REGISTRATION: (Action.MERGE, Action.UNLINK, Action.REJECT),
     Kind.STUDY_MISMATCH: (Action.REJECT,),
     Kind.INVALID_NHS_NUMBER: (Action.REJECT,),
+    Kind.FOREIGN_IDENTITY: (Action.GRANT, Action.REJECT),
+    Kind.PATIENT_MISMATCH: (Action.REJECT,),
 }
 
 OPEN = "open"
@@ -362,37 +373,64 @@ class RegionalRecord:
         other: _Row | None = None,
         study_uid: str | None = None,
     ) -> None:
-        # One item per question: the same conflict seen from either identity is one.
-        pair = (
-            sorted([(me.patient_id, me.issuer), (other.patient_id, other.issuer)])
-            if other
-            else [(me.patient_id, me.issuer)]
+        raise_item(
+            conn,
+            kind,
+            (me.patient_id, me.issuer),
+            None if other is None else (other.patient_id, other.issuer),
+            detail,
+            number=number,
+            study_uid=study_uid,
+            source=source,
+            now=now,
         )
-        key = "|".join(
-            [kind.value, number or "", study_uid or "", *(f"{p}\x1f{i}" for p, i in pair)]
+
+
+def raise_item(
+    conn: sa.Connection,
+    kind: Kind,
+    me: tuple[str, str],
+    other: tuple[str | None, str] | None,
+    detail: str,
+    *,
+    number: str | None = None,
+    study_uid: str | None = None,
+    by_identity: bool = False,
+    source: str,
+    now: dt.datetime,
+) -> bool:
+    """Raise an item for a person unless the same question was raised before (open or
+    decided); True when it is new. ``other`` is the other identity, or (None, trust)
+    for a trust (the storing trust of a ``foreign-identity`` item). ``by_identity``:
+    the question is about the two parties only; the study and number it names are
+    shown, but another study or number does not make another question."""
+    # One item per question: the same conflict seen from either identity is one.
+    pair = sorted([me, (other[0] or "", other[1])]) if other else [me]
+    named = ("", "") if by_identity else (number or "", study_uid or "")
+    key = "|".join([kind.value, *named, *(f"{p}\x1f{i}" for p, i in pair)])
+    exists = conn.execute(
+        sa.select(reconciliation.c.id).where(reconciliation.c.dedup_key == key)
+    ).first()
+    if exists is not None:
+        return False
+    conn.execute(
+        sa.insert(reconciliation).values(
+            kind=kind.value,
+            status=OPEN,
+            patient_id=me[0],
+            issuer=me[1],
+            nhs_number=number,
+            other_patient_id=other[0] if other else None,
+            other_issuer=other[1] if other else None,
+            study_instance_uid=study_uid,
+            detail=detail,
+            source=source,
+            dedup_key=key,
+            created_at=now,
         )
-        exists = conn.execute(
-            sa.select(reconciliation.c.id).where(reconciliation.c.dedup_key == key)
-        ).first()
-        if exists is not None:
-            return
-        conn.execute(
-            sa.insert(reconciliation).values(
-                kind=kind.value,
-                status=OPEN,
-                patient_id=me.patient_id,
-                issuer=me.issuer,
-                nhs_number=number,
-                other_patient_id=other.patient_id if other else None,
-                other_issuer=other.issuer if other else None,
-                study_instance_uid=study_uid,
-                detail=detail,
-                source=source,
-                dedup_key=key,
-                created_at=now,
-            )
-        )
-        log.warning("reconciliation needed (%s): %s", kind.value, detail)
+    )
+    log.warning("reconciliation needed (%s): %s", kind.value, detail)
+    return True
 
 
 def _decision(conn: sa.Connection, me: _Row, number: str) -> Action | None:

@@ -46,7 +46,7 @@ from netpacs.index.records import (
     SeriesRow,
     StudyRow,
 )
-from netpacs.index.writer import IndexWriter, WriteStatus
+from netpacs.index.writer import IndexWriter, WriteResult, WriteStatus
 from netpacs.storage.blobstore import BlobStore, new_blob_key
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,25 @@ class IngestService:
             return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
         if result.status is WriteStatus.INSERTED:
             return StoreOutcome(StoreStatus.STORED, sop_uid)
+        if result.status is WriteStatus.REFUSED:
+            return self._contradicts(result, record, origin)
         assert result.existing is not None
         return self._duplicate(obj, record, result.existing, origin)
+
+    def _contradicts(
+        self, result: WriteResult, record: InstanceRecord, origin: Origin
+    ) -> StoreOutcome:
+        """The index refused the object: its patient is not the patient of the study it
+        names, or its series is another study's (the identity rules raised it for
+        reconciliation). Nothing of it is kept."""
+        self._blobs.delete(record.instance.blob_key)
+        reason = result.refused or InvalidReason.PATIENT_MISMATCH
+        return self._refuse(
+            InvalidObject(reason, result.detail or reason.value),
+            record.instance.sop_instance_uid,
+            origin,
+            record.instance.sop_class_uid,
+        )
 
     def _duplicate(
         self, obj: ParsedObject, record: InstanceRecord, existing: dict[str, Any], origin: Origin
@@ -329,6 +346,8 @@ class IngestService:
             except Exception as exc:
                 self._blobs.delete(new_key)
                 return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
+            if isinstance(old, WriteResult):
+                return self._contradicts(old, record, origin)
             self._blobs.delete(old["blob_key"])
             log.warning("replaced SOP Instance %s with different content from %s", sop_uid, who)
             return StoreOutcome(StoreStatus.REPLACED, sop_uid)

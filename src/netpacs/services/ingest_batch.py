@@ -13,6 +13,10 @@ index (``store_tally``) when it meets a new study and at least every
 writes its audit messages. A process killed in the middle of an association leaves its
 tally behind; :class:`~netpacs.services.jobs.store_audits.StaleStoreAudits` audits it
 from there (counts as last saved).
+
+In the same transaction, an object stored under an identity that is not the storing
+trust's own raises a reconciliation item and alerts the trusts whose patient it is
+(:class:`~netpacs.services.care.StoredIdentities`): once per study of the batch.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from netpacs.domain.outcomes import Origin, StoreOutcome, StoreStatus
 from netpacs.index.tally import TallyRow, delete_batch, save_tallies
 from netpacs.services.access import Principal
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome, Purpose
+from netpacs.services.care import StoredIdentities
 from netpacs.services.ingest import IngestService
 
 Run = Callable[[Callable[[sa.Connection], Any]], Any]
@@ -51,6 +56,7 @@ class _Study:
     stored: int = 0
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     patients: set[tuple[str, str]] = field(default_factory=set)
+    kept: set[tuple[str, str]] = field(default_factory=set)  # identities of stored objects
     in_index: bool = False  # a tally row of the study is in the index
     dirty: bool = True  # counts the index does not have yet
 
@@ -97,10 +103,13 @@ class IngestBatch:
         origin: Origin,
         *,
         save_every: float = SAVE_EVERY,
+        identities: StoredIdentities | None = None,
     ) -> None:
         self._ingest = ingest
         self._audit = audit
         self._run = run
+        self._principal = principal
+        self._identities = identities
         self._actor = principal.actor()
         self._origin = origin
         self._batch = uuid.uuid4().hex
@@ -161,6 +170,8 @@ class IngestBatch:
                 study.refused[_WHY[outcome.status] + (f": {reason}" if reason else "")] += 1
             if outcome.patient_id:
                 study.patients.add((outcome.patient_id, outcome.issuer or ""))
+                if outcome.status.ok:
+                    study.kept.add((outcome.patient_id, outcome.issuer or ""))
             study.dirty = True
             due = not study.in_index or time.monotonic() - self._saved_at >= self._save_every
             if due and not self._closed:
@@ -206,9 +217,18 @@ class IngestBatch:
                 )
                 for uid, s in self._studies.items()
             ]
+            kept = [(uid, set(s.kept)) for uid, s in self._studies.items() if uid and s.kept]
+        identities = self._identities
 
         def write(conn: sa.Connection) -> None:
-            for record in records:
+            alerts: list[AuditRecord] = []
+            if identities is not None:
+                now = dt.datetime.now(dt.UTC)
+                for uid, stored in kept:
+                    alerts += identities.stored(
+                        conn, self._principal, self._origin, uid, stored, now=now
+                    )
+            for record in [*records, *alerts]:
                 self._audit.record_in(conn, record)
             delete_batch(conn, self._batch)
 
@@ -218,14 +238,24 @@ class IngestBatch:
 class StoreService:
     """What the adapters store through: audited batches of the ingest service."""
 
-    def __init__(self, ingest: IngestService, audit: AuditService, run: Run) -> None:
+    def __init__(
+        self,
+        ingest: IngestService,
+        audit: AuditService,
+        run: Run,
+        *,
+        identities: StoredIdentities | None = None,
+    ) -> None:
         self._ingest = ingest
         self._audit = audit
         self._run = run
+        self._identities = identities
 
     def batch(self, principal: Principal, origin: Origin) -> IngestBatch:
         """A batch the caller closes (an association, closed when it ends)."""
-        return IngestBatch(self._ingest, self._audit, self._run, principal, origin)
+        return IngestBatch(
+            self._ingest, self._audit, self._run, principal, origin, identities=self._identities
+        )
 
     @contextmanager
     def session(self, principal: Principal, origin: Origin) -> Iterator[IngestBatch]:

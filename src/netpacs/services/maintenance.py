@@ -433,6 +433,8 @@ def _reindex_one(key: str, *, blobs: BlobStore, writer: IndexWriter, region: Reg
         return ReindexItem(key, ReindexStatus.FAILED, sop_uid, f"index write failed: {exc}")
     if result.status is WriteStatus.INSERTED:
         return ReindexItem(key, ReindexStatus.INDEXED, sop_uid, origin=origin)
+    if result.status is WriteStatus.REFUSED:  # contradicts its study: left for a person
+        return ReindexItem(key, ReindexStatus.UNINDEXABLE, sop_uid, result.detail)
     assert result.existing is not None
     other = result.existing
     same = (other["blob_size"], other["blob_crc32"]) == (

@@ -215,6 +215,8 @@ class ReconciliationService:
     ) -> int | None:
         if action is Action.REJECT:
             return None
+        if action is Action.GRANT:  # the resolved item is the grant (services.access)
+            return None
         pk = conn.execute(
             sa.select(patient.c.id).where(
                 patient.c.patient_id == row.patient_id, patient.c.issuer == row.issuer

@@ -21,12 +21,18 @@ CANNOT_UNDERSTAND = 0xC000
 # netpacs-specific codes within the "Cannot understand" range (PS3.4 B.2.3: C000-CFFF)
 MISSING_UID = 0xC001
 MALFORMED_UID = 0xC002
+# The object's patient contradicts the study it names (or its series is another study's).
+# A "Cannot understand" code, not A7xx "Out of resources": senders retry A7xx as a passing
+# condition, and this refusal is final until a person reconciles the identities.
+PATIENT_CONTRADICTS_STUDY = 0xC003
 
 _INVALID: dict[InvalidReason, int] = {
     InvalidReason.UNPARSABLE: CANNOT_UNDERSTAND,
     InvalidReason.MISSING_UID: MISSING_UID,
     InvalidReason.MALFORMED_UID: MALFORMED_UID,
     InvalidReason.SOP_MISMATCH: IDENTIFIER_DOES_NOT_MATCH,
+    InvalidReason.PATIENT_MISMATCH: PATIENT_CONTRADICTS_STUDY,
+    InvalidReason.SERIES_MISMATCH: PATIENT_CONTRADICTS_STUDY,
 }
 
 _STORE: dict[StoreStatus, int] = {

@@ -34,6 +34,7 @@ _LABELS = {
     "unlink": "Unlink (not this person)",
     "merge": "Merge into the other record",
     "reject": "Reject (leave as is)",
+    "grant": "Grant care (the storing trust treats this patient)",
 }
 _KINDS = {
     "nhs-number-conflict": "NHS number with different demographics",
@@ -41,6 +42,8 @@ _KINDS = {
     "duplicate-registration": "Two hospital numbers of one trust, one NHS number",
     "study-mismatch": "Study disagrees with the ADT record",
     "invalid-nhs-number": "Invalid NHS number",
+    "foreign-identity": "Stored under another trust's identity",
+    "patient-contradicts-study": "Object refused: its patient is not the study's",
 }
 
 
@@ -56,7 +59,7 @@ def _http(exc: ReconciliationError) -> HttpError:
 
 
 class Decision(BaseModel):
-    action: Literal["link", "unlink", "merge", "reject"] = Field(
+    action: Literal["link", "unlink", "merge", "reject", "grant"] = Field(
         description="what to do: which actions an item takes is in its `actions`"
     )
     note: str = Field("", max_length=2000, description="why, for the record")

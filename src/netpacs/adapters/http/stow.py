@@ -56,6 +56,9 @@ CANNOT_UNDERSTAND = 0xC000
 DUPLICATE_SOP_INSTANCE = 0x0111
 MISSING_UID = 0xC001  # netpacs-specific codes in the "Cannot understand" range
 MALFORMED_UID = 0xC002
+# The object's patient contradicts the study it names: a final refusal (C-STORE's status
+# too, adapters/dimse/status.py); the answer is 409 Conflict when no part was stored.
+PATIENT_CONTRADICTS_STUDY = 0xC003
 
 # The one mapping from ingest outcomes to FailureReason (None: the object is stored).
 FAILURE_REASONS: dict[StoreStatus, int | None] = {
@@ -71,6 +74,8 @@ INVALID_REASONS: dict[InvalidReason, int] = {
     InvalidReason.MALFORMED_UID: MALFORMED_UID,
     InvalidReason.SOP_MISMATCH: DATA_SET_DOES_NOT_MATCH,
     InvalidReason.STUDY_MISMATCH: DATA_SET_DOES_NOT_MATCH,
+    InvalidReason.PATIENT_MISMATCH: PATIENT_CONTRADICTS_STUDY,
+    InvalidReason.SERIES_MISMATCH: PATIENT_CONTRADICTS_STUDY,
 }
 
 
