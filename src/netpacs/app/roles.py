@@ -153,11 +153,20 @@ def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
 # -- the runners ---------------------------------------------------------------------------
 
 
+def drain_timeout(settings: Settings) -> float:
+    """What a worker gives in-flight work on SIGTERM: the supervisor's bound less the
+    time the worker needs to close its pools and exit."""
+    return settings.shutdown_timeout - 5
+
+
 def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
     return dimse_server.DimseConfig(
         idle_timeout=settings.dimse_timeout,
         max_pdu_length=settings.max_pdu_length,
         tls=dimse_tls_context(settings),
+        associate_timeout=settings.dimse_associate_timeout,
+        max_associations=settings.dimse_max_associations,
+        drain_timeout=drain_timeout(settings),
     )
 
 

@@ -4,6 +4,11 @@ Each worker process (see ``netpacs.app.supervisor``) runs an asyncio loop accept
 associations on the shared socket, with its own index writer and thread pool; the
 kernel hands each new connection to whichever worker accepts first, so a busy
 worker takes fewer.
+
+On SIGTERM a worker stops accepting, lets each association finish the message in
+progress (a C-STORE being received or handled is stored and answered), aborts it,
+and aborts what is left after ``drain_timeout`` seconds; the supervisor kills a
+worker that overstays its own bound.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from netpacs.adapters.dimse.association import Association
+from netpacs.adapters.dimse.association import SHUTTING_DOWN, Association, Connections
 from netpacs.adapters.dimse.handlers import AssociationHandlers, DimseServices
 from netpacs.adapters.dimse.negotiation import Negotiator
 
@@ -31,6 +36,9 @@ class DimseConfig:
     idle_timeout: float  # seconds of silence before an association is aborted
     max_pdu_length: int
     tls: ssl.SSLContext | None = None  # for the DICOM TLS port
+    associate_timeout: float = 30.0  # seconds to send a whole A-ASSOCIATE-RQ (ARTIM)
+    max_associations: int = 100  # per worker; as many more may be negotiating
+    drain_timeout: float = 20.0  # seconds in-flight messages get at shutdown
 
 
 async def _serve(
@@ -41,6 +49,7 @@ async def _serve(
     tls_sock: socket.socket | None = None,
 ) -> None:
     negotiator = Negotiator(access=services.access, ae_title=services.ae_title)
+    connections = Connections(config.max_associations)
 
     def factory() -> Association:
         return Association(
@@ -48,6 +57,8 @@ async def _serve(
             handlers=lambda assoc: AssociationHandlers(services, assoc),
             idle_timeout=config.idle_timeout,
             max_pdu_length=config.max_pdu_length,
+            associate_timeout=config.associate_timeout,
+            connections=connections,
         )
 
     loop = asyncio.get_running_loop()
@@ -71,9 +82,34 @@ async def _serve(
     finally:
         for one in servers:
             one.close()
+        await _drain(connections, config.drain_timeout)
         for one in servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(one.wait_closed(), timeout=5)
+
+
+async def _drain(connections: Connections, timeout: float) -> None:
+    """Let in-flight messages finish, then abort every association (module docstring)."""
+    connections.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen = connections.all()
+    if seen:
+        log.info("stopping: %d connections to finish (pid %d)", len(seen), os.getpid())
+    while connections and loop.time() < deadline:
+        for assoc in connections.all():
+            assoc.drain()  # aborts it once its message in progress is answered
+        await asyncio.sleep(0.05)
+    for assoc in connections.all():
+        assoc.abort(f"{SHUTTING_DOWN}; its message did not finish within {timeout:g} s")
+    closing = loop.time() + 2  # for the A-ABORTs to go out and the transports to close
+    while connections and loop.time() < closing:
+        await asyncio.sleep(0.05)
+    # The audit of each association's stores, started as it closed.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(assoc.finished() for assoc in seen), return_exceptions=True), 5
+        )
 
 
 def serve(
