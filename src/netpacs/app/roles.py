@@ -23,6 +23,7 @@ from netpacs.app.container import Archive, build_archive
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings
 from netpacs.app.startup import StartupError
+from netpacs.app.supervisor import worker_grace
 from netpacs.app.tls import dimse_tls_context
 from netpacs.index.db import make_engine
 from netpacs.services.access import BreakGlass
@@ -153,12 +154,6 @@ def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
 # -- the runners ---------------------------------------------------------------------------
 
 
-def drain_timeout(settings: Settings) -> float:
-    """What a worker gives in-flight work on SIGTERM: the supervisor's bound less the
-    time the worker needs to close its pools and exit."""
-    return settings.shutdown_timeout - 5
-
-
 def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
     return dimse_server.DimseConfig(
         idle_timeout=settings.dimse_timeout,
@@ -166,7 +161,7 @@ def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
         tls=dimse_tls_context(settings),
         associate_timeout=settings.dimse_associate_timeout,
         max_associations=settings.dimse_max_associations,
-        drain_timeout=drain_timeout(settings),
+        drain_timeout=worker_grace(settings.shutdown_timeout),
     )
 
 
@@ -180,7 +175,9 @@ def run_dimse(settings: Settings, sock: socket.socket, tls_sock: socket.socket |
             dimse_services(archive, executor), dimse_config(settings), sock, tls_sock
         )
     finally:
-        executor.shutdown(wait=True, cancel_futures=False)
+        # Drained already (DimseConfig.drain_timeout): what still runs is finished,
+        # what is queued is dropped with its association.
+        executor.shutdown(wait=True, cancel_futures=True)
         archive.close()
 
 
