@@ -234,5 +234,7 @@ def test_a_worker_that_overstays_the_shutdown_timeout_is_killed_by_the_superviso
     finally:
         server.stop()
     assert not left
-    assert took < 5 + 2, f"{took:.1f} s"
+    # Killed at the bound, and the rest of the tree gone soon after (a loaded machine
+    # takes a few seconds to let Python processes exit).
+    assert 5 <= took < 5 + 10, f"{took:.1f} s"
     assert "still running 5 s after SIGTERM; killing it" in server.log()
