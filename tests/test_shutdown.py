@@ -206,9 +206,7 @@ def test_sigterm_finishes_a_c_store_in_flight_and_aborts_idle_associations(
     try:
         with engine.connect() as conn:
             stored = conn.execute(
-                sa.select(instance.c.sop_instance_uid).where(
-                    instance.c.sop_instance_uid == sop_uid
-                )
+                sa.select(instance.c.sop_instance_uid).where(instance.c.sop_instance_uid == sop_uid)
             ).all()
     finally:
         engine.dispose()

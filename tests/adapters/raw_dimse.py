@@ -18,6 +18,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+Contexts = tuple[tuple[int, str, tuple[str, ...]], ...]  # (id, abstract syntax, transfer syntaxes)
 
 
 def _item(item_type: int, body: bytes) -> bytes:
@@ -27,7 +28,7 @@ def _item(item_type: int, body: bytes) -> bytes:
 def associate_rq(
     calling: str = "EDGH_CT1",
     called: str = "NETPACS",
-    contexts: tuple[tuple[int, str, tuple[str, ...]], ...] = ((1, VERIFICATION, (IMPLICIT_VR_LE,)),),
+    contexts: Contexts = ((1, VERIFICATION, (IMPLICIT_VR_LE,)),),
     max_pdu: int = 16384,
 ) -> bytes:
     """A whole A-ASSOCIATE-RQ PDU (PS3.8 9.3.2)."""

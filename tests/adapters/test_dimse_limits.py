@@ -9,6 +9,7 @@ supervisor and all its workers) grows by less than 300 MB.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
 from collections.abc import Iterator
@@ -24,8 +25,10 @@ from tests.adapters.raw_dimse import (
     A_ASSOCIATE_RQ,
     CT_IMAGE_STORAGE,
     EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
     MB,
     P_DATA_TF,
+    VERIFICATION,
     Peer,
     associate_rq,
     p_data,
@@ -242,4 +245,38 @@ def test_five_hundred_stalled_connections_are_capped_dropped_and_hold_no_memory(
     for peer in [*silent, *half_request, *mid_store]:
         assert peer.closed_within(max(deadline - time.monotonic(), 0.1))
         peer.close()
+    assert echo(server)
+
+
+def test_a_peer_that_sends_echoes_and_reads_no_answer_is_not_read_from_and_is_dropped(
+    server: Netpacs,
+) -> None:
+    peer = associated(server, ((1, VERIFICATION, (IMPLICIT_VR_LE,)),))
+    echo_rq = p_data(
+        1,
+        c.encode_command(
+            {
+                c.AFFECTED_SOP_CLASS_UID: VERIFICATION,
+                c.COMMAND_FIELD: c.C_ECHO_RQ,
+                c.MESSAGE_ID: 1,
+                c.COMMAND_DATA_SET_TYPE: c.NO_DATA_SET,
+            }
+        ),
+        command=True,
+        last=True,
+    )
+    batch = echo_rq * 1000  # ~80 kB of requests, whose answers we never read
+    peer.sock.settimeout(1.0)
+    sent = 0
+    start = time.monotonic()
+    with contextlib.suppress(OSError):  # a send that blocks for a second: not read from
+        while sent < 200 * MB and time.monotonic() - start < 3 * IDLE:
+            peer.sock.sendall(batch)
+            sent += len(batch)
+    print(f"sent {sent / MB:.1f} MB in {time.monotonic() - start:.1f} s")
+    # The server stopped reading once its answers piled up: a few socket buffers' worth.
+    assert sent < 40 * MB, f"{sent / MB:.0f} MB of requests were read"
+    # And, nothing more arriving, the association ends within the idle timeout.
+    assert peer.closed_within(IDLE + 3)
+    peer.close()
     assert echo(server)

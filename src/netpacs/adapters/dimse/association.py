@@ -124,6 +124,7 @@ class Association(asyncio.BufferedProtocol):
         self._command_length = 0
         self.established = False
         self._draining = False
+        self._write_paused = False
         self._closing = False
         self.contexts: dict[int, p.AcceptedContext] = {}
         self.calling_ae = ""
@@ -167,6 +168,19 @@ class Association(asyncio.BufferedProtocol):
         self._last_activity = loop.time()
         self._watchdog = loop.call_later(self._idle_timeout, self._check_idle)
         self._artim = loop.call_later(self._associate_timeout, self._artim_expired)
+
+    def pause_writing(self) -> None:
+        """The peer reads less than we send: read nothing more from it until it has
+        caught up, so that what we buffer for it stays bounded (and, nothing completing,
+        the idle timeout ends a peer that never reads)."""
+        self._write_paused = True
+        if self.transport is not None and not self._closing:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._target[self._filled :]
@@ -446,7 +460,10 @@ class Association(asyncio.BufferedProtocol):
     def _close(self) -> None:
         self._closing = True
         if self.transport is not None:
-            self.transport.close()
+            if self._write_paused:
+                self.transport.abort()  # the peer reads nothing: do not wait to flush
+            else:
+                self.transport.close()
 
     @property
     def _busy(self) -> bool:
@@ -477,9 +494,7 @@ class Association(asyncio.BufferedProtocol):
             what = "association" if self.established else "A-ASSOCIATE-RQ"
             self._abort(p.ABORT_REASON_NOT_SPECIFIED, f"no {what} activity for {idle:.0f} s")
             return
-        self._watchdog = loop.call_later(
-            max(0.5, self._idle_timeout - idle), self._check_idle
-        )
+        self._watchdog = loop.call_later(max(0.5, self._idle_timeout - idle), self._check_idle)
 
     def _artim_expired(self) -> None:
         if self._closing or self.established:
