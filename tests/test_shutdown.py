@@ -150,8 +150,9 @@ def store_data(tmp_path: Path, patient_id: str) -> tuple[str, bytes]:
 
 
 def test_sigterm_finishes_a_c_store_in_flight_and_aborts_idle_associations(
-    tmp_path: Path, database_url: str, region_file: Path
+    tmp_path: Path, region_file: Path
 ) -> None:
+    database_url = f"sqlite:///{tmp_path / 'index.sqlite'}"  # the drain is the adapter's
     server = Netpacs(
         data_dir=tmp_path / "data", database_url=database_url, region_file=region_file, processes=1
     ).start()
