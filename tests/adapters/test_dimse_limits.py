@@ -167,7 +167,7 @@ def test_an_associate_request_not_whole_within_the_artim_timeout_is_aborted(
         break
     peer.close()
     assert closed_at is not None, "the request was dripped to its end"
-    assert ARTIM <= closed_at < ARTIM + 1.5
+    assert ARTIM - 0.3 <= closed_at < ARTIM + 1.5  # (the timer starts as we connect)
 
 
 def test_a_pdu_dripped_a_header_at_a_time_is_aborted_after_the_idle_timeout(

@@ -55,6 +55,7 @@ MAX_COMMAND = 64 * 1024  # a command set is a few hundred bytes
 # any length, but we hold at most this much of a PDV at once.
 UNANNOUNCED_PDU_LIMIT = 1 << 24
 _CHUNK = 16 * 1024  # control PDUs are read this much at a time
+MAX_QUEUED = 16  # messages of one association waiting for its handler; then we stop reading
 SHUTTING_DOWN = "the archive is shutting down"
 
 
@@ -125,6 +126,8 @@ class Association(asyncio.BufferedProtocol):
         self.established = False
         self._draining = False
         self._write_paused = False
+        self._queue_full = False
+        self._reading = True
         self._closing = False
         self.contexts: dict[int, p.AcceptedContext] = {}
         self.calling_ae = ""
@@ -174,13 +177,23 @@ class Association(asyncio.BufferedProtocol):
         caught up, so that what we buffer for it stays bounded (and, nothing completing,
         the idle timeout ends a peer that never reads)."""
         self._write_paused = True
-        if self.transport is not None and not self._closing:
-            self.transport.pause_reading()
+        self._flow()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self.transport is not None and not self._closing:
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read from the peer only while we keep up: our answers are being read and at
+        most :data:`MAX_QUEUED` of its messages wait for a handler."""
+        reading = not (self._write_paused or self._queue_full)
+        if reading == self._reading or self.transport is None or self._closing:
+            return
+        self._reading = reading
+        if reading:
             self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._target[self._filled :]
@@ -407,10 +420,16 @@ class Association(asyncio.BufferedProtocol):
                 fut.set_result(msg.command)
             return
         self._queue.put_nowait(msg)
+        if self._queue.qsize() >= MAX_QUEUED and not self._queue_full:
+            self._queue_full = True
+            self._flow()
 
     async def _work(self) -> None:
         while True:
             msg = await self._queue.get()
+            if self._queue_full and self._queue.qsize() <= MAX_QUEUED // 2:
+                self._queue_full = False
+                self._flow()
             if msg is None:
                 await self._handlers.finish()
                 if not self._closing and self.transport is not None:
