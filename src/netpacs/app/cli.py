@@ -173,7 +173,7 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         WorkerGroup("MLLP", 1, lambda: roles.run_mllp(settings, mllp_sock, mllp_tls_sock)),
         *jobs.worker_groups(settings),
     ]
-    supervise(groups)
+    supervise(groups, shutdown_timeout=settings.shutdown_timeout)
     return EXIT_OK
 
 

@@ -24,7 +24,7 @@ from netpacs.adapters.transports.mllp import MllpClient, TlsClient
 from netpacs.adapters.transports.syslog import Collector, SyslogClient, local_hostname
 from netpacs.app.container import Archive, build_archive
 from netpacs.app.settings import Settings
-from netpacs.app.supervisor import WorkerGroup
+from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
 from netpacs.index.db import make_engine
 from netpacs.services.access import SYSTEM
@@ -295,7 +295,9 @@ def run_worker(settings: Settings) -> None:
     writer = make_engine(url, writer=True, pool_size=pool)
     try:
         jobs = outbox_jobs(settings, archive.region, reader=reader, writer=writer)
-        JobRunner([*jobs, *archive_jobs(archive)]).run(stop)
+        JobRunner([*jobs, *archive_jobs(archive)]).run(
+            stop, grace=worker_grace(settings.shutdown_timeout)
+        )
     finally:
         archive.close()
         reader.dispose()

@@ -23,6 +23,7 @@ from netpacs.app.container import Archive, build_archive
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
+from netpacs.app.supervisor import worker_grace
 from netpacs.app.tls import dimse_tls_context, mllp_tls_context
 from netpacs.index.db import make_engine
 from netpacs.services.access import BreakGlass
@@ -161,6 +162,9 @@ def dimse_config(settings: Settings) -> dimse_server.DimseConfig:
         idle_timeout=settings.dimse_timeout,
         max_pdu_length=settings.max_pdu_length,
         tls=dimse_tls_context(settings),
+        associate_timeout=settings.dimse_associate_timeout,
+        max_associations=settings.dimse_max_associations,
+        drain_timeout=worker_grace(settings.shutdown_timeout),
     )
 
 
@@ -176,7 +180,9 @@ def run_dimse(
             dimse_services(archive, executor), dimse_config(settings), sock, tls_sock
         )
     finally:
-        executor.shutdown(wait=True, cancel_futures=False)
+        # Drained already (DimseConfig.drain_timeout): what still runs is finished,
+        # what is queued is dropped with its association.
+        executor.shutdown(wait=True, cancel_futures=True)
         archive.close()
 
 

@@ -195,6 +195,25 @@ class Settings(BaseSettings):
         description="seconds of work one query (C-FIND, QIDO-RS, FHIR search, study list) "
         "may take; a longer one is stopped: QIDO-RS 503, C-FIND Out of Resources (A700)",
     )
+    # -- DIMSE limits and shutdown (issue 17) -------------------------------------------------
+    dimse_associate_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a caller has to send its whole A-ASSOCIATE-RQ (PS3.8 ARTIM)",
+    )
+    dimse_max_associations: int = Field(
+        default=100,
+        ge=1,
+        description="associations per DIMSE worker at once; more are rejected (transient), "
+        "and at most as many more connections may be negotiating",
+    )
+    shutdown_timeout: float = Field(
+        default=25.0,
+        ge=5,
+        le=600,
+        description="seconds the workers get on SIGTERM to finish in-flight work; "
+        "a worker still running then is killed",
+    )
 
     @field_validator("ae_title")
     @classmethod

@@ -3,7 +3,10 @@
 Each listening socket (DIMSE, HTTP) is opened once by the parent and inherited by
 its worker processes; the kernel hands each new connection to whichever worker
 accepts first. The parent restarts a worker that dies and, on SIGTERM or SIGINT,
-stops them all and waits for them.
+stops them all: each gets SIGTERM and :func:`worker_grace` seconds to finish its
+in-flight work and close its pools; a worker still running ``shutdown_timeout``
+seconds after the signal is killed (SIGKILL), so that the whole tree is gone within
+that bound whatever a worker waits on.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def worker_grace(shutdown_timeout: float) -> float:
+    """Seconds a worker gives its in-flight work on SIGTERM: the supervisor's bound less
+    the few seconds the worker needs afterwards to close its pools and exit."""
+    return max(1.0, shutdown_timeout - 5)
+
+
 @dataclass(frozen=True)
 class WorkerGroup:
     """``count`` processes each running ``target()`` until it returns."""
@@ -39,10 +48,12 @@ class WorkerGroup:
     target: Callable[[], None]
 
 
-def supervise(groups: Sequence[WorkerGroup]) -> None:
-    """Fork every group's workers, restart those that die, stop all on a signal."""
+def supervise(groups: Sequence[WorkerGroup], *, shutdown_timeout: float = 25.0) -> None:
+    """Fork every group's workers, restart those that die, stop all on a signal (and
+    kill those still running ``shutdown_timeout`` seconds after it)."""
     children: dict[int, tuple[WorkerGroup, int]] = {}
     stopping = False
+    deadline = 0.0
 
     def spawn(group: WorkerGroup, slot: int) -> None:
         pid = os.fork()
@@ -62,7 +73,9 @@ def supervise(groups: Sequence[WorkerGroup]) -> None:
         children[pid] = (group, slot)
 
     def on_signal(_signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, deadline
+        if not stopping:
+            deadline = time.monotonic() + shutdown_timeout
         stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
@@ -74,10 +87,17 @@ def supervise(groups: Sequence[WorkerGroup]) -> None:
         for slot in range(group.count):
             spawn(group, slot)
     while children:
+        # Polled, not os.wait(): a wait blocked in the kernel is resumed after a signal
+        # (PEP 475), and the supervisor must act on its deadline.
         try:
-            pid, status = os.wait()
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
+        if pid == 0:
+            if stopping and time.monotonic() >= deadline:
+                _kill_overstaying(children, shutdown_timeout)
+            time.sleep(0.1)
+            continue
         group_slot = children.pop(pid, None)
         if group_slot is not None and not stopping:
             group, slot = group_slot
@@ -91,3 +111,16 @@ def supervise(groups: Sequence[WorkerGroup]) -> None:
             time.sleep(0.5)
             spawn(group, slot)
     sys.stdout.flush()
+
+
+def _kill_overstaying(children: dict[int, tuple[WorkerGroup, int]], bound: float) -> None:
+    for pid, (group, slot) in children.items():
+        log.error(
+            "%s worker %d (pid %d) still running %.0f s after SIGTERM; killing it",
+            group.name,
+            slot,
+            pid,
+            bound,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,16 @@ No thread per association and no polling: bytes are parsed as they arrive, compl
 DIMSE messages go to a per-association worker task, and service calls that block
 (ingest, queries, blob reads) run in the process's thread pool. Message handlers
 are thin: they call services and map outcomes to statuses through ``status.py``.
+
+What a peer can make us hold is bounded before anything is allocated for it (issue 17):
+a P-DATA-TF PDU longer than the maximum we announced, a command set over
+:data:`MAX_COMMAND`, or an A-ASSOCIATE-RQ (or any other control PDU) over
+:data:`MAX_ASSOCIATE_RQ` is answered with an A-ABORT; a control PDU is read in
+chunks, so a length that is announced but not sent holds nothing. Time is bounded
+too: the A-ASSOCIATE-RQ must be whole within ``associate_timeout`` seconds (PS3.8's
+ARTIM timer), and once associated a peer that completes no PDU for ``idle_timeout``
+seconds while we owe it nothing is aborted, so a stall before, after or inside a PDU
+ends. :class:`Connections` caps how many connections a worker holds.
 """
 
 from __future__ import annotations
@@ -37,7 +47,38 @@ _CONTROL_PDUS = frozenset(
         p.A_ABORT,
     }
 )
-_MAX_CONTROL_PDU = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is a few kilobytes
+# An A-ASSOCIATE-RQ proposing 128 contexts with a dozen transfer syntaxes each is under
+# 48 KiB; other control PDUs are a few bytes.
+MAX_ASSOCIATE_RQ = 128 * 1024
+MAX_COMMAND = 64 * 1024  # a command set is a few hundred bytes
+# The P-DATA-TF limit when we announce none (max_pdu_length = 0): PS3.8 then allows
+# any length, but we hold at most this much of a PDV at once.
+UNANNOUNCED_PDU_LIMIT = 1 << 24
+_CHUNK = 16 * 1024  # control PDUs are read this much at a time
+MAX_QUEUED = 16  # messages of one association waiting for its handler; then we stop reading
+SHUTTING_DOWN = "the archive is shutting down"
+
+
+class Connections:
+    """The connections of one worker process: a cap, and the list to drain at shutdown.
+
+    At most ``max_associations`` established associations (one more is rejected,
+    transient, local limit exceeded) and as many connections still negotiating (one
+    more is closed at once), so that stalled or flooding peers hold a bounded share
+    of the worker and time out (ARTIM, idle) to make room.
+    """
+
+    def __init__(self, max_associations: int) -> None:
+        self.max_associations = max_associations
+        self.negotiating: set[Association] = set()
+        self.established: set[Association] = set()
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self.negotiating) + len(self.established)
+
+    def all(self) -> list[Association]:
+        return [*self.negotiating, *self.established]
 
 
 @dataclass(slots=True)
@@ -57,11 +98,16 @@ class Association(asyncio.BufferedProtocol):
         handlers: Callable[[Association], Any],
         idle_timeout: float,
         max_pdu_length: int,
+        associate_timeout: float | None = None,
+        connections: Connections | None = None,
     ) -> None:
         self._negotiator = negotiator
         self._make_handlers = handlers
         self._idle_timeout = idle_timeout
+        self._associate_timeout = associate_timeout or idle_timeout
+        self._connections = connections
         self.our_max_pdu = max_pdu_length
+        self._pdu_limit = max_pdu_length or UNANNOUNCED_PDU_LIMIT
         self.peer_max_pdu = 0
         self.transport: asyncio.Transport | None = None
         # Receive state: bytes land directly in ``_target`` (a PDU or PDV header, or a
@@ -74,7 +120,14 @@ class Association(asyncio.BufferedProtocol):
         self._pdu_left = 0
         self._pdv_ctx = 0
         self._pdv_mch = 0
+        self._control_body = bytearray()
+        self._control_left = 0
+        self._command_length = 0
         self.established = False
+        self._draining = False
+        self._write_paused = False
+        self._queue_full = False
+        self._reading = True
         self._closing = False
         self.contexts: dict[int, p.AcceptedContext] = {}
         self.calling_ae = ""
@@ -92,6 +145,7 @@ class Association(asyncio.BufferedProtocol):
         self._next_message_id = 1
         self._last_activity = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._artim: asyncio.TimerHandle | None = None
         self._handlers: Any = None
         self._finishing: asyncio.Task[None] | None = None
 
@@ -104,9 +158,42 @@ class Association(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        connections = self._connections
+        if connections is not None:
+            if connections.draining or len(connections.negotiating) >= connections.max_associations:
+                why = SHUTTING_DOWN if connections.draining else "too many connections negotiating"
+                log.warning("closed the connection from %s at once: %s", self.peer, why)
+                self._closing = True
+                transport.abort()
+                return
+            connections.negotiating.add(self)
         loop = asyncio.get_running_loop()
         self._last_activity = loop.time()
         self._watchdog = loop.call_later(self._idle_timeout, self._check_idle)
+        self._artim = loop.call_later(self._associate_timeout, self._artim_expired)
+
+    def pause_writing(self) -> None:
+        """The peer reads less than we send: read nothing more from it until it has
+        caught up, so that what we buffer for it stays bounded (and, nothing completing,
+        the idle timeout ends a peer that never reads)."""
+        self._write_paused = True
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._flow()
+
+    def _flow(self) -> None:
+        """Read from the peer only while we keep up: our answers are being read and at
+        most :data:`MAX_QUEUED` of its messages wait for a handler."""
+        reading = not (self._write_paused or self._queue_full)
+        if reading == self._reading or self.transport is None or self._closing:
+            return
+        self._reading = reading
+        if reading:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._target[self._filled :]
@@ -115,7 +202,6 @@ class Association(asyncio.BufferedProtocol):
         self._filled += nbytes
         if self._filled < len(self._target) or self._closing:
             return
-        self._last_activity = asyncio.get_running_loop().time()
         try:
             self._on_full()
         except (p.PDUError, c.CommandError) as exc:
@@ -134,22 +220,44 @@ class Association(asyncio.BufferedProtocol):
         if pdu_type == p.P_DATA_TF:
             if not self.established:
                 raise p.PDUError("P-DATA-TF before the association was accepted")
+            if length > self._pdu_limit:
+                raise p.PDUError(
+                    f"P-DATA-TF of {length} bytes, over the maximum PDU length "
+                    f"{self._pdu_limit} we accept"
+                )
             self._pdu_left = length
             self._next_pdv()
         elif pdu_type in _CONTROL_PDUS:
-            if length > _MAX_CONTROL_PDU:
-                raise p.PDUError(f"PDU of type {pdu_type:#04x} is too long ({length} bytes)")
-            self._expect(bytearray(length), self._control_pdu_read)
+            if length > MAX_ASSOCIATE_RQ:
+                raise p.PDUError(
+                    f"PDU of type {pdu_type:#04x} is too long ({length} bytes, "
+                    f"at most {MAX_ASSOCIATE_RQ})"
+                )
+            # Read in chunks: what is held is what was sent, not what was announced.
+            self._control_body = bytearray()
+            self._control_left = length
+            self._expect(bytearray(min(length, _CHUNK)), self._control_chunk_read)
         else:
             self._abort(p.ABORT_REASON_UNRECOGNIZED_PDU, f"unknown PDU type {pdu_type:#04x}")
 
-    def _control_pdu_read(self) -> None:
-        body = bytes(self._target)
+    def _control_chunk_read(self) -> None:
+        self._control_body += self._target
+        self._control_left -= len(self._target)
+        if self._control_left > 0:
+            self._expect(bytearray(min(self._control_left, _CHUNK)), self._control_chunk_read)
+            return
+        body = bytes(self._control_body)
+        self._control_body = bytearray()
+        self._pdu_complete()
         self._expect(self._header, self._pdu_header_read)
         self._control_pdu(self._pdu_type, body)
 
+    def _pdu_complete(self) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+
     def _next_pdv(self) -> None:
         if self._pdu_left == 0:
+            self._pdu_complete()
             self._expect(self._header, self._pdu_header_read)
         elif self._pdu_left < 6:
             raise p.PDUError("truncated PDV item")
@@ -173,6 +281,9 @@ class Association(asyncio.BufferedProtocol):
         assert isinstance(fragment, bytearray)
         ctx_id, mch = self._pdv_ctx, self._pdv_mch
         if mch & 1:
+            self._command_length += len(fragment)
+            if self._command_length > MAX_COMMAND:
+                raise p.PDUError(f"command set longer than {MAX_COMMAND} bytes")
             self._cmd_frags.append(fragment)
             if mch & 2:
                 self._command_complete(ctx_id)
@@ -192,6 +303,11 @@ class Association(asyncio.BufferedProtocol):
         self._closing = True
         if self._watchdog:
             self._watchdog.cancel()
+        if self._artim:
+            self._artim.cancel()
+        if self._connections is not None:
+            self._connections.negotiating.discard(self)
+            self._connections.established.discard(self)
         for fut in self.store_waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("association closed"))
@@ -219,6 +335,30 @@ class Association(asyncio.BufferedProtocol):
 
     def _associate(self, rq: p.AssociateRequest) -> None:
         assert self.transport is not None
+        if self._artim is not None:
+            self._artim.cancel()
+        connections = self._connections
+        if connections is not None and (
+            connections.draining or len(connections.established) >= connections.max_associations
+        ):
+            why = (
+                SHUTTING_DOWN
+                if connections.draining
+                else f"{connections.max_associations} associations are open in this worker"
+            )
+            log.warning(
+                "rejected association from %r (%s), transient: %s",
+                rq.calling_ae_title,
+                self.peer,
+                why,
+            )
+            self.transport.write(
+                p.encode_associate_rj(
+                    p.RJ_TRANSIENT, p.RJ_SOURCE_PRESENTATION, p.RJ_REASON_LOCAL_LIMIT_EXCEEDED
+                )
+            )
+            self._close()
+            return
         address = self.peer.rpartition(":")[0] or None
         decision = self._negotiator.negotiate(rq, address)
         if decision.refusal is not None:
@@ -252,12 +392,16 @@ class Association(asyncio.BufferedProtocol):
         )
         self.transport.write(p.encode_associate_ac(ac))
         self.established = True
+        if connections is not None:
+            connections.negotiating.discard(self)
+            connections.established.add(self)
         self._handlers = self._make_handlers(self)
         self._worker = asyncio.get_running_loop().create_task(self._work())
 
     def _command_complete(self, ctx_id: int) -> None:
         raw = bytes(b"".join(self._cmd_frags))
         self._cmd_frags = []
+        self._command_length = 0
         cmd = c.decode_command(raw)
         if cmd.has_data_set:
             self._pending = cmd
@@ -276,10 +420,16 @@ class Association(asyncio.BufferedProtocol):
                 fut.set_result(msg.command)
             return
         self._queue.put_nowait(msg)
+        if self._queue.qsize() >= MAX_QUEUED and not self._queue_full:
+            self._queue_full = True
+            self._flow()
 
     async def _work(self) -> None:
         while True:
             msg = await self._queue.get()
+            if self._queue_full and self._queue.qsize() <= MAX_QUEUED // 2:
+                self._queue_full = False
+                self._flow()
             if msg is None:
                 await self._handlers.finish()
                 if not self._closing and self.transport is not None:
@@ -294,6 +444,8 @@ class Association(asyncio.BufferedProtocol):
                 log.exception(
                     "handler failed for command %#06x from %s", msg.command.field, self.calling_ae
                 )
+            if self._draining:
+                self._drain_if_quiet()
 
     # -- sending -----------------------------------------------------------------------
     def send_message(
@@ -327,16 +479,68 @@ class Association(asyncio.BufferedProtocol):
     def _close(self) -> None:
         self._closing = True
         if self.transport is not None:
-            self.transport.close()
+            if self._write_paused:
+                self.transport.abort()  # the peer reads nothing: do not wait to flush
+            else:
+                self.transport.close()
+
+    @property
+    def _busy(self) -> bool:
+        """We owe the peer an answer: a message waits or is being handled."""
+        return self._worker is not None and (not self._queue.empty() or self._handlers.busy)
+
+    @property
+    def _mid_message(self) -> bool:
+        """Part of a message (a PDU, a command or a data set) has arrived, not all of it."""
+        return (
+            self._on_full != self._pdu_header_read
+            or self._filled > 0
+            or self._pending is not None
+            or bool(self._cmd_frags)
+        )
 
     def _check_idle(self) -> None:
+        """Idle: no PDU completed for ``idle_timeout`` seconds while we owe the peer
+        nothing (a stall between PDUs, inside one, or in the middle of a data set)."""
         if self._closing:
             return
         loop = asyncio.get_running_loop()
         idle = loop.time() - self._last_activity
-        busy = self._worker is not None and (not self._queue.empty() or self._handlers.busy)
-        if idle >= self._idle_timeout and not busy:
+        if self._busy:
+            self._last_activity = loop.time()  # our own work is not the peer's silence
+            idle = 0.0
+        if idle >= self._idle_timeout:
             what = "association" if self.established else "A-ASSOCIATE-RQ"
             self._abort(p.ABORT_REASON_NOT_SPECIFIED, f"no {what} activity for {idle:.0f} s")
             return
-        self._watchdog = loop.call_later(max(1.0, self._idle_timeout - idle), self._check_idle)
+        self._watchdog = loop.call_later(max(0.5, self._idle_timeout - idle), self._check_idle)
+
+    def _artim_expired(self) -> None:
+        if self._closing or self.established:
+            return
+        self._abort(
+            p.ABORT_REASON_NOT_SPECIFIED,
+            f"no complete A-ASSOCIATE-RQ within {self._associate_timeout:g} s",
+        )
+
+    # -- shutdown ----------------------------------------------------------------------
+    def drain(self) -> None:
+        """The worker is stopping: finish the message in progress (a C-STORE being
+        received or handled is stored and answered), then abort; abort at once if none."""
+        self._draining = True
+        self._drain_if_quiet()
+
+    def _drain_if_quiet(self) -> None:
+        if self._closing or self._busy or (self.established and self._mid_message):
+            return
+        self._abort(p.ABORT_REASON_NOT_SPECIFIED, SHUTTING_DOWN)
+
+    def abort(self, why: str) -> None:
+        """Abort now (A-ABORT to the peer, then close)."""
+        if not self._closing:
+            self._abort(p.ABORT_REASON_NOT_SPECIFIED, why)
+
+    async def finished(self) -> None:
+        """Wait for the audit of the association's stores (after it closed)."""
+        if self._finishing is not None:
+            await self._finishing

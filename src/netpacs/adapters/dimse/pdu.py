@@ -39,6 +39,7 @@ RJ_REASON_APP_CONTEXT = 2
 RJ_REASON_CALLING_AE = 3
 RJ_REASON_CALLED_AE = 7
 RJ_REASON_TEMPORARY_CONGESTION = 1  # with source 3 (presentation)
+RJ_REASON_LOCAL_LIMIT_EXCEEDED = 2  # with source 3 (presentation)
 
 # A-ABORT sources and reasons (PS3.8 9.3.8)
 ABORT_SOURCE_USER = 0

@@ -6,6 +6,11 @@ kernel hands each new connection to whichever worker accepts first, so a busy
 worker takes fewer. The plain port may be closed (DICOM TLS only); on the TLS port
 the caller's verified client certificate goes to the association's negotiation,
 where the access policy checks it against the region file.
+
+On SIGTERM a worker stops accepting, lets each association finish the message in
+progress (a C-STORE being received or handled is stored and answered), aborts it,
+and aborts what is left after ``drain_timeout`` seconds; the supervisor kills a
+worker that overstays its own bound.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from netpacs.adapters.dimse.association import Association
+from netpacs.adapters.dimse.association import SHUTTING_DOWN, Association, Connections
 from netpacs.adapters.dimse.handlers import AssociationHandlers, DimseServices
 from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.domain.peer import PeerCertificate
@@ -35,6 +40,9 @@ class DimseConfig:
     idle_timeout: float  # seconds of silence before an association is aborted
     max_pdu_length: int
     tls: ssl.SSLContext | None = None  # for the DICOM TLS port
+    associate_timeout: float = 30.0  # seconds to send a whole A-ASSOCIATE-RQ (ARTIM)
+    max_associations: int = 100  # per worker; as many more may be negotiating
+    drain_timeout: float = 20.0  # seconds in-flight messages get at shutdown
 
 
 class _PeerAssociation(Association):
@@ -58,12 +66,16 @@ async def _serve(
     stop: asyncio.Event,
     tls_sock: socket.socket | None = None,
 ) -> None:
+    connections = Connections(config.max_associations)
+
     def factory() -> Association:
         return _PeerAssociation(
             negotiator=Negotiator(access=services.access, ae_title=services.ae_title),
             handlers=lambda assoc: AssociationHandlers(services, assoc),
             idle_timeout=config.idle_timeout,
             max_pdu_length=config.max_pdu_length,
+            associate_timeout=config.associate_timeout,
+            connections=connections,
         )
 
     loop = asyncio.get_running_loop()
@@ -91,9 +103,34 @@ async def _serve(
     finally:
         for one in servers:
             one.close()
+        await _drain(connections, config.drain_timeout)
         for one in servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(one.wait_closed(), timeout=5)
+
+
+async def _drain(connections: Connections, timeout: float) -> None:
+    """Let in-flight messages finish, then abort every association (module docstring)."""
+    connections.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen = connections.all()
+    if seen:
+        log.info("stopping: %d connections to finish (pid %d)", len(seen), os.getpid())
+    while connections and loop.time() < deadline:
+        for assoc in connections.all():
+            assoc.drain()  # aborts it once its message in progress is answered
+        await asyncio.sleep(0.05)
+    for assoc in connections.all():
+        assoc.abort(f"{SHUTTING_DOWN}; its message did not finish within {timeout:g} s")
+    closing = loop.time() + 2  # for the A-ABORTs to go out and the transports to close
+    while connections and loop.time() < closing:
+        await asyncio.sleep(0.05)
+    # The audit of each association's stores, started as it closed.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(assoc.finished() for assoc in seen), return_exceptions=True), 5
+        )
 
 
 def serve(

@@ -232,5 +232,9 @@ class OruSender:
             self._client.close()
             raise
 
+    def interrupt(self) -> None:
+        """From another thread: stop waiting for the listener (the process is stopping)."""
+        self._client.interrupt()
+
     def close(self) -> None:
         self._client.close()

@@ -52,6 +52,7 @@ class MllpClient:
         self._timeout = timeout  # for each answer
         self._tls = tls
         self._sock: socket.socket | None = None
+        self._interrupted = False
 
     @property
     def peer(self) -> str:
@@ -59,6 +60,25 @@ class MllpClient:
 
     def exchange(self, payload: bytes) -> bytes:
         """Send ``payload`` in one frame and return the payload of the answer."""
+        try:
+            return self._exchange_on_a_connection(payload)
+        except MllpError:
+            if self._interrupted:
+                raise MllpError(f"stopped waiting for {self.peer}: netpacs is stopping") from None
+            raise
+
+    def interrupt(self) -> None:
+        """From another thread: end the exchange in progress at once (and any later
+        one) with :class:`MllpError`; the process is stopping."""
+        self._interrupted = True
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _exchange_on_a_connection(self, payload: bytes) -> bytes:
+        if self._interrupted:
+            raise MllpError("interrupted")
         if self._sock is not None:
             try:
                 return self._exchange(self._sock, payload)
@@ -68,6 +88,9 @@ class MllpClient:
                 self.close()
                 raise
         self._sock = self._connect()
+        if self._interrupted:  # while we were connecting
+            self.close()
+            raise MllpError("interrupted")
         try:
             return self._exchange(self._sock, payload)
         except MllpError:

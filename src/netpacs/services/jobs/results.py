@@ -59,6 +59,11 @@ class ResultTransport(Protocol):
         """One attempt; :class:`DeliveryFailed` when no answer came."""
         ...
 
+    def interrupt(self) -> None:
+        """From another thread: end the attempt in progress now (we are stopping); it
+        fails with :class:`DeliveryFailed` and the result is sent again later."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -114,6 +119,10 @@ class TrustResults:
             if wait > 0:
                 return min(wait, self._timing.poll)
             return self._attempt(claim, result, self._transport)
+
+    def interrupt(self) -> None:
+        if self._transport is not None:
+            self._transport.interrupt()
 
     def close(self) -> None:
         if self._transport is not None:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import sqlalchemy as sa
 
 log = logging.getLogger(__name__)
 
-JOIN_TIMEOUT = 60.0  # seconds; longer than any transport waits for its peer
+GRACE = 20.0  # seconds the jobs' steps in progress get once the runner is stopped
 
 
 class Job(Protocol):
@@ -34,6 +35,13 @@ class Job(Protocol):
         ...
 
 
+@runtime_checkable
+class Interruptible(Protocol):
+    def interrupt(self) -> None:
+        """From another thread: make the step in progress end now (the runner stops)."""
+        ...
+
+
 class JobRunner:
     """Runs ``jobs`` until :meth:`run`'s ``stop`` is set."""
 
@@ -48,9 +56,14 @@ class JobRunner:
         self._after_index_failure = after_index_failure
         self._after_failure = after_failure
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, *, grace: float = GRACE) -> None:
         """Step every job in its own thread; return once ``stop`` is set and each job's
-        current step has ended (steps are bounded by their transports' timeouts)."""
+        current step has ended, or ``grace`` seconds after ``stop`` at most.
+
+        A step still running then (a results listener that takes our message and never
+        answers, a connection pool or a lock it waits for) is left to the process's
+        exit: its claim is a transaction that ends with its connection, so its work is
+        done again later (at least once, as the jobs promise), never lost."""
         threads = [
             threading.Thread(
                 target=self._loop, args=(job, stop), name=f"job {job.name}", daemon=True
@@ -63,8 +76,19 @@ class JobRunner:
             stop.wait()
         finally:
             stop.set()
+            for job in self.jobs:
+                if isinstance(job, Interruptible):
+                    job.interrupt()  # a results listener that never answers
+            deadline = time.monotonic() + grace
             for thread in threads:
-                thread.join(timeout=JOIN_TIMEOUT)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            left = [thread.name for thread in threads if thread.is_alive()]
+            if left:
+                log.warning(
+                    "stopping without waiting for %s (still in a step %.0f s after the stop)",
+                    ", ".join(left),
+                    grace,
+                )
 
     def _loop(self, job: Job, stop: threading.Event) -> None:
         try:
