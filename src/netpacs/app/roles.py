@@ -136,6 +136,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             spool_dir=settings.data_dir,
             oidc=oidc_config(settings),
             token_minutes=settings.token_minutes,
+            upload_idle_seconds=settings.upload_idle_seconds,
         ),
     )
 

@@ -59,6 +59,8 @@ class InvalidReason(enum.Enum):
     MALFORMED_UID = "a UID is malformed (PS3.5 9.1)"
     SOP_MISMATCH = "the SOP Class or Instance UID in the data set differs from the command"
     STUDY_MISMATCH = "the Study Instance UID in the data set differs from the one the request names"
+    TOO_LARGE = "the object (inflated, if deflated) is larger than the largest accepted"
+    TOO_DEEP = "the data set nests sequences deeper than netpacs accepts"
 
 
 @dataclass(frozen=True, slots=True)

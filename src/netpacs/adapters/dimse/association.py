@@ -22,6 +22,7 @@ from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.services.access import Principal
+from netpacs.services.spool import ObjectTooLarge, Spool
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,22 @@ _CONTROL_PDUS = frozenset(
     }
 )
 _MAX_CONTROL_PDU = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is a few kilobytes
+# Data sets held in memory for the worker before the association is read no further.
+_MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
 class Message:
     context_id: int
     command: c.Command
-    data: bytes | None
+    # The data set: bytes while small; a Spool in a file of the data directory when
+    # large (the handler closes it); None without one, or when it was refused.
+    data: bytes | Spool | None
+    refused: str | None = None  # why the data set was not kept (too large)
+
+    def close(self) -> None:
+        if isinstance(self.data, Spool):
+            self.data.close()
 
 
 class Association(asyncio.BufferedProtocol):
@@ -57,6 +67,7 @@ class Association(asyncio.BufferedProtocol):
         handlers: Callable[[Association], Any],
         idle_timeout: float,
         max_pdu_length: int,
+        new_spool: Callable[[], Spool] = Spool,
     ) -> None:
         self._negotiator = negotiator
         self._make_handlers = handlers
@@ -82,7 +93,13 @@ class Association(asyncio.BufferedProtocol):
         self.principal: Principal | None = None
         self.peer = ""
         self._cmd_frags: list[bytearray] = []
-        self._data_frags: list[bytearray] = []
+        # A data set's fragments: in memory while small, then in a file of the data
+        # directory, never beyond the largest object accepted (then dropped).
+        self._new_spool = new_spool
+        self._data: Spool | None = None
+        self._data_refused: str | None = None
+        self._queued_bytes = 0  # of data sets in memory waiting for the worker
+        self._paused = False
         self._pending: c.Command | None = None
         self._pending_ctx = 0
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -179,22 +196,55 @@ class Association(asyncio.BufferedProtocol):
         else:
             if self._pending is None:
                 raise p.PDUError("data set fragment without a command")
-            self._data_frags.append(fragment)
+            self._collect(fragment)
             if mch & 2:
-                data = b"".join(self._data_frags)
-                self._data_frags = []
-                cmd, self._pending = self._pending, None
-                self._dispatch(Message(self._pending_ctx, cmd, data))
+                self._data_complete()
         if not self._closing:
             self._next_pdv()
 
+    def _collect(self, fragment: bytearray) -> None:
+        """Add a data set fragment (kept by reference while in memory: no copy)."""
+        if self._data_refused is not None:
+            return  # the rest of a refused data set is read and dropped
+        if self._data is None:
+            self._data = self._new_spool()
+        try:
+            self._data.write(fragment)
+        except ObjectTooLarge as exc:
+            self._data_refused = str(exc)
+            self._data.close()
+            self._data = None
+        except OSError as exc:  # the spool file could not be written (disk full)
+            self._data_refused = f"the data set could not be spooled: {exc}"
+            self._data.close()
+            self._data = None
+
+    def _data_complete(self) -> None:
+        spool, self._data = self._data, None
+        refused, self._data_refused = self._data_refused, None
+        cmd, self._pending = self._pending, None
+        assert cmd is not None
+        if refused is not None or spool is None:
+            self._dispatch(Message(self._pending_ctx, cmd, None, refused or "no data set"))
+        elif spool.in_file:
+            self._dispatch(Message(self._pending_ctx, cmd, spool))
+        else:
+            self._dispatch(Message(self._pending_ctx, cmd, spool.memory()))
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._data is not None:
+            self._data.close()
+            self._data = None
         if self._watchdog:
             self._watchdog.cancel()
         for fut in self.store_waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("association closed"))
+        while not self._queue.empty():  # messages the worker will never take
+            queued = self._queue.get_nowait()
+            if queued is not None:
+                queued.close()
         if self._worker is not None:
             self._queue.put_nowait(None)
             self._worker.cancel()
@@ -276,10 +326,24 @@ class Association(asyncio.BufferedProtocol):
                 fut.set_result(msg.command)
             return
         self._queue.put_nowait(msg)
+        if isinstance(msg.data, bytes):
+            # A peer that sends without waiting for answers is read no further until
+            # the worker catches up: what an association holds in memory is bounded.
+            self._queued_bytes += len(msg.data)
+            if self._queued_bytes > _MAX_QUEUED_BYTES and not self._paused:
+                self._paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
 
     async def _work(self) -> None:
         while True:
             msg = await self._queue.get()
+            if msg is not None and isinstance(msg.data, bytes):
+                self._queued_bytes -= len(msg.data)
+                if self._paused and self._queued_bytes <= _MAX_QUEUED_BYTES // 2:
+                    self._paused = False
+                    if self.transport is not None and not self._closing:
+                        self.transport.resume_reading()
             if msg is None:
                 await self._handlers.finish()
                 if not self._closing and self.transport is not None:

@@ -48,6 +48,7 @@ async def _serve(
             handlers=lambda assoc: AssociationHandlers(services, assoc),
             idle_timeout=config.idle_timeout,
             max_pdu_length=config.max_pdu_length,
+            new_spool=services.stores.spool,
         )
 
     loop = asyncio.get_running_loop()

@@ -27,6 +27,8 @@ _INVALID: dict[InvalidReason, int] = {
     InvalidReason.MISSING_UID: MISSING_UID,
     InvalidReason.MALFORMED_UID: MALFORMED_UID,
     InvalidReason.SOP_MISMATCH: IDENTIFIER_DOES_NOT_MATCH,
+    InvalidReason.TOO_LARGE: OUT_OF_RESOURCES,  # A700 "Refused: Out of Resources"
+    InvalidReason.TOO_DEEP: CANNOT_UNDERSTAND,
 }
 
 _STORE: dict[StoreStatus, int] = {

@@ -31,3 +31,6 @@ class WebConfig:
     spool_dir: Path  # STOW-RS parts over the spooling threshold go to files here
     oidc: OidcConfig | None
     token_minutes: int
+    # Resource bounds: a STOW-RS body that sends nothing for this long is answered 408
+    # and its connection closed (NETPACS_UPLOAD_IDLE_SECONDS).
+    upload_idle_seconds: float = 30.0
