@@ -59,7 +59,7 @@ from netpacs.index.records import (
 )
 from netpacs.index.writer import IndexWriter, WriteStatus
 from netpacs.services.deflate import inflated
-from netpacs.services.spool import Spool
+from netpacs.services.spool import ObjectTooLarge, Spool
 from netpacs.storage.blobstore import BlobStore, new_blob_key
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,11 @@ def parse_header(
         else:
             ds, _ = walk_dataset(dataset, transfer_syntax_uid)
         return ds
-    except TooLarge as exc:
-        raise InvalidObject(InvalidReason.TOO_LARGE, str(exc)) from None
+    except TooLarge:
+        raise InvalidObject(
+            InvalidReason.TOO_LARGE,
+            f"deflated data set inflates beyond {max_size >> 20} MB (NETPACS_MAX_OBJECT_MB)",
+        ) from None
     except TooDeep as exc:
         raise InvalidObject(InvalidReason.TOO_DEEP, str(exc)) from None
     except HeaderError as exc:
@@ -448,12 +451,7 @@ class IngestService:
         sop_class_uid, sop_uid = sop
         size = len(head) + len(dataset)
         if size > self.max_object_size:
-            limit = self.max_object_size // (1024 * 1024)
-            too_large = InvalidObject(
-                InvalidReason.TOO_LARGE,
-                f"the object ({size:,} bytes) is larger than the largest accepted "
-                f"({limit:,} MB, NETPACS_MAX_OBJECT_MB)",
-            )
+            too_large = InvalidObject(InvalidReason.TOO_LARGE, str(ObjectTooLarge(self.max_object_size)))
             return self._refuse(too_large, sop_uid, origin, sop_class_uid)
         key = new_blob_key()
         crc: list[int] = []

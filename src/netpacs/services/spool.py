@@ -33,10 +33,8 @@ class ObjectTooLarge(Exception):
     """An object larger than the largest accepted (NETPACS_MAX_OBJECT_MB)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"the object is larger than the largest accepted ({limit // (1024 * 1024):,} MB, "
-            "NETPACS_MAX_OBJECT_MB)"
-        )
+        # Short enough for a C-STORE Error Comment (64 characters).
+        super().__init__(f"object larger than NETPACS_MAX_OBJECT_MB ({limit >> 20} MB)")
         self.limit = limit
 
 

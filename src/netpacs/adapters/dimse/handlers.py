@@ -201,7 +201,7 @@ class AssociationHandlers:
                 c.C_STORE_RSP,
                 st.OUT_OF_RESOURCES,
                 sop_instance_uid=sop_instance,
-                comment=f"Refused: {msg.refused or 'no data set'}",
+                comment=msg.refused or "no data set",
             )
             return
         outcome = await self._run(
