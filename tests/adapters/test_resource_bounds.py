@@ -97,6 +97,7 @@ def peak_rss_growth(server: Netpacs) -> Iterator[list[int]]:
     result: list[int] = []
     yield result
     result.append(sum(max(0, _status(pid, "VmHWM") - rss) for pid, rss in before.items()))
+    print(f"server peak RSS growth: {result[0] / MB:.0f} MB")  # shown with -s
 
 
 # -- objects ---------------------------------------------------------------------------------
@@ -444,8 +445,10 @@ def test_bulk_data_and_frames_of_a_deflated_object_are_read_without_inflating_it
     data += packer.compress(rest + _long(0x7FE00010, b"OB", len(pixels)) + pixels)
     data += packer.flush()
     data += b"\0" if len(data) % 2 else b""
-    answer = stow(server, stow_body([[part10_head(ds, DEFLATED), data]]))
+    with peak_rss_growth(server) as stored:
+        answer = stow(server, stow_body([[part10_head(ds, DEFLATED), data]]))
     assert answer.status_code == 200, answer.text
+    assert stored[0] < RSS_BUDGET, f"server grew by {stored[0] / MB:.0f} MB storing it"
 
     with peak_rss_growth(server) as growth:
         value = server.http.get(
@@ -499,6 +502,7 @@ def test_a_600_mb_c_store_is_stored_without_holding_it_and_reads_back_intact(
     with peak_rss_growth(server) as growth:
         rsp = c_store(server, ds, _then(head, pixels.chunks()), EXPLICIT_VR_LE)
     took = time.monotonic() - started
+    print(f"stored in {took:.1f} s")
     assert rsp.get_int(c.STATUS) == 0x0000, rsp
     assert growth[0] < RSS_BUDGET, f"server grew by {growth[0] / MB:.0f} MB in {took:.1f} s"
     assert read_back(server, ds, "7FE00010") == (600 * MB, pixels.sha256.hexdigest())
@@ -509,8 +513,10 @@ def test_a_600_mb_stow_is_stored_without_holding_it_and_reads_back_intact(
 ) -> None:
     ds, head, pixels = large_ct(600 * MB)
     part = _then(part10_head(ds, EXPLICIT_VR_LE) + head, pixels.chunks())
+    started = time.monotonic()
     with peak_rss_growth(server) as growth:
         answer = stow(server, stow_body([part]))
+    print(f"stored in {time.monotonic() - started:.1f} s")
     assert answer.status_code == 200, answer.text
     assert growth[0] < RSS_BUDGET, f"server grew by {growth[0] / MB:.0f} MB"
     assert read_back(server, ds, "7FE00010") == (600 * MB, pixels.sha256.hexdigest())

@@ -451,8 +451,10 @@ class IngestService:
         sop_class_uid, sop_uid = sop
         size = len(head) + len(dataset)
         if size > self.max_object_size:
-            too_large = InvalidObject(InvalidReason.TOO_LARGE, str(ObjectTooLarge(self.max_object_size)))
-            return self._refuse(too_large, sop_uid, origin, sop_class_uid)
+            limit = str(ObjectTooLarge(self.max_object_size))
+            return self._refuse(
+                InvalidObject(InvalidReason.TOO_LARGE, limit), sop_uid, origin, sop_class_uid
+            )
         key = new_blob_key()
         crc: list[int] = []
         if chunks is None:
