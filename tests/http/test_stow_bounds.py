@@ -75,6 +75,8 @@ def test_a_deflated_part_inflating_beyond_the_largest_object_fails_out_of_resour
     assert answer.status_code == 409, answer.text
     failed = values(answer.json(), "00081198")
     assert values(failed[0], "00081197") == [0xA700]
+    assert answer.headers["warning"].startswith('299 netpacs "part 1: deflated data set inflates')
+    assert "NETPACS_MAX_OBJECT_MB" in answer.headers["warning"]
     assert blob_files(http_app) == files
 
 
@@ -112,6 +114,7 @@ def test_sequences_nested_deeper_than_the_limit_fail_and_leave_no_blob(
     assert answer.status_code == 409, answer.text
     failed = values(answer.json(), "00081198")
     assert values(failed[0], "00081197") == [0xC000]
+    assert "nested more than 64 deep" in answer.headers["warning"]
     assert blob_files(http_app) == files
     shallow = ct_dataset()
     shallow.ContentSequence = [pydicom.Dataset()]

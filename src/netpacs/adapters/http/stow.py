@@ -179,7 +179,8 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     studies: set[str] = set()
-    for result in results:
+    warnings: list[str] = []
+    for number, result in enumerate(results, 1):
         outcome = result.outcome
         item = {
             "00081150": _element("UI", result.sop_class_uid),
@@ -197,6 +198,8 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
         else:
             item["00081197"] = _element("US", reason)
             failed.append(dict(sorted(item.items())))
+            if outcome.message and len(warnings) < _MAX_WARNINGS:
+                warnings.append(_warning(f"part {number}: {outcome.message}"))
     body: dict[str, Any] = {}
     one_study = study or (next(iter(studies)) if len(studies) == 1 else None)
     if one_study:
@@ -206,7 +209,18 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     status = 409 if not referenced else 202 if failed else 200
-    return Response(orjson.dumps(body), status_code=status, media_type=media_type)
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
+    return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)
+
+
+_MAX_WARNINGS = 10
+
+
+def _warning(text: str) -> str:
+    """A Warning header value (RFC 7234 5.5, warn-code 299, which PS3.18 uses) saying why a part
+    failed: FailureReason is a number; this is the reason in words."""
+    safe = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "?" for ch in text)
+    return f'299 netpacs "{safe[:300]}"'
 
 
 async def _stow(request: Request, study: str | None) -> Response:
