@@ -115,6 +115,10 @@ class IngestBatch:
     def origin(self) -> Origin:
         return self._origin
 
+    def spool(self) -> Spool:
+        """A spool for one object on its way in (see :meth:`IngestService.spool`)."""
+        return self._ingest.spool()
+
     def store_dataset(
         self,
         dataset: bytes | memoryview | Spool,
