@@ -241,11 +241,16 @@ class RawScu:
         )
 
     def c_store(self, sop_instance_uid: str, chunks: Iterable[bytes]) -> c.Command:
+        self.send_store(1, sop_instance_uid, chunks)
+        return self.response()
+
+    def send_store(self, message_id: int, sop_instance_uid: str, chunks: Iterable[bytes]) -> None:
+        """A C-STORE-RQ and its data set, without waiting for the answer."""
         command = c.encode_command(
             {
                 c.AFFECTED_SOP_CLASS_UID: self.abstract,
                 c.COMMAND_FIELD: c.C_STORE_RQ,
-                c.MESSAGE_ID: 1,
+                c.MESSAGE_ID: message_id,
                 c.PRIORITY: 0,
                 c.COMMAND_DATA_SET_TYPE: c.HAS_DATA_SET,
                 c.AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
@@ -260,6 +265,8 @@ class RawScu:
                 self._pdv(memoryview(pending)[:room], 0x00)
                 del pending[:room]
         self._pdv(pending, 0x02)
+
+    def response(self) -> c.Command:
         fragments = b""
         while True:
             kind, body = self._pdu()
@@ -533,6 +540,30 @@ def test_a_c_store_beyond_the_largest_object_is_refused_out_of_resources(
     assert "NETPACS_MAX_OBJECT_MB (640 MB)" in rsp.get_str(c.ERROR_COMMENT)
     assert growth[0] < RSS_BUDGET, f"server grew by {growth[0] / MB:.0f} MB"
     assert blob_files(server) == files
+
+
+def test_a_peer_sending_stores_without_waiting_for_answers_is_not_buffered_without_end(
+    server: Netpacs,
+) -> None:
+    """600 C-STOREs of 1 MB sent back to back, answers read only at the end: the server
+    reads no further while 64 MB wait for its handler."""
+    count, size = 600, 512 * 512 * 4
+    block = os.urandom(size)
+    first, _ = header()
+    scu = RawScu(server.port, str(first.SOPClassUID), EXPLICIT_VR_LE)
+    scu.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MB)
+    try:
+        with peak_rss_growth(server) as growth:
+            for n in range(count):
+                ds, head = header(Rows=512, Columns=512, BitsAllocated=32, SeriesNumber=n)
+                scu.send_store(
+                    n + 1, str(ds.SOPInstanceUID), [head + _long(0x7FE00010, b"OW", size), block]
+                )
+            statuses = [scu.response().get_int(c.STATUS) for _ in range(count)]
+    finally:
+        scu.release()
+    assert statuses == [0] * count
+    assert growth[0] < RSS_BUDGET, f"server grew by {growth[0] / MB:.0f} MB"
 
 
 def test_stalled_stow_uploads_are_answered_408_and_closed_within_the_idle_limit(

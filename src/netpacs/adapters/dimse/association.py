@@ -39,7 +39,8 @@ _CONTROL_PDUS = frozenset(
     }
 )
 _MAX_CONTROL_PDU = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts is a few kilobytes
-# Data sets held in memory for the worker before the association is read no further.
+# Data sets waiting for the worker (in memory or spooled) before the association is
+# read no further.
 _MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
@@ -51,6 +52,12 @@ class Message:
     # large (the handler closes it); None without one, or when it was refused.
     data: bytes | Spool | None
     refused: str | None = None  # why the data set was not kept (too large)
+
+    @property
+    def size(self) -> int:
+        if self.data is None:
+            return 0
+        return self.data.size if isinstance(self.data, Spool) else len(self.data)
 
     def close(self) -> None:
         if isinstance(self.data, Spool):
@@ -326,10 +333,11 @@ class Association(asyncio.BufferedProtocol):
                 fut.set_result(msg.command)
             return
         self._queue.put_nowait(msg)
-        if isinstance(msg.data, bytes):
+        if msg.data is not None:
             # A peer that sends without waiting for answers is read no further until
-            # the worker catches up: what an association holds in memory is bounded.
-            self._queued_bytes += len(msg.data)
+            # the worker catches up: what an association holds waiting (in memory or
+            # spooled to disk) is bounded.
+            self._queued_bytes += msg.size
             if self._queued_bytes > _MAX_QUEUED_BYTES and not self._paused:
                 self._paused = True
                 assert self.transport is not None
@@ -338,8 +346,8 @@ class Association(asyncio.BufferedProtocol):
     async def _work(self) -> None:
         while True:
             msg = await self._queue.get()
-            if msg is not None and isinstance(msg.data, bytes):
-                self._queued_bytes -= len(msg.data)
+            if msg is not None and msg.data is not None:
+                self._queued_bytes -= msg.size
                 if self._paused and self._queued_bytes <= _MAX_QUEUED_BYTES // 2:
                     self._paused = False
                     if self.transport is not None and not self._closing:
