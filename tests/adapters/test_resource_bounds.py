@@ -566,6 +566,40 @@ def test_a_peer_sending_stores_without_waiting_for_answers_is_not_buffered_witho
     assert growth[0] < RSS_BUDGET, f"server grew by {growth[0] / MB:.0f} MB"
 
 
+def test_a_stow_part_beyond_the_largest_object_is_413_and_the_rest_is_not_read(
+    server: Netpacs,
+) -> None:
+    ds, head, pixels = large_ct(660 * MB)
+    body = b"".join(stow_body([[part10_head(ds, EXPLICIT_VR_LE) + head]]))
+    body = body[: body.rindex(b"\r\n--")]  # the pixel data follows
+    request = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.token()}\r\nContent-Type: {STOW_TYPE}\r\n"
+        f"Content-Length: {len(body) + pixels.size + len(BOUNDARY) + 8}\r\n\r\n"
+    ).encode()
+    files = blob_files(server)
+    sent = 0
+    with peak_rss_growth(server) as growth:
+        sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+        try:
+            sock.sendall(request + body)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for piece in pixels.chunks():
+                    sock.sendall(piece)
+                    sent += len(piece)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+        finally:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"NETPACS_MAX_OBJECT_MB (640 MB)" in answer
+    assert sent < pixels.size, "the server read the whole body"
+    assert growth[0] < RSS_BUDGET, f"server grew by {growth[0] / MB:.0f} MB"
+    assert blob_files(server) == files
+
+
 def test_stalled_stow_uploads_are_answered_408_and_closed_within_the_idle_limit(
     server: Netpacs,
 ) -> None:
