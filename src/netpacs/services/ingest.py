@@ -474,7 +474,10 @@ class IngestService:
         if chunks is not None:
             with contextlib.suppress(OSError):
                 write.result()  # _commit answers a failed write
-        record = build_record(obj, origin, blob_key=key, crc=crc[0] if crc else None)
+        if chunks is None:
+            record = build_record(obj, origin, blob_key=key)
+        else:  # a failed copy leaves no CRC; _commit answers it without using the record's
+            record = build_record(obj, origin, blob_key=key, crc=crc[0] if crc else 0)
         outcome = self._commit(obj, record, write, origin)
         return dataclasses.replace(
             outcome,
