@@ -172,3 +172,21 @@ def test_import_result_does_not_depend_on_the_number_of_workers(
     assert result.returncode == 0
     assert summary(result.stdout)["stored"] == 15
     assert len(sqlite_cli.identities()) == 15
+
+
+def test_a_file_larger_than_the_largest_object_is_refused_naming_the_limit(
+    sqlite_cli: Cli, tmp_path: Path
+) -> None:
+    small = write_part10(ct_dataset(), tmp_path / "in" / "small.dcm")
+    large = write_part10(
+        ct_dataset(Rows=1024, Columns=1024, PixelData=bytes(2 * 1024 * 1024)),
+        tmp_path / "in" / "large.dcm",
+    )
+    sqlite_cli.extra_env["NETPACS_MAX_OBJECT_MB"] = "1"
+
+    result = sqlite_cli.run("import", small, large)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert summary(result.stdout)["stored"] == 1
+    assert f"invalid: {large}: object larger than NETPACS_MAX_OBJECT_MB (1 MB)" in result.stdout
+    assert len(list((sqlite_cli.data_dir / "objects").glob("???/*"))) == 1

@@ -16,7 +16,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from netpacs.adapters.http.multipart import MediaType, MultipartError, MultipartReader
-from netpacs.adapters.http.stow import Spool
+from netpacs.services.spool import Spool
 from tests.conftest import HttpApp
 from tests.factories import ct_dataset
 
@@ -283,11 +283,13 @@ def test_media_type_parameters_in_any_order_and_quoting() -> None:
 
 
 def test_spool_moves_large_parts_to_a_file_and_gives_one_view(tmp_path: Any) -> None:
-    spool = Spool(tmp_path, limit=10)
+    spool = Spool(tmp_path, in_memory=10)
     for chunk in (b"0123456789", b"abcdef", b"XYZ"):
         spool.write(chunk)
     try:
+        assert spool.in_file
         with spool.view() as view:
             assert bytes(view) == b"0123456789abcdefXYZ"
+        assert b"".join(spool.chunks(3)) == b"3456789abcdefXYZ"
     finally:
         spool.close()

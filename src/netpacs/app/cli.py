@@ -51,6 +51,7 @@ from netpacs.services.maintenance import (
     run_bounded,
     verify,
 )
+from netpacs.services.spool import ObjectTooLarge
 
 log = logging.getLogger("netpacs.app.cli")
 
@@ -258,17 +259,28 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def _import_one(batch: IngestBatch, path: Path) -> StoreOutcome:
+    """Store one file, read in pieces into a spool (a large file is never whole in
+    memory; one beyond NETPACS_MAX_OBJECT_MB is refused unread)."""
+    spool = batch.spool()
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        failed = StoreOutcome(StoreStatus.FAILED, None, f"could not read the file: {exc}")
-        return batch.refused(failed)
-    try:
-        return batch.store_part10(data)
-    except Exception as exc:  # one bad file must not stop the import
-        log.exception("unexpected error storing %s", path)
-        failed = StoreOutcome(StoreStatus.FAILED, None, f"unexpected error: {exc!r}")
-        return batch.refused(failed)
+        try:
+            with path.open("rb") as f:
+                while piece := f.read(1 << 20):
+                    spool.write(piece)
+        except ObjectTooLarge as exc:
+            too_large = StoreOutcome(StoreStatus.INVALID, None, str(exc), InvalidReason.TOO_LARGE)
+            return batch.refused(too_large)
+        except OSError as exc:
+            failed = StoreOutcome(StoreStatus.FAILED, None, f"could not read the file: {exc}")
+            return batch.refused(failed)
+        try:
+            return batch.store_part10(spool)
+        except Exception as exc:  # one bad file must not stop the import
+            log.exception("unexpected error storing %s", path)
+            failed = StoreOutcome(StoreStatus.FAILED, None, f"unexpected error: {exc!r}")
+            return batch.refused(failed)
+    finally:
+        spool.close()
 
 
 def refusal_group(outcome: StoreOutcome) -> str:

@@ -91,6 +91,8 @@ def build_archive(settings: Settings) -> Archive:
         region=region,
         ae_title=settings.ae_title,
         duplicate_policy=settings.duplicate_policy,
+        max_object_size=settings.max_object_mb * 1024 * 1024,
+        spool_dir=settings.data_dir,
     )
     query = QueryService(
         read_engine,

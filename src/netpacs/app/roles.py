@@ -140,6 +140,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             trusted_proxies=tuple(split_list(settings.trusted_proxies)),
             allowed_hosts=frozenset(h.lower() for h in split_list(settings.allowed_hosts)),
             max_body_bytes=settings.http_max_body_bytes,
+            upload_idle_seconds=settings.upload_idle_seconds,
         ),
     )
 

@@ -215,6 +215,17 @@ class Settings(BaseSettings):
         "a worker still running then is killed",
     )
 
+    # -- resource bounds: object size, deflate, uploads (issue 17, items 6, 9, 10) --
+    max_object_mb: int = Field(
+        default=4096,
+        ge=1,
+        description="the largest object accepted (C-STORE, STOW-RS part, import), in MiB; "
+        "also the most a deflated data set may inflate to",
+    )
+    upload_idle_seconds: float = Field(
+        default=30.0, gt=0, description="a STOW-RS body that sends nothing this long is closed"
+    )
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, v: str) -> str:

@@ -64,6 +64,8 @@ class InvalidReason(enum.Enum):
     # item raised, so that no image is slipped into another patient's study.
     PATIENT_MISMATCH = "the patient of the object contradicts the patient of the study it names"
     SERIES_MISMATCH = "the Series Instance UID belongs to another study"
+    TOO_LARGE = "the object (inflated, if deflated) is larger than the largest accepted"
+    TOO_DEEP = "the data set nests sequences deeper than netpacs accepts"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -28,6 +27,7 @@ from pydicom.uid import UID
 from netpacs.domain.dicom.header import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, first_int
 from netpacs.domain.outcomes import Problem, Refused
 from netpacs.domain.query import StoredInstance
+from netpacs.services.deflate import inflate_range
 from netpacs.storage.blobstore import BlobStore
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -202,12 +202,19 @@ class FrameReader:
     def _native_whole(
         self, inst: StoredInstance, layout: PixelLayout, numbers: list[int]
     ) -> Iterator[bytes]:
-        """Frames of deflated data sets or with frames not on byte boundaries (1-bit)."""
-        raw = self._blobs.get(inst.blob_key)[inst.dataset_offset :]
-        if layout.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE:
-            raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-        pixels = raw[layout.offset : layout.offset + layout.length]
+        """Frames of deflated data sets or with frames not on byte boundaries (1-bit).
+
+        A deflated data set is inflated only up to the last frame asked for, and only
+        its pixel data kept (never the whole object: it may inflate to gigabytes)."""
         bits = layout.frame_bits
+        needed = min(layout.length, (max(numbers) * bits + 7) // 8)
+        with self._blobs.open(inst.blob_key) as f:
+            f.seek(inst.dataset_offset)
+            if layout.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE:
+                pixels = inflate_range(f, layout.offset, needed)
+            else:
+                f.seek(inst.dataset_offset + layout.offset)
+                pixels = f.read(needed)
         if bits % 8 == 0:
             size = bits // 8
             for n in numbers:

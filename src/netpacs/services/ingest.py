@@ -13,16 +13,27 @@ import dataclasses
 import io
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from netpacs.domain.dicom.header import HeaderError, JsonDataset, first_int, first_str, walk_dataset
+from netpacs.domain.dicom.header import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_LE,
+    HeaderError,
+    JsonDataset,
+    TooDeep,
+    TooLarge,
+    first_int,
+    first_str,
+    walk_dataset,
+)
 from netpacs.domain.dicom.part10 import (
     FileMeta,
     build_file_meta,
@@ -47,6 +58,8 @@ from netpacs.index.records import (
     StudyRow,
 )
 from netpacs.index.writer import IndexWriter, WriteResult, WriteStatus
+from netpacs.services.deflate import inflated
+from netpacs.services.spool import ObjectTooLarge, Spool
 from netpacs.storage.blobstore import BlobStore, new_blob_key
 
 log = logging.getLogger(__name__)
@@ -68,6 +81,20 @@ class InvalidObject(Exception):
         self.detail = detail
 
 
+# The largest object accepted by default (NETPACS_MAX_OBJECT_MB): also the most a
+# deflated data set may inflate to.
+MAX_OBJECT_SIZE = 4096 * 1024 * 1024
+# pydicom (the fallback parser) reads every value into memory: it is given only data
+# sets up to this size; larger ones our walker refuses are refused.
+FALLBACK_MAX = 64 * 1024 * 1024
+# The file meta of a spooled Part 10 file is read from its first bytes (it is small).
+_META_PROBE = 1024 * 1024
+# A deflated data set is inflated in memory up to this size, to a sparse file beyond.
+INFLATE_IN_MEMORY = 32 * 1024 * 1024
+
+Chunks = Callable[[], Iterator["bytes | memoryview"]]
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedObject:
     """An object as netpacs will store and index it."""
@@ -76,21 +103,57 @@ class ParsedObject:
     dataset: bytes | memoryview
     transfer_syntax_uid: str
     header: JsonDataset
+    # The data set read from its spool file in pieces (None: ``dataset`` is in memory).
+    chunks: Chunks | None = None
 
 
 def parse_header(
-    dataset: bytes | memoryview, transfer_syntax_uid: str, head: bytes = b""
+    dataset: bytes | memoryview,
+    transfer_syntax_uid: str,
+    head: bytes = b"",
+    *,
+    chunks: Chunks | None = None,
+    max_size: int = MAX_OBJECT_SIZE,
+    spool_dir: Path | None = None,
 ) -> JsonDataset:
-    """DICOM JSON of the data set; falls back to pydicom for encodings our walker refuses."""
+    """DICOM JSON of the data set; falls back to pydicom for encodings our walker refuses.
+
+    ``dataset`` may be a memory map of a spooled object (only its header pages are
+    read); ``chunks`` then reads the same bytes in pieces, for inflating a deflated data
+    set without mapping it. A deflated data set is inflated up to ``max_size`` (in
+    memory while small, else to a sparse file in ``spool_dir``); beyond, and for
+    sequences nested too deep, the object is refused without a fallback.
+    """
+    deflated = transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE
+    inflated_size = FALLBACK_MAX + 1 if deflated else len(dataset)
     try:
-        ds, _ = walk_dataset(bytes(dataset), transfer_syntax_uid)
+        if deflated:
+            pieces: Iterator[bytes | memoryview] = (
+                chunks() if chunks is not None else iter((dataset,))
+            )
+            with inflated(
+                pieces, limit=max_size, directory=spool_dir, in_memory=INFLATE_IN_MEMORY
+            ) as buf:
+                inflated_size = len(buf)
+                ds, _ = walk_dataset(buf, EXPLICIT_VR_LE)
+        else:
+            ds, _ = walk_dataset(dataset, transfer_syntax_uid)
         return ds
+    except TooLarge:
+        raise InvalidObject(
+            InvalidReason.TOO_LARGE,
+            f"deflated data set inflates beyond {max_size >> 20} MB (NETPACS_MAX_OBJECT_MB)",
+        ) from None
+    except TooDeep as exc:
+        raise InvalidObject(InvalidReason.TOO_DEEP, str(exc)) from None
     except HeaderError as exc:
         walker_error = exc
+    if inflated_size > FALLBACK_MAX:
+        raise InvalidObject(InvalidReason.UNPARSABLE, str(walker_error))
     try:
         if head:
-            buf = io.BytesIO(head + bytes(dataset))
-            parsed = pydicom.dcmread(buf, stop_before_pixels=True)
+            stream = io.BytesIO(head + bytes(dataset))
+            parsed = pydicom.dcmread(stream, stop_before_pixels=True)
         else:
             parsed = pydicom.dcmread(
                 io.BytesIO(bytes(dataset)), stop_before_pixels=True, force=True
@@ -101,6 +164,10 @@ def parse_header(
             bulk_data_threshold=1024, bulk_data_element_handler=lambda _e: "bulk:pydicom"
         )
         return result
+    except RecursionError:
+        raise InvalidObject(
+            InvalidReason.TOO_DEEP, f"{walker_error}; pydicom: sequences nested too deep"
+        ) from None
     except (InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OSError) as exc:
         raise InvalidObject(InvalidReason.UNPARSABLE, f"{walker_error}; pydicom: {exc}") from None
     except Exception as exc:  # pydicom raises many types on corrupt input
@@ -130,25 +197,74 @@ class IngestService:
         region: Region,
         ae_title: str,
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
+        max_object_size: int = MAX_OBJECT_SIZE,
+        spool_dir: Path | None = None,
     ) -> None:
         self._blobs = blobs
         self._writer = writer
         self._region = region
         self._ae_title = ae_title
         self._policy = duplicate_policy
+        self.max_object_size = max_object_size
+        self.spool_dir = spool_dir
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-write")
+
+    def spool(self) -> Spool:
+        """A spool for one object on its way in, capped at the largest object accepted,
+        spilling to a file of the data directory when large (adapters collect into it)."""
+        return Spool(self.spool_dir, max_size=self.max_object_size)
 
     # -- entry points ----------------------------------------------------------------
     def store_dataset(
         self,
-        dataset: bytes | memoryview,
+        dataset: bytes | memoryview | Spool,
         *,
         transfer_syntax_uid: str,
         sop_class_uid: str,
         sop_instance_uid: str,
         origin: Origin,
     ) -> StoreOutcome:
-        """Store a bare data set as received over a network association (C-STORE)."""
+        """Store a bare data set as received over a network association (C-STORE).
+
+        A :class:`Spool` held in a file is parsed through a memory map (header pages
+        only) and copied to the blob store in pieces: the object is never whole in
+        memory.
+        """
+        data: bytes | memoryview
+        if isinstance(dataset, Spool):
+            if not dataset.in_file:
+                data = dataset.memory()
+            else:
+                with dataset.view() as view:
+                    return self._store_dataset(
+                        view,
+                        dataset.chunks,
+                        transfer_syntax_uid=transfer_syntax_uid,
+                        sop_class_uid=sop_class_uid,
+                        sop_instance_uid=sop_instance_uid,
+                        origin=origin,
+                    )
+        else:
+            data = dataset
+        return self._store_dataset(
+            data,
+            None,
+            transfer_syntax_uid=transfer_syntax_uid,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            origin=origin,
+        )
+
+    def _store_dataset(
+        self,
+        dataset: bytes | memoryview,
+        chunks: Chunks | None,
+        *,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        origin: Origin,
+    ) -> StoreOutcome:
         head = build_file_meta(
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
@@ -158,7 +274,7 @@ class IngestService:
         )
 
         def parse() -> JsonDataset:
-            header = parse_header(dataset, transfer_syntax_uid)
+            header = self._parse(dataset, transfer_syntax_uid, b"", chunks)
             uids = check_uids(header)
             if uids["00080018"] != sop_instance_uid or uids["00080016"] != sop_class_uid:
                 raise InvalidObject(
@@ -169,23 +285,31 @@ class IngestService:
             return header
 
         sop = (sop_class_uid, sop_instance_uid)
-        return self._ingest(head, dataset, transfer_syntax_uid, parse, sop, origin)
+        return self._ingest(head, dataset, transfer_syntax_uid, parse, sop, origin, chunks)
 
     def store_part10(
         self,
-        data: bytes | memoryview,
+        data: bytes | memoryview | Spool,
         *,
         origin: Origin,
         study_instance_uid: str | None = None,
     ) -> StoreOutcome:
         """Store a DICOM Part 10 file (STOW-RS, import), kept as received but the preamble.
 
-        ``data`` may be a view of a spooled file (STOW-RS). With ``study_instance_uid``
+        ``data`` may be a :class:`Spool` (STOW-RS): held in a file, it is parsed through
+        a memory map and copied in pieces. With ``study_instance_uid``
         (STOW-RS to ``/studies/{study}``, PS3.18 10.5.1) an object of another study is
         refused and nothing of it is kept. A file written without its preamble (pydicom's
         ``dcmwrite`` of a data set read from no file, as dicomweb-client sends) is given
         one: the stored preamble is zeros in any case.
         """
+        if isinstance(data, Spool):
+            if not data.in_file:
+                return self.store_part10(
+                    data.memory(), origin=origin, study_instance_uid=study_instance_uid
+                )
+            with data.view() as view:
+                return self._store_spooled_part10(data, view, origin, study_instance_uid)
         if bytes(data[128:132]) != b"DICM":
             if bytes(data[:4]) == b"DICM":
                 data = bytes(128) + data
@@ -199,6 +323,33 @@ class IngestService:
             data, meta, origin=origin, study_instance_uid=study_instance_uid
         )
 
+    def _store_spooled_part10(
+        self, spool: Spool, view: memoryview, origin: Origin, study_instance_uid: str | None
+    ) -> StoreOutcome:
+        """A Part 10 file in a spool file: the file meta is read from its first pages."""
+        probe = bytes(view[:_META_PROBE])
+        prefix = b""
+        if probe[128:132] != b"DICM":
+            if probe[:4] == b"DICM":
+                prefix = bytes(128)
+            elif probe[:2] == b"\x02\x00":
+                prefix = bytes(128) + b"DICM"
+        try:
+            meta = read_file_meta(prefix + probe)
+        except HeaderError as exc:
+            return self._refuse(InvalidObject(InvalidReason.UNPARSABLE, str(exc)), None, origin)
+        offset = meta.dataset_offset - len(prefix)  # where the data set starts in the spool
+        head = bytes(128) + (prefix + probe)[128 : meta.dataset_offset]
+        return self.store_parsed_file(
+            view,
+            meta,
+            origin=origin,
+            study_instance_uid=study_instance_uid,
+            head=head,
+            dataset_offset=offset,
+            chunks=lambda: spool.chunks(offset),
+        )
+
     def store_parsed_file(
         self,
         data: bytes | memoryview,
@@ -206,16 +357,24 @@ class IngestService:
         *,
         origin: Origin,
         study_instance_uid: str | None = None,
+        head: bytes | None = None,
+        dataset_offset: int | None = None,
+        chunks: Chunks | None = None,
     ) -> StoreOutcome:
-        head = bytes(128) + data[128 : meta.dataset_offset]
+        """Store a Part 10 file whose file meta was read (``head`` and ``dataset_offset``
+        when they differ from the file meta's, as for a file without its preamble)."""
+        if head is None:
+            head = bytes(128) + data[128 : meta.dataset_offset]
         if origin.trust or origin.user:
             # The file meta came with the object: record who brought it, so that
             # reindex can recover what the index knows (PS3.10 Private Information).
             head = with_private_information(head, origin_information(origin))
-        dataset = memoryview(data)[meta.dataset_offset :]
+        start = meta.dataset_offset if dataset_offset is None else dataset_offset
+        dataset = memoryview(data)[start:]
+        stored_head = head
 
         def parse() -> JsonDataset:
-            header = parse_header(dataset, meta.transfer_syntax_uid, head)
+            header = self._parse(dataset, meta.transfer_syntax_uid, stored_head, chunks)
             uids = check_uids(header)
             if study_instance_uid is not None and uids["0020000D"] != study_instance_uid:
                 raise InvalidObject(
@@ -229,7 +388,23 @@ class IngestService:
             meta.media_storage_sop_class_uid or None,
             meta.media_storage_sop_instance_uid or None,
         )
-        return self._ingest(head, dataset, meta.transfer_syntax_uid, parse, sop, origin)
+        return self._ingest(head, dataset, meta.transfer_syntax_uid, parse, sop, origin, chunks)
+
+    def _parse(
+        self,
+        dataset: bytes | memoryview,
+        transfer_syntax_uid: str,
+        head: bytes,
+        chunks: Chunks | None,
+    ) -> JsonDataset:
+        return parse_header(
+            dataset,
+            transfer_syntax_uid,
+            head,
+            chunks=chunks,
+            max_size=self.max_object_size,
+            spool_dir=self.spool_dir,
+        )
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
@@ -261,26 +436,48 @@ class IngestService:
         parse: Callable[[], JsonDataset],
         sop: tuple[str | None, str | None],
         origin: Origin,
+        chunks: Chunks | None = None,
     ) -> StoreOutcome:
         """Write the blob while the header is parsed; index it once both are done.
 
         The write (a copy into the page cache and an fsync) releases the GIL, so it runs
-        beside the parse instead of after it. An object the parse refuses has its blob
-        removed before the refusal is returned. ``sop`` is the SOP Class and Instance
-        UID the command or file meta gives, to name the object in a refusal.
+        beside the parse instead of after it. An object the parse refuses (or a parse
+        that fails in any way) has its blob removed before the outcome is returned:
+        no blob is left without its index row. ``sop`` is the SOP Class and Instance
+        UID the command or file meta gives, to name the object in a refusal. With
+        ``chunks`` (a spooled object) the blob is copied from them in pieces and its
+        CRC computed on the way.
         """
         sop_class_uid, sop_uid = sop
+        size = len(head) + len(dataset)
+        if size > self.max_object_size:
+            limit = str(ObjectTooLarge(self.max_object_size))
+            return self._refuse(
+                InvalidObject(InvalidReason.TOO_LARGE, limit), sop_uid, origin, sop_class_uid
+            )
         key = new_blob_key()
-        write = self._io.submit(self._blobs.put, key, (head, dataset))
+        crc: list[int] = []
+        if chunks is None:
+            write = self._io.submit(self._blobs.put, key, (head, dataset))
+        else:
+            write = self._io.submit(self._blobs.put, key, _with_crc(head, chunks(), crc))
         try:
             header = parse()
-        except InvalidObject as inv:
-            with contextlib.suppress(OSError):
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
                 write.result()
             self._blobs.delete(key)
-            return self._refuse(inv, sop_uid, origin, sop_class_uid)
-        obj = ParsedObject(head, dataset, transfer_syntax_uid, header)
-        record = build_record(obj, origin, blob_key=key)
+            if not isinstance(exc, InvalidObject):
+                raise
+            return self._refuse(exc, sop_uid, origin, sop_class_uid)
+        obj = ParsedObject(head, dataset, transfer_syntax_uid, header, chunks)
+        if chunks is not None:
+            with contextlib.suppress(OSError):
+                write.result()  # _commit answers a failed write
+        if chunks is None:
+            record = build_record(obj, origin, blob_key=key)
+        else:  # a failed copy leaves no CRC; _commit answers it without using the record's
+            record = build_record(obj, origin, blob_key=key, crc=crc[0] if crc else 0)
         outcome = self._commit(obj, record, write, origin)
         return dataclasses.replace(
             outcome,
@@ -377,8 +574,28 @@ class IngestService:
             return False
         if existing["transfer_syntax_uid"] != obj.transfer_syntax_uid:
             return False
-        stored = self._blobs.get_range(existing["blob_key"], existing["dataset_offset"], size)
-        return stored == bytes(obj.dataset)
+        if obj.chunks is None:
+            stored = self._blobs.get_range(existing["blob_key"], existing["dataset_offset"], size)
+            return stored == bytes(obj.dataset)
+        # A spooled object: compare piece by piece, never holding either whole.
+        with self._blobs.open(existing["blob_key"]) as f:
+            f.seek(existing["dataset_offset"])
+            for piece in obj.chunks():
+                if f.read(len(piece)) != piece:
+                    return False
+        return True
+
+
+def _with_crc(
+    head: bytes, chunks: Iterator[bytes | memoryview], crc: list[int]
+) -> Iterator[bytes | memoryview]:
+    """``head`` then ``chunks``, appending the CRC-32 of them all to ``crc`` at the end."""
+    value = zlib.crc32(head)
+    yield head
+    for piece in chunks:
+        value = zlib.crc32(piece, value)
+        yield piece
+    crc.append(value)
 
 
 def origin_information(origin: Origin) -> bytes:
@@ -415,10 +632,14 @@ def origin_from_information(information: bytes) -> Origin | None:
     )
 
 
-def build_record(obj: ParsedObject, origin: Origin, *, blob_key: str) -> InstanceRecord:
-    """The index rows for an object stored under ``blob_key`` (ingest and reindex)."""
+def build_record(
+    obj: ParsedObject, origin: Origin, *, blob_key: str, crc: int | None = None
+) -> InstanceRecord:
+    """The index rows for an object stored under ``blob_key`` (ingest and reindex);
+    ``crc`` is the blob's CRC-32 when it was computed while the blob was written."""
     h = obj.header
-    crc = zlib.crc32(obj.dataset, zlib.crc32(obj.head))
+    if crc is None:
+        crc = zlib.crc32(obj.dataset, zlib.crc32(obj.head))
     return InstanceRecord(
         patient=PatientRow(
             patient_id=first_str(h, "00100020"),

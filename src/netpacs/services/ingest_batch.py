@@ -40,6 +40,7 @@ from netpacs.services.access import Principal
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome, Purpose
 from netpacs.services.care import StoredIdentities
 from netpacs.services.ingest import IngestService
+from netpacs.services.spool import Spool
 
 Run = Callable[[Callable[[sa.Connection], Any]], Any]
 SAVE_EVERY = 30.0  # seconds: at most this much of a batch's counts dies with its process
@@ -123,9 +124,13 @@ class IngestBatch:
     def origin(self) -> Origin:
         return self._origin
 
+    def spool(self) -> Spool:
+        """A spool for one object on its way in (see :meth:`IngestService.spool`)."""
+        return self._ingest.spool()
+
     def store_dataset(
         self,
-        dataset: bytes | memoryview,
+        dataset: bytes | memoryview | Spool,
         *,
         transfer_syntax_uid: str,
         sop_class_uid: str,
@@ -143,7 +148,7 @@ class IngestBatch:
         )
 
     def store_part10(
-        self, data: bytes | memoryview, *, study_instance_uid: str | None = None
+        self, data: bytes | memoryview | Spool, *, study_instance_uid: str | None = None
     ) -> StoreOutcome:
         """A Part 10 file (STOW-RS, import); see :meth:`IngestService.store_part10`."""
         return self._count(
@@ -250,6 +255,14 @@ class StoreService:
         self._audit = audit
         self._run = run
         self._identities = identities
+
+    def spool(self) -> Spool:
+        """A spool for one object on its way in (see :meth:`IngestService.spool`)."""
+        return self._ingest.spool()
+
+    @property
+    def max_object_size(self) -> int:
+        return self._ingest.max_object_size
 
     def batch(self, principal: Principal, origin: Origin) -> IngestBatch:
         """A batch the caller closes (an association, closed when it ends)."""

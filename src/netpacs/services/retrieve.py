@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.domain.query import QueryLevel, QueryModel, RetrieveItem, StoredInstance
 from netpacs.services.access import Principal
 from netpacs.services.coercion import Coercion, CoercionService, coerce_dataset, coerce_part10
+from netpacs.services.deflate import inflate_range
 from netpacs.services.query import QueryService
 from netpacs.services.transcode import (
     UNCOMPRESSED,
@@ -225,8 +225,11 @@ class RetrieveService:
         if offset is not None and length is not None:
             if item.transfer_syntax_uid != DEFLATED_EXPLICIT_VR_LE:
                 return self._blobs.get_range(item.blob_key, item.dataset_offset + offset, length)
-            data = self.dataset_bytes(Served(item))
-            return zlib.decompress(data, -zlib.MAX_WBITS)[offset : offset + length]
+            # Inflated only up to the value's end, and only the value kept: a small
+            # deflated object may inflate to gigabytes.
+            with self._blobs.open(item.blob_key) as f:
+                f.seek(item.dataset_offset)
+                return inflate_range(f, offset, length)
         with self._blobs.open(item.blob_key) as f:
             ds = pydicom.dcmread(f, force=True)
         value = getattr(ds.get(int(tag, 16)), "value", None)

@@ -32,6 +32,7 @@ from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.services.access import Principal
+from netpacs.services.spool import ObjectTooLarge, Spool
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ MAX_COMMAND = 64 * 1024  # a command set is a few hundred bytes
 UNANNOUNCED_PDU_LIMIT = 1 << 24
 _CHUNK = 16 * 1024  # control PDUs are read this much at a time
 MAX_QUEUED = 16  # messages of one association waiting for its handler; then we stop reading
+# Data sets waiting for the worker (in memory or spooled) before the association is
+# read no further.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 SHUTTING_DOWN = "the archive is shutting down"
 
 
@@ -85,7 +89,20 @@ class Connections:
 class Message:
     context_id: int
     command: c.Command
-    data: bytes | None
+    # The data set: bytes while small; a Spool in a file of the data directory when
+    # large (the handler closes it); None without one, or when it was refused.
+    data: bytes | Spool | None
+    refused: str | None = None  # why the data set was not kept (too large)
+
+    @property
+    def size(self) -> int:
+        if self.data is None:
+            return 0
+        return self.data.size if isinstance(self.data, Spool) else len(self.data)
+
+    def close(self) -> None:
+        if isinstance(self.data, Spool):
+            self.data.close()
 
 
 class Association(asyncio.BufferedProtocol):
@@ -100,6 +117,7 @@ class Association(asyncio.BufferedProtocol):
         max_pdu_length: int,
         associate_timeout: float | None = None,
         connections: Connections | None = None,
+        new_spool: Callable[[], Spool] = Spool,
     ) -> None:
         self._negotiator = negotiator
         self._make_handlers = handlers
@@ -135,7 +153,12 @@ class Association(asyncio.BufferedProtocol):
         self.principal: Principal | None = None
         self.peer = ""
         self._cmd_frags: list[bytearray] = []
-        self._data_frags: list[bytearray] = []
+        # A data set's fragments: in memory while small, then in a file of the data
+        # directory, never beyond the largest object accepted (then dropped).
+        self._new_spool = new_spool
+        self._data: Spool | None = None
+        self._data_refused: str | None = None
+        self._queued_bytes = 0  # of data sets (in memory or spooled) waiting for the worker
         self._pending: c.Command | None = None
         self._pending_ctx = 0
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
@@ -185,7 +208,8 @@ class Association(asyncio.BufferedProtocol):
 
     def _flow(self) -> None:
         """Read from the peer only while we keep up: our answers are being read and at
-        most :data:`MAX_QUEUED` of its messages wait for a handler."""
+        most :data:`MAX_QUEUED` of its messages (:data:`MAX_QUEUED_BYTES` of data sets) wait
+        for a handler."""
         reading = not (self._write_paused or self._queue_full)
         if reading == self._reading or self.transport is None or self._closing:
             return
@@ -290,17 +314,46 @@ class Association(asyncio.BufferedProtocol):
         else:
             if self._pending is None:
                 raise p.PDUError("data set fragment without a command")
-            self._data_frags.append(fragment)
+            self._collect(fragment)
             if mch & 2:
-                data = b"".join(self._data_frags)
-                self._data_frags = []
-                cmd, self._pending = self._pending, None
-                self._dispatch(Message(self._pending_ctx, cmd, data))
+                self._data_complete()
         if not self._closing:
             self._next_pdv()
 
+    def _collect(self, fragment: bytearray) -> None:
+        """Add a data set fragment (kept by reference while in memory: no copy)."""
+        if self._data_refused is not None:
+            return  # the rest of a refused data set is read and dropped
+        if self._data is None:
+            self._data = self._new_spool()
+        try:
+            self._data.write(fragment)
+        except ObjectTooLarge as exc:
+            self._data_refused = str(exc)
+            self._data.close()
+            self._data = None
+        except OSError as exc:  # the spool file could not be written (disk full)
+            self._data_refused = f"the data set could not be spooled: {exc}"
+            self._data.close()
+            self._data = None
+
+    def _data_complete(self) -> None:
+        spool, self._data = self._data, None
+        refused, self._data_refused = self._data_refused, None
+        cmd, self._pending = self._pending, None
+        assert cmd is not None
+        if refused is not None or spool is None:
+            self._dispatch(Message(self._pending_ctx, cmd, None, refused or "no data set"))
+        elif spool.in_file:
+            self._dispatch(Message(self._pending_ctx, cmd, spool))
+        else:
+            self._dispatch(Message(self._pending_ctx, cmd, spool.memory()))
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._data is not None:
+            self._data.close()
+            self._data = None
         if self._watchdog:
             self._watchdog.cancel()
         if self._artim:
@@ -311,6 +364,10 @@ class Association(asyncio.BufferedProtocol):
         for fut in self.store_waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionError("association closed"))
+        while not self._queue.empty():  # messages the worker will never take
+            queued = self._queue.get_nowait()
+            if queued is not None:
+                queued.close()
         if self._worker is not None:
             self._queue.put_nowait(None)
             self._worker.cancel()
@@ -420,14 +477,26 @@ class Association(asyncio.BufferedProtocol):
                 fut.set_result(msg.command)
             return
         self._queue.put_nowait(msg)
-        if self._queue.qsize() >= MAX_QUEUED and not self._queue_full:
+        if msg.data is not None:
+            # A peer that sends without waiting for answers is read no further until
+            # the worker catches up: what an association holds waiting (in memory or
+            # spooled to disk) is bounded.
+            self._queued_bytes += msg.size
+        full = self._queue.qsize() >= MAX_QUEUED or self._queued_bytes > MAX_QUEUED_BYTES
+        if full and not self._queue_full:
             self._queue_full = True
             self._flow()
 
     async def _work(self) -> None:
         while True:
             msg = await self._queue.get()
-            if self._queue_full and self._queue.qsize() <= MAX_QUEUED // 2:
+            if msg is not None and msg.data is not None:
+                self._queued_bytes -= msg.size
+            if (
+                self._queue_full
+                and self._queue.qsize() <= MAX_QUEUED // 2
+                and self._queued_bytes <= MAX_QUEUED_BYTES // 2
+            ):
                 self._queue_full = False
                 self._flow()
             if msg is None:

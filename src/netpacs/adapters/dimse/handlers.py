@@ -125,6 +125,7 @@ class AssociationHandlers:
                 failure = st.OUT_OF_RESOURCES if field == c.C_STORE_RQ else st.CANNOT_UNDERSTAND
                 self._reply(msg, field | 0x8000, failure, comment=f"internal error: {exc}"[:64])
         finally:
+            msg.close()
             self.busy = False
 
     async def _handle(self, msg: Message) -> None:
@@ -194,7 +195,15 @@ class AssociationHandlers:
                 comment="SOP Class differs from the presentation context",
             )
             return
-        assert msg.data is not None
+        if msg.data is None:
+            self._reply(
+                msg,
+                c.C_STORE_RSP,
+                st.OUT_OF_RESOURCES,
+                sop_instance_uid=sop_instance,
+                comment=msg.refused or "no data set",
+            )
+            return
         outcome = await self._run(
             self._stores.store_dataset,
             msg.data,
@@ -214,8 +223,12 @@ class AssociationHandlers:
     # -- identifiers -------------------------------------------------------------------
     def _identifier(self, msg: Message) -> tuple[dict[str, Any], QueryLevel, QueryModel]:
         ctx = self.assoc.contexts[msg.context_id]
-        if msg.data is None:
-            raise QueryError("the request has no identifier")
+        if not isinstance(msg.data, bytes):
+            raise QueryError(
+                "the request has no identifier"
+                if msg.data is None
+                else "the identifier is too large for a query"
+            )
         implicit, little, deflated = _encoding(ctx.transfer_syntax)
         try:
             ds = decode(io.BytesIO(msg.data), implicit, little, deflated)

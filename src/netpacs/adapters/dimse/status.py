@@ -33,6 +33,8 @@ _INVALID: dict[InvalidReason, int] = {
     InvalidReason.SOP_MISMATCH: IDENTIFIER_DOES_NOT_MATCH,
     InvalidReason.PATIENT_MISMATCH: PATIENT_CONTRADICTS_STUDY,
     InvalidReason.SERIES_MISMATCH: PATIENT_CONTRADICTS_STUDY,
+    InvalidReason.TOO_LARGE: OUT_OF_RESOURCES,  # A700 "Refused: Out of Resources"
+    InvalidReason.TOO_DEEP: CANNOT_UNDERSTAND,
 }
 
 _STORE: dict[StoreStatus, int] = {

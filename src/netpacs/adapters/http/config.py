@@ -38,6 +38,9 @@ class WebConfig:
     # in it: any (the Host header then flows into redirects and URLs).
     allowed_hosts: frozenset[str] = frozenset()
     max_body_bytes: int = 1 << 20  # JSON and form bodies; STOW-RS is not capped by it
+    # Resource bounds: a STOW-RS body that sends nothing for this long is answered 408
+    # and its connection closed (NETPACS_UPLOAD_IDLE_SECONDS).
+    upload_idle_seconds: float = 30.0
 
     @property
     def https(self) -> bool:

@@ -3,24 +3,23 @@
 ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}`` take a
 ``multipart/related; type="application/dicom"`` body, one Part 10 object per part.
 The body is read as it arrives (:mod:`netpacs.adapters.http.multipart`): each part
-is spooled to memory, or to a temporary file once it is large, and handed to the
-same :class:`~netpacs.services.ingest.IngestService` as C-STORE, in a worker thread,
-before the next part is read. The answer (PS3.18 10.5.3) lists the stored objects in
-ReferencedSOPSequence and the refused ones in FailedSOPSequence with a FailureReason
-from :data:`FAILURE_REASONS`; 200 when all were stored, 202 when some were, 409 when
-none was.
+is spooled to memory, or to a temporary file once it is large (never beyond the
+largest object accepted: 413), and handed to the same
+:class:`~netpacs.services.ingest.IngestService` as C-STORE, in a worker thread,
+before the next part is read. A body that stalls (nothing for
+``upload_idle_seconds``) is answered 408 and its connection closed. The answer
+(PS3.18 10.5.3) lists the stored objects in ReferencedSOPSequence and the refused
+ones in FailedSOPSequence with a FailureReason from :data:`FAILURE_REASONS`; 200
+when all were stored, 202 when some were, 409 when none was.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import mmap
-import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -41,13 +40,12 @@ from netpacs.adapters.http.qido import negotiate_json
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.services.access import Capability
 from netpacs.services.ingest_batch import IngestBatch
+from netpacs.services.spool import ObjectTooLarge, Spool
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["STOW-RS"], dependencies=[requires(Capability.STORE)])
 
 DICOM = "application/dicom"
-# A part larger than this is spooled to a temporary file instead of memory.
-SPOOL_IN_MEMORY = 32 * 1024 * 1024
 
 # FailureReason (0008,1197) values, PS3.18 10.5.3 and PS3.4 B.2.3.
 OUT_OF_RESOURCES = 0xA700
@@ -76,6 +74,8 @@ INVALID_REASONS: dict[InvalidReason, int] = {
     InvalidReason.STUDY_MISMATCH: DATA_SET_DOES_NOT_MATCH,
     InvalidReason.PATIENT_MISMATCH: PATIENT_CONTRADICTS_STUDY,
     InvalidReason.SERIES_MISMATCH: PATIENT_CONTRADICTS_STUDY,
+    InvalidReason.TOO_LARGE: OUT_OF_RESOURCES,
+    InvalidReason.TOO_DEEP: CANNOT_UNDERSTAND,
 }
 
 
@@ -94,57 +94,28 @@ class PartResult:
     sop_class_uid: str | None  # from the object, or its file meta when it was refused
 
 
-class Spool:
-    """One part's content: in memory while small, then in an anonymous temporary file."""
-
-    def __init__(self, directory: Path | None = None, limit: int = SPOOL_IN_MEMORY) -> None:
-        self._directory = directory
-        self._limit = limit
-        self._memory = bytearray()
-        self._file: IO[bytes] | None = None
-        self.size = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self._file is None and self.size <= self._limit:
-            self._memory += chunk
-            return
-        if self._file is None:
-            # Closed by close(); in the data directory, as /tmp may be memory (tmpfs).
-            self._file = tempfile.TemporaryFile(  # noqa: SIM115
-                prefix="netpacs-stow-", dir=self._directory
-            )
-            self._file.write(self._memory)
-            self._memory = bytearray()
-        self._file.write(chunk)
-
-    @contextlib.contextmanager
-    def view(self) -> Iterator[memoryview]:
-        """The whole content as one buffer (a memory map of the file when spooled)."""
-        if self._file is None or self.size == 0:
-            yield memoryview(self._memory)
-            return
-        self._file.flush()
-        mapped = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            yield memoryview(mapped)
-        finally:
-            # Views of the map still alive (a traceback's frame) keep it mapped until
-            # they are collected; closing it under them would raise BufferError.
-            with contextlib.suppress(BufferError):
-                mapped.close()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._memory = bytearray()
-
-
 def _ingest(batch: IngestBatch, spool: Spool, study: str | None) -> PartResult:
     """Store one spooled part (blocking: runs in a worker thread)."""
-    with spool.view() as view:
-        outcome = batch.store_part10(view, study_instance_uid=study)
+    outcome = batch.store_part10(spool, study_instance_uid=study)
     return PartResult(outcome, outcome.sop_class_uid)
+
+
+class UploadStalled(Exception):
+    """The client sent nothing of the body for the idle limit."""
+
+
+async def _idle_limited(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """``chunks``, ending with :class:`UploadStalled` when one takes longer than
+    ``seconds`` to arrive (a stalled upload must not hold its connection and spool)."""
+    while True:
+        try:
+            async with asyncio.timeout(seconds):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadStalled(f"no data for {seconds:g} s") from None
+        yield chunk
 
 
 def _refused_part(batch: IngestBatch, message: str) -> PartResult:
@@ -192,7 +163,7 @@ async def _store_parts(
             log.warning("STOW-RS from %s: %s", request.client, message)
             results.append(_refused_part(batch, message))
             continue
-        spool = Spool(svc.web.spool_dir)
+        spool = svc.stores.spool()
         try:
             async for chunk in reader.content():
                 spool.write(chunk)
@@ -213,7 +184,8 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     studies: set[str] = set()
-    for result in results:
+    warnings: list[str] = []
+    for number, result in enumerate(results, 1):
         outcome = result.outcome
         item = {
             "00081150": _element("UI", result.sop_class_uid),
@@ -231,6 +203,8 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
         else:
             item["00081197"] = _element("US", reason)
             failed.append(dict(sorted(item.items())))
+            if outcome.message and len(warnings) < _MAX_WARNINGS:
+                warnings.append(_warning(f"part {number}: {outcome.message}"))
     body: dict[str, Any] = {}
     one_study = study or (next(iter(studies)) if len(studies) == 1 else None)
     if one_study:
@@ -240,7 +214,18 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     status = 409 if not referenced else 202 if failed else 200
-    return Response(orjson.dumps(body), status_code=status, media_type=media_type)
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
+    return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)
+
+
+_MAX_WARNINGS = 10
+
+
+def _warning(text: str) -> str:
+    """A Warning header value (RFC 7234 5.5, warn-code 299, which PS3.18 uses) saying why a part
+    failed: FailureReason is a number; this is the reason in words."""
+    safe = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "?" for ch in text)
+    return f'299 netpacs "{safe[:300]}"'
 
 
 async def _stow(request: Request, study: str | None) -> Response:
@@ -253,8 +238,26 @@ async def _stow(request: Request, study: str | None) -> Response:
     results: list[PartResult] = []
     batch = svc.stores.batch(who, origin)
     try:
-        reader = MultipartReader(request.stream(), media.params["boundary"])
+        body = _idle_limited(request.stream(), svc.web.upload_idle_seconds)
+        reader = MultipartReader(body, media.params["boundary"])
         await _store_parts(request, svc, batch, reader, study, results)
+    except ObjectTooLarge as exc:
+        kept = sum(failure_reason(r.outcome) is None for r in results)
+        log.warning("STOW-RS from %s: part %d refused: %s", request.client, len(results) + 1, exc)
+        headers = {"Connection": "close"}  # the rest of the body is not read
+        raise HttpError(
+            413,
+            f"part {len(results) + 1}: {exc} ({kept} instance(s) before it were stored)",
+            headers,
+        ) from None
+    except UploadStalled as exc:
+        kept = sum(failure_reason(r.outcome) is None for r in results)
+        log.warning("STOW-RS from %s: upload stalled (%s), closed", request.client, exc)
+        raise HttpError(
+            408,
+            f"the upload stalled: {exc} ({kept} instance(s) before it were stored)",
+            {"Connection": "close"},
+        ) from None
     except (MultipartError, ClientDisconnect) as exc:
         kept = sum(failure_reason(r.outcome) is None for r in results)
         problem = (

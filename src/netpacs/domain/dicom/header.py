@@ -95,6 +95,25 @@ class HeaderError(ValueError):
     """The data set's encoding could not be walked."""
 
 
+class DataSetRefused(HeaderError):
+    """A data set beyond what netpacs accepts (too large inflated, nested too deep):
+    refused as it is, never handed to a more forgiving parser."""
+
+
+class TooLarge(DataSetRefused):
+    """The data set inflates to more bytes than the largest object accepted."""
+
+
+class TooDeep(DataSetRefused):
+    """Sequences nested deeper than :data:`MAX_SEQUENCE_DEPTH`."""
+
+
+# Sequences within sequences: real objects (SR content trees, RT plans) nest a few tens
+# of levels at most. A limit keeps the recursive walk (two Python frames per level)
+# far from the interpreter's recursion limit, in any thread.
+MAX_SEQUENCE_DEPTH = 64
+
+
 def implicit_vr(tag: int) -> str:
     """The VR of a tag in implicit VR encoding, from the data dictionary."""
     vr = _vr_cache.get(tag)
@@ -115,7 +134,9 @@ def implicit_vr(tag: int) -> str:
 
 
 class _Walker:
-    def __init__(self, buf: bytes, *, explicit: bool, little: bool, bulk_threshold: int) -> None:
+    def __init__(
+        self, buf: bytes | memoryview, *, explicit: bool, little: bool, bulk_threshold: int
+    ) -> None:
         self.buf = buf
         self.explicit = explicit
         self.e = "<" if little else ">"
@@ -126,8 +147,15 @@ class _Walker:
         self.head_s = struct.Struct(self.e + ("HH2sH" if explicit else "HHI"))
         self.bulk_threshold = bulk_threshold
 
-    def walk(self, pos: int, end: int, charset: list[str] | None) -> tuple[JsonDataset, int]:
-        """Elements from pos until end or an item delimiter; return (dataset, next pos)."""
+    def walk(
+        self, pos: int, end: int, charset: list[str] | None, depth: int = 0
+    ) -> tuple[JsonDataset, int]:
+        """Elements from pos until end or an item delimiter; return (dataset, next pos).
+
+        ``buf`` may be a memoryview (of a memory-mapped file): values are copied out as
+        bytes (``bytes()`` of a bytes slice is that slice, no copy), and bulk data is
+        never touched, so a large object costs only its header's pages.
+        """
         buf = self.buf
         size = len(buf)
         out: JsonDataset = {}
@@ -178,7 +206,7 @@ class _Walker:
             if key is None:
                 key = keys[tag] = f"{tag:08X}"
             if vr == "SQ":
-                items, pos = self._sequence(pos, length, charset, implicit_sq)
+                items, pos = self._sequence(pos, length, charset, implicit_sq, depth + 1)
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
                 continue
             if length == _UNDEFINED:
@@ -192,13 +220,13 @@ class _Walker:
                 pos += length
                 continue  # group lengths are not carried in DICOM JSON
             if tag == 0x00080005:
-                charset = self._charset(buf[pos : pos + length])
+                charset = self._charset(bytes(buf[pos : pos + length]))
                 charset_key = tuple(charset)
             if 0 < length <= _CACHED_VALUE_MAX and vr not in _BINARY_VRS:
                 # The slices of a series repeat most of their values byte for byte:
                 # convert each distinct value once. Inline, and copied for each data set
                 # (its caller may change it): this loop is the C-STORE path's hot spot.
-                ckey = (tag, vr, buf[pos : pos + length], order, charset_key)
+                ckey = (tag, vr, bytes(buf[pos : pos + length]), order, charset_key)
                 values = cache.get(ckey)
                 if values is None:
                     values = self._remember(ckey, vr, pos, length, charset)
@@ -218,8 +246,12 @@ class _Walker:
         return convert_encodings(terms or [""])
 
     def _sequence(
-        self, pos: int, length: int, charset: list[str] | None, implicit: bool
+        self, pos: int, length: int, charset: list[str] | None, implicit: bool, depth: int
     ) -> tuple[list[JsonDataset], int]:
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise TooDeep(
+                f"sequences are nested more than {MAX_SEQUENCE_DEPTH} deep (at offset {pos})"
+            )
         end = len(self.buf) if length == _UNDEFINED else pos + length
         if end > len(self.buf):
             raise HeaderError(f"sequence at offset {pos} runs past the end of the data")
@@ -239,9 +271,9 @@ class _Walker:
             if tag != _ITEM:
                 raise HeaderError(f"expected an item in sequence, found ({g:04X},{el:04X})")
             if ilen == _UNDEFINED:
-                item, pos = walker.walk(pos, len(self.buf), charset)
+                item, pos = walker.walk(pos, len(self.buf), charset, depth)
             else:
-                item, _ = walker.walk(pos, pos + ilen, charset)
+                item, _ = walker.walk(pos, pos + ilen, charset, depth)
                 pos += ilen
             items.append(item)
         if length == _UNDEFINED:
@@ -272,7 +304,7 @@ class _Walker:
             if length > self.bulk_threshold or tag in PIXEL_DATA_TAGS:
                 return {"vr": vr, "BulkDataURI": f"bulk:{pos}:{length}"}
             return {"vr": vr, "InlineBinary": base64.b64encode(buf[pos : pos + length]).decode()}
-        return self._convert(vr, buf[pos : pos + length], pos, length, charset)
+        return self._convert(vr, bytes(buf[pos : pos + length]), pos, length, charset)
 
     def _remember(
         self, ckey: tuple[Any, ...], vr: str, pos: int, length: int, charset: list[str] | None
@@ -280,7 +312,7 @@ class _Walker:
         """The converted values of a short element, kept for the next data set."""
         if len(_value_cache) > _VALUE_CACHE_SIZE:
             _value_cache.clear()
-        converted = self._convert(vr, self.buf[pos : pos + length], pos, length, charset)
+        converted = self._convert(vr, bytes(self.buf[pos : pos + length]), pos, length, charset)
         values: list[Any] = converted.get("Value", [])
         _value_cache[ckey] = values
         return values
@@ -375,11 +407,18 @@ def _numbers_from_text(vr: str, text: str) -> dict[str, Any]:
 
 
 def walk_dataset(
-    buf: bytes, transfer_syntax_uid: str, *, bulk_threshold: int = 1024
-) -> tuple[JsonDataset, bytes]:
+    buf: bytes | memoryview,
+    transfer_syntax_uid: str,
+    *,
+    bulk_threshold: int = 1024,
+    max_inflated: int = 1 << 30,
+) -> tuple[JsonDataset, bytes | memoryview]:
     """DICOM JSON for an encoded data set; also the bytes walked (inflated if deflated).
 
-    Bulk data references are offsets into the returned bytes.
+    Bulk data references are offsets into the returned bytes. A deflated data set is
+    inflated in memory up to ``max_inflated`` bytes and refused (:class:`TooLarge`)
+    beyond: callers with larger objects inflate to a file first (see
+    ``netpacs.services.deflate``) and walk that as Explicit VR Little Endian.
     """
     little, explicit = True, True
     if transfer_syntax_uid == IMPLICIT_VR_LE:
@@ -387,16 +426,27 @@ def walk_dataset(
     elif transfer_syntax_uid == EXPLICIT_VR_BE:
         little = False
     elif transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE:
-        try:
-            buf = zlib.decompress(buf, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise HeaderError(f"deflated data set does not inflate: {exc}") from None
+        buf = inflate(buf, max_inflated)
     walker = _Walker(buf, explicit=explicit, little=little, bulk_threshold=bulk_threshold)
     try:
         ds, _ = walker.walk(0, len(buf), None)
     except struct.error as exc:
         raise HeaderError(f"truncated element: {exc}") from None
     return ds, buf
+
+
+def inflate(data: bytes | memoryview, limit: int) -> bytes:
+    """A deflated data set (PS3.5 A.5, raw deflate) inflated, refused beyond ``limit``
+    bytes: a few kilobytes of deflate can claim gigabytes (a deflate bomb), so the
+    output is bounded as it is made (``max_length``), never after."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise HeaderError(f"deflated data set does not inflate: {exc}") from None
+    if len(out) > limit:
+        raise TooLarge(f"the deflated data set inflates to more than {limit:,} bytes")
+    return out
 
 
 def first(ds: JsonDataset, tag: str) -> Any:
