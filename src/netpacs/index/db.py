@@ -18,6 +18,7 @@ from alembic.config import Config
 from sqlalchemy import event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x6E65_7470_6163_7301  # "netpacs" + 1: one migration at a time
 
 
 def is_sqlite(url: str) -> bool:
@@ -78,10 +79,16 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Bring the index schema to the newest migration (safe to call on every start)."""
+    """Bring the index schema to the newest migration (safe to call on every start).
+
+    On PostgreSQL several nodes may start at once: the first takes an advisory lock for
+    the migration's transaction, the others wait for it and then find nothing to do.
+    """
     engine = make_engine(url, writer=True)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
