@@ -138,7 +138,7 @@ def recover_pending_writes(settings: Settings) -> None:
     never acknowledged: it is removed once it is an hour old, so that the in-flight
     writes of other processes sharing the store are left alone.
     """
-    blobs = FileSystemBlobStore(settings.blob_dir)
+    blobs = FileSystemBlobStore(settings.effective_blob_dir)
     pending = blobs.pending_keys(older_than=0)
     if not pending:
         return

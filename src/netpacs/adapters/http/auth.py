@@ -38,6 +38,9 @@ _OPEN_PATHS = frozenset(
         "/signout",
         "/auth/oidc/login",
         "/auth/oidc/callback",
+        # Load balancer checks (health.py): no patient data, no sign-in.
+        "/healthz",
+        "/readyz",
     }
 )
 
@@ -67,7 +70,8 @@ def credentials(request: Request) -> tuple[str | None, bool]:
 
 
 def is_open(path: str) -> bool:
-    """Paths anyone may reach without signing in (sign-in itself, sign-out)."""
+    """Paths anyone may reach without signing in (sign-in itself, sign-out, the
+    health checks)."""
     return path in _OPEN_PATHS
 
 
