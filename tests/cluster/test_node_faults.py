@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -55,6 +56,7 @@ class Cluster:
     dimse_port: int = field(default_factory=free_port)
     mllp_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    stats_port: int = field(default_factory=free_port)
     haproxy: subprocess.Popen[bytes] | None = None
 
     def start_haproxy(self, log: Path) -> None:
@@ -63,6 +65,7 @@ class Cluster:
             NETPACS_LB_DIMSE_BIND=f"127.0.0.1:{self.dimse_port}",
             NETPACS_LB_MLLP_BIND=f"127.0.0.1:{self.mllp_port}",
             NETPACS_LB_HTTP_BIND=f"127.0.0.1:{self.http_port}",
+            NETPACS_LB_STATS_BIND=f"127.0.0.1:{self.stats_port}",
         )
         for i, node in enumerate(self.nodes, start=1):
             env[f"NETPACS_NODE{i}_HOST"] = "127.0.0.1"
@@ -99,6 +102,16 @@ class Cluster:
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
         return False
+
+    def states(self, backend: str) -> dict[str, str]:
+        """Each node's state in a backend, from HAProxy's status page: UP, DOWN..."""
+        csv = httpx.get(f"http://127.0.0.1:{self.stats_port}/;csv", timeout=5).text
+        states = {}
+        for line in csv.splitlines()[1:]:
+            cells = line.split(",")
+            if cells[0] == backend and cells[1].startswith("node"):
+                states[cells[1]] = cells[17]
+        return states
 
     def ensure_running(self) -> None:
         """Every node up and ready (a test before may have killed one)."""
@@ -175,7 +188,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, results_port: int) -> Iter
             "NETPACS_RESULTS_RETRY_FIRST_SECONDS": "0.2",
             "NETPACS_RESULTS_RETRY_MAX_SECONDS": "1",
             "NETPACS_RESULTS_ACK_TIMEOUT_SECONDS": "60",
-            "NETPACS_READINESS_TIMEOUT_SECONDS": "2",
         }
         nodes = [
             Netpacs(
@@ -356,3 +368,50 @@ def test_results_waiting_when_their_sender_node_dies_are_sent_by_the_other_once_
     assert in_order_once(listener.arrivals) == ids  # the one in flight sent again, same id
     assert all(r.sent_at is not None for r in rows(cluster.engine, "RXC"))
     print(f"\nresults moved to the other node and were all sent {took:.1f} s after the kill")
+
+
+# -- a node that hangs: only the readiness checks can take it out ---------------------------
+
+
+def _tree(node: Netpacs) -> list[int]:
+    assert node.proc is not None
+    found = subprocess.run(
+        ["pgrep", "-P", str(node.proc.pid)], capture_output=True, text=True, check=False
+    )
+    return [node.proc.pid, *map(int, found.stdout.split())]
+
+
+def test_a_hung_node_is_taken_out_by_its_failing_readiness_check_and_stores_go_on(
+    cluster: Cluster, tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    """A node whose processes are stopped still accepts TCP connections (the kernel
+    does), so HAProxy's redispatch cannot help: its /readyz check must time out."""
+    cluster.ensure_running()
+    wait_until(lambda: set(cluster.states("dimse_nodes").values()) == {"UP"}, what="both nodes UP")
+    probes = write_series(tmp_path / "probes", 6)
+    victim = cluster.nodes[0]
+    pids = _tree(victim)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        for backend in ("dimse_nodes", "mllp_nodes", "http_nodes"):
+            wait_until(
+                lambda backend=backend: cluster.states(backend)["node1"].startswith("DOWN"),
+                timeout=15,
+                what=f"the hung node DOWN in {backend}",
+            )
+        out_after = time.monotonic() - stopped_at
+        # Stores and queries go on through HAProxy, every one to the other node.
+        for probe in probes:
+            assert store_once(cluster.dimse_port, probe)
+        assert cluster.ready_through_haproxy()
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    record_property("hung_node_out_seconds", round(out_after, 2))
+    print(f"\na hung node was out of HAProxy's rotation {out_after:.1f} s after it stopped")
+    assert out_after <= 10
+    # Back in rotation once it answers again (two good checks).
+    wait_until(lambda: cluster.states("dimse_nodes")["node1"] == "UP", what="node1 UP again")

@@ -233,7 +233,7 @@ class Settings(BaseSettings):
         "archive name the same (shared) directory here and keep their own data dir",
     )
     readiness_timeout_seconds: float = Field(
-        default=3.0,
+        default=1.0,
         gt=0,
         le=60,
         description="GET /readyz answers 503 when the index or the object store has not "

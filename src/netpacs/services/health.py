@@ -73,7 +73,7 @@ class HealthService:
         *,
         engine: sa.Engine,
         blobs: BlobStore,
-        timeout: float = 3.0,
+        timeout: float = 1.0,
         max_age: float = 1.0,
         revisions: Revisions | None = None,
     ) -> None:
