@@ -153,3 +153,16 @@ def test_readyz_is_503_within_its_bound_naming_the_database_when_it_takes_no_wri
     assert alive.status_code == 200  # liveness does not depend on the index
     write_lock.set()
     wait_until(lambda: _ready(http_app)[0] == 200, what="ready again", timeout=15)
+
+
+def test_a_balancer_asking_by_the_nodes_address_gets_the_checks_and_nothing_else(
+    http_app: HttpApp,
+) -> None:
+    """Balancers and orchestrators name the node by its address in the Host header."""
+    with http_app.anonymous(headers={"Host": "10.20.30.40:8080"}) as client:
+        ready = client.get("/readyz")
+        alive = client.get("/healthz")
+        signin = client.get("/signin")
+    assert (ready.status_code, alive.status_code) == (200, 200), ready.text
+    assert signin.status_code == 400
+    assert "does not answer to the host name '10.20.30.40'" in signin.json()["message"]

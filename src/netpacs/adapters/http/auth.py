@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from netpacs.adapters.http import health
 from netpacs.adapters.http.deps import HttpServices, is_https, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
@@ -38,9 +39,7 @@ _OPEN_PATHS = frozenset(
         "/signout",
         "/auth/oidc/login",
         "/auth/oidc/callback",
-        # Load balancer checks (health.py): no patient data, no sign-in.
-        "/healthz",
-        "/readyz",
+        *health.PATHS,  # load balancer checks: no patient data
     }
 )
 

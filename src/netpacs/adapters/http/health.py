@@ -16,6 +16,10 @@ from netpacs.adapters.http.deps import HttpServices
 
 router = APIRouter(tags=["health"])
 
+#: Open to anyone (auth.is_open), whatever Host header names them (gate.py): a balancer
+#: or an orchestrator asks a node by its address. They answer no URL and no patient data.
+PATHS = frozenset({"/healthz", "/readyz"})
+
 _NO_CACHE = {"cache-control": "no-store"}
 
 
