@@ -10,6 +10,7 @@ its whole process tree (a crash, not a shutdown).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -129,15 +130,20 @@ class Cluster:
         established = _established_local_ports()
         return next((node for node in self.nodes if node.port in established), None)
 
-    def holding_results(self) -> Netpacs | None:
-        """The node whose job worker holds a trust's results lock (its sending)."""
+    def holding_results(self, trust: str = "RXC") -> Netpacs | None:
+        """The node whose job worker holds the trust's results lock (is sending them):
+        the advisory lock of ``results <trust>`` (index.outbox.try_lock)."""
+        digest = hashlib.sha256(f"netpacs results {trust}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True) & 0xFFFFFFFFFFFFFFFF
         with self.engine.connect() as conn:
             name = conn.execute(
                 sa.text(
                     "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
                     "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-                    "AND a.datname = current_database()"
-                )
+                    "AND a.datname = current_database() "
+                    "AND l.classid::bigint = :high AND l.objid::bigint = :low"
+                ),
+                {"high": key >> 32, "low": key & 0xFFFFFFFF},
             ).scalar()
         return next((n for n in self.nodes if name and n.database_url.endswith(name)), None)
 
