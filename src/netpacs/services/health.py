@@ -21,6 +21,7 @@ answer is reused for ``max_age`` seconds (the checks write; anyone may ask).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ import sqlalchemy as sa
 
 from netpacs.index.revision import Revisions, code_revisions, write_probe
 from netpacs.storage.blobstore import BlobStore
+
+log = logging.getLogger(__name__)
 
 DATABASE = "database"
 OBJECT_STORE = "object store"
@@ -99,6 +102,11 @@ class HealthService:
             if db_check.ok:
                 checks.append(self._migrations(revision))
             result = Readiness(tuple(checks))
+            was = self._last[1] if self._last is not None else None
+            if not result.ready and (was is None or was.reason != result.reason):
+                log.warning("not ready: %s", result.reason)
+            elif result.ready and was is not None and not was.ready:
+                log.warning("ready again (was: %s)", was.reason)
             self._last = (time.monotonic(), result)
             return result
 
