@@ -337,7 +337,7 @@ def test_a_node_killed_mid_series_loses_nothing_acknowledged_and_the_retry_compl
     verify = survivor.cli("verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "0 missing, 0 damaged or unreadable" in verify.stdout, verify.stdout
-    orphans = int(re.search(r"orphan blobs \(no index row\): (\d+)", verify.stdout)[1])  # type: ignore[index]
+    orphans = _orphans(verify.stdout)
     # At most the one object in flight on the killed association is left without a row.
     assert orphans <= 1, verify.stdout
     # The session the killed node issued is good on the other node, through HAProxy.
@@ -449,3 +449,55 @@ def test_a_hung_node_is_taken_out_by_its_failing_readiness_check_and_stores_go_o
     assert out_after <= 10
     # Back in rotation once it answers again (two good checks).
     wait_until(lambda: cluster.states("dimse_nodes")["node1"] == "UP", what="node1 UP again")
+
+
+# -- one object directory shared by the nodes -----------------------------------------------
+
+
+def test_nodes_share_one_object_directory_while_one_restarts_beside_the_others_stores(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A node's start finishes or removes interrupted writes in the shared directory
+    (startup.recover_pending_writes): it must leave the other node's writes in progress
+    alone. Node 1 stores batch after batch while node 2 restarts, then both store."""
+    cluster.ensure_running()
+    node1, node2 = cluster.nodes
+    orphans_before = _orphans(node1.cli("verify").stdout)  # fault 1 may leave one
+    batches = [write_series(tmp_path / f"a{i}", 20) for i in range(40)]
+    sent: list[list[Path]] = []
+    stop = threading.Event()
+
+    def keep_storing() -> None:
+        for batch in batches:
+            if stop.is_set():
+                return
+            node1.store(*batch)
+            sent.append(batch)
+
+    storing = threading.Thread(target=keep_storing, daemon=True)
+    storing.start()
+    try:
+        wait_until(lambda: len(sent) >= 1, what="node 1 storing")
+        node2.stop()
+        during = len(sent)
+        node2.start()  # recovers pending writes while node 1 writes
+        assert storing.is_alive(), "node 1 finished before node 2's start: no overlap"
+        other = write_series(tmp_path / "b", 30)
+        node2.store(*other)
+    finally:
+        stop.set()
+        storing.join(timeout=120)
+    assert len(sent) > during  # node 1 stored on while node 2 started
+    for batch in [*sent, other]:
+        uids = stored(cluster, _series_uid(batch[0]))
+        assert len(uids) == len(set(uids)) == len(batch)
+    verify = node2.cli("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "0 missing, 0 damaged or unreadable" in verify.stdout, verify.stdout
+    assert _orphans(verify.stdout) == orphans_before, verify.stdout
+
+
+def _orphans(verify_output: str) -> int:
+    found = re.search(r"orphan blobs \(no index row\): (\d+)", verify_output)
+    assert found is not None, verify_output
+    return int(found[1])
