@@ -13,6 +13,7 @@ from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
 from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.audit import AuditService
+from netpacs.storage.blobstore import BlobStoreUnavailable
 from netpacs.storage.fs import FileSystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,26 @@ def check_caller_identity(settings: Settings, region: Region) -> None:
             if settings.dimse_require_ae_hosts
             else "they may call from any address",
         )
+
+
+def check_object_directory(settings: Settings) -> None:
+    """The object directory takes a write; else the start stops with a message naming
+    the setting (not a traceback from the first store, nor a node that is never ready)."""
+    directory = settings.effective_blob_dir
+    setting = (
+        f"NETPACS_BLOB_DIR={str(settings.blob_dir)!r}"
+        if settings.blob_dir
+        else f"NETPACS_DATA_DIR={str(settings.data_dir)!r} (its objects/)"
+    )
+    try:
+        FileSystemBlobStore(directory).check()
+    except BlobStoreUnavailable as exc:
+        raise StartupError(f"{setting}: {exc}") from None
+    except OSError as exc:
+        raise StartupError(
+            f"{setting}: the object directory {directory} cannot be made "
+            f"({exc.strerror or exc.__class__.__name__})"
+        ) from None
 
 
 def prepare(settings: Settings) -> None:
