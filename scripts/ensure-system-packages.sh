@@ -5,7 +5,8 @@
 #   scripts/ensure-system-packages.sh test   + DCMTK, Orthanc and its DICOMweb
 #                                              plugin (benchmark peers), Chromium
 #                                              (viewer tests), PostgreSQL server,
-#                                              rsyslog with TLS (audit forwarder tests)
+#                                              rsyslog with TLS (audit forwarder tests),
+#                                              HAProxy (several-node fault tests)
 #
 # Idempotent and quick when everything is present: every check is a
 # `command -v` / `dpkg -s` / import probe; apt-get runs only for what is missing.
@@ -85,6 +86,11 @@ if [ "$MODE" = "test" ]; then
     need_pkg rsyslog
   fi
   need_pkg rsyslog-gnutls
+  # The load balancer in front of several nodes (deploy/haproxy/haproxy.cfg), run by
+  # the fault tests in the foreground on their own ports, never as a system service.
+  if [ ! -x /usr/sbin/haproxy ]; then
+    need_pkg haproxy
+  fi
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     need_pkg postgresql
   fi
@@ -123,6 +129,16 @@ trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
 ${SUDO:+$SUDO -E} apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# HAProxy likewise: the fault tests start it with deploy/haproxy/haproxy.cfg.
+if have_pkg haproxy; then
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now haproxy >/dev/null 2>&1 || true
+  fi
+  if [ -x /etc/init.d/haproxy ] && command -v update-rc.d >/dev/null 2>&1; then
+    $SUDO update-rc.d haproxy disable >/dev/null 2>&1 || true
+  fi
+fi
 
 # Orthanc must never run as a system service here: the benchmark starts its own
 # instance with its own configuration and ports.

@@ -50,3 +50,24 @@ def test_unknown_setting_in_config_file_is_refused(tmp_path: Path) -> None:
     result = run({"NETPACS_CONFIG": str(conf)}, "verify")
     assert result.returncode == 2
     assert "dimse_prot" in result.stderr
+
+
+def test_serve_stops_naming_netpacs_blob_dir_when_the_object_directory_cannot_be_used(
+    tmp_path: Path,
+) -> None:
+    not_a_directory = tmp_path / "objects"
+    not_a_directory.write_text("a file where the shared object directory should be")
+    result = run(
+        {
+            "NETPACS_DATA_DIR": str(tmp_path / "data"),
+            "NETPACS_BLOB_DIR": str(not_a_directory),
+            "NETPACS_DEMO": "true",
+            "NETPACS_HTTP_PORT": "0",
+            "NETPACS_DIMSE_PORT": "0",
+            "NETPACS_MLLP_PORT": "0",
+        },
+        "serve",
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"netpacs: NETPACS_BLOB_DIR={str(not_a_directory)!r}: " in result.stderr
+    assert "cannot be made (Not a directory)" in result.stderr

@@ -52,7 +52,7 @@ def items(http_app: HttpApp, kind: str) -> list[dict[str, Any]]:
 
 
 def blob_files(http_app: HttpApp) -> set[Path]:
-    return {p for p in http_app.settings.blob_dir.rglob("*") if p.is_file()}
+    return {p for p in http_app.settings.effective_blob_dir.rglob("*") if p.is_file()}
 
 
 def rtp_patient(http_app: HttpApp, folder: Path, number: str) -> str:

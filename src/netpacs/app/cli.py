@@ -35,6 +35,7 @@ from netpacs.app.startup import (
     UnsafeConfiguration,
     check_caller_identity,
     check_move_destinations,
+    check_object_directory,
     prepare,
 )
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
@@ -131,6 +132,7 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         jobs.check_settings(settings, region)
         check_caller_identity(settings, region)
         oidc_config(settings)
+        check_object_directory(settings)
     except (TlsSettingsError, jobs.JobSettingsError, RegionError, StartupError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -75,7 +75,7 @@ class Archive:
 def build_archive(settings: Settings) -> Archive:
     region = load_region(settings.effective_region_file)
     url = settings.effective_database_url
-    blobs = FileSystemBlobStore(settings.blob_dir)
+    blobs = FileSystemBlobStore(settings.effective_blob_dir)
     read_engine = make_engine(url)
     write_engine = make_engine(url, writer=True)
     writer = IndexWriter(

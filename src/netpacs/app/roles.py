@@ -32,6 +32,7 @@ from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
 from netpacs.services.frames import FrameReader
+from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.reconciliation import ReconciliationService
@@ -141,6 +142,11 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             allowed_hosts=frozenset(h.lower() for h in split_list(settings.allowed_hosts)),
             max_body_bytes=settings.http_max_body_bytes,
             upload_idle_seconds=settings.upload_idle_seconds,
+        ),
+        health=HealthService(
+            engine=archive.write_engine,
+            blobs=archive.blobs,
+            timeout=settings.readiness_timeout_seconds,
         ),
     )
 

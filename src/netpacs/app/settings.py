@@ -226,6 +226,20 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a STOW-RS body that sends nothing this long is closed"
     )
 
+    # -- several nodes: health checks and a shared object directory (issue 12) --------------
+    blob_dir: Path | None = Field(
+        default=None,
+        description="the object directory; default <data_dir>/objects. Nodes sharing one "
+        "archive name the same (shared) directory here and keep their own data dir",
+    )
+    readiness_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="GET /readyz answers 503 when the index or the object store has not "
+        "answered its check within this many seconds",
+    )
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, v: str) -> str:
@@ -310,8 +324,8 @@ class Settings(BaseSettings):
         return self.auth_secret_file or self.data_dir / "auth-secret"
 
     @property
-    def blob_dir(self) -> Path:
-        return self.data_dir / "objects"
+    def effective_blob_dir(self) -> Path:
+        return self.blob_dir or self.data_dir / "objects"
 
     @classmethod
     def settings_customise_sources(

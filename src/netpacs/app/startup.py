@@ -13,6 +13,7 @@ from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
 from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.audit import AuditService
+from netpacs.storage.blobstore import BlobStoreUnavailable
 from netpacs.storage.fs import FileSystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,26 @@ def check_caller_identity(settings: Settings, region: Region) -> None:
         )
 
 
+def check_object_directory(settings: Settings) -> None:
+    """The object directory takes a write; else the start stops with a message naming
+    the setting (not a traceback from the first store, nor a node that is never ready)."""
+    directory = settings.effective_blob_dir
+    setting = (
+        f"NETPACS_BLOB_DIR={str(settings.blob_dir)!r}"
+        if settings.blob_dir
+        else f"NETPACS_DATA_DIR={str(settings.data_dir)!r} (its objects/)"
+    )
+    try:
+        FileSystemBlobStore(directory).check()
+    except BlobStoreUnavailable as exc:
+        raise StartupError(f"{setting}: {exc}") from None
+    except OSError as exc:
+        raise StartupError(
+            f"{setting}: the object directory {directory} cannot be made "
+            f"({exc.strerror or exc.__class__.__name__})"
+        ) from None
+
+
 def prepare(settings: Settings) -> None:
     """One-time start-up work done before any worker starts: directories, migrations,
     the signing key, and the accounts: demo users in demo mode, none otherwise."""
@@ -138,7 +159,7 @@ def recover_pending_writes(settings: Settings) -> None:
     never acknowledged: it is removed once it is an hour old, so that the in-flight
     writes of other processes sharing the store are left alone.
     """
-    blobs = FileSystemBlobStore(settings.blob_dir)
+    blobs = FileSystemBlobStore(settings.effective_blob_dir)
     pending = blobs.pending_keys(older_than=0)
     if not pending:
         return

@@ -23,6 +23,10 @@ class BlobNotFound(Refused):
         self.key = key
 
 
+class BlobStoreUnavailable(Exception):
+    """The object store cannot take objects now; the message says which store and why."""
+
+
 def new_blob_key() -> str:
     return secrets.token_hex(16)
 
@@ -51,3 +55,8 @@ class BlobStore(Protocol):
 
     def local_path(self, key: str) -> Path | None:
         """A local file path for the blob when the backend has one, else None."""
+
+    def check(self) -> None:
+        """Whether objects can be stored now (for ``GET /readyz``): returns when they
+        can, else raises :class:`BlobStoreUnavailable` saying which store and why. Cheap
+        (a small write and its removal), never touches a stored object."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from netpacs.storage.blobstore import BlobNotFound
+from netpacs.storage.blobstore import BlobNotFound, BlobStoreUnavailable
 
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 _FANOUT = 16**3
@@ -108,6 +109,24 @@ class FileSystemBlobStore:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def check(self) -> None:
+        """The directory takes a write: a small file in ``tmp/`` written, made durable
+        and removed (named ``check-*.tmp``, never taken for a pending write)."""
+        probe = self._tmp / f"check-{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"netpacs readiness check\n")
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            raise BlobStoreUnavailable(
+                f"the object directory {self.root} cannot be written "
+                f"({exc.strerror or exc.__class__.__name__})"
+            ) from None
 
     def pending_keys(self, *, older_than: float) -> list[str]:
         """Keys of unfinished writes at least ``older_than`` seconds old."""

@@ -18,6 +18,7 @@ from netpacs.adapters.http import (
     errors,
     fhir,
     gate,
+    health,
     manage,
     oidc,
     qido,
@@ -60,6 +61,7 @@ def create_app(services: HttpServices) -> FastAPI:
         )
 
     for module in (
+        health,
         auth,
         oidc,
         audit_pages,

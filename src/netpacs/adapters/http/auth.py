@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from netpacs.adapters.http import health
 from netpacs.adapters.http.deps import HttpServices, is_https, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
@@ -38,6 +39,7 @@ _OPEN_PATHS = frozenset(
         "/signout",
         "/auth/oidc/login",
         "/auth/oidc/callback",
+        *health.PATHS,  # load balancer checks: no patient data
     }
 )
 
@@ -67,7 +69,8 @@ def credentials(request: Request) -> tuple[str | None, bool]:
 
 
 def is_open(path: str) -> bool:
-    """Paths anyone may reach without signing in (sign-in itself, sign-out)."""
+    """Paths anyone may reach without signing in (sign-in itself, sign-out, the
+    health checks)."""
     return path in _OPEN_PATHS
 
 

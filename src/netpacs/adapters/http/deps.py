@@ -16,6 +16,7 @@ from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
 from netpacs.services.frames import FrameReader
+from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.metadata import MetadataService
@@ -61,6 +62,7 @@ class HttpServices:
     break_glass: BreakGlass
     audit_trail: AuditTrail
     web: WebConfig
+    health: HealthService
 
     @property
     def principal(self) -> Principal:

@@ -4,7 +4,8 @@ In order:
 
 1. **Host.** The ``Host`` header must name this server (the public URL's host,
    localhost, or ``NETPACS_ALLOWED_HOSTS``): it flows into redirects and the URLs of
-   DICOMweb and FHIR answers when no public URL is set. Otherwise 400.
+   DICOMweb and FHIR answers when no public URL is set. Otherwise 400. The health
+   checks (``/healthz``, ``/readyz``) answer whatever host a balancer names.
 2. **Cross-site requests.** A state change (any method but GET, HEAD, OPTIONS) that a
    browser authenticates with the session cookie must come from a page of this origin:
    ``Sec-Fetch-Site: same-origin``, else an ``Origin`` (else a ``Referer``) naming this
@@ -44,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from netpacs.adapters.http import auth
+from netpacs.adapters.http import auth, health
 from netpacs.adapters.http.config import WebConfig
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -123,7 +124,12 @@ class Gate:
 
     def _refusal(self, request: Request) -> JSONResponse | None:
         host = request.headers.get("host")
-        if self.hosts is not None and host is not None and host_name(host) not in self.hosts:
+        if (
+            self.hosts is not None
+            and host is not None
+            and host_name(host) not in self.hosts
+            and request.url.path not in health.PATHS
+        ):
             return _json(
                 400,
                 f"this server does not answer to the host name {host_name(host)[:100]!r} "

@@ -1,0 +1,503 @@
+"""Two equal `netpacs serve` nodes behind HAProxy lose a node (issue 12, faults 1 and 5).
+
+Real processes on 127.0.0.1: two nodes sharing one PostgreSQL database, one object
+directory (``NETPACS_BLOB_DIR``; each node keeps its own data directory) and one token
+signing key, behind HAProxy running ``deploy/haproxy/haproxy.cfg`` itself (its
+``${VAR}`` placeholders set in HAProxy's environment). A node is lost by SIGKILL of
+its whole process tree (a crash, not a shutdown).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+import sqlalchemy as sa
+
+from netpacs.index.schema import instance, series
+from tests.conftest import (
+    Netpacs,
+    dcmtk,
+    free_port,
+    postgres_database,
+    wait_for_port,
+    wait_until,
+    write_region,
+)
+from tests.factories import write_series
+from tests.hl7.test_results import NO_ANSWER, Listener, all_sent, in_order_once, queue, rows
+
+HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
+RTO_TARGET = 5.0  # seconds until stores through HAProxy succeed again after a node dies
+JOB_TAKEOVER = 30.0  # seconds within which another node sends the waiting results
+
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/sbin/haproxy").exists(), reason="HAProxy (make test-setup installs it)"
+)
+
+
+@dataclass
+class Cluster:
+    """Two nodes, HAProxy in front, and the shared index."""
+
+    nodes: list[Netpacs]
+    engine: sa.Engine
+    dimse_port: int = field(default_factory=free_port)
+    mllp_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    stats_port: int = field(default_factory=free_port)
+    haproxy: subprocess.Popen[bytes] | None = None
+
+    def start_haproxy(self, log: Path) -> None:
+        env = dict(
+            os.environ,
+            NETPACS_LB_DIMSE_BIND=f"127.0.0.1:{self.dimse_port}",
+            NETPACS_LB_MLLP_BIND=f"127.0.0.1:{self.mllp_port}",
+            NETPACS_LB_HTTP_BIND=f"127.0.0.1:{self.http_port}",
+            NETPACS_LB_STATS_BIND=f"127.0.0.1:{self.stats_port}",
+        )
+        for i, node in enumerate(self.nodes, start=1):
+            env[f"NETPACS_NODE{i}_HOST"] = "127.0.0.1"
+            env[f"NETPACS_NODE{i}_DIMSE_PORT"] = str(node.port)
+            env[f"NETPACS_NODE{i}_MLLP_PORT"] = str(node.mllp_port)
+            env[f"NETPACS_NODE{i}_HTTP_PORT"] = str(node.http_port)
+        with log.open("ab") as out:
+            self.haproxy = subprocess.Popen(
+                ["/usr/sbin/haproxy", "-db", "-f", str(HAPROXY_CFG)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        for port in (self.dimse_port, self.mllp_port, self.http_port):
+            wait_for_port(port, proc=self.haproxy)
+
+    def stop(self) -> None:
+        if self.haproxy is not None and self.haproxy.poll() is None:
+            self.haproxy.terminate()
+            try:
+                self.haproxy.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.haproxy.kill()
+                self.haproxy.wait()
+        for node in self.nodes:
+            node.stop()
+        self.engine.dispose()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def all_up(self) -> bool:
+        """Every node in every backend, as HAProxy's checks of /readyz found them."""
+        with contextlib.suppress(httpx.HTTPError):
+            return all(
+                set(self.states(backend).values()) == {"UP"}
+                for backend in ("dimse_nodes", "mllp_nodes", "http_nodes")
+            )
+        return False
+
+    def states(self, backend: str) -> dict[str, str]:
+        """Each node's state in a backend, from HAProxy's status page: UP, DOWN..."""
+        csv = httpx.get(f"http://127.0.0.1:{self.stats_port}/;csv", timeout=5).text
+        states = {}
+        for line in csv.splitlines()[1:]:
+            cells = line.split(",")
+            if cells[0] == backend and cells[1].startswith("node"):
+                states[cells[1]] = cells[17]
+        return states
+
+    def ensure_running(self) -> None:
+        """Every node up and ready (a test before may have killed one)."""
+        for node in self.nodes:
+            if node.proc is None:
+                node.start()
+        for node in self.nodes:
+            wait_until(
+                lambda node=node: httpx.get(f"{node.base_url}/readyz").status_code == 200,
+                what=f"node on port {node.http_port} ready",
+            )
+
+    def serving_association(self) -> Netpacs | None:
+        """The node with an established DIMSE connection (HAProxy's, for storescu)."""
+        established = _established_local_ports()
+        return next((node for node in self.nodes if node.port in established), None)
+
+    def holding_results(self, trust: str = "RXC") -> Netpacs | None:
+        """The node whose job worker holds the trust's results lock (is sending them):
+        the advisory lock of ``results <trust>`` (index.outbox.try_lock)."""
+        digest = hashlib.sha256(f"netpacs results {trust}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True) & 0xFFFFFFFFFFFFFFFF
+        with self.engine.connect() as conn:
+            name = conn.execute(
+                sa.text(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND a.datname = current_database() "
+                    "AND l.classid::bigint = :high AND l.objid::bigint = :low"
+                ),
+                {"high": key >> 32, "low": key & 0xFFFFFFFF},
+            ).scalar()
+        return next((n for n in self.nodes if name and n.database_url.endswith(name)), None)
+
+    def tries_results_lock(self, node: Netpacs) -> bool:
+        """Whether ``node``'s job worker has asked for a job's advisory lock (a trust's
+        results, the SR sweep): it runs the jobs too, and waits its turn."""
+        name = node.database_url.rsplit("application_name=", 1)[1]
+        with self.engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n "
+                        "AND query LIKE '%pg_try_advisory_xact_lock%'"
+                    ),
+                    {"n": name},
+                ).scalar()
+            )
+
+
+def _established_local_ports() -> set[int]:
+    """Local ports of established TCP connections on this host (/proc/net/tcp{,6})."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "01":  # ESTABLISHED
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def results_region(path: Path, port: int) -> Path:
+    """The demo region with East Sussex's (RXC) results listener on ``port``."""
+    write_region(path, {})
+    text, n = re.subn(
+        r'(\[trusts.results_mllp\]\nhost = "127.0.0.1"\nport = )12573', rf"\g<1>{port}",
+        path.read_text(),
+    )  # fmt: skip
+    assert n == 1
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def results_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, results_port: int) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    region_file = results_region(root / "region.toml", results_port)
+    shared = root / "shared"
+    shared.mkdir()
+    with postgres_database() as url:
+        env = {
+            # What a user or a modality would lose if it lived in one node: the objects
+            # and the key that signs sessions are shared; the spool stays per node.
+            "NETPACS_BLOB_DIR": str(shared / "objects"),
+            "NETPACS_AUTH_SECRET_FILE": str(shared / "auth-secret"),
+            "NETPACS_RESULTS_POLL_SECONDS": "0.2",
+            "NETPACS_RESULTS_RETRY_FIRST_SECONDS": "0.2",
+            "NETPACS_RESULTS_RETRY_MAX_SECONDS": "1",
+            "NETPACS_RESULTS_ACK_TIMEOUT_SECONDS": "60",
+        }
+        nodes = [
+            Netpacs(
+                root / f"node{i}" / "data",
+                # The node's name in pg_stat_activity: which node holds a job's lock.
+                f"{url}?application_name=netpacs_node{i}",
+                region_file,
+                processes=1,
+                extra_env=env,
+            )
+            for i in (1, 2)
+        ]
+        for node in nodes:
+            node.data_dir.parent.mkdir(parents=True)
+        the_cluster = Cluster(nodes, sa.create_engine(url))
+        try:
+            for node in nodes:  # one after the other: the first migrates the index
+                node.start()
+            the_cluster.start_haproxy(root / "haproxy.log")
+            wait_until(the_cluster.all_up, what="HAProxy finding both nodes ready")
+            # The checks are HAProxy's and the operators': not served to the public.
+            assert httpx.get(f"{the_cluster.url}/readyz").status_code == 404
+            yield the_cluster
+        finally:
+            the_cluster.stop()
+
+
+# -- fault 1: a node killed in the middle of a storescu run ------------------------------
+
+
+SENDING = re.compile(r"Sending file: (.+)$")
+SUCCESS = "Received Store Response (Success)"
+
+
+def acknowledged(output: str) -> set[str]:
+    """The files storescu -v saw a Success response for."""
+    done: set[str] = set()
+    current: str | None = None
+    for line in output.splitlines():
+        sent = SENDING.search(line)
+        if sent:
+            current = sent.group(1).strip()
+        elif SUCCESS in line and current is not None:
+            done.add(current)
+            current = None
+    return done
+
+
+def stored(cluster: Cluster, series_uid: str) -> list[str]:
+    """The SOP Instance UIDs of the series in the shared index (one row each)."""
+    with cluster.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(instance.c.sop_instance_uid)
+                .join(series, series.c.id == instance.c.series_fk)
+                .where(series.c.series_instance_uid == series_uid)
+            ).scalars()
+        )
+
+
+def store_once(port: int, file: Path) -> bool:
+    result = dcmtk(
+        "storescu", "-to", "5", "-aet", "EDGH_CT1", "-aec", "NETPACS", "127.0.0.1", str(port),
+        str(file), timeout=30,
+    )  # fmt: skip
+    return result.returncode == 0 and "Failed" not in result.stderr
+
+
+def test_a_node_killed_mid_series_loses_nothing_acknowledged_and_the_retry_completes_it(
+    cluster: Cluster, tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    cluster.ensure_running()
+    # A signed-in user of each node: tokens are signed with the shared key, so a session
+    # outlives the node that issued it.
+    tokens = {id(node): node.token() for node in cluster.nodes}
+    files = write_series(tmp_path / "series", 150, Rows=128, Columns=128, PixelData=bytes(32768))
+    series_uid = _series_uid(files[0])
+    probes = write_series(tmp_path / "probes", 40)
+    log = tmp_path / "storescu.log"
+    with log.open("w") as out:
+        sender = subprocess.Popen(
+            ["storescu", "-v", "-aet", "EDGH_CT1", "-aec", "NETPACS", "127.0.0.1",
+             str(cluster.dimse_port), *map(str, files)],
+            stdout=out, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, TCP_NODELAY="1"),
+        )  # fmt: skip
+    try:
+        wait_until(lambda: len(stored(cluster, series_uid)) >= 20, what="20 of 150 stored")
+        victim = cluster.serving_association()
+        assert victim is not None, "no node holds the storescu association"
+        killed_at = time.monotonic()
+        victim.kill()
+        kill_took = time.monotonic() - killed_at
+        sender.wait(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    first_run = acknowledged(log.read_text())
+    assert 20 <= len(first_run) < len(files), log.read_text()[-2000:]
+    # RTO: how long until a store through HAProxy succeeds again (a modality retrying).
+    rto, tries = None, 0
+    for probe in probes:
+        tries += 1
+        if store_once(cluster.dimse_port, probe):
+            rto = time.monotonic() - killed_at
+            break
+        time.sleep(0.1)
+    assert rto is not None, "no store through HAProxy succeeded after the node died"
+    # The modality sends again what was not acknowledged (the whole association failed).
+    left = [f for f in files if str(f) not in first_run]
+    retry = dcmtk(
+        "storescu", "-v", "-aet", "EDGH_CT1", "-aec", "NETPACS", "127.0.0.1",
+        str(cluster.dimse_port), *map(str, left),
+    )  # fmt: skip
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert acknowledged(retry.stdout + retry.stderr) == {str(f) for f in left}
+    # Every instance stored once: each acknowledged SOP Instance UID has one row.
+    uids = stored(cluster, series_uid)
+    assert len(uids) == len(set(uids)) == len(files)
+    survivor = next(node for node in cluster.nodes if node is not victim)
+    verify = survivor.cli("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "0 missing, 0 damaged or unreadable" in verify.stdout, verify.stdout
+    orphans = _orphans(verify.stdout)
+    # At most the one object in flight on the killed association is left without a row.
+    assert orphans <= 1, verify.stdout
+    # The session the killed node issued is good on the other node, through HAProxy.
+    found = httpx.get(
+        f"{cluster.url}/dicomweb/studies",
+        params={"SeriesInstanceUID": series_uid},
+        headers={"Authorization": f"Bearer {tokens[id(victim)]}"},
+    )
+    assert found.status_code == 200 and len(found.json()) == 1, found.text
+    record_property("rto_seconds", round(rto, 2))
+    print(
+        f"\nRTO after SIGKILL of a node (stores through HAProxy succeed again): {rto:.2f} s "
+        f"(the node's processes took {kill_took:.2f} s to be gone; {tries} stores tried)"
+    )
+    assert rto <= RTO_TARGET
+
+
+def _series_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+# -- fault 5: the node sending results killed while results wait --------------------------
+
+
+def test_results_waiting_when_their_sender_node_dies_are_sent_by_the_other_once_in_order(
+    cluster: Cluster, results_port: int
+) -> None:
+    cluster.ensure_running()
+    held, release = threading.Event(), threading.Event()
+    ids: list[str] = []
+
+    def hold_the_first(control_id: str, seen: int) -> tuple[str, str] | None:
+        """The listener takes the first message and answers only after the kill."""
+        if control_id == ids[0] and seen == 0:
+            held.set()
+            release.wait(timeout=60)
+            return NO_ANSWER
+        return ("AA", "")
+
+    listener = Listener(results_port, policy=hold_the_first).start()
+    try:
+        ids += queue(cluster.engine, "RXC", 6)
+        wait_until(held.is_set, what="the first result on the wire")
+        sender = cluster.holding_results()
+        assert sender is not None, "no node holds the results lock"
+        # Every node runs the job worker by default: the other one asks for the trust.
+        other = next(node for node in cluster.nodes if node is not sender)
+        wait_until(lambda: cluster.tries_results_lock(other), what="the other node's jobs")
+        assert listener.arrivals == [ids[0]]  # and sends nothing while the trust is held
+        killed_at = time.monotonic()
+        sender.kill()  # returns once every process of the node is gone
+        release.set()
+        wait_until(all_sent(cluster.engine, "RXC"), timeout=JOB_TAKEOVER, what="every result sent")
+        took = time.monotonic() - killed_at
+        survivor = cluster.holding_results()
+    finally:
+        release.set()
+        listener.stop()
+    assert took <= JOB_TAKEOVER
+    assert survivor is None or survivor is not sender
+    assert listener.accepted == ids  # each accepted exactly once, in queue order
+    assert in_order_once(listener.arrivals) == ids  # the one in flight sent again, same id
+    assert all(r.sent_at is not None for r in rows(cluster.engine, "RXC"))
+    print(f"\nresults moved to the other node and were all sent {took:.1f} s after the kill")
+
+
+# -- a node that hangs: only the readiness checks can take it out ---------------------------
+
+
+def _tree(node: Netpacs) -> list[int]:
+    assert node.proc is not None
+    found = subprocess.run(
+        ["pgrep", "-P", str(node.proc.pid)], capture_output=True, text=True, check=False
+    )
+    return [node.proc.pid, *map(int, found.stdout.split())]
+
+
+def test_a_hung_node_is_taken_out_by_its_failing_readiness_check_and_stores_go_on(
+    cluster: Cluster, tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    """A node whose processes are stopped still accepts TCP connections (the kernel
+    does), so HAProxy's redispatch cannot help: its /readyz check must time out."""
+    cluster.ensure_running()
+    wait_until(lambda: set(cluster.states("dimse_nodes").values()) == {"UP"}, what="both nodes UP")
+    probes = write_series(tmp_path / "probes", 6)
+    victim = cluster.nodes[0]
+    pids = _tree(victim)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        for backend in ("dimse_nodes", "mllp_nodes", "http_nodes"):
+            wait_until(
+                lambda backend=backend: cluster.states(backend)["node1"].startswith("DOWN"),
+                timeout=15,
+                what=f"the hung node DOWN in {backend}",
+            )
+        out_after = time.monotonic() - stopped_at
+        # Stores and queries go on through HAProxy, every one to the other node.
+        for probe in probes:
+            assert store_once(cluster.dimse_port, probe)
+        assert cluster.states("http_nodes")["node2"] == "UP"
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    record_property("hung_node_out_seconds", round(out_after, 2))
+    print(f"\na hung node was out of HAProxy's rotation {out_after:.1f} s after it stopped")
+    assert out_after <= 10
+    # Back in rotation once it answers again (two good checks).
+    wait_until(lambda: cluster.states("dimse_nodes")["node1"] == "UP", what="node1 UP again")
+
+
+# -- one object directory shared by the nodes -----------------------------------------------
+
+
+def test_nodes_share_one_object_directory_while_one_restarts_beside_the_others_stores(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A node's start finishes or removes interrupted writes in the shared directory
+    (startup.recover_pending_writes): it must leave the other node's writes in progress
+    alone. Node 1 stores batch after batch while node 2 restarts, then both store."""
+    cluster.ensure_running()
+    node1, node2 = cluster.nodes
+    orphans_before = _orphans(node1.cli("verify").stdout)  # fault 1 may leave one
+    batches = [write_series(tmp_path / f"a{i}", 20) for i in range(40)]
+    sent: list[list[Path]] = []
+    stop = threading.Event()
+
+    def keep_storing() -> None:
+        for batch in batches:
+            if stop.is_set():
+                return
+            node1.store(*batch)
+            sent.append(batch)
+
+    storing = threading.Thread(target=keep_storing, daemon=True)
+    storing.start()
+    try:
+        wait_until(lambda: len(sent) >= 1, what="node 1 storing")
+        node2.stop()
+        during = len(sent)
+        node2.start()  # recovers pending writes while node 1 writes
+        assert storing.is_alive(), "node 1 finished before node 2's start: no overlap"
+        other = write_series(tmp_path / "b", 30)
+        node2.store(*other)
+    finally:
+        stop.set()
+        storing.join(timeout=120)
+    assert len(sent) > during  # node 1 stored on while node 2 started
+    for batch in [*sent, other]:
+        uids = stored(cluster, _series_uid(batch[0]))
+        assert len(uids) == len(set(uids)) == len(batch)
+    verify = node2.cli("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "0 missing, 0 damaged or unreadable" in verify.stdout, verify.stdout
+    assert _orphans(verify.stdout) == orphans_before, verify.stdout
+
+
+def _orphans(verify_output: str) -> int:
+    found = re.search(r"orphan blobs \(no index row\): (\d+)", verify_output)
+    assert found is not None, verify_output
+    return int(found[1])
