@@ -122,6 +122,7 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
     from netpacs.app import jobs, roles
     from netpacs.app.roles import oidc_config
     from netpacs.app.supervisor import WorkerGroup, listen, supervise
+    from netpacs.services import metrics
     from netpacs.app.tls import TlsSettingsError, dimse_tls_context, mllp_tls_context
 
     try:
@@ -174,7 +175,15 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         WorkerGroup("MLLP", 1, lambda: roles.run_mllp(settings, mllp_sock, mllp_tls_sock)),
         *jobs.worker_groups(settings),
     ]
-    supervise(groups, shutdown_timeout=settings.shutdown_timeout)
+    # Every worker records its metrics in files of this folder; any HTTP worker's
+    # GET /metrics sums them (services.metrics).
+    metrics.use_directory(settings.data_dir / "metrics")
+    supervise(
+        groups,
+        shutdown_timeout=settings.shutdown_timeout,
+        on_start=metrics.process_started,
+        on_exit=metrics.process_ended,
+    )
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from netpacs.adapters.http import (
     fhir,
     gate,
     manage,
+    metrics,
     oidc,
     qido,
     reconciliation,
@@ -75,6 +76,7 @@ def create_app(services: HttpServices) -> FastAPI:
         reporting,
         reporting_pages,
         viewer,
+        metrics,
     ):
         app.include_router(module.router)
     # The gate sees every request before a route or a body read (gate.py); outside it,

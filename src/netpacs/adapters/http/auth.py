@@ -38,6 +38,7 @@ _OPEN_PATHS = frozenset(
         "/signout",
         "/auth/oidc/login",
         "/auth/oidc/callback",
+        "/metrics",  # no sign-in: by the client's address (adapters/http/metrics.py)
     }
 )
 
@@ -67,7 +68,7 @@ def credentials(request: Request) -> tuple[str | None, bool]:
 
 
 def is_open(path: str) -> bool:
-    """Paths anyone may reach without signing in (sign-in itself, sign-out)."""
+    """Paths anyone may reach without signing in (sign-in itself, sign-out, metrics)."""
     return path in _OPEN_PATHS
 
 

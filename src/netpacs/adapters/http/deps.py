@@ -19,6 +19,7 @@ from netpacs.services.frames import FrameReader
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.metadata import MetadataService
+from netpacs.services.metrics import Scrape
 from netpacs.services.query import QueryService
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
@@ -61,6 +62,7 @@ class HttpServices:
     break_glass: BreakGlass
     audit_trail: AuditTrail
     web: WebConfig
+    metrics: Scrape | None = None  # GET /metrics (None: not served)
 
     @property
     def principal(self) -> Principal:
