@@ -122,8 +122,8 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
     from netpacs.app import jobs, roles
     from netpacs.app.roles import oidc_config
     from netpacs.app.supervisor import WorkerGroup, listen, supervise
-    from netpacs.services import metrics
     from netpacs.app.tls import TlsSettingsError, dimse_tls_context, mllp_tls_context
+    from netpacs.services import metrics
 
     try:
         dimse_tls_context(settings)  # certificates that do not load stop us now

@@ -34,9 +34,7 @@ def _aware(when: dt.datetime | None) -> dt.datetime | None:
 def read_backlog(conn: sa.Connection, *, audit_forwarding: bool) -> BacklogReading:
     now = dt.datetime.now(dt.UTC)
     rows = conn.execute(
-        sa.select(
-            result_outbox.c.trust, sa.func.count(), sa.func.min(result_outbox.c.created_at)
-        )
+        sa.select(result_outbox.c.trust, sa.func.count(), sa.func.min(result_outbox.c.created_at))
         .where(result_outbox.c.sent_at.is_(None))
         .group_by(result_outbox.c.trust)
     ).all()

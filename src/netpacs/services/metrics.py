@@ -43,7 +43,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -68,8 +68,7 @@ NO_TRUST = "none"
 
 STORES = Counter(
     "netpacs_stores",
-    "Objects accepted (stored, already stored, replaced), by protocol, sender's trust "
-    "and outcome",
+    "Objects accepted (stored, already stored, replaced), by protocol, sender's trust and outcome",
     ["protocol", "trust", "outcome"],
 )
 REFUSALS = Counter(
@@ -185,7 +184,7 @@ def use_directory(path: Path) -> None:
     os.environ[MULTIPROC_ENV] = str(path)
     # prometheus_client chose its value class when imported (the variable was not set
     # then); every metric here has labels, so its values are made from this class later.
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
 def process_started(role: str) -> None:
@@ -197,7 +196,7 @@ def process_ended(pid: int) -> None:
     """In the supervisor, for a worker that exited: its live gauges are dropped."""
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
-        mark_process_dead(pid, directory)
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 # -- backlogs --------------------------------------------------------------------------------
@@ -229,9 +228,7 @@ class Backlogs:
             if self._reading is None or now - self._read_at >= self._cache_seconds:
                 try:
                     with self._engine.connect() as conn:
-                        self._reading = read_backlog(
-                            conn, audit_forwarding=self._audit_forwarding
-                        )
+                        self._reading = read_backlog(conn, audit_forwarding=self._audit_forwarding)
                 except sa.exc.SQLAlchemyError as exc:
                     log.warning("metrics: the backlogs could not be read (%s)", exc)
                     self._reading = None
@@ -249,7 +246,9 @@ class Backlogs:
             return
         now = reading.at
         waiting = GaugeMetricFamily(
-            "netpacs_results_waiting", "Results (HL7 ORU) waiting to be sent, by trust", labels=["trust"]
+            "netpacs_results_waiting",
+            "Results (HL7 ORU) waiting to be sent, by trust",
+            labels=["trust"],
         )
         oldest = GaugeMetricFamily(
             "netpacs_results_oldest_waiting_seconds",
@@ -332,13 +331,14 @@ class Scrape:
         return any(ip in network for network in self._allow)
 
     def text(self) -> tuple[bytes, str]:
-        """The exposition and its media type."""
+        """The exposition and its media type (the classic text format, 0.0.4: every
+        Prometheus version reads it)."""
         registry = CollectorRegistry(auto_describe=False)
         directory = os.environ.get(MULTIPROC_ENV)
         if directory:
-            MultiProcessCollector(registry, path=directory)
+            MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         else:
             registry.register(_Forward())
         if self._backlogs is not None:
             registry.register(_BacklogCollector(self._backlogs))
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4

@@ -7,6 +7,8 @@ counted, and how the worker processes' values are summed, is services.metrics.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +22,7 @@ PATH = "/metrics"
 
 
 @router.get(PATH, summary="Metrics in the Prometheus text format", include_in_schema=False)
-async def metrics(request: Request, svc: HttpServices = Depends(services)) -> Response:
+async def metrics(request: Request, svc: Annotated[HttpServices, Depends(services)]) -> Response:
     scrape = svc.metrics
     if scrape is None:
         raise HttpError(404, "metrics are not served by this application")

@@ -1,0 +1,192 @@
+"""GET /metrics of a real ``netpacs serve``: what DIMSE and HTTP workers did, summed over
+the node's processes, the results backlog read from the index, and who may read it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from pydicom import dcmread as read_dataset
+from prometheus_client.parser import text_string_to_metric_families
+from pydicom.uid import generate_uid
+
+from netpacs.index.db import make_engine
+from netpacs.index.schema import instance
+from tests.conftest import Netpacs, dcmtk, free_port, wait_until, write_region
+from tests.factories import ct_dataset, write, write_series
+from tests.hl7.test_results import queue
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+BOUNDARY = "netpacs-metrics-test"
+STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def scrape(server: Netpacs, *, source: str = "127.0.0.1") -> httpx.Response:
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, timeout=30) as client:
+        return client.get(f"{server.base_url}/metrics")
+
+
+def samples(server: Netpacs) -> Samples:
+    """Every sample of a scrape, by name and labels; the text must parse."""
+    answer = scrape(server)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    found: Samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def stored_sizes(database_url: str, sop_uids: list[str]) -> list[int]:
+    """The sizes of the objects' blobs, as the index has them."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(instance.c.blob_size).where(instance.c.sop_instance_uid.in_(sop_uids))
+            return list(conn.execute(query).scalars())
+    finally:
+        engine.dispose()
+
+
+def stow(server: Netpacs, paths: list[Path], study: str | None = None) -> httpx.Response:
+    body = (
+        b"".join(
+            f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + p.read_bytes()
+            + b"\r\n"
+            for p in paths
+        )
+        + f"--{BOUNDARY}--\r\n".encode()
+    )
+    url = f"{server.dicomweb_url}/studies" + (f"/{study}" if study else "")
+    return server.http.post(url, content=body, headers={"Content-Type": STOW_TYPE})
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str, workstation_port: int) -> Iterator[Netpacs]:
+    """Two DIMSE and two HTTP workers; RXC's results listener does not listen; metrics
+    for 127.0.0.1 only."""
+    region_file = write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
+    text, n = re.subn(
+        r'(\[trusts.results_mllp\]\nhost = "127.0.0.1"\nport = )12573',
+        rf"\g<1>{free_port()}",
+        region_file.read_text(),
+    )
+    assert n == 1
+    region_file.write_text(text)
+    server = Netpacs(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        region_file=region_file,
+        processes=2,
+        http_processes=2,
+        extra_env={"NETPACS_METRICS_ALLOW": "127.0.0.1", "NETPACS_METRICS_CACHE_SECONDS": "0"},
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_metrics_count_stores_refusals_queries_and_retrieves_of_every_worker_process(
+    server: Netpacs, tmp_path: Path
+) -> None:
+    before = samples(server)
+    # Three over DIMSE (a DIMSE worker), two over STOW-RS and one refused (an HTTP worker).
+    dimse = write_series(tmp_path / "dimse", 3, PatientID="H200001")
+    server.store(*dimse)
+    study = generate_uid()
+    web = write_series(tmp_path / "stow", 2, PatientID="H200002", StudyInstanceUID=study)
+    assert stow(server, web).status_code == 200
+    other = write(ct_dataset(PatientID="H200003"), tmp_path / "other.dcm")
+    assert stow(server, [other], study=study).status_code == 409
+    # One C-FIND and one QIDO-RS, both at study level; one WADO-RS retrieve of 2 objects.
+    found = dcmtk(
+        "findscu", "-S", "-aet", "RXC_WS1", "-aec", "NETPACS", "127.0.0.1", str(server.port),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=H200001", "-k", "StudyInstanceUID",
+    )  # fmt: skip
+    assert found.returncode == 0 and "Unknown Status" not in found.stderr, found.stderr
+    qido = server.http.get(f"{server.dicomweb_url}/studies", params={"PatientID": "H200002"})
+    assert qido.status_code == 200 and len(qido.json()) == 1
+    wado = server.http.get(
+        f"{server.dicomweb_url}/studies/{study}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert wado.status_code == 200
+
+    # Any HTTP worker answers with the same sums (two workers: several scrapes).
+    scrapes = [samples(server) for _ in range(6)]
+    after = scrapes[0]
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    stores = "netpacs_stores_total"
+    assert moved(stores, protocol="dimse", trust="RXC", outcome="stored") == 3
+    assert moved(stores, protocol="stow", trust="RXC", outcome="stored") == 2
+    refusals = "netpacs_refusals_total"
+    assert moved(refusals, protocol="stow", trust="RXC", reason="study_mismatch") == 1
+    assert sum(v for (name, _), v in after.items() if name == refusals) == 1
+    latency = "netpacs_query_duration_seconds_count"
+    assert moved(latency, interface="c-find", level="STUDY") == 1
+    assert moved(latency, interface="qido-rs", level="STUDY") == 1
+    bucket = "netpacs_query_duration_seconds_bucket"
+    assert moved(bucket, interface="c-find", level="STUDY", le="+Inf") == 1
+    assert moved("netpacs_retrieved_objects_total", interface="wado-rs") == 2
+    sizes = sum(
+        stored_sizes(server.database_url, [str(read_dataset(p).SOPInstanceUID) for p in web])
+    )
+    assert moved("netpacs_retrieved_bytes_total", interface="wado-rs") == sizes
+    # The sums are over the node's processes: both DIMSE and both HTTP workers are live.
+    assert value(after, "netpacs_worker_processes", role="dimse") == 2
+    assert value(after, "netpacs_worker_processes", role="http") == 2
+    assert value(after, "netpacs_worker_processes", role="jobs") == 1
+    for other_scrape in scrapes[1:]:
+        for key in (
+            (stores, frozenset({"protocol": "dimse", "trust": "RXC", "outcome": "stored"}.items())),
+            (latency, frozenset({"interface": "c-find", "level": "STUDY"}.items())),
+        ):
+            assert other_scrape[key] == after[key]
+
+
+def test_a_result_waiting_for_an_unreachable_listener_shows_in_the_backlog(
+    server: Netpacs, database_url: str
+) -> None:
+    found = samples(server)
+    assert value(found, "netpacs_results_waiting", trust="RXC") == 0
+    assert value(found, "netpacs_backlog_read_ok") == 1
+    engine = make_engine(database_url, writer=True)
+    try:
+        queue(engine, "RXC", 1)
+    finally:
+        engine.dispose()
+
+    def waiting() -> Samples | None:
+        now = samples(server)
+        old = value(now, "netpacs_results_oldest_waiting_seconds", trust="RXC")
+        return now if old >= 1 else None
+
+    found = wait_until(waiting, timeout=20, what="an RXC result waiting a second")
+    assert value(found, "netpacs_results_waiting", trust="RXC") == 1
+    assert value(found, "netpacs_results_waiting", trust="RTK") == 0
+    assert value(found, "netpacs_store_tallies_open") == 0
+
+
+def test_metrics_are_refused_to_an_address_not_allowed_and_need_no_sign_in(
+    server: Netpacs,
+) -> None:
+    refused = scrape(server, source="127.0.0.2")
+    assert refused.status_code == 403
+    assert "NETPACS_METRICS_ALLOW" in refused.json()["message"]
+    assert scrape(server).status_code == 200  # from 127.0.0.1, no credentials
