@@ -3,20 +3,23 @@ the node's processes, the results backlog read from the index, and who may read 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from pydicom import dcmread as read_dataset
 from prometheus_client.parser import text_string_to_metric_families
+from pydicom import dcmread as read_dataset
 from pydicom.uid import generate_uid
 
 from netpacs.index.db import make_engine
 from netpacs.index.schema import instance
-from tests.conftest import Netpacs, dcmtk, free_port, wait_until, write_region
+from tests.conftest import PG_ADMIN_URL, Netpacs, dcmtk, free_port, wait_until, write_region
 from tests.factories import ct_dataset, write, write_series
 from tests.hl7.test_results import queue
 
@@ -190,3 +193,90 @@ def test_metrics_are_refused_to_an_address_not_allowed_and_need_no_sign_in(
     assert refused.status_code == 403
     assert "NETPACS_METRICS_ALLOW" in refused.json()["message"]
     assert scrape(server).status_code == 200  # from 127.0.0.1, no credentials
+
+
+def test_a_failed_object_store_write_is_counted_with_its_refusal(
+    server: Netpacs, tmp_path: Path
+) -> None:
+    before = samples(server)
+    spool = server.data_dir / "objects" / "tmp"  # where blobs are written first (storage.fs)
+    spool.rmdir()
+    spool.write_bytes(b"")  # a file where the directory was: every write fails
+    try:
+        path = write(ct_dataset(PatientID="H200010"), tmp_path / "one.dcm")
+        sent = dcmtk(
+            "storescu", "-aet", "EDGH_CT1", "-aec", "NETPACS", "127.0.0.1", str(server.port),
+            str(path),
+        )  # fmt: skip
+        assert "Failed" in sent.stderr or sent.returncode != 0 or "0xa7" in sent.stderr.lower()
+    finally:
+        spool.unlink()
+        spool.mkdir()
+    after = samples(server)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("netpacs_object_store_errors_total", operation="put") == 1
+    assert moved("netpacs_refusals_total", protocol="dimse", trust="RXC", reason="failed") == 1
+    assert moved("netpacs_stores_total", protocol="dimse", trust="RXC", outcome="stored") == 0
+
+
+def test_a_dropped_database_connection_is_counted(server: Netpacs) -> None:
+    if not server.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's connections can be cut from outside")
+    before = samples(server)
+    name = server.database_url.rsplit("/", 1)[1]
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            cut = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    assert cut > 0
+
+    def counted() -> float:
+        # Requests check out the pooled connections that were cut (pre-ping: the
+        # request itself succeeds on a new connection).
+        answer = server.http.get(f"{server.dicomweb_url}/studies")
+        assert answer.status_code in (200, 204), answer.text
+        found = samples(server)
+        return value(found, "netpacs_database_errors_total", kind="disconnect") - value(
+            before, "netpacs_database_errors_total", kind="disconnect"
+        )
+
+    assert wait_until(counted, timeout=20, what="a cut connection counted") >= 1
+
+
+LIVE = {"dimse": 2, "http": 2, "mllp": 1, "jobs": 1}
+
+
+def test_a_worker_that_died_keeps_its_counts_and_leaves_the_live_gauge(
+    server: Netpacs, tmp_path: Path
+) -> None:
+    server.store(*write_series(tmp_path / "series", 2, PatientID="H200020"))
+    assert server.proc is not None
+    children = subprocess.run(
+        ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for pid in children:  # every worker: the supervisor starts new ones
+        os.kill(int(pid), signal.SIGKILL)
+
+    def restarted() -> Samples | None:
+        try:
+            found = samples(server)
+        except httpx.TransportError:
+            return None
+        roles = {r: value(found, "netpacs_worker_processes", role=r) for r in LIVE}
+        return found if roles == LIVE else None
+
+    # Without mark_process_dead the dead workers' gauges would still count (4 DIMSE...).
+    found = wait_until(restarted, timeout=30, what="the workers restarted")
+    stored = value(found, "netpacs_stores_total", protocol="dimse", trust="RXC", outcome="stored")
+    assert stored == 2

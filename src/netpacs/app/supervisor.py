@@ -121,7 +121,8 @@ def supervise(
                 status,
             )
             time.sleep(0.5)
-            spawn(group, slot)
+            if not stopping:  # a signal during the pause: the new worker would miss it
+                spawn(group, slot)
     sys.stdout.flush()
 
 
