@@ -280,3 +280,16 @@ def test_a_worker_that_died_keeps_its_counts_and_leaves_the_live_gauge(
     found = wait_until(restarted, timeout=30, what="the workers restarted")
     stored = value(found, "netpacs_stores_total", protocol="dimse", trust="RXC", outcome="stored")
     assert stored == 2
+
+
+def test_an_import_run_beside_the_node_adds_to_its_counts(server: Netpacs, tmp_path: Path) -> None:
+    before = samples(server)
+    paths = write_series(tmp_path / "import", 2, PatientID="H200030")
+    ran = server.cli("import", "--trust", "RXC", str(tmp_path / "import"))
+    assert ran.returncode == 0, ran.stderr
+    after = samples(server)
+    labels = {"protocol": "import", "trust": "RXC", "outcome": "stored"}
+    moved = value(after, "netpacs_stores_total", **labels) - value(
+        before, "netpacs_stores_total", **labels
+    )
+    assert moved == len(paths)

@@ -175,11 +175,13 @@ def watch_engine(engine: sa.Engine) -> None:
 # -- processes -------------------------------------------------------------------------------
 
 
-def use_directory(path: Path) -> None:
+def use_directory(path: Path, *, empty: bool = True) -> None:
     """Record in multiprocess mode in ``path``, emptied first (values of a previous run
     are gone: counters restart at zero with the node, as Prometheus expects). Call
-    before forking the workers, before any value is recorded."""
-    shutil.rmtree(path, ignore_errors=True)
+    before forking the workers, before any value is recorded. ``empty=False``: join
+    the folder of a running node (a command's counts then add to the node's sums)."""
+    if empty:
+        shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_ENV] = str(path)
     # prometheus_client chose its value class when imported (the variable was not set
