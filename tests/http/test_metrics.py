@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -75,11 +76,11 @@ def stow(server: Netpacs, paths: list[Path], study: str | None = None) -> httpx.
     return server.http.post(url, content=body, headers={"Content-Type": STOW_TYPE})
 
 
-@pytest.fixture
-def server(tmp_path: Path, database_url: str, workstation_port: int) -> Iterator[Netpacs]:
+@contextmanager
+def running(folder: Path, database_url: str, workstation_port: int) -> Iterator[Netpacs]:
     """Two DIMSE and two HTTP workers; RXC's results listener does not listen; metrics
     for 127.0.0.1 only."""
-    region_file = write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})
+    region_file = write_region(folder / "region.toml", {"RTP_WS1": workstation_port})
     text, n = re.subn(
         r'(\[trusts.results_mllp\]\nhost = "127.0.0.1"\nport = )12573',
         rf"\g<1>{free_port()}",
@@ -88,7 +89,7 @@ def server(tmp_path: Path, database_url: str, workstation_port: int) -> Iterator
     assert n == 1
     region_file.write_text(text)
     server = Netpacs(
-        data_dir=tmp_path / "data",
+        data_dir=folder / "data",
         database_url=database_url,
         region_file=region_file,
         processes=2,
@@ -100,6 +101,15 @@ def server(tmp_path: Path, database_url: str, workstation_port: int) -> Iterator
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_database_url: str, workstation_port: int
+) -> Iterator[Netpacs]:
+    """One server for the module (each test counts what moved while it ran)."""
+    with running(tmp_path_factory.mktemp("metrics"), module_database_url, workstation_port) as s:
+        yield s
 
 
 def test_metrics_count_stores_refusals_queries_and_retrieves_of_every_worker_process(
@@ -140,7 +150,8 @@ def test_metrics_count_stores_refusals_queries_and_retrieves_of_every_worker_pro
     assert moved(stores, protocol="stow", trust="RXC", outcome="stored") == 2
     refusals = "netpacs_refusals_total"
     assert moved(refusals, protocol="stow", trust="RXC", reason="study_mismatch") == 1
-    assert sum(v for (name, _), v in after.items() if name == refusals) == 1
+    every = [(n, labels) for (n, labels) in after if n == refusals]
+    assert sum(moved(n, **dict(labels)) for n, labels in every) == 1
     latency = "netpacs_query_duration_seconds_count"
     assert moved(latency, interface="c-find", level="STUDY") == 1
     assert moved(latency, interface="qido-rs", level="STUDY") == 1
@@ -164,12 +175,12 @@ def test_metrics_count_stores_refusals_queries_and_retrieves_of_every_worker_pro
 
 
 def test_a_result_waiting_for_an_unreachable_listener_shows_in_the_backlog(
-    server: Netpacs, database_url: str
+    server: Netpacs,
 ) -> None:
     found = samples(server)
     assert value(found, "netpacs_results_waiting", trust="RXC") == 0
     assert value(found, "netpacs_backlog_read_ok") == 1
-    engine = make_engine(database_url, writer=True)
+    engine = make_engine(server.database_url, writer=True)
     try:
         queue(engine, "RXC", 1)
     finally:
@@ -224,7 +235,14 @@ def test_a_failed_object_store_write_is_counted_with_its_refusal(
 
 # PostgreSQL's connections can be cut from outside (SQLite has none).
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_dropped_database_connection_is_counted(server: Netpacs) -> None:
+def test_a_dropped_database_connection_is_counted(
+    tmp_path: Path, database_url: str, workstation_port: int
+) -> None:
+    with running(tmp_path, database_url, workstation_port) as server:
+        cut_and_count(server)
+
+
+def cut_and_count(server: Netpacs) -> None:
     before = samples(server)
     name = server.database_url.rsplit("/", 1)[1]
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -260,6 +278,8 @@ LIVE = {"dimse": 2, "http": 2, "mllp": 1, "jobs": 1}
 def test_a_worker_that_died_keeps_its_counts_and_leaves_the_live_gauge(
     server: Netpacs, tmp_path: Path
 ) -> None:
+    labels = {"protocol": "dimse", "trust": "RXC", "outcome": "stored"}
+    before = value(samples(server), "netpacs_stores_total", **labels)
     server.store(*write_series(tmp_path / "series", 2, PatientID="H200020"))
     assert server.proc is not None
     children = subprocess.run(
@@ -278,8 +298,7 @@ def test_a_worker_that_died_keeps_its_counts_and_leaves_the_live_gauge(
 
     # Without mark_process_dead the dead workers' gauges would still count (4 DIMSE...).
     found = wait_until(restarted, timeout=30, what="the workers restarted")
-    stored = value(found, "netpacs_stores_total", protocol="dimse", trust="RXC", outcome="stored")
-    assert stored == 2
+    assert value(found, "netpacs_stores_total", **labels) - before == 2
 
 
 def test_an_import_run_beside_the_node_adds_to_its_counts(server: Netpacs, tmp_path: Path) -> None:
