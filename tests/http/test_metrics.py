@@ -137,6 +137,16 @@ def test_metrics_count_stores_refusals_queries_and_retrieves_of_every_worker_pro
         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
     )
     assert wado.status_code == 200
+    # One C-GET of the three stored over DIMSE.
+    got = tmp_path / "got"
+    got.mkdir()
+    dimse_study = str(read_dataset(dimse[0]).StudyInstanceUID)
+    fetched = dcmtk(
+        "getscu", "-S", "-aet", "RXC_WS1", "-aec", "NETPACS", "-od", str(got),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={dimse_study}",
+        "127.0.0.1", str(server.port),
+    )  # fmt: skip
+    assert fetched.returncode == 0 and len(list(got.iterdir())) == 3, fetched.stderr
 
     # Any HTTP worker answers with the same sums (two workers: several scrapes).
     scrapes = [samples(server) for _ in range(6)]
@@ -162,6 +172,11 @@ def test_metrics_count_stores_refusals_queries_and_retrieves_of_every_worker_pro
         stored_sizes(server.database_url, [str(read_dataset(p).SOPInstanceUID) for p in web])
     )
     assert moved("netpacs_retrieved_bytes_total", interface="wado-rs") == sizes
+    assert moved("netpacs_retrieved_objects_total", interface="c-move/c-get") == 3
+    sizes = sum(
+        stored_sizes(server.database_url, [str(read_dataset(p).SOPInstanceUID) for p in dimse])
+    )
+    assert moved("netpacs_retrieved_bytes_total", interface="c-move/c-get") == sizes
     # The sums are over the node's processes: both DIMSE and both HTTP workers are live.
     assert value(after, "netpacs_worker_processes", role="dimse") == 2
     assert value(after, "netpacs_worker_processes", role="http") == 2
