@@ -41,6 +41,7 @@ from netpacs.app.startup import (
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import RegionError
 from netpacs.index.db import make_engine, migrate
+from netpacs.services import metrics
 from netpacs.services.access import Principal, Role
 from netpacs.services.ingest_batch import IngestBatch
 from netpacs.services.maintenance import (
@@ -57,6 +58,7 @@ from netpacs.services.spool import ObjectTooLarge
 log = logging.getLogger("netpacs.app.cli")
 
 EXIT_OK = 0
+METRICS_DIR = "metrics"  # under the data directory: the workers' metrics files (serve)
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
 DEFAULT_SWEEP_AGE = 3600.0
@@ -176,7 +178,15 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         WorkerGroup("MLLP", 1, lambda: roles.run_mllp(settings, mllp_sock, mllp_tls_sock)),
         *jobs.worker_groups(settings),
     ]
-    supervise(groups, shutdown_timeout=settings.shutdown_timeout)
+    # Every worker records its metrics in files of this folder; any HTTP worker's
+    # GET /metrics sums them (services.metrics).
+    metrics.use_directory(settings.data_dir / METRICS_DIR)
+    supervise(
+        groups,
+        shutdown_timeout=settings.shutdown_timeout,
+        on_start=metrics.process_started,
+        on_exit=metrics.process_ended,
+    )
     return EXIT_OK
 
 
@@ -359,6 +369,8 @@ def _cmd_import(args: argparse.Namespace, settings: Settings, p: argparse.Argume
     origin = Origin(Protocol.IMPORT, trust=trust, user=user)
     # Who ran the import, audited as netpacs acting for them and the trust named.
     principal = Principal(user or "netpacs import", Role.SYSTEM, trust)
+    if (settings.data_dir / METRICS_DIR).is_dir():  # a node serves from this data dir
+        metrics.use_directory(settings.data_dir / METRICS_DIR, empty=False)
     total = sum(1 for _ in _walk(paths))
     summary = ImportSummary()
     started = time.monotonic()

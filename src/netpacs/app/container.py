@@ -27,6 +27,7 @@ from netpacs.services.coercion import CoercionService
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
 from netpacs.services.ingest_batch import StoreService
+from netpacs.services.metrics import watch_engine
 from netpacs.services.query import QueryService
 from netpacs.services.report_outputs import ReportOutputs
 from netpacs.services.reporting import (
@@ -78,6 +79,8 @@ def build_archive(settings: Settings) -> Archive:
     blobs = FileSystemBlobStore(settings.effective_blob_dir)
     read_engine = make_engine(url)
     write_engine = make_engine(url, writer=True)
+    watch_engine(read_engine)
+    watch_engine(write_engine)
     writer = IndexWriter(
         write_engine,
         on_new_study=RegionalRecord(),

@@ -35,6 +35,7 @@ from netpacs.services.jobs.results import StrayResults, Timing, TrustResults
 from netpacs.services.jobs.runner import Job, JobRunner
 from netpacs.services.jobs.sr_sweep import SrSweep
 from netpacs.services.jobs.store_audits import StaleStoreAudits
+from netpacs.services.metrics import watch_engine
 from netpacs.services.reporting import ClaimsService, ReportingScope, ReportsService
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,8 @@ def run_worker(settings: Settings) -> None:
     pool = len(archive.region.trusts) + 4
     reader = make_engine(url, pool_size=pool)
     writer = make_engine(url, writer=True, pool_size=pool)
+    watch_engine(reader)
+    watch_engine(writer)
     try:
         jobs = outbox_jobs(settings, archive.region, reader=reader, writer=writer)
         JobRunner([*jobs, *archive_jobs(archive)]).run(

@@ -35,6 +35,7 @@ from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.metadata import MetadataService
+from netpacs.services.metrics import Backlogs, Scrape, watch_engine
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
     ClaimsService,
@@ -95,6 +96,17 @@ def oidc_config(settings: Settings) -> OidcConfig | None:
     )
 
 
+def metrics_scrape(archive: Archive, settings: Settings) -> Scrape:
+    """GET /metrics: who may read it, and the backlogs read from the index."""
+    backlogs = Backlogs(
+        archive.read_engine,
+        trusts=[trust.ods_code for trust in archive.region.trusts],
+        audit_forwarding=bool(settings.audit_syslog),
+        cache_seconds=settings.metrics_cache_seconds,
+    )
+    return Scrape(allow=split_list(settings.metrics_allow), backlogs=backlogs)
+
+
 def http_services(archive: Archive, settings: Settings) -> HttpServices:
     """The HTTP worker's services; each request gets a copy scoped to its user."""
     reporting = ReportingScope(
@@ -132,6 +144,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             minutes=settings.break_glass_minutes,
         ),
         audit_trail=AuditTrail(archive.read_engine, archive.access),
+        metrics=metrics_scrape(archive, settings),
         web=WebConfig(
             public_url=settings.public_url.rstrip("/") if settings.public_url else None,
             viewer_dir=settings.effective_viewer_dir,
@@ -155,6 +168,7 @@ def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
     """The MLLP worker's service: ADT needs the index and the region only (no blob
     store, no ingest writer thread). The engine is returned for the worker to dispose."""
     engine = make_engine(settings.effective_database_url, writer=True)
+    watch_engine(engine)
     service = AdtService(
         engine, load_region(settings.effective_region_file), audit_source_id=settings.ae_title
     )

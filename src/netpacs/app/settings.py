@@ -239,6 +239,18 @@ class Settings(BaseSettings):
         description="GET /readyz answers 503 when the index or the object store has not "
         "answered its check within this many seconds",
     )
+    # -- metrics (issue 12: GET /metrics in the Prometheus text format) --
+    metrics_allow: str = Field(
+        default="127.0.0.0/8, ::1",
+        description="addresses and networks that may read GET /metrics (without sign-in); "
+        "the counts per trust are not for everyone who reaches the port; empty: nobody",
+    )
+    metrics_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="seconds a reading of the job backlogs (from the index) is reused",
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -247,7 +259,7 @@ class Settings(BaseSettings):
             raise ValueError("AE title must be 1-16 characters")
         return v.strip()
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "metrics_allow")
     @classmethod
     def _check_proxies(cls, v: str) -> str:
         for item in split_list(v):

@@ -48,9 +48,17 @@ class WorkerGroup:
     target: Callable[[], None]
 
 
-def supervise(groups: Sequence[WorkerGroup], *, shutdown_timeout: float = 25.0) -> None:
+def supervise(
+    groups: Sequence[WorkerGroup],
+    *,
+    shutdown_timeout: float = 25.0,
+    on_start: Callable[[str], None] | None = None,
+    on_exit: Callable[[int], None] | None = None,
+) -> None:
     """Fork every group's workers, restart those that die, stop all on a signal (and
-    kill those still running ``shutdown_timeout`` seconds after it)."""
+    kill those still running ``shutdown_timeout`` seconds after it). ``on_start`` runs
+    in each new worker with its group's name, ``on_exit`` here with the pid of each
+    worker that ended (the metrics' live gauges)."""
     children: dict[int, tuple[WorkerGroup, int]] = {}
     stopping = False
     deadline = 0.0
@@ -62,6 +70,8 @@ def supervise(groups: Sequence[WorkerGroup], *, shutdown_timeout: float = 25.0) 
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
+                if on_start is not None:
+                    on_start(group.name)
                 group.target()
             except BaseException:
                 log.exception("%s worker %d failed", group.name, slot)
@@ -99,6 +109,8 @@ def supervise(groups: Sequence[WorkerGroup], *, shutdown_timeout: float = 25.0) 
             time.sleep(0.1)
             continue
         group_slot = children.pop(pid, None)
+        if on_exit is not None:
+            on_exit(pid)
         if group_slot is not None and not stopping:
             group, slot = group_slot
             log.error(
@@ -109,7 +121,8 @@ def supervise(groups: Sequence[WorkerGroup], *, shutdown_timeout: float = 25.0) 
                 status,
             )
             time.sleep(0.5)
-            spawn(group, slot)
+            if not stopping:  # a signal during the pause: the new worker would miss it
+                spawn(group, slot)
     sys.stdout.flush()
 
 

@@ -46,6 +46,7 @@ _SERIES_DESCRIPTION = "0008103E"
 _BODY_PART = "00180015"
 _N_SERIES_INSTANCES = "00201209"
 _NOT_EXACT = ("*", "?", "\\")
+FHIR = "fhir"  # the interface named in the query latency histogram (services.metrics)
 
 #: Issuers of Patient ID that mean "an NHS number".
 NHS_NUMBER_ISSUERS = tuple(sorted(nhs_number.NHS_ISSUERS))
@@ -131,7 +132,11 @@ class ImagingStudyService:
                 return []
             keys[_ACCESSION]["Value"] = [accession_number]
         answers = self._query.find(
-            keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, linked=linked
+            keys,
+            level=QueryLevel.STUDY,
+            model=QueryModel.STUDY_ROOT,
+            linked=linked,
+            interface=FHIR,
         )
         found = [
             (first_str(a, _STUDY_DATE), first_str(a, _STUDY_TIME), first_str(a, _STUDY_UID))
@@ -150,7 +155,9 @@ class ImagingStudyService:
             return []
         identifier = study_summary_identifier(uids)
         identifier[_TIMEZONE_OFFSET] = {"vr": "SH"}
-        answers = self._query.find(identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        answers = self._query.find(
+            identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=FHIR
+        )
         series = self._series(uids)
         records = {
             uid: self._record(a, series.get(uid, []))
@@ -189,7 +196,10 @@ class ImagingStudyService:
             _N_SERIES_INSTANCES: {"vr": "IS"},
         }
         out: dict[str, list[SeriesRecord]] = {}
-        for a in self._query.find(identifier, level=QueryLevel.SERIES, model=QueryModel.STUDY_ROOT):
+        series = self._query.find(
+            identifier, level=QueryLevel.SERIES, model=QueryModel.STUDY_ROOT, interface=FHIR
+        )
+        for a in series:
             out.setdefault(first_str(a, _STUDY_UID), []).append(
                 SeriesRecord(
                     series_instance_uid=first_str(a, _SERIES_UID),

@@ -58,6 +58,7 @@ from netpacs.index.records import (
     StudyRow,
 )
 from netpacs.index.writer import IndexWriter, WriteResult, WriteStatus
+from netpacs.services import metrics
 from netpacs.services.deflate import inflated
 from netpacs.services.spool import ObjectTooLarge, Spool
 from netpacs.storage.blobstore import BlobStore, new_blob_key
@@ -497,6 +498,7 @@ class IngestService:
         try:
             write.result()
         except OSError as exc:
+            metrics.object_store_error("put")
             self._blobs.delete(key)
             log.error("could not write object %s to storage: %s", sop_uid, exc)
             return StoreOutcome(StoreStatus.FAILED, sop_uid, f"storage write failed: {exc}")

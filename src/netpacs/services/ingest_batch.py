@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from netpacs.domain.outcomes import Origin, StoreOutcome, StoreStatus
 from netpacs.index.tally import TallyRow, delete_batch, save_tallies
+from netpacs.services import metrics
 from netpacs.services.access import Principal
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome, Purpose
 from netpacs.services.care import StoredIdentities
@@ -163,6 +164,7 @@ class IngestBatch:
         return self._count(outcome)
 
     def _count(self, outcome: StoreOutcome) -> StoreOutcome:
+        metrics.stored(self._origin, outcome)
         with self._lock:
             uid = outcome.study_instance_uid or ""
             study = self._studies.get(uid)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,7 @@ from netpacs.domain.query import (
     StoredInstance,
 )
 from netpacs.index.query import FindPlan, PatientKeys, QueryIndex, Reached
+from netpacs.services import metrics
 from netpacs.services.access import CLINICAL, AccessRules, Principal, Role
 from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
 
@@ -129,13 +131,17 @@ class QueryService:
         limit: int | None = None,
         offset: int = 0,
         linked: bool = False,
+        interface: str = "other",
     ) -> Iterator[JsonDataset]:
         """One DICOM JSON data set per matching entity, streamed in a stable order.
 
         ``linked``: a hospital number also matches the identities linked to it by
         NHS number. The identifier is checked before this returns: a bad one raises
         :class:`~netpacs.domain.query.QueryError` here, not while iterating.
+        ``interface`` names the asker in the latency histogram (``c-find``,
+        ``qido-rs``, ``fhir``, ``pages``; services.metrics).
         """
+        started = time.perf_counter()
         plan = self._index.compile_find(
             identifier,
             level=level,
@@ -147,9 +153,11 @@ class QueryService:
             retrieve_ae_title=self._retrieve_ae_title,
         )
         query = orjson.dumps(identifier, default=str).decode()
-        return self._audited(plan, query, level)
+        return self._audited(plan, query, level, interface, started)
 
-    def _audited(self, plan: FindPlan, query: str, level: QueryLevel) -> Iterator[JsonDataset]:
+    def _audited(
+        self, plan: FindPlan, query: str, level: QueryLevel, interface: str, started: float
+    ) -> Iterator[JsonDataset]:
         reached = Reached()
         count = 0
         try:
@@ -157,6 +165,7 @@ class QueryService:
                 count += 1
                 yield answer
         finally:
+            metrics.query_done(interface, level.value, time.perf_counter() - started)
             self._record(
                 Event.QUERY,
                 patients=reached.patients,

@@ -26,6 +26,7 @@ import pydicom
 from netpacs.domain.dicom.header import DEFLATED_EXPLICIT_VR_LE
 from netpacs.domain.dicom.part10 import read_file_meta
 from netpacs.domain.query import QueryLevel, QueryModel, RetrieveItem, StoredInstance
+from netpacs.services import metrics
 from netpacs.services.access import Principal
 from netpacs.services.coercion import Coercion, CoercionService, coerce_dataset, coerce_part10
 from netpacs.services.deflate import inflate_range
@@ -86,11 +87,18 @@ class RetrieveService:
 
     # -- selection ---------------------------------------------------------------------
     def select(
-        self, identifier: dict[str, Any], *, level: QueryLevel, model: QueryModel
+        self,
+        identifier: dict[str, Any],
+        *,
+        level: QueryLevel,
+        model: QueryModel,
+        interface: str = "c-move/c-get",
     ) -> list[Served]:
-        """What a C-MOVE or C-GET identifier selects (PS3.4 C.4.2, C.4.3), audited."""
+        """What a C-MOVE or C-GET identifier selects (PS3.4 C.4.2, C.4.3), audited;
+        ``interface`` names the asker in the metrics."""
         items = self._query.instances_for_retrieve(identifier, level=level, model=model)
         coercions = self._coercion.for_items(items)
+        metrics.retrieved(interface, len(items), sum(i.blob_size for i in items))
         return [Served(i, coercions.get(i.sop_instance_uid)) for i in items]
 
     def stored(
@@ -99,6 +107,7 @@ class RetrieveService:
         """The instances of a study, a series of it or one instance (WADO-RS), audited
         as accessed; empty when there are none the principal may see."""
         found = self._query.stored_instances(study_uid, series_uid, sop_instance_uid)
+        metrics.retrieved("wado-rs", len(found), sum(f.item.blob_size for f in found))
         return self._served(found, study_uid, series_uid, sop_instance_uid)
 
     def export(
@@ -106,6 +115,7 @@ class RetrieveService:
     ) -> list[Served]:
         """As :meth:`stored`, audited as an export (PS3.15 A.5.3.7), not as an access."""
         found = self._query.exported_instances(study_uid, series_uid, sop_instance_uid)
+        metrics.retrieved("export", len(found), sum(f.item.blob_size for f in found))
         return self._served(found, study_uid, series_uid, sop_instance_uid)
 
     def _served(
@@ -126,9 +136,10 @@ class RetrieveService:
     def dataset_bytes(self, obj: Served) -> bytes:
         """The data set (without file meta) in its stored transfer syntax, as served."""
         item = obj.item
-        data = self._blobs.get_range(
-            item.blob_key, item.dataset_offset, item.blob_size - item.dataset_offset
-        )
+        with metrics.object_store("get"):
+            data = self._blobs.get_range(
+                item.blob_key, item.dataset_offset, item.blob_size - item.dataset_offset
+            )
         if obj.coercion is None:
             return data
         return coerce_dataset(data, item.transfer_syntax_uid, obj.coercion)
@@ -148,7 +159,8 @@ class RetrieveService:
     def part10(self, obj: Served) -> bytes:
         """The Part 10 file as served (stored preamble and file meta)."""
         item = obj.item
-        blob = self._blobs.get(item.blob_key)
+        with metrics.object_store("get"):
+            blob = self._blobs.get(item.blob_key)
         if obj.coercion is None:
             return blob
         return coerce_part10(blob, item.dataset_offset, item.transfer_syntax_uid, obj.coercion)
@@ -160,7 +172,8 @@ class RetrieveService:
         if transfer_syntax_uid == obj.transfer_syntax_uid:
             return self.part10(obj)
         check_transcodable(obj.transfer_syntax_uid, transfer_syntax_uid)
-        blob = self._blobs.get(obj.item.blob_key)
+        with metrics.object_store("get"):
+            blob = self._blobs.get(obj.item.blob_key)
         return transcode_part10(blob, obj.sop_instance_uid, transfer_syntax_uid, obj.coercion)
 
     def part10_chunks(self, obj: Served, *, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -168,7 +181,7 @@ class RetrieveService:
         if obj.coercion is not None:
             yield self.part10(obj)
             return
-        with self._blobs.open(obj.item.blob_key) as f:
+        with metrics.object_store("get"), self._blobs.open(obj.item.blob_key) as f:
             while chunk := f.read(chunk_size):
                 yield chunk
 

@@ -23,6 +23,7 @@ from netpacs.index.schema import study
 from netpacs.services.access import Principal
 from netpacs.services.query import QueryService
 
+PAGES = "pages"  # the interface named in the query latency histogram (services.metrics)
 _PATIENT_NAME = "00100010"
 _PATIENT_ID = "00100020"
 _ISSUER = "00100021"
@@ -152,7 +153,9 @@ class StudyListService:
         keys = where.identifier()
         keys.update({_STUDY_UID: {"vr": "UI"}, _STUDY_DATE: keys.get(_STUDY_DATE, {"vr": "DA"})})
         keys[_STUDY_TIME] = {"vr": "TM"}
-        answers = self._query.find(keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        answers = self._query.find(
+            keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=PAGES
+        )
         newest = heapq.nlargest(
             offset + limit + 1,
             (
@@ -169,7 +172,9 @@ class StudyListService:
         if not uids:
             return {}
         identifier = study_summary_identifier(uids)
-        answers = self._query.find(identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT)
+        answers = self._query.find(
+            identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=PAGES
+        )
         origins = self._origins(uids)
         out: dict[str, StudySummary] = {}
         for a in answers:

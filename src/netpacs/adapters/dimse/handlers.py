@@ -262,7 +262,9 @@ class AssociationHandlers:
             return
         results: Iterator[dict[str, Any]] | None = None
         try:
-            results = await self._run(self.s.query.find, ident, level=level, model=model)
+            results = await self._run(
+                self.s.query.find, ident, level=level, model=model, interface="c-find"
+            )
             while True:
                 batch = await self._run(_take, results, _FIND_BATCH, self._encoder(msg))
                 for encoded in batch:

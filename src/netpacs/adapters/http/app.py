@@ -20,6 +20,7 @@ from netpacs.adapters.http import (
     gate,
     health,
     manage,
+    metrics,
     oidc,
     qido,
     reconciliation,
@@ -77,6 +78,7 @@ def create_app(services: HttpServices) -> FastAPI:
         reporting,
         reporting_pages,
         viewer,
+        metrics,
     ):
         app.include_router(module.router)
     # The gate sees every request before a route or a body read (gate.py); outside it,

@@ -40,6 +40,7 @@ _OPEN_PATHS = frozenset(
         "/auth/oidc/login",
         "/auth/oidc/callback",
         *health.PATHS,  # load balancer checks: no patient data
+        "/metrics",  # no sign-in: by the client's address (adapters/http/metrics.py)
     }
 )
 
@@ -70,7 +71,7 @@ def credentials(request: Request) -> tuple[str | None, bool]:
 
 def is_open(path: str) -> bool:
     """Paths anyone may reach without signing in (sign-in itself, sign-out, the
-    health checks)."""
+    health checks, metrics)."""
     return path in _OPEN_PATHS
 
 

@@ -20,6 +20,7 @@ from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.metadata import MetadataService
+from netpacs.services.metrics import Scrape
 from netpacs.services.query import QueryService
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
@@ -63,6 +64,7 @@ class HttpServices:
     audit_trail: AuditTrail
     web: WebConfig
     health: HealthService
+    metrics: Scrape | None = None  # GET /metrics (None: not served)
 
     @property
     def principal(self) -> Principal:

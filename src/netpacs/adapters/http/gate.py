@@ -5,7 +5,8 @@ In order:
 1. **Host.** The ``Host`` header must name this server (the public URL's host,
    localhost, or ``NETPACS_ALLOWED_HOSTS``): it flows into redirects and the URLs of
    DICOMweb and FHIR answers when no public URL is set. Otherwise 400. The health
-   checks (``/healthz``, ``/readyz``) answer whatever host a balancer names.
+   checks (``/healthz``, ``/readyz``) and ``/metrics`` answer whatever host a balancer
+   or a scraper names (their answers carry no URL; metrics are refused by address).
 2. **Cross-site requests.** A state change (any method but GET, HEAD, OPTIONS) that a
    browser authenticates with the session cookie must come from a page of this origin:
    ``Sec-Fetch-Site: same-origin``, else an ``Origin`` (else a ``Referer``) naming this
@@ -48,6 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from netpacs.adapters.http import auth, health
 from netpacs.adapters.http.config import WebConfig
 
+_ANY_HOST = health.PATHS | {"/metrics"}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 _STOW = re.compile(r"/dicomweb/studies(/[^/]+)?/?")
@@ -128,7 +130,7 @@ class Gate:
             self.hosts is not None
             and host is not None
             and host_name(host) not in self.hosts
-            and request.url.path not in health.PATHS
+            and request.url.path not in _ANY_HOST
         ):
             return _json(
                 400,

@@ -261,6 +261,7 @@ def _search(
             limit=wanted,
             offset=offset,
             linked=linked,
+            interface="qido-rs",
         )
         matches = list(found)
     except QueryTimeout as exc:

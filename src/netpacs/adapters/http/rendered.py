@@ -304,7 +304,9 @@ def _render(
         _SERIES_UID: {"vr": "UI", "Value": [image.series_uid]},
         _SOP_UID: {"vr": "UI", "Value": [image.sop_instance_uid]},
     }
-    items = svc.retrieve.select(identifier, level=QueryLevel.IMAGE, model=QueryModel.STUDY_ROOT)
+    items = svc.retrieve.select(
+        identifier, level=QueryLevel.IMAGE, model=QueryModel.STUDY_ROOT, interface="rendered"
+    )
     if not items:
         raise HttpError(404, f"instance {image.sop_instance_uid} is no longer stored")
     item = items[0].item

@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import sqlalchemy as sa
 
+from netpacs.services import metrics
+
 log = logging.getLogger(__name__)
 
 GRACE = 20.0  # seconds the jobs' steps in progress get once the runner is stopped
@@ -103,10 +105,12 @@ class JobRunner:
         try:
             return job.step()
         except (sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+            metrics.job_failed(job.name)
             # The database is away, or every connection of the pool is busy sending.
             reason = getattr(exc, "orig", None) or exc  # the driver's words, without the SQL
             log.warning("%s: the index failed (%s); trying again", job.name, reason)
             return self._after_index_failure
         except Exception:
+            metrics.job_failed(job.name)
             log.exception("%s failed; trying again in %.0f s", job.name, self._after_failure)
             return self._after_failure
