@@ -13,6 +13,7 @@ from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
 from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.audit import AuditService
+from netpacs.storage.blobstore import BlobStoreUnavailable
 from netpacs.storage.fs import FileSystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,28 @@ def check_caller_identity(settings: Settings, region: Region) -> None:
         )
 
 
+def check_blob_store(settings: Settings) -> None:
+    """The object store answers (S3: the bucket, with our credentials), else a
+    StartupError naming the setting: a server that could not keep what it acknowledges
+    must not start."""
+    from netpacs.app.container import make_blob_store
+
+    if not settings.blob_url:
+        return
+    try:
+        make_blob_store(settings).check()
+    except BlobStoreUnavailable as exc:
+        creds = (
+            f" and NETPACS_S3_CREDENTIALS_FILE={settings.s3_credentials_file}"
+            if settings.s3_credentials_file
+            else " (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+            "NETPACS_S3_CREDENTIALS_FILE)"
+        )
+        raise StartupError(
+            f"NETPACS_BLOB_URL={settings.blob_url}{creds} cannot be used: {exc}"
+        ) from None
+
+
 def prepare(settings: Settings) -> None:
     """One-time start-up work done before any worker starts: directories, migrations,
     the signing key, and the accounts: demo users in demo mode, none otherwise."""
@@ -131,13 +154,26 @@ def prepare_accounts(settings: Settings) -> None:
 
 
 def recover_pending_writes(settings: Settings) -> None:
-    """Finish or discard blob writes a crash interrupted (see FileSystemBlobStore.put).
+    """Finish or discard blob writes a crash interrupted (see FileSystemBlobStore.put;
+    for S3, see S3BlobStore.put).
 
     A pending write with an index row was acknowledged (a live process renames before
     it commits, so only a crash leaves one): it is renamed into place. One without was
     never acknowledged: it is removed once it is an hour old, so that the in-flight
     writes of other processes sharing the store are left alone.
     """
+    if settings.blob_url:
+        # S3 uploads are atomic at completion: nothing to finish. Uploads a crash left
+        # open an hour ago are aborted (younger ones may be another node's, in flight).
+        from netpacs.app.container import make_blob_store
+        from netpacs.storage.s3 import S3BlobStore
+
+        store = make_blob_store(settings)
+        if isinstance(store, S3BlobStore):
+            aborted = store.abort_stale_uploads(older_than=3600)
+            if aborted:
+                log.warning("aborted %d multipart uploads a crash left open", aborted)
+        return
     blobs = FileSystemBlobStore(settings.blob_dir)
     pending = blobs.pending_keys(older_than=0)
     if not pending:

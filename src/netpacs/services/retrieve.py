@@ -200,7 +200,8 @@ class RetrieveService:
     @contextmanager
     def as_file(self, obj: Served) -> Iterator[Path]:
         """A local Part 10 file holding the object as served, for senders that read
-        files: the stored file itself, or a temporary coerced copy removed on exit."""
+        files: the stored file itself, or a temporary copy (coerced, or from a remote
+        store) removed on exit."""
         if obj.coercion is not None:
             fd, name = tempfile.mkstemp(prefix="netpacs-coerced-", suffix=".dcm")
             try:
@@ -211,9 +212,18 @@ class RetrieveService:
                 os.unlink(name)
             return
         path = self._blobs.local_path(obj.item.blob_key)
-        if path is None:
-            raise NotImplementedError("remote blob stores are read through dataset_bytes")
-        yield path
+        if path is not None:
+            yield path
+            return
+        # A remote store (S3): the object is copied in pieces to a temporary file.
+        fd, name = tempfile.mkstemp(prefix="netpacs-blob-", suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self.part10_chunks(obj):
+                    f.write(chunk)
+            yield Path(name)
+        finally:
+            os.unlink(name)
 
     # -- bulk data (never coerced: patient details are not bulk data) -----------------
     def bulk_value(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from netpacs.storage.blobstore import BlobNotFound
+from netpacs.storage.blobstore import BlobNotFound, BlobStoreUnavailable
 
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 _FANOUT = 16**3
@@ -108,6 +109,29 @@ class FileSystemBlobStore:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def modified_at(self, key: str) -> float | None:
+        try:
+            return self._path(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def check(self) -> None:
+        """The object directory exists and a file can be made in it."""
+        try:
+            fd, name = tempfile.mkstemp(prefix="check-", dir=self._tmp)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise BlobStoreUnavailable(
+                f"the object directory {self.root} cannot be written: {exc}"
+            ) from exc
 
     def pending_keys(self, *, older_than: float) -> list[str]:
         """Keys of unfinished writes at least ``older_than`` seconds old."""
