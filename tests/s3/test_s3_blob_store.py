@@ -104,7 +104,9 @@ def test_an_unreachable_endpoint_or_missing_bucket_fails_the_check_saying_why(
         nowhere.check()
     with pytest.raises(BlobStoreUnavailable):
         nowhere.put(new_blob_key(), [b"x"])
-    missing = S3BlobStore(S3Location.parse(f"s3://no-such-bucket-here/p?endpoint={seaweedfs.endpoint}"))
+    missing = S3BlobStore(
+        S3Location.parse(f"s3://no-such-bucket-here/p?endpoint={seaweedfs.endpoint}")
+    )
     with pytest.raises(BlobStoreUnavailable, match="does not exist"):
         missing.check()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
