@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -72,7 +71,7 @@ class SeaweedFS:
         args = [
             str(WEED), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-filer", "-s3", f"-s3.config={config}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=40",
+            "-master.volumeSizeLimitMB=64", "-volume.max=400",  # each bucket grows its own
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: off
             *(f"-{name}={port}" for name, port in self._port_flags()),
         ]  # fmt: skip
@@ -174,7 +173,6 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     folder = tmp_path_factory.mktemp("seaweedfs")
     with seaweedfs_in(folder) as server:
         yield server
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

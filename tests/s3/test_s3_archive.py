@@ -250,3 +250,19 @@ def test_serve_refuses_to_start_when_the_s3_endpoint_is_unreachable_or_misconfig
     result = _serve({**wrong, "NETPACS_BLOB_URL": seaweedfs.bucket()})
     assert result.returncode == 2 and "credentials are refused" in result.stderr, result.stderr
     assert "NETPACS_BLOB_URL" in result.stderr
+
+
+def test_frames_of_a_compressed_object_in_s3_are_decoded_from_ranged_reads(
+    s3_server: Netpacs, tmp_path: Path
+) -> None:
+    import numpy as np
+    from pydicom.uid import RLELossless
+
+    frames = np.arange(3 * 8 * 8, dtype="<u2").reshape(3, 8, 8)
+    ds = ct_dataset(PatientID="S3ARCH03", NumberOfFrames=3, PixelData=frames.tobytes())
+    ds.compress(RLELossless, frames)
+    path = write(ds, tmp_path / "rle.dcm", RLELossless)
+    answer = stow(s3_server, stow_body([[path.read_bytes()]]))
+    assert answer.status_code == 200, answer.text
+    got = retrieve(s3_server, instance_url(s3_server, ds) + "/frames/2", OCTETS_PART)
+    assert got == frames[1].tobytes()
