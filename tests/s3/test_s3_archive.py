@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,8 @@ from tests.adapters.test_resource_bounds import (
     stow,
     stow_body,
 )
-from tests.conftest import NETPACS, Netpacs, dcmtk, free_port
-from tests.factories import ct_dataset, write
+from tests.conftest import NETPACS, Netpacs, dcmtk, free_port, workstation
+from tests.factories import ct_dataset, write, write_series
 from tests.s3.conftest import SeaweedFS, objects_in, s3_name, seaweedfs_in
 
 DICOM_PART = 'multipart/related; type="application/dicom"'
@@ -266,3 +267,25 @@ def test_frames_of_a_compressed_object_in_s3_are_decoded_from_ranged_reads(
     assert answer.status_code == 200, answer.text
     got = retrieve(s3_server, instance_url(s3_server, ds) + "/frames/2", OCTETS_PART)
     assert got == frames[1].tobytes()
+
+
+def test_c_move_sends_objects_kept_in_s3_to_a_workstation_byte_identical(
+    s3_server: Netpacs, tmp_path: Path, workstation_port: int
+) -> None:
+    files = write_series(tmp_path / "in", 2, PatientID="S3ARCH04")
+    s3_server.store(*files)
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    with workstation(tmp_path / "ws1", workstation_port) as received:
+        result = dcmtk(
+            "movescu", "-S", "-aet", "RXC_WS1", "-aec", "NETPACS", "-aem", "RTP_WS1",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+            "127.0.0.1", str(s3_server.port),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        got = sorted(received.iterdir())
+    assert len(got) == 2
+    assert {pydicom.dcmread(f).SOPInstanceUID for f in got} == {
+        pydicom.dcmread(f).SOPInstanceUID for f in files
+    }
+    assert {pydicom.dcmread(f).PixelData for f in got} == {pydicom.dcmread(files[0]).PixelData}
+    assert not list(Path(tempfile.gettempdir()).glob("netpacs-blob-*"))  # copies removed

@@ -170,7 +170,11 @@ def recover_pending_writes(settings: Settings) -> None:
 
         store = make_blob_store(settings)
         if isinstance(store, S3BlobStore):
-            aborted = store.abort_stale_uploads(older_than=3600)
+            try:
+                aborted = store.abort_stale_uploads(older_than=3600)
+            except BlobStoreUnavailable as exc:  # e.g. a policy without ListMultipartUploads
+                log.warning("open multipart uploads not looked at: %s", exc)
+                return
             if aborted:
                 log.warning("aborted %d multipart uploads a crash left open", aborted)
         return

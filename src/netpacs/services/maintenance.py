@@ -1,4 +1,5 @@
-"""Archive maintenance: verify blobs against the index, sweep orphans, rebuild the index.
+"""Archive maintenance: verify blobs against the index, sweep orphans, rebuild the index,
+copy the blobs to another store (``netpacs blobs copy``).
 
 ``verify`` re-reads every indexed blob and checks its size and CRC-32 against the
 index row, then lists blobs that no row points at (orphans: a crash between the blob
