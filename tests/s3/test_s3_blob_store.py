@@ -6,10 +6,12 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from netpacs.storage.blobstore import BlobNotFound, BlobStoreUnavailable, new_blob_key
+from netpacs.storage.fs import FileSystemBlobStore
 from netpacs.storage.s3 import PART_SIZE, S3BlobStore, S3Location, S3UrlError
 from tests.conftest import free_port
 from tests.s3.conftest import SeaweedFS, s3_name
@@ -127,3 +129,37 @@ def test_an_unreachable_endpoint_or_missing_bucket_fails_the_check_saying_why(
 def test_a_malformed_blob_url_is_refused_saying_what_is_wrong(url: str) -> None:
     with pytest.raises(S3UrlError):
         S3Location.parse(url)
+
+
+def test_keys_from_a_credentials_file_named_in_the_settings_are_used(
+    seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    creds = seaweedfs.credentials()
+    keys = tmp_path / "s3-credentials"
+    keys.write_text(
+        "[default]\n"
+        f"aws_access_key_id = {creds['AWS_ACCESS_KEY_ID']}\n"
+        f"aws_secret_access_key = {creds['AWS_SECRET_ACCESS_KEY']}\n"
+    )
+    url = seaweedfs.bucket()
+    store = S3BlobStore(S3Location.parse(url), credentials_file=keys)
+    store.check()
+    key = new_blob_key()
+    store.put(key, [b"kept"])
+    assert store.get(key) == b"kept"
+    missing = S3BlobStore(S3Location.parse(url), credentials_file=tmp_path / "absent")
+    with pytest.raises(BlobStoreUnavailable, match="credentials file"):
+        missing.check()
+
+
+def test_the_file_store_check_fails_when_its_directory_cannot_be_written(tmp_path: Path) -> None:
+    store = FileSystemBlobStore(tmp_path / "objects")
+    store.check()
+    (tmp_path / "objects" / "tmp").rmdir()
+    (tmp_path / "objects" / "tmp").write_text("not a directory")
+    with pytest.raises(BlobStoreUnavailable, match="cannot be written"):
+        store.check()
