@@ -156,8 +156,9 @@ def test_a_150_mb_stow_is_uploaded_to_s3_in_parts_without_the_server_holding_it(
     bucket, name = s3_name(blob_url(s3_server), key)
     etag = seaweedfs.client().head_object(Bucket=bucket, Key=name)["ETag"].strip('"')
     assert int(etag.rpartition("-")[2]) >= 15, etag  # a multipart upload of 8 MiB parts
-    # Read back through ranged reads (a bulk data value is served whole, as from files).
-    assert read_back(s3_server, ds, "7FE00010") == (150 * MB, pixels.sha256.hexdigest())
+    with peak_rss_growth(s3_server) as growth:  # read back as it streams from S3
+        assert read_back(s3_server, ds, "7FE00010") == (150 * MB, pixels.sha256.hexdigest())
+    assert growth[0] < RSS_BUDGET, f"server grew by {growth[0] / MB:.0f} MB reading it"
 
 
 def test_verify_is_clean_and_names_an_object_corrupted_in_s3(

@@ -245,6 +245,29 @@ class RetrieveService:
         value = getattr(ds.get(int(tag, 16)), "value", None)
         return value if isinstance(value, bytes) else None
 
+    def bulk_chunks(
+        self, item: RetrieveItem, offset: int | None, length: int | None
+    ) -> Iterator[bytes] | None:
+        """The bulk data value at ``offset`` (``length`` bytes) of the stored data set,
+        read in pieces as it is sent; None when it cannot be read so (no location known,
+        or a deflated data set): then :meth:`bulk_value` reads it."""
+        if offset is None or length is None or item.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE:
+            return None
+        blob = self._blobs.open(item.blob_key)  # a missing blob is known before sending
+        blob.seek(item.dataset_offset + offset)
+
+        def pieces() -> Iterator[bytes]:
+            with blob as f:
+                left = length
+                while left > 0:
+                    chunk = f.read(min(CHUNK_SIZE, left))
+                    if not chunk:
+                        raise OSError(f"blob {item.blob_key} ends inside a bulk data value")
+                    left -= len(chunk)
+                    yield chunk
+
+        return pieces()
+
     def stored_dataset(self, item: RetrieveItem) -> bytes:
         """The stored data set's bytes, for rendering pixels (patient details unused)."""
         return self.dataset_bytes(Served(item))
