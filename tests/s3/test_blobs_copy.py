@@ -25,11 +25,8 @@ def test_blobs_copy_moves_a_file_archive_into_s3_resumably_and_the_server_serves
         extra_env=seaweedfs.credentials(),
     )
     files = write_series(tmp_path / "in", 3, PatientID="S3COPY01")
-    server.start()
-    try:
-        server.store(*files)
-    finally:
-        server.stop()
+    imported = server.cli("import", "--trust", "RXC", str(tmp_path / "in"))  # a file archive
+    assert imported.returncode == 0, imported.stdout + imported.stderr
     on_disk = {p.name: p.read_bytes() for p in (server.data_dir / "objects").glob("???/*")}
     assert len(on_disk) == 3
     url = seaweedfs.bucket("regional/objects")
