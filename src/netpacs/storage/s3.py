@@ -121,8 +121,13 @@ class S3BlobStore:
             max_pool_connections=32,
             s3={"addressing_style": "path"} if location.endpoint else {},
         )
+        # The reachability check answers within seconds (a readiness probe calls it).
+        self._probe_config = self._config.merge(
+            Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+        )
         self._lock = threading.Lock()
         self._client: S3Client | None = None
+        self._probe: S3Client | None = None
         self._pid = 0
 
     # -- plumbing ----------------------------------------------------------------------
@@ -132,11 +137,19 @@ class S3BlobStore:
         server forks its workers is not carried into them)."""
         with self._lock:
             if self._client is None or self._pid != os.getpid():
-                self._client = self._make_client()
+                self._client = self._make_client(self._config)
+                self._probe = self._make_client(self._probe_config)
                 self._pid = os.getpid()
             return self._client
 
-    def _make_client(self) -> S3Client:
+    @property
+    def probe_client(self) -> S3Client:
+        """A client that tries once, briefly (for :meth:`check`)."""
+        self.client  # noqa: B018 (made with the client, in this process)
+        assert self._probe is not None
+        return self._probe
+
+    def _make_client(self, config: Config) -> S3Client:
         core = botocore.session.Session()
         if self._credentials_file is not None:
             if not self._credentials_file.is_file():
@@ -149,7 +162,7 @@ class S3BlobStore:
             "s3",
             endpoint_url=self.location.endpoint,
             region_name=self.location.region,
-            config=self._config,
+            config=config,
         )
 
     def _name(self, key: str) -> str:
@@ -326,10 +339,11 @@ class S3BlobStore:
         return cast(dt.datetime, head["LastModified"]).timestamp()
 
     def check(self) -> None:
-        """The bucket answers with our credentials (HEAD bucket)."""
+        """The bucket answers with our credentials (HEAD bucket, one try, within
+        seconds)."""
         bucket = self.location.bucket
         try:
-            self.client.head_bucket(Bucket=bucket)
+            self.probe_client.head_bucket(Bucket=bucket)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             why = {
