@@ -71,6 +71,9 @@ def test_blobs_copy_moves_a_file_archive_into_s3_resumably_and_the_server_serves
         assert "verified 3 objects: 3 intact" in verified.stdout
     finally:
         server.stop()
+    rebuilt = server.cli("reindex")  # the index rebuilt from the objects in S3 alone
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "indexed: 3" in rebuilt.stdout
 
 
 def test_blobs_copy_to_an_unreachable_store_stops_saying_so(
