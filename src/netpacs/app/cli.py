@@ -33,6 +33,7 @@ from netpacs.app.settings import ConfigFileError, Settings, load_settings
 from netpacs.app.startup import (
     StartupError,
     UnsafeConfiguration,
+    check_blob_store,
     check_caller_identity,
     check_move_destinations,
     check_object_directory,
@@ -45,10 +46,12 @@ from netpacs.services import metrics
 from netpacs.services.access import Principal, Role
 from netpacs.services.ingest_batch import IngestBatch
 from netpacs.services.maintenance import (
+    CopyReport,
     ReindexReport,
     ReindexStatus,
     VerifyReport,
     clear_index,
+    copy_blobs,
     reindex,
     run_bounded,
     verify,
@@ -135,6 +138,7 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         check_caller_identity(settings, region)
         oidc_config(settings)
         check_object_directory(settings)
+        check_blob_store(settings)
     except (TlsSettingsError, jobs.JobSettingsError, RegionError, StartupError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -487,6 +491,76 @@ def _cmd_reindex(args: argparse.Namespace, settings: Settings, _p: argparse.Argu
     return EXIT_OK if bad == 0 else EXIT_PROBLEMS
 
 
+# -- blobs copy --------------------------------------------------------------------------
+
+
+def print_copy_report(report: CopyReport, target: str) -> None:
+    print(
+        f"objects: {report.objects}: {report.copied} copied ({report.bytes_copied} bytes), "
+        f"{report.present} already in {target}, {len(report.problems)} not copied"
+    )
+    for item in report.problems:
+        print(
+            f"{item.status.value}: SOP Instance {item.sop_instance_uid} "
+            f"blob {item.blob_key}: {item.detail}"
+        )
+
+
+def _cmd_blobs(args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser) -> int:
+    from netpacs.services.audit import Actor, AuditRecord, Event, Outcome, Purpose
+    from netpacs.storage.blobstore import BlobStoreUnavailable
+    from netpacs.storage.s3 import S3BlobStore, S3Location, S3UrlError
+
+    try:
+        location = S3Location.parse(args.to)
+    except S3UrlError as exc:
+        p.error(f"--to: {exc}")
+    if args.to == settings.blob_url:
+        p.error("--to names the store NETPACS_BLOB_URL already uses: nothing to copy")
+    target = S3BlobStore(location, credentials_file=settings.s3_credentials_file)
+    try:
+        target.check()
+    except BlobStoreUnavailable as exc:
+        print(f"netpacs: --to {args.to}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _prepare_index(settings)
+    archive = build_archive(settings)
+    bars = _ProgressBars()
+    user = _os_user() or "netpacs blobs copy"
+    started = time.monotonic()
+    try:
+        with logging_redirect_tqdm():
+            report = copy_blobs(
+                source=archive.blobs,
+                target=target,
+                engine=archive.read_engine,
+                progress=bars,
+                workers=args.workers,
+            )
+        bars.close()
+        archive.audit.record(
+            AuditRecord(
+                Event.EXPORT,
+                Actor(user),
+                outcome=Outcome.SUCCESS if report.complete else Outcome.SERIOUS_FAILURE,
+                purpose=Purpose.HSYSADMIN,
+                detail=f"blobs copy to {location}: {report.objects} objects, "
+                f"{report.copied} copied, {report.present} already there, "
+                f"{len(report.problems)} not copied",
+            )
+        )
+    finally:
+        bars.close()
+        archive.close()
+    print_copy_report(report, str(location))
+    print(f"took {time.monotonic() - started:.1f} s")
+    if report.complete:
+        print(f"every object is in {location}: set NETPACS_BLOB_URL={args.to} and restart")
+        return EXIT_OK
+    print("some objects were not copied: run the command again after fixing what is listed")
+    return EXIT_PROBLEMS
+
+
 # -- entry point -------------------------------------------------------------------------
 
 
@@ -567,6 +641,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     user_sub.add_parser("remove-demo", help="delete the demo users (before leaving demo mode)")
     user.set_defaults(func=_cmd_user)
+
+    blobs = sub.add_parser("blobs", help="manage the object store")
+    blobs_sub = blobs.add_subparsers(dest="action", required=True)
+    copy = blobs_sub.add_parser(
+        "copy",
+        help="copy every indexed object to an S3 store (resumable, verified, audited); "
+        "then set NETPACS_BLOB_URL to it",
+    )
+    copy.add_argument(
+        "--to", required=True, metavar="S3_URL", help="s3://bucket/prefix?endpoint=http://host:port"
+    )
+    copy.add_argument("--workers", type=_positive_int, default=4, help="blobs in flight")
+    blobs.set_defaults(func=_cmd_blobs)
 
     rei = sub.add_parser(
         "reindex",

@@ -34,6 +34,7 @@ from netpacs.services.reporting import (
     WorklistRule,
 )
 from netpacs.services.retrieve import RetrieveService
+from netpacs.storage.blobstore import BlobStore
 from netpacs.storage.fs import FileSystemBlobStore
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Archive:
 
     ae_title: str
     region: Region
-    blobs: FileSystemBlobStore
+    blobs: BlobStore
     read_engine: sa.Engine
     write_engine: sa.Engine
     writer: IndexWriter
@@ -73,10 +74,21 @@ class Archive:
         self.write_engine.dispose()
 
 
+def make_blob_store(settings: Settings, url: str | None = None) -> BlobStore:
+    """The object store ``url`` names (default: NETPACS_BLOB_URL): S3 for an s3:// URL,
+    else the directory ``<data_dir>/objects``."""
+    url = url if url is not None else settings.blob_url
+    if url:
+        from netpacs.storage.s3 import S3BlobStore, S3Location  # boto3 only where used
+
+        return S3BlobStore(S3Location.parse(url), credentials_file=settings.s3_credentials_file)
+    return FileSystemBlobStore(settings.effective_blob_dir)
+
+
 def build_archive(settings: Settings) -> Archive:
     region = load_region(settings.effective_region_file)
     url = settings.effective_database_url
-    blobs = FileSystemBlobStore(settings.effective_blob_dir)
+    blobs = make_blob_store(settings)
     read_engine = make_engine(url)
     write_engine = make_engine(url, writer=True)
     watch_engine(read_engine)

@@ -225,6 +225,17 @@ class Settings(BaseSettings):
     upload_idle_seconds: float = Field(
         default=30.0, gt=0, description="a STOW-RS body that sends nothing this long is closed"
     )
+    # -- object storage: S3 (issue 12) -------------------------------------------------------
+    blob_url: str | None = Field(
+        default=None,
+        description="where the objects live: s3://bucket/prefix?endpoint=http://host:port "
+        "(&region=name); unset: files under <data_dir>/objects",
+    )
+    s3_credentials_file: Path | None = Field(
+        default=None,
+        description="AWS shared credentials file ([default] aws_access_key_id, "
+        "aws_secret_access_key) for blob_url; unset: the usual AWS_* variables and files",
+    )
 
     # -- several nodes: health checks and a shared object directory (issue 12) --------------
     blob_dir: Path | None = Field(
@@ -277,6 +288,16 @@ class Settings(BaseSettings):
         for item in split_list(v):
             if item != "*" and not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", item):
                 raise ValueError(f"{item!r} is not a host name (no scheme, port or path)")
+        return v
+
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        from netpacs.storage.s3 import S3Location  # boto3 only where S3 is used
+
+        S3Location.parse(v)  # raises S3UrlError (a ValueError) saying what is wrong
         return v
 
     @model_validator(mode="after")

@@ -99,7 +99,10 @@ def check_caller_identity(settings: Settings, region: Region) -> None:
 
 def check_object_directory(settings: Settings) -> None:
     """The object directory takes a write; else the start stops with a message naming
-    the setting (not a traceback from the first store, nor a node that is never ready)."""
+    the setting (not a traceback from the first store, nor a node that is never ready).
+    With an S3 store (``NETPACS_BLOB_URL``) there is no object directory."""
+    if settings.blob_url:
+        return
     directory = settings.effective_blob_dir
     setting = (
         f"NETPACS_BLOB_DIR={str(settings.blob_dir)!r}"
@@ -114,6 +117,28 @@ def check_object_directory(settings: Settings) -> None:
         raise StartupError(
             f"{setting}: the object directory {directory} cannot be made "
             f"({exc.strerror or exc.__class__.__name__})"
+        ) from None
+
+
+def check_blob_store(settings: Settings) -> None:
+    """The object store answers (S3: the bucket, with our credentials), else a
+    StartupError naming the setting: a server that could not keep what it acknowledges
+    must not start."""
+    from netpacs.app.container import make_blob_store
+
+    if not settings.blob_url:
+        return
+    try:
+        make_blob_store(settings).check()
+    except BlobStoreUnavailable as exc:
+        creds = (
+            f" and NETPACS_S3_CREDENTIALS_FILE={settings.s3_credentials_file}"
+            if settings.s3_credentials_file
+            else " (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+            "NETPACS_S3_CREDENTIALS_FILE)"
+        )
+        raise StartupError(
+            f"NETPACS_BLOB_URL={settings.blob_url}{creds} cannot be used: {exc}"
         ) from None
 
 
@@ -152,13 +177,30 @@ def prepare_accounts(settings: Settings) -> None:
 
 
 def recover_pending_writes(settings: Settings) -> None:
-    """Finish or discard blob writes a crash interrupted (see FileSystemBlobStore.put).
+    """Finish or discard blob writes a crash interrupted (see FileSystemBlobStore.put;
+    for S3, see S3BlobStore.put).
 
     A pending write with an index row was acknowledged (a live process renames before
     it commits, so only a crash leaves one): it is renamed into place. One without was
     never acknowledged: it is removed once it is an hour old, so that the in-flight
     writes of other processes sharing the store are left alone.
     """
+    if settings.blob_url:
+        # S3 uploads are atomic at completion: nothing to finish. Uploads a crash left
+        # open an hour ago are aborted (younger ones may be another node's, in flight).
+        from netpacs.app.container import make_blob_store
+        from netpacs.storage.s3 import S3BlobStore
+
+        store = make_blob_store(settings)
+        if isinstance(store, S3BlobStore):
+            try:
+                aborted = store.abort_stale_uploads(older_than=3600)
+            except BlobStoreUnavailable as exc:  # e.g. a policy without ListMultipartUploads
+                log.warning("open multipart uploads not looked at: %s", exc)
+                return
+            if aborted:
+                log.warning("aborted %d multipart uploads a crash left open", aborted)
+        return
     blobs = FileSystemBlobStore(settings.effective_blob_dir)
     pending = blobs.pending_keys(older_than=0)
     if not pending:

@@ -12,7 +12,7 @@ the index (``instance.metadata_json``), not from the file's header.
 from __future__ import annotations
 
 import base64
-import io
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -286,16 +286,21 @@ class FrameReader:
         check_decodable(layout.transfer_syntax_uid)
         path = self._blobs.local_path(inst.blob_key)
         for n in numbers:
-            source: str | BinaryIO = (
-                str(path) if path is not None else io.BytesIO(self._blobs.get(inst.blob_key))
-            )
-            try:
-                array = pixel_array(source, index=n - 1)
-            except Exception as exc:  # the decoders raise many types on corrupt data
-                raise FrameError(
-                    Problem.NOT_ACCEPTABLE,
-                    f"frame {n} of {inst.sop_instance_uid} cannot be decoded: {exc}",
-                ) from None
+            # A remote store's blob is read through its seekable stream (ranged reads:
+            # the decoder reads the frame it wants, not the whole object).
+            with contextlib.ExitStack() as stack:
+                source: str | BinaryIO = (
+                    str(path)
+                    if path is not None
+                    else stack.enter_context(self._blobs.open(inst.blob_key))
+                )
+                try:
+                    array = pixel_array(source, index=n - 1)
+                except Exception as exc:  # the decoders raise many types on corrupt data
+                    raise FrameError(
+                        Problem.NOT_ACCEPTABLE,
+                        f"frame {n} of {inst.sop_instance_uid} cannot be decoded: {exc}",
+                    ) from None
             yield np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
 
 

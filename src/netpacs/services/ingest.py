@@ -407,6 +407,15 @@ class IngestService:
             spool_dir=self.spool_dir,
         )
 
+    def _discard(self, key: str) -> None:
+        """Remove a blob no index row points at. A store that cannot remove it now (S3
+        unreachable) leaves an orphan, which ``netpacs verify --sweep-orphans`` removes:
+        the answer to the sender is not held up by it."""
+        try:
+            self._blobs.delete(key)
+        except OSError as exc:
+            log.warning("blob %s could not be removed (an orphan for the sweeper): %s", key, exc)
+
     def close(self) -> None:
         self._io.shutdown(wait=True)
 
@@ -467,7 +476,7 @@ class IngestService:
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 write.result()
-            self._blobs.delete(key)
+            self._discard(key)
             if not isinstance(exc, InvalidObject):
                 raise
             return self._refuse(exc, sop_uid, origin, sop_class_uid)
@@ -499,13 +508,13 @@ class IngestService:
             write.result()
         except OSError as exc:
             metrics.object_store_error("put")
-            self._blobs.delete(key)
+            self._discard(key)
             log.error("could not write object %s to storage: %s", sop_uid, exc)
             return StoreOutcome(StoreStatus.FAILED, sop_uid, f"storage write failed: {exc}")
         try:
             result = self._writer.insert(record)
         except Exception as exc:
-            self._blobs.delete(key)
+            self._discard(key)
             log.exception("index write failed for %s; blob removed", sop_uid)
             return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
         if result.status is WriteStatus.INSERTED:
@@ -521,7 +530,7 @@ class IngestService:
         """The index refused the object: its patient is not the patient of the study it
         names, or its series is another study's (the identity rules raised it for
         reconciliation). Nothing of it is kept."""
-        self._blobs.delete(record.instance.blob_key)
+        self._discard(record.instance.blob_key)
         reason = result.refused or InvalidReason.PATIENT_MISMATCH
         return self._refuse(
             InvalidObject(reason, result.detail or reason.value),
@@ -536,21 +545,21 @@ class IngestService:
         sop_uid = record.instance.sop_instance_uid
         new_key = record.instance.blob_key
         if self._same_content(obj, existing):
-            self._blobs.delete(new_key)
+            self._discard(new_key)
             return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid)
         who = origin.ae_title or origin.user or origin.protocol.value
         if self._policy is DuplicatePolicy.REPLACE:
             try:
                 old = self._writer.replace(record)
             except Exception as exc:
-                self._blobs.delete(new_key)
+                self._discard(new_key)
                 return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
             if isinstance(old, WriteResult):
                 return self._contradicts(old, record, origin)
-            self._blobs.delete(old["blob_key"])
+            self._discard(old["blob_key"])
             log.warning("replaced SOP Instance %s with different content from %s", sop_uid, who)
             return StoreOutcome(StoreStatus.REPLACED, sop_uid)
-        self._blobs.delete(new_key)
+        self._discard(new_key)
         if self._policy is DuplicatePolicy.KEEP_FIRST:
             log.warning(
                 "kept first copy of SOP Instance %s; ignored different content from %s",

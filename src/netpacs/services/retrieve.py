@@ -213,7 +213,8 @@ class RetrieveService:
     @contextmanager
     def as_file(self, obj: Served) -> Iterator[Path]:
         """A local Part 10 file holding the object as served, for senders that read
-        files: the stored file itself, or a temporary coerced copy removed on exit."""
+        files: the stored file itself, or a temporary copy (coerced, or from a remote
+        store) removed on exit."""
         if obj.coercion is not None:
             fd, name = tempfile.mkstemp(prefix="netpacs-coerced-", suffix=".dcm")
             try:
@@ -224,9 +225,18 @@ class RetrieveService:
                 os.unlink(name)
             return
         path = self._blobs.local_path(obj.item.blob_key)
-        if path is None:
-            raise NotImplementedError("remote blob stores are read through dataset_bytes")
-        yield path
+        if path is not None:
+            yield path
+            return
+        # A remote store (S3): the object is copied in pieces to a temporary file.
+        fd, name = tempfile.mkstemp(prefix="netpacs-blob-", suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self.part10_chunks(obj):
+                    f.write(chunk)
+            yield Path(name)
+        finally:
+            os.unlink(name)
 
     # -- bulk data (never coerced: patient details are not bulk data) -----------------
     def bulk_value(
@@ -247,6 +257,29 @@ class RetrieveService:
             ds = pydicom.dcmread(f, force=True)
         value = getattr(ds.get(int(tag, 16)), "value", None)
         return value if isinstance(value, bytes) else None
+
+    def bulk_chunks(
+        self, item: RetrieveItem, offset: int | None, length: int | None
+    ) -> Iterator[bytes] | None:
+        """The bulk data value at ``offset`` (``length`` bytes) of the stored data set,
+        read in pieces as it is sent; None when it cannot be read so (no location known,
+        or a deflated data set): then :meth:`bulk_value` reads it."""
+        if offset is None or length is None or item.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LE:
+            return None
+        blob = self._blobs.open(item.blob_key)  # a missing blob is known before sending
+        blob.seek(item.dataset_offset + offset)
+
+        def pieces() -> Iterator[bytes]:
+            with blob as f:
+                left = length
+                while left > 0:
+                    chunk = f.read(min(CHUNK_SIZE, left))
+                    if not chunk:
+                        raise OSError(f"blob {item.blob_key} ends inside a bulk data value")
+                    left -= len(chunk)
+                    yield chunk
+
+        return pieces()
 
     def stored_dataset(self, item: RetrieveItem) -> bytes:
         """The stored data set's bytes, for rendering pixels (patient details unused)."""

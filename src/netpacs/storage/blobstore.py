@@ -23,8 +23,10 @@ class BlobNotFound(Refused):
         self.key = key
 
 
-class BlobStoreUnavailable(Exception):
-    """The object store cannot take objects now; the message says which store and why."""
+class BlobStoreUnavailable(OSError):
+    """The object store cannot be used now: unreachable, refusing our credentials, or
+    answering errors. An OSError, so that a store whose blob write raises it answers
+    "out of resources" (C-STORE A700, STOW-RS 503) and keeps nothing."""
 
 
 def new_blob_key() -> str:
@@ -56,7 +58,9 @@ class BlobStore(Protocol):
     def local_path(self, key: str) -> Path | None:
         """A local file path for the blob when the backend has one, else None."""
 
+    def modified_at(self, key: str) -> float | None:
+        """When the blob was written (POSIX seconds), None when it is not stored."""
+
     def check(self) -> None:
-        """Whether objects can be stored now (for ``GET /readyz``): returns when they
-        can, else raises :class:`BlobStoreUnavailable` saying which store and why. Cheap
-        (a small write and its removal), never touches a stored object."""
+        """Raise :class:`BlobStoreUnavailable`, saying why, unless the store can be used
+        now (start-up checks and readiness probes call it)."""

@@ -110,6 +110,18 @@ class FileSystemBlobStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def modified_at(self, key: str) -> float | None:
+        try:
+            return self._path(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def check(self) -> None:
         """The directory takes a write: a small file in ``tmp/`` written, made durable
         and removed (named ``check-*.tmp``, never taken for a pending write)."""

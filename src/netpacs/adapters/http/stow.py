@@ -10,7 +10,8 @@ before the next part is read. A body that stalls (nothing for
 ``upload_idle_seconds``) is answered 408 and its connection closed. The answer
 (PS3.18 10.5.3) lists the stored objects in ReferencedSOPSequence and the refused
 ones in FailedSOPSequence with a FailureReason from :data:`FAILURE_REASONS`; 200
-when all were stored, 202 when some were, 409 when none was.
+when all were stored, 202 when some were, 409 when none was (503 when none was because
+storage or the index failed: the request may be sent again).
 """
 
 from __future__ import annotations
@@ -214,8 +215,15 @@ def _response(results: list[PartResult], root: str, study: str | None, media_typ
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     status = 409 if not referenced else 202 if failed else 200
-    headers = {"Warning": ", ".join(warnings)} if warnings else None
-    return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=headers)
+    headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    if not referenced and all(r.outcome.status is StoreStatus.FAILED for r in results):
+        # Nothing kept, and only because storage or the index failed: the request is
+        # sound and may be sent again (not 409, which says "do not send this again").
+        status = 503
+        headers["Retry-After"] = "30"
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=media_type, headers=headers or None
+    )
 
 
 _MAX_WARNINGS = 10

@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import HttpServices, services
@@ -138,8 +141,29 @@ def retrieve_bulk(
         return multipart(parts, media)
     if not _accepts_octets(header):
         raise not_acceptable(header, f'multipart/related; type="{OCTET_STREAM}"')
+    if ref.length is not None and ref.length > _STREAM_BULK_FROM:
+        pieces = svc.retrieve.bulk_chunks(inst.item, ref.offset, ref.length)
+        if pieces is not None:  # a large value is sent as it is read, never whole
+            return _one_part_stream(pieces, OCTET_STREAM)
     data = _bulk_bytes(svc, inst, ref.tag, ref.offset, ref.length)
     return multipart([data], OCTET_STREAM)
+
+
+_STREAM_BULK_FROM = 8 << 20  # bytes: smaller values are answered in one piece
+
+
+def _one_part_stream(pieces: Iterator[bytes], part_type: str) -> StreamingResponse:
+    """A ``multipart/related`` answer of one part whose content is sent as it is read."""
+    boundary = secrets.token_hex(16)
+
+    def body() -> Iterator[bytes]:
+        yield f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode()
+        yield from pieces
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return StreamingResponse(
+        body(), media_type=f'{MULTIPART}; type="{part_type}"; boundary={boundary}'
+    )
 
 
 def _accepts_octets(header: str | None) -> bool:
