@@ -5,7 +5,8 @@
 #   scripts/ensure-system-packages.sh test   + DCMTK, Orthanc and its DICOMweb
 #                                              plugin (benchmark peers), Chromium
 #                                              (viewer tests), PostgreSQL server,
-#                                              rsyslog with TLS (audit forwarder tests)
+#                                              rsyslog with TLS (audit forwarder tests),
+#                                              etcd (PostgreSQL failover test)
 #
 # Idempotent and quick when everything is present: every check is a
 # `command -v` / `dpkg -s` / import probe; apt-get runs only for what is missing.
@@ -85,6 +86,11 @@ if [ "$MODE" = "test" ]; then
     need_pkg rsyslog
   fi
   need_pkg rsyslog-gnutls
+  # etcd, the DCS of the Patroni cluster the PostgreSQL failover test runs
+  # (deploy/patroni); the test starts its own etcd on its own ports.
+  if ! command -v etcd >/dev/null 2>&1; then
+    need_pkg etcd-server
+  fi
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     need_pkg postgresql
   fi

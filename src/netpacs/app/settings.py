@@ -226,6 +226,16 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a STOW-RS body that sends nothing this long is closed"
     )
 
+    # -- PostgreSQL failover (issue 12) --
+    database_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="seconds a write whose database primary went away (failover) is "
+        "retried on the new primary before the sender is told to retry (C-STORE A700, "
+        "HTTP 503)",
+    )
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, v: str) -> str:

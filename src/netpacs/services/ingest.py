@@ -57,6 +57,7 @@ from netpacs.index.records import (
     SeriesRow,
     StudyRow,
 )
+from netpacs.index.db import IndexUnavailable
 from netpacs.index.writer import IndexWriter, WriteResult, WriteStatus
 from netpacs.services.deflate import inflated
 from netpacs.services.spool import ObjectTooLarge, Spool
@@ -502,6 +503,15 @@ class IngestService:
             return StoreOutcome(StoreStatus.FAILED, sop_uid, f"storage write failed: {exc}")
         try:
             result = self._writer.insert(record)
+        except IndexUnavailable as exc:
+            # The database failed over for longer than the retry time: the sender is
+            # told to retry. A COMMIT whose answer was lost may have kept the row, so
+            # its blob is kept too (an unreferenced blob is harmless, a row without
+            # its blob is a lost object).
+            if not exc.maybe_committed:
+                self._blobs.delete(key)
+            log.error("index unavailable for %s: %s", sop_uid, exc)
+            return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index unavailable: {exc}")
         except Exception as exc:
             self._blobs.delete(key)
             log.exception("index write failed for %s; blob removed", sop_uid)
@@ -545,7 +555,8 @@ class IngestService:
                 return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
             if isinstance(old, WriteResult):
                 return self._contradicts(old, record, origin)
-            self._blobs.delete(old["blob_key"])
+            if old["blob_key"] != new_key:  # the same key: a retried, already done replace
+                self._blobs.delete(old["blob_key"])
             log.warning("replaced SOP Instance %s with different content from %s", sop_uid, who)
             return StoreOutcome(StoreStatus.REPLACED, sop_uid)
         self._blobs.delete(new_key)
