@@ -81,6 +81,8 @@ def lost_primary(exc: BaseException) -> bool:
     """Whether ``exc`` says the database server went away or stopped being the
     primary (its connection broke, it shuts down, it is read-only now): a transaction
     that failed so may succeed on the new primary."""
+    if isinstance(exc, IndexUnavailable):
+        return True
     if not isinstance(exc, sa.exc.DBAPIError):
         return False
     if exc.connection_invalidated or isinstance(
