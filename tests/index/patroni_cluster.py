@@ -79,9 +79,11 @@ class PatroniCluster:
     def members(self) -> list[dict[str, Any]]:
         """The cluster as Patroni's REST API of any answering node reports it."""
         for node in self.nodes:
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(f"{node.api}/cluster", timeout=2) as r:
-                    return list(json.load(r)["members"])
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(f"{node.api}/cluster", timeout=2) as r,
+            ):
+                return list(json.load(r)["members"])
         return []
 
     def leader(self) -> str | None:

@@ -11,6 +11,7 @@ how long stores stalled or failed (the RTO) and what the clients saw.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ class Querier:
 def longest_gap(times: list[float], since: float) -> float:
     """The longest time without a success, from just before ``since`` to the last."""
     marks = sorted([since, *(t for t in times if t >= since)])
-    return max((b - a for a, b in zip(marks, marks[1:], strict=False)), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(marks)), default=0.0)
 
 
 def test_killing_the_postgres_primary_during_ingest_and_queries_loses_no_acknowledged_instance(

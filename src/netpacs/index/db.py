@@ -59,11 +59,11 @@ def database_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep or is_sqlite(url):
         return url
-    netloc, slash, tail = rest.partition("/")
+    netloc, _, tail = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     if "," not in hosts:
         return url
-    path, qmark, query = tail.partition("?")
+    path, _, query = tail.partition("?")
     params = [("host", h) for h in hosts.split(",") if h]
     params += urllib.parse.parse_qsl(query, keep_blank_values=True)
     return f"{scheme}://{userinfo}{at}/{path}?{urllib.parse.urlencode(params)}"

@@ -50,6 +50,7 @@ from netpacs.domain.outcomes import (
 )
 from netpacs.domain.region import Region
 from netpacs.domain.uids import is_valid_uid
+from netpacs.index.db import IndexUnavailable
 from netpacs.index.records import (
     InstanceRecord,
     InstanceRow,
@@ -57,7 +58,6 @@ from netpacs.index.records import (
     SeriesRow,
     StudyRow,
 )
-from netpacs.index.db import IndexUnavailable
 from netpacs.index.writer import IndexWriter, WriteResult, WriteStatus
 from netpacs.services.deflate import inflated
 from netpacs.services.spool import ObjectTooLarge, Spool
