@@ -12,6 +12,7 @@ how long stores stalled or failed (the RTO) and what the clients saw.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -91,6 +92,33 @@ class Querier:
                 self.stop.wait(0.2)
 
 
+@dataclass
+class Finder:
+    """DCMTK findscu (Study Root, STUDY level) every 0.3 s until stopped: the final
+    DIMSE status of each C-FIND."""
+
+    server: Netpacs
+    study_uid: str
+    answered: list[float] = field(default_factory=list)
+    statuses: list[tuple[float, str]] = field(default_factory=list)  # other than success
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            result = dcmtk(
+                "findscu", "-S", "-d", "-aet", "RXC_WS1", "-aec", "NETPACS",
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={self.study_uid}",
+                "127.0.0.1", str(self.server.port), timeout=60,
+            )  # fmt: skip
+            found = re.findall(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", result.stderr)
+            final = found[-1].lower() if found else "none"
+            if final == "0000":
+                self.answered.append(time.monotonic())
+            else:
+                self.statuses.append((time.monotonic(), final))
+            self.stop.wait(0.3)
+
+
 def longest_gap(times: list[float], since: float) -> float:
     """The longest time without a success, from just before ``since`` to the last."""
     marks = sorted([since, *(t for t in times if t >= since)])
@@ -116,7 +144,8 @@ def test_killing_the_postgres_primary_during_ingest_and_queries_loses_no_acknowl
             f"/series/{first.SeriesInstanceUID}/instances",
             server.auth(),
         )
-        threads = [threading.Thread(target=t.run, daemon=True) for t in (sender, querier)]
+        finder = Finder(server, str(first.StudyInstanceUID))
+        threads = [threading.Thread(target=t.run, daemon=True) for t in (sender, querier, finder)]
         for t in threads:
             t.start()
         wait_until(
@@ -136,18 +165,23 @@ def test_killing_the_postgres_primary_during_ingest_and_queries_loses_no_acknowl
         promoted_after = time.monotonic() - killed_at
         assert sender.done.wait(150), "the sender did not finish"
         querier.stop.set()
+        finder.stop.set()
         for t in threads:
             t.join(timeout=70)
 
         store_rto = longest_gap(list(sender.acknowledged.values()), killed_at)
         query_rto = longest_gap(querier.answered, killed_at)
+        find_rto = longest_gap(finder.answered, killed_at)
         print(
             f"\nPostgreSQL primary {old_primary} SIGKILLed; {new_primary} promoted after "
             f"{promoted_after:.1f} s\n"
             f"stores: {len(sender.acknowledged)}/{SERIES_SIZE} acknowledged, "
             f"{len(sender.failures)} failed attempts (retried), longest stall {store_rto:.1f} s\n"
             f"QIDO-RS: {len(querier.answered)} answered, {len(querier.errors)} errors, "
-            f"longest without an answer {query_rto:.1f} s"
+            f"longest without an answer {query_rto:.1f} s\n"
+            f"C-FIND: {len(finder.answered)} answered, {len(finder.statuses)} failed "
+            f"(statuses {sorted({st for _, st in finder.statuses})}), longest without an "
+            f"answer {find_rto:.1f} s"
         )
         for when, what in sender.failures[:5]:
             print(f"  store failure at +{when - killed_at:.1f} s: {what}")
@@ -159,6 +193,8 @@ def test_killing_the_postgres_primary_during_ingest_and_queries_loses_no_acknowl
         # saw a delay, not a failure; a query in flight is told to try again (503).
         assert not sender.failures, sender.failures[:3]
         assert all(e.startswith("503 ") for _, e in querier.errors), querier.errors[:3]
+        assert {st for _, st in finder.statuses} <= {"a700"}, finder.statuses[:3]
+        assert finder.answered and max(finder.answered) > killed_at
         # RPO 0: every acknowledged object is in the index of the new primary ...
         found = server.http.get(querier.url)
         assert found.status_code == 200, found.text
