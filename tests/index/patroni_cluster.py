@@ -3,16 +3,19 @@ Patroni from the reference configuration in deploy/patroni (rendered here exactl
 ``envsubst`` would render it in production).
 
 PostgreSQL refuses to run as root, so under root Patroni (and with it every postgres)
-runs as the ``postgres`` OS user, with an interpreter that user may execute and the
-test environment's site-packages (and no other) on its path.
+runs as the ``postgres`` OS user, with an interpreter that user may execute and a copy
+of Patroni and its dependencies from the test environment (and no other packages) on
+its path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -28,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import Requirement
 
 from tests.conftest import ROOT, free_port, wait_for_port, wait_until
 
@@ -66,6 +71,7 @@ class PatroniCluster:
     _etcd: subprocess.Popen[bytes] | None = None
     _run_as: dict[str, Any] = field(default_factory=dict)
     _python: list[str] = field(default_factory=list)
+    _pythonpath: str = ""
 
     @property
     def url(self) -> str:
@@ -125,7 +131,7 @@ class PatroniCluster:
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.etcd_port, proc=self._etcd)
-        self._python, self._run_as = patroni_runner(self.folder)
+        self._python, self._run_as, self._pythonpath = patroni_runner(self.folder)
         for i, node in enumerate(self.nodes):
             self._start_node(node)
             if i == 0:  # the first node initialises the cluster; the others clone it
@@ -137,7 +143,7 @@ class PatroniCluster:
             PATH=os.environ.get("PATH", "/usr/bin:/bin"),
             HOME=str(self.folder),
             LANG="C.UTF-8",
-            PYTHONPATH=sysconfig.get_paths()["purelib"],
+            PYTHONPATH=self._pythonpath,
             PG_NETPACS_PASSWORD=self.netpacs_password,
         )
         node.proc = subprocess.Popen(
@@ -171,14 +177,47 @@ class PatroniCluster:
                 self._etcd.wait()
 
 
-def patroni_runner(folder: Path) -> tuple[list[str], dict[str, Any]]:
-    """The interpreter to run Patroni with, and Popen's arguments to run it as the
-    ``postgres`` OS user when this process is root."""
+def patroni_site(folder: Path) -> Path:
+    """A copy of Patroni and what it imports (the etcd3 extra, psycopg) from this
+    environment, in ``folder``: the postgres user can read it wherever the checkout and
+    its virtual environment live (under /root, say)."""
+    site = folder / "site"
+    wanted = ["patroni", "psycopg", "psycopg-binary"]
+    seen: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for spec in dist.requires or []:
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": "etcd3"}):
+                wanted.append(req.name)
+        for file in dist.files or []:
+            if ".." in file.parts:
+                continue  # console scripts outside site-packages
+            target = site / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(str(dist.locate_file(file))), target)
+    return site
+
+
+def patroni_runner(folder: Path) -> tuple[list[str], dict[str, Any], str]:
+    """The interpreter to run Patroni with, Popen's arguments to run it as the
+    ``postgres`` OS user when this process is root, and its PYTHONPATH."""
+    purelib = sysconfig.get_paths()["purelib"]
     if os.geteuid() != 0:
-        return [sys.executable], {}
+        return [sys.executable], {}, purelib
     pw = pwd.getpwnam("postgres")
     run_as: dict[str, Any] = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    purelib = sysconfig.get_paths()["purelib"]
+    purelib = str(patroni_site(folder))
+    for path in [folder / "site", *(folder / "site").rglob("*")]:
+        os.chown(path, pw.pw_uid, pw.pw_gid)
     candidates = [str(Path(sys.executable).resolve()), "/usr/bin/python3.11", "/usr/bin/python3"]
     for python in candidates:
         try:
@@ -194,7 +233,7 @@ def patroni_runner(folder: Path) -> tuple[list[str], dict[str, Any]]:
             continue
         if probe.returncode == 0:
             # -S: only these site-packages, not the system's (another pyOpenSSL).
-            return [python, "-S"], run_as
+            return [python, "-S"], run_as, purelib
     raise RuntimeError(
         f"no Python interpreter the postgres user can run imports patroni from {purelib}"
     )
