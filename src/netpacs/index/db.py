@@ -85,11 +85,13 @@ def lost_primary(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, sa.exc.DBAPIError):
         return False
+    state = str(getattr(exc.orig, "sqlstate", "") or "")
+    if state == "57014":  # query_canceled: a statement timeout, not a failover
+        return False
     if exc.connection_invalidated or isinstance(
         exc, sa.exc.OperationalError | sa.exc.InterfaceError
     ):
         return True
-    state = str(getattr(exc.orig, "sqlstate", "") or "")
     return state in _FAILOVER_SQLSTATES or state.startswith("08")
 
 
