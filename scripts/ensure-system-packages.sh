@@ -6,7 +6,8 @@
 #                                              plugin (benchmark peers), Chromium
 #                                              (viewer tests), PostgreSQL server,
 #                                              rsyslog with TLS (audit forwarder tests),
-#                                              HAProxy (several-node fault tests)
+#                                              HAProxy (several-node fault tests),
+#                                              etcd (PostgreSQL failover test)
 #
 # Idempotent and quick when everything is present: every check is a
 # `command -v` / `dpkg -s` / import probe; apt-get runs only for what is missing.
@@ -90,6 +91,11 @@ if [ "$MODE" = "test" ]; then
   # the fault tests in the foreground on their own ports, never as a system service.
   if [ ! -x /usr/sbin/haproxy ]; then
     need_pkg haproxy
+  fi
+  # etcd, the DCS of the Patroni cluster the PostgreSQL failover test runs
+  # (deploy/patroni); the test starts its own etcd on its own ports.
+  if ! command -v etcd >/dev/null 2>&1; then
+    need_pkg etcd-server
   fi
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     need_pkg postgresql

@@ -41,7 +41,7 @@ from netpacs.app.startup import (
 )
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.domain.region import RegionError
-from netpacs.index.db import make_engine, migrate
+from netpacs.index.db import IndexUnavailable, make_engine, migrate, shown_url
 from netpacs.services import metrics
 from netpacs.services.access import Principal, Role
 from netpacs.services.ingest_batch import IngestBatch
@@ -682,10 +682,23 @@ def main(argv: list[str] | None = None) -> int:
     except RegionError as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except sa.exc.OperationalError as exc:
-        url = sa.make_url(settings.effective_database_url).render_as_string(hide_password=True)
-        print(f"netpacs: cannot use the index at {url}: {exc.orig}", file=sys.stderr)
+    except (sa.exc.DBAPIError, IndexUnavailable) as exc:
+        url = shown_url(settings.effective_database_url)
+        reason = getattr(exc, "orig", None) or exc
+        print(
+            f"netpacs: cannot use the index database at {url} (NETPACS_DATABASE_URL): {reason}",
+            file=sys.stderr,
+        )
         return EXIT_PROBLEMS
+    except sa.exc.ArgumentError as exc:  # not a URL, or a dialect/driver not installed
+        print(
+            f"netpacs: NETPACS_DATABASE_URL is not a usable database URL "
+            f"({shown_url(settings.effective_database_url)}): {exc}; e.g. "
+            "postgresql+psycopg://user:password@host1:5432,host2:5432/netpacs"
+            "?target_session_attrs=read-write or sqlite:////var/lib/netpacs/index.db",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("netpacs: interrupted", file=sys.stderr)
         return 130

@@ -98,6 +98,7 @@ def build_archive(settings: Settings) -> Archive:
         on_new_study=RegionalRecord(),
         on_new_series=WorklistRule(region),
         on_other_patient=StudyPatientRule(region, source_id=settings.ae_title),
+        retry_seconds=settings.database_retry_seconds,
     )
     audit = AuditService(writer.execute, source_id=settings.ae_title)
     ingest = IngestService(

@@ -25,7 +25,7 @@ from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
 from netpacs.app.supervisor import worker_grace
 from netpacs.app.tls import dimse_tls_context, mllp_tls_context
-from netpacs.index.db import make_engine
+from netpacs.index.db import lost_primary, make_engine
 from netpacs.services.access import BreakGlass
 from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.adt import AdtService, MergeService
@@ -155,6 +155,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             allowed_hosts=frozenset(h.lower() for h in split_list(settings.allowed_hosts)),
             max_body_bytes=settings.http_max_body_bytes,
             upload_idle_seconds=settings.upload_idle_seconds,
+            unavailable=lost_primary,
         ),
         health=HealthService(
             engine=archive.write_engine,

@@ -263,6 +263,16 @@ class Settings(BaseSettings):
         description="seconds a reading of the job backlogs (from the index) is reused",
     )
 
+    # -- PostgreSQL failover (issue 12) --
+    database_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="seconds a write whose database primary went away (failover) is "
+        "retried on the new primary before the sender is told to retry (C-STORE A700, "
+        "HTTP 503)",
+    )
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, v: str) -> str:

@@ -32,6 +32,11 @@ class QueryTimeout(QueryError):
     says so (QIDO-RS answers 503, C-FIND Out of Resources)."""
 
 
+class QueryUnavailable(QueryTimeout):
+    """The index database went away while answering (a failover): the same answers as
+    a timeout (QIDO-RS 503, C-FIND Out of Resources), the client asks again."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetrieveItem:
     """One stored object a C-MOVE / C-GET identifier selects, and where its bytes are."""

@@ -3,14 +3,25 @@
 Two engines per process: a writer (SQLite: ``BEGIN IMMEDIATE`` so that a writer never
 fails on lock upgrade) and a reader (deferred transactions; WAL lets readers run
 beside the writer).
+
+PostgreSQL may be a cluster with automatic failover (deploy/patroni): the URL then
+names every node in libpq's multi-host form,
+``postgresql+psycopg://user:pw@host1:5432,host2:5432/netpacs?target_session_attrs=read-write``,
+so that a new connection finds the current primary, and a write whose transaction
+failed because the primary went away is run again on the new one
+(:func:`retry_on_failover`, :func:`run_in_transaction`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -19,6 +30,148 @@ from sqlalchemy import event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x6E65_7470_6163_7301  # "netpacs" + 1: one migration at a time
+DEFAULT_RETRY_SECONDS = 30.0
+# Seconds libpq waits for one host of the URL to answer before it tries the next.
+CONNECT_TIMEOUT = 5
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# SQLSTATEs a session sees when its server stops being a writable primary: a standby or
+# a demoted primary (read-only transaction), a server shutting down or starting up.
+_FAILOVER_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
+
+
+class IndexUnavailable(RuntimeError):
+    """The index database stayed out of reach for the whole retry time.
+
+    ``maybe_committed`` is true when a COMMIT was sent and its answer lost: the rows may
+    be in the database, so what they point at (a blob) must be kept."""
+
+    def __init__(self, message: str, *, maybe_committed: bool) -> None:
+        super().__init__(message)
+        self.maybe_committed = maybe_committed
+
+
+def database_url(url: str) -> str:
+    """``url`` as SQLAlchemy takes it: libpq's multi-host form (``@h1:p1,h2:p2/db``,
+    which SQLAlchemy cannot parse) becomes the psycopg dialect's ``?host=h1:p1&host=
+    h2:p2`` form; any other URL is returned as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or is_sqlite(url):
+        return url
+    netloc, _, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    path, _, query = tail.partition("?")
+    params = [("host", h) for h in hosts.split(",") if h]
+    params += urllib.parse.parse_qsl(query, keep_blank_values=True)
+    return f"{scheme}://{userinfo}{at}/{path}?{urllib.parse.urlencode(params)}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        return sa.make_url(database_url(url)).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a database URL)"
+
+
+def lost_primary(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database server went away or stopped being the
+    primary (its connection broke, it shuts down, it is read-only now): a transaction
+    that failed so may succeed on the new primary."""
+    if isinstance(exc, IndexUnavailable):
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    state = str(getattr(exc.orig, "sqlstate", "") or "")
+    if state == "57014":  # query_canceled: a statement timeout, not a failover
+        return False
+    if exc.connection_invalidated or isinstance(
+        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+    ):
+        return True
+    return state in _FAILOVER_SQLSTATES or state.startswith("08")
+
+
+def retry_on_failover(
+    engine: sa.Engine,
+    attempt: Callable[[], T],
+    *,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    on_retry: Callable[[], None] | None = None,
+    committing: Callable[[], bool] | None = None,
+) -> T:
+    """``attempt()``, run again while it fails because the primary went away.
+
+    Each retry first drops the engine's pooled connections (they lead to the old
+    primary, which may be back as a read-only standby), waits 0.1 s, doubling up to
+    2 s, and gives up once ``retry_seconds`` have passed since the first failure: then
+    :class:`IndexUnavailable` is raised from the last error. ``attempt`` must be a
+    whole transaction (safe to run again: netpacs's inserts are ``ON CONFLICT DO
+    NOTHING``). ``committing()`` tells, after a failure, whether its COMMIT was sent.
+    SQLite engines run ``attempt`` once (a file does not fail over)."""
+    if engine.dialect.name == "sqlite":
+        return attempt()
+    deadline: float | None = None
+    delay = 0.1
+    maybe_committed = False
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if not lost_primary(exc):
+                raise
+            maybe_committed = maybe_committed or bool(committing and committing())
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + retry_seconds
+            if now + delay > deadline:
+                raise IndexUnavailable(
+                    f"the index database is unreachable or read-only for {retry_seconds:g} s: "
+                    f"{_first_line(exc)}",
+                    maybe_committed=maybe_committed,
+                ) from exc
+            log.warning(
+                "index database went away (%s); retrying in %.1f s",
+                _first_line(exc),
+                delay,
+            )
+            engine.dispose()
+            if on_retry is not None:
+                on_retry()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_in_transaction(
+    engine: sa.Engine,
+    fn: Callable[[sa.Connection], T],
+    *,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+) -> T:
+    """``fn(conn)`` in a committed transaction, run again on a new primary when the old
+    one went away (see :func:`retry_on_failover`)."""
+    phase = ["run"]
+
+    def attempt() -> T:
+        phase[0] = "run"
+        with engine.connect() as conn:
+            with conn.begin() as trans:
+                value = fn(conn)
+                phase[0] = "commit"
+                trans.commit()
+            return value
+
+    return retry_on_failover(
+        engine, attempt, retry_seconds=retry_seconds, committing=lambda: phase[0] == "commit"
+    )
 
 
 def is_sqlite(url: str) -> bool:
@@ -55,7 +208,17 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
             conn.exec_driver_sql(begin)
 
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    url = database_url(url)
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in sa.make_url(url).query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
 
 
 def owner_only(database: Path) -> None:
@@ -74,7 +237,7 @@ def owner_only(database: Path) -> None:
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", database_url(url).replace("%", "%%"))
     return cfg
 
 

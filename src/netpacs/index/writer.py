@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from netpacs.domain.outcomes import InvalidReason
+from netpacs.index.db import DEFAULT_RETRY_SECONDS, lost_primary, retry_on_failover
 from netpacs.index.records import InstanceRecord, PatientRow
 from netpacs.index.schema import index_epoch, instance, patient, series, study
 
@@ -109,8 +110,11 @@ class IndexWriter:
         on_new_study: NewStudyHook | None = None,
         on_new_series: NewSeriesHook | None = None,
         on_other_patient: OtherPatientHook | None = None,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         self._engine = engine
+        self._retry_seconds = retry_seconds
+        self._committing = False
         self._on_new_study = on_new_study
         self._on_new_series = on_new_series
         self._on_other_patient = on_other_patient
@@ -172,28 +176,17 @@ class IndexWriter:
                 return
 
     def _run_batch(self, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
+        """Run the batch in one transaction; when the primary goes away (failover) the
+        whole batch runs again on the new one, for up to ``retry_seconds``: the callers
+        wait meanwhile, and none is answered before its rows are committed."""
         try:
-            with self._engine.begin() as conn:
-                self._check_epoch(conn)
-                if len(batch) == 1:  # no savepoint needed: the job is the transaction
-                    job = batch[0]
-                    try:
-                        results.append((job, job.run(conn), None))
-                    except Exception as exc:
-                        conn.rollback()
-                        self._forget_caches()
-                        results.append((job, None, exc))
-                for job in batch if len(batch) > 1 else ():
-                    savepoint = conn.begin_nested()
-                    try:
-                        value = job.run(conn)
-                        savepoint.commit()
-                        results.append((job, value, None))
-                    except Exception as exc:  # one bad row must not fail the batch
-                        savepoint.rollback()
-                        self._forget_caches()
-                        results.append((job, None, exc))
+            results = retry_on_failover(
+                self._engine,
+                lambda: self._try_batch(batch),
+                retry_seconds=self._retry_seconds,
+                on_retry=self._forget_caches,
+                committing=lambda: self._committing,
+            )
         except Exception as exc:
             log.exception("index commit failed for a batch of %d", len(batch))
             self._forget_caches()
@@ -205,6 +198,40 @@ class IndexWriter:
                 job.future.set_exception(err)
             else:
                 job.future.set_result(value)
+
+    def _try_batch(self, batch: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
+        """One attempt at the batch's transaction. A job's own error fails that job
+        only, but an error that says the primary went away fails the attempt."""
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        self._committing = False
+        with self._engine.connect() as conn, conn.begin() as trans:
+            self._check_epoch(conn)
+            if len(batch) == 1:  # no savepoint needed: the job is the transaction
+                job = batch[0]
+                try:
+                    results.append((job, job.run(conn), None))
+                except Exception as exc:
+                    if lost_primary(exc):
+                        raise
+                    trans.rollback()
+                    self._forget_caches()
+                    results.append((job, None, exc))
+            for job in batch if len(batch) > 1 else ():
+                savepoint = conn.begin_nested()
+                try:
+                    value = job.run(conn)
+                    savepoint.commit()
+                    results.append((job, value, None))
+                except Exception as exc:  # one bad row must not fail the batch
+                    if lost_primary(exc):
+                        raise
+                    savepoint.rollback()
+                    self._forget_caches()
+                    results.append((job, None, exc))
+            if trans.is_active:
+                self._committing = True
+                trans.commit()
+        return results
 
     def _check_epoch(self, conn: sa.Connection) -> None:
         """Drop the cached ids when another process removed or renumbered rows."""
@@ -348,6 +375,10 @@ class IndexWriter:
                 instance.c.sop_instance_uid == record.instance.sop_instance_uid
             )
         ).one()
+        if row.blob_key == record.instance.blob_key:
+            # Our own row: the COMMIT of an earlier attempt succeeded but its answer was
+            # lost with the old primary (each store writes under a new blob key).
+            return WriteResult(WriteStatus.INSERTED)
         return WriteResult(WriteStatus.EXISTS, existing=dict(row._mapping))
 
     def _replace(self, conn: sa.Connection, record: InstanceRecord) -> dict[str, Any] | WriteResult:

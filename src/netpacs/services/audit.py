@@ -26,6 +26,7 @@ from xml.etree import ElementTree as ET
 
 import sqlalchemy as sa
 
+from netpacs.index.db import run_in_transaction
 from netpacs.index.schema import audit_event
 
 log = logging.getLogger(__name__)
@@ -338,8 +339,7 @@ class AuditService:
     @staticmethod
     def in_own_transaction(engine: sa.Engine) -> Callable[[Callable[[sa.Connection], Any]], Any]:
         def run(fn: Callable[[sa.Connection], Any]) -> Any:
-            with engine.begin() as conn:
-                return fn(conn)
+            return run_in_transaction(engine, fn)
 
         return run
 

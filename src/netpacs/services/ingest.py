@@ -50,6 +50,7 @@ from netpacs.domain.outcomes import (
 )
 from netpacs.domain.region import Region
 from netpacs.domain.uids import is_valid_uid
+from netpacs.index.db import IndexUnavailable
 from netpacs.index.records import (
     InstanceRecord,
     InstanceRow,
@@ -513,6 +514,15 @@ class IngestService:
             return StoreOutcome(StoreStatus.FAILED, sop_uid, f"storage write failed: {exc}")
         try:
             result = self._writer.insert(record)
+        except IndexUnavailable as exc:
+            # The database failed over for longer than the retry time: the sender is
+            # told to retry. A COMMIT whose answer was lost may have kept the row, so
+            # its blob is kept too (an unreferenced blob is harmless, a row without
+            # its blob is a lost object).
+            if not exc.maybe_committed:
+                self._discard(key)
+            log.error("index unavailable for %s: %s", sop_uid, exc)
+            return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index unavailable: {exc}")
         except Exception as exc:
             self._discard(key)
             log.exception("index write failed for %s; blob removed", sop_uid)
@@ -556,7 +566,8 @@ class IngestService:
                 return StoreOutcome(StoreStatus.FAILED, sop_uid, f"index write failed: {exc}")
             if isinstance(old, WriteResult):
                 return self._contradicts(old, record, origin)
-            self._discard(old["blob_key"])
+            if old["blob_key"] != new_key:  # the same key: a retried, already done replace
+                self._discard(old["blob_key"])
             log.warning("replaced SOP Instance %s with different content from %s", sop_uid, who)
             return StoreOutcome(StoreStatus.REPLACED, sop_uid)
         self._discard(new_key)

@@ -34,9 +34,11 @@ from netpacs.domain.dicom.header import JsonDataset
 from netpacs.domain.query import (
     QueryLevel,
     QueryModel,
+    QueryUnavailable,
     RetrieveItem,
     StoredInstance,
 )
+from netpacs.index.db import lost_primary
 from netpacs.index.query import FindPlan, PatientKeys, QueryIndex, Reached
 from netpacs.services import metrics
 from netpacs.services.access import CLINICAL, AccessRules, Principal, Role
@@ -164,6 +166,12 @@ class QueryService:
             for answer in self._index.answers(plan, reached):
                 count += 1
                 yield answer
+        except sa.exc.DBAPIError as exc:
+            if lost_primary(exc):
+                raise QueryUnavailable(
+                    "query stopped: the index database is failing over; ask again"
+                ) from exc
+            raise
         finally:
             metrics.query_done(interface, level.value, time.perf_counter() - started)
             self._record(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -41,6 +42,10 @@ class WebConfig:
     # Resource bounds: a STOW-RS body that sends nothing for this long is answered 408
     # and its connection closed (NETPACS_UPLOAD_IDLE_SECONDS).
     upload_idle_seconds: float = 30.0
+    # Whether an unexpected error says the index database is failing over (the
+    # composition root's test, netpacs.index.db.lost_primary): answered 503 with
+    # Retry-After instead of 500, the client tries again.
+    unavailable: Callable[[BaseException], bool] = field(default=lambda _exc: False)
 
     @property
     def https(self) -> bool:

@@ -33,6 +33,7 @@ _TITLES = {
     409: "Not possible now",
     413: "Too large",
     500: "netpacs failed",
+    503: "Not available now",
 }
 
 
@@ -108,5 +109,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _defect(request: Request, exc: Exception) -> Response:
+        services = getattr(request.app.state, "services", None)
+        if services is not None and services.web.unavailable(exc):
+            log.warning("index database unavailable answering %s: %s", request.url.path, exc)
+            return _answer(
+                request,
+                503,
+                "the index database is unavailable (failing over); try again shortly",
+                {"retry-after": "5"},
+            )
         log.exception("unhandled error answering %s %s", request.method, request.url.path)
         return _answer(request, 500, "internal error; the server log has the details")
