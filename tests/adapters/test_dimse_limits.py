@@ -276,7 +276,9 @@ def test_a_peer_that_sends_echoes_and_reads_no_answer_is_not_read_from_and_is_dr
     print(f"sent {sent / MB:.1f} MB in {time.monotonic() - start:.1f} s")
     # The server stopped reading once its answers piled up: a few socket buffers' worth.
     assert sent < 40 * MB, f"{sent / MB:.0f} MB of requests were read"
-    # And, nothing more arriving, the association ends within the idle timeout.
-    assert peer.closed_within(IDLE + 3)
+    # And, nothing more arriving, the association ends within the idle timeout (the
+    # bound also covers reading the answers already on their way, PDU by PDU, which
+    # takes seconds on a loaded 2-core machine).
+    assert peer.closed_within(IDLE + 15)
     peer.close()
     assert echo(server)
