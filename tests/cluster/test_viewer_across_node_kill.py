@@ -138,7 +138,7 @@ def test_a_viewer_scrolling_a_series_draws_every_image_while_a_node_serving_it_i
         pytest.fail(f"the OHIF viewer is not installed in {VIEWER_DIR}: run `make setup`")
     cluster.ensure_running()
     ct: StoredSeries = write_and_send_ct(
-        ThroughHaproxy(cluster),  # type: ignore[arg-type]
+        ThroughHaproxy(cluster),
         tmp_path / "ct",
         SLICES,
         rows=256,
