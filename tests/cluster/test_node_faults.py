@@ -199,7 +199,14 @@ def results_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, results_port: int) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("cluster")
+    with running_cluster(tmp_path_factory.mktemp("cluster"), results_port) as the_cluster:
+        yield the_cluster
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, results_port: int) -> Iterator[Cluster]:
+    """Two nodes on a new PostgreSQL database behind HAProxy, both ready (also used by
+    bench/faults.py)."""
     region_file = results_region(root / "region.toml", results_port)
     shared = root / "shared"
     shared.mkdir()
