@@ -204,14 +204,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, results_port: int) -> Iter
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path, results_port: int) -> Iterator[Cluster]:
+def running_cluster(
+    root: Path,
+    results_port: int,
+    env: dict[str, str] | None = None,
+    processes: int = 1,
+    http_processes: int = 1,
+) -> Iterator[Cluster]:
     """Two nodes on a new PostgreSQL database behind HAProxy, both ready (also used by
-    bench/faults.py)."""
+    bench/faults.py and bench/store_bench.py). ``env``, when given, replaces the nodes'
+    settings below (the object store, fast results retries); the signing key stays
+    shared."""
     region_file = results_region(root / "region.toml", results_port)
     shared = root / "shared"
     shared.mkdir()
     with postgres_database() as url:
-        env = {
+        settings = {
             # What a user or a modality would lose if it lived in one node: the objects
             # and the key that signs sessions are shared; the spool stays per node.
             "NETPACS_BLOB_DIR": str(shared / "objects"),
@@ -221,14 +229,17 @@ def running_cluster(root: Path, results_port: int) -> Iterator[Cluster]:
             "NETPACS_RESULTS_RETRY_MAX_SECONDS": "1",
             "NETPACS_RESULTS_ACK_TIMEOUT_SECONDS": "60",
         }
+        if env is not None:
+            settings = {"NETPACS_AUTH_SECRET_FILE": str(shared / "auth-secret"), **env}
         nodes = [
             Netpacs(
                 root / f"node{i}" / "data",
                 # The node's name in pg_stat_activity: which node holds a job's lock.
                 f"{url}?application_name=netpacs_node{i}",
                 region_file,
-                processes=1,
-                extra_env=env,
+                processes=processes,
+                http_processes=http_processes,
+                extra_env=settings,
             )
             for i in (1, 2)
         ]
