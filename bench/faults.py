@@ -260,6 +260,7 @@ def _series(folder: Path) -> tuple[list[Path], str, str]:
 
 
 def node_fault(root: Path, repeat: int) -> Iterator[Row]:
+    (root / "cluster").mkdir()
     with running_cluster(root / "cluster", free_port()) as cluster:
         for k in range(repeat):
             cluster.ensure_running()
