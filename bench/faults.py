@@ -273,7 +273,10 @@ def node_fault(root: Path, repeat: int) -> Iterator[Row]:
             )
 
             def inject() -> str:
-                victim = cluster.serving_association() or cluster.nodes[0]
+                # The node with a storescu association open (polled: each is short).
+                victim = cluster.nodes[0]
+                with contextlib.suppress(TimeoutError):
+                    victim = wait_until(cluster.serving_association, timeout=10)
                 started = time.monotonic()
                 victim.kill()
                 name = f"node{cluster.nodes.index(victim) + 1}"
