@@ -274,15 +274,15 @@ def node_fault(root: Path, repeat: int) -> Iterator[Row]:
 
             def inject() -> str:
                 # The node with a storescu association open (polled: each is short).
-                victim = cluster.nodes[0]
+                victim, when = cluster.nodes[0], "no association seen open"
                 with contextlib.suppress(TimeoutError):
                     victim = wait_until(cluster.serving_association, timeout=10)
+                    when = "a storescu association open on it"
                 started = time.monotonic()
                 victim.kill()
                 name = f"node{cluster.nodes.index(victim) + 1}"
-                return (
-                    f"{name} SIGKILLed (its processes gone in {time.monotonic() - started:.1f} s)"
-                )
+                took = time.monotonic() - started
+                return f"{name} SIGKILLed with {when} (its processes gone in {took:.1f} s)"
 
             yield measure(
                 "netpacs node SIGKILL (2 nodes behind HAProxy)",
