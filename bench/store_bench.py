@@ -10,6 +10,12 @@ second and the ratio netpacs/Orthanc; exits non-zero if any transfer failed.
     .venv/bin/python bench/store_bench.py --only orthanc --slices 500
     .venv/bin/python bench/store_bench.py --netpacs-cmd \\
         'storescp --fork -od {data_dir} {dimse_port}'    # a stand-in receiver
+    .venv/bin/python bench/store_bench.py --cluster     # + two nodes on PostgreSQL and S3
+
+``--cluster`` adds a third receiver: two ``netpacs serve`` nodes on a new database of
+the PostgreSQL on 127.0.0.1:5432 and one SeaweedFS (S3) started here, behind HAProxy
+running deploy/haproxy/haproxy.cfg (the set-up of tests/cluster/test_node_faults.py,
+imported from there), each node with the default worker counts.
 
 See bench/README.md for the figures measured so far.
 """
@@ -110,6 +116,7 @@ class Receiver:
     log_path: Path
     count_url: str | None = None
     notes: list[str] = field(default_factory=list)
+    managed: bool = False  # stopped by the context that started it (the cluster)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -130,6 +137,8 @@ class Receiver:
         return count_by_cfind(self, study_uid)
 
     def stop(self) -> None:
+        if self.managed:
+            return
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -277,14 +286,53 @@ def wait_for_echo(receiver: Receiver, timeout: float = 90.0) -> None:
 
 
 @contextlib.contextmanager
+def netpacs_cluster(workdir: Path) -> Iterator[Receiver]:
+    """Two netpacs nodes (PostgreSQL, S3 on SeaweedFS) behind HAProxy, as the fault
+    tests run them; the receiver is HAProxy's DIMSE port."""
+    sys.path.insert(0, str(REPO))
+    from tests.cluster.test_node_faults import results_cluster as running_cluster
+    from tests.conftest import free_port as unused_port
+    from tests.s3.conftest import seaweedfs_in
+
+    with seaweedfs_in(workdir / "weed") as weed:
+        env = {
+            **NODELAY_ENV,
+            "NETPACS_AE_TITLE": "NETPACS",
+            "NETPACS_BLOB_URL": weed.bucket(),
+            **weed.credentials(),
+        }
+        (workdir / "cluster").mkdir()
+        with running_cluster(
+            workdir / "cluster", unused_port(), env=env, processes=4, http_processes=2
+        ) as cluster:
+            assert cluster.haproxy is not None and cluster.nodes[0].log_path is not None
+            yield Receiver(
+                name=NAMES["cluster"],
+                aet="NETPACS",
+                port=cluster.dimse_port,
+                http_port=cluster.http_port,
+                workdir=workdir,
+                proc=cluster.haproxy,
+                log_path=cluster.nodes[0].log_path,
+                managed=True,
+            )
+
+
+@contextlib.contextmanager
 def running(kind: str, netpacs_cmd: str, keep: bool) -> Iterator[Receiver]:
     workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=WORK))
-    receiver = start_orthanc(workdir) if kind == "orthanc" else start_netpacs(workdir, netpacs_cmd)
     try:
-        wait_for_echo(receiver)
-        yield receiver
+        with contextlib.ExitStack() as stack:
+            if kind == "cluster":
+                receiver = stack.enter_context(netpacs_cluster(workdir))
+            elif kind == "orthanc":
+                receiver = start_orthanc(workdir)
+            else:
+                receiver = start_netpacs(workdir, netpacs_cmd)
+            stack.callback(receiver.stop)
+            wait_for_echo(receiver)
+            yield receiver
     finally:
-        receiver.stop()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -389,8 +437,16 @@ def _fmt_rate(values: list[float]) -> str:
     return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
 
 
+NAMES = {
+    "orthanc": "Orthanc",
+    "netpacs": "netpacs",
+    "cluster": "netpacs 2 nodes (PostgreSQL, S3, HAProxy)",
+}
+SHORT = {"orthanc": "Orthanc", "netpacs": "netpacs", "cluster": "2 nodes"}
+
+
 def report(results: list[Measurement], kinds: list[str], associations: list[int]) -> str:
-    names = {"orthanc": "Orthanc", "netpacs": "netpacs"}
+    names = NAMES
     header = "| receiver | " + " | ".join(f"{a} assoc. (inst/s)" for a in associations) + " |"
     lines = [header, "|---" * (len(associations) + 1) + "|"]
     medians: dict[tuple[str, int], float] = {}
@@ -406,19 +462,30 @@ def report(results: list[Measurement], kinds: list[str], associations: list[int]
                 medians[(kind, a)] = statistics.median(rates)
             cells.append(_fmt_rate(rates))
         lines.append(f"| {names[kind]} | " + " | ".join(cells) + " |")
-    if len(kinds) == 2:
+    pairs = [("netpacs", "orthanc"), ("cluster", "orthanc"), ("cluster", "netpacs")]
+    for top, bottom in pairs:
+        if top not in kinds or bottom not in kinds:
+            continue
         cells = []
         for a in associations:
-            o, n = medians.get(("orthanc", a)), medians.get(("netpacs", a))
+            o, n = medians.get((bottom, a)), medians.get((top, a))
             cells.append(f"{n / o:.2f}" if o and n else "-")
-        lines.append("| ratio netpacs/Orthanc | " + " | ".join(cells) + " |")
+        label = f"ratio {SHORT[top]}/{SHORT[bottom]}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--slices", type=int, default=2000, help="CT slices (default 2000)")
-    p.add_argument("--only", choices=["orthanc", "netpacs"], help="measure one receiver only")
+    p.add_argument(
+        "--only", choices=["orthanc", "netpacs", "cluster"], help="measure one receiver only"
+    )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also measure two netpacs nodes on PostgreSQL and S3 behind HAProxy",
+    )
     p.add_argument(
         "--repeat", type=int, default=1, help="measurements per receiver and association count"
     )
@@ -449,6 +516,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     kinds = [args.only] if args.only else ["orthanc", "netpacs"]
+    if args.cluster and not args.only:
+        kinds.append("cluster")
     for tool in ("storescu", "echoscu"):
         if shutil.which(tool) is None:
             print(f"{tool} not found: run scripts/ensure-system-packages.sh test", file=sys.stderr)

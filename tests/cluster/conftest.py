@@ -157,9 +157,16 @@ def _established_local_ports() -> set[int]:
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path, region_file: Path, extra_env: dict[str, str]) -> Iterator[Cluster]:
+def running_cluster(
+    root: Path,
+    region_file: Path,
+    extra_env: dict[str, str],
+    processes: int = 1,
+    http_processes: int = 1,
+) -> Iterator[Cluster]:
     """Two nodes on a new PostgreSQL database and HAProxy in front, both nodes UP;
-    everything stopped and the database dropped afterwards."""
+    everything stopped and the database dropped afterwards. ``processes`` and
+    ``http_processes``: each node's DIMSE and HTTP workers."""
     shared = root / "shared"
     shared.mkdir()
     with postgres_database() as url:
@@ -176,7 +183,8 @@ def running_cluster(root: Path, region_file: Path, extra_env: dict[str, str]) ->
                 # The node's name in pg_stat_activity: which node holds a job's lock.
                 f"{url}?application_name=netpacs_node{i}",
                 region_file,
-                processes=1,
+                processes=processes,
+                http_processes=http_processes,
                 extra_env=env,
             )
             for i in (1, 2)

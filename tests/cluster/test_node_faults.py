@@ -57,15 +57,36 @@ def results_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, results_port: int) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("cluster")
+    with results_cluster(tmp_path_factory.mktemp("cluster"), results_port) as the_cluster:
+        yield the_cluster
+
+
+@contextlib.contextmanager
+def results_cluster(
+    root: Path,
+    results_port: int,
+    env: dict[str, str] | None = None,
+    processes: int = 1,
+    http_processes: int = 1,
+) -> Iterator[Cluster]:
+    """Two nodes behind HAProxy whose region sends RXC's results to ``results_port``
+    (also used by bench/faults.py and bench/store_bench.py). ``env``, when given,
+    replaces the fast results retries below (e.g. with an object store)."""
+    root.mkdir(parents=True, exist_ok=True)
     region_file = results_region(root / "region.toml", results_port)
-    env = {
-        "NETPACS_RESULTS_POLL_SECONDS": "0.2",
-        "NETPACS_RESULTS_RETRY_FIRST_SECONDS": "0.2",
-        "NETPACS_RESULTS_RETRY_MAX_SECONDS": "1",
-        "NETPACS_RESULTS_ACK_TIMEOUT_SECONDS": "60",
-    }
-    with running_cluster(root, region_file, env) as the_cluster:
+    settings = (
+        env
+        if env is not None
+        else {
+            "NETPACS_RESULTS_POLL_SECONDS": "0.2",
+            "NETPACS_RESULTS_RETRY_FIRST_SECONDS": "0.2",
+            "NETPACS_RESULTS_RETRY_MAX_SECONDS": "1",
+            "NETPACS_RESULTS_ACK_TIMEOUT_SECONDS": "60",
+        }
+    )
+    with running_cluster(
+        root, region_file, settings, processes=processes, http_processes=http_processes
+    ) as the_cluster:
         yield the_cluster
 
 
