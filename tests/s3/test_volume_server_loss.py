@@ -1,0 +1,368 @@
+"""A SeaweedFS volume server is lost under a running netpacs (issue 12, fault 3).
+
+Real processes on 127.0.0.1: a SeaweedFS cluster of its own (one master with
+``-defaultReplication=001``: every object in two copies on two different volume
+servers of one rack; three volume servers; one filer with the S3 gateway, its metadata
+in its own embedded store, so it does not depend on any volume server), and a
+``netpacs serve`` whose objects live there. One volume server holding copies of the
+stored objects is SIGKILLed (a crash, not a shutdown) while retrieves, frames,
+rendered images and new C-STOREs go on; each operation is timed, and the window in
+which any failed is printed and recorded (target: 0 s).
+
+Why three volume servers: with two, losing one leaves a single server, on which the
+master cannot place any new volume in two copies, and a volume with a copy on the dead
+server takes no writes: every write fails until the server returns (measured: reads
+went on, writes failed for as long as we waited). With three, the master keeps
+writing to volumes whose two copies are both on live servers, and grows new ones on
+the two survivors. ``deploy/seaweedfs/README.md`` gives the production layout.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
+
+from tests.conftest import Netpacs, dcmtk, free_port, wait_for_port, wait_until
+from tests.factories import ct_dataset, write
+from tests.s3.conftest import ACCESS_KEY, SECRET_KEY, WEED, SeaweedFS, s3_name
+from tests.s3.test_s3_archive import DICOM_PART, OCTETS_PART, blob_key_of
+
+VOLUME_SERVERS = 3
+WATCH_AFTER_KILL = 6.0  # seconds of retrieves and stores after the kill (20 heartbeats)
+FAILURE_BOUND = 0.0  # seconds during which an operation may fail (target: none)
+ROWS = 128  # 128 x 128 x 16 bits: 32 KiB of pixels, stored in volumes, not inline
+
+
+@dataclass
+class WeedCluster:
+    """One master, ``VOLUME_SERVERS`` volume servers and a filer with the S3 gateway."""
+
+    folder: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        work = self.folder / name
+        work.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [str(WEED), *args], cwd=work, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.procs[name] = proc
+        return proc
+
+    def port(self, name: str) -> int:
+        if name not in self.ports:
+            self.ports[name] = free_port()
+            if name == "filer":  # its S3 gateway dials the filer's gRPC at port + 10000
+                while not _bindable(self.ports[name] + 10000):
+                    self.ports[name] = free_port()
+                self.ports["filer.grpc"] = self.ports[name] + 10000
+        return self.ports[name]
+
+    @property
+    def master(self) -> str:
+        return f"127.0.0.1:{self.port('master')}"
+
+    @property
+    def master_address(self) -> str:
+        """host:port.grpcPort (a gRPC port other than port + 10000 is named)."""
+        return f"{self.master}.{self.port('master.grpc')}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port('s3')}"
+
+    def start(self) -> WeedCluster:
+        local = ("-ip=127.0.0.1", "-ip.bind=127.0.0.1")
+        self._start(
+            "master", "master", *local, f"-port={self.port('master')}",
+            f"-port.grpc={self.port('master.grpc')}", f"-mdir={self.folder / 'master'}",
+            "-defaultReplication=001", "-volumeSizeLimitMB=64", "-peers=none",
+            "-telemetry=false",
+        )  # fmt: skip
+        wait_for_port(self.port("master"), proc=self.procs["master"])
+        for n in range(VOLUME_SERVERS):
+            self._start(
+                f"volume{n}", "volume", *local, f"-port={self.port(f'volume{n}')}",
+                f"-port.grpc={self.port(f'volume{n}.grpc')}",
+                f"-dir={self.folder / f'volume{n}'}", "-max=100", f"-master={self.master_address}",
+                "-dataCenter=dc1", "-rack=rack1", "-preStopSeconds=0",
+            )  # fmt: skip
+        config = self.folder / "s3.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "netpacs",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        self._start(
+            "filer", "filer", *local, f"-port={self.port('filer')}",
+            f"-port.grpc={self.port('filer.grpc')}", f"-master={self.master_address}",
+            f"-defaultStoreDir={self.folder / 'filer'}", "-s3",
+            f"-s3.port={self.port('s3')}", f"-s3.port.grpc={self.port('s3.grpc')}",
+            f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        )  # fmt: skip
+        wait_until(
+            lambda: len(self.topology()) == VOLUME_SERVERS,
+            timeout=30,
+            what="three volume servers joining the master",
+        )
+        return self
+
+    def topology(self) -> list[str]:
+        """The volume servers the master counts as alive."""
+        try:
+            answer = httpx.get(f"http://{self.master}/dir/status", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return []
+        return [
+            node["Url"]
+            for dc in answer["Topology"]["DataCenters"] or []
+            for rack in dc["Racks"] or []
+            for node in rack["DataNodes"] or []
+        ]
+
+    def volume_url(self, n: int) -> str:
+        return f"127.0.0.1:{self.port(f'volume{n}')}"
+
+    def copies(self, bucket: str, name: str) -> list[str]:
+        """The volume servers holding a copy of each chunk of an object (via the filer's
+        metadata of the entry and the master's volume lookup)."""
+        entry = httpx.get(
+            f"http://127.0.0.1:{self.port('filer')}/buckets/{bucket}/{name}",
+            params={"metadata": "true"},
+            timeout=5,
+        ).json()
+        chunks = entry.get("chunks") or []
+        assert chunks, f"{name} is stored inline in the filer, not in volumes: {entry}"
+        found: list[str] = []
+        for chunk in chunks:
+            volume = str(chunk["file_id"]).split(",")[0]
+            lookup = httpx.get(
+                f"http://{self.master}/dir/lookup", params={"volumeId": volume}, timeout=5
+            ).json()
+            found += [loc["url"] for loc in lookup.get("locations", [])]
+        return found
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(self.folder.glob("*.log"))
+        )
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def weed_cluster(tmp_path: Path) -> Iterator[WeedCluster]:
+    cluster = WeedCluster(tmp_path / "seaweedfs")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def s3_node(
+    weed_cluster: WeedCluster, tmp_path: Path, region_file: Path
+) -> Iterator[tuple[Netpacs, str]]:
+    s3 = SeaweedFS(tmp_path, ports={"s3": weed_cluster.port("s3")})
+    blob_url = wait_until(_bucket_of(s3), timeout=30, what="the S3 gateway answering")
+    server = Netpacs(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'index.sqlite'}",
+        region_file=region_file,
+        processes=1,
+        extra_env={"NETPACS_BLOB_URL": blob_url, **s3.credentials()},
+    )
+    try:
+        yield server.start(), blob_url
+    finally:
+        server.stop()
+
+
+def _bucket_of(s3: SeaweedFS) -> Any:
+    def make() -> str | None:
+        try:
+            return s3.bucket()
+        except Exception:
+            return None
+
+    return make
+
+
+def image(study: str, series: str, number: int) -> pydicom.Dataset:
+    pixels = bytes((number * 7 + i) % 251 for i in range(ROWS * ROWS * 2))
+    return ct_dataset(
+        StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=number,
+        Rows=ROWS, Columns=ROWS, PixelData=pixels, PatientID="S3VOL01",
+    )  # fmt: skip
+
+
+@dataclass
+class Timeline:
+    """Each operation's start, end (seconds after the kill) and what went wrong."""
+
+    ops: list[tuple[str, float, float, str | None]] = field(default_factory=list)
+
+    def failures(self) -> list[tuple[str, float, float, str | None]]:
+        return [op for op in self.ops if op[3] is not None]
+
+    def failed_for(self) -> float:
+        """Seconds from the start of the first failed operation to the end of the last."""
+        failed = self.failures()
+        return max(op[2] for op in failed) - min(op[1] for op in failed) if failed else 0.0
+
+
+def test_losing_one_of_three_volume_servers_keeps_retrieve_viewing_and_ingest_going(
+    s3_node: tuple[Netpacs, str],
+    weed_cluster: WeedCluster,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    server, blob_url = s3_node
+    study, series = generate_uid(), generate_uid()
+    before = [image(study, series, n) for n in range(1, 9)]
+    server.store(*(write(ds, tmp_path / "before" / f"{n}.dcm") for n, ds in enumerate(before)))
+
+    def url(ds: pydicom.Dataset) -> str:
+        return (
+            f"{server.dicomweb_url}/studies/{ds.StudyInstanceUID}/series/"
+            f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        )
+
+    def retrieve(target: str, accept: str) -> bytes:
+        answer = server.http.get(target, headers={"Accept": accept}, timeout=30)
+        assert answer.status_code == 200, answer.text[:300]
+        boundary = answer.headers["content-type"].split("boundary=")[1].strip('"')
+        [part] = answer.content.split(b"--" + boundary.encode())[1:-1]
+        return part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n")
+
+    baseline = {str(ds.SOPInstanceUID): retrieve(url(ds), DICOM_PART) for ds in before}
+
+    # The volume server to lose: one holding a copy of the first stored object.
+    copies = {
+        str(ds.SOPInstanceUID): weed_cluster.copies(
+            *s3_name(blob_url, blob_key_of(server, str(ds.SOPInstanceUID)))
+        )
+        for ds in before
+    }
+    assert all(len(set(c)) == 2 for c in copies.values()), copies  # two copies each
+    victim_url = copies[str(before[0].SOPInstanceUID)][0]
+    victim = next(
+        f"volume{n}" for n in range(VOLUME_SERVERS) if weed_cluster.volume_url(n) == victim_url
+    )
+    on_victim = [sop for sop, c in copies.items() if victim_url in c]
+
+    timeline = Timeline()
+    after: list[pydicom.Dataset] = []
+    after_series = generate_uid()
+
+    def timed(what: str, kill_at: float, fn: Any) -> None:
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 (recorded and asserted below)
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        timeline.ops.append((what, started - kill_at, time.monotonic() - kill_at, error))
+
+    def read_all() -> None:
+        for ds in before:
+            sop = str(ds.SOPInstanceUID)
+            assert retrieve(url(ds), DICOM_PART) == baseline[sop], f"{sop} differs"
+        assert retrieve(url(before[1]) + "/frames/1", OCTETS_PART) == before[1].PixelData
+        rendered = server.http.get(url(before[2]) + "/rendered", timeout=30)
+        assert rendered.status_code == 200, rendered.text[:300]
+        assert rendered.headers["content-type"] == "image/jpeg"
+
+    def store_one() -> None:
+        ds = image(study, after_series, len(after) + 1)
+        path = write(ds, tmp_path / "after" / f"{len(after)}.dcm")
+        result = dcmtk(
+            "storescu", "-aet", "EDGH_CT1", "-aec", "NETPACS", "127.0.0.1", str(server.port),
+            str(path), timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0 and "Failed" not in result.stderr, result.stderr[-300:]
+        after.append(ds)
+
+    kill_at = time.monotonic()
+    timed("retrieve", kill_at, read_all)  # one round before the kill
+    timed("store", kill_at, store_one)
+    assert not timeline.failures(), timeline.failures()
+    weed_cluster.kill(victim)
+    kill_at = time.monotonic()
+    while time.monotonic() - kill_at < WATCH_AFTER_KILL:
+        timed("retrieve", kill_at, read_all)
+        timed("store", kill_at, store_one)
+    rounds = sum(1 for op in timeline.ops if op[0] == "store" and op[1] >= 0)
+
+    failed_for = timeline.failed_for()
+    print(
+        f"\nvolume server {victim} ({victim_url}) SIGKILLed, holding a copy of "
+        f"{len(on_victim)}/{len(before)} stored objects; {rounds} rounds of "
+        f"{len(before)} retrieves + frames + rendered and one C-STORE in "
+        f"{WATCH_AFTER_KILL:.0f} s; operations failed for {failed_for:.2f} s "
+        f"({len(timeline.failures())} failed)"
+    )
+    record_property("volume_server_loss_failed_seconds", round(failed_for, 3))
+    record_property("volume_server_loss_failed_operations", len(timeline.failures()))
+    assert on_victim, "the lost server held no copy of the stored objects"
+    assert weed_cluster.volume_url(int(victim[-1])) not in weed_cluster.topology()
+    assert failed_for <= FAILURE_BOUND, timeline.failures()
+    assert rounds >= 3
+
+    # What was stored after the kill is there, byte for byte, in two live copies.
+    live = set(weed_cluster.topology())
+    for ds in after:
+        got = pydicom.dcmread(DicomBytesIO(retrieve(url(ds), DICOM_PART)))
+        assert got.PixelData == ds.PixelData
+        if ds.SeriesInstanceUID == after_series and ds is not after[0]:
+            where = weed_cluster.copies(
+                *s3_name(blob_url, blob_key_of(server, str(ds.SOPInstanceUID)))
+            )
+            assert len(set(where)) == 2 and set(where) <= live, where
