@@ -23,6 +23,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -304,17 +305,17 @@ def test_losing_one_of_three_volume_servers_keeps_retrieve_viewing_and_ingest_go
     on_victim = [sop for sop, c in copies.items() if victim_url in c]
 
     timeline = Timeline()
-    after: list[pydicom.Dataset] = []
+    after: list[tuple[float, pydicom.Dataset]] = []  # (when the store began, what)
     after_series = generate_uid()
 
-    def timed(what: str, kill_at: float, fn: Any) -> None:
+    def timed(what: str, fn: Any) -> None:
         started = time.monotonic()
         error: str | None = None
         try:
             fn()
         except Exception as exc:  # recorded, and asserted below
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
-        timeline.ops.append((what, started - kill_at, time.monotonic() - kill_at, error))
+        timeline.ops.append((what, started, time.monotonic(), error))
 
     def read_all() -> None:
         for ds in before:
@@ -326,6 +327,7 @@ def test_losing_one_of_three_volume_servers_keeps_retrieve_viewing_and_ingest_go
         assert rendered.headers["content-type"] == "image/jpeg"
 
     def store_one() -> None:
+        started = time.monotonic()
         ds = image(study, after_series, len(after) + 1)
         path = write(ds, tmp_path / "after" / f"{len(after)}.dcm")
         result = dcmtk(
@@ -333,25 +335,37 @@ def test_losing_one_of_three_volume_servers_keeps_retrieve_viewing_and_ingest_go
             str(path), timeout=30,
         )  # fmt: skip
         assert result.returncode == 0 and "Failed" not in result.stderr, result.stderr[-300:]
-        after.append(ds)
+        after.append((started, ds))
 
-    kill_at = time.monotonic()
-    timed("retrieve", kill_at, read_all)  # one round before the kill
-    timed("store", kill_at, store_one)
-    assert not timeline.failures(), timeline.failures()
-    weed_cluster.kill(victim)
-    kill_at = time.monotonic()
-    while time.monotonic() - kill_at < WATCH_AFTER_KILL:
-        timed("retrieve", kill_at, read_all)
-        timed("store", kill_at, store_one)
-    rounds = sum(1 for op in timeline.ops if op[0] == "store" and op[1] >= 0)
+    # Retrieves and stores run in a loop; the volume server is killed 1 s into it, in
+    # the middle of whatever is in flight, and the loop goes on WATCH_AFTER_KILL more.
+    killed_at: list[float] = []
+
+    def kill() -> None:
+        killed_at.append(time.monotonic())
+        weed_cluster.kill(victim)
+
+    killer = threading.Timer(1.0, kill)
+    killer.start()
+    deadline = time.monotonic() + WATCH_AFTER_KILL + 20
+    try:
+        while not killed_at or time.monotonic() - killed_at[0] < WATCH_AFTER_KILL:
+            assert time.monotonic() < deadline, "the operations took too long"
+            timed("retrieve", read_all)
+            timed("store", store_one)
+    finally:
+        killer.join()
+    kill_at = killed_at[0]
+    rounds = sum(1 for op in timeline.ops if op[0] == "store" and op[1] >= kill_at)
+    in_flight = sum(1 for op in timeline.ops if op[1] < kill_at < op[2])
 
     failed_for = timeline.failed_for()
     print(
         f"\nvolume server {victim} ({victim_url}) SIGKILLed, holding a copy of "
         f"{len(on_victim)}/{len(before)} stored objects; {rounds} rounds of "
         f"{len(before)} retrieves + frames + rendered and one C-STORE in "
-        f"{WATCH_AFTER_KILL:.0f} s; operations failed for {failed_for:.2f} s "
+        f"{WATCH_AFTER_KILL:.0f} s ({in_flight} in flight at the kill); operations failed "
+        f"for {failed_for:.2f} s "
         f"({len(timeline.failures())} failed)"
     )
     record_property("volume_server_loss_failed_seconds", round(failed_for, 3))
@@ -363,10 +377,11 @@ def test_losing_one_of_three_volume_servers_keeps_retrieve_viewing_and_ingest_go
 
     # What was stored after the kill is there, byte for byte, in two live copies.
     live = set(weed_cluster.topology())
-    for ds in after:
+    assert any(started > kill_at for started, _ in after)
+    for started, ds in after:
         got = pydicom.dcmread(DicomBytesIO(retrieve(url(ds), DICOM_PART)))
         assert got.PixelData == ds.PixelData
-        if ds is not after[0]:  # stored after the kill
+        if started > kill_at:
             where = weed_cluster.copies(
                 *s3_name(blob_url, blob_key_of(server, str(ds.SOPInstanceUID)))
             )
