@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import boto3
 import httpx
 import pydicom
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, ReadTimeoutError
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
@@ -44,14 +47,16 @@ from tests.s3.test_s3_archive import DICOM_PART, OCTETS_PART, blob_key_of
 VOLUME_SERVERS = 3
 WATCH_AFTER_KILL = 6.0  # seconds of retrieves and stores after the kill (20 heartbeats)
 FAILURE_BOUND = 0.0  # seconds during which an operation may fail (target: none)
+WRITE_STALL = 5.0  # seconds a write waits, with two volume servers, before it counts as failed
 ROWS = 128  # 128 x 128 x 16 bits: 32 KiB of pixels, stored in volumes, not inline
 
 
 @dataclass
 class WeedCluster:
-    """One master, ``VOLUME_SERVERS`` volume servers and a filer with the S3 gateway."""
+    """One master, ``volume_servers`` volume servers and a filer with the S3 gateway."""
 
     folder: Path
+    volume_servers: int = VOLUME_SERVERS
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[IO[bytes]] = field(default_factory=list)
@@ -96,7 +101,7 @@ class WeedCluster:
             "-telemetry=false",
         )  # fmt: skip
         wait_for_port(self.port("master"), proc=self.procs["master"])
-        for n in range(VOLUME_SERVERS):
+        for n in range(self.volume_servers):
             self._start(
                 f"volume{n}", "volume", *local, f"-port={self.port(f'volume{n}')}",
                 f"-port.grpc={self.port(f'volume{n}.grpc')}",
@@ -126,7 +131,7 @@ class WeedCluster:
         )  # fmt: skip
         try:
             wait_until(
-                lambda: len(self.topology()) == VOLUME_SERVERS,
+                lambda: len(self.topology()) == self.volume_servers,
                 timeout=30,
                 what="the volume servers joining the master",
             )
@@ -386,3 +391,45 @@ def test_losing_one_of_three_volume_servers_keeps_retrieve_viewing_and_ingest_go
                 *s3_name(blob_url, blob_key_of(server, str(ds.SOPInstanceUID)))
             )
             assert len(set(where)) == 2 and set(where) <= live, where
+
+
+def test_with_only_two_volume_servers_losing_one_stops_writes_but_not_reads(
+    tmp_path: Path,
+) -> None:
+    """Why three: two copies on two servers, one lost, and S3 takes no new object (the
+    rule deploy/seaweedfs/README.md states, kept true against SeaweedFS's behaviour)."""
+    cluster = WeedCluster(tmp_path / "seaweedfs", volume_servers=2)
+    try:
+        cluster.start()
+        s3 = SeaweedFS(tmp_path, ports={"s3": cluster.port("s3")})
+        blob_url = wait_until(_bucket_of(s3), timeout=30, what="the S3 gateway answering")
+        bucket, name = s3_name(blob_url, "a" * 32)
+        client = s3.client()
+        body = bytes(range(256)) * 256
+        client.put_object(Bucket=bucket, Key=name, Body=body)
+        cluster.kill("volume1")
+        wait_until(
+            lambda: cluster.volume_url(1) not in cluster.topology(),
+            timeout=10,
+            what="the master noticing the lost volume server",
+        )
+        assert client.get_object(Bucket=bucket, Key=name)["Body"].read() == body
+        impatient = boto3.client(
+            "s3",
+            endpoint_url=s3.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1, "mode": "standard"},
+                connect_timeout=2,
+                read_timeout=WRITE_STALL,
+            ),
+        )
+        started = time.monotonic()
+        with pytest.raises((ClientError, ReadTimeoutError)):
+            impatient.put_object(Bucket=bucket, Key=s3_name(blob_url, "b" * 32)[1], Body=body)
+        print(f"\nwith two volume servers a write gave up after {time.monotonic() - started:.1f} s")
+    finally:
+        cluster.stop()
