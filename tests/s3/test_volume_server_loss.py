@@ -391,6 +391,10 @@ def test_losing_one_of_three_volume_servers_keeps_retrieve_viewing_and_ingest_go
                 *s3_name(blob_url, blob_key_of(server, str(ds.SOPInstanceUID)))
             )
             assert len(set(where)) == 2 and set(where) <= live, where
+    # Every object the index knows is read back and checked, with the server still down.
+    verified = server.cli("verify", timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert " 0 missing, 0 damaged" in verified.stdout, verified.stdout
 
 
 def test_with_only_two_volume_servers_losing_one_stops_writes_but_not_reads(
