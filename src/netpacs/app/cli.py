@@ -36,7 +36,6 @@ from netpacs.app.startup import (
     check_blob_store,
     check_caller_identity,
     check_move_destinations,
-    check_object_directory,
     prepare,
 )
 from netpacs.domain.outcomes import InvalidReason, Origin, Protocol, StoreOutcome, StoreStatus
@@ -137,7 +136,6 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         jobs.check_settings(settings, region)
         check_caller_identity(settings, region)
         oidc_config(settings)
-        check_object_directory(settings)
         check_blob_store(settings)
     except (TlsSettingsError, jobs.JobSettingsError, RegionError, StartupError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)

@@ -97,48 +97,33 @@ def check_caller_identity(settings: Settings, region: Region) -> None:
         )
 
 
-def check_object_directory(settings: Settings) -> None:
-    """The object directory takes a write; else the start stops with a message naming
-    the setting (not a traceback from the first store, nor a node that is never ready).
-    With an S3 store (``NETPACS_BLOB_URL``) there is no object directory."""
-    if settings.blob_url:
-        return
-    directory = settings.effective_blob_dir
-    setting = (
-        f"NETPACS_BLOB_DIR={str(settings.blob_dir)!r}"
-        if settings.blob_dir
-        else f"NETPACS_DATA_DIR={str(settings.data_dir)!r} (its objects/)"
-    )
-    try:
-        FileSystemBlobStore(directory).check()
-    except BlobStoreUnavailable as exc:
-        raise StartupError(f"{setting}: {exc}") from None
-    except OSError as exc:
-        raise StartupError(
-            f"{setting}: the object directory {directory} cannot be made "
-            f"({exc.strerror or exc.__class__.__name__})"
-        ) from None
-
-
 def check_blob_store(settings: Settings) -> None:
-    """The object store answers (S3: the bucket, with our credentials), else a
-    StartupError naming the setting: a server that could not keep what it acknowledges
-    must not start."""
+    """The object store takes objects now (S3: the bucket answers our credentials; a
+    directory: it can be made and written), else a StartupError naming the setting: a
+    server that could not keep what it acknowledges must not start, and a node that
+    would never be ready must say why at once."""
     from netpacs.app.container import make_blob_store
 
-    if not settings.blob_url:
-        return
-    try:
-        make_blob_store(settings).check()
-    except BlobStoreUnavailable as exc:
+    if settings.blob_url:
         creds = (
             f" and NETPACS_S3_CREDENTIALS_FILE={settings.s3_credentials_file}"
             if settings.s3_credentials_file
             else " (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
             "NETPACS_S3_CREDENTIALS_FILE)"
         )
+        setting = f"NETPACS_BLOB_URL={settings.blob_url}{creds} cannot be used"
+    elif settings.blob_dir:
+        setting = f"NETPACS_BLOB_DIR={str(settings.blob_dir)!r}"
+    else:
+        setting = f"NETPACS_DATA_DIR={str(settings.data_dir)!r} (its objects/)"
+    try:
+        make_blob_store(settings).check()
+    except BlobStoreUnavailable as exc:
+        raise StartupError(f"{setting}: {exc}") from None
+    except OSError as exc:  # the directory itself could not be made
         raise StartupError(
-            f"NETPACS_BLOB_URL={settings.blob_url}{creds} cannot be used: {exc}"
+            f"{setting}: the object directory {settings.effective_blob_dir} cannot be made "
+            f"({exc.strerror or exc.__class__.__name__})"
         ) from None
 
 
