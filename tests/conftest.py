@@ -362,6 +362,20 @@ def workstation_port() -> int:
     return free_port()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test's report ends with the last lines of each netpacs server it used:
+    a failure seen only in CI can then be read from CI's output."""
+    report = yield
+    if report.failed:
+        funcargs = getattr(item, "funcargs", {})
+        for name, value in funcargs.items():
+            if isinstance(value, Netpacs) and value.log_path is not None:
+                tail = "\n".join(value.log().splitlines()[-60:])
+                report.sections.append((f"netpacs log of fixture {name!r} (last 60 lines)", tail))
+    return report
+
+
 @pytest.fixture
 def region_file(tmp_path: Path, workstation_port: int) -> Path:
     return write_region(tmp_path / "region.toml", {"RTP_WS1": workstation_port})

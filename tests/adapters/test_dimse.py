@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
@@ -246,6 +246,47 @@ def test_movescu_sends_a_study_to_a_region_workstation(
     assert len(received) == 4
     sent = {dataset_bytes(f) for f in files}
     assert {dataset_bytes(f) for f in received} == sent
+
+
+def test_move_resends_on_a_new_association_when_the_workstation_aborts_mid_transfer(
+    netpacs: Netpacs, workstation_port: int, tmp_path: Path
+) -> None:
+    """A workstation that breaks off the first association after one object still gets
+    the whole study: the objects not confirmed go again on a new association."""
+    files = write_series(tmp_path / "in", 4)
+    store(netpacs, *files)
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    received: dict[str, bytes] = {}
+    associations: list[int] = []
+
+    def on_store(event: evt.Event) -> int:
+        if len(associations) == 1 and len(received) == 1:
+            event.assoc.abort()  # the first association breaks with the second object
+            return 0xA700
+        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0
+
+    def on_open(event: evt.Event) -> None:
+        associations.append(1)
+
+    ae = AE(ae_title="RTP_WS1")
+    ae.supported_contexts = StoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", workstation_port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_ACCEPTED, on_open)],
+    )
+    try:
+        result = dcmtk(
+            "movescu", "-S", "-aet", "RXC_WS1", "-aec", "NETPACS", "-aem", "RTP_WS1",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+            "127.0.0.1", str(netpacs.port),
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert len(associations) == 2
+    assert set(received) == {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
 
 
 def test_move_to_an_unknown_destination_fails_with_a801(netpacs: Netpacs, tmp_path: Path) -> None:

@@ -12,11 +12,13 @@ temporary coerced copy the retrieve service makes.
 
 from __future__ import annotations
 
+import enum
 import io
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE, _config
@@ -35,6 +37,14 @@ from netpacs.services.transcode import can_transcode
 log = logging.getLogger(__name__)
 
 _MAX_CONTEXTS = 128
+DIMSE_TIMEOUT = 60  # seconds for a response, and of silence on the association
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    WARNING = "warning"  # a warning status (coercion, elements discarded)
+    FAILED = "failed"  # a failure status, or nothing this destination can take
+    BROKEN = "broken"  # no response: the association is lost with the object in flight
 
 
 @dataclass(slots=True)
@@ -93,15 +103,51 @@ def send_to(
     progress: Callable[[SubOpCounts], None],
     cancelled: Callable[[], bool],
 ) -> SubOpCounts:
-    """C-STORE every item to ``destination``; report progress after each sub-operation."""
+    """C-STORE every item to ``destination``; report progress after each sub-operation.
+
+    An association that breaks (the destination aborts, or sends no response within the
+    DIMSE timeout) loses only the object in flight: it and the objects not yet sent go
+    once more on a new association, as other archives retry; what fails a second time
+    counts as failed.
+    """
     counts = SubOpCounts(remaining=len(items), failed_uids=[])
     assert counts.failed_uids is not None
-    if not items:  # nothing matched (or nothing the caller may see): no association
-        return counts
+    queue = list(items)
+    for attempt in (1, 2):
+        if not queue or cancelled():
+            break
+        try:
+            assoc = _associate(destination, our_ae_title, queue)
+        except ConnectionError:
+            if attempt == 1:
+                raise
+            break
+        try:
+            queue = _send_all(
+                assoc, queue, counts, retrieve, originator, progress, cancelled, last=attempt == 2
+            )
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if queue and not cancelled() and attempt == 1:
+            log.warning(
+                "the association with %s broke; sending the %d objects not confirmed on a new one",
+                destination.ae_title,
+                len(queue),
+            )
+    if not cancelled():
+        for item in queue:  # the second association broke too, or could not be made
+            counts.remaining -= 1
+            counts.failed += 1
+            counts.failed_uids.append(item.sop_instance_uid)
+    return counts
+
+
+def _associate(destination: ApplicationEntity, our_ae_title: str, items: list[Served]) -> Any:
     ae = AE(ae_title=our_ae_title)
     ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ae.network_timeout = 60
+    ae.dimse_timeout = DIMSE_TIMEOUT
+    ae.network_timeout = DIMSE_TIMEOUT
     ae.requested_contexts = [build_context(cls, ts) for cls, ts in _contexts(items)]
     assert destination.port is not None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
@@ -110,27 +156,47 @@ def send_to(
             f"could not associate with {destination.ae_title} at "
             f"{destination.host}:{destination.port}"
         )
-    try:
-        sock = assoc.dul.socket.socket if assoc.dul.socket else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for item in items:
-            if cancelled() or not assoc.is_established:
-                break
-            ok = _send_one(assoc, item, retrieve, originator)
-            counts.remaining -= 1
-            if ok is None:
-                counts.failed += 1
-                counts.failed_uids.append(item.sop_instance_uid)
-            elif ok:
-                counts.completed += 1
-            else:
-                counts.warning += 1
-            progress(counts)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return counts
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc
+
+
+def _send_all(
+    assoc: Any,
+    queue: list[Served],
+    counts: SubOpCounts,
+    retrieve: RetrieveService,
+    originator: tuple[str, int],
+    progress: Callable[[SubOpCounts], None],
+    cancelled: Callable[[], bool],
+    *,
+    last: bool,
+) -> list[Served]:
+    """Send ``queue`` on ``assoc``, counting each outcome; returns what is left unsent
+    (with the object in flight when the association broke, unless this is the ``last``
+    association)."""
+    assert counts.failed_uids is not None
+    for index, item in enumerate(queue):
+        if cancelled() or not assoc.is_established:
+            return queue[index:]
+        outcome = _send_one(assoc, item, retrieve, originator)
+        if outcome is Outcome.BROKEN:
+            # No response: whatever pynetdicom says of the association, it is done with.
+            if assoc.is_established:
+                assoc.abort()
+            if not last:
+                return queue[index:]
+        counts.remaining -= 1
+        if outcome is Outcome.SUCCESS:
+            counts.completed += 1
+        elif outcome is Outcome.WARNING:
+            counts.warning += 1
+        else:
+            counts.failed += 1
+            counts.failed_uids.append(item.sop_instance_uid)
+        progress(counts)
+    return []
 
 
 def _send_one(
@@ -138,8 +204,8 @@ def _send_one(
     item: Served,
     retrieve: RetrieveService,
     originator: tuple[str, int],
-) -> bool | None:
-    """True on success, False on a warning status, None on failure."""
+) -> Outcome:
+    """The outcome of one C-STORE sub-operation."""
     accepted = [
         cx
         for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
@@ -147,7 +213,7 @@ def _send_one(
     ]
     if not accepted:
         log.warning("destination accepted no context for %s", item.sop_class_uid)
-        return None
+        return Outcome.FAILED
     taken = {cx.transfer_syntax[0] for cx in accepted}
     try:
         if item.transfer_syntax_uid not in taken and item.transfer_syntax_uid not in UNCOMPRESSED:
@@ -158,7 +224,7 @@ def _send_one(
                     item.transfer_syntax_uid,
                     item.sop_instance_uid,
                 )
-                return None
+                return Outcome.FAILED
             payload = dcmread(io.BytesIO(retrieve.part10_in(item, target)))
             status = assoc.send_c_store(  # type: ignore[attr-defined]
                 payload, originator_aet=originator[0], originator_id=originator[1]
@@ -174,12 +240,18 @@ def _send_one(
                 )
     except Exception as exc:
         log.warning("C-STORE sub-operation for %s failed: %s", item.sop_instance_uid, exc)
-        return None
+        lost = not assoc.is_established  # type: ignore[attr-defined]
+        return Outcome.BROKEN if lost else Outcome.FAILED
     code = getattr(status, "Status", None)
     if code is None:
-        return None
+        log.warning(
+            "no C-STORE response for %s (aborted, or none within %d s)",
+            item.sop_instance_uid,
+            DIMSE_TIMEOUT,
+        )
+        return Outcome.BROKEN
     if code == 0:
-        return True
+        return Outcome.SUCCESS
     if code in (0xB000, 0xB007, 0xB006):
-        return False
-    return None
+        return Outcome.WARNING
+    return Outcome.FAILED
