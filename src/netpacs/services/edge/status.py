@@ -70,7 +70,7 @@ class EdgeFigures:
         *,
         cache_limit_bytes: int,
         last_prefetch: LastPrefetch | None = None,
-        cache_seconds: float = 2.0,
+        cache_seconds: float = 0.25,
     ) -> None:
         self._engine = engine
         self._link = link
