@@ -16,9 +16,10 @@ DCMTK ``storescu`` from the site's CT (``EDGH_CT1``) to the edge:
    when the core has answered every C-STORE. Orthanc does not check what the core
    holds afterwards; netpacs' figure includes that check.
 
-Each phase has its own data set (fresh UIDs, patient of RXC), generated once under
-``bench/work/edge/`` and reused. Each transfer is checked at the core: the study's
-NumberOfStudyRelatedInstances over QIDO-RS must be N.
+Each phase has its own data set (fresh UIDs, RXC patients; ``--studies`` studies, 10 by
+default: an outage's backlog is many studies), generated once under
+``bench/work/edge/`` and reused. Each transfer is checked at the core: each study's
+NumberOfStudyRelatedInstances over QIDO-RS must be its number of files.
 
     .venv/bin/python bench/edge_bench.py                 # N = 1000
     .venv/bin/python bench/edge_bench.py --instances 200 --size 256
@@ -57,34 +58,42 @@ from tests.edge.helpers import metric  # noqa: E402
 WORK = REPO / "bench" / "work" / "edge"
 CT = "EDGH_CT1"
 TIMEOUT = 1800.0
-PATIENTS = {"up": "RXC8800001", "cut": "RXC8800002", "orthanc": "RXC8800003"}
+PATIENTS = {"up": "RXC881", "cut": "RXC882", "orthanc": "RXC883"}
 
 
-def dataset(name: str, n: int, size: int) -> Path:
-    """``n`` synthetic CT slices of ``size`` x ``size`` (generated once)."""
-    folder = WORK / f"{name}-{n}x{size}"
+def dataset(name: str, n: int, size: int, studies: int) -> Path:
+    """``n`` synthetic CT slices of ``size`` x ``size`` in ``studies`` studies of one
+    patient each (generated once)."""
+    folder = WORK / f"{name}-{n}x{size}-{studies}"
     marker = folder / "COMPLETE"
     if marker.exists():
         return folder
     sys.path.insert(0, str(REPO / "src"))
     from netpacs.synthetic import write_ct_series
 
-    print(f"generating {n} CT slices into {folder} ...", flush=True)
-    write_ct_series(
-        folder / "series",
-        n,
-        patient_id=PATIENTS[name],
-        issuer="RXC",
-        rows=size,
-        columns=size,
-    )
+    print(f"generating {n} CT slices in {studies} studies into {folder} ...", flush=True)
+    for k in range(studies):
+        write_ct_series(
+            folder / "series" / f"study{k + 1:03d}",
+            n // studies + (1 if k < n % studies else 0),
+            patient_id=f"{PATIENTS[name]}{k:03d}",
+            issuer="RXC",
+            rows=size,
+            columns=size,
+            seed=k,
+        )
     marker.write_text("ok\n")
     return folder
 
 
-def study_of(folder: Path) -> str:
-    first = next(iter(sorted((folder / "series").glob("*.dcm"))))
-    return str(pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+def studies_of(folder: Path) -> dict[str, int]:
+    """Each study's UID and its number of instances."""
+    found: dict[str, int] = {}
+    for sub in sorted((folder / "series").iterdir()):
+        files = sorted(sub.glob("*.dcm"))
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        found[uid] = len(files)
+    return found
 
 
 def storescu(port: int, aec: str, folder: Path, log: Path) -> float:
@@ -202,8 +211,8 @@ def orthanc_forward(pair: CoreAndEdge, folder: Path, workdir: Path) -> float:
         storescu(orthanc.port, orthanc.aet, folder, workdir / "storescu-orthanc.log")
         base = f"http://127.0.0.1:{orthanc.http_port}"
         with urllib.request.urlopen(f"{base}/studies", timeout=30) as resp:
-            (study_id,) = json.load(resp)
-        body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
+            study_ids = json.load(resp)
+        body = json.dumps({"Resources": study_ids, "Synchronous": True}).encode()
         request = urllib.request.Request(f"{base}/modalities/core/store", data=body)
         started = time.monotonic()
         with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
@@ -216,19 +225,21 @@ def orthanc_forward(pair: CoreAndEdge, folder: Path, workdir: Path) -> float:
         orthanc.stop()
 
 
-def check(pair: CoreAndEdge, folder: Path, n: int) -> None:
-    held = core_count(pair, study_of(folder))
-    if held != n:
-        raise sb.BenchError(f"the core holds {held} of the study's {n} instances")
+def check(pair: CoreAndEdge, folder: Path) -> None:
+    for study, n in studies_of(folder).items():
+        held = core_count(pair, study)
+        if held != n:
+            raise sb.BenchError(f"the core holds {held} of study {study}'s {n} instances")
 
 
-def report(f: Figures, size: int) -> str:
+def report(f: Figures, size: int, studies: int, lanes: int) -> str:
     r = f.rates()
     host = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}"
     return "\n".join(
         [
             f"edge bench {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {host}",
-            f"{f.n} CT instances of {size}x{size} (16 bits) per phase",
+            f"{f.n} CT instances of {size}x{size} (16 bits) in {studies} studies per phase; "
+            f"{lanes} forwarding lanes",
             "",
             f"link up:  edge ingest {r['edge_ingest_per_s']:.1f}/s ({f.ingest_s:.1f} s); "
             f"forwarded and confirmed {r['edge_forward_per_s']:.1f}/s ({f.forwarded_s:.1f} s "
@@ -251,6 +262,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--instances", type=int, default=1000, help="instances per phase")
     p.add_argument("--size", type=int, default=512, help="rows and columns of each slice")
+    p.add_argument("--studies", type=int, default=10, help="studies the instances are in")
+    p.add_argument("--lanes", type=int, default=2, help="NETPACS_FORWARD_LANES of the edge")
     p.add_argument("--json", type=Path, help="write the figures here too")
     return p.parse_args(argv)
 
@@ -258,28 +271,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     n = args.instances
-    up, cut, orth = (dataset(name, n, args.size) for name in ("up", "cut", "orthanc"))
+    up, cut, orth = (dataset(name, n, args.size, args.studies) for name in ("up", "cut", "orthanc"))
     WORK.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=WORK) as tmp, postgres_database() as core_db:
         folder = Path(tmp)
         pair = start_core_and_edge(
-            folder, core_db, NETPACS_FORWARD_RETRY_MAX_SECONDS="1", NETPACS_HEARTBEAT_SECONDS="2"
+            folder,
+            core_db,
+            NETPACS_FORWARD_RETRY_MAX_SECONDS="1",
+            NETPACS_HEARTBEAT_SECONDS="2",
+            NETPACS_FORWARD_LANES=str(args.lanes),
         )
         try:
             ingest, forwarded, largest, at_end = link_up(pair, up, folder)
-            check(pair, up, n)
+            check(pair, up)
             drained = drain(pair, cut, n, folder)
-            check(pair, cut, n)
+            check(pair, cut)
             orthanc_dir = folder / "orthanc"
             orthanc_dir.mkdir()
             orthanc = orthanc_forward(pair, orth, orthanc_dir)
-            check(pair, orth, n)
+            check(pair, orth)
         finally:
             pair.edge.stop()
             pair.link.stop()
             pair.core.stop()
     figures = Figures(n, ingest, forwarded, largest, at_end, drained, orthanc)
-    print(report(figures, args.size))
+    print(report(figures, args.size, args.studies, args.lanes))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**figures.__dict__, **figures.rates()}, indent=2))

@@ -28,7 +28,7 @@ from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
 from netpacs.index.db import make_engine
 from netpacs.services.access import SYSTEM
-from netpacs.services.edge.forward import Forwarding
+from netpacs.services.edge.forward import Forwarding, Lanes
 from netpacs.services.edge.forward import Timing as ForwardTiming
 from netpacs.services.edge.status import Heartbeat
 from netpacs.services.jobs.audit_forwarding import AuditForwarding
@@ -284,7 +284,8 @@ def outbox_jobs(
 def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
     """The jobs of an edge node (NETPACS_ROLE=edge, issue 13): forwarding what the site
     stored to the core, and the heartbeat that reports the edge's figures there."""
-    return [
+    lanes = Lanes()
+    forwarding: list[Job] = [
         Forwarding(
             reader=archive.read_engine,
             writer=archive.write_engine,
@@ -292,7 +293,13 @@ def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
             upstream=edge.upstream,
             batch=settings.forward_batch,
             timing=ForwardTiming(retry_max=settings.forward_retry_max_seconds),
-        ),
+            lanes=lanes,
+            lane=k + 1,
+        )
+        for k in range(settings.forward_lanes)
+    ]
+    return [
+        *forwarding,
         Heartbeat(edge.figures, edge.upstream, seconds=settings.heartbeat_seconds),
     ]
 

@@ -10,7 +10,7 @@ oldest waiting object is oldest; within a study, objects in the order they arriv
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -55,8 +55,9 @@ def _waiting(now: dt.datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def next_study(conn: sa.Connection, now: dt.datetime) -> str | None:
-    """The study whose objects go next: emergency first, then oldest first."""
+def next_study(conn: sa.Connection, now: dt.datetime, busy: Collection[str] = ()) -> str | None:
+    """The study whose objects go next: emergency first, then oldest first (``busy``:
+    studies another sender has in hand)."""
     emergency = (
         sa.select(1)
         .where(
@@ -68,7 +69,7 @@ def next_study(conn: sa.Connection, now: dt.datetime) -> str | None:
     first = sa.func.min(edge_forward.c.enqueued_at)
     row = conn.execute(
         sa.select(edge_forward.c.study_instance_uid)
-        .where(_waiting(now))
+        .where(_waiting(now), edge_forward.c.study_instance_uid.not_in(list(busy)))
         .group_by(edge_forward.c.study_instance_uid)
         .order_by(
             sa.func.max(sa.case((emergency, 1), else_=0)).desc(),

@@ -27,6 +27,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -93,10 +95,33 @@ def holds_same(held: dict[str, Any] | None, blobs: BlobStore, w: edge_queue.Wait
     return crc == int(held["crc32"])
 
 
-class Forwarding:
-    """The job that sends the forward queue to the core (module doc)."""
+class Lanes:
+    """The studies the forwarding jobs of this process have in hand: each study goes
+    through one job at a time (in order), several studies at once."""
 
-    name = "forward to the core"
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+
+    def busy(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._busy)
+
+    def take(self, study: str) -> bool:
+        with self._lock:
+            if study in self._busy:
+                return False
+            self._busy.add(study)
+            return True
+
+    def release(self, study: str) -> None:
+        with self._lock:
+            self._busy.discard(study)
+
+
+class Forwarding:
+    """The job that sends the forward queue to the core (module doc); several of them
+    (one per lane) share a :class:`Lanes`, each sending another study."""
 
     def __init__(
         self,
@@ -107,7 +132,11 @@ class Forwarding:
         upstream: UpstreamPort,
         batch: int = 50,
         timing: Timing = Timing(),
+        lanes: Lanes | None = None,
+        lane: int = 1,
     ) -> None:
+        self.name = f"forward to the core ({lane})"
+        self._lanes = lanes or Lanes()
         self._reader = reader
         self._writer = writer
         self._blobs = blobs
@@ -122,12 +151,24 @@ class Forwarding:
     def step(self) -> float:
         now = dt.datetime.now(dt.UTC)
         with self._reader.connect() as conn:
-            study = edge_queue.next_study(conn, now)
-            if study is None:
+            study = edge_queue.next_study(conn, now, self._lanes.busy())
+            if study is None or not self._lanes.take(study):
                 return self._timing.poll
-            waiting = edge_queue.waiting_in_study(conn, study, now, self._batch)
+            try:
+                waiting = edge_queue.waiting_in_study(conn, study, now, self._batch)
+            except BaseException:
+                self._lanes.release(study)
+                raise
+        started = time.monotonic()
         try:
             self._forward(study, self._bounded(waiting))
+            log.debug(
+                "%s: %d objects of study %s in %.2f s",
+                self.name,
+                len(waiting),
+                study,
+                time.monotonic() - started,
+            )
         except UpstreamUnavailable as exc:
             self._failures += 1
             wait: float = min(
@@ -136,6 +177,8 @@ class Forwarding:
             )
             log.info("forwarding waits %.1f s: the core cannot be reached (%s)", wait, exc)
             return wait
+        finally:
+            self._lanes.release(study)
         self._failures = 0
         return 0.0
 
