@@ -11,6 +11,8 @@ import datetime as dt
 from pathlib import Path
 
 import httpx
+import pydicom
+from dicomweb_client import DICOMwebClient
 
 from tests.conftest import wait_until
 from tests.edge.conftest import EDGE_CLIENT, CoreAndEdge
@@ -124,3 +126,29 @@ def test_a_study_that_reached_the_core_by_another_path_is_reconciled_instance_by
     wait_until(lambda: metric(edge, "netpacs_edge_forward_backlog") == 0, what="no backlog")
     assert_byte_identical_at_core(core, paths)
     assert "4 objects of study" in edge.log() and "were at the core already" in edge.log()
+
+
+# Last in the module: it leaves one object the core will never confirm in the edge's
+# backlog (the tests above count the backlog).
+def test_an_object_the_core_holds_with_other_content_is_not_counted_as_forwarded(
+    core_and_edge: CoreAndEdge, tmp_path: Path
+) -> None:
+    core, edge = core_and_edge.core, core_and_edge.edge
+    (ours,) = ct_study(tmp_path / "ours", 1, "RXC7100006")
+    theirs = pydicom.dcmread(ours)
+    theirs.PixelData = bytes(reversed(theirs.PixelData))  # same SOP Instance UID
+    other = tmp_path / "theirs.dcm"
+    theirs.save_as(other, enforce_file_format=True)
+    core.store(other, aet="EDGH_CT1")
+    edge.store(ours, aet="EDGH_CT1")
+    wait_until(lambda: metric(edge, "netpacs_edge_forward_failing") >= 1, what="a failure")
+    assert metric(edge, "netpacs_edge_forward_backlog") >= 1
+    assert "the core holds other content under this SOP Instance UID" in edge.log()
+    client = DICOMwebClient(core.dicomweb_url, headers=core.auth())
+    held = client.retrieve_instance(
+        str(theirs.StudyInstanceUID),
+        str(theirs.SeriesInstanceUID),
+        str(theirs.SOPInstanceUID),
+        media_types=(("application/dicom", "*"),),
+    )
+    assert held.PixelData == theirs.PixelData  # the core's copy is left as it is
