@@ -11,8 +11,9 @@ DCMTK ``storescu`` from the site's CT (``EDGH_CT1``) to the edge:
 2. **Drain after a cut**: the link is cut, another N instances are stored at the edge,
    the link is restored; the time from the restore until the backlog is empty.
 3. **Orthanc, same run**: Orthanc (Debian's, no plugins) as the site's node, the same
-   core as its C-STORE peer (``DicomModalities``, through a proxy like the edge's); N instances stored to Orthanc, then
-   the time of ``POST /modalities/core/store`` (synchronous) of the study, which ends
+   core as its C-STORE peer (``DicomModalities``, through a proxy like the edge's); N
+   instances stored to Orthanc, then the time of ``POST /modalities/core/store``
+   (synchronous) of the studies, which ends
    when the core has answered every C-STORE. Orthanc does not check what the core
    holds afterwards; netpacs' figure includes that check.
 
