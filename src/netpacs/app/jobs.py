@@ -22,12 +22,15 @@ import sqlalchemy as sa
 from netpacs.adapters.hl7.oru import OruSender
 from netpacs.adapters.transports.mllp import MllpClient, TlsClient
 from netpacs.adapters.transports.syslog import Collector, SyslogClient, local_hostname
-from netpacs.app.container import Archive, build_archive
+from netpacs.app.container import Archive, Edge, build_archive, build_edge
 from netpacs.app.settings import Settings
 from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
 from netpacs.index.db import make_engine
 from netpacs.services.access import SYSTEM
+from netpacs.services.edge.forward import Forwarding, Lanes
+from netpacs.services.edge.forward import Timing as ForwardTiming
+from netpacs.services.edge.status import Heartbeat
 from netpacs.services.jobs.audit_forwarding import AuditForwarding
 from netpacs.services.jobs.claim_expiry import ClaimExpiry
 from netpacs.services.jobs.claiming import Claiming
@@ -278,6 +281,29 @@ def outbox_jobs(
     return jobs
 
 
+def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
+    """The jobs of an edge node (NETPACS_ROLE=edge, issue 13): forwarding what the site
+    stored to the core, and the heartbeat that reports the edge's figures there."""
+    lanes = Lanes()
+    forwarding: list[Job] = [
+        Forwarding(
+            reader=archive.read_engine,
+            writer=archive.write_engine,
+            blobs=archive.blobs,
+            upstream=edge.upstream,
+            batch=settings.forward_batch,
+            timing=ForwardTiming(retry_max=settings.forward_retry_max_seconds),
+            lanes=lanes,
+            lane=k + 1,
+        )
+        for k in range(settings.forward_lanes)
+    ]
+    return [
+        *forwarding,
+        Heartbeat(edge.figures, edge.upstream, seconds=settings.heartbeat_seconds),
+    ]
+
+
 def run_worker(settings: Settings) -> None:
     """The job worker process: run every job until SIGTERM or SIGINT."""
     stop = threading.Event()
@@ -296,12 +322,17 @@ def run_worker(settings: Settings) -> None:
     writer = make_engine(url, writer=True, pool_size=pool)
     watch_engine(reader)
     watch_engine(writer)
+    edge = build_edge(settings, archive)
     try:
         jobs = outbox_jobs(settings, archive.region, reader=reader, writer=writer)
+        if edge is not None:
+            jobs += edge_jobs(settings, archive, edge)
         JobRunner([*jobs, *archive_jobs(archive)]).run(
             stop, grace=worker_grace(settings.shutdown_timeout)
         )
     finally:
+        if edge is not None:
+            edge.close()
         archive.close()
         reader.dispose()
         writer.dispose()

@@ -15,6 +15,7 @@ from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
+from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -65,6 +66,7 @@ class HttpServices:
     web: WebConfig
     health: HealthService
     metrics: Scrape | None = None  # GET /metrics (None: not served)
+    edges: EdgeNodes | None = None  # the core's side of its edge nodes (issue 13)
 
     @property
     def principal(self) -> Principal:
@@ -84,6 +86,7 @@ class HttpServices:
             imaging_studies=self.imaging_studies.for_principal(principal),
             study_list=self.study_list.for_principal(principal),
             deletion=self.deletion.for_principal(principal),
+            edges=self.edges.for_principal(principal) if self.edges else None,
         )
 
 
