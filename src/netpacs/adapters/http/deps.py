@@ -15,6 +15,8 @@ from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
+from netpacs.services.edge.readthrough import ReadThrough
+from netpacs.services.edge.serving import EdgeServing
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -65,6 +67,9 @@ class HttpServices:
     web: WebConfig
     health: HealthService
     metrics: Scrape | None = None  # GET /metrics (None: not served)
+    # -- edge: edge-read --
+    edge_read: ReadThrough | None = None  # an edge node: reads through to the core
+    edge_serving: EdgeServing | None = None  # a core: answers its edge nodes' questions
 
     @property
     def principal(self) -> Principal:
