@@ -26,6 +26,7 @@ from netpacs.adapters.http.errors import HttpError
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import Capability
+from netpacs.services.edge.audit_outbox import AuditRefused
 
 router = APIRouter(include_in_schema=False)
 
@@ -83,6 +84,22 @@ def select(request: Request, body: _Question) -> Response:
     except QueryError as exc:
         raise HttpError(400, str(exc)) from None
     return Response(orjson.dumps(located), media_type="application/json")
+
+
+class _Audit(BaseModel):
+    records: Annotated[list[dict[str, Any]], Field(max_length=1000)]
+
+
+@router.post("/api/edge/audit")
+def take_audit(request: Request, body: _Audit) -> JSONResponse:
+    """An edge node's audit records, kept in the core's trail once each."""
+    svc = _serving(request)
+    assert svc.edge_serving is not None
+    try:
+        kept = svc.edge_serving.audit_intake.take(svc.principal, body.records)
+    except AuditRefused as exc:
+        raise HttpError(403 if exc.forbidden else 400, str(exc)) from None
+    return JSONResponse({"kept": kept, "received": len(body.records)})
 
 
 # -- the edge's side: the link, and the banner over the viewer ------------------------------

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from netpacs.domain.dicom.header import JsonDataset
 from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.index.schema import instance, series, study
+from netpacs.services.edge.audit_outbox import AuditIntake
 from netpacs.services.query import QueryService
 
 #: At most this many matches go back for one question (an edge asks again, by offset).
@@ -25,8 +26,9 @@ MAX_MATCHES = 10_000
 class EdgeServing:
     """Answers an edge's questions with the core's query service."""
 
-    def __init__(self, read_engine: sa.Engine) -> None:
+    def __init__(self, read_engine: sa.Engine, *, audit_intake: AuditIntake) -> None:
         self._engine = read_engine
+        self.audit_intake = audit_intake
 
     def find(
         self,
