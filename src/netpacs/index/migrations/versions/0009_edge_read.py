@@ -1,7 +1,7 @@
 """Edge read-through: sign-in confirmed by the core, audit records sent to the core.
 
 Revision ID: 0009_edge_read
-Revises: 0008
+Revises: 0009_edge_fwd (re-chained at merge)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_edge_read"
-down_revision = "0008"
+down_revision = "0009_edge_fwd"
 branch_labels = None
 depends_on = None
 
