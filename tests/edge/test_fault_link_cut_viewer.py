@@ -10,12 +10,11 @@ import pytest
 from playwright.sync_api import Browser, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from tests.browser.conftest import (  # noqa: F401 (fixtures)
+from tests.browser import conftest as browser_fixtures
+from tests.browser.conftest import (
     FIRST_IMAGE_PROBE,
     Traffic,
-    browser,
     image_stats,
-    viewer_installed,
     wait_for_first_image,
 )
 from tests.conftest import Netpacs
@@ -23,6 +22,10 @@ from tests.edge.conftest import CoreAndEdge
 from tests.http.conftest import write_and_send_ct
 
 BANNER = "Regional archive unreachable since"
+# The browser fixtures of tests/browser: one Chromium for the module, the viewer.
+browser = browser_fixtures.browser
+viewer_installed = browser_fixtures.viewer_installed
+_close_pages = browser_fixtures._close_pages
 PATIENT = "RXC0000501"
 
 
@@ -32,7 +35,7 @@ def sign_in_page(browser: Browser, edge: Netpacs, user: str) -> Page:
     page.goto(f"{edge.base_url}/signin?next=/studies")
     page.fill("input[name=username]", user)
     page.fill("input[name=password]", "demo")
-    page.click("form[action=\"/signin\"] button")
+    page.click('form[action="/signin"] button')
     page.wait_for_url("**/studies**")
     return page
 

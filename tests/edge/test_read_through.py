@@ -25,9 +25,7 @@ def at_core(core_and_edge: CoreAndEdge, tmp_path_factory: pytest.TempPathFactory
     """A study of an East Sussex patient that reached the core by another way (not
     through this edge): the edge does not hold it."""
     folder = tmp_path_factory.mktemp("core-ct")
-    return write_and_send_ct(
-        core_and_edge.core, folder, 3, patient_id="RXC0000301", issuer="RXC"
-    )
+    return write_and_send_ct(core_and_edge.core, folder, 3, patient_id="RXC0000301", issuer="RXC")
 
 
 def sign_in(edge: Netpacs, user: str = "rxc.clinician", password: str = "demo") -> httpx.Response:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from netpacs.adapters.hl7.oru import OruSender
 from netpacs.adapters.transports.mllp import MllpClient, TlsClient
 from netpacs.adapters.transports.syslog import Collector, SyslogClient, local_hostname
+from netpacs.app import edge_read
 from netpacs.app.container import Archive, Edge, build_archive, build_edge
 from netpacs.app.settings import Settings
 from netpacs.app.supervisor import WorkerGroup, worker_grace
@@ -280,7 +281,10 @@ def outbox_jobs(
 
 def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
     """The jobs of an edge node (NETPACS_ROLE=edge, issue 13)."""
-    return []
+    jobs: list[Job] = []
+    # -- edge: edge-read --
+    jobs.append(edge_read.audit_sender(archive, edge))
+    return jobs
 
 
 def run_worker(settings: Settings) -> None:

@@ -408,6 +408,7 @@ edge_node_status = sa.Table(
     sa.Column("last_contact", TS, nullable=False),
     sa.Column("address", sa.String(), nullable=True),
     sa.Column("report_json", sa.Text(), nullable=False),  # the edge's figures
+)
 
 # -- edge: edge-read (issue 13) ------------------------------------------------------------
 

@@ -167,9 +167,7 @@ def banner_html(text: str) -> str:
     """The banner as index.html of the viewer carries it (escaped: the text is ours)."""
     from html import escape
 
-    return (
-        f'<div id="{BANNER_ID}" role="alert" style="{BANNER_STYLE}">{escape(text)}</div>'
-    )
+    return f'<div id="{BANNER_ID}" role="alert" style="{BANNER_STYLE}">{escape(text)}</div>'
 
 
 # -- pixel data at the edge: fill the cache before the local answer -----------------------

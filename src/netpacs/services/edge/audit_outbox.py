@@ -65,21 +65,37 @@ def _mark(conn: sa.Connection, sender: str, *, lock: bool = False) -> int:
 
 def _set_mark(conn: sa.Connection, sender: str, last_id: int) -> None:
     done = conn.execute(
-        sa.update(edge_audit_mark)
-        .where(edge_audit_mark.c.sender == sender)
-        .values(last_id=last_id)
+        sa.update(edge_audit_mark).where(edge_audit_mark.c.sender == sender).values(last_id=last_id)
     ).rowcount
     if not done:
         conn.execute(sa.insert(edge_audit_mark).values(sender=sender, last_id=last_id))
 
 
 class AuditSender:
-    """At the edge: sends the audit records the core has not taken yet."""
+    """At the edge: sends the audit records the core has not taken yet (a job of the
+    edge's job worker, services.jobs.runner)."""
 
-    def __init__(self, engine: sa.Engine, upstream: UpstreamPort, *, timeout: float = 10.0) -> None:
+    name = "audit to the core"
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        upstream: UpstreamPort,
+        *,
+        timeout: float = 10.0,
+        poll: float = 2.0,
+    ) -> None:
         self._engine = engine
         self._upstream = upstream
         self._timeout = timeout
+        self._poll = poll
+
+    def step(self) -> float:
+        """One batch; at once again while full batches go, else after ``poll``."""
+        return 0.0 if self.send_batch() >= BATCH else self._poll
+
+    def close(self) -> None:
+        pass
 
     def waiting(self) -> int:
         """How many records wait for the core."""
@@ -87,7 +103,9 @@ class AuditSender:
             mark = _mark(conn, _OWN)
             return int(
                 conn.execute(
-                    sa.select(sa.func.count()).select_from(audit_event).where(audit_event.c.id > mark)
+                    sa.select(sa.func.count())
+                    .select_from(audit_event)
+                    .where(audit_event.c.id > mark)
                 ).scalar_one()
             )
 

@@ -49,7 +49,7 @@ FIND_PATH = "/api/edge/find"
 SELECT_PATH = "/api/edge/select"
 _RETRIEVE_AE_TITLE = "00080054"
 _BULK_URI = re.compile(rb'("BulkDataURI"\s*:\s*")[^"]*?/dicomweb/')
-_PART10 = 'application/dicom; transfer-syntax=*'
+_PART10 = "application/dicom; transfer-syntax=*"
 #: While the core is away, it is asked again at most this often; in between, answers
 #: come from the cache at once instead of after a timeout each.
 RETRY_SECONDS = 5.0
@@ -218,7 +218,9 @@ class ReadThrough:
         if response.status_code != 200:
             # 401/403 from the core: the user may not ask this there; answered as no
             # match, as the core's rules would (an unseen patient does not exist).
-            log.warning("the core refused %s: %s %s", path, response.status_code, _message(response))
+            log.warning(
+                "the core refused %s: %s %s", path, response.status_code, _message(response)
+            )
             return []
         return response.json()
 

@@ -128,9 +128,7 @@ class EdgeAccounts(AccountService):
             log.info("the core's token of a sign-in at the edge was not revoked (it expires)")
 
     # -- what the edge keeps --------------------------------------------------------------
-    def _keep(
-        self, username: str, password: str, role: Role, name: str, now: dt.datetime
-    ) -> None:
+    def _keep(self, username: str, password: str, role: Role, name: str, now: dt.datetime) -> None:
         values = {
             "password_hash": self._hasher.hash(password),
             "trust": self._edge_trust,
@@ -164,7 +162,7 @@ class EdgeAccounts(AccountService):
             when = conn.execute(
                 sa.select(edge_signin.c.confirmed_at).where(edge_signin.c.username == username)
             ).scalar_one_or_none()
-        if when is None:
+        if not isinstance(when, dt.datetime):
             return None
         return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
