@@ -125,13 +125,16 @@ class ReadThrough:
         return None if since is None else LinkDown(_aware(since))
 
     def _skip_core(self) -> bool:
+        """Whether this process failed to reach the core a moment ago, and no process
+        of the edge has reached it since (the link state says down)."""
         with self._lock:
             failed = self._failed_at
-        return failed is not None and time.monotonic() - failed < RETRY_SECONDS
+        recent = failed is not None and time.monotonic() - failed < RETRY_SECONDS
+        return recent and self.link_down() is not None
 
-    def _failed(self) -> LinkDown:
-        with self._lock:
-            self._failed_at = time.monotonic()
+    def _down(self) -> LinkDown:
+        """What the answers from the cache say (the link state; now, before the first
+        failure is on record)."""
         return self.link_down() or LinkDown(dt.datetime.now(dt.UTC))
 
     def _answered(self) -> None:
@@ -146,7 +149,8 @@ class ReadThrough:
         try:
             answer = fn()
         except UpstreamUnavailable:
-            self._failed()
+            with self._lock:
+                self._failed_at = time.monotonic()
             raise
         self._answered()
         return answer
@@ -185,7 +189,7 @@ class ReadThrough:
         try:
             answer = self._call(lambda: self._post_json(FIND_PATH, body, principal))
         except UpstreamUnavailable:
-            down = self._failed()
+            down = self._down()
             found = local.find(
                 identifier,
                 level=level,
@@ -259,7 +263,7 @@ class ReadThrough:
                 )
             )
         except UpstreamUnavailable:
-            return None, self._failed()
+            return None, self._down()
         if response.status_code != 200:
             return None, None
         root = dicomweb_root.rstrip("/").encode() + b"/"
@@ -331,7 +335,7 @@ class ReadThrough:
         try:
             answer = self._call(lambda: self._post_json(SELECT_PATH, body, principal))
         except UpstreamUnavailable:
-            return self._failed(), []
+            return self._down(), []
         except QueryError:
             return None, []  # the local selection says what is wrong with it
         return None, [(str(a), str(b), str(c)) for a, b, c in answer[:MAX_FETCH]]
@@ -356,7 +360,7 @@ class ReadThrough:
                         )
                     )
                 except UpstreamUnavailable:
-                    return self._failed()
+                    return self._down()
                 if response.status_code != 200:
                     continue  # not this user's to have, or gone at the core meanwhile
                 outcome = batch.store_part10(response.content, study_instance_uid=study)

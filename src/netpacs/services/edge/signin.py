@@ -116,8 +116,14 @@ class EdgeAccounts(AccountService):
             me = self._upstream.get("/api/me", timeout=self._timeout, on_behalf_of=username)
         finally:
             self._revoke_at_core(token)  # the edge issues its own tokens
-        if me.status_code != 200:
-            return SignInError(SignInProblem.REFUSED, "the regional archive refused the account")
+        if me.status_code != 200:  # e.g. a user of another trust: the core says so
+            try:
+                why = str(me.json().get("message", ""))
+            except ValueError:
+                why = ""
+            return SignInError(
+                SignInProblem.REFUSED, why or "the regional archive refused the account"
+            )
         state: dict[str, Any] = me.json()
         return state
 
