@@ -36,6 +36,10 @@ from netpacs.services.edge.ports import UpstreamPort, UpstreamUnavailable
 log = logging.getLogger(__name__)
 
 OFFLINE_HOURS = 12
+#: How long the core may take to check a password (two argon2 hashes and three calls)
+#: before the edge checks it alone: longer than a query's bound, as a person signing
+#: in waits for the answer anyway, and a busy core must not turn sign-ins offline.
+SIGNIN_TIMEOUT = 10.0
 
 
 class EdgeAccounts(AccountService):
@@ -48,7 +52,7 @@ class EdgeAccounts(AccountService):
         *,
         upstream: UpstreamPort,
         edge_trust: str,
-        timeout: float = 2.0,
+        timeout: float = SIGNIN_TIMEOUT,
         offline_hours: int = OFFLINE_HOURS,
         **kwargs: Any,
     ) -> None:
