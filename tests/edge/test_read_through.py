@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
 from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
-from tests.conftest import Netpacs, wait_until
+from tests.conftest import Netpacs, dcmtk, wait_until
 from tests.edge.conftest import CoreAndEdge
 from tests.edge.reading import AtEdge
 from tests.http.conftest import StoredSeries, write_and_send_ct
@@ -232,3 +233,34 @@ def test_audit_records_made_at_the_edge_during_a_cut_reach_the_core(
         )
 
     wait_until(at_core, timeout=30, what="the edge's audit record at the core")
+
+
+def test_c_get_at_the_edge_fetches_from_the_core_what_the_cache_lacks(
+    core_and_edge: CoreAndEdge, tmp_path: Path
+) -> None:
+    edge, core = core_and_edge.edge, core_and_edge.core
+    sent = write_and_send_ct(core, tmp_path / "ct", 3, patient_id="RXC0000304", issuer="RXC")
+    out = tmp_path / "got"
+    out.mkdir()
+    result = dcmtk(
+        "getscu", "-S", "-aet", "RXC_WS1", "-aec", "RXC_EDGE", "-od", str(out),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={sent.study_uid}",
+        "127.0.0.1", str(edge.port),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in out.iterdir()}
+    assert got == set(sent.sop_uids)
+
+
+def test_only_an_edge_node_sends_audit_records_to_the_core(core_and_edge: CoreAndEdge) -> None:
+    core, edge = core_and_edge.core, core_and_edge.edge
+    record = {"id": 1, "event_time": "2026-01-01T00:00:00+00:00", "event_id": "110112"}
+    refused = core.http.post(f"{core.base_url}/api/edge/audit", json={"records": [record]})
+    assert refused.status_code == 403, refused.text
+    assert "only an edge node" in refused.json()["message"]
+    # An edge answers no edge's questions: it is not a core.
+    with client(edge) as http:
+        answer = http.post(
+            f"{edge.base_url}/api/edge/find", json={"identifier": {}, "level": "STUDY"}
+        )
+    assert answer.status_code == 404, answer.text
