@@ -27,7 +27,9 @@ from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.audit import AuditService
 from netpacs.services.care import StoredIdentities, StudyPatientRule
 from netpacs.services.coercion import CoercionService
+from netpacs.services.edge.forward import ForwardRule
 from netpacs.services.edge.link import LinkState
+from netpacs.services.edge.status import EdgeFigures
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
 from netpacs.services.ingest_batch import StoreService
@@ -87,6 +89,7 @@ class Edge:
     site: str
     upstream: Upstream
     link: LinkState
+    figures: EdgeFigures
     timeout: float
 
     def close(self) -> None:
@@ -156,7 +159,15 @@ def build_edge(settings: Settings, archive: Archive) -> Edge | None:
         site=site,
         upstream=Upstream(upstream_config(settings), on_contact=link.record),
         link=link,
+        figures=edge_figures(settings, archive, link),
         timeout=settings.upstream_timeout_seconds,
+    )
+
+
+def edge_figures(settings: Settings, archive: Archive, link: LinkState) -> EdgeFigures:
+    """The edge's figures (heartbeat to the core, /metrics)."""
+    return EdgeFigures(
+        archive.read_engine, link, cache_limit_bytes=int(settings.cache_gb * (1 << 30))
     )
 
 
@@ -185,6 +196,7 @@ def build_archive(settings: Settings) -> Archive:
         on_new_series=WorklistRule(region),
         on_other_patient=StudyPatientRule(region, source_id=settings.ae_title),
         retry_seconds=settings.database_retry_seconds,
+        on_new_instance=ForwardRule() if settings.role == "edge" else None,
     )
     audit = AuditService(writer.execute, source_id=settings.ae_title)
     ingest = IngestService(

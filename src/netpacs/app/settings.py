@@ -431,6 +431,9 @@ class Settings(BaseSettings):
     forward_batch: int = Field(
         default=50, ge=1, le=1000, description="edge: instances per STOW-RS request to the core"
     )
+    forward_lanes: int = Field(
+        default=2, ge=1, le=16, description="edge: studies forwarded to the core at once"
+    )
     forward_retry_max_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="edge: longest wait between forwarding attempts"
     )

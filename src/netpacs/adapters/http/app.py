@@ -16,6 +16,7 @@ from netpacs.adapters.http import (
     audit_pages,
     auth,
     edge_read,
+    edges,
     errors,
     fhir,
     gate,
@@ -81,6 +82,7 @@ def create_app(services: HttpServices) -> FastAPI:
         viewer,
         metrics,
         edge_read,
+        edges,
     ):
         # An edge node fills its cache from the core before answering a retrieve.
         fills = services.edge_read is not None and module in (wado, wado_frames, wado_uri, rendered)

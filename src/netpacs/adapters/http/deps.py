@@ -15,6 +15,7 @@ from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
+from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.edge.serving import EdgeServing
 from netpacs.services.frames import FrameReader
@@ -67,6 +68,7 @@ class HttpServices:
     web: WebConfig
     health: HealthService
     metrics: Scrape | None = None  # GET /metrics (None: not served)
+    edges: EdgeNodes | None = None  # the core's side of its edge nodes (issue 13)
     # -- edge: edge-read --
     edge_read: ReadThrough | None = None  # an edge node: reads through to the core
     edge_serving: EdgeServing | None = None  # a core: answers its edge nodes' questions
@@ -89,6 +91,7 @@ class HttpServices:
             imaging_studies=self.imaging_studies.for_principal(principal),
             study_list=self.study_list.for_principal(principal),
             deletion=self.deletion.for_principal(principal),
+            edges=self.edges.for_principal(principal) if self.edges else None,
         )
 
 
