@@ -19,7 +19,6 @@ from tests.browser.conftest import (
 )
 from tests.conftest import Netpacs
 from tests.edge.conftest import CoreAndEdge
-from tests.edge.reading import AtEdge
 from tests.http.conftest import write_and_send_ct
 
 BANNER = "Regional archive unreachable since"
@@ -80,9 +79,7 @@ def test_link_cut_the_scan_and_the_prior_open_in_ohif_through_the_edge_with_the_
     core_and_edge.link.cut()
     try:
         # storescu to the edge: success (the edge's own durable store).
-        scan = write_and_send_ct(
-            AtEdge(edge), tmp_path / "scan", 8, patient_id=PATIENT, issuer="RXC"
-        )
+        scan = write_and_send_ct(edge, tmp_path / "scan", 8, patient_id=PATIENT, issuer="RXC")
         # QIDO-RS answers from the cache, and says so.
         qido = httpx.get(
             f"{edge.dicomweb_url}/studies", params={"PatientID": PATIENT}, headers=auth, timeout=30

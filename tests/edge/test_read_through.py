@@ -16,7 +16,6 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # t
 
 from tests.conftest import Netpacs, dcmtk, wait_until
 from tests.edge.conftest import CoreAndEdge
-from tests.edge.reading import AtEdge
 from tests.http.conftest import StoredSeries, write_and_send_ct
 
 BANNER = "Regional archive unreachable since"
@@ -113,9 +112,7 @@ def test_qido_and_c_find_answer_from_the_cache_with_a_warning_when_the_link_is_c
     core_and_edge: CoreAndEdge, at_core: StoredSeries, tmp_path: Path
 ) -> None:
     edge = core_and_edge.edge
-    held = write_and_send_ct(
-        AtEdge(edge), tmp_path / "ct", 2, patient_id="RXC0000302", issuer="RXC"
-    )
+    held = write_and_send_ct(edge, tmp_path / "ct", 2, patient_id="RXC0000302", issuer="RXC")
     with client(edge) as http:
         core_and_edge.link.cut()
         try:
@@ -146,7 +143,7 @@ def test_qido_and_c_find_answer_from_the_cache_with_a_warning_when_the_link_is_c
 def c_find(edge: Netpacs, patient_id: str) -> tuple[list[Dataset], list[Dataset]]:
     ae = AE(ae_title="RXC_WS1")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", edge.port, ae_title="RXC_EDGE")
+    assoc = ae.associate("127.0.0.1", edge.port, ae_title="NETPACS")
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -214,7 +211,7 @@ def test_audit_records_made_at_the_edge_during_a_cut_reach_the_core(
     core_and_edge: CoreAndEdge, tmp_path: Path
 ) -> None:
     edge, core = core_and_edge.edge, core_and_edge.core
-    write_and_send_ct(AtEdge(edge), tmp_path / "ct", 1, patient_id="RXC0000399", issuer="RXC")
+    write_and_send_ct(edge, tmp_path / "ct", 1, patient_id="RXC0000399", issuer="RXC")
     with client(edge, "rxc.clinician") as http:
         core_and_edge.link.cut()
         try:
@@ -243,7 +240,7 @@ def test_c_get_at_the_edge_fetches_from_the_core_what_the_cache_lacks(
     out = tmp_path / "got"
     out.mkdir()
     result = dcmtk(
-        "getscu", "-S", "-aet", "RXC_WS1", "-aec", "RXC_EDGE", "-od", str(out),
+        "getscu", "-S", "-aet", "RXC_WS1", "-aec", "NETPACS", "-od", str(out),
         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={sent.study_uid}",
         "127.0.0.1", str(edge.port),
     )  # fmt: skip
