@@ -21,6 +21,7 @@ skips (it came from the core).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import threading
@@ -40,8 +41,9 @@ from netpacs.index.schema import instance
 from netpacs.services.access import PEOPLE, Principal
 from netpacs.services.audit import AuditRecord, AuditService, Event
 from netpacs.services.edge.ports import UpstreamPort, UpstreamUnavailable
-from netpacs.services.ingest_batch import StoreService
+from netpacs.services.ingest_batch import IngestBatch, StoreService
 from netpacs.services.query import QueryService
+from netpacs.services.spool import ObjectTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -351,22 +353,38 @@ class ReadThrough:
         with self._stores.session(principal, origin) as batch:
             for study, series, sop in missing:
                 try:
-                    response = self._call(
-                        lambda s=study, r=series, i=sop: self._upstream.get(  # type: ignore[misc]
-                            _path(s, r, i),
-                            timeout=self._timeout,
-                            on_behalf_of=self.acting_for(principal),
-                            headers={"Accept": _PART10},
-                        )
-                    )
+                    self._call(functools.partial(self._keep, batch, principal, study, series, sop))
                 except UpstreamUnavailable:
                     return self._down()
-                if response.status_code != 200:
-                    continue  # not this user's to have, or gone at the core meanwhile
-                outcome = batch.store_part10(response.content, study_instance_uid=study)
-                if not outcome.status.ok:
-                    log.warning("instance %s from the core not kept: %s", sop, outcome)
         return None
+
+    def _keep(
+        self, batch: IngestBatch, principal: Principal, study: str, series: str, sop: str
+    ) -> None:
+        """One instance from the core into the cache, streamed through a spool (bounded
+        by the largest object the edge stores)."""
+        with self._upstream.stream(
+            "GET",
+            _path(study, series, sop),
+            timeout=self._timeout,
+            on_behalf_of=self.acting_for(principal),
+            headers={"Accept": _PART10},
+        ) as response:
+            if response.status_code != 200:
+                return  # not this user's to have, or gone at the core meanwhile
+            spool = batch.spool()
+            try:
+                try:
+                    for chunk in response.iter_bytes():
+                        spool.write(chunk)
+                except ObjectTooLarge:
+                    log.warning("instance %s at the core is larger than the edge keeps", sop)
+                    return
+                outcome = batch.store_part10(spool, study_instance_uid=study)
+            finally:
+                spool.close()
+        if not outcome.status.ok:
+            log.warning("instance %s from the core not kept: %s", sop, outcome)
 
 
 def _path(study: str, series: str | None, sop_instance: str | None) -> str:
