@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from netpacs.adapters.hl7.oru import OruSender
 from netpacs.adapters.transports.mllp import MllpClient, TlsClient
 from netpacs.adapters.transports.syslog import Collector, SyslogClient, local_hostname
+from netpacs.app import edge_read
 from netpacs.app.container import Archive, Edge, build_archive, build_edge
 from netpacs.app.settings import Settings
 from netpacs.app.supervisor import WorkerGroup, worker_grace
@@ -301,6 +302,8 @@ def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
     return [
         *forwarding,
         Heartbeat(edge.figures, edge.upstream, seconds=settings.heartbeat_seconds),
+        # -- edge: edge-read --
+        edge_read.audit_sender(archive, edge),
     ]
 
 

@@ -19,7 +19,8 @@ from netpacs.adapters.hl7 import server as hl7_server
 from netpacs.adapters.http import server as http_server
 from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
-from netpacs.app.container import Archive, build_archive, edge_figures
+from netpacs.app import edge_read
+from netpacs.app.container import Archive, Edge, build_archive, build_edge, edge_figures
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
@@ -52,7 +53,7 @@ from netpacs.services.studies import StudyListService
 # -- the containers -----------------------------------------------------------------------
 
 
-def dimse_services(archive: Archive, executor: Executor) -> DimseServices:
+def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = None) -> DimseServices:
     """The DIMSE worker's services (each association answers for its calling AE)."""
     return DimseServices(
         ae_title=archive.ae_title,
@@ -61,10 +62,13 @@ def dimse_services(archive: Archive, executor: Executor) -> DimseServices:
         query=archive.query,
         retrieve=archive.retrieve,
         executor=executor,
+        edge_read=edge_read.read_through(archive, edge),
     )
 
 
-def accounts(archive: Archive, settings: Settings) -> AccountService:
+def accounts(archive: Archive, settings: Settings, edge: Edge | None = None) -> AccountService:
+    if edge is not None:  # sign-in confirmed by the core (issue 13)
+        return edge_read.edge_accounts(archive, settings, edge, edge_clients(archive, settings))
     return AccountService(
         archive.read_engine,
         secret=load_secret(settings.effective_auth_secret_file),
@@ -136,7 +140,7 @@ def metrics_scrape(archive: Archive, settings: Settings) -> Scrape:
     return Scrape(allow=split_list(settings.metrics_allow), backlogs=backlogs, more=more)
 
 
-def http_services(archive: Archive, settings: Settings) -> HttpServices:
+def http_services(archive: Archive, settings: Settings, edge: Edge | None = None) -> HttpServices:
     """The HTTP worker's services; each request gets a copy scoped to its user."""
     reporting = ReportingScope(
         archive.read_engine, archive.write_engine, archive.region, archive.audit, archive.access
@@ -147,7 +151,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
         retrieve=archive.retrieve,
         stores=archive.stores,
         access=archive.access,
-        accounts=accounts(archive, settings),
+        accounts=accounts(archive, settings, edge),
         worklist=WorklistService(reporting),
         claims=ClaimsService(reporting),
         reports=ReportsService(reporting, outputs=archive.report_outputs),
@@ -192,6 +196,8 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             blobs=archive.blobs,
             timeout=settings.readiness_timeout_seconds,
         ),
+        edge_read=edge_read.read_through(archive, edge),
+        edge_serving=edge_read.edge_serving(archive, edge),
     )
 
 
@@ -226,12 +232,15 @@ def run_dimse(
     """A DIMSE worker: associations on ``sock`` (and DICOM TLS ones on ``tls_sock``)."""
     scu.send_files_as_stored()
     archive = build_archive(settings)
+    edge = build_edge(settings, archive)
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dimse")
     try:
         dimse_server.serve(
-            dimse_services(archive, executor), dimse_config(settings), sock, tls_sock
+            dimse_services(archive, executor, edge), dimse_config(settings), sock, tls_sock
         )
     finally:
+        if edge is not None:
+            edge.close()
         # Drained already (DimseConfig.drain_timeout): what still runs is finished,
         # what is queued is dropped with its association.
         executor.shutdown(wait=True, cancel_futures=True)
@@ -241,9 +250,12 @@ def run_dimse(
 def run_http(settings: Settings, sock: socket.socket) -> None:
     """An HTTP worker: DICOMweb, FHIR, the API, the pages and the viewer on ``sock``."""
     archive = build_archive(settings)
+    edge = build_edge(settings, archive)
     try:
-        http_server.serve(http_services(archive, settings), sock)
+        http_server.serve(http_services(archive, settings, edge), sock)
     finally:
+        if edge is not None:
+            edge.close()
         archive.close()
 
 

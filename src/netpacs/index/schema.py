@@ -409,3 +409,25 @@ edge_node_status = sa.Table(
     sa.Column("address", sa.String(), nullable=True),
     sa.Column("report_json", sa.Text(), nullable=False),  # the edge's figures
 )
+
+# -- edge: edge-read (issue 13) ------------------------------------------------------------
+
+# At an edge node: each user whose password the core confirmed at a sign-in here, and
+# when. Within 12 hours of it they can sign in while the core is away (their account
+# row keeps the state the core gave and a hash of that password).
+edge_signin = sa.Table(
+    "edge_signin",
+    metadata,
+    sa.Column("username", sa.String(64), primary_key=True),
+    sa.Column("confirmed_at", TS, nullable=False),
+)
+
+# Audit records sent to the core: at an edge node, the last audit_event id the core
+# took (one row, ``sender`` = ''); at the core, the last id taken from each edge node
+# (``sender`` = its client id), so that a batch sent twice is kept once.
+edge_audit_mark = sa.Table(
+    "edge_audit_mark",
+    metadata,
+    sa.Column("sender", sa.String(100), primary_key=True),
+    sa.Column("last_id", sa.BigInteger(), nullable=False),
+)

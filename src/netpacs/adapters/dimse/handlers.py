@@ -42,6 +42,7 @@ from netpacs.adapters.dimse.scu import SubOpCounts, send_to
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
+from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService, Served
@@ -71,6 +72,8 @@ class DimseServices:
     query: QueryService
     retrieve: RetrieveService
     executor: Executor
+    # -- edge: edge-read --
+    edge_read: ReadThrough | None = None  # an edge node: reads through to the core
 
     def for_principal(self, principal: Principal) -> DimseServices:
         """The same services answering for the calling AE (access and audit)."""
@@ -261,10 +264,25 @@ class AssociationHandlers:
             self._reply(msg, c.C_FIND_RSP, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
             return
         results: Iterator[dict[str, Any]] | None = None
+        final, comment = st.SUCCESS, None
         try:
-            results = await self._run(
-                self.s.query.find, ident, level=level, model=model, interface="c-find"
-            )
+            if self.s.edge_read is not None:  # an edge node: the core, else the cache
+                answer = await self._run(
+                    self.s.edge_read.find,
+                    self.s.query,
+                    ident,
+                    level=level,
+                    model=model,
+                    interface="c-find",
+                )
+                results = iter(answer.matches)
+                if answer.fallback is not None:
+                    final = st.FIND_FROM_CACHE
+                    comment = answer.fallback.comment(self.s.edge_read.zone)
+            else:
+                results = await self._run(
+                    self.s.query.find, ident, level=level, model=model, interface="c-find"
+                )
             while True:
                 batch = await self._run(_take, results, _FIND_BATCH, self._encoder(msg))
                 for encoded in batch:
@@ -290,7 +308,7 @@ class AssociationHandlers:
             close = getattr(results, "close", None)
             if close is not None:
                 await self._run(close)
-        self._reply(msg, c.C_FIND_RSP, st.SUCCESS)
+        self._reply(msg, c.C_FIND_RSP, final, comment=comment)
 
     def _encoder(self, msg: Message) -> Callable[[dict[str, Any]], bytes]:
         return functools.partial(self._encode_identifier, msg)
@@ -302,6 +320,14 @@ class AssociationHandlers:
             ident, level, model = self._identifier(msg)
             if level is QueryLevel.PATIENT and model is QueryModel.STUDY_ROOT:
                 raise QueryError("PATIENT level is not valid in the Study Root model")
+            if self.s.edge_read is not None:  # an edge node: fill the cache from the core
+                await self._run(
+                    self.s.edge_read.fill_for_retrieve,
+                    self.principal,
+                    ident,
+                    level=level,
+                    model=model,
+                )
             return await self._run(self.s.retrieve.select, ident, level=level, model=model)
         except QueryError as exc:
             self._reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))

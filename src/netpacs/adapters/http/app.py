@@ -15,6 +15,7 @@ from netpacs import __version__
 from netpacs.adapters.http import (
     audit_pages,
     auth,
+    edge_read,
     edges,
     errors,
     fhir,
@@ -80,9 +81,14 @@ def create_app(services: HttpServices) -> FastAPI:
         reporting_pages,
         viewer,
         metrics,
+        edge_read,
         edges,
     ):
-        app.include_router(module.router)
+        # An edge node fills its cache from the core before answering a retrieve.
+        fills = services.edge_read is not None and module in (wado, wado_frames, wado_uri, rendered)
+        app.include_router(
+            module.router, dependencies=[Depends(edge_read.fill_cache)] if fills else None
+        )
     # The gate sees every request before a route or a body read (gate.py); outside it,
     # X-Forwarded-For/-Proto are believed from the trusted proxies only (none: from
     # nobody; uvicorn's own default would believe anyone on 127.0.0.1).

@@ -16,6 +16,8 @@ from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.nodes import EdgeNodes
+from netpacs.services.edge.readthrough import ReadThrough
+from netpacs.services.edge.serving import EdgeServing
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -67,6 +69,9 @@ class HttpServices:
     health: HealthService
     metrics: Scrape | None = None  # GET /metrics (None: not served)
     edges: EdgeNodes | None = None  # the core's side of its edge nodes (issue 13)
+    # -- edge: edge-read --
+    edge_read: ReadThrough | None = None  # an edge node: reads through to the core
+    edge_serving: EdgeServing | None = None  # a core: answers its edge nodes' questions
 
     @property
     def principal(self) -> Principal:

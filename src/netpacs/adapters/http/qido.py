@@ -253,25 +253,41 @@ def _search(
     # A larger limit is answered with at most MAX_RESULTS and a Warning (PS3.18 8.3.4.4).
     capped = limit is None or limit > MAX_RESULTS
     wanted = MAX_RESULTS + 1 if capped else limit
+    warnings: list[str] = []
     try:
-        found = svc.query.find(
-            identifier,
-            level=level,
-            model=QueryModel.STUDY_ROOT,
-            limit=wanted,
-            offset=offset,
-            linked=linked,
-            interface="qido-rs",
-        )
-        matches = list(found)
+        if svc.edge_read is not None:  # an edge node: the core answers, else the cache
+            answer = svc.edge_read.find(
+                svc.query,
+                identifier,
+                level=level,
+                model=QueryModel.STUDY_ROOT,
+                limit=wanted,
+                offset=offset,
+                linked=linked,
+                interface="qido-rs",
+            )
+            matches = answer.matches
+            if answer.fallback is not None:
+                warnings.append(answer.fallback.warning(svc.edge_read.zone))
+        else:
+            found = svc.query.find(
+                identifier,
+                level=level,
+                model=QueryModel.STUDY_ROOT,
+                limit=wanted,
+                offset=offset,
+                linked=linked,
+                interface="qido-rs",
+            )
+            matches = list(found)
     except QueryTimeout as exc:
         raise HttpError(503, str(exc)) from None
     except QueryError as exc:
         raise HttpError(400, str(exc)) from None
-    headers = None
     if capped and len(matches) > MAX_RESULTS:
         del matches[MAX_RESULTS:]
-        headers = {"Warning": _TOO_MANY}
+        warnings.append(_TOO_MANY)
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
     _with_urls(matches, level, base_url(request) + DICOMWEB_ROOT)
     return Response(orjson.dumps(matches), media_type=media_type, headers=headers)
 

@@ -23,6 +23,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from netpacs.adapters.http import edge_read
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.pages import study_list
 from netpacs.adapters.http.pages.render import render
@@ -172,16 +173,35 @@ def _not_installed(request: Request, root: Path) -> HTMLResponse:
     )
 
 
-def _index(request: Request, root: Path) -> Response:
+def _index(request: Request, root: Path, svc: HttpServices) -> Response:
     if not _installed(root):
         return _not_installed(request, root)
+    if svc.edge_read is not None:
+        return _edge_index(root, svc)
     return _file(request, root, root / INDEX)
+
+
+def _edge_index(root: Path, svc: HttpServices) -> Response:
+    """At an edge node: index.html with the banner over the viewer while the core is
+    away, and the script that keeps it up to date (edge_read.py)."""
+    assert svc.edge_read is not None
+    html = (root / INDEX).read_text(encoding="utf-8")
+    down = svc.edge_read.link_down()
+    banner = edge_read.banner_html(down.banner(svc.edge_read.zone)) if down else ""
+    script = '<script src="/edge/banner.js" defer></script>'
+    html = re.sub(r"<body([^>]*)>", lambda m: m.group(0) + banner + script, html, count=1)
+    headers = {
+        "cache-control": "no-store",
+        "content-security-policy": viewer_policy(root),
+        "x-frame-options": "SAMEORIGIN",
+    }
+    return HTMLResponse(html, headers=headers)
 
 
 @router.get("/viewer")
 def viewer(request: Request, svc: Services) -> Response:
     """The viewer; ``?StudyInstanceUIDs=<uid>[,<uid>...]`` opens those studies."""
-    return _index(request, _viewer_dir(svc))
+    return _index(request, _viewer_dir(svc), svc)
 
 
 @router.get("/viewer/{path:path}")
@@ -202,4 +222,4 @@ def viewer_file(path: str, request: Request, svc: Services) -> Response:
                 media_type="text/plain",
                 headers={"cache-control": _SHORT},
             )
-    return _index(request, root)
+    return _index(request, root, svc)

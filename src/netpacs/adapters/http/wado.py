@@ -314,10 +314,18 @@ def _metadata(
     if media_type is None:
         raise not_acceptable(header, DICOM_JSON)
     check_url_uids(Study=study, Series=series, SOP=instance)
-    body = svc.metadata.metadata(base_url(request) + DICOMWEB_ROOT, study, series, instance)
+    root = base_url(request) + DICOMWEB_ROOT
+    headers = None
+    body: bytes | None = None
+    if svc.edge_read is not None:  # an edge node: the core's metadata, else the cache's
+        body, down = svc.edge_read.metadata(svc.principal, root, study, series, instance)
+        if down is not None:
+            headers = {"Warning": down.warning(svc.edge_read.zone)}
+    if body is None:
+        body = svc.metadata.metadata(root, study, series, instance)
     if body is None:
         raise missing(svc, study, series, instance)
-    return Response(body, media_type=media_type)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 @router.get(f"{STUDY}/metadata", summary="Metadata of a study's instances (WADO-RS)")

@@ -88,6 +88,8 @@ class Layout:
     path: str  # the page's own path: its navigation link is marked current
     user: SignedIn | None
     nonce: str  # of this answer's <script> and <style> elements (page_policy)
+    # An edge node cut off from the core: what every page says about its answers.
+    banner: str | None = None
 
 
 def _signed_in(request: Request, base: HttpServices) -> SignedIn | None:
@@ -101,6 +103,14 @@ def _signed_in(request: Request, base: HttpServices) -> SignedIn | None:
         role=principal.role.value,
         navigation=navigation(principal),
     )
+
+
+def link_banner(base: HttpServices) -> str | None:
+    """At an edge node whose core does not answer: the banner's words; else None."""
+    if base.edge_read is None:
+        return None
+    down = base.edge_read.link_down()
+    return None if down is None else down.banner(base.edge_read.zone)
 
 
 def wants_page(request: Request) -> bool:
@@ -124,6 +134,7 @@ def render(
         path=request.url.path,
         user=_signed_in(request, base),
         nonce=nonce,
+        banner=link_banner(base),
     )
     html = _ENV.get_template(template).render(layout=layout, **context)
     security = {"content-security-policy": page_policy(nonce), "x-frame-options": "DENY"}
