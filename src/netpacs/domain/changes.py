@@ -66,3 +66,50 @@ class Change:
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"a change lacks {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    """What one read of the feed gave: the changes, the cursor to read from next, and
+    whether more wait (read again at once)."""
+
+    changes: tuple[Change, ...]
+    cursor: int
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFound:
+    series_instance_uid: str
+    modality: str = ""
+    body_part_examined: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFound:
+    """A study of the patient the core holds, as QIDO-RS answers it."""
+
+    study_instance_uid: str
+    study_date: str = ""  # DA, YYYYMMDD ('' unknown)
+    patient_id: str = ""
+    issuer: str = ""
+    series: tuple[SeriesFound, ...] = ()
+
+    @property
+    def body_parts(self) -> frozenset[str]:
+        return frozenset(
+            s.body_part_examined.upper() for s in self.series if s.body_part_examined
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PatientOfStudy:
+    """A study's patient as the core answers it now (after merges, ADT updates)."""
+
+    study_instance_uid: str
+    patient_id: str
+    issuer: str
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    nhs_number: str | None = None
