@@ -14,7 +14,6 @@ class Protocol(enum.Enum):
     IMPORT = "import"
     REINDEX = "reindex"
     REPORT = "report"  # a report's SR, made by netpacs when a report is signed
-    CORE = "core"  # fetched from the regional core into an edge's cache (issue 13)
 
 
 @dataclass(frozen=True, slots=True)

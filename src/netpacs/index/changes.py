@@ -54,9 +54,9 @@ def read_changes(
     limit: int,
     admissions_of: str | None,
     now: dt.datetime | None = None,
-) -> tuple[list[Change], int]:
-    """The entries after id ``after`` (at most ``limit``), and the cursor to ask from
-    next time. ``admissions_of``: only that trust's admissions are given (an edge
+) -> tuple[list[Change], int, bool]:
+    """The entries after id ``after`` (at most ``limit``), the cursor to ask from next
+    time, and whether more entries wait. ``admissions_of``: only that trust's admissions are given (an edge
     prefetches for its own trust); None: all."""
     now = now or dt.datetime.now(dt.UTC)
     rows = conn.execute(
@@ -88,5 +88,5 @@ def read_changes(
                 study_uids=tuple(row.study_uids.split()),
             )
         )
-    return changes, cursor
+    return changes, cursor, len(rows) == limit
 

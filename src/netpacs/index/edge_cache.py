@@ -31,7 +31,7 @@ from netpacs.index.writer import bump_epoch
 
 ERROR_LENGTH = 2000
 #: Instances that came from the core (prefetch, read-through): the core holds them.
-FROM_CORE = Protocol.CORE.value
+FROM_CORE = Protocol.UPSTREAM.value
 
 
 def aware(when: dt.datetime) -> dt.datetime:

@@ -12,7 +12,7 @@ from typing import Any
 
 from netpacs.domain import nhs_number
 from netpacs.domain.changes import Change, ChangePage, PatientOfStudy, SeriesFound, StudyFound
-from netpacs.services.edge.ports import UpstreamClient, UpstreamUnavailable
+from netpacs.services.edge.ports import UpstreamPort, UpstreamUnavailable
 
 DICOMWEB = "/dicomweb"
 QIDO_LIMIT = 1000  # studies of one patient, series of one study, instances of one series
@@ -70,7 +70,7 @@ def _nhs_number(item: Any) -> str | None:
 class CoreArchiveClient:
     """:class:`netpacs.services.edge.prefetch.CoreArchive` over DICOMweb and JSON."""
 
-    def __init__(self, upstream: UpstreamClient) -> None:
+    def __init__(self, upstream: UpstreamPort) -> None:
         self._up = upstream
 
     def _json(self, path: str, params: dict[str, Any], timeout: float = QUERY_TIMEOUT) -> Any:

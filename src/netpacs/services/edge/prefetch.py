@@ -13,7 +13,7 @@ linked to it by NHS number; each study's series too (their body parts). The stud
 of the last :data:`YEARS` years are fetched, in the order :func:`relevance_order` gives;
 older ones are left to be fetched when someone opens them. Instances the cache holds
 are not fetched again. Each object is stored through the ingest service (origin
-``core``: it is never forwarded back) and the study kept as prefetched (services.edge.
+``upstream``: it is never forwarded back) and the study kept as prefetched (services.edge.
 cache).
 
 When the core cannot be reached the request waits and is tried again with backoff
@@ -218,7 +218,7 @@ class Prefetcher:
         chosen = relevance_order(studies, today=dt.date.today())
         self._progress(request, studies_found=len(chosen))
         fetched = size = cached = 0
-        origin = Origin(Via.CORE, user=CORE_PRINCIPAL.user_id)
+        origin = Origin(Via.UPSTREAM, user=CORE_PRINCIPAL.user_id)
         for s in chosen:
             uid = s.study_instance_uid
             held = self._run(lambda conn, uid=uid: edge_cache.held_instances(conn, uid))
