@@ -15,6 +15,7 @@ from netpacs import __version__
 from netpacs.adapters.http import (
     audit_pages,
     auth,
+    edge_cache,
     errors,
     fhir,
     gate,
@@ -79,6 +80,7 @@ def create_app(services: HttpServices) -> FastAPI:
         reporting_pages,
         viewer,
         metrics,
+        edge_cache,
     ):
         app.include_router(module.router)
     # The gate sees every request before a route or a body read (gate.py); outside it,

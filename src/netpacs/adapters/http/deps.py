@@ -15,6 +15,7 @@ from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
+from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -65,6 +66,9 @@ class HttpServices:
     web: WebConfig
     health: HealthService
     metrics: Scrape | None = None  # GET /metrics (None: not served)
+    # -- edge: edge-prefetch --
+    change_feed: ChangeFeed | None = None  # GET /edge/changes (the core)
+    prefetch_status: PrefetchStatus | None = None  # /admin/prefetch (an edge)
 
     @property
     def principal(self) -> Principal:
