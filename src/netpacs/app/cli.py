@@ -125,6 +125,7 @@ def _os_user() -> str | None:
 
 def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.ArgumentParser) -> int:
     from netpacs.app import jobs, roles
+    from netpacs.app.container import check_edge
     from netpacs.app.roles import oidc_config
     from netpacs.app.supervisor import WorkerGroup, listen, supervise
     from netpacs.app.tls import TlsSettingsError, dimse_tls_context, mllp_tls_context
@@ -137,6 +138,7 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         check_caller_identity(settings, region)
         oidc_config(settings)
         check_blob_store(settings)
+        check_edge(settings, region)
     except (TlsSettingsError, jobs.JobSettingsError, RegionError, StartupError) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -169,6 +171,13 @@ def _cmd_serve(_args: argparse.Namespace, settings: Settings, _p: argparse.Argum
         " (demo mode)" if settings.demo else "",
         ", ".join(listening),
     )
+    if settings.role == "edge":
+        log.info(
+            "edge node of %s (site %s): the regional core is %s",
+            settings.edge_trust,
+            settings.edge_site,
+            settings.upstream_url,
+        )
     groups = [
         WorkerGroup(
             "DIMSE",

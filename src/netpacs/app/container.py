@@ -3,8 +3,9 @@
 :func:`build_archive` builds what every process role shares (the region, the index, the
 object store, audit, ingest, access, query and retrieve). :mod:`netpacs.app.roles` adds
 what each role's adapter calls and hands it over as the adapter's own typed container;
-the commands of the CLI use the archive directly. Nothing here imports an adapter, so a
-command that serves nothing does not load the protocol stacks.
+the commands of the CLI use the archive directly. Nothing here imports an adapter but the edge's
+HTTP client of the core (httpx), so a command that serves nothing does not load the
+protocol stacks.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from netpacs.adapters.transports.upstream import Upstream, UpstreamConfig
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings
+from netpacs.app.startup import StartupError
 from netpacs.domain.region import Region
 from netpacs.index.db import make_engine
 from netpacs.index.writer import IndexWriter
@@ -24,6 +27,7 @@ from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.audit import AuditService
 from netpacs.services.care import StoredIdentities, StudyPatientRule
 from netpacs.services.coercion import CoercionService
+from netpacs.services.edge.link import LinkState
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
 from netpacs.services.ingest_batch import StoreService
@@ -72,6 +76,88 @@ class Archive:
         self.writer.close()
         self.read_engine.dispose()
         self.write_engine.dispose()
+
+
+@dataclass
+class Edge:
+    """What an edge node (NETPACS_ROLE=edge, issue 13) adds to its archive: the core as
+    it reaches it, and the state of that link."""
+
+    trust: str
+    site: str
+    upstream: Upstream
+    link: LinkState
+    timeout: float
+
+    def close(self) -> None:
+        self.upstream.close()
+
+
+def upstream_config(settings: Settings) -> UpstreamConfig:
+    """The edge's connection to the core; :class:`StartupError` naming a setting whose
+    file cannot be read."""
+    assert settings.upstream_url
+    if settings.upstream_client_secret_file is not None:
+        try:
+            secret = settings.upstream_client_secret_file.read_text().strip()
+        except OSError as exc:
+            raise StartupError(
+                f"NETPACS_UPSTREAM_CLIENT_SECRET_FILE="
+                f"{str(settings.upstream_client_secret_file)!r} cannot be read ({exc.strerror})"
+            ) from None
+    else:  # demo mode (the settings check this): the demo edge account of the trust
+        secret = settings.demo_password
+    for name in ("upstream_ca_file", "upstream_tls_cert_file", "upstream_tls_key_file"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise StartupError(f"NETPACS_{name.upper()}={str(path)!r} is not a file")
+    return UpstreamConfig(
+        base_url=settings.upstream_url.rstrip("/"),
+        client_id=settings.effective_upstream_client_id,
+        client_secret=secret,
+        timeout=settings.upstream_timeout_seconds,
+        ca_file=settings.upstream_ca_file,
+        cert_file=settings.upstream_tls_cert_file,
+        key_file=settings.upstream_tls_key_file,
+    )
+
+
+def edge_site(settings: Settings, region: Region) -> tuple[str, str]:
+    """The edge's trust and site, checked against the region; :class:`StartupError`."""
+    assert settings.edge_trust and settings.edge_site
+    trust = region.trust(settings.edge_trust)
+    if trust is None:
+        raise StartupError(
+            f"NETPACS_EDGE_TRUST={settings.edge_trust!r} is not a trust of the region file"
+        )
+    if not any(site.code == settings.edge_site for site in trust.sites):
+        raise StartupError(
+            f"NETPACS_EDGE_SITE={settings.edge_site!r} is not a site of {trust.ods_code} "
+            f"({', '.join(s.code for s in trust.sites)})"
+        )
+    return trust.ods_code, settings.edge_site
+
+
+def check_edge(settings: Settings, region: Region) -> None:
+    """:class:`StartupError` for edge settings that cannot work (serve checks at start)."""
+    if settings.role == "edge":
+        edge_site(settings, region)
+        upstream_config(settings)
+
+
+def build_edge(settings: Settings, archive: Archive) -> Edge | None:
+    """The edge's services when ``settings.role`` is edge, else None."""
+    if settings.role != "edge":
+        return None
+    trust, site = edge_site(settings, archive.region)
+    link = LinkState(archive.write_engine)
+    return Edge(
+        trust=trust,
+        site=site,
+        upstream=Upstream(upstream_config(settings), on_contact=link.record),
+        link=link,
+        timeout=settings.upstream_timeout_seconds,
+    )
 
 
 def make_blob_store(settings: Settings, url: str | None = None) -> BlobStore:

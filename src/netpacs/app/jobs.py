@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from netpacs.adapters.hl7.oru import OruSender
 from netpacs.adapters.transports.mllp import MllpClient, TlsClient
 from netpacs.adapters.transports.syslog import Collector, SyslogClient, local_hostname
-from netpacs.app.container import Archive, build_archive
+from netpacs.app.container import Archive, Edge, build_archive, build_edge
 from netpacs.app.settings import Settings
 from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
@@ -278,6 +278,11 @@ def outbox_jobs(
     return jobs
 
 
+def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
+    """The jobs of an edge node (NETPACS_ROLE=edge, issue 13)."""
+    return []
+
+
 def run_worker(settings: Settings) -> None:
     """The job worker process: run every job until SIGTERM or SIGINT."""
     stop = threading.Event()
@@ -296,12 +301,17 @@ def run_worker(settings: Settings) -> None:
     writer = make_engine(url, writer=True, pool_size=pool)
     watch_engine(reader)
     watch_engine(writer)
+    edge = build_edge(settings, archive)
     try:
         jobs = outbox_jobs(settings, archive.region, reader=reader, writer=writer)
+        if edge is not None:
+            jobs += edge_jobs(settings, archive, edge)
         JobRunner([*jobs, *archive_jobs(archive)]).run(
             stop, grace=worker_grace(settings.shutdown_timeout)
         )
     finally:
+        if edge is not None:
+            edge.close()
         archive.close()
         reader.dispose()
         writer.dispose()

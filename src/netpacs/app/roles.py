@@ -32,6 +32,7 @@ from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
+from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -70,7 +71,17 @@ def accounts(archive: Archive, settings: Settings) -> AccountService:
         token_minutes=settings.token_minutes,
         signin_attempts=settings.signin_attempts,
         signin_window_minutes=settings.signin_window_minutes,
+        edges=edge_clients(archive, settings),
     )
+
+
+def edge_clients(archive: Archive, settings: Settings) -> EdgeClients:
+    """The edge nodes that may sign in here: the region file's, and in demo mode a demo
+    edge node for every trust without one (issue 13)."""
+    edges = archive.region.edges
+    if settings.demo:
+        edges += demo_edges(archive.region, settings.demo_password)
+    return EdgeClients(edges)
 
 
 def oidc_config(settings: Settings) -> OidcConfig | None:

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -386,6 +386,92 @@ class Settings(BaseSettings):
                 raise ConfigFileError(f"NETPACS_CONFIG names {config_file}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    # -- edge: edge-fwd -- (issue 13: the edge node of a site, and its link to the core)
+    role: Literal["core", "edge"] = Field(
+        default="core",
+        description="core: the regional archive; edge: a site's node that stores locally, "
+        "forwards to the core at NETPACS_UPSTREAM_URL and reads through it",
+    )
+    upstream_url: str | None = Field(
+        default=None,
+        description="edge: the core's base URL (DICOMweb at <url>/dicomweb, sign-in at "
+        "<url>/auth/token)",
+    )
+    edge_trust: str | None = Field(default=None, description="edge: the ODS code it serves")
+    edge_site: str | None = Field(default=None, description="edge: the site code it serves")
+    upstream_client_id: str | None = Field(
+        default=None,
+        description="edge: its OAuth2 client id at the core; demo mode: edge.<ods lower>",
+    )
+    upstream_client_secret_file: Path | None = Field(
+        default=None,
+        description="edge: file holding its client secret; demo mode: the demo password",
+    )
+    upstream_ca_file: Path | None = Field(
+        default=None, description="edge: CAs of the core's https certificate; unset: the system's"
+    )
+    upstream_tls_cert_file: Path | None = Field(
+        default=None, description="edge: client certificate (PEM) for mutual TLS to the core"
+    )
+    upstream_tls_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    upstream_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="edge: how long a call to the core may take before the edge answers "
+        "from its own cache",
+    )
+    cache_gb: float = Field(
+        default=100.0, gt=0, description="edge: size limit of the local object cache (GiB)"
+    )
+    cache_days: int = Field(
+        default=30, ge=0, description="edge: days everything captured at this site is kept"
+    )
+    forward_batch: int = Field(
+        default=50, ge=1, le=1000, description="edge: instances per STOW-RS request to the core"
+    )
+    forward_retry_max_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="edge: longest wait between forwarding attempts"
+    )
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="edge: how often it reports to the core"
+    )
+
+    @model_validator(mode="after")
+    def _check_edge(self) -> Settings:
+        if self.role != "edge":
+            return self
+        missing = [
+            f"NETPACS_{name.upper()}"
+            for name in ("upstream_url", "edge_trust", "edge_site")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ValueError(f"NETPACS_ROLE=edge needs {', '.join(missing)}")
+        url = urlsplit(self.upstream_url or "")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"NETPACS_UPSTREAM_URL={self.upstream_url!r} must be an http(s):// URL "
+                "(e.g. https://pacs.region.nhs.uk)"
+            )
+        if not self.demo and not (self.upstream_client_id and self.upstream_client_secret_file):
+            raise ValueError(
+                "NETPACS_ROLE=edge needs NETPACS_UPSTREAM_CLIENT_ID and "
+                "NETPACS_UPSTREAM_CLIENT_SECRET_FILE (its client credentials at the core), "
+                "or demo mode"
+            )
+        if (self.upstream_tls_cert_file is None) != (self.upstream_tls_key_file is None):
+            raise ValueError(
+                "set both NETPACS_UPSTREAM_TLS_CERT_FILE and NETPACS_UPSTREAM_TLS_KEY_FILE, "
+                "or neither"
+            )
+        return self
+
+    @property
+    def effective_upstream_client_id(self) -> str:
+        """The edge's client id at the core (demo mode: its trust's demo edge account)."""
+        return self.upstream_client_id or f"edge.{(self.edge_trust or '').lower()}"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -14,6 +14,7 @@ class Protocol(enum.Enum):
     IMPORT = "import"
     REINDEX = "reindex"
     REPORT = "report"  # a report's SR, made by netpacs when a report is signed
+    UPSTREAM = "upstream"  # an edge node's copy of what the regional core holds (issue 13)
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,6 +189,21 @@ class Reporting:
 
 
 @dataclass(frozen=True, slots=True)
+class EdgeNode:
+    """An edge node of a site (``[[edges]]``): it signs in to the core with OAuth2 client
+    credentials (``client_id`` and a secret checked against ``secret_file`` or the argon2
+    ``secret_hash``) and acts for its trust and site (services.access)."""
+
+    name: str
+    trust: str  # ODS code
+    site: str  # site code
+    client_id: str
+    secret_file: Path | None = None
+    secret_hash: str | None = None
+    demo_secret: str | None = None  # demo mode only: the demo password
+
+
+@dataclass(frozen=True, slots=True)
 class Region:
     name: str
     trusts: tuple[Trust, ...]
@@ -199,6 +214,8 @@ class Region:
     regional_adt_facilities: tuple[str, ...] = ()
     # The systems that may send ADT, each recognised by address or certificate.
     adt_feeds: tuple[AdtFeed, ...] = ()
+    # The edge nodes of the sites (issue 13).
+    edges: tuple[EdgeNode, ...] = ()
     _by_title: dict[str, ApplicationEntity] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -229,6 +246,9 @@ class Region:
 
     def trust(self, ods_code: str) -> Trust | None:
         return next((t for t in self.trusts if t.ods_code == ods_code), None)
+
+    def edge(self, client_id: str) -> EdgeNode | None:
+        return next((e for e in self.edges if e.client_id == client_id), None)
 
     @property
     def issuers(self) -> frozenset[str]:
@@ -409,6 +429,25 @@ class _Reporting(_Table):
         return value
 
 
+class _Edge(_Table):
+    name: str
+    trust: str
+    site: str
+    client_id: Annotated[str, Field(min_length=1, max_length=100)]
+    secret_file: str | None = None
+    secret_hash: str | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> _Edge:
+        if (self.secret_file is None) == (self.secret_hash is None):
+            raise PydanticCustomError(
+                "region",
+                "an edge needs exactly one of 'secret_file' (a file holding its client "
+                "secret) or 'secret_hash' (an argon2 hash of it)",
+            )
+        return self
+
+
 class _RegionFile(_Table):
     name: str = "region"
     trusts: list[_Trust] = []
@@ -416,6 +455,7 @@ class _RegionFile(_Table):
     reporting: _Reporting = _Reporting()
     regional_adt_facilities: list[NamespaceId] = []
     adt_feeds: list[_AdtFeed] = []
+    edges: list[_Edge] = []
 
 
 # What is wrong, by pydantic error type, after "where: 'key'".
@@ -604,4 +644,24 @@ def _region(doc: _RegionFile, base: Path | None) -> Region:
         reporting=_reporting(doc.reporting, {t.ods_code for t in trusts}),
         regional_adt_facilities=tuple(doc.regional_adt_facilities),
     )
-    return dataclasses.replace(region, adt_feeds=_adt_feeds(doc, region))
+    return dataclasses.replace(
+        region, adt_feeds=_adt_feeds(doc, region), edges=_edges(doc, region, base)
+    )
+
+
+def _edges(doc: _RegionFile, region: Region, base: Path | None) -> tuple[EdgeNode, ...]:
+    """Each edge serves a site of a trust of the region; client ids are unique."""
+    edges: list[EdgeNode] = []
+    for i, e in enumerate(doc.edges):
+        trust = region.trust(e.trust)
+        if trust is None:
+            raise RegionError(f"edges[{i}]: 'trust' {e.trust!r} is not a trust of the region")
+        if not any(s.code == e.site for s in trust.sites):
+            raise RegionError(f"edges[{i}]: 'site' {e.site!r} is not a site of {e.trust}")
+        if any(other.client_id == e.client_id for other in edges):
+            raise RegionError(f"edges[{i}]: 'client_id' {e.client_id!r} is used twice")
+        secret_file = None
+        if e.secret_file is not None:
+            secret_file = Path(e.secret_file) if base is None else base / e.secret_file
+        edges.append(EdgeNode(e.name, e.trust, e.site, e.client_id, secret_file, e.secret_hash))
+    return tuple(edges)

@@ -431,4 +431,42 @@ edge_cursor = sa.Table(
     metadata,
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("position", sa.BigInteger(), nullable=False),
+# -- edge: edge-fwd -- (issue 13) --------------------------------------------------------
+# The edge's link to the core (one row, id 1): up, or down since the first failed call.
+edge_link = sa.Table(
+    "edge_link",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("up", sa.Boolean(), nullable=False),
+    sa.Column("down_since", TS, nullable=True),
+    sa.Column("last_contact", TS, nullable=True),  # the core's last answer
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+# The edge's forward queue: every object stored at the edge from the site, until the
+# core has confirmed it holds it (forwarded_at set; the row stays, for the cache policy).
+edge_forward = sa.Table(
+    "edge_forward",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("sop_instance_uid", UID, nullable=False, unique=True),
+    sa.Column("study_instance_uid", UID, nullable=False, index=True),
+    sa.Column("enqueued_at", TS, nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", TS, nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("forwarded_at", TS, nullable=True),
+    sa.Column("how", sa.String(16), nullable=True),  # sent | reconciled
+)
+sa.Index(None, edge_forward.c.forwarded_at, edge_forward.c.enqueued_at)
+
+# The core's record of its edge nodes, from their heartbeats (one row per client id).
+edge_node_status = sa.Table(
+    "edge_node_status",
+    metadata,
+    sa.Column("client_id", sa.String(100), primary_key=True),
+    sa.Column("last_contact", TS, nullable=False),
+    sa.Column("address", sa.String(), nullable=True),
+    sa.Column("report_json", sa.Text(), nullable=False),  # the edge's figures
 )

@@ -25,6 +25,11 @@ The rules (issue 5):
   agreements assign to them (on the worklist, requested by a trust they report for),
   with that person's priors from every trust.
 - PACS administrators see and manage everything; auditors see the audit trail only.
+- An edge node of a site (issue 13), signed in with its client credentials, stores for
+  its trust, queries and retrieves within its trust's care relationships (verification
+  of what it forwarded, prefetch), and acts for a user of its own trust (the header
+  ``X-Netpacs-On-Behalf-Of``, :func:`on_behalf_refusal`): the request is then that
+  user's, under the user's rules and in the user's name in the audit trail.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Role(enum.Enum):
     APPLICATION = "application"  # a DICOM AE or HL7 system of a trust
     ARCHIVE = "archive"  # a peer archive of the region (replication): sees everything
     SYSTEM = "system"  # netpacs itself (maintenance, demo loading)
+    EDGE = "edge"  # a site's edge node signed in to the core (issue 13)
 
 
 CLINICAL = frozenset({Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN})
@@ -82,6 +88,7 @@ class Capability(enum.Enum):
     REPORT = "report studies"
     MANAGE_WORKLIST = "manage the reporting worklist"  # assign, queue, release any claim
     DELETE = "delete studies"
+    ACT_FOR_USERS = "act for a user of its trust"  # an edge node's pass-through
 
 
 _IMAGING = frozenset({Capability.SEE_IMAGING, Capability.QUERY, Capability.RETRIEVE})
@@ -102,6 +109,7 @@ _CAPABILITIES: dict[Role, frozenset[Capability]] = {
     Role.APPLICATION: _IMAGING | {Capability.STORE, Capability.SEND},
     Role.ARCHIVE: _IMAGING | {Capability.STORE, Capability.SEND},
     Role.SYSTEM: frozenset(Capability),
+    Role.EDGE: _IMAGING | {Capability.STORE, Capability.ACT_FOR_USERS},
 }
 # What each DICOM permission of the region file lets an AE do.
 _PERMITS: dict[Permission, Capability] = {
@@ -126,6 +134,8 @@ class Principal:
     reports_for: tuple[ReportingAgreement, ...] = ()
     # None: what the role allows; a DICOM AE: what the region file permits it.
     capabilities: frozenset[Capability] | None = None
+    site: str | None = None  # an edge node's site code
+    via: str | None = None  # the edge node a user's request came through
 
     def may(self, capability: Capability) -> bool:
         allowed = _CAPABILITIES[self.role] if self.capabilities is None else self.capabilities
@@ -141,8 +151,8 @@ class Principal:
             trust=self.trust,
             role=self.role.value,
             address=self.address,
-            name=self.name,
-            is_application=self.role in (Role.APPLICATION, Role.SYSTEM, Role.ARCHIVE),
+            name=f"{self.name or self.user_id} via edge {self.via}" if self.via else self.name,
+            is_application=self.role in (Role.APPLICATION, Role.SYSTEM, Role.ARCHIVE, Role.EDGE),
         )
 
 
@@ -169,6 +179,27 @@ def principal_for_ae(ae: ApplicationEntity | None, ae_title: str, address: str |
     if permitted & {Capability.QUERY, Capability.RETRIEVE, Capability.SEND}:
         permitted |= {Capability.SEE_IMAGING}
     return Principal(ae.ae_title, role, ae.trust, address, capabilities=permitted)
+
+
+ON_BEHALF_HEADER = "X-Netpacs-On-Behalf-Of"
+
+
+def on_behalf_refusal(edge: Principal, user: Principal | None, username: str) -> str | None:
+    """Why ``edge`` may not act for ``username`` (``user``: that active account, None
+    when there is none), or None when it may: an edge node acts for a person of its
+    own trust only."""
+    if edge.role is not Role.EDGE or not edge.may(Capability.ACT_FOR_USERS):
+        return f"only an edge node may send {ON_BEHALF_HEADER}"
+    if user is None:
+        return f"{username[:64]!r} is not an active user here"
+    if user.role not in PEOPLE:
+        return f"{username[:64]!r} is not a person's account"
+    if user.trust != edge.trust:
+        return (
+            f"{username[:64]!r} is not a user of {edge.trust}: the edge node "
+            f"{edge.user_id} acts only for its own trust's users"
+        )
+    return None
 
 
 #: Before sign-in: may see imaging in principle, but of no trust, so of no patient.

@@ -17,6 +17,7 @@ they are never created, and the server refuses to start while one exists.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import logging
@@ -33,8 +34,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from netpacs.domain.region import Region
 from netpacs.index.schema import audit_event, revoked_token, user_account
-from netpacs.services.access import CLINICAL, Principal, Role
+from netpacs.services.access import CLINICAL, Principal, Role, on_behalf_refusal
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome
+from netpacs.services.edge.clients import EdgeClients
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,14 @@ class SignInError(Exception):
 
 class AccountError(ValueError):
     pass
+
+
+class OnBehalfRefused(Exception):
+    """An edge node asked to act for a user it may not act for (403)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +119,9 @@ class AccountService:
         token_minutes: int = 60,
         signin_attempts: int = 5,
         signin_window_minutes: int = 15,
+        edges: EdgeClients | None = None,
     ) -> None:
+        self._edges = edges or EdgeClients(())
         self._engine = engine
         self._secret = secret
         self._audit = audit
@@ -240,6 +252,45 @@ class AccountService:
         principal = _principal(row, address)
         self._audit.record(AuditRecord(Event.LOGIN, principal.actor(), detail="signed in"))
         return principal
+
+    def sign_in_client(self, client_id: str, secret: str, *, address: str | None) -> Principal:
+        """An edge node's principal for its OAuth2 client credentials; SignInError
+        otherwise (audited, and counted like a user's failures)."""
+        now = dt.datetime.now(dt.UTC)
+        failures = self._recent_failures(client_id, address, now)
+        if failures >= self._attempts:
+            raise SignInError(
+                SignInProblem.LOCKED,
+                "too many failed sign-ins: try again later",
+                retry_after=int(self._window.total_seconds()),
+            )
+        principal = self._edges.sign_in(client_id, secret, address=address)
+        if principal is None:
+            self._audit.record(
+                AuditRecord(
+                    Event.LOGIN,
+                    _attempt(client_id, address),
+                    Outcome.MINOR_FAILURE,
+                    detail="wrong client id or client secret",
+                )
+            )
+            raise SignInError(SignInProblem.INVALID, "wrong client id or client secret")
+        self._audit.record(AuditRecord(Event.LOGIN, principal.actor(), detail="edge signed in"))
+        return principal
+
+    def on_behalf(self, edge: Principal, username: str) -> Principal:
+        """The principal of the user ``edge`` acts for (``X-Netpacs-On-Behalf-Of``), at
+        the edge's address and naming the edge; :class:`OnBehalfRefused` saying why not
+        (services.access decides)."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(user_account).where(user_account.c.username == username)
+            ).first()
+        user = None if row is None or row.disabled else _principal(row, edge.address)
+        refusal = on_behalf_refusal(edge, user, username)
+        if refusal is not None or user is None:
+            raise OnBehalfRefused(refusal or "refused")
+        return dataclasses.replace(user, via=edge.name or edge.user_id)
 
     def sign_in_external(
         self,
@@ -422,6 +473,8 @@ class AccountService:
             )
         except jwt.PyJWTError:
             return None
+        if claims.get("role") == Role.EDGE.value:
+            return self._edges.principal(str(claims["sub"]), address=address)
         jti = claims.get("jti")
         with self._engine.connect() as conn:
             row = conn.execute(

@@ -13,8 +13,9 @@ apply through the request's scoped services (deps.HttpServices.for_principal).
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -25,8 +26,8 @@ from netpacs.adapters.http import health
 from netpacs.adapters.http.deps import HttpServices, is_https, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
-from netpacs.services.access import BreakGlass, BreakGlassError, Principal
-from netpacs.services.accounts import SignInError, SignInProblem
+from netpacs.services.access import ON_BEHALF_HEADER, BreakGlass, BreakGlassError, Principal
+from netpacs.services.accounts import OnBehalfRefused, SignInError, SignInProblem
 
 router = APIRouter()
 
@@ -82,6 +83,14 @@ def identify(request: Request) -> None:
     base: HttpServices = request.app.state.services
     token, _ = credentials(request)
     principal = base.accounts.principal(token, address=client_address(request)) if token else None
+    request.state.refusal = None
+    on_behalf = request.headers.get(ON_BEHALF_HEADER)
+    if principal is not None and on_behalf is not None:
+        try:
+            principal = base.accounts.on_behalf(principal, on_behalf.strip())
+        except OnBehalfRefused as exc:
+            request.state.refusal = exc.message
+            principal = None
     request.state.principal = principal
     request.state.sign_in_problem = (
         None
@@ -102,6 +111,8 @@ async def authenticate(request: Request) -> None:
         return
     if not hasattr(request.state, "sign_in_problem"):  # no gate ran (an app without it)
         await run_in_threadpool(identify, request)
+    if getattr(request.state, "refusal", None):
+        raise HttpError(403, request.state.refusal)
     if request.state.principal is None:
         raise SignInRequired(request.state.sign_in_problem)
 
@@ -109,21 +120,38 @@ async def authenticate(request: Request) -> None:
 # -- OAuth2 token endpoint ------------------------------------------------------------------
 
 
-@router.post("/auth/token", summary="Access token for a user name and password (OAuth2)")
+@router.post("/auth/token", summary="Access token (OAuth2 password or client credentials)")
 def token(
     request: Request,
-    username: Annotated[str, Form(max_length=200)],
-    password: Annotated[str, Form(max_length=1000)],
-    grant_type: Annotated[str, Form()] = "password",
+    username: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=1000)] = "",
+    grant_type: Annotated[str, Form(max_length=40)] = "password",
+    client_id: Annotated[str, Form(max_length=200)] = "",
+    client_secret: Annotated[str, Form(max_length=1000)] = "",
 ) -> JSONResponse:
-    if grant_type != "password":
-        return JSONResponse(
-            {"error": "unsupported_grant_type", "error_description": "only password"},
-            status_code=400,
-        )
+    """``password``: a person's user name and password. ``client_credentials``: an edge
+    node of the region file (issue 13), its ``client_id`` and ``client_secret`` in the
+    form or in HTTP Basic authentication (RFC 6749 2.3.1)."""
     base: HttpServices = request.app.state.services
+    address = client_address(request)
     try:
-        principal = base.accounts.sign_in(username, password, address=client_address(request))
+        if grant_type == "password":
+            if not username:
+                return _token_error(400, "invalid_request", "the password grant needs username")
+            principal = base.accounts.sign_in(username, password, address=address)
+        elif grant_type == "client_credentials":
+            basic = _basic_credentials(request)
+            if basic is not None:
+                client_id, client_secret = basic
+            if not client_id:
+                return _token_error(
+                    400, "invalid_request", "client_credentials needs client_id and client_secret"
+                )
+            principal = base.accounts.sign_in_client(client_id, client_secret, address=address)
+        else:
+            return _token_error(
+                400, "unsupported_grant_type", "only password and client_credentials"
+            )
     except SignInError as exc:
         if exc.problem is SignInProblem.LOCKED:
             return JSONResponse(
@@ -131,14 +159,30 @@ def token(
                 status_code=429,
                 headers={"Retry-After": str(exc.retry_after)},
             )
-        return JSONResponse(
-            {"error": "invalid_grant", "error_description": exc.message}, status_code=400
-        )
+        error = "invalid_client" if grant_type == "client_credentials" else "invalid_grant"
+        return _token_error(400, error, exc.message)
     issued = base.accounts.issue(principal)
     return JSONResponse(
         {"access_token": issued.value, "token_type": "bearer", "expires_in": issued.expires_in},
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _token_error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    """Client id and secret from ``Authorization: Basic`` (form-encoded, RFC 6749)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    return (unquote_plus(client_id), unquote_plus(secret)) if sep else None
 
 
 @router.get("/api/me", summary="Who the request is signed in as")

@@ -103,6 +103,9 @@ class Gate:
             return
         if not auth.is_open(path):
             await run_in_threadpool(auth.identify, request)
+            if request.state.refusal:  # an edge node acting for a user it may not
+                await _json(403, request.state.refusal)(scope, receive, send)
+                return
             if request.state.principal is None and (
                 request.method not in SAFE_METHODS or _has_body(request)
             ):

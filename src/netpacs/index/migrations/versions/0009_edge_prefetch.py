@@ -2,7 +2,7 @@
 prefetch requests, its cache bookkeeping and cursors.
 
 Revision ID: 0009_edge_prefetch
-Revises: 0008
+Revises: 0009_edge_fwd (re-chained by the lead at merge)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_edge_prefetch"
-down_revision = "0008"
+down_revision = "0009_edge_fwd"
 branch_labels = None
 depends_on = None
 
