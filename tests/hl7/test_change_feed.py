@@ -55,8 +55,14 @@ def test_admissions_updates_merges_and_deletions_are_listed_in_order(
     assert deleted.status_code == 200, deleted.text
 
     seen = [
-        (e["kind"], e["patient_id"], e["issuer"], e["nhs_number"], e["prior_patient_id"],
-         e["study_uids"])
+        (
+            e["kind"],
+            e["patient_id"],
+            e["issuer"],
+            e["nhs_number"],
+            e["prior_patient_id"],
+            e["study_uids"],
+        )
         for e in entries(netpacs, head)
     ]
     assert seen == [

@@ -33,7 +33,9 @@ def study(
 
 
 def evicted(policy: CachePolicy, studies: list[CachedStudy], unconfirmed: set[str]) -> list[str]:
-    return [s.study_instance_uid for s in policy.evictions(studies, now=NOW, unconfirmed=unconfirmed)]
+    return [
+        s.study_instance_uid for s in policy.evictions(studies, now=NOW, unconfirmed=unconfirmed)
+    ]
 
 
 def test_within_the_limit_nothing_is_evicted() -> None:

@@ -88,7 +88,7 @@ def test_over_the_limit_the_least_recently_read_study_from_the_core_goes_with_it
     old_capture = stored(archive, tmp_path / "a", CAPTURED, days_ago=40)
     fetched = stored(archive, tmp_path / "b", FROM_CORE, days_ago=10)
     read_lately = stored(archive, tmp_path / "c", FROM_CORE, days_ago=20)
-    recent_capture = stored(archive, tmp_path / "d", CAPTURED, days_ago=2)
+    stored(archive, tmp_path / "d", CAPTURED, days_ago=2)  # the site's recent capture
     # A clinician at the site opens one of them: the audit trail says so.
     reader = Principal("rxc.admin", Role.ADMIN, "RXC")
     assert archive.query.for_principal(reader).stored_instances(read_lately)

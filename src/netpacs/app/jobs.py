@@ -23,6 +23,7 @@ from netpacs.adapters.hl7.oru import OruSender
 from netpacs.adapters.transports.mllp import MllpClient, TlsClient
 from netpacs.adapters.transports.syslog import Collector, SyslogClient, local_hostname
 from netpacs.app.container import Archive, Edge, build_archive, build_edge
+from netpacs.app.edge_cache import cache_jobs
 from netpacs.app.settings import Settings
 from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
@@ -280,7 +281,7 @@ def outbox_jobs(
 
 def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
     """The jobs of an edge node (NETPACS_ROLE=edge, issue 13)."""
-    return []
+    return [*cache_jobs(settings, archive, edge)]
 
 
 def run_worker(settings: Settings) -> None:

@@ -31,8 +31,8 @@ from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
-from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.clients import EdgeClients, demo_edges
+from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -175,8 +175,8 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
             timeout=settings.readiness_timeout_seconds,
         ),
         # -- edge: edge-prefetch --
-        change_feed=ChangeFeed(archive.read_engine),
-        prefetch_status=PrefetchStatus(archive.read_engine),
+        change_feed=ChangeFeed(archive.read_engine) if settings.role == "core" else None,
+        prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
     )
 
 

@@ -97,9 +97,7 @@ class StudyFound:
 
     @property
     def body_parts(self) -> frozenset[str]:
-        return frozenset(
-            s.body_part_examined.upper() for s in self.series if s.body_part_examined
-        )
+        return frozenset(s.body_part_examined.upper() for s in self.series if s.body_part_examined)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,8 +56,8 @@ def read_changes(
     now: dt.datetime | None = None,
 ) -> tuple[list[Change], int, bool]:
     """The entries after id ``after`` (at most ``limit``), the cursor to ask from next
-    time, and whether more entries wait. ``admissions_of``: only that trust's admissions are given (an edge
-    prefetches for its own trust); None: all."""
+    time, and whether more entries wait. ``admissions_of``: only that trust's
+    admissions are given (an edge prefetches for its own trust); None: all."""
     now = now or dt.datetime.now(dt.UTC)
     rows = conn.execute(
         sa.select(change_feed)
@@ -89,4 +89,3 @@ def read_changes(
             )
         )
     return changes, cursor, len(rows) == limit
-

@@ -21,6 +21,7 @@ from netpacs.index.schema import (
     audit_event,
     edge_cached_study,
     edge_cursor,
+    edge_forward,
     edge_prefetch,
     instance,
     patient,
@@ -241,11 +242,14 @@ def record_access(conn: sa.Connection, study_uids: Iterable[str], when: dt.datet
             )
             .values(last_access_at=when)
         ).rowcount
-        exists = done or conn.execute(
-            sa.select(edge_cached_study.c.study_instance_uid).where(
-                edge_cached_study.c.study_instance_uid == uid
-            )
-        ).first()
+        exists = (
+            done
+            or conn.execute(
+                sa.select(edge_cached_study.c.study_instance_uid).where(
+                    edge_cached_study.c.study_instance_uid == uid
+                )
+            ).first()
+        )
         if not exists:
             conn.execute(
                 sa.insert(edge_cached_study).values(study_instance_uid=uid, last_access_at=when)
@@ -332,15 +336,15 @@ def _datetime(value: Any) -> dt.datetime:
 
 
 def cache_bytes(conn: sa.Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(instance.c.blob_size), 0))).scalar_one())
+    return int(
+        conn.execute(sa.select(sa.func.coalesce(sa.func.sum(instance.c.blob_size), 0))).scalar_one()
+    )
 
 
 def remove_study(conn: sa.Connection, study_uid: str) -> list[str] | None:
     """Remove the study's instance, series and study rows (the patient row stays); the
     blob keys to delete after the commit. None: not held."""
-    pk = conn.execute(
-        sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)
-    ).scalar()
+    pk = conn.execute(sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)).scalar()
     if pk is None:
         return None
     of_study = sa.select(series.c.id).where(series.c.study_fk == pk)
@@ -429,7 +433,9 @@ def mirror_registration(
     elif not row.nhs_number:
         conn.execute(sa.update(adt_identity).where(where).values(nhs_number=nhs_number))
     pk = conn.execute(
-        sa.select(patient.c.id).where(patient.c.patient_id == patient_id, patient.c.issuer == issuer)
+        sa.select(patient.c.id).where(
+            patient.c.patient_id == patient_id, patient.c.issuer == issuer
+        )
     ).scalar()
     if pk is None:
         conn.execute(
@@ -443,3 +449,22 @@ def mirror_registration(
             .where(patient.c.id == pk, patient.c.nhs_number.is_(None))
             .values(nhs_number=nhs_number)
         )
+
+
+def unconfirmed_studies(conn: sa.Connection, study_uids: Iterable[str]) -> set[str]:
+    """Those of ``study_uids`` with an object captured here that the core has not
+    confirmed it holds (the forward queue, services.edge.forward)."""
+    uids = sorted(set(study_uids))
+    found: set[str] = set()
+    for start in range(0, len(uids), 500):
+        found.update(
+            conn.execute(
+                sa.select(edge_forward.c.study_instance_uid)
+                .where(
+                    edge_forward.c.study_instance_uid.in_(uids[start : start + 500]),
+                    edge_forward.c.forwarded_at.is_(None),
+                )
+                .distinct()
+            ).scalars()
+        )
+    return found

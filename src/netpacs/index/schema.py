@@ -431,6 +431,8 @@ edge_cursor = sa.Table(
     metadata,
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("position", sa.BigInteger(), nullable=False),
+)
+
 # -- edge: edge-fwd -- (issue 13) --------------------------------------------------------
 # The edge's link to the core (one row, id 1): up, or down since the first failed call.
 edge_link = sa.Table(

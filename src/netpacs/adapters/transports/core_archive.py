@@ -79,8 +79,7 @@ class CoreArchiveClient:
             return []
         if response.status_code != 200:
             raise CoreAnswerError(
-                f"the core answered {path} with HTTP {response.status_code}: "
-                f"{response.text[:200]}"
+                f"the core answered {path} with HTTP {response.status_code}: {response.text[:200]}"
             )
         try:
             return response.json()

@@ -27,8 +27,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from netpacs.domain import nhs_number
-from netpacs.domain.peer import Peer
 from netpacs.domain.changes import ChangeKind
+from netpacs.domain.peer import Peer
 from netpacs.domain.region import Region
 from netpacs.index.changes import record_change
 from netpacs.index.schema import adt_identity, hl7_message, patient

@@ -159,9 +159,7 @@ class CacheKeeper:
     def use(self) -> CacheUse:
         def read(conn: sa.Connection) -> CacheUse:
             studies = edge_cache.cached_studies(conn)
-            return CacheUse(
-                sum(s.size for s in studies), self._policy.limit_bytes, len(studies)
-            )
+            return CacheUse(sum(s.size for s in studies), self._policy.limit_bytes, len(studies))
 
         result: CacheUse = self._run(read)
         return result

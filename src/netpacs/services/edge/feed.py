@@ -66,8 +66,6 @@ class PrefetchStatus:
 
     def rows(self, principal: Principal) -> list[dict[str, Any]]:
         if not principal.sees_everything or not principal.may(Capability.READ_AUDIT):
-            raise FeedRefused(
-                Problem.FORBIDDEN, "the prefetch status is for PACS administrators"
-            )
+            raise FeedRefused(Problem.FORBIDDEN, "the prefetch status is for PACS administrators")
         with self._engine.connect() as conn:
             return edge_cache.prefetch_rows(conn)

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -218,35 +219,9 @@ class Prefetcher:
         chosen = relevance_order(studies, today=dt.date.today())
         self._progress(request, studies_found=len(chosen))
         fetched = size = cached = 0
-        origin = Origin(Via.UPSTREAM, user=CORE_PRINCIPAL.user_id)
-        for s in chosen:
-            uid = s.study_instance_uid
-            held = self._run(lambda conn, uid=uid: edge_cache.held_instances(conn, uid))
-            refused: list[str] = []
-            with self._stores.session(CORE_PRINCIPAL, origin) as batch:
-                for se in s.series:
-                    for sop in core.instances_of(uid, se.series_instance_uid):
-                        if sop in held:
-                            continue
-                        data = core.fetch_instance(uid, se.series_instance_uid, sop)
-                        if data is None:
-                            continue
-                        outcome = batch.store_part10(data)
-                        if outcome.status is StoreStatus.STORED:
-                            fetched += 1
-                            size += len(data)
-                        elif not outcome.status.ok:
-                            refused.append(f"{sop}: {outcome.message}")
-            if refused:
-                log.warning(
-                    "prefetch of study %s: %d objects refused by this edge, first: %s",
-                    uid,
-                    len(refused),
-                    refused[0],
-                )
-            now = dt.datetime.now(dt.UTC)
-            self._run(lambda conn, uid=uid, now=now: edge_cache.mark_prefetched(conn, uid, now))
-            cached += 1
+        for study in chosen:
+            count, length = self._fetch_study(study)
+            fetched, size, cached = fetched + count, size + length, cached + 1
             self._progress(
                 request, studies_cached=cached, instances_fetched=fetched, bytes_fetched=size
             )
@@ -259,6 +234,39 @@ class Prefetcher:
             fetched,
             size,
         )
+
+    def _fetch_study(self, study: StudyFound) -> tuple[int, int]:
+        """Fetch what the cache lacks of ``study``; (objects, bytes) fetched."""
+        core = self._core
+        uid = study.study_instance_uid
+        held: set[str] = self._run(partial(edge_cache.held_instances, study_uid=uid))
+        fetched = size = 0
+        refused: list[str] = []
+        origin = Origin(Via.UPSTREAM, user=CORE_PRINCIPAL.user_id)
+        with self._stores.session(CORE_PRINCIPAL, origin) as batch:
+            for se in study.series:
+                for sop in core.instances_of(uid, se.series_instance_uid):
+                    if sop in held:
+                        continue
+                    data = core.fetch_instance(uid, se.series_instance_uid, sop)
+                    if data is None:  # deleted at the core since it was listed
+                        continue
+                    outcome = batch.store_part10(data)
+                    if outcome.status is StoreStatus.STORED:
+                        fetched += 1
+                        size += len(data)
+                    elif not outcome.status.ok:
+                        refused.append(f"{sop}: {outcome.message}")
+        if refused:
+            log.warning(
+                "prefetch of study %s: %d objects refused by this edge, first: %s",
+                uid,
+                len(refused),
+                refused[0],
+            )
+        now = dt.datetime.now(dt.UTC)
+        self._run(partial(edge_cache.mark_prefetched, study_uid=uid, now=now))
+        return fetched, size
 
     def _follow(self, request: edge_cache.PrefetchRequest, study_uids: list[str]) -> None:
         """Put the fetched studies under the patients the core gives them now, with the
