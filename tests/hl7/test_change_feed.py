@@ -24,7 +24,9 @@ def netpacs(module_netpacs: Netpacs) -> Netpacs:
 
 def feed(server: Netpacs, after: int | None = None, user: str | None = None) -> httpx.Response:
     params = {} if after is None else {"after": after}
-    return httpx.get(f"{server.base_url}/edge/changes", params=params, headers=server.auth(user))
+    return httpx.get(
+        f"{server.base_url}/edge/changes", params=params, headers=server.auth(user), timeout=30
+    )
 
 
 def entries(server: Netpacs, after: int) -> list[dict[str, Any]]:
@@ -51,6 +53,7 @@ def test_admissions_updates_merges_and_deletions_are_listed_in_order(
         f"{netpacs.base_url}/api/studies/{kept.study_uid}",
         json={"reason": "a test acquisition sent by mistake"},
         headers=netpacs.auth(),
+        timeout=30,
     )
     assert deleted.status_code == 200, deleted.text
 
@@ -80,6 +83,9 @@ def test_the_feed_is_for_edge_nodes_and_says_what_is_wrong_with_a_bad_cursor(
     assert refused.status_code == 403
     assert "edge nodes" in refused.json()["message"]
     bad = httpx.get(
-        f"{netpacs.base_url}/edge/changes", params={"after": "-1"}, headers=netpacs.auth()
+        f"{netpacs.base_url}/edge/changes",
+        params={"after": "-1"},
+        headers=netpacs.auth(),
+        timeout=30,
     )
     assert bad.status_code == 400
