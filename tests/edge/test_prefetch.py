@@ -1,0 +1,182 @@
+"""Prefetch on admission and catch-up after a cut (issue 13, fault tests 1 and 4's merge
+part): a core and an edge as real processes, ADT over real MLLP, the link cut and
+restored through the proxy. What the edge holds is read from its own index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+import sqlalchemy as sa
+
+from netpacs.index.schema import edge_cursor, patient, study
+from tests.conftest import Netpacs, wait_until
+from tests.edge.conftest import CoreAndEdge
+from tests.hl7.conftest import MllpClient, adt
+from tests.factories import write_series
+
+#: The time this edge promises for a few priors on a working link ("within minutes").
+PREFETCH_SECONDS = 60
+#: Fault test 4: after the link is restored, what changed at the core shows within this.
+CATCH_UP_SECONDS = 60
+
+
+def held(edge: Netpacs) -> dict[str, tuple[str, str, str]]:
+    """Study UID -> (patient ID, issuer, patient name) as the edge's index has them."""
+    engine = sa.create_engine(edge.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    study.c.study_instance_uid,
+                    patient.c.patient_id,
+                    patient.c.issuer,
+                    patient.c.patient_name,
+                ).join(patient, patient.c.id == study.c.patient_fk)
+            ).all()
+    finally:
+        engine.dispose()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def follows_the_core(edge: Netpacs) -> bool:
+    """Whether the edge's catch-up has its place in the core's change feed."""
+    engine = sa.create_engine(edge.database_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sa.select(edge_cursor.c.position).where(edge_cursor.c.name == "core-changes")
+            ).first()
+    finally:
+        engine.dispose()
+    return found is not None
+
+
+@pytest.fixture(scope="module")
+def pair(core_and_edge: CoreAndEdge) -> CoreAndEdge:
+    core_and_edge.heal()
+    wait_until(lambda: follows_the_core(core_and_edge.edge), 60, "the edge following the core")
+    return core_and_edge
+
+
+def captured(server: Netpacs, folder: Path, n: int, aet: str, **attrs: str) -> str:
+    """A study of ``n`` CT images sent by modality ``aet``; its Study Instance UID."""
+    paths = write_series(folder, n, **attrs)
+    server.store(*paths, aet=aet)
+    return str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def send_adt(server: Netpacs, *messages: str) -> None:
+    client = MllpClient(server.mllp_port)
+    try:
+        for message in messages:
+            ack = client.send(message)
+            assert ack.code == "AA", ack.text
+    finally:
+        client.close()
+
+
+def prefetch_status(edge: Netpacs, patient_id: str) -> dict[str, Any] | None:
+    response = httpx.get(
+        f"{edge.base_url}/admin/prefetch", headers=edge.auth("rxc.admin"), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    rows = [r for r in response.json()["patients"] if r["patient_id"] == patient_id]
+    return rows[0] if rows else None
+
+
+def test_an_admission_at_the_trust_brings_the_priors_from_two_other_trusts_into_the_cache(
+    pair: CoreAndEdge, tmp_path: Path
+) -> None:
+    core, edge = pair.core, pair.edge
+    nhs = "9434765919"
+    at_rtp = captured(
+        core, tmp_path / "rtp", 2, "ESH_CT1", PatientID="RTP0000700",
+        IssuerOfPatientID="RTP", StudyDate="20260310", BodyPartExamined="CHEST",
+    )  # fmt: skip
+    at_rtk = captured(
+        core, tmp_path / "rtk", 3, "SPH_CT1", PatientID="RTK0000700",
+        IssuerOfPatientID="RTK", StudyDate="20251120", BodyPartExamined="HEAD",
+    )  # fmt: skip
+    send_adt(
+        core,
+        adt("A04", "PF-RTP-1", f"RTP0000700^^^RTP^MR~{nhs}^^^NHS^NH", facility="RTP"),
+        adt("A04", "PF-RTK-1", f"RTK0000700^^^RTK^MR~{nhs}^^^NHS^NH", facility="RTK"),
+    )
+    assert at_rtp not in held(edge)
+
+    # The patient arrives at Eastbourne's emergency department: the trust's PAS tells
+    # the regional core, which relays the admission to RXC's edge.
+    send_adt(
+        core,
+        adt(
+            "A04", "PF-RXC-1", f"RXC0000700^^^RXC^MR~{nhs}^^^NHS^NH",
+            name="PRIOR^PATIENCE", facility="RXC",
+        ),
+    )  # fmt: skip
+
+    wanted = {at_rtp, at_rtk}
+    wait_until(
+        lambda: wanted <= held(edge).keys(), PREFETCH_SECONDS, "the priors in the edge's cache"
+    )
+    cache = held(edge)
+    assert cache[at_rtp][:2] == ("RTP0000700", "RTP")
+    assert cache[at_rtk][:2] == ("RTK0000700", "RTK")
+    status = wait_until(
+        lambda: (s := prefetch_status(edge, "RXC0000700")) and s["status"] == "done" and s,
+        30,
+        "the prefetch done on the admin page",
+    )
+    assert (status["studies_found"], status["studies_cached"]) == (2, 2)
+    assert status["instances_fetched"] == 5
+    assert status["nhs_number"] == nhs
+    page = httpx.get(
+        f"{edge.base_url}/admin/prefetch",
+        headers={**edge.auth("rxc.admin"), "Accept": "text/html"},
+        timeout=30,
+    )
+    assert page.status_code == 200 and "RXC0000700 at RXC" in page.text
+    refused = httpx.get(
+        f"{edge.base_url}/admin/prefetch", headers=edge.auth("rxc.clinician"), timeout=30
+    )
+    assert refused.status_code == 403
+
+
+def test_a_merge_made_at_the_core_during_a_cut_shows_at_the_edge_after_restore(
+    pair: CoreAndEdge, tmp_path: Path
+) -> None:
+    core, edge = pair.core, pair.edge
+    cached = captured(
+        core, tmp_path / "ct", 1, "EDGH_CT1", PatientID="RXC0000710", IssuerOfPatientID="RXC"
+    )
+    send_adt(
+        core,
+        adt("A04", "PF-MRG-1", "RXC0000710^^^RXC^MR", name="DUPLICATE^RECORD", facility="RXC"),
+        adt("A04", "PF-MRG-2", "RXC0000711^^^RXC^MR", name="KEPT^RECORD", facility="RXC"),
+    )
+    wait_until(lambda: cached in held(edge), PREFETCH_SECONDS, "the study in the edge's cache")
+    assert held(edge)[cached][:2] == ("RXC0000710", "RXC")
+
+    pair.link.cut()
+    try:
+        send_adt(
+            core,
+            adt(
+                "A40", "PF-MRG-3", "RXC0000711^^^RXC^MR", name="KEPT^RECORD",
+                mrg1="RXC0000710^^^RXC^MR", facility="RXC",
+            ),
+        )  # fmt: skip
+        # Cut off, the edge cannot know yet.
+        assert held(edge)[cached][:2] == ("RXC0000710", "RXC")
+    finally:
+        pair.link.restore()
+
+    wait_until(
+        lambda: held(edge)[cached] == ("RXC0000711", "RXC", "KEPT^RECORD"),
+        CATCH_UP_SECONDS,
+        "the merge at the edge",
+    )
