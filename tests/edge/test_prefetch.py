@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from netpacs.index.schema import edge_cursor, patient, study
 from tests.conftest import Netpacs, wait_until
 from tests.edge.conftest import CoreAndEdge
-from tests.hl7.conftest import MllpClient, adt
 from tests.factories import write_series
+from tests.hl7.conftest import MllpClient, adt
 
 #: The time this edge promises for a few priors on a working link ("within minutes").
 PREFETCH_SECONDS = 60
