@@ -146,19 +146,26 @@ def test_an_admission_at_the_trust_brings_the_priors_from_two_other_trusts_into_
     assert refused.status_code == 403
 
 
-def test_a_merge_made_at_the_core_during_a_cut_shows_at_the_edge_after_restore(
+def test_a_merge_and_a_deletion_made_at_the_core_during_a_cut_show_at_the_edge_after_restore(
     pair: CoreAndEdge, tmp_path: Path
 ) -> None:
     core, edge = pair.core, pair.edge
     cached = captured(
         core, tmp_path / "ct", 1, "EDGH_CT1", PatientID="RXC0000710", IssuerOfPatientID="RXC"
     )
+    wrong = captured(
+        core, tmp_path / "wrong", 1, "EDGH_CT1", PatientID="RXC0000710", IssuerOfPatientID="RXC"
+    )
     send_adt(
         core,
         adt("A04", "PF-MRG-1", "RXC0000710^^^RXC^MR", name="DUPLICATE^RECORD", facility="RXC"),
         adt("A04", "PF-MRG-2", "RXC0000711^^^RXC^MR", name="KEPT^RECORD", facility="RXC"),
     )
-    wait_until(lambda: cached in held(edge), PREFETCH_SECONDS, "the study in the edge's cache")
+    wait_until(
+        lambda: {cached, wrong} <= held(edge).keys(),
+        PREFETCH_SECONDS,
+        "the studies in the edge's cache",
+    )
     assert held(edge)[cached][:2] == ("RXC0000710", "RXC")
 
     pair.link.cut()
@@ -170,8 +177,17 @@ def test_a_merge_made_at_the_core_during_a_cut_shows_at_the_edge_after_restore(
                 mrg1="RXC0000710^^^RXC^MR", facility="RXC",
             ),
         )  # fmt: skip
+        deleted = httpx.request(
+            "DELETE",
+            f"{core.base_url}/api/studies/{wrong}",
+            json={"reason": "sent to the wrong patient's record"},
+            headers=core.auth("rxc.admin"),
+            timeout=30,
+        )
+        assert deleted.status_code == 200, deleted.text
         # Cut off, the edge cannot know yet.
         assert held(edge)[cached][:2] == ("RXC0000710", "RXC")
+        assert wrong in held(edge)
     finally:
         pair.link.restore()
 
@@ -180,3 +196,25 @@ def test_a_merge_made_at_the_core_during_a_cut_shows_at_the_edge_after_restore(
         CATCH_UP_SECONDS,
         "the merge at the edge",
     )
+    wait_until(lambda: wrong not in held(edge), CATCH_UP_SECONDS, "the deletion at the edge")
+
+
+def test_an_admission_sent_to_the_edge_itself_is_prefetched_too(
+    pair: CoreAndEdge, tmp_path: Path
+) -> None:
+    core, edge = pair.core, pair.edge
+    nhs = "9876543210"
+    prior = captured(
+        core, tmp_path / "ra2", 1, "RSCH_CT1", PatientID="RA20000720", IssuerOfPatientID="RA2"
+    )
+    # The core knows the person at both trusts (no admission: updates, A08).
+    send_adt(
+        core,
+        adt("A08", "PF-DIR-1", f"RA20000720^^^RA2^MR~{nhs}^^^NHS^NH", facility="RA2"),
+        adt("A08", "PF-DIR-2", f"RXC0000720^^^RXC^MR~{nhs}^^^NHS^NH", facility="RXC"),
+    )
+    # The PAS sends the pre-admission to the edge's own MLLP listener.
+    send_adt(edge, adt("A05", "PF-DIR-3", f"RXC0000720^^^RXC^MR~{nhs}^^^NHS^NH", facility="RXC"))
+    wait_until(lambda: prior in held(edge), PREFETCH_SECONDS, "the prior in the edge's cache")
+    status = prefetch_status(edge, "RXC0000720")
+    assert status is not None and "received by this edge" in status["reason"]
