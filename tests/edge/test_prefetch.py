@@ -13,7 +13,10 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 
+from netpacs.domain.query import QueryLevel, QueryModel
 from netpacs.index.schema import edge_cursor, patient, study
+from netpacs.services.access import Principal, Role
+from netpacs.services.query import QueryService
 from tests.conftest import Netpacs, wait_until
 from tests.edge.conftest import CoreAndEdge
 from tests.factories import write_series
@@ -68,6 +71,26 @@ def captured(server: Netpacs, folder: Path, n: int, aet: str, **attrs: str) -> s
     paths = write_series(folder, n, **attrs)
     server.store(*paths, aet=aet)
     return str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def seen_at_the_edge_by(edge: Netpacs, principal: Principal, patient_id: str) -> set[str]:
+    """The studies of the person the edge's own index shows ``principal`` (its access
+    rules, as when the core is away) for the hospital number ``patient_id`` at RXC."""
+    engine = sa.create_engine(edge.database_url)
+    try:
+        answers = QueryService(engine, principal=principal).find(
+            {
+                "00100020": {"vr": "LO", "Value": [patient_id]},
+                "00100021": {"vr": "LO", "Value": ["RXC"]},
+                "0020000D": {"vr": "UI"},
+            },
+            level=QueryLevel.STUDY,
+            model=QueryModel.STUDY_ROOT,
+            linked=True,
+        )
+        return {str(a["0020000D"]["Value"][0]) for a in answers}
+    finally:
+        engine.dispose()
 
 
 def send_adt(server: Netpacs, *messages: str) -> None:
@@ -134,6 +157,12 @@ def test_an_admission_at_the_trust_brings_the_priors_from_two_other_trusts_into_
     assert (status["studies_found"], status["studies_cached"]) == (2, 2)
     assert status["instances_fetched"] == 5
     assert status["nhs_number"] == nhs
+    # While the core is away, the edge's own rules show the priors to the trust's
+    # clinicians (the person's identities linked as at the core), and to nobody else.
+    clinician = Principal("rxc.clinician", Role.CLINICIAN, "RXC")
+    assert seen_at_the_edge_by(edge, clinician, "RXC0000700") == wanted
+    outsider = Principal("rpc.clinician", Role.CLINICIAN, "RPC")
+    assert seen_at_the_edge_by(edge, outsider, "RXC0000700") == set()
     page = httpx.get(
         f"{edge.base_url}/admin/prefetch",
         headers={**edge.auth("rxc.admin"), "Accept": "text/html"},
