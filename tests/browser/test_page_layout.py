@@ -23,7 +23,7 @@ NAVIGATION = {
     "radiologist": ["Studies", "Worklist", "Turnaround", "Break-glass"],
     "radiographer": ["Studies", "Break-glass"],
     "clinician": ["Studies", "Break-glass"],
-    "admin": ["Studies", "Worklist", "Turnaround", "Reconciliation", "Audit trail"],
+    "admin": ["Studies", "Worklist", "Turnaround", "Reconciliation", "Audit trail", "Edge nodes"],
     "auditor": ["Audit trail"],
 }
 LINKS = {
@@ -33,6 +33,7 @@ LINKS = {
     "Reconciliation": "/reconciliation",
     "Audit trail": "/audit",
     "Break-glass": "/break-glass",
+    "Edge nodes": "/edges",
 }
 REPORTERS = {"radiologist", "admin"}
 
@@ -51,7 +52,7 @@ def expected_status(role: str, path: str) -> int:
     """What the page answers the role: 200, or the page that says why not."""
     if path.startswith(("/worklist", "/turnaround", "/report/")):
         return 200 if role in REPORTERS else 403
-    if path == "/reconciliation":
+    if path in ("/reconciliation", "/edges"):
         return 200 if role == "admin" else 403
     if path.endswith("/delete"):
         # Deleting is for administrators; the auditor does not see the patient at all.

@@ -55,7 +55,6 @@ def edge_env(upstream_url: str, **extra: str) -> dict[str, str]:
         "NETPACS_UPSTREAM_URL": upstream_url,
         "NETPACS_EDGE_TRUST": EDGE_TRUST,
         "NETPACS_EDGE_SITE": EDGE_SITE,
-        "NETPACS_AE_TITLE": "RXC_EDGE",
         **extra,
     }
 

@@ -21,13 +21,16 @@ from netpacs.app.settings import Settings
 from netpacs.app.startup import StartupError
 from netpacs.domain.region import Region
 from netpacs.index.db import make_engine
+from netpacs.index.edge_cache import last_prefetch
 from netpacs.index.writer import IndexWriter
 from netpacs.services.access import NOBODY, AccessRules
 from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.audit import AuditService
 from netpacs.services.care import StoredIdentities, StudyPatientRule
 from netpacs.services.coercion import CoercionService
+from netpacs.services.edge.forward import ForwardRule
 from netpacs.services.edge.link import LinkState
+from netpacs.services.edge.status import EdgeFigures
 from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
 from netpacs.services.ingest_batch import StoreService
@@ -87,6 +90,7 @@ class Edge:
     site: str
     upstream: Upstream
     link: LinkState
+    figures: EdgeFigures
     timeout: float
 
     def close(self) -> None:
@@ -156,7 +160,18 @@ def build_edge(settings: Settings, archive: Archive) -> Edge | None:
         site=site,
         upstream=Upstream(upstream_config(settings), on_contact=link.record),
         link=link,
+        figures=edge_figures(settings, archive, link),
         timeout=settings.upstream_timeout_seconds,
+    )
+
+
+def edge_figures(settings: Settings, archive: Archive, link: LinkState) -> EdgeFigures:
+    """The edge's figures (heartbeat to the core, /metrics)."""
+    return EdgeFigures(
+        archive.read_engine,
+        link,
+        cache_limit_bytes=int(settings.cache_gb * (1 << 30)),
+        last_prefetch=last_prefetch,  # edge: edge-prefetch
     )
 
 
@@ -185,6 +200,7 @@ def build_archive(settings: Settings) -> Archive:
         on_new_series=WorklistRule(region),
         on_other_patient=StudyPatientRule(region, source_id=settings.ae_title),
         retry_seconds=settings.database_retry_seconds,
+        on_new_instance=ForwardRule() if settings.role == "edge" else None,
     )
     audit = AuditService(writer.execute, source_id=settings.ae_title)
     ingest = IngestService(

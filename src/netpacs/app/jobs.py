@@ -29,6 +29,9 @@ from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
 from netpacs.index.db import make_engine
 from netpacs.services.access import SYSTEM
+from netpacs.services.edge.forward import Forwarding
+from netpacs.services.edge.forward import Timing as ForwardTiming
+from netpacs.services.edge.status import Heartbeat
 from netpacs.services.jobs.audit_forwarding import AuditForwarding
 from netpacs.services.jobs.claim_expiry import ClaimExpiry
 from netpacs.services.jobs.claiming import Claiming
@@ -280,8 +283,20 @@ def outbox_jobs(
 
 
 def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
-    """The jobs of an edge node (NETPACS_ROLE=edge, issue 13)."""
-    return [*cache_jobs(settings, archive, edge)]
+    """The jobs of an edge node (NETPACS_ROLE=edge, issue 13): forwarding what the site
+    stored to the core, and the heartbeat that reports the edge's figures there."""
+    return [
+        Forwarding(
+            reader=archive.read_engine,
+            writer=archive.write_engine,
+            blobs=archive.blobs,
+            upstream=edge.upstream,
+            batch=settings.forward_batch,
+            timing=ForwardTiming(retry_max=settings.forward_retry_max_seconds),
+        ),
+        Heartbeat(edge.figures, edge.upstream, seconds=settings.heartbeat_seconds),
+        *cache_jobs(settings, archive, edge),
+    ]
 
 
 def run_worker(settings: Settings) -> None:

@@ -19,7 +19,7 @@ from netpacs.adapters.hl7 import server as hl7_server
 from netpacs.adapters.http import server as http_server
 from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
-from netpacs.app.container import Archive, build_archive
+from netpacs.app.container import Archive, build_archive, edge_figures
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
@@ -33,6 +33,8 @@ from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
+from netpacs.services.edge.link import LinkState
+from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -84,6 +86,19 @@ def edge_clients(archive: Archive, settings: Settings) -> EdgeClients:
     return EdgeClients(edges)
 
 
+def edge_nodes(archive: Archive, settings: Settings) -> EdgeNodes | None:
+    """The core's side of its edge nodes (None on an edge)."""
+    if settings.role != "core":
+        return None
+    return EdgeNodes(
+        archive.write_engine,
+        archive.blobs,
+        archive.access,
+        edge_clients(archive, settings).edges,
+        heartbeat_seconds=settings.heartbeat_seconds,
+    )
+
+
 def oidc_config(settings: Settings) -> OidcConfig | None:
     """OpenID Connect sign-in, when an issuer is configured."""
     if not settings.oidc_issuer:
@@ -116,7 +131,10 @@ def metrics_scrape(archive: Archive, settings: Settings) -> Scrape:
         audit_forwarding=bool(settings.audit_syslog),
         cache_seconds=settings.metrics_cache_seconds,
     )
-    return Scrape(allow=split_list(settings.metrics_allow), backlogs=backlogs)
+    more = []
+    if settings.role == "edge":
+        more.append(edge_figures(settings, archive, LinkState(archive.write_engine)))
+    return Scrape(allow=split_list(settings.metrics_allow), backlogs=backlogs, more=more)
 
 
 def http_services(archive: Archive, settings: Settings) -> HttpServices:
@@ -157,6 +175,7 @@ def http_services(archive: Archive, settings: Settings) -> HttpServices:
         ),
         audit_trail=AuditTrail(archive.read_engine, archive.access),
         metrics=metrics_scrape(archive, settings),
+        edges=edge_nodes(archive, settings),
         web=WebConfig(
             public_url=settings.public_url.rstrip("/") if settings.public_url else None,
             viewer_dir=settings.effective_viewer_dir,

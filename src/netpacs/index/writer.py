@@ -73,6 +73,13 @@ class OtherPatientHook(Protocol):
     ) -> str | None: ...
 
 
+class NewInstanceHook(Protocol):
+    """Rules run in the writer's transaction when an instance row is written or pointed
+    at new content (an edge node queues it for the core, issue 13)."""
+
+    def __call__(self, conn: sa.Connection, record: InstanceRecord) -> None: ...
+
+
 class WriteStatus(enum.Enum):
     INSERTED = "inserted"
     EXISTS = "exists"  # the SOP Instance UID is already indexed
@@ -111,7 +118,9 @@ class IndexWriter:
         on_new_series: NewSeriesHook | None = None,
         on_other_patient: OtherPatientHook | None = None,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        on_new_instance: NewInstanceHook | None = None,
     ) -> None:
+        self._on_new_instance = on_new_instance
         self._engine = engine
         self._retry_seconds = retry_seconds
         self._committing = False
@@ -369,6 +378,8 @@ class IndexWriter:
         params = {**record.instance.values(), "series_fk": series_pk, "received_at": now}
         pk = conn.execute(self._statements.insert["instance"], params).scalar()
         if pk is not None:
+            if self._on_new_instance is not None:
+                self._on_new_instance(conn, record)
             return WriteResult(WriteStatus.INSERTED)
         row = conn.execute(
             sa.select(instance).where(
@@ -393,6 +404,8 @@ class IndexWriter:
             .where(instance.c.sop_instance_uid == uid)
             .values(**record.instance.values(), series_fk=series_pk, received_at=now)
         )
+        if self._on_new_instance is not None:
+            self._on_new_instance(conn, record)
         return dict(old._mapping)
 
 

@@ -89,6 +89,8 @@ class Capability(enum.Enum):
     MANAGE_WORKLIST = "manage the reporting worklist"  # assign, queue, release any claim
     DELETE = "delete studies"
     ACT_FOR_USERS = "act for a user of its trust"  # an edge node's pass-through
+    CONFIRM_STORED = "confirm what the archive holds"  # an edge node checking its forwards
+    SEE_EDGES = "see the edge nodes"  # the core's list of edge nodes
 
 
 _IMAGING = frozenset({Capability.SEE_IMAGING, Capability.QUERY, Capability.RETRIEVE})
@@ -104,12 +106,13 @@ _CAPABILITIES: dict[Role, frozenset[Capability]] = {
         Capability.REPORT,
         Capability.MANAGE_WORKLIST,
         Capability.DELETE,
+        Capability.SEE_EDGES,
     },
     Role.AUDITOR: frozenset({Capability.READ_AUDIT}),
     Role.APPLICATION: _IMAGING | {Capability.STORE, Capability.SEND},
     Role.ARCHIVE: _IMAGING | {Capability.STORE, Capability.SEND},
     Role.SYSTEM: frozenset(Capability),
-    Role.EDGE: _IMAGING | {Capability.STORE, Capability.ACT_FOR_USERS},
+    Role.EDGE: _IMAGING | {Capability.STORE, Capability.ACT_FOR_USERS, Capability.CONFIRM_STORED},
 }
 # What each DICOM permission of the region file lets an AE do.
 _PERMITS: dict[Permission, Capability] = {

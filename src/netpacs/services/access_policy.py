@@ -36,6 +36,9 @@ DOING: dict[Capability, str] = {
     Capability.REPORT: "report studies",
     Capability.MANAGE_WORKLIST: "manage the reporting worklist",
     Capability.DELETE: "delete studies",
+    Capability.ACT_FOR_USERS: "act for another user",
+    Capability.CONFIRM_STORED: "ask what the archive holds for an edge node",
+    Capability.SEE_EDGES: "see the edge nodes",
 }
 
 

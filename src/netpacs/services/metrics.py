@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol as Interface
 
 import sqlalchemy as sa
 from prometheus_client import (
@@ -63,6 +64,7 @@ PROTOCOLS: dict[Protocol, str] = {
     Protocol.IMPORT: "import",
     Protocol.REINDEX: "reindex",
     Protocol.REPORT: "report",
+    Protocol.UPSTREAM: "upstream",
 }
 NO_TRUST = "none"
 
@@ -303,8 +305,14 @@ class _Forward(Collector):
         return REGISTRY.collect()
 
 
+class MetricSource(Interface):
+    """Figures read at scrape time (e.g. from the index)."""
+
+    def metrics(self) -> Iterator[Metric]: ...
+
+
 class _BacklogCollector(Collector):
-    def __init__(self, backlogs: Backlogs) -> None:
+    def __init__(self, backlogs: MetricSource) -> None:
         self._backlogs = backlogs
 
     def collect(self) -> Iterable[Metric]:
@@ -316,9 +324,16 @@ class Scrape:
     format. The addresses: counts per trust tell how much each trust stores and asks,
     which is not for anyone who can reach the port."""
 
-    def __init__(self, *, allow: Sequence[str], backlogs: Backlogs | None) -> None:
+    def __init__(
+        self,
+        *,
+        allow: Sequence[str],
+        backlogs: Backlogs | None,
+        more: Sequence[MetricSource] = (),
+    ) -> None:
         self._allow = tuple(ipaddress.ip_network(a.strip(), strict=False) for a in allow)
         self._backlogs = backlogs
+        self._more = tuple(more)
 
     def allows(self, address: str | None) -> bool:
         """Whether the client at ``address`` may read the metrics."""
@@ -343,4 +358,6 @@ class Scrape:
             registry.register(_Forward())
         if self._backlogs is not None:
             registry.register(_BacklogCollector(self._backlogs))
+        for source in self._more:  # e.g. an edge node's figures (services.edge.status)
+            registry.register(_BacklogCollector(source))
         return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4

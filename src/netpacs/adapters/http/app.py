@@ -16,6 +16,7 @@ from netpacs.adapters.http import (
     audit_pages,
     auth,
     edge_cache,
+    edges,
     errors,
     fhir,
     gate,
@@ -81,6 +82,7 @@ def create_app(services: HttpServices) -> FastAPI:
         viewer,
         metrics,
         edge_cache,
+        edges,
     ):
         app.include_router(module.router)
     # The gate sees every request before a route or a body read (gate.py); outside it,

@@ -16,6 +16,7 @@ from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
+from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -69,6 +70,7 @@ class HttpServices:
     # -- edge: edge-prefetch --
     change_feed: ChangeFeed | None = None  # GET /edge/changes (the core)
     prefetch_status: PrefetchStatus | None = None  # /admin/prefetch (an edge)
+    edges: EdgeNodes | None = None  # the core's side of its edge nodes (issue 13)
 
     @property
     def principal(self) -> Principal:
@@ -88,6 +90,7 @@ class HttpServices:
             imaging_studies=self.imaging_studies.for_principal(principal),
             study_list=self.study_list.for_principal(principal),
             deletion=self.deletion.for_principal(principal),
+            edges=self.edges.for_principal(principal) if self.edges else None,
         )
 
 

@@ -242,7 +242,7 @@ async def _stow(request: Request, study: str | None) -> Response:
     media = _request_media_type(request)
     svc = services(request)
     who = svc.principal
-    origin = Origin(Protocol.DICOMWEB, user=who.user_id, trust=who.trust)
+    origin = Origin(Protocol.DICOMWEB, user=who.user_id, trust=who.trust, site=who.site)
     results: list[PartResult] = []
     batch = svc.stores.batch(who, origin)
     try:

@@ -64,6 +64,7 @@ NAVIGATION: tuple[tuple[Capability, Link], ...] = (
     (Capability.RECONCILE, Link("/reconciliation", "Reconciliation")),
     (Capability.READ_AUDIT, Link("/audit", "Audit trail")),
     (Capability.BREAK_GLASS, Link("/break-glass", "Break-glass")),
+    (Capability.SEE_EDGES, Link("/edges", "Edge nodes")),
 )
 
 
