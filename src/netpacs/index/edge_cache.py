@@ -260,7 +260,7 @@ def reads_since(
     conn: sa.Connection, after: int, *, limit: int = 5000
 ) -> tuple[list[tuple[dt.datetime, list[str]]], int]:
     """Reads of studies in the audit trail after id ``after`` (accesses, retrieves,
-    exports): (when, study UIDs) each, and the last audit id looked at."""
+    exports): (when, study UIDs) each, and the last audit id taken."""
     rows = conn.execute(
         sa.select(audit_event.c.id, audit_event.c.event_time, audit_event.c.study_uids)
         .where(audit_event.c.id > after, audit_event.c.action == "R")
@@ -268,11 +268,7 @@ def reads_since(
         .limit(limit)
     ).all()
     reads = [(aware(r.event_time), r.study_uids.split()) for r in rows if r.study_uids]
-    last = int(rows[-1].id) if rows else after
-    if len(rows) < limit:  # nothing more to read: skip the ids of other events too
-        top = conn.execute(sa.select(sa.func.max(audit_event.c.id))).scalar()
-        last = max(last, int(top or 0))
-    return reads, last
+    return reads, int(rows[-1].id) if rows else after
 
 
 @dataclass(frozen=True, slots=True)
