@@ -247,3 +247,32 @@ def test_an_admission_sent_to_the_edge_itself_is_prefetched_too(
     wait_until(lambda: prior in held(edge), PREFETCH_SECONDS, "the prior in the edge's cache")
     status = prefetch_status(edge, "RXC0000720")
     assert status is not None and "received by this edge" in status["reason"]
+
+
+def test_an_admission_during_a_cut_is_prefetched_as_soon_as_the_link_returns(
+    pair: CoreAndEdge, tmp_path: Path
+) -> None:
+    core, edge = pair.core, pair.edge
+    nhs = "4010232137"
+    prior = captured(
+        core, tmp_path / "rpc", 1, "QVH_CT1", PatientID="RPC0000730", IssuerOfPatientID="RPC"
+    )
+    send_adt(
+        core,
+        adt("A08", "PF-CUT-1", f"RPC0000730^^^RPC^MR~{nhs}^^^NHS^NH", facility="RPC"),
+        adt("A08", "PF-CUT-2", f"RXC0000730^^^RXC^MR~{nhs}^^^NHS^NH", facility="RXC"),
+    )
+    pair.link.cut()
+    try:
+        send_adt(edge, adt("A01", "PF-CUT-3", f"RXC0000730^^^RXC^MR~{nhs}^^^NHS^NH"))
+        # Tried three times while cut off: the next try would be 20 s away.
+        waiting = wait_until(
+            lambda: (s := prefetch_status(edge, "RXC0000730")) and s["attempts"] >= 3 and s,
+            60,
+            "three tries of the prefetch while cut off",
+        )
+        assert waiting["status"] == "queued"
+        assert "unreachable" in waiting["last_error"]
+    finally:
+        pair.link.restore()
+    wait_until(lambda: prior in held(edge), 15, "the prior soon after the link returned")

@@ -152,6 +152,21 @@ def finish_prefetch(
     conn.execute(sa.update(edge_prefetch).where(where).values(values))
 
 
+def retry_waiting(conn: sa.Connection, now: dt.datetime) -> int:
+    """Requests waiting to be tried again (the core was away): due now."""
+    return int(
+        conn.execute(
+            sa.update(edge_prefetch)
+            .where(
+                edge_prefetch.c.status == "queued",
+                edge_prefetch.c.next_attempt_at > now,
+                edge_prefetch.c.last_error.is_not(None),
+            )
+            .values(next_attempt_at=now)
+        ).rowcount
+    )
+
+
 def recover_running(conn: sa.Connection, now: dt.datetime) -> int:
     """Requests left running by a process that ended: queued again."""
     return int(

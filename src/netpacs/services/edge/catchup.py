@@ -15,6 +15,9 @@ missed. For each entry:
 - **admission** of a hospital number of the edge's trust: a prefetch is queued
   (services.edge.prefetch), and the registration's NHS number kept here.
 
+When the feed answers again after the core was away, the prefetches waiting for it are
+tried at once rather than at the end of their backoff.
+
 Every entry is applied idempotently: applying it twice changes nothing more, so the
 entries the core sends again (index.changes: the settle window) do no harm.
 """
@@ -68,6 +71,7 @@ class CatchUp:
         self._unconfirmed = unconfirmed
         self._every = every
         self._applied: set[int] = set()  # entries past the cursor applied already
+        self._core_away = False
 
     def step(self) -> float:
         after = self._run(lambda conn: edge_cache.cursor(conn, CORE_CHANGES))
@@ -79,7 +83,12 @@ class CatchUp:
                     self._applied.add(change.id)
         except UpstreamUnavailable as exc:
             log.debug("catch-up waits for the core: %s", exc)
+            self._core_away = True
             return AFTER_FAILURE
+        if self._core_away:  # the core is back: prefetches waiting for it go now
+            self._core_away = False
+            now = dt.datetime.now(dt.UTC)
+            self._run(lambda conn: edge_cache.retry_waiting(conn, now))
         self._run(lambda conn: edge_cache.set_cursor(conn, CORE_CHANGES, page.cursor))
         self._applied = {i for i in self._applied if i > page.cursor}
         return 0.0 if page.more else self._every
