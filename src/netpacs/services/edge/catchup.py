@@ -89,9 +89,10 @@ class CatchUp:
             self._core_away = False
             now = dt.datetime.now(dt.UTC)
             self._run(lambda conn: edge_cache.retry_waiting(conn, now))
-        self._run(lambda conn: edge_cache.set_cursor(conn, CORE_CHANGES, page.cursor))
+        if page.cursor != after:
+            self._run(lambda conn: edge_cache.set_cursor(conn, CORE_CHANGES, page.cursor))
         self._applied = {i for i in self._applied if i > page.cursor}
-        return 0.0 if page.more else self._every
+        return 0.0 if page.more and page.cursor != after else self._every
 
     def close(self) -> None:
         pass
