@@ -21,6 +21,7 @@ from netpacs.app.settings import Settings
 from netpacs.app.startup import StartupError
 from netpacs.domain.region import Region
 from netpacs.index.db import make_engine
+from netpacs.index.edge_cache import last_prefetch
 from netpacs.index.writer import IndexWriter
 from netpacs.services.access import NOBODY, AccessRules
 from netpacs.services.access_policy import AccessPolicy
@@ -167,7 +168,10 @@ def build_edge(settings: Settings, archive: Archive) -> Edge | None:
 def edge_figures(settings: Settings, archive: Archive, link: LinkState) -> EdgeFigures:
     """The edge's figures (heartbeat to the core, /metrics)."""
     return EdgeFigures(
-        archive.read_engine, link, cache_limit_bytes=int(settings.cache_gb * (1 << 30))
+        archive.read_engine,
+        link,
+        cache_limit_bytes=int(settings.cache_gb * (1 << 30)),
+        last_prefetch=last_prefetch,  # edge: edge-prefetch
     )
 
 

@@ -24,6 +24,7 @@ from netpacs.adapters.transports.mllp import MllpClient, TlsClient
 from netpacs.adapters.transports.syslog import Collector, SyslogClient, local_hostname
 from netpacs.app import edge_read
 from netpacs.app.container import Archive, Edge, build_archive, build_edge
+from netpacs.app.edge_cache import cache_jobs
 from netpacs.app.settings import Settings
 from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
@@ -304,6 +305,7 @@ def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
         Heartbeat(edge.figures, edge.upstream, seconds=settings.heartbeat_seconds),
         # -- edge: edge-read --
         edge_read.audit_sender(archive, edge),
+        *cache_jobs(settings, archive, edge),
     ]
 
 

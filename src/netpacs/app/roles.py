@@ -33,6 +33,7 @@ from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.clients import EdgeClients, demo_edges
+from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.link import LinkState
 from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.frames import FrameReader
@@ -198,6 +199,9 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         ),
         edge_read=edge_read.read_through(archive, edge),
         edge_serving=edge_read.edge_serving(archive, edge),
+        # -- edge: edge-prefetch --
+        change_feed=ChangeFeed(archive.read_engine) if settings.role == "core" else None,
+        prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
     )
 
 

@@ -370,6 +370,69 @@ store_tally = sa.Table(
 )
 
 
+# -- edge: edge-prefetch ------------------------------------------------------------------
+
+# What changed at this archive that a cache of its studies must follow (issue 13): merges
+# and undone merges (the studies moved), demographic updates, deletions, and admissions
+# (ADT A01/A04/A05: an edge prefetches the patient's priors). Appended in the
+# transaction that made the change; read by the edges through ``GET /edge/changes``.
+change_feed = sa.Table(
+    "change_feed",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("at", TS, nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # index.changes.ChangeKind
+    sa.Column("patient_id", sa.String(), nullable=False, server_default=""),
+    sa.Column("issuer", sa.String(), nullable=False, server_default=""),
+    sa.Column("nhs_number", sa.String(), nullable=True),
+    sa.Column("prior_patient_id", sa.String(), nullable=True),  # a merge's MRG-1
+    sa.Column("study_uids", sa.Text(), nullable=False, server_default=""),  # space-separated
+)
+
+# An edge's prefetch of one patient's earlier studies, asked by an admission (ADT
+# A01/A04/A05 at the edge or relayed by the core); one row per local identity.
+edge_prefetch = sa.Table(
+    "edge_prefetch",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("patient_id", sa.String(), nullable=False),
+    sa.Column("issuer", sa.String(), nullable=False),
+    sa.Column("nhs_number", sa.String(), nullable=True),
+    sa.Column("reason", sa.String(), nullable=False),  # e.g. "ADT^A04 at the edge"
+    sa.Column("status", sa.String(16), nullable=False),  # queued | running | done | failed
+    sa.Column("requested_at", TS, nullable=False),
+    sa.Column("next_attempt_at", TS, nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("started_at", TS, nullable=True),
+    sa.Column("finished_at", TS, nullable=True),
+    sa.Column("studies_found", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("studies_cached", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("instances_fetched", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("bytes_fetched", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.UniqueConstraint("patient_id", "issuer"),
+)
+sa.Index(None, edge_prefetch.c.status, edge_prefetch.c.next_attempt_at)
+
+# An edge's cache bookkeeping per study: until when a prefetch keeps it, and when it was
+# last read (for least-recently-used eviction).
+edge_cached_study = sa.Table(
+    "edge_cached_study",
+    metadata,
+    sa.Column("study_instance_uid", UID, primary_key=True),
+    sa.Column("prefetched_at", TS, nullable=True),
+    sa.Column("last_access_at", TS, nullable=False, index=True),
+)
+
+# Where an edge's jobs are in a sequence they follow (the core's change feed, its own
+# audit trail): name -> the last id taken.
+edge_cursor = sa.Table(
+    "edge_cursor",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("position", sa.BigInteger(), nullable=False),
+)
+
 # -- edge: edge-fwd -- (issue 13) --------------------------------------------------------
 # The edge's link to the core (one row, id 1): up, or down since the first failed call.
 edge_link = sa.Table(

@@ -29,7 +29,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from netpacs.domain.changes import ChangeKind
 from netpacs.domain.outcomes import Problem, Refused
+from netpacs.index.changes import record_change
 from netpacs.index.schema import (
     instance,
     patient,
@@ -203,6 +205,9 @@ class DeletionService:
         n_series = conn.execute(sa.delete(series).where(series.c.study_fk == study_pk)).rowcount
         conn.execute(sa.delete(study).where(study.c.id == study_pk))
         bump_epoch(conn)  # every index writer drops the ids it cached
+        record_change(
+            conn, ChangeKind.DELETE, patient_id=patient_id, issuer=issuer, study_uids=[study_uid]
+        )
         drafts = f"; {reports} draft report removed" if reports else ""
         AuditService(lambda fn: fn(conn), source_id=self._source_id).record(
             AuditRecord(

@@ -28,7 +28,7 @@ from netpacs.services.adt import (
 )
 
 #: Message types and triggers netpacs applies (HL7 v2.5 chapter 3).
-SUPPORTED = frozenset({"A01", "A04", "A08", "A40", "A47"})
+SUPPORTED = frozenset({"A01", "A04", "A05", "A08", "A40", "A47"})
 #: Versions read (MSH-12): the segments we use are the same from 2.3 on.
 OLDEST_VERSION = (2, 3)
 

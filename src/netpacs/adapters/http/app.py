@@ -15,6 +15,7 @@ from netpacs import __version__
 from netpacs.adapters.http import (
     audit_pages,
     auth,
+    edge_cache,
     edge_read,
     edges,
     errors,
@@ -82,6 +83,7 @@ def create_app(services: HttpServices) -> FastAPI:
         viewer,
         metrics,
         edge_read,
+        edge_cache,
         edges,
     ):
         # An edge node fills its cache from the core before answering a retrieve.

@@ -15,6 +15,7 @@ from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.accounts import AccountService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.deletion import DeletionService
+from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.edge.serving import EdgeServing
@@ -68,6 +69,9 @@ class HttpServices:
     web: WebConfig
     health: HealthService
     metrics: Scrape | None = None  # GET /metrics (None: not served)
+    # -- edge: edge-prefetch --
+    change_feed: ChangeFeed | None = None  # GET /edge/changes (the core)
+    prefetch_status: PrefetchStatus | None = None  # /admin/prefetch (an edge)
     edges: EdgeNodes | None = None  # the core's side of its edge nodes (issue 13)
     # -- edge: edge-read --
     edge_read: ReadThrough | None = None  # an edge node: reads through to the core

@@ -16,9 +16,14 @@ class Trigger(enum.Enum):
 
     A01 = "A01"  # admit / visit notification
     A04 = "A04"  # register a patient
+    A05 = "A05"  # pre-admit a patient
     A08 = "A08"  # update patient information
     A40 = "A40"  # merge patient - patient identifier list
     A47 = "A47"  # change patient identifier list
+
+
+#: The events that bring a patient to a trust now: an edge prefetches their priors.
+ADMISSIONS = frozenset({Trigger.A01, Trigger.A04, Trigger.A05})
 
 
 class Outcome(enum.Enum):

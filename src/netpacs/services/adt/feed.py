@@ -27,10 +27,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from netpacs.domain import nhs_number
+from netpacs.domain.changes import ChangeKind
 from netpacs.domain.peer import Peer
 from netpacs.domain.region import Region
-from netpacs.index.schema import adt_identity, hl7_message
+from netpacs.index.changes import record_change
+from netpacs.index.schema import adt_identity, hl7_message, patient
 from netpacs.services.adt.events import (
+    ADMISSIONS,
     AdtCaller,
     AdtEvent,
     AdtResult,
@@ -254,6 +257,20 @@ class AdtService:
         else:
             self._store_identity(conn, identity, values, event.control_id, now, source)
             detail = ""
+            number = conn.execute(
+                sa.select(patient.c.nhs_number).where(
+                    patient.c.patient_id == identity.patient_id,
+                    patient.c.issuer == identity.issuer,
+                )
+            ).scalar()
+            record_change(
+                conn,
+                ChangeKind.ADMIT if event.trigger in ADMISSIONS else ChangeKind.PATIENT,
+                patient_id=identity.patient_id,
+                issuer=identity.issuer,
+                nhs_number=number,
+                now=now,
+            )
         return AdtResult(Outcome.APPLIED, "; ".join(filter(None, [detail, *values.notes])))
 
     # -- reading an event ---------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from netpacs.domain.changes import ChangeKind
+from netpacs.index.changes import record_change
 from netpacs.index.schema import adt_identity, patient, patient_merge, study
 from netpacs.index.writer import bump_epoch
 from netpacs.services.adt.events import (
@@ -114,6 +116,15 @@ class MergeService:
         else:
             survivor_pk = int(survivor_row["id"])
         conn.execute(sa.update(study).where(study.c.id.in_(moved)).values(patient_fk=survivor_pk))
+        record_change(
+            conn,
+            ChangeKind.MERGE,
+            patient_id=survivor.patient_id,
+            issuer=survivor.issuer,
+            prior_patient_id=prior.patient_id,
+            study_uids=_study_uids(conn, moved),
+            now=now,
+        )
         return int(
             conn.execute(
                 sa.insert(patient_merge)
@@ -188,8 +199,28 @@ class MergeService:
             conn.execute(
                 sa.update(patient_merge).where(patient_merge.c.id == merge_id).values(undone_at=now)
             )
+            record_change(
+                conn,
+                ChangeKind.UNMERGE,
+                patient_id=prior.patient_id,
+                issuer=prior.issuer,
+                prior_patient_id=survivor.patient_id,
+                study_uids=_study_uids(conn, moved),
+                now=now,
+            )
         log.info("ADT merge %d of %s into %s undone", merge_id, prior, survivor)
         return AdtResult(Outcome.APPLIED, f"merge {merge_id} undone")
+
+
+def _study_uids(conn: sa.Connection, pks: list[int]) -> list[str]:
+    if not pks:
+        return []
+    return [
+        str(uid)
+        for uid in conn.execute(
+            sa.select(study.c.study_instance_uid).where(study.c.id.in_(pks)).order_by(study.c.id)
+        ).scalars()
+    ]
 
 
 def _restore_patient(conn: sa.Connection, pk: int, before: dict[str, Any] | None) -> None:

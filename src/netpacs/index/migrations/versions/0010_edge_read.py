@@ -1,7 +1,7 @@
 """Edge read-through: sign-in confirmed by the core, audit records sent to the core.
 
-Revision ID: 0009_edge_read
-Revises: 0009_edge_fwd (re-chained at merge)
+Revision ID: 0010
+Revises: 0009
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_edge_read"
-down_revision = "0009_edge_fwd"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Edge node (issue 13, edge-fwd): the link state, the forward queue, the core's record
 of its edge nodes.
 
-Revision ID: 0009_edge_fwd
+Revision ID: 0009
 Revises: 0008
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_edge_fwd"
+revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
