@@ -100,7 +100,7 @@ def build_archive(settings: Settings) -> Archive:
         on_other_patient=StudyPatientRule(region, source_id=settings.ae_title),
         retry_seconds=settings.database_retry_seconds,
     )
-    audit = AuditService(writer.execute, source_id=settings.ae_title)
+    audit = AuditService(writer.execute, source_id=settings.ae_title, append=writer.append)
     ingest = IngestService(
         blobs=blobs,
         writer=writer,

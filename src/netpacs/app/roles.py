@@ -69,6 +69,7 @@ def accounts(archive: Archive, settings: Settings) -> AccountService:
         token_minutes=settings.token_minutes,
         signin_attempts=settings.signin_attempts,
         signin_window_minutes=settings.signin_window_minutes,
+        state_seconds=settings.account_cache_seconds,
     )
 
 

@@ -26,7 +26,7 @@ from netpacs.adapters.http.deps import HttpServices, is_https, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
 from netpacs.services.access import BreakGlass, BreakGlassError, Principal
-from netpacs.services.accounts import SignInError, SignInProblem
+from netpacs.services.accounts import Lookup, SignInError, SignInProblem
 
 router = APIRouter()
 
@@ -82,6 +82,26 @@ def identify(request: Request) -> None:
     base: HttpServices = request.app.state.services
     token, _ = credentials(request)
     principal = base.accounts.principal(token, address=client_address(request)) if token else None
+    _settle(request, principal, token)
+
+
+def identify_known(request: Request) -> bool:
+    """:func:`identify` without reading the index, when the token's account state is
+    known from the last few seconds (NETPACS_ACCOUNT_CACHE_SECONDS): no thread, no
+    database round trip. False: call :func:`identify`."""
+    base: HttpServices = request.app.state.services
+    token, _ = credentials(request)
+    principal = (
+        base.accounts.known_principal(token, address=client_address(request)) if token else None
+    )
+    if principal is Lookup.NEEDED:
+        return False
+    _settle(request, principal, token)
+    return True
+
+
+def _settle(request: Request, principal: Principal | None, token: str | None) -> None:
+    base: HttpServices = request.app.state.services
     request.state.principal = principal
     request.state.sign_in_problem = (
         None

@@ -102,7 +102,8 @@ class Gate:
             await refusal(scope, receive, send)
             return
         if not auth.is_open(path):
-            await run_in_threadpool(auth.identify, request)
+            if not auth.identify_known(request):
+                await run_in_threadpool(auth.identify, request)
             if request.state.principal is None and (
                 request.method not in SAFE_METHODS or _has_body(request)
             ):
