@@ -130,6 +130,7 @@ class Server:
     token: str | None = None
     latencies: dict[int, list[float]] = field(default_factory=dict)  # clients -> ms
     rates: dict[int, list[float]] = field(default_factory=dict)  # clients -> requests/s
+    cpu: dict[int, list[float]] = field(default_factory=dict)  # clients -> CPU ms/request
 
     @property
     def headers(self) -> dict[str, str]:
@@ -138,13 +139,27 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(kind: str, keep: bool, user: str) -> Iterator[Server]:
+def running(kind: str, keep: bool, user: str, baseline: Path | None = None) -> Iterator[Server]:
+    """``kind`` orthanc, netpacs, or baseline: netpacs run from the sources ``baseline``
+    (e.g. an older commit's ``src``, exported with ``git archive``) for a before/after."""
     workdir = Path(tempfile.mkdtemp(prefix=f"qido-{kind}-", dir=sb.WORK))
     if kind == "orthanc":
         receiver = wb.start_orthanc_dicomweb(workdir)
         path = "/dicom-web"
     else:
-        receiver = sb.start_netpacs(workdir, sb.DEFAULT_NETPACS_CMD)
+        saved = os.environ.get("PYTHONPATH")
+        if kind == "baseline":
+            assert baseline is not None
+            os.environ["PYTHONPATH"] = str(baseline.resolve())  # ahead of the editable install
+        try:
+            receiver = sb.start_netpacs(workdir, sb.DEFAULT_NETPACS_CMD)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+        if kind == "baseline":
+            receiver.name = "netpacs before"
         path = "/dicomweb"
     try:
         sb.wait_for_echo(receiver)
@@ -234,6 +249,23 @@ def run_clients(
     return latencies, len(latencies) / seconds
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process and its descendants (Linux /proc), seconds: on
+    a shared machine the server's own work per request, whatever else runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pending += [int(c) for c in children]
+    return total
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -247,7 +279,7 @@ def py_spy(server: Server, out: Path | None) -> Iterator[None]:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(PY_SPY), "record", "--subprocesses", "--format", "raw", "--rate", "200"]
-    cmd += ["--output", str(out), "--pid", str(server.receiver.proc.pid), "--idle"]
+    cmd += ["--output", str(out), "--pid", str(server.receiver.proc.pid)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     try:
@@ -287,6 +319,13 @@ def report(servers: list[Server], counts: list[int]) -> str:
         o, n = rates.get("Orthanc"), rates.get("netpacs")
         ratio = f"{n / o:.2f}" if o and n else "-"
         lines.append(f"| {clients} | requests/s | " + " | ".join(cells) + f" | {ratio} |")
+        cpus = {s.name: statistics.median(s.cpu[clients]) for s in servers if s.cpu.get(clients)}
+        cells = [f"{cpus[s.name]:.2f}" if s.name in cpus else "-" for s in servers]
+        o, n = cpus.get("Orthanc"), cpus.get("netpacs")
+        ratio = f"{n / o:.2f}" if o and n else "-"
+        lines.append(
+            f"| {clients} | server CPU ms/request | " + " | ".join(cells) + f" | {ratio} |"
+        )
     _ = by
     return "\n".join(lines)
 
@@ -302,6 +341,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--user", default="rtp.clinician", help="netpacs demo user to sign in as")
     p.add_argument("--only", choices=["orthanc", "netpacs"], help="measure one server only")
     p.add_argument("--py-spy", type=Path, help="record netpacs with py-spy (raw) into this file")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure netpacs run from these sources (a src directory) for a before/after",
+    )
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep the servers' work directories")
     args = p.parse_args(argv)
@@ -314,6 +358,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     kinds = [args.only] if args.only else ["orthanc", "netpacs"]
+    if args.baseline:
+        kinds.append("baseline")
     if "orthanc" in kinds and not Path(wb.DICOMWEB_PLUGIN).exists():
         print(
             "Orthanc's DICOMweb plugin is missing: apt-get install orthanc-dicomweb",
@@ -326,7 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected = args.patients * args.studies
     try:
         with contextlib.ExitStack() as stack:
-            servers = [stack.enter_context(running(kind, args.keep, args.user)) for kind in kinds]
+            servers = [
+                stack.enter_context(running(kind, args.keep, args.user, args.baseline))
+                for kind in kinds
+            ]
             for server in servers:
                 send_all(server.receiver, files)
                 held = count_studies(server)
@@ -341,15 +390,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                             server,
                             args.py_spy if r == 0 and clients == args.client_counts[-1] else None,
                         ):
+                            cpu0 = cpu_seconds(server.receiver.proc.pid)
                             ms, rate = run_clients(
                                 server, ids, clients, args.requests, args.studies
                             )
+                            cpu = (cpu_seconds(server.receiver.proc.pid) - cpu0) / len(ms)
                         server.latencies.setdefault(clients, []).extend(ms)
                         server.rates.setdefault(clients, []).append(rate)
+                        server.cpu.setdefault(clients, []).append(cpu * 1000)
                         print(
                             f"round {r + 1}, {clients} clients, {server.name}: "
                             f"p50 {percentile(ms, 50):.2f} ms, p95 {percentile(ms, 95):.2f} ms, "
-                            f"{rate:.0f}/s",
+                            f"{rate:.0f}/s, server CPU {cpu * 1000:.2f} ms/request",
                             flush=True,
                         )
     except (sb.BenchError, OSError) as exc:
@@ -372,7 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "studies": expected,
                     "user": args.user,
                     "servers": {
-                        s.name: {"latencies_ms": s.latencies, "requests_per_s": s.rates}
+                        s.name: {
+                            "latencies_ms": s.latencies,
+                            "requests_per_s": s.rates,
+                            "cpu_ms_per_request": s.cpu,
+                        }
                         for s in servers
                     },
                 },
