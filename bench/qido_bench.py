@@ -279,7 +279,7 @@ def py_spy(server: Server, out: Path | None) -> Iterator[None]:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(PY_SPY), "record", "--subprocesses", "--format", "raw", "--rate", "200"]
-    cmd += ["--output", str(out), "--pid", str(server.receiver.proc.pid)]
+    cmd += ["--output", str(out), "--pid", str(server.receiver.proc.pid), "--gil"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     try:

@@ -133,6 +133,7 @@ class IndexWriter:
         self._admitted: set[tuple[str, str, str]] = set()
         self._epoch: int | None = None
         self._statements = _Statements(self._dialect)
+        self._appends: dict[str, sa.Insert] = {}  # table name -> its INSERT (append)
         self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
         self._thread.start()
 
@@ -155,7 +156,10 @@ class IndexWriter:
         one table in one INSERT (e.g. the audit messages of concurrent requests: one
         statement and one fsync for all of them)."""
         fut: Future[Any] = Future()
-        self._queue.put(_Job(lambda conn: conn.execute(sa.insert(table), row), fut, table, row))
+        stmt = self._appends.get(table.name)
+        if stmt is None:  # built once: its cache key is then memoized
+            stmt = self._appends[table.name] = sa.insert(table)
+        self._queue.put(_Job(lambda conn: conn.execute(stmt, row), fut, table, row))
         fut.result()
 
     def close(self) -> None:
@@ -267,7 +271,8 @@ class IndexWriter:
             assert table is not None
             savepoint = conn.begin_nested()
             try:
-                conn.execute(sa.insert(table), [job.row for job in group if job.row is not None])
+                rows = [job.row for job in group if job.row is not None]
+                conn.execute(self._appends[table.name], rows)
                 savepoint.commit()
                 results += [(job, None, None) for job in group]
                 continue

@@ -120,6 +120,9 @@ class AccountService:
         self._state_seconds = state_seconds
         # (user name, token id) -> (monotonic time read, the account or None: refused)
         self._states: dict[tuple[str, str | None], tuple[float, _Account | None]] = {}
+        # token -> (user name, token id, expiry as a Unix time): tokens whose signature
+        # was checked
+        self._tokens: dict[str, tuple[str, str | None, float]] = {}
         self._secret = secret
         self._audit = audit
         self._token_seconds = token_minutes * 60
@@ -424,9 +427,8 @@ class AccountService:
         found = self.known_principal(token, address=address)
         if found is not Lookup.NEEDED:
             return found
-        claims = self._claims(token)
-        assert claims is not None
-        key = (str(claims["sub"]), _token_id(claims))
+        key = self._token(token)
+        assert key is not None
         account = self._read_state(*key)
         if self._state_seconds > 0:
             if len(self._states) >= _MAX_STATES:
@@ -438,14 +440,32 @@ class AccountService:
         """As :meth:`principal`, without reading the index: ``Lookup.NEEDED`` when the
         token's account state is not known from the last ``state_seconds`` (so that a
         request can be identified without a database round trip or a thread)."""
-        claims = self._claims(token)
-        if claims is None:
+        key = self._token(token)
+        if key is None:
             return None
-        cached = self._states.get((str(claims["sub"]), _token_id(claims)))
+        cached = self._states.get(key)
         if cached is None or time.monotonic() - cached[0] >= self._state_seconds:
             return Lookup.NEEDED
         account = cached[1]
         return None if account is None else account.principal(address)
+
+    def _token(self, token: str) -> tuple[str, str | None] | None:
+        """(user name, token id) of a valid, unexpired token of ours; None otherwise.
+        A token's signature is checked once: the same string is then known to be ours
+        until it expires."""
+        known = self._tokens.get(token)
+        if known is None:
+            claims = self._claims(token)
+            if claims is None:
+                return None
+            known = (str(claims["sub"]), _token_id(claims), float(claims["exp"]))
+            if len(self._tokens) >= _MAX_STATES:
+                self._tokens.clear()
+            self._tokens[token] = known
+        if known[2] <= time.time():
+            self._tokens.pop(token, None)
+            return None
+        return known[0], known[1]
 
     def _claims(self, token: str) -> dict[str, Any] | None:
         try:
