@@ -279,7 +279,7 @@ def py_spy(server: Server, out: Path | None) -> Iterator[None]:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(PY_SPY), "record", "--subprocesses", "--format", "raw", "--rate", "200"]
-    cmd += ["--output", str(out), "--pid", str(server.receiver.proc.pid), "--gil"]
+    cmd += ["--output", str(out), "--pid", str(server.receiver.proc.pid)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     try:
@@ -299,14 +299,12 @@ def report(servers: list[Server], counts: list[int]) -> str:
         + " | ratio netpacs/Orthanc |"
     ]
     lines.append("|---" * (len(servers) + 3) + "|")
-    by = {s.name: s for s in servers}
     for clients in counts:
-        for title, fig in (
-            ("p50 ms", lambda v: percentile(v, 50)),
-            ("p95 ms", lambda v: percentile(v, 95)),
-        ):
+        for title, pct in (("p50 ms", 50.0), ("p95 ms", 95.0)):
             values = {
-                s.name: fig(s.latencies[clients]) for s in servers if s.latencies.get(clients)
+                s.name: percentile(s.latencies[clients], pct)
+                for s in servers
+                if s.latencies.get(clients)
             }
             cells = [f"{values[s.name]:.2f}" if s.name in values else "-" for s in servers]
             o, n = values.get("Orthanc"), values.get("netpacs")
@@ -326,7 +324,6 @@ def report(servers: list[Server], counts: list[int]) -> str:
         lines.append(
             f"| {clients} | server CPU ms/request | " + " | ".join(cells) + f" | {ratio} |"
         )
-    _ = by
     return "\n".join(lines)
 
 
