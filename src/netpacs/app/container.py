@@ -202,7 +202,7 @@ def build_archive(settings: Settings) -> Archive:
         retry_seconds=settings.database_retry_seconds,
         on_new_instance=ForwardRule() if settings.role == "edge" else None,
     )
-    audit = AuditService(writer.execute, source_id=settings.ae_title)
+    audit = AuditService(writer.execute, source_id=settings.ae_title, append=writer.append)
     ingest = IngestService(
         blobs=blobs,
         writer=writer,

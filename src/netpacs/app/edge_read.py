@@ -52,6 +52,7 @@ def edge_accounts(
         signin_attempts=settings.signin_attempts,
         signin_window_minutes=settings.signin_window_minutes,
         edges=clients,
+        state_seconds=settings.account_cache_seconds,
     )
 
 

@@ -78,6 +78,7 @@ def accounts(archive: Archive, settings: Settings, edge: Edge | None = None) -> 
         signin_attempts=settings.signin_attempts,
         signin_window_minutes=settings.signin_window_minutes,
         edges=edge_clients(archive, settings),
+        state_seconds=settings.account_cache_seconds,
     )
 
 

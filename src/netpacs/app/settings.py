@@ -98,6 +98,14 @@ class Settings(BaseSettings):
         default=5, ge=1, description="failed sign-ins allowed per user and address per window"
     )
     signin_window_minutes: int = Field(default=15, ge=1)
+    account_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="how long an HTTP worker believes a token's account state (enabled, "
+        "not revoked) before reading it again: a disabled account or a token revoked "
+        "through another worker is refused within this many seconds (0: every request)",
+    )
     # -- OpenID Connect sign-in (issue 5): unset oidc_issuer means none ---------------------
     oidc_issuer: str | None = Field(
         default=None,

@@ -104,6 +104,10 @@ class _KnownStudy:
 class _Job:
     run: Callable[[sa.Connection], Any]
     future: Future[Any]
+    # An append (IndexWriter.append): the row, inserted with the batch's other rows of
+    # its table in one statement; ``run`` inserts it alone (when that statement fails).
+    table: sa.Table | None = None
+    row: dict[str, Any] | None = None
 
 
 class IndexWriter:
@@ -138,6 +142,7 @@ class IndexWriter:
         self._admitted: set[tuple[str, str, str]] = set()
         self._epoch: int | None = None
         self._statements = _Statements(self._dialect)
+        self._appends: dict[str, sa.Insert] = {}  # table name -> its INSERT (append)
         self._thread = threading.Thread(target=self._loop, name="index-writer", daemon=True)
         self._thread.start()
 
@@ -153,6 +158,18 @@ class IndexWriter:
     def execute(self, fn: Callable[[sa.Connection], Any]) -> Any:
         """Run ``fn`` inside a writer transaction (for maintenance writes)."""
         return self._submit(fn)
+
+    def append(self, table: sa.Table, row: dict[str, Any]) -> None:
+        """Insert ``row`` into ``table``; returns once it is committed. The rows that
+        concurrent callers append while a batch commits go in the next batch, all of
+        one table in one INSERT (e.g. the audit messages of concurrent requests: one
+        statement and one fsync for all of them)."""
+        fut: Future[Any] = Future()
+        stmt = self._appends.get(table.name)
+        if stmt is None:  # built once: its cache key is then memoized
+            stmt = self._appends[table.name] = sa.insert(table)
+        self._queue.put(_Job(lambda conn: conn.execute(stmt, row), fut, table, row))
+        fut.result()
 
     def close(self) -> None:
         self._queue.put(None)
@@ -213,9 +230,15 @@ class IndexWriter:
         only, but an error that says the primary went away fails the attempt."""
         results: list[tuple[_Job, Any, BaseException | None]] = []
         self._committing = False
+        appended = [job for job in batch if job.table is not None]
         with self._engine.connect() as conn, conn.begin() as trans:
-            self._check_epoch(conn)
-            if len(batch) == 1:  # no savepoint needed: the job is the transaction
+            if len(appended) < len(batch):  # appends do not use the cached ids
+                self._check_epoch(conn)
+            alone = len(batch) == 1  # no savepoint needed: the job is the transaction
+            if appended and not alone:
+                results += self._append_all(conn, appended)
+                batch = [job for job in batch if job.table is None]
+            if alone:
                 job = batch[0]
                 try:
                     results.append((job, job.run(conn), None))
@@ -225,7 +248,7 @@ class IndexWriter:
                     trans.rollback()
                     self._forget_caches()
                     results.append((job, None, exc))
-            for job in batch if len(batch) > 1 else ():
+            for job in () if alone else batch:
                 savepoint = conn.begin_nested()
                 try:
                     value = job.run(conn)
@@ -240,6 +263,43 @@ class IndexWriter:
             if trans.is_active:
                 self._committing = True
                 trans.commit()
+        return results
+
+    def _append_all(
+        self, conn: sa.Connection, jobs: list[_Job]
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
+        """The appended rows, one INSERT per table (in a savepoint); when one fails, each
+        row alone, so that one bad row fails its own caller only."""
+        by_table: dict[str, list[_Job]] = {}
+        for job in jobs:
+            assert job.table is not None
+            by_table.setdefault(job.table.name, []).append(job)
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        for group in by_table.values():
+            table = group[0].table
+            assert table is not None
+            savepoint = conn.begin_nested()
+            try:
+                rows = [job.row for job in group if job.row is not None]
+                conn.execute(self._appends[table.name], rows)
+                savepoint.commit()
+                results += [(job, None, None) for job in group]
+                continue
+            except Exception as exc:
+                if lost_primary(exc):
+                    raise
+                savepoint.rollback()
+            for job in group:
+                savepoint = conn.begin_nested()
+                try:
+                    job.run(conn)
+                    savepoint.commit()
+                    results.append((job, None, None))
+                except Exception as exc:
+                    if lost_primary(exc):
+                        raise
+                    savepoint.rollback()
+                    results.append((job, None, exc))
         return results
 
     def _check_epoch(self, conn: sa.Connection) -> None:

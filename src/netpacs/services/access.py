@@ -209,19 +209,54 @@ def on_behalf_refusal(edge: Principal, user: Principal | None, username: str) ->
 NOBODY = Principal("unauthenticated", Role.APPLICATION)
 
 
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+#: The time a break-glass grant must outlast, taken when the statement runs: the
+#: condition of a principal is then built once and reused (issue 16).
+_NOW = sa.bindparam("access_now", callable_=_utcnow, type_=break_glass.c.expires_at.type)
+_MAX_CACHED = 1_000  # principals whose condition is kept (then all forgotten at once)
+
+
 class AccessRules:
     """SQL conditions for what a principal may see (one place for every interface)."""
+
+    def __init__(self) -> None:
+        self._conditions: dict[tuple[object, ...], sa.ColumnElement[bool] | None] = {}
 
     def visible_patients(
         self, principal: Principal, now: dt.datetime | None = None
     ) -> sa.ColumnElement[bool] | None:
-        """The condition on ``patient`` rows the principal may see; None: every row."""
+        """The condition on ``patient`` rows the principal may see; None: every row.
+        Break-glass grants count until ``now`` (default: when the statement runs)."""
+        if now is not None:
+            return self._visible(principal, now)
+        key: tuple[object, ...] = (
+            principal.user_id,
+            principal.role,
+            principal.trust,
+            principal.reports_for,
+            principal.capabilities,
+        )
+        try:
+            return self._conditions[key]
+        except KeyError:
+            pass
+        cond = self._visible(principal, _NOW)
+        if len(self._conditions) >= _MAX_CACHED:
+            self._conditions.clear()
+        self._conditions[key] = cond
+        return cond
+
+    def _visible(
+        self, principal: Principal, now: dt.datetime | sa.BindParameter[dt.datetime]
+    ) -> sa.ColumnElement[bool] | None:
         if principal.sees_everything:
             return None
         if not principal.may(Capability.SEE_IMAGING) or not principal.trust:
             return sa.false()
         trust = principal.trust
-        now = now or dt.datetime.now(dt.UTC)
         # Identities of other issuers a person granted to the trust (one uncorrelated
         # subquery: the table is small and has no index on the identity).
         granted_to_trust = sa.select(reconciliation.c.patient_id, reconciliation.c.issuer).where(

@@ -23,6 +23,7 @@ import enum
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -120,9 +121,20 @@ class AccountService:
         signin_attempts: int = 5,
         signin_window_minutes: int = 15,
         edges: EdgeClients | None = None,
+        state_seconds: float = 0.0,
     ) -> None:
-        self._edges = edges or EdgeClients(())
+        """``state_seconds``: how long a token's account state (the account exists and
+        is enabled, the token is not revoked) read from the index is believed before it
+        is read again; 0: read for every request. A token revoked through this process
+        is refused at once."""
         self._engine = engine
+        self._edges = edges or EdgeClients(())
+        self._state_seconds = state_seconds
+        # (user name, token id) -> (monotonic time read, the account or None: refused)
+        self._states: dict[tuple[str, str | None], tuple[float, _Account | None]] = {}
+        # token -> (user name, token id, expiry as a Unix time, an edge node's): tokens
+        # whose signature was checked
+        self._tokens: dict[str, tuple[str, str | None, float, bool]] = {}
         self._secret = secret
         self._audit = audit
         self._token_seconds = token_minutes * 60
@@ -463,8 +475,58 @@ class AccountService:
 
     def principal(self, token: str, *, address: str | None) -> Principal | None:
         """The principal a token stands for, or None (bad, expired, or account gone)."""
+        found = self.known_principal(token, address=address)
+        if found is not Lookup.NEEDED:
+            return found
+        known = self._token(token)
+        assert known is not None
+        key = known[0], known[1]
+        account = self._read_state(*key)
+        if self._state_seconds > 0:
+            if len(self._states) >= _MAX_STATES:
+                self._states.clear()
+            self._states[key] = (time.monotonic(), account)
+        return None if account is None else account.principal(address)
+
+    def known_principal(self, token: str, *, address: str | None) -> Principal | Lookup | None:
+        """As :meth:`principal`, without reading the index: ``Lookup.NEEDED`` when the
+        token's account state is not known from the last ``state_seconds`` (so that a
+        request can be identified without a database round trip or a thread)."""
+        known = self._token(token)
+        if known is None:
+            return None
+        username, jti, edge = known
+        if edge:  # an edge node of the region file: no account in the index
+            return self._edges.principal(username, address=address)
+        cached = self._states.get((username, jti))
+        if cached is None or time.monotonic() - cached[0] >= self._state_seconds:
+            return Lookup.NEEDED
+        account = cached[1]
+        return None if account is None else account.principal(address)
+
+    def _token(self, token: str) -> tuple[str, str | None, bool] | None:
+        """(user name, token id, whether it is an edge node's) of a valid, unexpired token
+        of ours; None otherwise.
+        A token's signature is checked once: the same string is then known to be ours
+        until it expires."""
+        known = self._tokens.get(token)
+        if known is None:
+            claims = self._claims(token)
+            if claims is None:
+                return None
+            edge = claims.get("role") == Role.EDGE.value
+            known = (str(claims["sub"]), _token_id(claims), float(claims["exp"]), edge)
+            if len(self._tokens) >= _MAX_STATES:
+                self._tokens.clear()
+            self._tokens[token] = known
+        if known[2] <= time.time():
+            self._tokens.pop(token, None)
+            return None
+        return known[0], known[1], known[3]
+
+    def _claims(self, token: str) -> dict[str, Any] | None:
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
@@ -473,22 +535,24 @@ class AccountService:
             )
         except jwt.PyJWTError:
             return None
-        if claims.get("role") == Role.EDGE.value:
-            return self._edges.principal(str(claims["sub"]), address=address)
-        jti = claims.get("jti")
+        return claims
+
+    def _read_state(self, username: str, jti: str | None) -> _Account | None:
+        """The account of a token from the index; None: no such account, disabled, or
+        the token revoked."""
         with self._engine.connect() as conn:
             row = conn.execute(
-                sa.select(user_account).where(user_account.c.username == str(claims["sub"]))
+                sa.select(user_account).where(user_account.c.username == username)
             ).first()
             revoked = (
-                isinstance(jti, str)
+                jti is not None
                 and conn.execute(
                     sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
                 ).first()
             )
         if row is None or row.disabled or revoked:
             return None
-        return _principal(row, address)
+        return _Account(row.username, Role(row.role), row.trust, row.display_name)
 
     def sign_out(self, principal: Principal, token: str | None = None) -> None:
         """Record the sign-out and revoke ``token`` (the session's access token), so
@@ -500,6 +564,8 @@ class AccountService:
             except jwt.PyJWTError:
                 claims = {}
         jti, exp = claims.get("jti"), claims.get("exp")
+        if isinstance(jti, str) and "sub" in claims:
+            self._states[(str(claims["sub"]), jti)] = (time.monotonic(), None)
         if isinstance(jti, str) and isinstance(exp, int):
             now = dt.datetime.now(dt.UTC)
             try:
@@ -520,6 +586,33 @@ class AccountService:
 
 
 _DUMMY_HASH = PasswordHasher().hash(secrets.token_hex(16))
+_MAX_STATES = 10_000  # account states remembered (then forgotten all at once)
+
+
+class Lookup(enum.Enum):
+    NEEDED = "needed"  # the account state must be read from the index
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    username: str
+    role: Role
+    trust: str
+    display_name: str
+
+    def principal(self, address: str | None) -> Principal:
+        return Principal(
+            user_id=self.username,
+            role=self.role,
+            trust=self.trust,
+            address=address,
+            name=self.display_name,
+        )
+
+
+def _token_id(claims: dict[str, Any]) -> str | None:
+    jti = claims.get("jti")
+    return jti if isinstance(jti, str) else None
 
 
 def _attempt(username: str, address: str | None) -> Actor:

@@ -322,7 +322,10 @@ class AuditService:
     """Records audit messages; ``run`` executes a function in a committed transaction.
 
     ``run`` is the index writer's ``execute`` (group commit, one fsync for many
-    records), or :meth:`in_own_transaction` where there is no writer.
+    records), or :meth:`in_own_transaction` where there is no writer. ``append``, when
+    given, is the writer's ``append``: the message is built in the caller's thread and
+    the messages of concurrent callers are inserted together, in one statement of the
+    writer's next transaction (issue 16).
     """
 
     def __init__(
@@ -331,8 +334,10 @@ class AuditService:
         *,
         source_id: str,
         site_id: str = "",
+        append: Callable[[sa.Table, dict[str, Any]], None] | None = None,
     ) -> None:
         self._run = run
+        self._append = append
         self._source_id = source_id
         self._site_id = site_id
 
@@ -345,12 +350,18 @@ class AuditService:
 
     def record(self, record: AuditRecord) -> None:
         """Build and durably store the audit message; raises if it cannot be stored."""
-        self._run(lambda conn: self.record_in(conn, record))
+        row = self._row(record)
+        if self._append is not None:
+            self._append(audit_event, row)
+        else:
+            self._run(lambda conn: conn.execute(sa.insert(audit_event), row))
 
     def record_in(self, conn: sa.Connection, record: AuditRecord) -> None:
         """Store the audit message in ``conn``'s transaction (with what it records)."""
+        conn.execute(sa.insert(audit_event), self._row(record))
+
+    def _row(self, record: AuditRecord) -> dict[str, Any]:
         xml = build_message(record, source_id=self._source_id, site_id=self._site_id)
-        conn.execute(sa.insert(audit_event).values(_row(record, xml)))
         # Nested patients/studies make a message long; the log line is the summary.
         log.debug(
             "audit %s %s by %s (%s): %s",
@@ -360,3 +371,4 @@ class AuditService:
             record.actor.trust,
             record.detail,
         )
+        return _row(record, xml)

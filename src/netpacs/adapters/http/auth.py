@@ -27,7 +27,7 @@ from netpacs.adapters.http.deps import HttpServices, is_https, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
 from netpacs.services.access import ON_BEHALF_HEADER, BreakGlass, BreakGlassError, Principal
-from netpacs.services.accounts import OnBehalfRefused, SignInError, SignInProblem
+from netpacs.services.accounts import Lookup, OnBehalfRefused, SignInError, SignInProblem
 
 router = APIRouter()
 
@@ -91,6 +91,30 @@ def identify(request: Request) -> None:
         except OnBehalfRefused as exc:
             request.state.refusal = exc.message
             principal = None
+    _settle(request, principal, token)
+
+
+def identify_known(request: Request) -> bool:
+    """:func:`identify` without reading the index, when the token's account state is
+    known from the last few seconds (NETPACS_ACCOUNT_CACHE_SECONDS): no thread, no
+    database round trip. False: call :func:`identify` (also for an edge node acting for
+    a user, whose account is read)."""
+    if ON_BEHALF_HEADER in request.headers:
+        return False
+    base: HttpServices = request.app.state.services
+    token, _ = credentials(request)
+    principal = (
+        base.accounts.known_principal(token, address=client_address(request)) if token else None
+    )
+    if principal is Lookup.NEEDED:
+        return False
+    request.state.refusal = None
+    _settle(request, principal, token)
+    return True
+
+
+def _settle(request: Request, principal: Principal | None, token: str | None) -> None:
+    base: HttpServices = request.app.state.services
     request.state.principal = principal
     request.state.sign_in_problem = (
         None

@@ -102,7 +102,8 @@ class Gate:
             await refusal(scope, receive, send)
             return
         if not auth.is_open(path):
-            await run_in_threadpool(auth.identify, request)
+            if not auth.identify_known(request):
+                await run_in_threadpool(auth.identify, request)
             if request.state.refusal:  # an edge node acting for a user it may not
                 await _json(403, request.state.refusal)(scope, receive, send)
                 return
