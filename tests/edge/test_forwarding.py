@@ -15,7 +15,7 @@ import pydicom
 from dicomweb_client import DICOMwebClient
 
 from tests.conftest import wait_until
-from tests.edge.conftest import EDGE_CLIENT, CoreAndEdge
+from tests.edge.conftest import EDGE_CLIENT, TIMEOUT, CoreAndEdge
 from tests.edge.helpers import assert_byte_identical_at_core, core_holds, ct_study, metric, uids
 
 WITHIN = 60.0  # seconds after the link returns (issue 13, fault test 4)
@@ -56,7 +56,9 @@ def test_the_core_lists_its_edge_with_its_last_report(core_and_edge: CoreAndEdge
     page = core.http.get(f"{core.base_url}/edges", headers={"Accept": "text/html"})
     assert page.status_code == 200 and EDGE_CLIENT in page.text
     # Only PACS administrators see it.
-    clinician = httpx.get(f"{core.base_url}/api/edges", headers=core.auth("rxc.clinician"))
+    clinician = httpx.get(
+        f"{core.base_url}/api/edges", headers=core.auth("rxc.clinician"), timeout=TIMEOUT
+    )
     assert clinician.status_code == 403
 
 
