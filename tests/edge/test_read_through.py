@@ -190,12 +190,16 @@ def test_sign_in_while_cut_off_only_for_users_the_core_confirmed_here(
         core_and_edge.heal()
 
 
-def test_banner_on_every_page_while_the_core_is_away(core_and_edge: CoreAndEdge) -> None:
+def test_banner_on_every_page_while_the_core_is_away(
+    core_and_edge: CoreAndEdge, at_core: StoredSeries
+) -> None:
     edge = core_and_edge.edge
     with client(edge) as http:
         page = http.get(f"{edge.base_url}/studies", headers={"Accept": "text/html"})
         assert page.status_code == 200
         assert BANNER not in page.text
+        # The study list reads through too: the region's studies, not only the cache's.
+        assert at_core.study_uid in page.text
         core_and_edge.link.cut()
         try:
             http.get(f"{edge.dicomweb_url}/studies", params={"PatientID": "X"})
