@@ -265,3 +265,24 @@ def test_only_an_edge_node_sends_audit_records_to_the_core(core_and_edge: CoreAn
             f"{edge.base_url}/api/edge/find", json={"identifier": {}, "level": "STUDY"}
         )
     assert answer.status_code == 404, answer.text
+
+
+def test_what_the_core_has_not_confirmed_is_listed_with_the_cores_answers(
+    core_and_edge: CoreAndEdge, tmp_path: Path
+) -> None:
+    """An object stored here that the core does not confirm (it holds other content under
+    the same SOP Instance UID) stays in the backlog: the edge lists its study along with
+    what the core answers."""
+    edge, core = core_and_edge.edge, core_and_edge.core
+    at_core = write_and_send_ct(core, tmp_path / "a", 1, patient_id="RXC0000305", issuer="RXC")
+    clash = pydicom.dcmread(at_core.paths[0])
+    clash.StudyInstanceUID = pydicom.uid.generate_uid()
+    clash.SeriesInstanceUID = pydicom.uid.generate_uid()
+    clash.StudyDescription = "stored at the edge only"
+    path = tmp_path / "clash.dcm"
+    clash.save_as(path)
+    edge.store(path)
+    with client(edge) as http:
+        answer = studies(http, edge, "RXC0000305")
+    assert answer.status_code == 200 and "warning" not in answer.headers
+    assert uids(answer) == {at_core.study_uid, str(clash.StudyInstanceUID)}
