@@ -11,8 +11,9 @@ DCMTK ``storescu`` from the site's CT (``EDGH_CT1``) to the edge:
 2. **Drain after a cut**: the link is cut, another N instances are stored at the edge,
    the link is restored; the time from the restore until the backlog is empty.
 3. **Orthanc, same run**: Orthanc (Debian's, no plugins) as the site's node, the same
-   core as its C-STORE peer (``DicomModalities``); N instances stored to Orthanc, then
-   the time of ``POST /modalities/core/store`` (synchronous) of the study, which ends
+   core as its C-STORE peer (``DicomModalities``, through a proxy like the edge's); N
+   instances stored to Orthanc, then the time of ``POST /modalities/core/store``
+   (synchronous) of the studies, which ends
    when the core has answered every C-STORE. Orthanc does not check what the core
    holds afterwards; netpacs' figure includes that check.
 
@@ -51,9 +52,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import pydicom  # noqa: E402
 import store_bench as sb  # noqa: E402  (the C-STORE benchmark's Orthanc)
-from tests.conftest import postgres_database, wait_until  # noqa: E402
+from tests.conftest import free_port, postgres_database, wait_until  # noqa: E402
 from tests.edge.conftest import CoreAndEdge, start_core_and_edge  # noqa: E402
 from tests.edge.helpers import metric  # noqa: E402
+from tests.edge.proxy import LinkProxy  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "edge"
 CT = "EDGH_CT1"
@@ -201,10 +203,12 @@ def drain(pair: CoreAndEdge, folder: Path, n: int, logs: Path) -> float:
 
 
 def orthanc_forward(pair: CoreAndEdge, folder: Path, workdir: Path) -> float:
+    # Through a proxy like the edge's, so that both cross the same kind of link.
+    link = LinkProxy(pair.core.port, free_port()).start()
     orthanc = sb.start_orthanc(
         workdir,
         DicomAet=CT,  # the core knows the site's CT: it may store
-        DicomModalities={"core": ["NETPACS", "127.0.0.1", pair.core.port]},
+        DicomModalities={"core": ["NETPACS", "127.0.0.1", link.port]},
     )
     try:
         sb.wait_for_echo(orthanc)
@@ -223,6 +227,7 @@ def orthanc_forward(pair: CoreAndEdge, folder: Path, workdir: Path) -> float:
         return seconds
     finally:
         orthanc.stop()
+        link.stop()
 
 
 def check(pair: CoreAndEdge, folder: Path) -> None:

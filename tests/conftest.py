@@ -288,7 +288,9 @@ class Netpacs:
         user = user or self.user
         if user not in self._tokens:
             response = httpx.post(
-                f"{self.base_url}/auth/token", data={"username": user, "password": password}
+                f"{self.base_url}/auth/token",
+                data={"username": user, "password": password},
+                timeout=60,  # a password hash on a busy machine, in a process just started
             )
             assert response.status_code == 200, response.text
             self._tokens[user] = response.json()["access_token"]

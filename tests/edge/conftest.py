@@ -22,6 +22,8 @@ from tests.edge.proxy import LinkProxy
 EDGE_TRUST = "RXC"
 EDGE_SITE = "EDGH"
 EDGE_CLIENT = "edge.rxc"
+#: Seconds an HTTP request of a test may take (a sign-in on a busy 2-core machine).
+TIMEOUT = 60.0
 
 
 @dataclass

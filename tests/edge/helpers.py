@@ -16,7 +16,7 @@ from tests.factories import write_series
 
 def metric(server: Netpacs, name: str) -> float:
     """A gauge of ``GET /metrics`` (without labels)."""
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    text = httpx.get(f"{server.base_url}/metrics", timeout=60).text
     found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert found, f"{name} not in /metrics"
     return float(found.group(1))

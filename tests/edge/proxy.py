@@ -90,7 +90,7 @@ class LinkProxy:
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(65536):
+            while data := await reader.read(1 << 18):
                 writer.write(data)
                 await writer.drain()
             if writer.can_write_eof():

@@ -8,7 +8,7 @@ import subprocess
 import httpx
 
 from tests.conftest import NETPACS, Netpacs
-from tests.edge.conftest import EDGE_CLIENT, CoreAndEdge
+from tests.edge.conftest import EDGE_CLIENT, TIMEOUT, CoreAndEdge
 
 
 def client_token(
@@ -17,6 +17,7 @@ def client_token(
     return httpx.post(
         f"{core.base_url}/auth/token",
         data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+        timeout=TIMEOUT,
     )
 
 
@@ -27,7 +28,9 @@ def test_an_edge_signs_in_to_the_core_with_client_credentials(
     answer = client_token(core)
     assert answer.status_code == 200, answer.text
     token = answer.json()["access_token"]
-    me = httpx.get(f"{core.base_url}/api/me", headers={"Authorization": f"Bearer {token}"})
+    me = httpx.get(
+        f"{core.base_url}/api/me", headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT
+    )
     assert me.status_code == 200, me.text
     assert me.json()["role"] == "edge" and me.json()["trust"] == "RXC"
     # HTTP Basic (RFC 6749 2.3.1) works too; a wrong secret or client is refused.
@@ -35,6 +38,7 @@ def test_an_edge_signs_in_to_the_core_with_client_credentials(
         f"{core.base_url}/auth/token",
         data={"grant_type": "client_credentials"},
         auth=(EDGE_CLIENT, "demo"),
+        timeout=TIMEOUT,
     )
     assert basic.status_code == 200, basic.text
     wrong = client_token(core, secret="not the secret")
@@ -53,7 +57,7 @@ def test_an_edge_acts_for_a_user_of_its_trust_and_not_for_another_trusts(
         headers = {"Authorization": f"Bearer {token}"}
         if on_behalf is not None:
             headers["X-Netpacs-On-Behalf-Of"] = on_behalf
-        return httpx.get(f"{core.base_url}/api/me", headers=headers)
+        return httpx.get(f"{core.base_url}/api/me", headers=headers, timeout=TIMEOUT)
 
     own = me("rxc.clinician")
     assert own.status_code == 200, own.text
@@ -67,6 +71,7 @@ def test_an_edge_acts_for_a_user_of_its_trust_and_not_for_another_trusts(
     user = httpx.get(
         f"{core.base_url}/api/me",
         headers={**core.auth("rxc.clinician"), "X-Netpacs-On-Behalf-Of": "rxc.admin"},
+        timeout=TIMEOUT,
     )
     assert user.status_code == 403 and "only an edge node" in user.json()["message"]
 

@@ -55,7 +55,15 @@ def _waiting(now: dt.datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def next_study(conn: sa.Connection, now: dt.datetime, busy: Collection[str] = ()) -> str | None:
+@dataclass(frozen=True, slots=True)
+class NextStudy:
+    study_instance_uid: str
+    emergency: bool
+
+
+def next_study(
+    conn: sa.Connection, now: dt.datetime, busy: Collection[str] = ()
+) -> NextStudy | None:
     """The study whose objects go next: emergency first, then oldest first (``busy``:
     studies another sender has in hand)."""
     emergency = (
@@ -66,19 +74,21 @@ def next_study(conn: sa.Connection, now: dt.datetime, busy: Collection[str] = ()
         )
         .exists()
     )
-    first = sa.func.min(edge_forward.c.enqueued_at)
+    is_emergency = sa.func.max(sa.case((emergency, 1), else_=0))
     row = conn.execute(
-        sa.select(edge_forward.c.study_instance_uid)
+        sa.select(edge_forward.c.study_instance_uid, is_emergency.label("emergency"))
         .where(_waiting(now), edge_forward.c.study_instance_uid.not_in(list(busy)))
         .group_by(edge_forward.c.study_instance_uid)
         .order_by(
-            sa.func.max(sa.case((emergency, 1), else_=0)).desc(),
-            first,
+            is_emergency.desc(),
+            sa.func.min(edge_forward.c.enqueued_at),
             sa.func.min(edge_forward.c.id),
         )
         .limit(1)
     ).first()
-    return None if row is None else str(row.study_instance_uid)
+    if row is None:
+        return None
+    return NextStudy(str(row.study_instance_uid), bool(row.emergency))
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,26 +97,27 @@ def holds_same(held: dict[str, Any] | None, blobs: BlobStore, w: edge_queue.Wait
 
 class Lanes:
     """The studies the forwarding jobs of this process have in hand: each study goes
-    through one job at a time (in order), several studies at once."""
+    through one job at a time (in order), several studies at once, except while an
+    emergency study goes: then the other lanes wait, and it has the link to itself."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._busy: set[str] = set()
+        self._busy: dict[str, bool] = {}  # study -> emergency
 
     def busy(self) -> frozenset[str]:
         with self._lock:
             return frozenset(self._busy)
 
-    def take(self, study: str) -> bool:
+    def take(self, study: str, emergency: bool) -> bool:
         with self._lock:
-            if study in self._busy:
+            if study in self._busy or (not emergency and any(self._busy.values())):
                 return False
-            self._busy.add(study)
+            self._busy[study] = emergency
             return True
 
     def release(self, study: str) -> None:
         with self._lock:
-            self._busy.discard(study)
+            self._busy.pop(study, None)
 
 
 class Forwarding:
@@ -151,9 +152,10 @@ class Forwarding:
     def step(self) -> float:
         now = dt.datetime.now(dt.UTC)
         with self._reader.connect() as conn:
-            study = edge_queue.next_study(conn, now, self._lanes.busy())
-            if study is None or not self._lanes.take(study):
+            found = edge_queue.next_study(conn, now, self._lanes.busy())
+            if found is None or not self._lanes.take(found.study_instance_uid, found.emergency):
                 return self._timing.poll
+            study = found.study_instance_uid
             try:
                 waiting = edge_queue.waiting_in_study(conn, study, now, self._batch)
             except BaseException:
