@@ -190,12 +190,16 @@ def test_sign_in_while_cut_off_only_for_users_the_core_confirmed_here(
         core_and_edge.heal()
 
 
-def test_banner_on_every_page_while_the_core_is_away(core_and_edge: CoreAndEdge) -> None:
+def test_banner_on_every_page_while_the_core_is_away(
+    core_and_edge: CoreAndEdge, at_core: StoredSeries
+) -> None:
     edge = core_and_edge.edge
     with client(edge) as http:
         page = http.get(f"{edge.base_url}/studies", headers={"Accept": "text/html"})
         assert page.status_code == 200
         assert BANNER not in page.text
+        # The study list reads through too: the region's studies, not only the cache's.
+        assert at_core.study_uid in page.text
         core_and_edge.link.cut()
         try:
             http.get(f"{edge.dicomweb_url}/studies", params={"PatientID": "X"})
@@ -261,3 +265,24 @@ def test_only_an_edge_node_sends_audit_records_to_the_core(core_and_edge: CoreAn
             f"{edge.base_url}/api/edge/find", json={"identifier": {}, "level": "STUDY"}
         )
     assert answer.status_code == 404, answer.text
+
+
+def test_what_the_core_has_not_confirmed_is_listed_with_the_cores_answers(
+    core_and_edge: CoreAndEdge, tmp_path: Path
+) -> None:
+    """An object stored here that the core does not confirm (it holds other content under
+    the same SOP Instance UID) stays in the backlog: the edge lists its study along with
+    what the core answers."""
+    edge, core = core_and_edge.edge, core_and_edge.core
+    at_core = write_and_send_ct(core, tmp_path / "a", 1, patient_id="RXC0000305", issuer="RXC")
+    clash = pydicom.dcmread(at_core.paths[0])
+    clash.StudyInstanceUID = pydicom.uid.generate_uid()
+    clash.SeriesInstanceUID = pydicom.uid.generate_uid()
+    clash.StudyDescription = "stored at the edge only"
+    path = tmp_path / "clash.dcm"
+    clash.save_as(path)
+    edge.store(path)
+    with client(edge) as http:
+        answer = studies(http, edge, "RXC0000305")
+    assert answer.status_code == 200 and "warning" not in answer.headers
+    assert uids(answer) == {at_core.study_uid, str(clash.StudyInstanceUID)}

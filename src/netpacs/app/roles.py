@@ -147,6 +147,7 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
     reporting = ReportingScope(
         archive.read_engine, archive.write_engine, archive.region, archive.audit, archive.access
     )
+    reading = edge_read.read_through(archive, edge)
     return HttpServices(
         region=archive.region,
         query=archive.query,
@@ -161,7 +162,9 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         metadata=MetadataService(archive.query, archive.coercion),
         frames=FrameReader(archive.blobs),
         imaging_studies=ImagingStudyService(archive.query),
-        study_list=StudyListService(archive.query, archive.read_engine, archive.region),
+        study_list=StudyListService(
+            archive.query, archive.read_engine, archive.region, read_through=reading
+        ),
         deletion=DeletionService(
             query=archive.query,
             run=archive.writer.execute,
@@ -198,7 +201,7 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
             blobs=archive.blobs,
             timeout=settings.readiness_timeout_seconds,
         ),
-        edge_read=edge_read.read_through(archive, edge),
+        edge_read=reading,
         edge_serving=edge_read.edge_serving(archive, edge),
         # -- edge: edge-prefetch --
         change_feed=ChangeFeed(archive.read_engine) if settings.role == "core" else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -22,6 +22,9 @@ from netpacs.domain.region import Region
 from netpacs.index.schema import study
 from netpacs.services.access import Principal
 from netpacs.services.query import QueryService
+
+if TYPE_CHECKING:  # an edge node's read-through (issue 13)
+    from netpacs.services.edge.readthrough import ReadThrough
 
 PAGES = "pages"  # the interface named in the query latency histogram (services.metrics)
 _PATIENT_NAME = "00100010"
@@ -129,14 +132,42 @@ def nhs_number_of(answer: dict[str, Any]) -> str | None:
 class StudyListService:
     """Pages of studies, newest first, matched by the query service."""
 
-    def __init__(self, query: QueryService, engine: sa.Engine, region: Region) -> None:
+    def __init__(
+        self,
+        query: QueryService,
+        engine: sa.Engine,
+        region: Region,
+        *,
+        read_through: ReadThrough | None = None,
+    ) -> None:
+        """``read_through``: at an edge node, the core answers (services.edge.readthrough;
+        the cache when the core does not)."""
         self._query = query
         self._engine = engine
         self._region = region
+        self._read_through = read_through
 
     def for_principal(self, principal: Principal) -> StudyListService:
         """The same index, listing what ``principal`` may see."""
-        return StudyListService(self._query.for_principal(principal), self._engine, self._region)
+        return StudyListService(
+            self._query.for_principal(principal),
+            self._engine,
+            self._region,
+            read_through=self._read_through,
+        )
+
+    def _find(self, identifier: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        if self._read_through is not None:
+            return self._read_through.find(
+                self._query,
+                identifier,
+                level=QueryLevel.STUDY,
+                model=QueryModel.STUDY_ROOT,
+                interface=PAGES,
+            ).matches
+        return self._query.find(
+            identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=PAGES
+        )
 
     def page(self, where: StudyFilter, *, limit: int, offset: int = 0) -> StudyPage:
         """Studies matching ``where``, newest (study date and time) first.
@@ -153,9 +184,7 @@ class StudyListService:
         keys = where.identifier()
         keys.update({_STUDY_UID: {"vr": "UI"}, _STUDY_DATE: keys.get(_STUDY_DATE, {"vr": "DA"})})
         keys[_STUDY_TIME] = {"vr": "TM"}
-        answers = self._query.find(
-            keys, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=PAGES
-        )
+        answers = self._find(keys)
         newest = heapq.nlargest(
             offset + limit + 1,
             (
@@ -172,9 +201,7 @@ class StudyListService:
         if not uids:
             return {}
         identifier = study_summary_identifier(uids)
-        answers = self._query.find(
-            identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=PAGES
-        )
+        answers = self._find(identifier)
         origins = self._origins(uids)
         out: dict[str, StudySummary] = {}
         for a in answers:

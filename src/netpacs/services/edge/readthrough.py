@@ -34,10 +34,10 @@ from zoneinfo import ZoneInfo
 import orjson
 import sqlalchemy as sa
 
-from netpacs.domain.dicom.header import JsonDataset
+from netpacs.domain.dicom.header import JsonDataset, first_str
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel
-from netpacs.index.schema import instance
+from netpacs.index.schema import edge_forward, instance
 from netpacs.services.access import PEOPLE, Principal
 from netpacs.services.audit import AuditRecord, AuditService, Event
 from netpacs.services.edge.ports import UpstreamPort, UpstreamUnavailable
@@ -205,11 +205,30 @@ class ReadThrough:
         matches: list[JsonDataset] = answer
         if self.acting_for(principal) is None:
             self._record_for_ae(principal, identifier, level, len(matches))
+        if offset == 0 and (limit is None or len(matches) < limit) and self._backlog():
+            # What the site stored and the core does not confirm yet is the edge's alone.
+            own = local.find(
+                identifier,
+                level=level,
+                model=model,
+                limit=limit,
+                linked=linked,
+                interface=interface,
+            )
+            matches = _union(matches, list(own), level, limit)
         if self._retrieve_ae_title:
             for match in matches:
                 if _RETRIEVE_AE_TITLE in match:
                     match[_RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [self._retrieve_ae_title]}
         return Found(matches)
+
+    def _backlog(self) -> bool:
+        """Whether objects stored here wait for the core's confirmation."""
+        with self._engine.connect() as conn:
+            waiting = conn.execute(
+                sa.select(edge_forward.c.id).where(edge_forward.c.forwarded_at.is_(None)).limit(1)
+            ).first()
+        return waiting is not None
 
     def _post_json(self, path: str, body: dict[str, Any], principal: Principal) -> Any:
         response = self._upstream.post(
@@ -385,6 +404,34 @@ class ReadThrough:
                 spool.close()
         if not outcome.status.ok:
             log.warning("instance %s from the core not kept: %s", sop, outcome)
+
+
+_UNIQUE = {
+    QueryLevel.PATIENT: ("00100020", "00100021"),
+    QueryLevel.STUDY: ("0020000D",),
+    QueryLevel.SERIES: ("0020000E",),
+    QueryLevel.IMAGE: ("00080018",),
+}
+
+
+def _union(
+    matches: list[JsonDataset], own: Iterable[JsonDataset], level: QueryLevel, limit: int | None
+) -> list[JsonDataset]:
+    """The core's matches, then the edge's own the core did not give (by the level's
+    unique key), up to ``limit``."""
+
+    def key(match: JsonDataset) -> tuple[str, ...]:
+        return tuple(first_str(match, tag) for tag in _UNIQUE[level])
+
+    seen = {key(m) for m in matches}
+    out = list(matches)
+    for match in own:
+        if limit is not None and len(out) >= limit:
+            break
+        if key(match) not in seen:
+            seen.add(key(match))
+            out.append(match)
+    return out
 
 
 def _path(study: str, series: str | None, sop_instance: str | None) -> str:
