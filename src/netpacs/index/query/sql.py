@@ -144,6 +144,7 @@ class Sql:
             sa.select(sa.func.min(sub.instance.c.id))
             .select_from(joined)
             .where(link(sub, child_of(level)))
+            .correlate(t.at(level))  # two levels out: not found by auto-correlation
             .scalar_subquery()
         )
         rep = _REPRESENTATIVE
