@@ -27,6 +27,10 @@ For each size of ``--sizes`` (instances, cumulative) it:
 
     .venv/bin/python bench/scale.py --sizes 250000,1000000
     .venv/bin/python bench/scale.py --sizes 20000 --requests 40      # a quick look
+    # the release before, on the same kept database (fills nothing more at that size):
+    git archive 526f0bf src | tar -x -C bench/work/base
+    .venv/bin/python bench/scale.py --database netpacs_scale_... --sizes 300000 \\
+        --netpacs-src bench/work/base/src
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ class Filler:
     def __init__(
         self, url: str, workdir: Path, *, persons: int, submitters: int, part: int, parts: int
     ) -> None:
-        settings = Settings(database_url=url, data_dir=workdir / f"fill{part}")  # type: ignore[call-arg]
+        settings = Settings(database_url=url, data_dir=workdir / f"fill{part}")
         self.archive = build_archive(settings)
         self.population = scale_data.Population(persons, seed=16, part=part, parts=parts)
         self.submitters = submitters
@@ -431,7 +435,9 @@ def sample_requests(engine: sa.Engine, n: int) -> dict[str, list[Request]]:
 class Server:
     """``netpacs serve`` on the bench database (demo users, default process counts)."""
 
-    def __init__(self, url: str, workdir: Path) -> None:
+    def __init__(self, url: str, workdir: Path, src: Path | None = None) -> None:
+        """``src``: run the netpacs source tree there instead (e.g. an older release
+        unpacked with ``git archive``), on this checkout's virtual environment."""
         self.port, self.http_port, mllp = sb.free_port(), sb.free_port(), sb.free_port()
         data = workdir / "serve"
         data.mkdir(exist_ok=True)
@@ -446,6 +452,8 @@ class Server:
             "NETPACS_AE_TITLE": "NETPACS",
             "NETPACS_DEMO": "true",  # the demo users (synthetic data only)
         }
+        if src is not None:
+            env["PYTHONPATH"] = str(src.resolve())  # the server runs in its work directory
         self.log = workdir / "serve.log"
         cmd = [str(sb.REPO / ".venv" / "bin" / "netpacs"), "serve"]
         self.proc = sb._spawn(cmd, env, self.log)
@@ -590,6 +598,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=200, help="per request kind")
     p.add_argument("--writers", type=int, default=4, help="filler processes")
     p.add_argument("--submitters", type=int, default=16, help="threads storing per process")
+    p.add_argument(
+        "--netpacs-src",
+        type=Path,
+        help="serve this netpacs source tree (e.g. the release before, from git archive)",
+    )
     p.add_argument("--no-plans", action="store_true", help="skip the EXPLAIN ANALYZE pass")
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--keep-db", action="store_true", help="keep the database (named at the end)")
@@ -629,13 +642,14 @@ class Fillers:
         instances = sum(st["instances"] for st in stages)
         seconds = max(st["seconds"] for st in stages)
         self.total += instances
+        merged = FillStage(target, instances, seconds=seconds, samples=_merged(stages))
         return {
             "instances": instances,
             "studies": sum(st["studies"] for st in stages),
             "seconds": seconds,
             "rate": instances / seconds if seconds else 0.0,
-            "rate_first_tenth": sum(st["first"] for st in stages),
-            "rate_last_tenth": sum(st["last"] for st in stages),
+            "rate_first_tenth": merged.rate_between(0, 0.1),
+            "rate_last_tenth": merged.rate_between(0.9, 1.0),
             "processes": len(stages),
         }
 
@@ -647,6 +661,20 @@ class Fillers:
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.terminate()
+
+
+def _merged(stages: list[dict[str, Any]]) -> list[tuple[float, int]]:
+    """The instances all processes had stored at each second (they start together)."""
+    end = max(st["seconds"] for st in stages)
+    out = []
+    for second in range(int(end) + 1):
+        total = 0
+        for st in stages:
+            done = [n for t, n in st["samples"] if t <= second]
+            total += done[-1] if done else 0
+        out.append((float(second), total))
+    out.append((end, sum(st["instances"] for st in stages)))
+    return out
 
 
 def _fill_worker(
@@ -668,8 +696,7 @@ def _fill_worker(
                     "instances": stage.instances,
                     "studies": stage.studies,
                     "seconds": stage.seconds,
-                    "first": stage.rate_between(0, 0.1),
-                    "last": stage.rate_between(0.9, 1.0),
+                    "samples": stage.samples,
                 }
             )
     finally:
@@ -739,7 +766,7 @@ def _stage(
         flush=True,
     )
     requests = sample_requests(engine, args.requests)
-    server = Server(url, workdir)
+    server = Server(url, workdir, args.netpacs_src)
     figures: dict[str, Any] = {}
     try:
         for kind in kinds:
@@ -759,7 +786,7 @@ def _stage(
         server.stop()
     plans_file = RESULTS / f"scale-plans-{fillers.total}.txt"
     if not args.no_plans:
-        plans_file.write_text(_plans(url, workdir, requests, kinds))
+        plans_file.write_text(_plans(url, workdir, requests, kinds, args.netpacs_src))
         print(f"  query plans: {plans_file.relative_to(sb.REPO)}", flush=True)
     return {
         "instances": fillers.total,
@@ -771,17 +798,26 @@ def _stage(
     }
 
 
-def _plans(url: str, workdir: Path, requests: dict[str, list[Request]], kinds: list[str]) -> str:
+def _plans(
+    url: str,
+    workdir: Path,
+    requests: dict[str, list[Request]],
+    kinds: list[str],
+    src: Path | None,
+) -> str:
     """EXPLAIN ANALYZE of the slowest statements of each kind, from a server run of its
     own with auto_explain on (so that the timed run above had no explain overhead)."""
     name = url.rsplit("/", 1)[1]
     scale_explain.switch(ADMIN_URL, name, True)
     out: list[str] = []
     try:
-        server = Server(url, workdir)
+        server = Server(url, workdir, src)
         try:
             for kind in kinds:
                 run_kind(server, requests[kind][:2], 1)
+                for r in requests[kind][2:5]:  # signed in before, not in the plans
+                    if not r.kind.startswith("cfind"):
+                        server.token(r.user)
                 offset = scale_explain.log_offset()
                 run_kind(server, requests[kind][2:5], 1)
                 time.sleep(0.5)  # the server log is written asynchronously

@@ -36,9 +36,14 @@ def log_offset() -> int:
     return PG_LOG.stat().st_size if PG_LOG.exists() else 0
 
 
-def plans_since(offset: int, database: str, *, keep: int = 3, min_ms: float = 0.5) -> str:
-    """The ``keep`` slowest plans (at least ``min_ms``) logged for ``database`` since
-    ``offset`` of the server log, slowest first."""
+# Statements that are not the request's question: its audit record, the account and
+# token checks of signing in (timed apart from the queries; issue 16 section 3).
+_NOT_QUERIES = ("INSERT INTO", "UPDATE ", "FROM audit_event", "FROM user_account", "revoked_token")
+
+
+def plans_since(offset: int, database: str, *, keep: int = 3, min_ms: float = 0.0) -> str:
+    """The ``keep`` slowest plans (at least ``min_ms``) of the queries logged for
+    ``database`` since ``offset`` of the server log, slowest first."""
     if not PG_LOG.exists():
         return f"(no server log at {PG_LOG})\n"
     with PG_LOG.open("rb") as f:
@@ -60,7 +65,8 @@ def plans_since(offset: int, database: str, *, keep: int = 3, min_ms: float = 0.
             current = [line]
     if current is not None:
         blocks.append((duration, "\n".join(current)))
-    slow = sorted((b for b in blocks if b[0] >= min_ms), key=lambda b: -b[0])[:keep]
+    queries = [b for b in blocks if not any(word in b[1] for word in _NOT_QUERIES)]
+    slow = sorted((b for b in queries if b[0] >= min_ms), key=lambda b: -b[0])[:keep]
     if not slow:
         return f"(every statement took under {min_ms} ms)\n"
     return "\n\n".join(b for _, b in slow) + "\n"
