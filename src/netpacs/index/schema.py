@@ -103,6 +103,9 @@ instance = sa.Table(
     sa.Column("received_at", TS, nullable=False),
 )
 
+# The lowest instance of a series (or study) without reading the others (migration 0012).
+sa.Index(None, instance.c.series_fk, instance.c.id)
+
 # One row (id 1): bumped by every change that removes or renumbers archive rows (a study
 # deleted, a patient removed by an undone merge). Each process's index writer caches
 # the ids of the patients, studies and series it wrote; it drops them when this moves.

@@ -336,22 +336,27 @@ class AccessRules:
             return []
         item_study = study.alias("reported_study")
         item_patient = patient.alias("reported_identity")
-        cond = sa.select(1).select_from(
-            worklist_item.join(
-                item_study, item_study.c.study_instance_uid == worklist_item.c.study_instance_uid
-            ).join(item_patient, item_patient.c.id == item_study.c.patient_fk)
+        items = worklist_item.join(
+            item_study, item_study.c.study_instance_uid == worklist_item.c.study_instance_uid
         )
         assigned = agreement_items(principal.reports_for)
-        if assigned is not None:
-            cond = cond.where(assigned)
-        same_person = sa.or_(
-            item_patient.c.id == patient.c.id,
-            sa.and_(
-                patient.c.nhs_number.is_not(None),
-                item_patient.c.nhs_number == patient.c.nhs_number,
-            ),
+        assigned_items = [] if assigned is None else [assigned]
+        # Two EXISTS, not one with an OR inside: each is answered from an index (the
+        # identity's studies; the person's identities by NHS number), where the OR made
+        # PostgreSQL scan every patient for every row it checked.
+        this_identity = (
+            sa.select(1)
+            .select_from(items)
+            .where(item_study.c.patient_fk == patient.c.id, *assigned_items)
+            .exists()
         )
-        return [cond.where(same_person).exists()]
+        same_person = (
+            sa.select(1)
+            .select_from(items.join(item_patient, item_patient.c.id == item_study.c.patient_fk))
+            .where(item_patient.c.nhs_number == patient.c.nhs_number, *assigned_items)
+            .exists()
+        )
+        return [this_identity, sa.and_(patient.c.nhs_number.is_not(None), same_person)]
 
 
 def agreement_items(agreements: Sequence[ReportingAgreement]) -> sa.ColumnElement[bool] | None:

@@ -136,14 +136,10 @@ class ImagingStudyService:
             level=QueryLevel.STUDY,
             model=QueryModel.STUDY_ROOT,
             linked=linked,
+            newest_first=True,
             interface=FHIR,
         )
-        found = [
-            (first_str(a, _STUDY_DATE), first_str(a, _STUDY_TIME), first_str(a, _STUDY_UID))
-            for a in answers
-        ]
-        found.sort(reverse=True)
-        return [uid for _, _, uid in found]
+        return [first_str(a, _STUDY_UID) for a in answers]
 
     def study(self, study_instance_uid: str) -> StudyRecord | None:
         found = self.studies([study_instance_uid])

@@ -133,9 +133,12 @@ class QueryService:
         limit: int | None = None,
         offset: int = 0,
         linked: bool = False,
+        newest_first: bool = False,
         interface: str = "other",
     ) -> Iterator[JsonDataset]:
-        """One DICOM JSON data set per matching entity, streamed in a stable order.
+        """One DICOM JSON data set per matching entity, streamed in a stable order:
+        studies by date and time, oldest first, or newest first with ``newest_first``
+        (people browsing; a page of them is then a LIMIT, not a sort of every match).
 
         ``linked``: a hospital number also matches the identities linked to it by
         NHS number. The identifier is checked before this returns: a bad one raises
@@ -153,6 +156,7 @@ class QueryService:
             linked=linked,
             visible=self._visible(),
             retrieve_ae_title=self._retrieve_ae_title,
+            newest_first=newest_first,
         )
         query = orjson.dumps(identifier, default=str).decode()
         return self._audited(plan, query, level, interface, started)

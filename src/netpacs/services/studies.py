@@ -97,8 +97,12 @@ def study_summary_identifier(uids: Sequence[str]) -> dict[str, Any]:
     """A STUDY-level identifier selecting ``uids`` and returning what a study list shows:
     patient name, ID, issuer and Other Patient IDs (for the NHS number), date, time,
     modalities, description, accession number and the counts."""
+    return {**_summary_keys(), _STUDY_UID: {"vr": "UI", "Value": list(uids)}}
+
+
+def _summary_keys() -> dict[str, Any]:
     return {
-        _STUDY_UID: {"vr": "UI", "Value": list(uids)},
+        _STUDY_UID: {"vr": "UI"},
         _PATIENT_NAME: {"vr": "PN"},
         _PATIENT_ID: {"vr": "LO"},
         _ISSUER: {"vr": "LO"},
@@ -156,77 +160,94 @@ class StudyListService:
             read_through=self._read_through,
         )
 
-    def _find(self, identifier: dict[str, Any]) -> Iterable[dict[str, Any]]:
-        if self._read_through is not None:
-            return self._read_through.find(
-                self._query,
-                identifier,
-                level=QueryLevel.STUDY,
-                model=QueryModel.STUDY_ROOT,
-                interface=PAGES,
-            ).matches
-        return self._query.find(
-            identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=PAGES
-        )
-
     def page(self, where: StudyFilter, *, limit: int, offset: int = 0) -> StudyPage:
         """Studies matching ``where``, newest (study date and time) first.
 
+        One query, newest first in the index, reading the page and one study more (to
+        tell whether there is a next page), whatever the number of matches.
         Raises :class:`~netpacs.domain.query.QueryError` for a filter that is not
         a valid matching key (e.g. a malformed date).
         """
         if limit < 1 or offset < 0:
             raise ValueError("limit must be positive and offset not negative")
-        # The query service answers in ascending date order: pick the newest
-        # offset + limit + 1 studies from the cheap column-only answer, then ask for
-        # the full rows of that page only. This reads every matching study's date;
-        # a newest-first order in the query service would make it a LIMIT.
+        if self._read_through is not None:
+            return self._page_through_core(where, limit=limit, offset=offset)
+        keys = _summary_keys()
+        keys.update(where.identifier())  # the filter's matching values
+        answers = list(
+            self._query.find(
+                keys,
+                level=QueryLevel.STUDY,
+                model=QueryModel.STUDY_ROOT,
+                limit=limit + 1,
+                offset=offset,
+                newest_first=True,
+                interface=PAGES,
+            )
+        )
+        page = answers[:limit]
+        origins = self._origins(first_str(a, _STUDY_UID) for a in page)
+        return StudyPage(
+            [self._summary(a, origins) for a in page], offset, limit, len(answers) > limit
+        )
+
+    def _page_through_core(self, where: StudyFilter, *, limit: int, offset: int) -> StudyPage:
+        """At an edge node: the core's answers (or the cache's), which come in ascending
+        date order. The newest offset + limit + 1 studies are picked from a date-only
+        answer, then the page's full rows asked for."""
         keys = where.identifier()
         keys.update({_STUDY_UID: {"vr": "UI"}, _STUDY_DATE: keys.get(_STUDY_DATE, {"vr": "DA"})})
         keys[_STUDY_TIME] = {"vr": "TM"}
-        answers = self._find(keys)
         newest = heapq.nlargest(
             offset + limit + 1,
             (
                 (first_str(a, _STUDY_DATE), first_str(a, _STUDY_TIME), first_str(a, _STUDY_UID))
-                for a in answers
+                for a in self._find_through_core(keys)
             ),
         )
-        has_more = len(newest) > offset + limit
         uids = [uid for _, _, uid in newest[offset : offset + limit]]
-        rows = self._summaries(uids)
-        return StudyPage([rows[u] for u in uids if u in rows], offset, limit, has_more)
-
-    def _summaries(self, uids: list[str]) -> dict[str, StudySummary]:
-        if not uids:
-            return {}
-        identifier = study_summary_identifier(uids)
-        answers = self._find(identifier)
+        rows: dict[str, dict[str, Any]] = {}
+        if uids:
+            for a in self._find_through_core(study_summary_identifier(uids)):
+                rows[first_str(a, _STUDY_UID) or ""] = a
         origins = self._origins(uids)
-        out: dict[str, StudySummary] = {}
-        for a in answers:
-            uid = first_str(a, _STUDY_UID)
-            trust_code, site_code = origins.get(uid, (None, None))
-            trust = self._region.trust(trust_code) if trust_code else None
-            site = next((s for s in trust.sites if s.code == site_code), None) if trust else None
-            out[uid] = StudySummary(
-                study_instance_uid=uid,
-                patient_name=first_str(a, _PATIENT_NAME),
-                patient_id=first_str(a, _PATIENT_ID),
-                issuer_of_patient_id=first_str(a, _ISSUER),
-                nhs_number=nhs_number_of(a),
-                study_date=first_str(a, _STUDY_DATE),
-                study_time=first_str(a, _STUDY_TIME),
-                modalities=tuple(str(v) for v in (a.get(_MODALITIES) or {}).get("Value") or []),
-                study_description=first_str(a, _DESCRIPTION),
-                accession_number=first_str(a, _ACCESSION),
-                number_of_series=first_int(a, _N_SERIES),
-                number_of_instances=first_int(a, _N_INSTANCES),
-                origin_trust=trust_code,
-                origin_trust_name=trust.name if trust else None,
-                origin_site_name=site.name if site else None,
-            )
-        return out
+        page = [self._summary(rows[u], origins) for u in uids if u in rows]
+        return StudyPage(page, offset, limit, len(newest) > offset + limit)
+
+    def _find_through_core(self, identifier: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        assert self._read_through is not None
+        return self._read_through.find(
+            self._query,
+            identifier,
+            level=QueryLevel.STUDY,
+            model=QueryModel.STUDY_ROOT,
+            interface=PAGES,
+        ).matches
+
+    def _summary(
+        self, a: dict[str, Any], origins: dict[str, tuple[str | None, str | None]]
+    ) -> StudySummary:
+        uid = first_str(a, _STUDY_UID)
+        trust_code, site_code = origins.get(uid, (None, None))
+        trust = self._region.trust(trust_code) if trust_code else None
+        site = next((s for s in trust.sites if s.code == site_code), None) if trust else None
+        return StudySummary(
+            study_instance_uid=uid,
+            patient_name=first_str(a, _PATIENT_NAME),
+            patient_id=first_str(a, _PATIENT_ID),
+            issuer_of_patient_id=first_str(a, _ISSUER),
+            nhs_number=nhs_number_of(a),
+            study_date=first_str(a, _STUDY_DATE),
+            study_time=first_str(a, _STUDY_TIME),
+            modalities=tuple(str(v) for v in (a.get(_MODALITIES) or {}).get("Value") or []),
+            study_description=first_str(a, _DESCRIPTION),
+            accession_number=first_str(a, _ACCESSION),
+            number_of_series=first_int(a, _N_SERIES),
+            number_of_instances=first_int(a, _N_INSTANCES),
+            origin_trust=trust_code,
+            origin_trust_name=trust.name if trust else None,
+            origin_site_name=site.name if site else None,
+        )
 
     def _origins(self, uids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
         stmt = sa.select(

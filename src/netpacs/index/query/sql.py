@@ -65,6 +65,7 @@ for _tables in _BASE_BELOW.values():
     for _table in (_tables.patient, _tables.study, _tables.series, _tables.instance):
         _ = _table.c  # populated here, not concurrently by request threads
 _PARENT_FK = {ST: "patient_fk", SE: "study_fk", IM: "series_fk"}
+_REPRESENTATIVE = instance.alias("representative")
 
 
 def link(t: Tables, level: QueryLevel) -> sa.ColumnElement[bool]:
@@ -133,17 +134,21 @@ class Sql:
         )
 
     def representative_metadata(self, t: Tables, level: QueryLevel) -> sa.ScalarSelect[Any]:
-        """metadata_json of the lowest-pk instance of the entity (PS3.4 C.4.1.1.3.2)."""
+        """metadata_json of the lowest-pk instance of the entity (PS3.4 C.4.1.1.3.2).
+
+        The lowest pk first, from the index on (series_fk, id) alone, then that one row:
+        sorting the entity's instances by pk read every one's header (a CT study's
+        hundreds) for each answer."""
         sub, joined = related(t, level, IM)
-        inst = sub.instance
-        stmt = (
-            sa.select(inst.c.metadata_json)
+        lowest = (
+            sa.select(sa.func.min(sub.instance.c.id))
             .select_from(joined)
             .where(link(sub, child_of(level)))
-            .order_by(inst.c.id)
-            .limit(1)
+            .correlate(t.at(level))  # two levels out: not found by auto-correlation
+            .scalar_subquery()
         )
-        return stmt.scalar_subquery()
+        rep = _REPRESENTATIVE
+        return sa.select(rep.c.metadata_json).where(rep.c.id == lowest).scalar_subquery()
 
     # -- matching -------------------------------------------------------------------------
     def match_key(self, key: Key, t: Tables) -> sa.ColumnElement[bool]:
