@@ -50,6 +50,12 @@ class FileSystemBlobStore:
             raise ValueError(f"not a blob key: {key!r}")
         return self.root / key[:3] / key
 
+    def pending(self, key: str) -> PendingFile:
+        """A blob written in place in ``tmp/``: a large object received over the
+        network is written once, then renamed under its key (see :class:`PendingFile`)."""
+        self._path(key)  # a valid key
+        return PendingFile(self, key)
+
     def put(self, key: str, chunks: Iterable[bytes | memoryview]) -> int:
         final = self._path(key)
         tmp = self._tmp / f"{key}.part"
@@ -151,6 +157,18 @@ class FileSystemBlobStore:
                         keys.append(f.name.removesuffix(".part"))
         return keys
 
+    def stale_spools(self, *, older_than: float) -> list[Path]:
+        """Objects a crash left half received in ``tmp/`` (``*.spool``, see
+        :class:`PendingFile`) at least ``older_than`` seconds old: never acknowledged."""
+        limit = time.time() - older_than
+        stale = []
+        for f in self._tmp.iterdir():
+            if f.name.endswith(".spool"):
+                with contextlib.suppress(FileNotFoundError):
+                    if f.stat().st_mtime <= limit:
+                        stale.append(f)
+        return stale
+
     def finish_pending(self, key: str, *, complete: bool) -> None:
         """Rename a complete pending write into place (and make it durable), or drop it."""
         tmp = self._tmp / f"{key}.part"
@@ -163,6 +181,49 @@ class FileSystemBlobStore:
         if final.parent.is_dir():
             _fsync_dir(final.parent)
         _fsync_dir(self._tmp)
+
+
+class PendingFile:
+    """A blob being written in ``tmp/`` as ``<key>.spool``; :meth:`commit` syncs it and
+    renames it to ``tmp/<key>.part`` and into place, as :meth:`FileSystemBlobStore.put`
+    does (so start-up recovery treats both alike); :meth:`close` before that removes
+    it. A ``.spool`` a crash left behind was never acknowledged: start-up recovery
+    removes it once it is an hour old (see :meth:`FileSystemBlobStore.stale_spools`).
+
+    Not an anonymous ``O_TMPFILE``: naming one afterwards needs ``linkat`` through
+    ``/proc/self/fd``, which some kernels refuse across mounts (EXDEV), or
+    ``AT_EMPTY_PATH``, which needs a capability we should not."""
+
+    def __init__(self, store: FileSystemBlobStore, key: str) -> None:
+        self.key = key
+        self._store = store
+        self._named: Path | None = store._tmp / f"{key}.spool"
+        self._fd = os.open(self._named, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ValueError("the pending blob is closed")
+        return self._fd
+
+    def commit(self) -> int:
+        fd = self.fileno()
+        if self._named is None or self._named.suffix != ".spool":
+            raise ValueError("the pending blob is committed already")
+        os.fdatasync(fd)
+        part = self._store._tmp / f"{self.key}.part"
+        os.rename(self._named, part)
+        self._named = part  # removed by close() unless it is placed
+        self._store._place(part, self._store._path(self.key))
+        self._named = None
+        return os.fstat(fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._named is not None:
+            self._named.unlink(missing_ok=True)
+            self._named = None
 
 
 def _fsync_dir(d: Path) -> None:
