@@ -36,7 +36,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from store_bench import WORK, start_netpacs, wait_for_echo  # noqa: E402
 from tests.adapters.raw_dimse import process_tree  # noqa: E402
-from tests.adapters.test_resource_bounds import EXPLICIT_VR_LE, RawScu, large_ct  # noqa: E402
+from tests.adapters.test_resource_bounds import (  # noqa: E402
+    EXPLICIT_VR_LE,
+    RawScu,
+    _then,
+    large_ct,
+)
 
 from netpacs.adapters.dimse import commands as c  # noqa: E402
 
@@ -91,11 +96,6 @@ def send_one(port: int, size: int, results: list[tuple[int, str]]) -> None:
         results.append((rsp.get_int(c.STATUS), rsp.get_str(c.ERROR_COMMENT) or ""))
     finally:
         scu.release()
-
-
-def _then(first: bytes, rest: object) -> object:
-    yield first
-    yield from rest  # type: ignore[misc]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
