@@ -20,10 +20,15 @@ _FANOUT = 16**3
 class FileSystemBlobStore:
     """Blobs in ``root/abc/abcd...``: up to 4,096 fan-out directories on the opaque key.
 
-    A fan-out directory is made (and made durable) by the first object stored in it,
-    so an empty archive costs two directories, not 4,097 (a test run makes hundreds
-    of archives; tmpfs counts inodes). Once made, storing an object never has to make
-    a directory durable again.
+    A fan-out directory is made by the first object stored in it, so an empty archive
+    costs two directories, not 4,097 (a test run makes hundreds of archives; tmpfs
+    counts inodes). It is not made durable then (a directory sync per new directory
+    was most of the cost of filling an empty archive): like the rename after it, it
+    need not be. A journaling filesystem keeps metadata changes in order, so a power
+    loss that undoes the ``mkdir`` undoes the rename that followed it, and the object
+    is still ``tmp/<key>.part``, whose own sync made it durable; start-up recovery
+    renames it into place (making the directories durable then), as it does for a
+    lost rename.
     """
 
     def __init__(self, root: Path) -> None:
@@ -35,14 +40,13 @@ class FileSystemBlobStore:
 
     def _place(self, tmp: Path, final: Path) -> None:
         """Rename a written file into its fan-out directory, making the directory first
-        (durably) if this is its first object."""
+        if this is its first object (not durably: see the class)."""
         try:
             os.rename(tmp, final)
         except FileNotFoundError:
             if not tmp.exists():
                 raise
             final.parent.mkdir(exist_ok=True)
-            _fsync_dir(self.root)
             os.rename(tmp, final)
 
     def _path(self, key: str) -> Path:
@@ -180,6 +184,7 @@ class FileSystemBlobStore:
             self._place(tmp, final)
         if final.parent.is_dir():
             _fsync_dir(final.parent)
+        _fsync_dir(self.root)  # the fan-out directory, when the rename made it
         _fsync_dir(self._tmp)
 
 
