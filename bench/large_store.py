@@ -3,17 +3,18 @@ one very large multi-frame object at the same time.
 
 Starts ``netpacs serve`` (as ``bench/store_bench.py`` does, empty storage, SQLite),
 opens N associations (default 4) with a raw DIMSE sender that makes the pixel data as
-it sends it (nothing is read from disk), and sends one object of SIZE MB (default
-1024) on each, all at once. While they run, the resident set of the supervisor and
-every worker is summed from ``/proc`` every 20 ms; the report gives its peak (and the
-sum of each process's own peak, ``VmHWM``, an upper bound), the time taken and the
-throughput, and checks that every object was stored (status 0000) and reads back
-with the size sent.
+it sends it (nothing is read from disk), and sends one object of SIZE MiB (default
+1024) on each, all at once. While they run, the memory of the supervisor and every
+worker is summed from ``/proc`` every 50 ms: PSS (``smaps_rollup``: the pages the
+forked workers share with the supervisor counted once) and VmRSS (counted once per
+process). The report gives their idle and peak values, the time taken and the
+throughput, and checks that every object was stored (status 0000, one object file
+each, larger than its pixel data).
 
     .venv/bin/python bench/large_store.py                  # 4 x 1 GB
     .venv/bin/python bench/large_store.py --associations 1 --size-mb 600
 
-Exits non-zero when a store failed or the peak is over ``--limit-mb`` (default 1024).
+Exits non-zero when a store failed or the PSS peak is over ``--limit-mb`` (default 1024).
 See bench/README.md for the figures.
 """
 
