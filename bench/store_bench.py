@@ -11,6 +11,13 @@ second and the ratio netpacs/Orthanc; exits non-zero if any transfer failed.
     .venv/bin/python bench/store_bench.py --netpacs-cmd \\
         'storescp --fork -od {data_dir} {dimse_port}'    # a stand-in receiver
     .venv/bin/python bench/store_bench.py --cluster     # + two nodes on PostgreSQL and S3
+    .venv/bin/python bench/store_bench.py --database-url \
+        postgresql://postgres:postgres@127.0.0.1:5432/postgres   # both indexes on PostgreSQL
+
+``--database-url`` names a PostgreSQL server (and a database to connect to there): each
+receiver started gets a new, empty database on it, dropped afterwards; netpacs keeps
+its index there, and so does Orthanc (its PostgreSQL index plugin, Debian's
+``orthanc-postgresql``; files stay on disk for both).
 
 ``--cluster`` adds a third receiver: two ``netpacs serve`` nodes on a new database of
 the PostgreSQL on 127.0.0.1:5432 and one SeaweedFS (S3) started here, behind HAProxy
@@ -49,6 +56,7 @@ CALLING_AE = "ESH_CT1"  # a modality AE of East Surrey Hospital in the demo regi
 FIND_AE = "RTP_WS1"  # the trust's reporting workstation, to count what was stored
 PARTS = 4
 ORTHANC_BIN = "/usr/sbin/Orthanc"
+ORTHANC_PG_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
 DEFAULT_NETPACS_CMD = f"{REPO / '.venv' / 'bin' / 'netpacs'} serve"
 NODELAY_ENV = {"TCP_NODELAY": "1"}
 
@@ -234,7 +242,51 @@ def start_orthanc(workdir: Path, **extra: object) -> Receiver:
     )
 
 
-def start_netpacs(workdir: Path, cmd_template: str) -> Receiver:
+@contextlib.contextmanager
+def fresh_database(server_url: str | None) -> Iterator[str | None]:
+    """A new empty database on the PostgreSQL server ``server_url`` names (its URL),
+    dropped afterwards; None without a server (each receiver's own SQLite)."""
+    if server_url is None:
+        yield None
+        return
+    import sqlalchemy as sa
+
+    admin_url = sa.make_url(server_url).set(drivername="postgresql+psycopg")
+    name = f"netpacs_bench_{os.urandom(6).hex()}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin_url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+def orthanc_postgresql(database_url: str) -> dict[str, object]:
+    """Orthanc settings keeping its index in the PostgreSQL database ``database_url``."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(database_url)
+    return {
+        "Plugins": [ORTHANC_PG_PLUGIN],
+        "PostgreSQL": {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "Host": url.host or HOST,
+            "Port": url.port or 5432,
+            "Database": url.database,
+            "Username": url.username or "postgres",
+            "Password": url.password or "",
+            "Lock": False,
+        },
+    }
+
+
+def start_netpacs(workdir: Path, cmd_template: str, database_url: str | None = None) -> Receiver:
     port, http_port, mllp_port = free_port(), free_port(), free_port()
     data_dir = workdir / "data"
     data_dir.mkdir()
@@ -253,6 +305,8 @@ def start_netpacs(workdir: Path, cmd_template: str) -> Receiver:
         # Demo users (synthetic data only): the DICOMweb benchmark signs in as one.
         "NETPACS_DEMO": "true",
     }
+    if database_url is not None:
+        env["NETPACS_DATABASE_URL"] = database_url
     log_path = workdir / "netpacs.log"
     proc = _spawn(cmd, env, log_path)
     return Receiver(
@@ -319,16 +373,22 @@ def netpacs_cluster(workdir: Path) -> Iterator[Receiver]:
 
 
 @contextlib.contextmanager
-def running(kind: str, netpacs_cmd: str, keep: bool) -> Iterator[Receiver]:
+def running(
+    kind: str, netpacs_cmd: str, keep: bool, database_server: str | None = None
+) -> Iterator[Receiver]:
     workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=WORK))
     try:
         with contextlib.ExitStack() as stack:
+            database = stack.enter_context(
+                fresh_database(None if kind == "cluster" else database_server)
+            )
             if kind == "cluster":
                 receiver = stack.enter_context(netpacs_cluster(workdir))
             elif kind == "orthanc":
-                receiver = start_orthanc(workdir)
+                extra = orthanc_postgresql(database) if database else {}
+                receiver = start_orthanc(workdir, **extra)
             else:
-                receiver = start_netpacs(workdir, netpacs_cmd)
+                receiver = start_netpacs(workdir, netpacs_cmd, database)
             stack.callback(receiver.stop)
             wait_for_echo(receiver)
             yield receiver
@@ -502,6 +562,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "are substituted (default: .venv/bin/netpacs serve, configured by environment)"
         ),
     )
+    p.add_argument(
+        "--database-url",
+        help=(
+            "a PostgreSQL server (URL of a database there to connect to): each receiver "
+            "gets a new database on it for its index (default: SQLite files)"
+        ),
+    )
     p.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep receivers' work directories")
     args = p.parse_args(argv)
@@ -525,6 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "orthanc" in kinds and not os.access(ORTHANC_BIN, os.X_OK):
         print(f"{ORTHANC_BIN} not found: apt-get install orthanc", file=sys.stderr)
         return 2
+    if "orthanc" in kinds and args.database_url and not os.path.exists(ORTHANC_PG_PLUGIN):
+        print(f"{ORTHANC_PG_PLUGIN} not found: apt-get install orthanc-postgresql")
+        return 2
 
     WORK.mkdir(parents=True, exist_ok=True)
     dataset = ensure_dataset(args.slices)
@@ -536,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind in kinds:
                 label = f"{kind}, {associations} association(s)"
                 try:
-                    with running(kind, args.netpacs_cmd, args.keep) as receiver:
+                    with running(kind, args.netpacs_cmd, args.keep, args.database_url) as receiver:
                         m = send(receiver, dataset, associations, args.slices, study_uid)
                 except BenchError as exc:
                     print(f"{label}: FAILED\n{exc}", file=sys.stderr, flush=True)
@@ -562,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if "netpacs" in kinds and args.netpacs_cmd != DEFAULT_NETPACS_CMD:
         print(f"netpacs receiver replaced by: {args.netpacs_cmd}")
+    index = "PostgreSQL (a new database each)" if args.database_url else "SQLite"
+    print(f"index: {index}; files on disk")
     print(report(results, kinds, args.association_counts))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -571,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "slices": args.slices,
                     "netpacs_cmd": args.netpacs_cmd,
+                    "index": "postgresql" if args.database_url else "sqlite",
                     "results": [
                         {
                             "receiver": m.receiver,

@@ -2,8 +2,8 @@
 # Install the Debian 12 packages netpacs needs, only when something is missing.
 #
 #   scripts/ensure-system-packages.sh run    python3.11 with venv support
-#   scripts/ensure-system-packages.sh test   + DCMTK, Orthanc and its DICOMweb
-#                                              plugin (benchmark peers), Chromium
+#   scripts/ensure-system-packages.sh test   + DCMTK, Orthanc and its DICOMweb and
+#                                              PostgreSQL plugins (benchmark peers), Chromium
 #                                              (viewer tests), PostgreSQL server,
 #                                              rsyslog with TLS (audit forwarder tests),
 #                                              HAProxy (several-node fault tests),
@@ -75,8 +75,9 @@ if [ "$MODE" = "test" ]; then
   if [ ! -x /usr/sbin/Orthanc ] && ! command -v Orthanc >/dev/null 2>&1; then
     need_pkg orthanc
   fi
-  # The DICOMweb benchmark peer (Orthanc's DICOMweb plugin).
-  need_pkg orthanc-dicomweb
+  # The DICOMweb benchmark peer (Orthanc's DICOMweb plugin), and Orthanc's index on
+  # PostgreSQL (bench/store_bench.py --database-url).
+  need_pkg orthanc-dicomweb orthanc-postgresql
   # The browser the viewer tests drive through Playwright.
   if [ ! -x /usr/bin/chromium ]; then
     need_pkg chromium

@@ -187,6 +187,11 @@ def recover_pending_writes(settings: Settings) -> None:
                 log.warning("aborted %d multipart uploads a crash left open", aborted)
         return
     blobs = FileSystemBlobStore(settings.effective_blob_dir)
+    spools = blobs.stale_spools(older_than=3600)
+    for spool in spools:
+        spool.unlink(missing_ok=True)
+    if spools:
+        log.warning("removed %d objects a crash left half received", len(spools))
     pending = blobs.pending_keys(older_than=0)
     if not pending:
         return

@@ -216,6 +216,37 @@ class IngestService:
         spilling to a file of the data directory when large (adapters collect into it)."""
         return Spool(self.spool_dir, max_size=self.max_object_size)
 
+    def dataset_spool(
+        self,
+        *,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        origin: Origin,
+    ) -> Spool:
+        """A spool for the data set of a C-STORE about to arrive, for
+        :meth:`store_dataset`: when large it spills straight into a pending blob of the
+        blob store, after the file meta the stored object will start with, so that
+        storing it is a sync and a rename, not a second copy."""
+        head = self._dataset_head(transfer_syntax_uid, sop_class_uid, sop_instance_uid, origin)
+        return Spool(
+            self.spool_dir,
+            max_size=self.max_object_size,
+            head=head,
+            blob=lambda: self._blobs.pending(new_blob_key()),
+        )
+
+    def _dataset_head(
+        self, transfer_syntax_uid: str, sop_class_uid: str, sop_instance_uid: str, origin: Origin
+    ) -> bytes:
+        return build_file_meta(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            sending_ae_title=origin.ae_title,
+            receiving_ae_title=self._ae_title,
+        )
+
     # -- entry points ----------------------------------------------------------------
     def store_dataset(
         self,
@@ -230,7 +261,8 @@ class IngestService:
 
         A :class:`Spool` held in a file is parsed through a memory map (header pages
         only) and copied to the blob store in pieces: the object is never whole in
-        memory.
+        memory. One from :meth:`dataset_spool` that went to a pending blob is not
+        copied: that blob is committed.
         """
         data: bytes | memoryview
         if isinstance(dataset, Spool):
@@ -245,6 +277,7 @@ class IngestService:
                         sop_class_uid=sop_class_uid,
                         sop_instance_uid=sop_instance_uid,
                         origin=origin,
+                        spool=dataset,
                     )
         else:
             data = dataset
@@ -266,14 +299,12 @@ class IngestService:
         sop_class_uid: str,
         sop_instance_uid: str,
         origin: Origin,
+        spool: Spool | None = None,
     ) -> StoreOutcome:
-        head = build_file_meta(
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
-            transfer_syntax_uid=transfer_syntax_uid,
-            sending_ae_title=origin.ae_title,
-            receiving_ae_title=self._ae_title,
-        )
+        head = self._dataset_head(transfer_syntax_uid, sop_class_uid, sop_instance_uid, origin)
+        in_place = spool if spool is not None and spool.blob is not None else None
+        if in_place is not None and in_place.head != head:
+            in_place = None  # not the object's file meta: copied like any spool
 
         def parse() -> JsonDataset:
             header = self._parse(dataset, transfer_syntax_uid, b"", chunks)
@@ -287,7 +318,9 @@ class IngestService:
             return header
 
         sop = (sop_class_uid, sop_instance_uid)
-        return self._ingest(head, dataset, transfer_syntax_uid, parse, sop, origin, chunks)
+        return self._ingest(
+            head, dataset, transfer_syntax_uid, parse, sop, origin, chunks, in_place
+        )
 
     def store_part10(
         self,
@@ -448,6 +481,7 @@ class IngestService:
         sop: tuple[str | None, str | None],
         origin: Origin,
         chunks: Chunks | None = None,
+        in_place: Spool | None = None,
     ) -> StoreOutcome:
         """Write the blob while the header is parsed; index it once both are done.
 
@@ -457,7 +491,8 @@ class IngestService:
         no blob is left without its index row. ``sop`` is the SOP Class and Instance
         UID the command or file meta gives, to name the object in a refusal. With
         ``chunks`` (a spooled object) the blob is copied from them in pieces and its
-        CRC computed on the way.
+        CRC computed on the way; with ``in_place`` (a spool written into a pending blob,
+        head first) that blob is committed instead, with the CRC the spool kept.
         """
         sop_class_uid, sop_uid = sop
         size = len(head) + len(dataset)
@@ -466,11 +501,16 @@ class IngestService:
             return self._refuse(
                 InvalidObject(InvalidReason.TOO_LARGE, limit), sop_uid, origin, sop_class_uid
             )
-        key = new_blob_key()
         crc: list[int] = []
-        if chunks is None:
+        if in_place is not None and in_place.blob is not None:
+            key = in_place.blob.key
+            write = self._io.submit(in_place.blob.commit)
+            crc.append(in_place.crc)
+        elif chunks is None:
+            key = new_blob_key()
             write = self._io.submit(self._blobs.put, key, (head, dataset))
         else:
+            key = new_blob_key()
             write = self._io.submit(self._blobs.put, key, _with_crc(head, chunks(), crc))
         try:
             header = parse()

@@ -129,6 +129,17 @@ class IngestBatch:
         """A spool for one object on its way in (see :meth:`IngestService.spool`)."""
         return self._ingest.spool()
 
+    def dataset_spool(
+        self, *, transfer_syntax_uid: str, sop_class_uid: str, sop_instance_uid: str
+    ) -> Spool:
+        """A spool for a C-STORE data set (see :meth:`IngestService.dataset_spool`)."""
+        return self._ingest.dataset_spool(
+            transfer_syntax_uid=transfer_syntax_uid,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            origin=self._origin,
+        )
+
     def store_dataset(
         self,
         dataset: bytes | memoryview | Spool,

@@ -33,7 +33,28 @@ def new_blob_key() -> str:
     return secrets.token_hex(16)
 
 
+class PendingBlob(Protocol):
+    """A blob written in place, in the store's own temporary area, before it is kept:
+    the writer writes to :meth:`fileno`; :meth:`commit` makes it durable and stores it
+    under :attr:`key` (the data are not copied again); :meth:`close` without a commit
+    drops it."""
+
+    key: str
+
+    def fileno(self) -> int: ...
+
+    def commit(self) -> int:
+        """Make the written bytes durable under ``key``, as :meth:`BlobStore.put` does;
+        return the size. The file stays open (readable) until :meth:`close`."""
+
+    def close(self) -> None: ...
+
+
 class BlobStore(Protocol):
+    def pending(self, key: str) -> PendingBlob | None:
+        """A blob to write in place under ``key``, or None when the store cannot take
+        one (then the object is written to a spool file and copied with :meth:`put`)."""
+
     def put(self, key: str, chunks: Iterable[bytes | memoryview]) -> int:
         """Store the concatenated chunks durably under ``key``; return the size.
 

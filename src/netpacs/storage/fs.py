@@ -20,10 +20,15 @@ _FANOUT = 16**3
 class FileSystemBlobStore:
     """Blobs in ``root/abc/abcd...``: up to 4,096 fan-out directories on the opaque key.
 
-    A fan-out directory is made (and made durable) by the first object stored in it,
-    so an empty archive costs two directories, not 4,097 (a test run makes hundreds
-    of archives; tmpfs counts inodes). Once made, storing an object never has to make
-    a directory durable again.
+    A fan-out directory is made by the first object stored in it, so an empty archive
+    costs two directories, not 4,097 (a test run makes hundreds of archives; tmpfs
+    counts inodes). It is not made durable then (a directory sync per new directory
+    was most of the cost of filling an empty archive): like the rename after it, it
+    need not be. A journaling filesystem keeps metadata changes in order, so a power
+    loss that undoes the ``mkdir`` undoes the rename that followed it, and the object
+    is still ``tmp/<key>.part``, whose own sync made it durable; start-up recovery
+    renames it into place (making the directories durable then), as it does for a
+    lost rename.
     """
 
     def __init__(self, root: Path) -> None:
@@ -35,20 +40,25 @@ class FileSystemBlobStore:
 
     def _place(self, tmp: Path, final: Path) -> None:
         """Rename a written file into its fan-out directory, making the directory first
-        (durably) if this is its first object."""
+        if this is its first object (not durably: see the class)."""
         try:
             os.rename(tmp, final)
         except FileNotFoundError:
             if not tmp.exists():
                 raise
             final.parent.mkdir(exist_ok=True)
-            _fsync_dir(self.root)
             os.rename(tmp, final)
 
     def _path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
             raise ValueError(f"not a blob key: {key!r}")
         return self.root / key[:3] / key
+
+    def pending(self, key: str) -> PendingFile:
+        """A blob written in place in ``tmp/``: a large object received over the
+        network is written once, then renamed under its key (see :class:`PendingFile`)."""
+        self._path(key)  # a valid key
+        return PendingFile(self, key)
 
     def put(self, key: str, chunks: Iterable[bytes | memoryview]) -> int:
         final = self._path(key)
@@ -151,6 +161,18 @@ class FileSystemBlobStore:
                         keys.append(f.name.removesuffix(".part"))
         return keys
 
+    def stale_spools(self, *, older_than: float) -> list[Path]:
+        """Objects a crash left half received in ``tmp/`` (``*.spool``, see
+        :class:`PendingFile`) at least ``older_than`` seconds old: never acknowledged."""
+        limit = time.time() - older_than
+        stale = []
+        for f in self._tmp.iterdir():
+            if f.name.endswith(".spool"):
+                with contextlib.suppress(FileNotFoundError):
+                    if f.stat().st_mtime <= limit:
+                        stale.append(f)
+        return stale
+
     def finish_pending(self, key: str, *, complete: bool) -> None:
         """Rename a complete pending write into place (and make it durable), or drop it."""
         tmp = self._tmp / f"{key}.part"
@@ -162,7 +184,51 @@ class FileSystemBlobStore:
             self._place(tmp, final)
         if final.parent.is_dir():
             _fsync_dir(final.parent)
+        _fsync_dir(self.root)  # the fan-out directory, when the rename made it
         _fsync_dir(self._tmp)
+
+
+class PendingFile:
+    """A blob being written in ``tmp/`` as ``<key>.spool``; :meth:`commit` syncs it and
+    renames it to ``tmp/<key>.part`` and into place, as :meth:`FileSystemBlobStore.put`
+    does (so start-up recovery treats both alike); :meth:`close` before that removes
+    it. A ``.spool`` a crash left behind was never acknowledged: start-up recovery
+    removes it once it is an hour old (see :meth:`FileSystemBlobStore.stale_spools`).
+
+    Not an anonymous ``O_TMPFILE``: naming one afterwards needs ``linkat`` through
+    ``/proc/self/fd``, which some kernels refuse across mounts (EXDEV), or
+    ``AT_EMPTY_PATH``, which needs a capability we should not."""
+
+    def __init__(self, store: FileSystemBlobStore, key: str) -> None:
+        self.key = key
+        self._store = store
+        self._named: Path | None = store._tmp / f"{key}.spool"
+        self._fd = os.open(self._named, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ValueError("the pending blob is closed")
+        return self._fd
+
+    def commit(self) -> int:
+        fd = self.fileno()
+        if self._named is None or self._named.suffix != ".spool":
+            raise ValueError("the pending blob is committed already")
+        os.fdatasync(fd)
+        part = self._store._tmp / f"{self.key}.part"
+        os.rename(self._named, part)
+        self._named = part  # removed by close() unless it is placed
+        self._store._place(part, self._store._path(self.key))
+        self._named = None
+        return os.fstat(fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._named is not None:
+            self._named.unlink(missing_ok=True)
+            self._named = None
 
 
 def _fsync_dir(d: Path) -> None:

@@ -184,6 +184,10 @@ class S3BlobStore:
             raise BlobStoreUnavailable(f"object store {self.location}: {what}: {exc}") from exc
 
     # -- BlobStore ---------------------------------------------------------------------
+    def pending(self, key: str) -> None:
+        """No in-place writes: a large object is spooled locally and uploaded by put."""
+        return None
+
     def put(self, key: str, chunks: Iterable[bytes | memoryview]) -> int:
         name = self._name(key)
         bucket = self.location.bucket

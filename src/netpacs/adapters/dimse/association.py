@@ -117,7 +117,6 @@ class Association(asyncio.BufferedProtocol):
         max_pdu_length: int,
         associate_timeout: float | None = None,
         connections: Connections | None = None,
-        new_spool: Callable[[], Spool] = Spool,
     ) -> None:
         self._negotiator = negotiator
         self._make_handlers = handlers
@@ -153,9 +152,9 @@ class Association(asyncio.BufferedProtocol):
         self.principal: Principal | None = None
         self.peer = ""
         self._cmd_frags: list[bytearray] = []
-        # A data set's fragments: in memory while small, then in a file of the data
-        # directory, never beyond the largest object accepted (then dropped).
-        self._new_spool = new_spool
+        # A data set's fragments: in memory while small, then in a file (the blob
+        # store's own, for a C-STORE), never beyond the largest object accepted (then
+        # dropped). The handlers give the spool: ``data_spool(command, context_id)``.
         self._data: Spool | None = None
         self._data_refused: str | None = None
         self._queued_bytes = 0  # of data sets (in memory or spooled) waiting for the worker
@@ -325,7 +324,8 @@ class Association(asyncio.BufferedProtocol):
         if self._data_refused is not None:
             return  # the rest of a refused data set is read and dropped
         if self._data is None:
-            self._data = self._new_spool()
+            assert self._pending is not None
+            self._data = self._handlers.data_spool(self._pending, self._pending_ctx)
         try:
             self._data.write(fragment)
         except ObjectTooLarge as exc:

@@ -46,6 +46,7 @@ from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService, Served
+from netpacs.services.spool import Spool
 from netpacs.services.transcode import can_transcode
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,24 @@ class AssociationHandlers:
         self.busy = False
         # Every C-STORE of the association, audited per study when it ends.
         self._stores = services.stores.batch(self.principal, assoc.origin)
+
+    def data_spool(self, command: c.Command, context_id: int) -> Spool:
+        """Where the data set of ``command`` is collected as it arrives: a C-STORE's
+        into a spool that, when large, is the blob store's own pending file (the object
+        is then written once); any other into a plain spool."""
+        ctx = self.assoc.contexts[context_id]
+        sop_class = command.get_str(c.AFFECTED_SOP_CLASS_UID)
+        if (
+            command.field == c.C_STORE_RQ
+            and ctx.abstract_syntax in STORAGE_SOP_CLASSES
+            and sop_class == ctx.abstract_syntax
+        ):
+            return self._stores.dataset_spool(
+                transfer_syntax_uid=ctx.transfer_syntax,
+                sop_class_uid=sop_class,
+                sop_instance_uid=command.get_str(c.AFFECTED_SOP_INSTANCE_UID),
+            )
+        return self._stores.spool()
 
     async def finish(self) -> None:
         """The association ended (released, aborted or dropped): audit its stores."""

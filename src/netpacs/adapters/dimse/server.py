@@ -76,7 +76,6 @@ async def _serve(
             max_pdu_length=config.max_pdu_length,
             associate_timeout=config.associate_timeout,
             connections=connections,
-            new_spool=services.stores.spool,
         )
 
     loop = asyncio.get_running_loop()
