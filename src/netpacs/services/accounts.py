@@ -564,8 +564,10 @@ class AccountService:
             except jwt.PyJWTError:
                 claims = {}
         jti, exp = claims.get("jti"), claims.get("exp")
-        if isinstance(jti, str) and "sub" in claims:
-            self._states[(str(claims["sub"]), jti)] = (time.monotonic(), None)
+        if isinstance(jti, str) and "sub" in claims and self._state_seconds > 0:
+            if len(self._states) >= _MAX_STATES:
+                self._states.clear()
+            self._states[(str(claims["sub"]), jti)] = (time.monotonic(), None)  # refused now
         if isinstance(jti, str) and isinstance(exp, int):
             now = dt.datetime.now(dt.UTC)
             try:
