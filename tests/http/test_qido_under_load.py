@@ -6,6 +6,7 @@ cache's window (NETPACS_ACCOUNT_CACHE_SECONDS) has passed."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +16,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from netpacs.index.schema import audit_event, user_account
+from netpacs.index.schema import audit_event
 from netpacs.synthetic import write_ct_series
-from tests.conftest import Netpacs
+from tests.conftest import NETPACS, Netpacs
 
 WINDOW = 1.0  # NETPACS_ACCOUNT_CACHE_SECONDS of the server under test
 PATIENT = "RTP7700001"
@@ -127,6 +128,15 @@ def refused_by_every_worker(server: Netpacs, token: str) -> bool:
     return codes == {401}
 
 
+def switch_account(server: Netpacs, action: str, user: str) -> None:
+    """``netpacs user disable|enable``, as a PACS administrator does it."""
+    done = subprocess.run(
+        [str(NETPACS), "user", action, user], env=server.env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"user {user} {action}d" in done.stdout
+
+
 def test_a_disabled_account_is_refused_by_every_worker_once_the_window_has_passed(
     server: Netpacs, index: sa.Engine
 ) -> None:
@@ -135,17 +145,11 @@ def test_a_disabled_account_is_refused_by_every_worker_once_the_window_has_passe
     headers = {"Authorization": f"Bearer {token}"}
     for _ in range(10):  # both workers now believe the account is enabled
         assert httpx.get(f"{server.dicomweb_url}/studies", headers=headers).status_code == 200
-    with index.begin() as conn:
-        conn.execute(
-            sa.update(user_account).where(user_account.c.username == user).values(disabled=True)
-        )
+    switch_account(server, "disable", user)
     disabled = time.monotonic()
     time.sleep(max(0.0, disabled + WINDOW + 0.05 - time.monotonic()))
     assert refused_by_every_worker(server, token)
-    with index.begin() as conn:
-        conn.execute(
-            sa.update(user_account).where(user_account.c.username == user).values(disabled=False)
-        )
+    switch_account(server, "enable", user)
     time.sleep(WINDOW + 0.05)
     assert httpx.get(f"{server.dicomweb_url}/studies", headers=headers).status_code == 200
 

@@ -209,7 +209,7 @@ def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.Argument
 
     from netpacs.index.db import make_engine, migrate
     from netpacs.index.schema import user_account
-    from netpacs.services.access import Role
+    from netpacs.services.access import SYSTEM, Role
     from netpacs.services.accounts import AccountError, AccountService, load_secret
     from netpacs.services.audit import AuditService
 
@@ -223,6 +223,19 @@ def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.Argument
                     sa.delete(user_account).where(user_account.c.demo.is_(True))
                 ).rowcount
             print(f"removed {gone} demo users")
+            return EXIT_OK
+        if args.action in ("disable", "enable"):
+            audit = AuditService(
+                AuditService.in_own_transaction(engine), source_id=settings.ae_title
+            )
+            service = AccountService(
+                engine, secret=load_secret(settings.effective_auth_secret_file), audit=audit
+            )
+            try:
+                service.set_disabled(args.username, args.action == "disable", by=SYSTEM)
+            except AccountError as exc:
+                p.error(str(exc))
+            print(f"user {args.username} {args.action}d")
             return EXIT_OK
         password = (
             ""  # signs in through OpenID Connect only
@@ -647,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(oidc_issuer) with this user name",
     )
     user_sub.add_parser("remove-demo", help="delete the demo users (before leaving demo mode)")
+    for action, says in (("disable", "refuse"), ("enable", "admit again")):
+        switch = user_sub.add_parser(action, help=f"{says} an account's sign-ins and tokens")
+        switch.add_argument("username")
     user.set_defaults(func=_cmd_user)
 
     blobs = sub.add_parser("blobs", help="manage the object store")

@@ -182,6 +182,22 @@ class AccountService:
                 )
             )
 
+    def set_disabled(self, username: str, disabled: bool, *, by: Principal) -> None:
+        """Disable (or enable again) an account: its sign-ins are refused at once, and its
+        tokens by every worker within ``state_seconds``; audited as a security alert."""
+        with self._engine.begin() as conn:
+            found = conn.execute(
+                sa.update(user_account)
+                .where(user_account.c.username == username)
+                .values(disabled=disabled)
+            ).rowcount
+        if not found:
+            raise AccountError(f"there is no account {username!r}")
+        what = "disabled" if disabled else "enabled again"
+        self._audit.record(
+            AuditRecord(Event.SECURITY_ALERT, by.actor(), detail=f"account {username} {what}")
+        )
+
     def ensure_demo_users(self, region: Region, password: str) -> int:
         """Create the missing ``<ods>.<role>`` demo users; how many were made."""
         with self._engine.connect() as conn:
