@@ -145,6 +145,26 @@ def test_bundled_region_file_is_shipped_in_the_package() -> None:
             "for_trusts=['RTP', 'XYZ']\n",
             r"reporting\.agreements\[0\]: 'for_trusts' names trusts not in the region: \['XYZ'\]",
         ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[networks]]\nname='Kent'\n"
+            "protocol='dicomweb'\n",
+            r"networks\[0\]: a DICOMweb network needs 'url'",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[networks]]\nname='Wessex'\n"
+            "protocol='dimse'\nae_title='WESSEX'\n",
+            r"networks\[0\]: a DIMSE network needs 'ae_title', 'host' and 'port'",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[networks]]\nname='Kent'\n"
+            "protocol='dicomweb'\nurl='http://k'\nshares=['RTP', 'XYZ']\n",
+            r"networks\[0\]: 'shares' names trusts not in the region: \['XYZ'\]",
+        ),
+        (
+            "[[trusts]]\nods_code='RTP'\nname='x'\n[[networks]]\nname='Kent'\n"
+            "protocol='dicomweb'\nurl='http://k'\nauth='client_credentials'\n",
+            r"networks\[0\]: auth 'client_credentials' needs 'token_url'",
+        ),
     ],
 )
 def test_malformed_region_file_is_refused_with_where_it_is_wrong(text: str, message: str) -> None:
@@ -310,3 +330,27 @@ def test_a_malformed_adt_feed_is_refused_saying_why(feed: str, says: str) -> Non
     with pytest.raises(RegionError) as refused:
         parse_region_toml(_FEED_REGION % ("ab" * 32) + "[[adt_feeds]]\n" + feed)
     assert says in str(refused.value)
+
+
+def test_bundled_region_names_london_kent_and_wessex_sharing_only_what_they_list() -> None:
+    region = load_region(BUNDLED_DEMO_REGION)
+    by_name = {n.name: n for n in region.networks}
+    assert set(by_name) == {"London", "Kent", "Wessex"}
+    london, wessex = by_name["London"], by_name["Wessex"]
+    assert london.dicomweb is not None
+    assert london.dicomweb.url == "http://127.0.0.1:8701/dicom-web"
+    assert wessex.dimse is not None
+    assert (wessex.dimse.ae_title, wessex.dimse.port) == ("WESSEX", 11301)
+    assert london.shares == {"RTP", "RXC", "RYR"}
+    assert region.network_client("kent") is by_name["Kent"]
+    assert all(n.timeout_seconds == 2.0 for n in region.networks)
+
+
+def test_a_network_shares_nothing_unless_its_table_says() -> None:
+    region = parse_region_toml(
+        "[[trusts]]\nods_code='RTP'\nname='x'\n[[networks]]\nname='Kent'\n"
+        "protocol='dicomweb'\nurl='http://k/dicom-web/'\n"
+    )
+    (kent,) = region.networks
+    assert kent.shares == frozenset()
+    assert kent.dicomweb is not None and kent.dicomweb.url == "http://k/dicom-web"

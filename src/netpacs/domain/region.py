@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from netpacs.domain.networks import Network, NetworkTable, network_from_table
 from netpacs.domain.peer import CallerIdentity, Peer, fingerprint, network, subject
 
 
@@ -216,6 +217,8 @@ class Region:
     adt_feeds: tuple[AdtFeed, ...] = ()
     # The edge nodes of the sites (issue 13).
     edges: tuple[EdgeNode, ...] = ()
+    # The neighbouring networks (issue 14).
+    networks: tuple[Network, ...] = ()
     _by_title: dict[str, ApplicationEntity] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -249,6 +252,13 @@ class Region:
 
     def edge(self, client_id: str) -> EdgeNode | None:
         return next((e for e in self.edges if e.client_id == client_id), None)
+
+    def network(self, name: str) -> Network | None:
+        return next((n for n in self.networks if n.name == name), None)
+
+    def network_client(self, client_id: str) -> Network | None:
+        """The network whose inbound client is ``client_id``, if any."""
+        return next((n for n in self.networks if n.client_id == client_id), None)
 
     @property
     def issuers(self) -> frozenset[str]:
@@ -456,6 +466,7 @@ class _RegionFile(_Table):
     regional_adt_facilities: list[NamespaceId] = []
     adt_feeds: list[_AdtFeed] = []
     edges: list[_Edge] = []
+    networks: list[NetworkTable] = []
 
 
 # What is wrong, by pydantic error type, after "where: 'key'".
@@ -644,9 +655,10 @@ def _region(doc: _RegionFile, base: Path | None) -> Region:
         reporting=_reporting(doc.reporting, {t.ods_code for t in trusts}),
         regional_adt_facilities=tuple(doc.regional_adt_facilities),
     )
-    return dataclasses.replace(
+    region = dataclasses.replace(
         region, adt_feeds=_adt_feeds(doc, region), edges=_edges(doc, region, base)
     )
+    return dataclasses.replace(region, networks=_networks(doc, region, base))
 
 
 def _edges(doc: _RegionFile, region: Region, base: Path | None) -> tuple[EdgeNode, ...]:
@@ -665,3 +677,23 @@ def _edges(doc: _RegionFile, region: Region, base: Path | None) -> tuple[EdgeNod
             secret_file = Path(e.secret_file) if base is None else base / e.secret_file
         edges.append(EdgeNode(e.name, e.trust, e.site, e.client_id, secret_file, e.secret_hash))
     return tuple(edges)
+
+
+def _networks(doc: _RegionFile, region: Region, base: Path | None) -> tuple[Network, ...]:
+    """Names and inbound client ids are unique, and no client id is also an edge's."""
+    trusts = {t.ods_code for t in region.trusts}
+    networks: list[Network] = []
+    for i, table in enumerate(doc.networks):
+        try:
+            n = network_from_table(table, trusts=trusts, base=base)
+        except ValueError as exc:
+            raise RegionError(f"networks[{i}]: {exc}") from None
+        if any(other.name == n.name for other in networks):
+            raise RegionError(f"networks[{i}]: 'name' {n.name!r} is used twice")
+        if n.client_id is not None and (
+            any(other.client_id == n.client_id for other in networks)
+            or region.edge(n.client_id) is not None
+        ):
+            raise RegionError(f"networks[{i}]: 'client_id' {n.client_id!r} is used twice")
+        networks.append(n)
+    return tuple(networks)
