@@ -190,7 +190,9 @@ def viewer_first_image(
     url = f"{base}/viewer?StudyInstanceUIDs={study}"
 
     def open_once(browser: Browser) -> float:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        # The viewer's Content-Security-Policy forbids the string evaluation Playwright's
+        # wait_for_function uses; the page's own scripts run under it all the same.
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
         if token:  # the session cookie the sign-in page would have set
             context.add_cookies([{"name": "netpacs_session", "value": token, "url": base}])
         page = context.new_page()
