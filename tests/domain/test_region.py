@@ -15,9 +15,8 @@ from netpacs.domain.region import (
     Permission,
     RegionError,
     ResultsHeader,
-    parse_region,
-    parse_region_toml,
 )
+from netpacs.domain.region_file import parse_region, parse_region_toml
 
 EXPECTED_SITES = {
     "RTP": {"ESH"},

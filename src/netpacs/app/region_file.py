@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from netpacs.domain.region import Region, RegionError, parse_region_toml
+from netpacs.domain.region import Region, RegionError
+from netpacs.domain.region_file import parse_region_toml
 
 
 def load_region(path: Path) -> Region:
