@@ -265,6 +265,7 @@ sa.Index(None, audit_event.c.patient_id, audit_event.c.issuer)
 sa.Index(None, audit_event.c.event_time)
 sa.Index(None, audit_event.c.trust, audit_event.c.event_time)
 sa.Index(None, audit_event.c.forwarded_at, audit_event.c.id)
+sa.Index(None, audit_event.c.user_id, audit_event.c.event_time)  # the sign-in throttle
 
 
 # -- networked reporting (issue 6) --------------------------------------------------------
