@@ -100,6 +100,10 @@ class _KnownStudy:
     patient: tuple[str, str]  # (patient ID, issuer) of its patient when last read
 
 
+class _JobFailed(Exception):
+    """A job of a batch run without savepoints failed: run the batch again, isolated."""
+
+
 @dataclass(slots=True)
 class _Job:
     run: Callable[[sa.Connection], Any]
@@ -227,7 +231,22 @@ class IndexWriter:
 
     def _try_batch(self, batch: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
         """One attempt at the batch's transaction. A job's own error fails that job
-        only, but an error that says the primary went away fails the attempt."""
+        only, but an error that says the primary went away fails the attempt.
+
+        Jobs run first without a savepoint each (two round trips per job fewer: on
+        PostgreSQL a SAVEPOINT and a RELEASE per stored instance). A job's error is
+        rare (a refusal is a value, not an error); then the transaction is rolled back
+        and the batch runs again with a savepoint around each job."""
+        if len(batch) > 1 and any(job.table is None for job in batch):
+            try:
+                return self._attempt(batch, isolate=False)
+            except _JobFailed:
+                self._forget_caches()
+        return self._attempt(batch, isolate=True)
+
+    def _attempt(
+        self, batch: list[_Job], *, isolate: bool
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         self._committing = False
         appended = [job for job in batch if job.table is not None]
@@ -248,18 +267,27 @@ class IndexWriter:
                     trans.rollback()
                     self._forget_caches()
                     results.append((job, None, exc))
-            for job in () if alone else batch:
-                savepoint = conn.begin_nested()
-                try:
-                    value = job.run(conn)
-                    savepoint.commit()
-                    results.append((job, value, None))
-                except Exception as exc:  # one bad row must not fail the batch
-                    if lost_primary(exc):
-                        raise
-                    savepoint.rollback()
-                    self._forget_caches()
-                    results.append((job, None, exc))
+            elif not isolate:
+                for job in batch:
+                    try:
+                        results.append((job, job.run(conn), None))
+                    except Exception as exc:
+                        if lost_primary(exc):
+                            raise
+                        raise _JobFailed from exc  # rolls the transaction back
+            else:
+                for job in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        value = job.run(conn)
+                        savepoint.commit()
+                        results.append((job, value, None))
+                    except Exception as exc:  # one bad row must not fail the batch
+                        if lost_primary(exc):
+                            raise
+                        savepoint.rollback()
+                        self._forget_caches()
+                        results.append((job, None, exc))
             if trans.is_active:
                 self._committing = True
                 trans.commit()
