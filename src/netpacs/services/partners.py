@@ -9,12 +9,13 @@ no trust of ours. The rules:
 
 - It asks by NHS number only: a study level search with ``PatientID`` one valid NHS
   number (check digit) and ``IssuerOfPatientID`` ``NHS``. No wildcard (``*``, ``?``)
-  anywhere, no name, no Other Patient IDs, nothing without the NHS number (a date, a
-  modality, nothing at all: browsing), no patient level: each refused with a reason
-  (:class:`PartnerRefused`, a 400) and audited as a refusal.
+  anywhere, no name, no matching on Other Patient IDs, nothing without the NHS number
+  (a date, a modality, nothing at all: browsing), no patient level: each refused with
+  a reason (:class:`PartnerRefused`, a 400) and audited as a refusal.
 - It sees only the studies of the trusts its agreement ``shares``: a study's trust is
   the one that captured it (``study.origin_trust``), else the issuer of its patient's
-  identity.
+  identity. Other Patient IDs are answered with the NHS number only (:func:`redact`):
+  the patient's hospital numbers at our trusts are not the partner's to know.
 - It retrieves only what it found: the studies a search answered are recorded against
   its access token (``partner_found``); series and instance searches, WADO-RS (study,
   series, instance, metadata, frames, rendered) and FHIR reads answer those studies
@@ -203,6 +204,31 @@ def _wildcard(identifier: dict[str, Any]) -> str | None:
     return None
 
 
+def _matches_in(element: Any) -> bool:
+    """Whether a sequence element has an item with a matching value."""
+    if not isinstance(element, dict):
+        return False
+    for item in element.get("Value") or ():
+        if isinstance(item, dict) and any(_values(e) for e in item.values()):
+            return True
+    return False
+
+
+def redact(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer as a partner gets it: Other Patient IDs keep the NHS number only (the
+    patient's hospital numbers at our trusts are not the partner's to know)."""
+    element = answer.get(_OTHER_PATIENT_IDS)
+    if isinstance(element, dict) and element.get("Value"):
+        kept = [
+            item
+            for item in element["Value"]
+            if isinstance(item, dict)
+            and any(nhs_number.is_nhs_issuer(v) for v in _values(item.get(_ISSUER)))
+        ]
+        answer[_OTHER_PATIENT_IDS] = {**element, "Value": kept} if kept else {"vr": "SQ"}
+    return answer
+
+
 def check_find(identifier: dict[str, Any], level: QueryLevel) -> bool:
     """Whether a partner's query is a search by NHS number (True: its answers are what it
     finds) or a question within the studies it found (False); raises
@@ -214,11 +240,8 @@ def check_find(identifier: dict[str, Any], level: QueryLevel) -> bool:
         raise PartnerRefused(f"wildcards are not answered to partner networks ({tag}): {_ASK}")
     if _values(identifier.get(_PATIENT_NAME)):
         raise PartnerRefused(f"name searches are not answered to partner networks: {_ASK}")
-    if _OTHER_PATIENT_IDS in identifier:
-        raise PartnerRefused(
-            "Other Patient IDs are not answered to partner networks (they name our trusts' "
-            f"identities of the patient): {_ASK}"
-        )
+    if _matches_in(identifier.get(_OTHER_PATIENT_IDS)):
+        raise PartnerRefused(f"a partner network does not match on Other Patient IDs: {_ASK}")
     ids = _values(identifier.get(_PATIENT_ID))
     if ids:
         _check_nhs_number(ids, _values(identifier.get(_ISSUER)))

@@ -205,10 +205,11 @@ class QueryService:
     ) -> Iterator[JsonDataset]:
         reached = Reached()
         count = 0
+        partner = self._principal.partner is not None
         try:
             for answer in self._index.answers(plan, reached):
                 count += 1
-                yield answer
+                yield partners.redact(answer) if partner else answer
         except sa.exc.DBAPIError as exc:
             if lost_primary(exc):
                 raise QueryUnavailable(
