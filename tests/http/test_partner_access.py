@@ -23,6 +23,7 @@ from netpacs.index.schema import audit_event
 from netpacs.synthetic import write_ct_series
 from tests.conftest import Netpacs
 from tests.http.conftest import storescu
+from tests.services.test_audit_messages import assert_valid
 
 NHS_NUMBER = "9990002010"  # test range, valid check digit
 OTHER_NHS_NUMBER = "9990002029"  # a patient of RXC only
@@ -252,6 +253,8 @@ def test_every_partner_request_is_audited_with_the_network_its_user_and_purpose(
     assert [r.event_id for r in rows] == ["110112", "110103", "110113", "110113"]
     assert all(said in r.detail and r.role == "partner" for r in rows)
     assert all(r.purpose_of_use == "TREAT" for r in rows)
+    for row in rows:  # PS3.15 A.5.1, with the partner's user as a second requestor
+        assert_valid(row.message_xml)
     query, access, miss, refused = rows
     assert query.outcome == 0 and query.study_uids == studies.shared
     assert 'UserID="dr.jones"' in query.message_xml  # the partner's user, a participant
