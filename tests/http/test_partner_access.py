@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from netpacs.index.schema import audit_event
 from netpacs.synthetic import write_ct_series
-from tests.conftest import Netpacs
+from tests.conftest import Netpacs, dcmtk
 from tests.http.conftest import storescu
 from tests.services.test_audit_messages import assert_valid
 
@@ -315,3 +315,34 @@ def test_a_stated_purpose_we_cannot_record_is_a_400_and_a_revoked_token_is_refus
     assert revoked.status_code == 200
     after = httpx.get(url, params=by_nhs_number(), headers={"Authorization": f"Bearer {token}"})
     assert after.status_code == 401
+
+
+# -- Wessex asks over DIMSE ---------------------------------------------------------------
+
+
+def wessex_find(
+    server: Netpacs, folder: Path, *keys: str, aet: str = "WESSEX"
+) -> tuple[str, list[pydicom.Dataset]]:
+    """C-FIND (Study Root, STUDY level) from Wessex's AE: findscu's log and its answers."""
+    out = folder / f"find-{len(list(folder.iterdir()))}"
+    out.mkdir()
+    args = ["-S", "-d", "-aet", aet, "-aec", "NETPACS", "-X", "-od", str(out)]
+    for key in ("QueryRetrieveLevel=STUDY", "StudyInstanceUID", *keys):
+        args += ["-k", key]
+    result = dcmtk("findscu", *args, "127.0.0.1", str(server.port), timeout=30)
+    return result.stdout + result.stderr, [pydicom.dcmread(p) for p in sorted(out.glob("rsp*"))]
+
+
+def test_wessex_finds_by_nhs_number_over_dimse_within_its_agreement(
+    module_netpacs: Netpacs, studies: Studies, tmp_path: Path
+) -> None:
+    log, answers = wessex_find(
+        module_netpacs, tmp_path, f"PatientID={NHS_NUMBER}", "IssuerOfPatientID=NHS"
+    )
+    # Wessex shares RYR and RA2: the Royal Surrey study, not Surrey and Sussex's.
+    assert [str(a.StudyInstanceUID) for a in answers] == [studies.unshared], log
+
+    log, answers = wessex_find(module_netpacs, tmp_path, "PatientName=SMITH*")
+    assert answers == []
+    assert "DIMSE Status                  : 0xa900" in log, log
+    assert "wildcards are not answered to partner networks" in log  # the Error Comment

@@ -22,7 +22,9 @@ no trust of ours. The rules:
   only, until the token expires. Anything else is answered as not stored (404), and
   audited as a refusal.
 - It never breaks glass (no such capability), and uses ``/dicomweb`` and ``/fhir``
-  only: no pages, no viewer, no API.
+  only: no pages, no viewer, no API. A network that speaks DIMSE (Wessex) asks by
+  C-FIND from its AE title and host, under the same rules (the association is its
+  session); it stores nothing, and C-MOVE sends nowhere.
 - It may state, per request, its user (``X-Netpacs-Partner-User``) and purpose of use
   (``X-Netpacs-Purpose-Of-Use``, an HL7 v3 PurposeOfUse code of
   :data:`STATED_PURPOSES`); every audit record of the request names the network and
@@ -33,7 +35,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import ipaddress
 import logging
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -100,13 +104,7 @@ class PartnerClients:
         network = self._networks.get(client_id)
         if network is None:
             return None
-        return Principal(
-            user_id=client_id,
-            role=Role.PARTNER,
-            address=address,
-            name=network.name,
-            partner=Partner(network=network.name, shares=network.shares, session=session),
-        )
+        return network_principal(network, client_id, session=session, address=address)
 
     def _secret_ok(self, network: Network, secret: str) -> bool:
         if network.client_secret_hash is not None:
@@ -124,6 +122,44 @@ class PartnerClients:
         if self._demo_password is None:
             return False  # no secret, and not in demo mode: it cannot sign in
         return hmac.compare_digest(secret.encode(), self._demo_password.encode())
+
+
+def network_principal(
+    network: Network, user_id: str, *, session: str, address: str | None
+) -> Principal:
+    """A partner network as a principal: its client id (or its DICOM AE title)."""
+    return Principal(
+        user_id=user_id,
+        role=Role.PARTNER,
+        address=address,
+        name=network.name,
+        partner=Partner(network=network.name, shares=network.shares, session=session),
+    )
+
+
+def dimse_caller(
+    networks: Iterable[Network], ae_title: str, address: str | None
+) -> Principal | str | None:
+    """A calling DICOM AE that is a DIMSE partner network's (its ``ae_title``): its
+    principal (the association is its session), or why it is refused (it called from
+    another address than the network's ``host``); None: no network's AE."""
+    network = next(
+        (n for n in networks if n.dimse is not None and n.dimse.ae_title == ae_title), None
+    )
+    if network is None or network.dimse is None:
+        return None
+    try:
+        expected: object = ipaddress.ip_address(network.dimse.host)
+        called_from: object = ipaddress.ip_address(address or "")
+    except ValueError:
+        expected, called_from = network.dimse.host, address
+    if expected != called_from:
+        return (
+            f"calling AE {ae_title} is the partner network {network.name}'s, and calls from "
+            f"its host {network.dimse.host} only"
+        )
+    session = f"dimse:{secrets.token_hex(12)}"
+    return network_principal(network, ae_title, session=session, address=address)
 
 
 def stated(principal: Principal, *, user: str | None, purpose: str | None) -> Principal:
