@@ -333,14 +333,29 @@ def wessex_find(
     return result.stdout + result.stderr, [pydicom.dcmread(p) for p in sorted(out.glob("rsp*"))]
 
 
+def wessex_get(server: Netpacs, folder: Path, study_uid: str) -> int:
+    """C-GET of a study by Wessex's AE: how many objects it received."""
+    out = folder / f"get-{len(list(folder.iterdir()))}"
+    out.mkdir()
+    dcmtk(
+        "getscu", "-S", "-aet", "WESSEX", "-aec", "NETPACS", "-od", str(out),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+        "127.0.0.1", str(server.port), timeout=30,
+    )  # fmt: skip
+    return len(list(out.iterdir()))
+
+
 def test_wessex_finds_by_nhs_number_over_dimse_within_its_agreement(
     module_netpacs: Netpacs, studies: Studies, tmp_path: Path
 ) -> None:
+    assert wessex_get(module_netpacs, tmp_path, studies.unshared) == 0  # not found yet
     log, answers = wessex_find(
         module_netpacs, tmp_path, f"PatientID={NHS_NUMBER}", "IssuerOfPatientID=NHS"
     )
     # Wessex shares RYR and RA2: the Royal Surrey study, not Surrey and Sussex's.
     assert [str(a.StudyInstanceUID) for a in answers] == [studies.unshared], log
+    assert wessex_get(module_netpacs, tmp_path, studies.unshared) == 2  # found: retrieved
+    assert wessex_get(module_netpacs, tmp_path, studies.shared) == 0  # not Wessex's
 
     log, answers = wessex_find(module_netpacs, tmp_path, "PatientName=SMITH*")
     assert answers == []

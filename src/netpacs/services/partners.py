@@ -23,8 +23,8 @@ no trust of ours. The rules:
   audited as a refusal.
 - It never breaks glass (no such capability), and uses ``/dicomweb`` and ``/fhir``
   only: no pages, no viewer, no API. A network that speaks DIMSE (Wessex) asks by
-  C-FIND from its AE title and host, under the same rules (the association is its
-  session); it stores nothing, and C-MOVE sends nowhere.
+  C-FIND from its AE title and host, under the same rules, and C-GETs what its AE
+  found (within a token's lifetime); it stores nothing, and C-MOVE sends nowhere.
 - It may state, per request, its user (``X-Netpacs-Partner-User``) and purpose of use
   (``X-Netpacs-Purpose-Of-Use``, an HL7 v3 PurposeOfUse code of
   :data:`STATED_PURPOSES`); every audit record of the request names the network and
@@ -37,7 +37,6 @@ import datetime as dt
 import hmac
 import ipaddress
 import logging
-import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -141,8 +140,9 @@ def dimse_caller(
     networks: Iterable[Network], ae_title: str, address: str | None
 ) -> Principal | str | None:
     """A calling DICOM AE that is a DIMSE partner network's (its ``ae_title``): its
-    principal (the association is its session), or why it is refused (it called from
-    another address than the network's ``host``); None: no network's AE."""
+    principal (its session: what the AE found in the last token lifetime), or why it is
+    refused (it called from another address than the network's ``host``); None: no
+    network's AE."""
     network = next(
         (n for n in networks if n.dimse is not None and n.dimse.ae_title == ae_title), None
     )
@@ -158,8 +158,9 @@ def dimse_caller(
             f"calling AE {ae_title} is the partner network {network.name}'s, and calls from "
             f"its host {network.dimse.host} only"
         )
-    session = f"dimse:{secrets.token_hex(12)}"
-    return network_principal(network, ae_title, session=session, address=address)
+    # One session per AE, not per association: a C-GET comes on an association of its
+    # own after the C-FIND that found the study.
+    return network_principal(network, ae_title, session=f"dimse:{ae_title}", address=address)
 
 
 def stated(principal: Principal, *, user: str | None, purpose: str | None) -> Principal:
