@@ -35,6 +35,7 @@ from netpacs.services.identity import RegionalRecord
 from netpacs.services.ingest import IngestService
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.metrics import watch_engine
+from netpacs.services.partners import PartnerFinds
 from netpacs.services.query import QueryService
 from netpacs.services.report_outputs import ReportOutputs
 from netpacs.services.reporting import (
@@ -219,6 +220,7 @@ def build_archive(settings: Settings) -> Archive:
         rules=AccessRules(),
         retrieve_ae_title=settings.ae_title,
         time_limit=settings.query_timeout_seconds,
+        partner_finds=PartnerFinds(writer.execute, token_seconds=settings.token_minutes * 60),
     )
     coercion = CoercionService(read_engine)
     return Archive(

@@ -41,6 +41,7 @@ from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.metrics import Backlogs, Scrape, watch_engine
+from netpacs.services.partners import PartnerClients
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
     ClaimsService,
@@ -79,6 +80,9 @@ def accounts(archive: Archive, settings: Settings, edge: Edge | None = None) -> 
         signin_window_minutes=settings.signin_window_minutes,
         edges=edge_clients(archive, settings),
         state_seconds=settings.account_cache_seconds,
+        partners=PartnerClients(
+            archive.region.networks, demo_password=settings.demo_password if settings.demo else None
+        ),
     )
 
 

@@ -498,3 +498,17 @@ edge_audit_mark = sa.Table(
     sa.Column("sender", sa.String(100), primary_key=True),
     sa.Column("last_id", sa.BigInteger(), nullable=False),
 )
+
+# -- federation: inbound (issue 14) -------------------------------------------------------
+
+# The studies a partner network found by NHS number, per access token (``session``: the
+# token's id): it may retrieve them, and search their series and instances, until the
+# token expires; never a study it did not find with that token.
+partner_found = sa.Table(
+    "partner_found",
+    metadata,
+    sa.Column("session", sa.String(64), primary_key=True),
+    sa.Column("study_instance_uid", UID, primary_key=True),
+    sa.Column("client_id", sa.String(100), nullable=False),
+    sa.Column("expires_at", TS, nullable=False, index=True),
+)

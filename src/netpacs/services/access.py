@@ -30,6 +30,10 @@ The rules (issue 5):
   of what it forwarded, prefetch), and acts for a user of its own trust (the header
   ``X-Netpacs-On-Behalf-Of``, :func:`on_behalf_refusal`): the request is then that
   user's, under the user's rules and in the user's name in the audit trail.
+- A partner network (issue 14), signed in with its client credentials, asks by NHS
+  number only and sees only the studies of the trusts its agreement names, and
+  retrieves only what it found (services.partners; the query service applies it). It
+  never breaks glass, and its user and purpose of use are audited as it states them.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Role(enum.Enum):
     ARCHIVE = "archive"  # a peer archive of the region (replication): sees everything
     SYSTEM = "system"  # netpacs itself (maintenance, demo loading)
     EDGE = "edge"  # a site's edge node signed in to the core (issue 13)
+    PARTNER = "partner"  # a neighbouring network's client (issue 14)
 
 
 CLINICAL = frozenset({Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN})
@@ -113,6 +118,7 @@ _CAPABILITIES: dict[Role, frozenset[Capability]] = {
     Role.ARCHIVE: _IMAGING | {Capability.STORE, Capability.SEND},
     Role.SYSTEM: frozenset(Capability),
     Role.EDGE: _IMAGING | {Capability.STORE, Capability.ACT_FOR_USERS, Capability.CONFIRM_STORED},
+    Role.PARTNER: _IMAGING,  # within its agreement (services.partners); no break-glass
 }
 # What each DICOM permission of the region file lets an AE do.
 _PERMITS: dict[Permission, Capability] = {
@@ -121,6 +127,19 @@ _PERMITS: dict[Permission, Capability] = {
     Permission.MOVE: Capability.SEND,
     Permission.GET: Capability.RETRIEVE,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Partner:
+    """A partner network's side of a principal (issue 14): the network, the trusts of
+    ours its agreement shares, the access token (its session: what it found with it),
+    and the user and purpose of use it stated for this request."""
+
+    network: str  # its name in the region file ("London")
+    shares: frozenset[str]  # ODS codes
+    session: str  # the token id
+    user: str | None = None
+    purpose: Purpose | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +158,7 @@ class Principal:
     capabilities: frozenset[Capability] | None = None
     site: str | None = None  # an edge node's site code
     via: str | None = None  # the edge node a user's request came through
+    partner: Partner | None = None  # a partner network's client (role PARTNER)
 
     def may(self, capability: Capability) -> bool:
         allowed = _CAPABILITIES[self.role] if self.capabilities is None else self.capabilities
@@ -149,6 +169,17 @@ class Principal:
         return self.role in (Role.ADMIN, Role.SYSTEM, Role.ARCHIVE)
 
     def actor(self) -> Actor:
+        if self.partner is not None:
+            return Actor(
+                user_id=self.user_id,
+                role=self.role.value,
+                address=self.address,
+                name=f"{self.partner.network} (partner network)",
+                is_application=True,
+                network=self.partner.network,
+                remote_user=self.partner.user,
+                remote_purpose=self.partner.purpose,
+            )
         return Actor(
             user_id=self.user_id,
             trust=self.trust,

@@ -20,6 +20,7 @@ from netpacs.domain.peer import Peer, PeerCertificate
 from netpacs.domain.region import ApplicationEntity, Region
 from netpacs.services.access import Capability, Principal, principal_for_ae, roles_with
 from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome
+from netpacs.services.partners import dimse_caller
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ class AccessPolicy:
         it knows). Decided without I/O (association negotiation runs on the event
         loop): the caller passes a refusal to :meth:`record`."""
         ae = self._region.ae(ae_title)
+        if ae is None:  # a partner network's AE (issue 14)?
+            partner = dimse_caller(self._region.networks, ae_title, address)
+            if isinstance(partner, str):
+                return Refusal(principal_for_ae(None, ae_title, address), Capability.QUERY, partner)
+            if partner is not None:
+                return Caller(partner, None)
         principal = principal_for_ae(ae, ae_title, address)
         if ae is None:
             if self._reject_unknown:

@@ -38,6 +38,7 @@ from netpacs.index.schema import audit_event, revoked_token, user_account
 from netpacs.services.access import CLINICAL, Principal, Role, on_behalf_refusal
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome
 from netpacs.services.edge.clients import EdgeClients
+from netpacs.services.partners import PartnerClients
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class AccountService:
         signin_window_minutes: int = 15,
         edges: EdgeClients | None = None,
         state_seconds: float = 0.0,
+        partners: PartnerClients | None = None,
     ) -> None:
         """``state_seconds``: how long a token's account state (the account exists and
         is enabled, the token is not revoked) read from the index is believed before it
@@ -129,12 +131,13 @@ class AccountService:
         is refused at once."""
         self._engine = engine
         self._edges = edges or EdgeClients(())
+        self._partners = partners or PartnerClients((), demo_password=None)
         self._state_seconds = state_seconds
         # (user name, token id) -> (monotonic time read, the account or None: refused)
         self._states: dict[tuple[str, str | None], tuple[float, _Account | None]] = {}
-        # token -> (user name, token id, expiry as a Unix time, an edge node's): tokens
-        # whose signature was checked
-        self._tokens: dict[str, tuple[str, str | None, float, bool]] = {}
+        # token -> (user name, token id, expiry as a Unix time, its role): tokens whose
+        # signature was checked
+        self._tokens: dict[str, tuple[str, str | None, float, str]] = {}
         self._secret = secret
         self._audit = audit
         self._token_seconds = token_minutes * 60
@@ -282,8 +285,8 @@ class AccountService:
         return principal
 
     def sign_in_client(self, client_id: str, secret: str, *, address: str | None) -> Principal:
-        """An edge node's principal for its OAuth2 client credentials; SignInError
-        otherwise (audited, and counted like a user's failures)."""
+        """An edge node's or a partner network's principal for its OAuth2 client
+        credentials; SignInError otherwise (audited, and counted like a user's failures)."""
         now = dt.datetime.now(dt.UTC)
         failures = self._recent_failures(client_id, address, now)
         if failures >= self._attempts:
@@ -292,7 +295,9 @@ class AccountService:
                 "too many failed sign-ins: try again later",
                 retry_after=int(self._window.total_seconds()),
             )
-        principal = self._edges.sign_in(client_id, secret, address=address)
+        principal = self._edges.sign_in(
+            client_id, secret, address=address
+        ) or self._partners.sign_in(client_id, secret, address=address)
         if principal is None:
             self._audit.record(
                 AuditRecord(
@@ -303,7 +308,8 @@ class AccountService:
                 )
             )
             raise SignInError(SignInProblem.INVALID, "wrong client id or client secret")
-        self._audit.record(AuditRecord(Event.LOGIN, principal.actor(), detail="edge signed in"))
+        who = "partner network" if principal.partner else "edge"
+        self._audit.record(AuditRecord(Event.LOGIN, principal.actor(), detail=f"{who} signed in"))
         return principal
 
     def on_behalf(self, edge: Principal, username: str) -> Principal:
@@ -497,12 +503,15 @@ class AccountService:
         known = self._token(token)
         assert known is not None
         key = known[0], known[1]
-        account = self._read_state(*key)
+        if known[2] == Role.PARTNER.value:  # no account row: the token is not revoked
+            account = self._read_partner_state(*key)
+        else:
+            account = self._read_state(*key)
         if self._state_seconds > 0:
             if len(self._states) >= _MAX_STATES:
                 self._states.clear()
             self._states[key] = (time.monotonic(), account)
-        return None if account is None else account.principal(address)
+        return self._account_principal(account, known[1], address)
 
     def known_principal(self, token: str, *, address: str | None) -> Principal | Lookup | None:
         """As :meth:`principal`, without reading the index: ``Lookup.NEEDED`` when the
@@ -511,18 +520,36 @@ class AccountService:
         known = self._token(token)
         if known is None:
             return None
-        username, jti, edge = known
-        if edge:  # an edge node of the region file: no account in the index
+        username, jti, role = known
+        if role == Role.EDGE.value:  # an edge node of the region file: no account
             return self._edges.principal(username, address=address)
         cached = self._states.get((username, jti))
         if cached is None or time.monotonic() - cached[0] >= self._state_seconds:
             return Lookup.NEEDED
-        account = cached[1]
-        return None if account is None else account.principal(address)
+        return self._account_principal(cached[1], jti, address)
 
-    def _token(self, token: str) -> tuple[str, str | None, bool] | None:
-        """(user name, token id, whether it is an edge node's) of a valid, unexpired token
-        of ours; None otherwise.
+    def _account_principal(
+        self, account: _Account | None, jti: str | None, address: str | None
+    ) -> Principal | None:
+        if account is None:
+            return None
+        if account.role is Role.PARTNER:  # a partner network (services.partners)
+            return self._partners.principal(account.username, session=jti or "", address=address)
+        return account.principal(address)
+
+    def _read_partner_state(self, client_id: str, jti: str | None) -> _Account | None:
+        """A partner network's token state: None when revoked (or without an id)."""
+        if jti is None:
+            return None
+        with self._engine.connect() as conn:
+            revoked = conn.execute(
+                sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
+            ).first()
+        return None if revoked else _Account(client_id, Role.PARTNER, "", "")
+
+    def _token(self, token: str) -> tuple[str, str | None, str] | None:
+        """(user name, token id, its role) of a valid, unexpired token of ours; None
+        otherwise.
         A token's signature is checked once: the same string is then known to be ours
         until it expires."""
         known = self._tokens.get(token)
@@ -530,8 +557,8 @@ class AccountService:
             claims = self._claims(token)
             if claims is None:
                 return None
-            edge = claims.get("role") == Role.EDGE.value
-            known = (str(claims["sub"]), _token_id(claims), float(claims["exp"]), edge)
+            role = str(claims.get("role"))
+            known = (str(claims["sub"]), _token_id(claims), float(claims["exp"]), role)
             if len(self._tokens) >= _MAX_STATES:
                 self._tokens.clear()
             self._tokens[token] = known

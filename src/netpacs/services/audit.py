@@ -14,6 +14,7 @@ fixed, and no maintained Python library builds DICOM audit messages.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import enum
 import logging
@@ -94,6 +95,8 @@ class Purpose(enum.Enum):
     ETREAT = "Emergency Treatment"  # break-glass
     HOPERAT = "Healthcare Operations"  # administration, reconciliation
     HSYSADMIN = "Health System Administration"  # audit review, configuration
+    COC = "Coordination of Care"  # as a partner network may state it (issue 14)
+    PATRQT = "Patient Requested"
 
     @property
     def code(self) -> Code:
@@ -110,6 +113,11 @@ class Actor:
     address: str | None = None  # network address the request came from
     name: str | None = None  # for people: display name
     is_application: bool = False  # a DICOM AE or HL7 system, not a person
+    # A partner network's client (issue 14): the network, and the user and purpose of
+    # use it stated (recorded as stated: the purpose of every record of it).
+    network: str | None = None
+    remote_user: str | None = None
+    remote_purpose: Purpose | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +245,16 @@ def _active_participants(root: ET.Element, record: AuditRecord, *, source_id: st
         _code(person, "RoleIDCode", _SOURCE_ROLE)
     if actor.role and not actor.is_application:
         _code(person, "RoleIDCode", Code(actor.role, "netpacs role", actor.role.capitalize()))
+    if actor.network and actor.remote_user:  # the partner network's user it acts for
+        ET.SubElement(
+            root,
+            "ActiveParticipant",
+            {
+                "UserID": _xml(actor.remote_user),
+                "AlternativeUserID": _xml(f"{actor.remote_user}@{actor.network}"),
+                "UserIsRequestor": "true",
+            },
+        )
     archive = ET.SubElement(
         root, "ActiveParticipant", {"UserID": _xml(source_id), "UserIsRequestor": "false"}
     )
@@ -295,6 +313,22 @@ def _query_object(root: ET.Element, query: str) -> None:
 
 def _base64(text: str) -> str:
     return base64.b64encode(text.encode("utf-8", "replace")).decode("ascii")
+
+
+def as_recorded(record: AuditRecord) -> AuditRecord:
+    """A partner network's record (issue 14) names the network, and the user and
+    purpose of use it stated, in its description; its purpose is the one stated (none
+    when it stated none), never one we inferred."""
+    actor = record.actor
+    if actor.network is None:
+        return record
+    said = [f"partner network {actor.network}"]
+    if actor.remote_user:
+        said.append(f"its user {actor.remote_user}")
+    if actor.remote_purpose:
+        said.append(f"purpose {actor.remote_purpose.name}")
+    detail = f"{record.detail} [{', '.join(said)}]".strip()
+    return dataclasses.replace(record, detail=detail, purpose=actor.remote_purpose)
 
 
 def _row(record: AuditRecord, xml: str) -> dict[str, Any]:
@@ -361,6 +395,7 @@ class AuditService:
         conn.execute(sa.insert(audit_event), self._row(record))
 
     def _row(self, record: AuditRecord) -> dict[str, Any]:
+        record = as_recorded(record)
         xml = build_message(record, source_id=self._source_id, site_id=self._site_id)
         # Nested patients/studies make a message long; the log line is the summary.
         log.debug(

@@ -118,8 +118,11 @@ class ImagingStudyService:
             _ISSUER: {"vr": "LO"},
             _ACCESSION: {"vr": "SH"},
         }
+        # A partner network's wildcard goes to the query service, which refuses it.
+        lenient = self._query.principal.partner is None
         if patient is not None:
-            if not _exact(patient.value) or any(i and not _exact(i) for i in patient.issuers or ()):
+            exact = _exact(patient.value) and all(not i or _exact(i) for i in patient.issuers or ())
+            if not exact and lenient:
                 return []
             keys[_PATIENT_ID]["Value"] = [patient.value]
             if patient.issuers is not None:
@@ -128,7 +131,7 @@ class ImagingStudyService:
         if study_instance_uids:
             keys[_STUDY_UID]["Value"] = list(study_instance_uids)
         if accession_number is not None:
-            if not _exact(accession_number):
+            if not _exact(accession_number) and lenient:
                 return []
             keys[_ACCESSION]["Value"] = [accession_number]
         answers = self._query.find(

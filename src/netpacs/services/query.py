@@ -16,7 +16,10 @@ hospital numbers at other trusts.
 Access (services.access): a query service serves one principal; every statement it
 runs carries the condition on patients that principal may see, so an unseen patient
 is answered as one that does not exist. Every query and every selection of objects
-is audited (services.audit) with the patients and studies it reached.
+is audited (services.audit) with the patients and studies it reached. A partner
+network (issue 14) asks within its agreement (services.partners): what it may ask is
+checked before the query runs (a refusal is audited), what its searches find is
+recorded, and everything else it asks is answered from those studies only.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ from netpacs.domain.query import (
 )
 from netpacs.index.db import lost_primary
 from netpacs.index.query import FindPlan, PatientKeys, QueryIndex, Reached
-from netpacs.services import metrics
+from netpacs.services import metrics, partners
 from netpacs.services.access import CLINICAL, AccessRules, Principal, Role
-from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
+from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome, Purpose
 
 
 class QueryService:
@@ -58,6 +61,7 @@ class QueryService:
         rules: AccessRules | None = None,
         retrieve_ae_title: str = "",
         time_limit: float | None = None,
+        partner_finds: partners.PartnerFinds | None = None,
     ) -> None:
         """``retrieve_ae_title``: this archive's AE title, answered as the Retrieve AE
         Title of every match; empty: left empty. ``time_limit``: the seconds of work
@@ -69,6 +73,7 @@ class QueryService:
         self._audit = audit
         self._rules = rules or AccessRules()
         self._retrieve_ae_title = retrieve_ae_title
+        self._partner_finds = partner_finds
 
     @property
     def principal(self) -> Principal:
@@ -81,7 +86,12 @@ class QueryService:
         scoped._principal = principal
         return scoped
 
-    def _visible(self) -> list[sa.ColumnElement[bool]]:
+    def _visible(self, *, search: bool = False) -> list[sa.ColumnElement[bool]]:
+        """The conditions of what the principal may see; a partner's are on studies:
+        of its shared trusts, and unless ``search``, found with its token."""
+        partner = self._principal.partner
+        if partner is not None:
+            return [partners.visible(partner, search=search, now=dt.datetime.now(dt.UTC))]
         cond = self._rules.visible_patients(self._principal)
         return [] if cond is None else [cond]
 
@@ -108,10 +118,12 @@ class QueryService:
             )
         )
 
-    def purpose_of_use(self, patients: PatientKeys) -> Purpose:
+    def purpose_of_use(self, patients: PatientKeys) -> Purpose | None:
         """Why the principal reaches these patients (patient ID, issuer -> NHS number):
         emergency treatment when through their break-glass access, for the audit."""
         role = self._principal.role
+        if role is Role.PARTNER:  # as the partner states it (services.audit)
+            return None
         if role is Role.ADMIN:
             return Purpose.HOPERAT
         if role not in CLINICAL or not patients:
@@ -147,6 +159,10 @@ class QueryService:
         ``qido-rs``, ``fhir``, ``pages``; services.metrics).
         """
         started = time.perf_counter()
+        query = orjson.dumps(identifier, default=str).decode()
+        search = False
+        if self._principal.partner is not None:
+            search = self._partner_check(identifier, level, query)
         plan = self._index.compile_find(
             identifier,
             level=level,
@@ -154,22 +170,46 @@ class QueryService:
             limit=limit,
             offset=offset,
             linked=linked,
-            visible=self._visible(),
+            visible=self._visible(search=search),
             retrieve_ae_title=self._retrieve_ae_title,
             newest_first=newest_first,
         )
-        query = orjson.dumps(identifier, default=str).decode()
-        return self._audited(plan, query, level, interface, started)
+        return self._audited(plan, query, level, interface, started, search=search)
+
+    def _partner_check(self, identifier: dict[str, Any], level: QueryLevel, query: str) -> bool:
+        """services.partners.check_find; a refusal is audited, then raised."""
+        try:
+            return partners.check_find(identifier, level)
+        except partners.PartnerRefused as exc:
+            if self._audit is not None:
+                self._audit.record(
+                    AuditRecord(
+                        Event.SECURITY_ALERT,
+                        self._principal.actor(),
+                        outcome=Outcome.MINOR_FAILURE,
+                        query=query,
+                        detail=f"refused: {exc}",
+                    )
+                )
+            raise
 
     def _audited(
-        self, plan: FindPlan, query: str, level: QueryLevel, interface: str, started: float
+        self,
+        plan: FindPlan,
+        query: str,
+        level: QueryLevel,
+        interface: str,
+        started: float,
+        *,
+        search: bool = False,
     ) -> Iterator[JsonDataset]:
         reached = Reached()
         count = 0
+        partner = self._principal.partner is not None
         try:
             for answer in self._index.answers(plan, reached):
                 count += 1
-                yield answer
+                yield partners.redact(answer) if partner else answer
         except sa.exc.DBAPIError as exc:
             if lost_primary(exc):
                 raise QueryUnavailable(
@@ -178,6 +218,8 @@ class QueryService:
             raise
         finally:
             metrics.query_done(interface, level.value, time.perf_counter() - started)
+            if search and self._partner_finds is not None:
+                self._partner_finds.record(self._principal, reached.studies)
             self._record(
                 Event.QUERY,
                 patients=reached.patients,
@@ -221,7 +263,26 @@ class QueryService:
         )
         if rows:
             self._accessed(study_uid, f"metadata of {len(rows)} instances")
+        else:
+            self._partner_miss(study_uid)
         return rows
+
+    def _partner_miss(self, study_uid: str) -> None:
+        """A partner asked for a study it did not find with its token (or one not
+        stored: the same answer): audited as a refusal."""
+        partner = self._principal.partner
+        if partner is None or self._audit is None:
+            return
+        self._audit.record(
+            AuditRecord(
+                Event.SECURITY_ALERT,
+                self._principal.actor(),
+                outcome=Outcome.MINOR_FAILURE,
+                study_uids=[study_uid],
+                detail=f"refused: study {study_uid[:64]} is not one {partner.network} found "
+                "with this token (or it is not stored)",
+            )
+        )
 
     def _accessed(self, study_uid: str, detail: str, event: Event = Event.ACCESS) -> None:
         if self._audit is None:
@@ -241,6 +302,8 @@ class QueryService:
         found = self._stored(study_uid, series_uid, sop_instance_uid, with_metadata)
         if found:
             self._accessed(study_uid, f"{len(found)} instances")
+        else:
+            self._partner_miss(study_uid)
         return found
 
     def exported_instances(

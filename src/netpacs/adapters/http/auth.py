@@ -26,7 +26,15 @@ from netpacs.adapters.http import health
 from netpacs.adapters.http.deps import HttpServices, is_https, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
-from netpacs.services.access import ON_BEHALF_HEADER, BreakGlass, BreakGlassError, Principal
+from netpacs.services import partners
+from netpacs.services.access import (
+    ON_BEHALF_HEADER,
+    BreakGlass,
+    BreakGlassError,
+    Capability,
+    Principal,
+)
+from netpacs.services.access_policy import Refusal
 from netpacs.services.accounts import Lookup, OnBehalfRefused, SignInError, SignInProblem
 
 router = APIRouter()
@@ -115,6 +123,8 @@ def identify_known(request: Request) -> bool:
 
 def _settle(request: Request, principal: Principal | None, token: str | None) -> None:
     base: HttpServices = request.app.state.services
+    if principal is not None and principal.partner is not None:
+        principal = _stated(request, principal)
     request.state.principal = principal
     request.state.sign_in_problem = (
         None
@@ -127,6 +137,38 @@ def _settle(request: Request, principal: Principal | None, token: str | None) ->
         request.state.services = base.for_principal(principal)
 
 
+def _stated(request: Request, principal: Principal) -> Principal | None:
+    """A partner network's principal with the user and purpose of use its request states
+    (services.partners); None, and a 400 refusal, when they cannot be recorded."""
+    try:
+        return partners.stated(
+            principal,
+            user=request.headers.get(partners.PARTNER_USER_HEADER),
+            purpose=request.headers.get(partners.PURPOSE_HEADER),
+        )
+    except partners.PartnerHeaderError as exc:
+        request.state.refusal = str(exc)
+        request.state.refusal_status = 400
+        return None
+
+
+def interface_of(path: str) -> str:
+    """The interface a path belongs to: its first segment (``dicomweb``, ``fhir``, ...)."""
+    return path.lstrip("/").split("/", 1)[0]
+
+
+async def _partner_interface(request: Request, principal: Principal) -> None:
+    """403 for a partner network outside the interfaces it may use (audited)."""
+    if request.url.path == "/api/me":
+        return
+    message = partners.interface_refusal(principal, interface_of(request.url.path))
+    if message is not None:
+        base: HttpServices = request.app.state.services
+        refusal = Refusal(principal, Capability.SEE_IMAGING, message)
+        await run_in_threadpool(base.access.record, refusal)
+        raise HttpError(403, message)
+
+
 async def authenticate(request: Request) -> None:
     """App-wide dependency: 401 unless the request's principal is known. The gate
     (gate.py) has identified the sender before any route ran, and before anything read
@@ -136,9 +178,11 @@ async def authenticate(request: Request) -> None:
     if not hasattr(request.state, "sign_in_problem"):  # no gate ran (an app without it)
         await run_in_threadpool(identify, request)
     if getattr(request.state, "refusal", None):
-        raise HttpError(403, request.state.refusal)
+        raise HttpError(getattr(request.state, "refusal_status", 403), request.state.refusal)
     if request.state.principal is None:
         raise SignInRequired(request.state.sign_in_problem)
+    if request.state.principal.partner is not None:
+        await _partner_interface(request, request.state.principal)
 
 
 # -- OAuth2 token endpoint ------------------------------------------------------------------
@@ -154,8 +198,9 @@ def token(
     client_secret: Annotated[str, Form(max_length=1000)] = "",
 ) -> JSONResponse:
     """``password``: a person's user name and password. ``client_credentials``: an edge
-    node of the region file (issue 13), its ``client_id`` and ``client_secret`` in the
-    form or in HTTP Basic authentication (RFC 6749 2.3.1)."""
+    node of the region file (issue 13) or a partner network (issue 14), its
+    ``client_id`` and ``client_secret`` in the form or in HTTP Basic authentication
+    (RFC 6749 2.3.1)."""
     base: HttpServices = request.app.state.services
     address = client_address(request)
     try:

@@ -104,8 +104,10 @@ class Gate:
         if not auth.is_open(path):
             if not auth.identify_known(request):
                 await run_in_threadpool(auth.identify, request)
-            if request.state.refusal:  # an edge node acting for a user it may not
-                await _json(403, request.state.refusal)(scope, receive, send)
+            if request.state.refusal:  # an edge node acting for a user it may not, a
+                # partner network's stated user or purpose that cannot be recorded
+                status = getattr(request.state, "refusal_status", 403)
+                await _json(status, request.state.refusal)(scope, receive, send)
                 return
             if request.state.principal is None and (
                 request.method not in SAFE_METHODS or _has_body(request)
