@@ -4,7 +4,7 @@ Without it the throttle (services.accounts) reads every audit event of the windo
 at the region's scale every query is audited. Additive only; ``IF NOT EXISTS`` as in
 0012, so that an operator may build it beforehand with ``CREATE INDEX CONCURRENTLY``.
 
-Revision ID: 0018
+Revision ID: 0013
 Revises: 0012
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0018"
+revision = "0013"
 down_revision = "0012"
 branch_labels = None
 depends_on = None
