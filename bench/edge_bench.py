@@ -36,13 +36,14 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the fault tests' set-up code lives in tests/
 sys.path.insert(0, str(REPO / "bench"))
 
+import httpx  # noqa: E402
 import pydicom  # noqa: E402
 import store_bench as sb  # noqa: E402  (the C-STORE benchmark's Orthanc)
-from tests.conftest import free_port, postgres_database, wait_until  # noqa: E402
+from tests.conftest import Netpacs, free_port, postgres_database  # noqa: E402
 from tests.edge.conftest import CoreAndEdge, start_core_and_edge  # noqa: E402
-from tests.edge.helpers import metric  # noqa: E402
 from tests.edge.proxy import LinkProxy  # noqa: E402
 
 WORK = REPO / "bench" / "work" / "edge"
@@ -116,6 +117,31 @@ def storescu(port: int, aec: str, folder: Path, log: Path) -> float:
     if code != 0 or errors:
         raise sb.BenchError(f"storescu to {aec}:{port} failed ({code}): {errors[-5:]}")
     return seconds
+
+
+#: How often the bench looks at the edge's backlog. Each look is an HTTP request the edge
+#: answers with a count of its queue: looking every 0.05 s (the tests' wait_until), with
+#: a new client (TLS context) each time, took a good part of one of the two cores from
+#: the processes measured.
+POLL = 0.25
+_METRICS = httpx.Client(timeout=60)
+
+
+def metric(server: Netpacs, name: str) -> float:
+    """A gauge of the server's ``/metrics`` (one persistent client)."""
+    text = _METRICS.get(f"{server.base_url}/metrics").text
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    if not found:
+        raise sb.BenchError(f"{name} not in /metrics")
+    return float(found.group(1))
+
+
+def poll_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise sb.BenchError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(POLL)
 
 
 def core_count(pair: CoreAndEdge, study: str) -> int:
@@ -182,7 +208,7 @@ def link_up(pair: CoreAndEdge, folder: Path, logs: Path) -> tuple[float, float, 
         started = time.monotonic()
         ingest = storescu(pair.edge.port, "NETPACS", folder, logs / "storescu-up.log")
         at_end = metric(pair.edge, "netpacs_edge_forward_backlog")
-        wait_until(lambda: empty_backlog(pair), timeout=TIMEOUT, what="an empty backlog")
+        poll_until(lambda: empty_backlog(pair), "an empty backlog")
         forwarded = time.monotonic() - started
     return ingest, forwarded, max(watch.largest, at_end), at_end
 
@@ -191,14 +217,15 @@ def drain(pair: CoreAndEdge, folder: Path, n: int, logs: Path) -> float:
     pair.link.cut()
     try:
         storescu(pair.edge.port, "NETPACS", folder, logs / "storescu-cut.log")
-        wait_until(
+        poll_until(
             lambda: metric(pair.edge, "netpacs_edge_forward_backlog") == n,
-            what="the backlog counted",
+            "the backlog counted",
+            timeout=60,
         )
     finally:
         pair.link.restore()
     restored = time.monotonic()
-    wait_until(lambda: empty_backlog(pair), timeout=TIMEOUT, what="the backlog drained")
+    poll_until(lambda: empty_backlog(pair), "the backlog drained")
     return time.monotonic() - restored
 
 
