@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -236,6 +237,7 @@ def orthanc_forward(pair: CoreAndEdge, folder: Path, workdir: Path) -> float:
         workdir,
         DicomAet=CT,  # the core knows the site's CT: it may store
         DicomModalities={"core": ["NETPACS", "127.0.0.1", link.port]},
+        DicomScuTimeout=120,  # a loaded 2-core machine: the default 10 s ends the transfer
     )
     try:
         sb.wait_for_echo(orthanc)
@@ -246,8 +248,14 @@ def orthanc_forward(pair: CoreAndEdge, folder: Path, workdir: Path) -> float:
         body = json.dumps({"Resources": study_ids, "Synchronous": True}).encode()
         request = urllib.request.Request(f"{base}/modalities/core/store", data=body)
         started = time.monotonic()
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
-            answer = json.load(resp)
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+                answer = json.load(resp)
+        except urllib.error.HTTPError as exc:
+            log = orthanc.log_path.read_text(errors="replace").splitlines()[-15:]
+            raise sb.BenchError(
+                f"Orthanc's transfer failed: {exc} {exc.read()[:500]!r}\n" + "\n".join(log)
+            ) from None
         seconds = time.monotonic() - started
         if int(answer.get("FailedInstancesCount", 0)):
             raise sb.BenchError(f"Orthanc's transfer failed: {answer}")
@@ -317,8 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             ingest, forwarded, largest, at_end = link_up(pair, up, folder)
             check(pair, up)
+            print(f"link up: ingest {ingest:.1f} s, forwarded {forwarded:.1f} s", flush=True)
             drained = drain(pair, cut, n, folder)
             check(pair, cut)
+            print(f"drain: {drained:.1f} s", flush=True)
             orthanc_dir = folder / "orthanc"
             orthanc_dir.mkdir()
             orthanc = orthanc_forward(pair, orth, orthanc_dir)

@@ -448,6 +448,16 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, le=3600, description="edge: how often it reports to the core"
     )
+    change_feed_days: float = Field(
+        default=7.0,
+        gt=0,
+        le=3650,
+        description="core: change feed entries kept at most this long, even for an edge "
+        "that has not read them (it must then resync fully)",
+    )
+    change_feed_trim_seconds: float = Field(
+        default=3600.0, gt=0, le=86400, description="core: how often the change feed is trimmed"
+    )
 
     @model_validator(mode="after")
     def _check_edge(self) -> Settings:

@@ -184,13 +184,34 @@ class AccountService:
 
     def set_disabled(self, username: str, disabled: bool, *, by: Principal) -> None:
         """Disable (or enable again) an account: its sign-ins are refused at once, and its
-        tokens by every worker within ``state_seconds``; audited as a security alert."""
+        tokens by every worker within ``state_seconds``; audited as a security alert.
+
+        An edge node's client (the region file's, or a demo one) has no account row
+        while it is enabled: disabling it writes one (role ``edge``, no password, so
+        nothing else can sign in with it), enabling it deletes it again."""
+        edge = self._edges.principal(username, address=None)
         with self._engine.begin() as conn:
-            found = conn.execute(
-                sa.update(user_account)
-                .where(user_account.c.username == username)
-                .values(disabled=disabled)
-            ).rowcount
+            if edge is not None:
+                conn.execute(sa.delete(user_account).where(user_account.c.username == username))
+                if disabled:
+                    conn.execute(
+                        sa.insert(user_account).values(
+                            username=username,
+                            password_hash=None,
+                            trust=edge.trust or "",
+                            role=Role.EDGE.value,
+                            display_name=edge.name,
+                            disabled=True,
+                            created_at=dt.datetime.now(dt.UTC),
+                        )
+                    )
+                found = 1
+            else:
+                found = conn.execute(
+                    sa.update(user_account)
+                    .where(user_account.c.username == username)
+                    .values(disabled=disabled)
+                ).rowcount
         if not found:
             raise AccountError(f"there is no account {username!r}")
         what = "disabled" if disabled else "enabled again"
@@ -293,6 +314,16 @@ class AccountService:
                 retry_after=int(self._window.total_seconds()),
             )
         principal = self._edges.sign_in(client_id, secret, address=address)
+        if principal is not None and self._read_state(client_id, None, edge=True) is None:
+            self._audit.record(
+                AuditRecord(
+                    Event.LOGIN,
+                    _attempt(client_id, address),
+                    Outcome.MINOR_FAILURE,
+                    detail="edge client disabled",
+                )
+            )
+            raise SignInError(SignInProblem.INVALID, f"the edge client {client_id} is disabled")
         if principal is None:
             self._audit.record(
                 AuditRecord(
@@ -497,12 +528,21 @@ class AccountService:
         known = self._token(token)
         assert known is not None
         key = known[0], known[1]
-        account = self._read_state(*key)
+        account = self._read_state(*key, edge=known[2])
         if self._state_seconds > 0:
             if len(self._states) >= _MAX_STATES:
                 self._states.clear()
             self._states[key] = (time.monotonic(), account)
-        return None if account is None else account.principal(address)
+        return self._principal_of(account, known[2], address)
+
+    def _principal_of(
+        self, account: _Account | None, edge: bool, address: str | None
+    ) -> Principal | None:
+        if account is None:
+            return None
+        if edge:  # as the region file (or demo mode) describes the edge node now
+            return self._edges.principal(account.username, address=address)
+        return account.principal(address)
 
     def known_principal(self, token: str, *, address: str | None) -> Principal | Lookup | None:
         """As :meth:`principal`, without reading the index: ``Lookup.NEEDED`` when the
@@ -512,13 +552,10 @@ class AccountService:
         if known is None:
             return None
         username, jti, edge = known
-        if edge:  # an edge node of the region file: no account in the index
-            return self._edges.principal(username, address=address)
         cached = self._states.get((username, jti))
         if cached is None or time.monotonic() - cached[0] >= self._state_seconds:
             return Lookup.NEEDED
-        account = cached[1]
-        return None if account is None else account.principal(address)
+        return self._principal_of(cached[1], edge, address)
 
     def _token(self, token: str) -> tuple[str, str | None, bool] | None:
         """(user name, token id, whether it is an edge node's) of a valid, unexpired token
@@ -553,9 +590,10 @@ class AccountService:
             return None
         return claims
 
-    def _read_state(self, username: str, jti: str | None) -> _Account | None:
+    def _read_state(self, username: str, jti: str | None, *, edge: bool = False) -> _Account | None:
         """The account of a token from the index; None: no such account, disabled, or
-        the token revoked."""
+        the token revoked. An edge node's client (``edge``) needs no row: it is refused
+        only while a row says it is disabled (:meth:`set_disabled`)."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(user_account).where(user_account.c.username == username)
@@ -566,6 +604,11 @@ class AccountService:
                     sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
                 ).first()
             )
+        if edge:
+            node = self._edges.principal(username, address=None)
+            if node is None or revoked or (row is not None and row.disabled):
+                return None
+            return _Account(username, Role.EDGE, node.trust or "", node.name or "")
         if row is None or row.disabled or revoked:
             return None
         return _Account(row.username, Role(row.role), row.trust, row.display_name)
