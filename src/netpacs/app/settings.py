@@ -436,6 +436,13 @@ class Settings(BaseSettings):
     cache_days: int = Field(
         default=30, ge=0, description="edge: days everything captured at this site is kept"
     )
+    cache_check_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="edge: how often reads are taken from the audit trail and the cache's "
+        "limit enforced",
+    )
     forward_batch: int = Field(
         default=50, ge=1, le=1000, description="edge: instances per STOW-RS request to the core"
     )

@@ -1,8 +1,12 @@
-"""A hung core (issue 13): the core's processes are stopped (SIGSTOP), not killed, so
-its sockets still accept connections and nothing answers. The edge must not wait
-longer than its 2 s bound (NETPACS_UPSTREAM_TIMEOUT_SECONDS, here at its default):
-QIDO-RS answers from the cache with the ``Warning`` header, C-FIND with a warning
-status, and a modality's C-STORE to the edge succeeds."""
+"""An edge at its bounds (issue 13), on a core and edge pair of their own.
+
+- A hung core: the core's processes are stopped (SIGSTOP), not killed, so its sockets
+  still accept connections and nothing answers. The edge must not wait longer than its
+  2 s bound (NETPACS_UPSTREAM_TIMEOUT_SECONDS, here at its default): QIDO-RS answers
+  from the cache with the ``Warning`` header, C-FIND with a warning status, and a
+  modality's C-STORE to the edge succeeds.
+- A full cache: what the core confirmed is evicted least recently read first, and a
+  read of a study at the edge counts."""
 
 from __future__ import annotations
 
@@ -14,16 +18,22 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from netpacs.index.schema import study
 from tests.conftest import Netpacs, postgres_database, wait_until
 from tests.edge.conftest import EDGE_SETTINGS, CoreAndEdge, start_core_and_edge
 from tests.edge.helpers import ct_study, metric
 from tests.edge.helpers import uids as file_uids
 from tests.edge.test_read_through import BANNER, c_find, client, uids
+from tests.http.conftest import StoredSeries, write_and_send_ct
 
 #: The edge's bound on the core's answers, as a hospital runs it (the other edge tests
 #: give the core 10 s, for a busy 2-core machine).
 BOUND = 2.0
+#: The cache test's studies: 4 slices of 256 x 256 (16 bits) each; the cache holds 2.5.
+SLICE_BYTES = 256 * 256 * 2
+CACHE_LIMIT = int(2.5 * 4 * SLICE_BYTES)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +42,13 @@ def hung_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreAndEdge]
     folder = tmp_path_factory.mktemp("edge-hung")
     with postgres_database() as core_db:
         pair = start_core_and_edge(
-            folder, core_db, **EDGE_SETTINGS, NETPACS_UPSTREAM_TIMEOUT_SECONDS=str(BOUND)
+            folder,
+            core_db,
+            **EDGE_SETTINGS,
+            NETPACS_UPSTREAM_TIMEOUT_SECONDS=str(BOUND),
+            NETPACS_CACHE_GB=repr(CACHE_LIMIT / 1024**3),
+            NETPACS_CACHE_DAYS="0",  # captures are kept only until the core confirms them
+            NETPACS_CACHE_CHECK_SECONDS="1",
         )
         try:
             yield pair
@@ -124,3 +140,52 @@ def test_a_hung_core_costs_the_edge_at_most_its_2_s_bound(
             timeout=30,
             what="answers from the core again",
         )
+
+
+def held_studies(edge: Netpacs) -> set[str]:
+    """The studies in the edge's index."""
+    engine = sa.create_engine(edge.database_url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.select(study.c.study_instance_uid)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_the_cache_evicts_the_least_recently_read_study_first(
+    hung_pair: CoreAndEdge, tmp_path: Path
+) -> None:
+    edge = hung_pair.edge
+
+    def captured(name: str) -> StoredSeries:
+        return write_and_send_ct(
+            edge, tmp_path / name, 4, rows=256, columns=256, patient_id=f"RXC000041{name}",
+            issuer="RXC",
+        )  # fmt: skip
+
+    def forwarded() -> None:
+        wait_until(
+            lambda: metric(edge, "netpacs_edge_forward_backlog") == 0,
+            timeout=60,
+            what="the studies forwarded (only what the core confirmed is evicted)",
+        )
+
+    first, second = captured("1"), captured("2")
+    forwarded()
+    time.sleep(1.1)  # the read below is later than the second study's arrival
+    with client(edge) as http:  # a clinician at the site reads the first study
+        for sop in first.sop_uids:
+            path = f"/studies/{first.study_uid}/series/{first.series_uid}/instances/{sop}"
+            assert http.get(f"{edge.dicomweb_url}{path}/frames/1").status_code == 200
+    time.sleep(1.5)  # a pass of the cache keeper takes the read from the audit trail
+    third = captured("3")
+    forwarded()
+    # Over the limit: the second study is the least recently used; without the read,
+    # the first (the oldest) would have gone.
+    wait_until(
+        lambda: second.study_uid not in held_studies(edge),
+        timeout=30,
+        what="the least recently read study evicted",
+    )
+    held = held_studies(edge)
+    assert first.study_uid in held and third.study_uid in held
