@@ -199,6 +199,9 @@ class Figures:
         return {
             "edge_ingest_per_s": self.n / self.ingest_s,
             "edge_forward_per_s": self.n / self.forwarded_s,
+            # Confirmed by the core while the site was still storing: the rate the
+            # forwarder keeps up with; the rest is the last batches' lag.
+            "forward_during_ingest_per_s": (self.n - self.backlog_at_ingest_end) / self.ingest_s,
             "drain_per_s": self.n / self.drain_s,
             "orthanc_forward_per_s": self.n / self.orthanc_s,
         }
@@ -288,6 +291,9 @@ def report(f: Figures, size: int, studies: int, lanes: int) -> str:
             f"{r['edge_forward_per_s'] / r['edge_ingest_per_s']:.2f}"
             f"; backlog: largest {f.largest_backlog:.0f}, at the end of ingest "
             f"{f.backlog_at_ingest_end:.0f}",
+            f"          confirmed while the site stored {r['forward_during_ingest_per_s']:.1f}/s "
+            f"({r['forward_during_ingest_per_s'] / r['edge_ingest_per_s']:.2f} of ingest); "
+            f"the last object confirmed {f.forwarded_s - f.ingest_s:.1f} s after the last store",
             f"drain:    {f.n} waiting after a cut reach the core {f.drain_s:.1f} s after the "
             f"restore ({r['drain_per_s']:.1f}/s)",
             f"Orthanc:  C-STORE of the same number to the same core {f.orthanc_s:.1f} s "
