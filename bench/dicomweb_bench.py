@@ -199,9 +199,10 @@ def viewer_first_image(
         try:
             page.add_init_script(probe)
             page.goto(url, wait_until="commit")
-            page.wait_for_function("window.__firstImage !== null", timeout=60_000)
+            # A function, not an expression: the viewer's CSP forbids eval.
+            page.wait_for_function("() => window.__firstImage !== null", timeout=60_000)
             # performance.now() counts from the navigation's start.
-            return float(page.evaluate("window.__firstImage")) / 1000
+            return float(page.evaluate("() => window.__firstImage")) / 1000
         finally:
             page.close()
             context.close()

@@ -14,7 +14,7 @@ from tests.conftest import NETPACS, Netpacs
 def closed_region(region_file: Path) -> Path:
     """The region with each workstation allowed to C-MOVE only to itself."""
     text, n = re.subn(
-        r'(ae_title = "(\w+)"\nhost = "127.0.0.1"\nport = \d+\n)',
+        r'(\[\[trusts\.workstations\]\]\nae_title = "(\w+)"\nhost = "127.0.0.1"\nport = \d+\n)',
         r'\1move_destinations = ["\2"]\n',
         region_file.read_text(),
     )

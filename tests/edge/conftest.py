@@ -65,7 +65,9 @@ def edge_env(upstream_url: str, **extra: str) -> dict[str, str]:
     }
 
 
-def start_core_and_edge(folder: Path, core_db: str, **edge_extra: str) -> CoreAndEdge:
+def start_core_and_edge(
+    folder: Path, core_db: str, core_env: dict[str, str] | None = None, **edge_extra: str
+) -> CoreAndEdge:
     region = write_region(folder / "region.toml", {})
     core = Netpacs(
         data_dir=folder / "core",
@@ -73,6 +75,7 @@ def start_core_and_edge(folder: Path, core_db: str, **edge_extra: str) -> CoreAn
         region_file=region,
         processes=1,
         http_processes=2,
+        extra_env=dict(core_env or {}),
     )
     core.start()
     link = LinkProxy(core.http_port, free_port()).start()

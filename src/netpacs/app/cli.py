@@ -228,8 +228,17 @@ def _cmd_user(args: argparse.Namespace, settings: Settings, p: argparse.Argument
             audit = AuditService(
                 AuditService.in_own_transaction(engine), source_id=settings.ae_title
             )
+            from netpacs.services.edge.clients import EdgeClients, demo_edges
+
+            region = load_region(settings.effective_region_file)
+            edges = region.edges
+            if settings.demo:
+                edges += demo_edges(region, settings.demo_password)
             service = AccountService(
-                engine, secret=load_secret(settings.effective_auth_secret_file), audit=audit
+                engine,
+                secret=load_secret(settings.effective_auth_secret_file),
+                audit=audit,
+                edges=EdgeClients(edges),
             )
             try:
                 service.set_disabled(args.username, args.action == "disable", by=SYSTEM)

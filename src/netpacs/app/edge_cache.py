@@ -21,6 +21,7 @@ def cache_keeper(settings: Settings, archive: Archive) -> CacheKeeper:
         run=archive.writer.execute,
         blobs=archive.blobs,
         unconfirmed=unconfirmed_studies,
+        every=settings.cache_check_seconds,
     )
 
 

@@ -30,6 +30,8 @@ from netpacs.app.supervisor import WorkerGroup, worker_grace
 from netpacs.domain.region import Endpoint, Region
 from netpacs.index.db import make_engine
 from netpacs.services.access import SYSTEM
+from netpacs.services.edge.clients import demo_edges
+from netpacs.services.edge.feed import FeedTrim
 from netpacs.services.edge.forward import Forwarding, Lanes
 from netpacs.services.edge.forward import Timing as ForwardTiming
 from netpacs.services.edge.status import Heartbeat
@@ -283,6 +285,21 @@ def outbox_jobs(
     return jobs
 
 
+def feed_trim(settings: Settings, region: Region, writer: sa.Engine) -> FeedTrim:
+    """The trim of the change feed (issue 13): at the core, what every edge of the
+    region has read, and what is older than NETPACS_CHANGE_FEED_DAYS; at an edge (whose
+    feed holds the admissions it received itself, read within seconds), by age only."""
+    edges = region.edges
+    if settings.demo:
+        edges += demo_edges(region, settings.demo_password)
+    return FeedTrim(
+        writer,
+        [e.client_id for e in edges] if settings.role == "core" else [],
+        retention_days=settings.change_feed_days,
+        every=settings.change_feed_trim_seconds,
+    )
+
+
 def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
     """The jobs of an edge node (NETPACS_ROLE=edge, issue 13): forwarding what the site
     stored to the core, and the heartbeat that reports the edge's figures there."""
@@ -332,6 +349,7 @@ def run_worker(settings: Settings) -> None:
         jobs = outbox_jobs(settings, archive.region, reader=reader, writer=writer)
         if edge is not None:
             jobs += edge_jobs(settings, archive, edge)
+        jobs.append(feed_trim(settings, archive.region, writer))
         JobRunner([*jobs, *archive_jobs(archive)]).run(
             stop, grace=worker_grace(settings.shutdown_timeout)
         )

@@ -208,7 +208,11 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         edge_read=reading,
         edge_serving=edge_read.edge_serving(archive, edge),
         # -- edge: edge-prefetch --
-        change_feed=ChangeFeed(archive.read_engine) if settings.role == "core" else None,
+        change_feed=(
+            ChangeFeed(archive.read_engine, archive.write_engine)
+            if settings.role == "core"
+            else None
+        ),
         prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
     )
 

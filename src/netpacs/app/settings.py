@@ -436,6 +436,13 @@ class Settings(BaseSettings):
     cache_days: int = Field(
         default=30, ge=0, description="edge: days everything captured at this site is kept"
     )
+    cache_check_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="edge: how often reads are taken from the audit trail and the cache's "
+        "limit enforced",
+    )
     forward_batch: int = Field(
         default=50, ge=1, le=1000, description="edge: instances per STOW-RS request to the core"
     )
@@ -447,6 +454,16 @@ class Settings(BaseSettings):
     )
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, le=3600, description="edge: how often it reports to the core"
+    )
+    change_feed_days: float = Field(
+        default=7.0,
+        gt=0,
+        le=3650,
+        description="core: change feed entries kept at most this long, even for an edge "
+        "that has not read them (it must then resync fully)",
+    )
+    change_feed_trim_seconds: float = Field(
+        default=3600.0, gt=0, le=86400, description="core: how often the change feed is trimmed"
     )
 
     @model_validator(mode="after")

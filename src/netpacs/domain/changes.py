@@ -76,6 +76,9 @@ class ChangePage:
     changes: tuple[Change, ...]
     cursor: int
     more: bool = False
+    #: Entries after the cursor asked from were trimmed (index.changes): the reader
+    #: missed them, and must compare all it holds with the core instead.
+    resync: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,20 +6,29 @@ any order: a reader that saw id 12 may later see id 11 appear. So a reader is gi
 ``cursor`` that advances only over entries older than :data:`SETTLE` (no transaction
 of netpacs stays open that long); newer entries are sent again on the next read, and
 the edges apply them idempotently.
+
+The feed is trimmed (:func:`trim`, the core's job services.edge.feed.FeedTrim): an
+entry goes once every edge that reads the feed has read past it (the position each
+edge last asked from, :func:`note_read`), and at the latest after the retention. The
+highest id trimmed is kept (``edge_cursor`` row :data:`TRIMMED`): an edge that asks
+from before it has missed entries, and is told to resync fully.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 
 from netpacs.domain.changes import Change, ChangeKind
-from netpacs.index.schema import change_feed
+from netpacs.index.schema import change_feed, edge_cursor
 
 SETTLE = dt.timedelta(seconds=30)
 MAX_UIDS = 10_000  # studies named in one entry (a merge of a patient with more is cut)
+TRIMMED = "change-feed-trimmed"  # edge_cursor: the highest id trimmed
+_READ = "feed:"  # edge_cursor: where an edge last asked from (its name follows)
 
 
 def record_change(
@@ -89,3 +98,60 @@ def read_changes(
             )
         )
     return changes, cursor, len(rows) == limit
+
+
+def _cursor(conn: sa.Connection, name: str) -> int | None:
+    found = conn.execute(
+        sa.select(edge_cursor.c.position).where(edge_cursor.c.name == name)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def _set_cursor(conn: sa.Connection, name: str, position: int) -> None:
+    done = conn.execute(
+        sa.update(edge_cursor).where(edge_cursor.c.name == name).values(position=position)
+    ).rowcount
+    if not done:
+        conn.execute(sa.insert(edge_cursor).values(name=name, position=position))
+
+
+def reader_name(client_id: str) -> str:
+    """The ``edge_cursor`` row of an edge's read position (names are at most 32)."""
+    name = _READ + client_id
+    if len(name) <= 32:
+        return name
+    return _READ + hashlib.sha256(client_id.encode()).hexdigest()[: 32 - len(_READ)]
+
+
+def note_read(conn: sa.Connection, client_id: str, position: int) -> None:
+    """The edge ``client_id`` asked for the entries after ``position``: it has applied
+    every entry up to it."""
+    _set_cursor(conn, reader_name(client_id), position)
+
+
+def trimmed_through(conn: sa.Connection) -> int:
+    """The highest id trimmed (0: none)."""
+    return _cursor(conn, TRIMMED) or 0
+
+
+def top(conn: sa.Connection) -> int:
+    """The feed's last id (0: empty, never written)."""
+    last = conn.execute(sa.select(sa.func.max(change_feed.c.id))).scalar()
+    return max(int(last or 0), trimmed_through(conn))
+
+
+def trim(conn: sa.Connection, *, readers: Sequence[str], retain_since: dt.datetime) -> int:
+    """Delete the entries every reader (an edge's client id) has read past, and those
+    older than ``retain_since`` whoever has not read them; how many went. Readers that
+    never read the feed hold nothing back (an edge starts at the feed's end)."""
+    positions = [p for p in (_cursor(conn, reader_name(r)) for r in readers) if p is not None]
+    read_by_all = min(positions) if positions else 0
+    expired = conn.execute(
+        sa.select(sa.func.max(change_feed.c.id)).where(change_feed.c.at < retain_since)
+    ).scalar()
+    horizon = max(read_by_all, int(expired or 0))
+    if horizon <= trimmed_through(conn):
+        return 0
+    gone = conn.execute(sa.delete(change_feed).where(change_feed.c.id <= horizon)).rowcount
+    _set_cursor(conn, TRIMMED, horizon)
+    return int(gone or 0)

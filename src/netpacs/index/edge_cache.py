@@ -223,6 +223,11 @@ def held_studies(conn: sa.Connection, study_uids: Iterable[str]) -> set[str]:
     return held
 
 
+def all_studies(conn: sa.Connection) -> list[str]:
+    """Every study the edge holds (a resync compares them all with the core)."""
+    return list(conn.execute(sa.select(study.c.study_instance_uid)).scalars())
+
+
 def studies_of(conn: sa.Connection, patient_id: str, issuer: str) -> list[str]:
     return list(
         conn.execute(

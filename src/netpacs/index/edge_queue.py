@@ -100,6 +100,7 @@ class Waiting:
     blob_key: str | None  # None: no longer held here (deleted at the edge)
     dataset_offset: int
     blob_size: int
+    blob_crc32: int  # of the whole object, recorded when the edge stored it
 
 
 def waiting_in_study(
@@ -112,6 +113,7 @@ def waiting_in_study(
             instance.c.blob_key,
             instance.c.dataset_offset,
             instance.c.blob_size,
+            instance.c.blob_crc32,
         )
         .select_from(
             edge_forward.outerjoin(
@@ -129,6 +131,7 @@ def waiting_in_study(
             r.blob_key,
             int(r.dataset_offset or 0),
             int(r.blob_size or 0),
+            int(r.blob_crc32 or 0),
         )
         for r in rows
     ]

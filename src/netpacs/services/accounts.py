@@ -187,13 +187,34 @@ class AccountService:
 
     def set_disabled(self, username: str, disabled: bool, *, by: Principal) -> None:
         """Disable (or enable again) an account: its sign-ins are refused at once, and its
-        tokens by every worker within ``state_seconds``; audited as a security alert."""
+        tokens by every worker within ``state_seconds``; audited as a security alert.
+
+        An edge node's client (the region file's, or a demo one) has no account row
+        while it is enabled: disabling it writes one (role ``edge``, no password, so
+        nothing else can sign in with it), enabling it deletes it again."""
+        edge = self._edges.principal(username, address=None)
         with self._engine.begin() as conn:
-            found = conn.execute(
-                sa.update(user_account)
-                .where(user_account.c.username == username)
-                .values(disabled=disabled)
-            ).rowcount
+            if edge is not None:
+                conn.execute(sa.delete(user_account).where(user_account.c.username == username))
+                if disabled:
+                    conn.execute(
+                        sa.insert(user_account).values(
+                            username=username,
+                            password_hash=None,
+                            trust=edge.trust or "",
+                            role=Role.EDGE.value,
+                            display_name=edge.name,
+                            disabled=True,
+                            created_at=dt.datetime.now(dt.UTC),
+                        )
+                    )
+                found = 1
+            else:
+                found = conn.execute(
+                    sa.update(user_account)
+                    .where(user_account.c.username == username)
+                    .values(disabled=disabled)
+                ).rowcount
         if not found:
             raise AccountError(f"there is no account {username!r}")
         what = "disabled" if disabled else "enabled again"
@@ -295,9 +316,18 @@ class AccountService:
                 "too many failed sign-ins: try again later",
                 retry_after=int(self._window.total_seconds()),
             )
-        principal = self._edges.sign_in(
-            client_id, secret, address=address
-        ) or self._partners.sign_in(client_id, secret, address=address)
+        edge = self._edges.sign_in(client_id, secret, address=address)
+        if edge is not None and self._read_state(client_id, None, edge=True) is None:
+            self._audit.record(
+                AuditRecord(
+                    Event.LOGIN,
+                    _attempt(client_id, address),
+                    Outcome.MINOR_FAILURE,
+                    detail="edge client disabled",
+                )
+            )
+            raise SignInError(SignInProblem.INVALID, f"the edge client {client_id} is disabled")
+        principal = edge or self._partners.sign_in(client_id, secret, address=address)
         if principal is None:
             self._audit.record(
                 AuditRecord(
@@ -506,7 +536,7 @@ class AccountService:
         if known[2] == Role.PARTNER.value:  # no account row: the token is not revoked
             account = self._read_partner_state(*key)
         else:
-            account = self._read_state(*key)
+            account = self._read_state(*key, edge=known[2] == Role.EDGE.value)
         if self._state_seconds > 0:
             if len(self._states) >= _MAX_STATES:
                 self._states.clear()
@@ -520,9 +550,7 @@ class AccountService:
         known = self._token(token)
         if known is None:
             return None
-        username, jti, role = known
-        if role == Role.EDGE.value:  # an edge node of the region file: no account
-            return self._edges.principal(username, address=address)
+        username, jti, _role = known
         cached = self._states.get((username, jti))
         if cached is None or time.monotonic() - cached[0] >= self._state_seconds:
             return Lookup.NEEDED
@@ -535,6 +563,8 @@ class AccountService:
             return None
         if account.role is Role.PARTNER:  # a partner network (services.partners)
             return self._partners.principal(account.username, session=jti or "", address=address)
+        if account.role is Role.EDGE:  # as the region file (or demo mode) says it is now
+            return self._edges.principal(account.username, address=address)
         return account.principal(address)
 
     def _read_partner_state(self, client_id: str, jti: str | None) -> _Account | None:
@@ -580,9 +610,10 @@ class AccountService:
             return None
         return claims
 
-    def _read_state(self, username: str, jti: str | None) -> _Account | None:
+    def _read_state(self, username: str, jti: str | None, *, edge: bool = False) -> _Account | None:
         """The account of a token from the index; None: no such account, disabled, or
-        the token revoked."""
+        the token revoked. An edge node's client (``edge``) needs no row: it is refused
+        only while a row says it is disabled (:meth:`set_disabled`)."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(user_account).where(user_account.c.username == username)
@@ -593,6 +624,11 @@ class AccountService:
                     sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
                 ).first()
             )
+        if edge:
+            node = self._edges.principal(username, address=None)
+            if node is None or revoked or (row is not None and row.disabled):
+                return None
+            return _Account(username, Role.EDGE, node.trust or "", node.name or "")
         if row is None or row.disabled or revoked:
             return None
         return _Account(row.username, Role(row.role), row.trust, row.display_name)

@@ -31,6 +31,7 @@ def changes(request: Request, after: After = None, limit: Limit = 500) -> JSONRe
             "changes": [c.as_json() for c in page.changes],
             "cursor": page.cursor,
             "more": page.more,
+            "resync": page.resync,
         }
     )
 

@@ -5,8 +5,8 @@
 The body is read as it arrives (:mod:`netpacs.adapters.http.multipart`): each part
 is spooled to memory, or to a temporary file once it is large (never beyond the
 largest object accepted: 413), and handed to the same
-:class:`~netpacs.services.ingest.IngestService` as C-STORE, in a worker thread,
-before the next part is read. A body that stalls (nothing for
+:class:`~netpacs.services.ingest.IngestService` as C-STORE, in a worker thread, while
+the next parts are read (up to :data:`IN_FLIGHT` parts at once). A body that stalls (nothing for
 ``upload_idle_seconds``) is answered 408 and its connection closed. The answer
 (PS3.18 10.5.3) lists the stored objects in ReferencedSOPSequence and the refused
 ones in FailedSOPSequence with a FailureReason from :data:`FAILURE_REASONS`; 200
@@ -144,6 +144,12 @@ def _request_media_type(request: Request) -> MediaType:
     return media
 
 
+#: Parts of one request being stored at once: each waits for its index commit, and
+#: parts in flight together share one (a request's parts in turn, one commit each,
+#: made the core's STOW-RS slower than an edge forwarding to it; issue 13).
+IN_FLIGHT = 4
+
+
 async def _store_parts(
     request: Request,
     svc: HttpServices,
@@ -152,28 +158,49 @@ async def _store_parts(
     study: str | None,
     results: list[PartResult],
 ) -> None:
-    """Store each part in turn, appending what became of it to ``results``."""
-    while (part := await reader.next_part()) is not None:
-        number = len(results) + 1
-        declared = part.content_type
-        mime = MediaType.parse(declared).mime if declared else DICOM
-        if mime != DICOM:
-            async for _ in reader.content():
-                pass
-            message = f"part {number} is {declared!r}, not {DICOM}"
-            log.warning("STOW-RS from %s: %s", request.client, message)
-            results.append(_refused_part(batch, message))
-            continue
-        spool = svc.stores.spool()
+    """Store each part (up to :data:`IN_FLIGHT` at once: the body is read in turn, and
+    a part is stored while the next ones arrive), appending what became of each to
+    ``results`` in the order of the parts, also when reading the body fails."""
+    slots: list[PartResult | asyncio.Task[PartResult]] = []
+    room = asyncio.Semaphore(IN_FLIGHT)
+
+    async def store(spool: Spool) -> PartResult:
         try:
-            async for chunk in reader.content():
-                spool.write(chunk)
-            if spool.size == 0:
-                results.append(_refused_part(batch, f"part {number} is empty"))
-                continue
-            results.append(await run_in_threadpool(_ingest, batch, spool, study))
+            return await run_in_threadpool(_ingest, batch, spool, study)
         finally:
             spool.close()
+            room.release()
+
+    try:
+        while (part := await reader.next_part()) is not None:
+            number = len(slots) + 1
+            declared = part.content_type
+            mime = MediaType.parse(declared).mime if declared else DICOM
+            if mime != DICOM:
+                async for _ in reader.content():
+                    pass
+                message = f"part {number} is {declared!r}, not {DICOM}"
+                log.warning("STOW-RS from %s: %s", request.client, message)
+                slots.append(_refused_part(batch, message))
+                continue
+            spool = svc.stores.spool()
+            try:
+                async for chunk in reader.content():
+                    spool.write(chunk)
+                if spool.size == 0:
+                    slots.append(_refused_part(batch, f"part {number} is empty"))
+                    spool.close()
+                    continue
+                await room.acquire()
+            except BaseException:
+                spool.close()
+                raise
+            slots.append(asyncio.create_task(store(spool)))
+    finally:
+        # Every part taken in is stored (or refused) before the answer, whatever
+        # happened to the rest of the body.
+        for slot in slots:
+            results.append(await slot if isinstance(slot, asyncio.Task) else slot)
 
 
 def _element(vr: str, value: Any) -> dict[str, Any]:

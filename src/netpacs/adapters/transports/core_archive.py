@@ -170,6 +170,11 @@ class CoreArchiveClient:
         answer = self._json("/edge/changes", params)
         try:
             changes = tuple(Change.from_json(c) for c in answer["changes"])
-            return ChangePage(changes, int(answer["cursor"]), bool(answer.get("more")))
+            return ChangePage(
+                changes,
+                int(answer["cursor"]),
+                bool(answer.get("more")),
+                resync=bool(answer.get("resync")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise CoreAnswerError(f"the core's change feed answer is not one: {exc}") from None

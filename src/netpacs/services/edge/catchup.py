@@ -18,6 +18,10 @@ missed. For each entry:
 When the feed answers again after the core was away, the prefetches waiting for it are
 tried at once rather than at the end of their backoff.
 
+When the core trimmed its feed past this edge's cursor (the edge was away longer than
+``NETPACS_CHANGE_FEED_DAYS``), the feed says ``resync``: every study held here is
+compared with the core (:meth:`CatchUp.resync`).
+
 Every entry is applied idempotently: applying it twice changes nothing more, so the
 entries the core sends again (index.changes: the settle window) do no harm.
 """
@@ -25,13 +29,14 @@ entries the core sends again (index.changes: the settle window) do no harm.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
 import sqlalchemy as sa
 
-from netpacs.domain.changes import Change, ChangeKind
+from netpacs.domain.changes import Change, ChangeKind, PatientOfStudy
 from netpacs.index import edge_cache
 from netpacs.services.edge.ports import UpstreamUnavailable
 from netpacs.services.edge.prefetch import CoreArchive
@@ -47,6 +52,10 @@ AFTER_FAILURE = 5.0
 Run = Callable[[Callable[[sa.Connection], Any]], Any]
 #: The held studies (of those given) with objects the core has not confirmed.
 Unconfirmed = Callable[[sa.Connection, Collection[str]], set[str]]
+
+
+def _follow_all(answers: list[PatientOfStudy], now: dt.datetime, conn: sa.Connection) -> int:
+    return sum(edge_cache.follow_patient(conn, a, at=now) for a in answers)
 
 
 class CatchUp:
@@ -77,6 +86,8 @@ class CatchUp:
         after = self._run(lambda conn: edge_cache.cursor(conn, CORE_CHANGES))
         try:
             page = self._core.changes(after, PAGE)
+            if page.resync:
+                self.resync()
             for change in page.changes:
                 if change.id not in self._applied:
                     self.apply(change)
@@ -120,6 +131,27 @@ class CatchUp:
         uids: list[str] = self._run(affected)
         if uids:
             self.follow(uids)
+
+    def resync(self) -> None:
+        """The feed was trimmed past this edge's cursor (it was away longer than the
+        core keeps entries): every study held here is compared with the core instead.
+        Each follows its patient as the core has it now; one the core no longer lists
+        for this edge is removed from the cache (unless objects of it captured here are
+        not confirmed yet); it comes back on demand if the core still holds it."""
+        held: list[str] = self._run(edge_cache.all_studies)
+        log.warning(
+            "catch-up: the core's change feed was trimmed past this edge's cursor; "
+            "comparing all %d studies held here with the core",
+            len(held),
+        )
+        for start in range(0, len(held), PAGE):
+            batch = held[start : start + PAGE]
+            answers = self._core.patients_of(batch)
+            listed = {a.study_instance_uid for a in answers}
+            self._run(functools.partial(_follow_all, answers, dt.datetime.now(dt.UTC)))
+            for uid in batch:
+                if uid not in listed:
+                    self._delete(uid)
 
     def follow(self, study_uids: list[str]) -> int:
         """Put the held studies under their patients as the core has them now; how many

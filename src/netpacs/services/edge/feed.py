@@ -5,22 +5,35 @@ The feed names identities and study UIDs, never demographics: an edge asks for t
 through QIDO-RS, under the core's access rules. An edge reads every merge, update and
 deletion (a cached prior of another trust follows them too) and the admissions of its
 own trust only.
+
+Each read by an edge notes where it asked from (index.changes.note_read); the core's
+job :class:`FeedTrim` deletes the entries every edge of the region has read past, and
+those older than the retention (``NETPACS_CHANGE_FEED_DAYS``) whoever has not. An edge
+that asks from before what was trimmed gets no entries but ``resync``: it compares
+every study it holds with the core (services.edge.catchup).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from netpacs.domain.changes import ChangePage
 from netpacs.domain.outcomes import Problem, Refused
+from netpacs.index import changes as feed
 from netpacs.index import edge_cache
 from netpacs.index.changes import read_changes
-from netpacs.index.schema import change_feed
 from netpacs.services.access import Capability, Principal, Role
 
+log = logging.getLogger(__name__)
+
 MAX_PAGE = 1000
+TRIM_EVERY = 3600.0  # seconds between trims of the feed
 
 
 class FeedRefused(Refused):
@@ -30,8 +43,11 @@ class FeedRefused(Refused):
 class ChangeFeed:
     """Reads the feed for an edge's machine principal (or a PACS administrator)."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, writer: sa.Engine | None = None) -> None:
         self._engine = engine
+        self._writer = writer or engine
+        self._lock = threading.Lock()
+        self._noted: dict[str, int] = {}  # edge -> the position last noted (this process)
 
     def read(self, principal: Principal, *, after: int | None, limit: int) -> ChangePage:
         """The changes after ``after`` (None: none, only the cursor of the feed's end, for
@@ -46,16 +62,66 @@ class ChangeFeed:
             )
         if not 1 <= limit <= MAX_PAGE:
             raise FeedRefused(Problem.MALFORMED, f"limit must be 1 to {MAX_PAGE}")
+        if after is not None and after < 0:
+            raise FeedRefused(Problem.MALFORMED, "after must be 0 or more")
         with self._engine.connect() as conn:
             if after is None:
-                top = conn.execute(sa.select(sa.func.max(change_feed.c.id))).scalar()
-                return ChangePage((), int(top or 0))
-            if after < 0:
-                raise FeedRefused(Problem.MALFORMED, "after must be 0 or more")
-            changes, cursor, more = read_changes(
-                conn, after=after, limit=limit, admissions_of=admissions_of
-            )
-        return ChangePage(tuple(changes), cursor, more)
+                page = ChangePage((), feed.top(conn))
+            elif after < feed.trimmed_through(conn):
+                log.warning(
+                    "%s asked for the change feed after %d, trimmed since: told to resync",
+                    principal.user_id,
+                    after,
+                )
+                page = ChangePage((), feed.top(conn), resync=True)
+            else:
+                changes, cursor, more = read_changes(
+                    conn, after=after, limit=limit, admissions_of=admissions_of
+                )
+                page = ChangePage(tuple(changes), cursor, more)
+        if principal.role is Role.EDGE:
+            self._note(principal.user_id, page.cursor if after is None or page.resync else after)
+        return page
+
+    def _note(self, client_id: str, position: int) -> None:
+        """Where the edge has read to (a write only when it moved)."""
+        with self._lock:
+            if self._noted.get(client_id) == position:
+                return
+        with self._writer.begin() as conn:
+            feed.note_read(conn, client_id, position)
+        with self._lock:
+            self._noted[client_id] = position
+
+
+class FeedTrim:
+    """The core's job that trims the change feed (module doc)."""
+
+    name = "change feed trim"
+
+    def __init__(
+        self,
+        writer: sa.Engine,
+        edges: Sequence[str],
+        *,
+        retention_days: float,
+        every: float = TRIM_EVERY,
+    ) -> None:
+        self._writer = writer
+        self._edges = tuple(edges)
+        self._retention = dt.timedelta(days=retention_days)
+        self._every = every
+
+    def step(self) -> float:
+        since = dt.datetime.now(dt.UTC) - self._retention
+        with self._writer.begin() as conn:
+            gone = feed.trim(conn, readers=self._edges, retain_since=since)
+        if gone:
+            log.info("change feed: %d entries every edge has read (or expired) trimmed", gone)
+        return self._every
+
+    def close(self) -> None:
+        pass
 
 
 class PrefetchStatus:

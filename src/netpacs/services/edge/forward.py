@@ -14,7 +14,9 @@ study's objects in the order they arrived, for as long as it takes:
 3. It asks the core again: an object counts as forwarded only when the core holds it
    with the same data set, byte for byte: the core's recorded CRC-32 of its object
    equals that of its file meta (read back from its store now) followed by our data
-   set (the file meta differs: each archive records its own origin there).
+   set (the file meta differs: each archive records its own origin there). The edge
+   knows its data set's CRC-32 from the one it recorded when it stored the object
+   (domain.crc32): it does not read the data set again.
 
 When the core cannot be reached (no connection, timeout, 5xx, 429) the whole job waits,
 twice as long each time up to ``retry_max`` seconds; an object the core refuses or does
@@ -37,6 +39,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from netpacs.domain import crc32
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.index import edge_queue
 from netpacs.index.records import InstanceRecord
@@ -63,36 +66,28 @@ class ForwardRule:
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    poll: float = 0.5  # an empty queue is looked at again after this long
+    poll: float = 0.2  # an empty queue is looked at again after this long
     retry_first: float = 0.5  # the first wait after a failure
     retry_max: float = 30.0  # the longest
-
-
-def dataset_crc(blobs: BlobStore, key: str, offset: int, start: int = 0) -> int:
-    """CRC-32 of the data set of the object stored under ``key`` (after its file meta),
-    continuing from ``start`` (the CRC-32 of another archive's file meta)."""
-    crc = start
-    with blobs.open(key) as f:
-        f.seek(offset)
-        while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def holds_same(held: dict[str, Any] | None, blobs: BlobStore, w: edge_queue.Waiting) -> bool:
     """Whether the core's answer for an object shows our data set, byte for byte: the
     same data set size, and the CRC-32 the core recorded for its whole object equal to
-    that of its file meta (read back now) followed by our data set."""
+    that of its file meta (read back there now) followed by our data set. The latter
+    comes from the CRC-32 the edge recorded when it stored the object and that of its
+    own file meta (read back here now): the data set is not read again."""
     if not isinstance(held, dict) or w.blob_key is None:
         return False
     try:
-        size = int(held["size"]) - int(held["dataset_offset"])
-        if size != w.blob_size - w.dataset_offset:
+        size = w.blob_size - w.dataset_offset
+        if int(held["size"]) - int(held["dataset_offset"]) != size:
             return False
-        crc = dataset_crc(blobs, w.blob_key, w.dataset_offset, start=int(held["head_crc32"]))
+        ours = zlib.crc32(blobs.get_range(w.blob_key, 0, w.dataset_offset))
+        expected = crc32.with_head(w.blob_crc32, ours, int(held["head_crc32"]), size)
     except (KeyError, TypeError, ValueError):
         return False
-    return crc == int(held["crc32"])
+    return expected == int(held["crc32"])
 
 
 class Lanes:
