@@ -88,8 +88,14 @@ class ChangeFeed:
         with self._lock:
             if self._noted.get(client_id) == position:
                 return
-        with self._writer.begin() as conn:
-            feed.note_read(conn, client_id, position)
+        for attempt in (1, 2):
+            try:
+                with self._writer.begin() as conn:
+                    feed.note_read(conn, client_id, position)
+                break
+            except sa.exc.IntegrityError:  # another worker made the row just now
+                if attempt == 2:
+                    raise
         with self._lock:
             self._noted[client_id] = position
 
@@ -114,8 +120,11 @@ class FeedTrim:
 
     def step(self) -> float:
         since = dt.datetime.now(dt.UTC) - self._retention
-        with self._writer.begin() as conn:
-            gone = feed.trim(conn, readers=self._edges, retain_since=since)
+        try:
+            with self._writer.begin() as conn:
+                gone = feed.trim(conn, readers=self._edges, retain_since=since)
+        except sa.exc.IntegrityError:  # another node of the core trimmed at once
+            return self._every
         if gone:
             log.info("change feed: %d entries every edge has read (or expired) trimmed", gone)
         return self._every
