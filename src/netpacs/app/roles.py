@@ -41,6 +41,7 @@ from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.metrics import Backlogs, Scrape, watch_engine
+from netpacs.services.orders import OrderService
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
     ClaimsService,
@@ -220,6 +221,13 @@ def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
     return service, engine
 
 
+def order_service(adt: AdtService, settings: Settings) -> OrderService:
+    """Orders over the same MLLP listener, under the ADT feed's rules."""
+    return OrderService(
+        adt, load_region(settings.effective_region_file), audit_source_id=settings.ae_title
+    )
+
+
 # -- the runners ---------------------------------------------------------------------------
 
 
@@ -272,7 +280,8 @@ def run_mllp(
 ) -> None:
     """The MLLP worker: HL7 v2 ADT on ``sock`` (and MLLP over TLS on ``tls_sock``)."""
     adt, engine = adt_service(settings)
+    orders = order_service(adt, settings)
     try:
-        hl7_server.serve(adt, sock, tls_sock, mllp_tls_context(settings))
+        hl7_server.serve(adt, sock, tls_sock, mllp_tls_context(settings), orders)
     finally:
         engine.dispose()
