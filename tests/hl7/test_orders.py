@@ -164,7 +164,8 @@ REFUSED = [
             order("SC", "BAD0003B", accession="RXC9003", pid3=PATIENT, order_status="CM"),
         ],
         order("CA", "BAD0003", accession="RXC9003", pid3=PATIENT),
-        "RXC9003", "is completed: only a scheduled order can be cancelled", id="cancel-after-completion",
+        "RXC9003", "is completed: only a scheduled order can be cancelled",
+        id="cancel-after-completion",
     ),
     pytest.param(
         [

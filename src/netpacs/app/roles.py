@@ -42,6 +42,7 @@ from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.metrics import Backlogs, Scrape, watch_engine
 from netpacs.services.orders import OrderService
+from netpacs.services.orders.worklist import ModalityWorklist
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
     ClaimsService,
@@ -65,6 +66,10 @@ def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = Non
         retrieve=archive.retrieve,
         executor=executor,
         edge_read=edge_read.read_through(archive, edge),
+        # The orders are the core's: an edge node answers no worklist (issue 15).
+        worklist=None
+        if edge is not None
+        else ModalityWorklist(archive.read_engine, archive.region, archive.audit),
     )
 
 

@@ -45,11 +45,12 @@ class Permission(enum.Enum):
     FIND = "find"
     MOVE = "move"
     GET = "get"
+    WORKLIST = "worklist"  # Modality Worklist C-FIND and MPPS (issue 15)
 
 
 #: What each kind of AE may do unless the region file says otherwise (``permissions``).
 DEFAULT_PERMISSIONS: dict[AEKind, frozenset[Permission]] = {
-    AEKind.MODALITY: frozenset({Permission.STORE}),
+    AEKind.MODALITY: frozenset({Permission.STORE, Permission.WORKLIST}),
     AEKind.WORKSTATION: frozenset(Permission),
     AEKind.ARCHIVE: frozenset(Permission),
 }
@@ -81,6 +82,8 @@ class ApplicationEntity:
     # Where it calls from and the TLS client certificate it presents (``hosts``,
     # ``tls_subject``, ``tls_fingerprint``); unset: anywhere, any or no certificate.
     caller: CallerIdentity = field(default_factory=CallerIdentity)
+    # A modality AE's modality (CT, MR...): its worklist is that modality's orders.
+    modality: str | None = None
 
     def may(self, permission: Permission) -> bool:
         return permission in (self.permissions or DEFAULT_PERMISSIONS[self.kind])
@@ -285,7 +288,7 @@ TlsSubject = Annotated[str, AfterValidator(subject)]
 TlsFingerprint = Annotated[str, AfterValidator(fingerprint)]
 NamespaceId = Annotated[str, AfterValidator(_namespace_id)]
 Subspecialty = Annotated[str, AfterValidator(_subspecialty)]
-PermissionName = Literal["store", "find", "move", "get"]
+PermissionName = Literal["store", "find", "move", "get", "worklist"]
 
 
 class _Table(BaseModel):
@@ -314,6 +317,7 @@ class _Caller(_Table):
 
 class _Modality(_Caller):
     ae_title: AeTitle
+    modality: Annotated[str, Field(pattern=r"^[A-Z]{2,4}$")] | None = None
 
 
 class _Site(_Table):
@@ -543,8 +547,26 @@ def _aes(doc: _RegionFile) -> list[ApplicationEntity]:
 
 def _modality(doc: str | _Modality, trust: str, site: str) -> ApplicationEntity:
     if isinstance(doc, str):
-        return ApplicationEntity(doc, trust, AEKind.MODALITY, site=site)
-    return ApplicationEntity(doc.ae_title, trust, AEKind.MODALITY, site=site, caller=doc.identity())
+        return ApplicationEntity(
+            doc, trust, AEKind.MODALITY, site=site, modality=modality_of_title(doc)
+        )
+    return ApplicationEntity(
+        doc.ae_title,
+        trust,
+        AEKind.MODALITY,
+        site=site,
+        caller=doc.identity(),
+        modality=doc.modality or modality_of_title(doc.ae_title),
+    )
+
+
+def modality_of_title(ae_title: str) -> str | None:
+    """The modality a modality AE title names by the region's convention
+    ``<SITE>_<MODALITY><n>`` (``EDGH_CT1``: CT); None when it does not follow it (the
+    region file then says ``modality`` in the AE's table)."""
+    _, sep, tail = ae_title.rpartition("_")
+    code = tail.rstrip("0123456789")
+    return code if sep and 2 <= len(code) <= 4 and code.isalpha() and code.isupper() else None
 
 
 def _ae(
