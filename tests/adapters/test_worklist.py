@@ -41,7 +41,7 @@ def netpacs(module_netpacs: Netpacs) -> Iterator[Netpacs]:
     client = MllpClient(module_netpacs.mllp_port)
     try:
         for n, values in enumerate(ORDERS):
-            ack = client.send(order("NW", f"WL{n:04d}", **values))  # type: ignore[arg-type]
+            ack = client.send(order("NW", f"WL{n:04d}", **values))
             assert ack.code == "AA", ack.text
         for control, accession in (("CA", "A6"), ("DC", "A7")):
             ack = client.send(order(control, f"WL{control}", accession=accession, pid3=SMITH))

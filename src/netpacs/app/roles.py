@@ -42,6 +42,7 @@ from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.metrics import Backlogs, Scrape, watch_engine
 from netpacs.services.orders import OrderService
+from netpacs.services.orders.mpps import MppsService
 from netpacs.services.orders.worklist import ModalityWorklist
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
@@ -51,6 +52,7 @@ from netpacs.services.reporting import (
     TurnaroundService,
     WorklistService,
 )
+from netpacs.services.reporting.orders import OrderedStudies
 from netpacs.services.studies import StudyListService
 
 # -- the containers -----------------------------------------------------------------------
@@ -70,6 +72,14 @@ def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = Non
         worklist=None
         if edge is not None
         else ModalityWorklist(archive.read_engine, archive.region, archive.audit),
+        mpps=None
+        if edge is not None
+        else MppsService(
+            archive.write_engine,
+            archive.region,
+            archive.audit,
+            on_completed=OrderedStudies(archive.region).study_completed,
+        ),
     )
 
 
@@ -228,8 +238,12 @@ def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
 
 def order_service(adt: AdtService, settings: Settings) -> OrderService:
     """Orders over the same MLLP listener, under the ADT feed's rules."""
+    region = load_region(settings.effective_region_file)
     return OrderService(
-        adt, load_region(settings.effective_region_file), audit_source_id=settings.ae_title
+        adt,
+        region,
+        audit_source_id=settings.ae_title,
+        on_change=OrderedStudies(region).order_changed,
     )
 
 

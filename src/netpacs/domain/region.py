@@ -179,6 +179,10 @@ class Reporting:
     turnaround_hours: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TURNAROUND_HOURS))
     claim_minutes: int = 30  # a claim not renewed (by saving) for this long lapses
     reporter_subspecialties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # When a study with an order becomes ready to report (issue 15): at its first image
+    # series ("first-series", as every study without an order) or when its modality
+    # reports the procedure step COMPLETED ("mpps").
+    ready_at: Literal["first-series", "mpps"] = "first-series"
 
     def applying(self, reporter_trust: str | None) -> tuple[ReportingAgreement, ...]:
         """The agreements that assign work to radiologists of ``reporter_trust``: each
@@ -423,6 +427,7 @@ class _Reporting(_Table):
     turnaround_hours: dict[str, Annotated[int, Field(ge=1)]] = {}
     claim_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 30
     reporters: list[_Reporter] = []
+    ready_at: Literal["first-series", "mpps"] = "first-series"
 
     @field_validator("turnaround_hours")
     @classmethod
@@ -633,6 +638,7 @@ def _reporting(doc: _Reporting, trusts: set[str]) -> Reporting:
         turnaround_hours=DEFAULT_TURNAROUND_HOURS | doc.turnaround_hours,
         claim_minutes=doc.claim_minutes,
         reporter_subspecialties={r.username: tuple(r.subspecialties) for r in doc.reporters},
+        ready_at=doc.ready_at,
     )
 
 

@@ -533,10 +533,6 @@ imaging_order = sa.Table(
     sa.Column("site", sa.String(), nullable=False),  # site code where it is performed
     sa.Column("scheduled_at", sa.String(14), nullable=False),  # YYYYMMDDHHMMSS local
     sa.Column("scheduled_station_ae", sa.String(16), nullable=False, server_default=""),
-    # MPPS (PS3.4 F.7): the performed procedure step that ran it, and its series.
-    sa.Column("mpps_uid", UID, nullable=True, unique=True),
-    sa.Column("mpps_status", sa.String(), nullable=True),  # IN PROGRESS | COMPLETED | ...
-    sa.Column("performed_series_json", sa.Text(), nullable=True),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.Column("last_control_id", sa.String(), nullable=False),
@@ -544,3 +540,22 @@ imaging_order = sa.Table(
 )
 sa.Index(None, imaging_order.c.site, imaging_order.c.modality, imaging_order.c.scheduled_at)
 sa.Index(None, imaging_order.c.status, imaging_order.c.scheduled_at)
+
+performed_step = sa.Table(
+    "performed_step",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("sop_instance_uid", UID, nullable=False, unique=True),  # the MPPS instance
+    sa.Column("trust", sa.String(), nullable=False),  # the performing AE's trust
+    sa.Column("performed_station_ae", sa.String(16), nullable=False),
+    # IN PROGRESS | COMPLETED | DISCONTINUED (PS3.3 C.4.14, Performed Procedure Step Status)
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("order_fk", sa.ForeignKey("imaging_order.id"), nullable=True, index=True),
+    sa.Column("study_instance_uid", UID, nullable=False, server_default=""),
+    sa.Column("accession_number", sa.String(16), nullable=False, server_default=""),
+    sa.Column("modality", sa.String(16), nullable=False, server_default=""),
+    sa.Column("performed_series_json", sa.Text(), nullable=False, server_default="[]"),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+sa.Index(None, performed_step.c.study_instance_uid)

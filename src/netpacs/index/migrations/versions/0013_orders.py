@@ -50,9 +50,6 @@ def upgrade() -> None:
         sa.Column("site", sa.String(), nullable=False),
         sa.Column("scheduled_at", sa.String(14), nullable=False),
         sa.Column("scheduled_station_ae", sa.String(16), server_default="", nullable=False),
-        sa.Column("mpps_uid", _UID, nullable=True),
-        sa.Column("mpps_status", sa.String(), nullable=True),
-        sa.Column("performed_series_json", sa.Text(), nullable=True),
         sa.Column("created_at", _TS, nullable=False),
         sa.Column("updated_at", _TS, nullable=False),
         sa.Column("last_control_id", sa.String(), nullable=False),
@@ -61,7 +58,6 @@ def upgrade() -> None:
             "trust", "accession_number", name=op.f("uq_imaging_order_trust_accession_number")
         ),
         sa.UniqueConstraint("study_instance_uid", name=op.f("uq_imaging_order_study_instance_uid")),
-        sa.UniqueConstraint("mpps_uid", name=op.f("uq_imaging_order_mpps_uid")),
     )
     op.create_index(
         op.f("ix_imaging_order_site_modality_scheduled_at"),
@@ -72,6 +68,34 @@ def upgrade() -> None:
         op.f("ix_imaging_order_status_scheduled_at"), "imaging_order", ["status", "scheduled_at"]
     )
 
+    op.create_table(
+        "performed_step",
+        sa.Column("id", _PK, nullable=False),
+        sa.Column("sop_instance_uid", _UID, nullable=False),
+        sa.Column("trust", sa.String(), nullable=False),
+        sa.Column("performed_station_ae", sa.String(16), nullable=False),
+        sa.Column("status", sa.String(), nullable=False),
+        sa.Column("order_fk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("study_instance_uid", _UID, server_default="", nullable=False),
+        sa.Column("accession_number", sa.String(16), server_default="", nullable=False),
+        sa.Column("modality", sa.String(16), server_default="", nullable=False),
+        sa.Column("performed_series_json", sa.Text(), server_default="[]", nullable=False),
+        sa.Column("created_at", _TS, nullable=False),
+        sa.Column("updated_at", _TS, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["order_fk"],
+            ["imaging_order.id"],
+            name=op.f("fk_performed_step_order_fk_imaging_order"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_performed_step")),
+        sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_performed_step_sop_instance_uid")),
+    )
+    op.create_index(op.f("ix_performed_step_order_fk"), "performed_step", ["order_fk"])
+    op.create_index(
+        op.f("ix_performed_step_study_instance_uid"), "performed_step", ["study_instance_uid"]
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("performed_step")
     op.drop_table("imaging_order")
