@@ -51,7 +51,9 @@ def netpacs(module_netpacs: Netpacs) -> Iterator[Netpacs]:
     yield module_netpacs
 
 
-def worklist(server: Netpacs, tmp_path: Path, *keys: str, aet: str) -> list[pydicom.Dataset]:
+def worklist(
+    server: Netpacs, tmp_path: Path, *keys: str, aet: str = "EDGH_CT1"
+) -> list[pydicom.Dataset]:
     out = tmp_path / f"wl-{generate_uid()[-8:]}"
     out.mkdir()
     args = ["-W", "-aet", aet, "-aec", "NETPACS", "-X", "-od", str(out)]

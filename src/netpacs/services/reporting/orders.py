@@ -26,28 +26,12 @@ import sqlalchemy as sa
 
 from netpacs.domain.region import Region
 from netpacs.index.reporting import insert_worklist_item
-from netpacs.index.schema import imaging_order, worklist_item
+from netpacs.index.schema import worklist_item
 from netpacs.services.reporting.common import OPEN, Priority, ReportingError, target
+from netpacs.services.reporting.ordered import order_of_study
 
 _2WW = re.compile(r"\b2WW\b|TWO[ -]WEEK[ -]WAIT|CANCER PATHWAY")
 _GP = re.compile(r"\b(GP|GENERAL PRACTICE|PRIMARY CARE|SURGERY)\b")
-
-
-def order_of_study(
-    conn: sa.Connection, study_uid: str, *, accession_number: str = "", trust: str = ""
-) -> Any:
-    """The order a study performs (None when it has none)."""
-    row = conn.execute(
-        sa.select(imaging_order).where(imaging_order.c.study_instance_uid == study_uid)
-    ).first()
-    if row is None and accession_number and trust:
-        row = conn.execute(
-            sa.select(imaging_order).where(
-                imaging_order.c.trust == trust,
-                imaging_order.c.accession_number == accession_number,
-            )
-        ).first()
-    return row
 
 
 def reporting_priority(order: Any) -> Priority:
@@ -62,21 +46,6 @@ def reporting_priority(order: Any) -> Priority:
     if _GP.search(order.requesting_location.upper()):
         return Priority.GP
     return Priority.OUTPATIENT
-
-
-def order_summary(order: Any) -> dict[str, str]:
-    """What the report page shows of an order."""
-    return {
-        "accession_number": order.accession_number,
-        "placer_order_number": order.placer_order_number,
-        "filler_order_number": order.filler_order_number,
-        "priority": order.priority,
-        "requesting_clinician": order.requesting_clinician.replace("^", " ").strip(),
-        "requesting_location": order.requesting_location,
-        "patient_class": order.patient_class,
-        "reason": order.reason,
-        "procedure": order.procedure_text or order.procedure_code,
-    }
 
 
 @dataclass(frozen=True, slots=True)
