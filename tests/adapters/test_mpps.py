@@ -189,3 +189,37 @@ def test_invalid_mpps_requests_get_the_statuses_ps3_4_names(
     # Another trust's modality cannot see, let alone complete, this step.
     other = set_(modality("ESH_CT1"), mpps_uid, finished("COMPLETED", generate_uid()))
     assert other.Status == 0x0112
+
+
+def positions(netpacs: Netpacs, *study_uids: str) -> list[int]:
+    response = netpacs.http.get(f"{netpacs.base_url}/api/worklist", params={"limit": 2000})
+    assert response.status_code == 200, response.text
+    listed = [i["study_instance_uid"] for i in response.json()["items"]]
+    return [listed.index(uid) for uid in study_uids]
+
+
+def test_an_order_change_that_raises_the_priority_reorders_the_reporting_worklist(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    routine = place(netpacs, "X1", "MP0101", patient_class="O", location="OPD^^^EDGH")
+    ward = place(netpacs, "X2", "MP0102", priority="A", location="WARD3^^^EDGH")
+    for n, uid in enumerate((routine, ward)):
+        write_and_send_ct(
+            netpacs, tmp_path / f"ct{n}", 1, patient_id="RXC0003001", issuer="RXC", study_uid=uid
+        )
+    assert [(item(netpacs, u) or {}).get("priority") for u in (routine, ward)] == [
+        "outpatient",
+        "inpatient",
+    ]
+    before = positions(netpacs, routine, ward)
+    assert before[0] > before[1]
+
+    client = MllpClient(netpacs.mllp_port)
+    try:
+        change = order("XO", "MP0103", accession="X1", pid3=PATIENT, priority="S")
+        assert client.send(change).code == "AA"
+    finally:
+        client.close()
+    assert (item(netpacs, routine) or {}).get("priority") == "emergency"
+    after = positions(netpacs, routine, ward)
+    assert after[0] < after[1]
