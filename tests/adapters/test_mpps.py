@@ -17,7 +17,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from tests.adapters.test_worklist import worklist
-from tests.conftest import Netpacs
+from tests.conftest import Netpacs, write_region
 from tests.hl7.conftest import MllpClient, order
 from tests.http.conftest import write_and_send_ct
 
@@ -223,3 +223,50 @@ def test_an_order_change_that_raises_the_priority_reorders_the_reporting_worklis
     assert (item(netpacs, routine) or {}).get("priority") == "emergency"
     after = positions(netpacs, routine, ward)
     assert after[0] < after[1]
+
+
+@pytest.fixture(scope="module")
+def mpps_ready(
+    tmp_path_factory: pytest.TempPathFactory, workstation_port: int
+) -> Iterator[Netpacs]:
+    """A server (SQLite) whose region makes ordered studies ready to report at MPPS
+    COMPLETED (``[reporting] ready_at = "mpps"``)."""
+    folder = tmp_path_factory.mktemp("mpps-ready")
+    region = write_region(folder / "region.toml", {"RTP_WS1": workstation_port})
+    region.write_text(
+        region.read_text().replace("[reporting]\n", '[reporting]\nready_at = "mpps"\n', 1)
+    )
+    server = Netpacs(
+        data_dir=folder / "data",
+        database_url=f"sqlite:///{folder / 'index.sqlite'}",
+        region_file=region,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_with_ready_at_mpps_an_ordered_study_waits_for_its_completed_mpps(
+    mpps_ready: Netpacs, tmp_path: Path
+) -> None:
+    study_uid = place(mpps_ready, "R1", "MP0201", priority="A")
+    ae = AE(ae_title="EDGH_CT1")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", mpps_ready.port, ae_title="NETPACS")
+    assert assoc.is_established
+    try:
+        mpps_uid = generate_uid()
+        assert create(assoc, mpps_uid, in_progress("R1", study_uid)).Status == 0x0000
+        stored = write_and_send_ct(
+            mpps_ready, tmp_path / "ct", 2, patient_id="RXC0003001", issuer="RXC",
+            study_uid=study_uid,
+        )  # fmt: skip
+        assert item(mpps_ready, study_uid) is None  # images, but not yet ready to report
+        assert set_(assoc, mpps_uid, finished("COMPLETED", stored.series_uid)).Status == 0x0000
+    finally:
+        assoc.release()
+    ready = item(mpps_ready, study_uid)
+    assert ready is not None
+    assert ready["priority"] == "inpatient"
