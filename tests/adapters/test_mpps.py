@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
@@ -270,3 +271,27 @@ def test_with_ready_at_mpps_an_ordered_study_waits_for_its_completed_mpps(
     ready = item(mpps_ready, study_uid)
     assert ready is not None
     assert ready["priority"] == "inpatient"
+
+
+def test_the_report_of_an_ordered_study_carries_its_accession_and_order_numbers(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    study_uid = place(netpacs, "F1", "MP0301", placer="PL-F1", filler="FL-F1")
+    write_and_send_ct(
+        netpacs, tmp_path / "ct", 1, patient_id="RXC0003001", issuer="RXC", study_uid=study_uid
+    )
+    radiologist = netpacs.auth("ryr.radiologist")
+    base = netpacs.base_url
+    claimed = httpx.post(f"{base}/api/worklist/{study_uid}/claim", headers=radiologist, timeout=60)
+    assert claimed.status_code == 200, claimed.text
+    signed = httpx.put(
+        f"{base}/api/reports/{study_uid}",
+        json={"text": "CONCLUSION:\nNormal chest.", "status": "final"},
+        headers=radiologist,
+        timeout=60,
+    )
+    assert signed.status_code == 200, signed.text
+    report = netpacs.http.get(f"{base}/fhir/DiagnosticReport/{study_uid}")
+    assert report.status_code == 200, report.text
+    identifiers = {i["type"]["coding"][0]["code"]: i["value"] for i in report.json()["identifier"]}
+    assert identifiers == {"ACSN": "F1", "PLAC": "PL-F1", "FILL": "FL-F1"}

@@ -45,3 +45,14 @@ def readable_name(person_name: str) -> str:
     """A DICOM PN (FAMILY^GIVEN^MIDDLE^PREFIX^SUFFIX) as people write it."""
     family, given, middle, prefix, suffix = (person_name.split("^") + [""] * 5)[:5]
     return " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+
+
+def orders_of_studies(conn: sa.Connection, study_uids: list[str]) -> dict[str, dict[str, str]]:
+    """The orders of these studies (by the Study Instance UID the worklist gave), as
+    :func:`order_summary` shows them."""
+    if not study_uids:
+        return {}
+    rows = conn.execute(
+        sa.select(imaging_order).where(imaging_order.c.study_instance_uid.in_(study_uids))
+    ).all()
+    return {row.study_instance_uid: order_summary(row) for row in rows}
