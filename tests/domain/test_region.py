@@ -93,8 +93,8 @@ def test_bundled_region_file_is_shipped_in_the_package() -> None:
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.workstations]]\nae_title='A'\n"
             "port=104\npermissions=['store', 'print']\n",
-            r"trusts\[0\]\.workstations\[0\]: 'permissions'\[1\] must be 'store', 'find', 'move' "
-            "or 'get'",
+            r"trusts\[0\]\.workstations\[0\]: 'permissions'\[1\] must be 'store', 'find', 'move', "
+            "'get' or 'worklist'",
         ),
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='S'\nname='s'\n"
@@ -310,3 +310,14 @@ def test_a_malformed_adt_feed_is_refused_saying_why(feed: str, says: str) -> Non
     with pytest.raises(RegionError) as refused:
         parse_region_toml(_FEED_REGION % ("ab" * 32) + "[[adt_feeds]]\n" + feed)
     assert says in str(refused.value)
+
+
+def test_a_modality_aes_modality_is_its_tables_or_the_one_its_title_names() -> None:
+    region = parse_region_toml(
+        "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='ESH'\nname='y'\n"
+        "modality_aes=['ESH_CT1', 'ESH_US12', 'PHILIPS', {ae_title='ROOM3', modality='MR'}]\n"
+    )
+    found = {t: (a.modality if (a := region.ae(t)) else "?") for t in ("ESH_CT1", "ESH_US12")}
+    assert found == {"ESH_CT1": "CT", "ESH_US12": "US"}
+    assert (region.ae("PHILIPS") or pytest.fail()).modality is None
+    assert (region.ae("ROOM3") or pytest.fail()).modality == "MR"
