@@ -59,7 +59,9 @@ class OrderedStudies:
         order = order_of_study(conn, study_uid, accession_number=accession_number, trust=trust)
         if order is None:
             return False, None
-        wait = self.region.reporting.ready_at == "mpps" and order.status != "completed"
+        # Only an order still to be performed waits; a completed (or closed) one does not.
+        waiting = order.status in ("scheduled", "in progress")
+        wait = self.region.reporting.ready_at == "mpps" and waiting
         return wait, reporting_priority(order)
 
     def study_completed(self, conn: sa.Connection, study_uid: str, now: dt.datetime) -> None:
