@@ -147,6 +147,7 @@ def test_mpps_in_progress_then_completed_completes_the_order_and_carries_it_to_r
     assert queued["order"]["reason"] == "Suspected pulmonary embolism"
     assert queued["order"]["requesting_clinician"] == "DR ANNA JONES"
     assert queued["order"]["requesting_location"] == "ED MAJORS"
+    assert queued["order"]["patient_class_text"] == "emergency department"
 
     assert set_(assoc, mpps_uid, finished("COMPLETED", stored.series_uid)).Status == 0x0000
     assert worklist(netpacs, tmp_path, "AccessionNumber=M1", aet="EDGH_CT1") == []

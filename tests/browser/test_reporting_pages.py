@@ -331,7 +331,7 @@ def test_report_page_shows_the_orders_requesting_clinician_location_and_reason(
     study = page.locator("#study")
     expect(study).to_contain_text("Requesting clinician")
     expect(study).to_contain_text("DR ANNA JONES")
-    expect(study).to_contain_text("WARD7 12 B")
+    expect(study).to_contain_text("WARD7 12 B (ward)")
     expect(study).to_contain_text("Cough for six weeks, smoker")
     expect(study).to_contain_text("placer PL9")
     expect(page.get_by_role("alert")).to_have_count(0)

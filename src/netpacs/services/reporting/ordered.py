@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from netpacs.index.schema import imaging_order
+from netpacs.services.orders.model import PATIENT_CLASS
 
 
 def order_of_study(
@@ -36,6 +37,7 @@ def order_summary(order: Any) -> dict[str, str]:
         "requesting_clinician": readable_name(order.requesting_clinician),
         "requesting_location": order.requesting_location,
         "patient_class": order.patient_class,
+        "patient_class_text": PATIENT_CLASS.get(order.patient_class, order.patient_class),
         "reason": order.reason,
         "procedure": order.procedure_text or order.procedure_code,
     }
