@@ -6,6 +6,7 @@ what it stored through the query service, the way C-FIND would see it.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 from collections import defaultdict
@@ -381,3 +382,29 @@ def test_the_newest_studies_wait_on_the_worklist_and_the_oldest_of_them_are_repo
     assert max(i.arrived_at for i in final) <= min(
         i.arrived_at for i in items if i.status != "final"
     )
+
+
+def test_todays_orders_are_on_the_worklist_of_every_sites_ct_mr_cr_us(loaded: Loaded) -> None:
+    from netpacs.services.access import principal_for_ae
+    from netpacs.services.orders.worklist import ModalityWorklist, WorklistKeys
+
+    assert "modality worklist: " in loaded.first_run.stdout
+    assert ": AA " in loaded.first_run.stdout.split("modality worklist: ")[1].split("\n")[0]
+    today = dt.date.today().strftime("%Y%m%d")
+    engine = make_engine(loaded.database_url)
+    try:
+        worklist = ModalityWorklist(engine, REGION, None)
+        modalities = [
+            ae
+            for ae in REGION.aes
+            if ae.kind.value == "modality" and ae.modality in ("CT", "MR", "CR", "US")
+        ]
+        assert len(modalities) == 4 * sum(len(t.sites) for t in REGION.trusts)
+        for ae in modalities:
+            principal = principal_for_ae(ae, ae.ae_title, None)
+            answer = worklist.find(principal, WorklistKeys(start_date=today))
+            assert len(answer.steps) == 3, ae.ae_title
+            assert {s.modality for s in answer.steps} == {ae.modality}
+            assert {s.site for s in answer.steps} == {ae.site}
+    finally:
+        engine.dispose()

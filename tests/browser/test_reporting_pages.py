@@ -13,8 +13,10 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from pydicom.dataset import Dataset
 
 from netpacs.synthetic import write_ct_series
+from tests.adapters.test_worklist import worklist
 from tests.browser.conftest import Traffic, signed_in_page
 from tests.conftest import Netpacs
+from tests.hl7.conftest import MllpClient, order
 from tests.hl7.test_regional_record import valid_nhs
 from tests.http.conftest import storescu
 
@@ -303,3 +305,33 @@ def test_report_page_of_a_study_not_on_the_worklist_says_so_and_an_admin_can_que
     expect(page.get_by_label("Template")).to_have_value("CT")
     expect(page.get_by_role("button", name="Sign final")).to_be_visible()
     expect(page.locator("#not-queued")).to_be_hidden()
+
+
+def test_report_page_shows_the_orders_requesting_clinician_location_and_reason(
+    module_netpacs: Netpacs, browser: Browser, tmp_path: Path
+) -> None:
+    netpacs = module_netpacs
+    client = MllpClient(netpacs.mllp_port)
+    try:
+        placed = order("NW", "BRW0001", accession="BRW1", pid3="RXC4101^^^RXC^MR", placer="PL9")
+        assert client.send(placed).code == "AA"
+    finally:
+        client.close()
+    (entry,) = worklist(netpacs, tmp_path, "AccessionNumber=BRW1", "StudyInstanceUID")
+    uid = str(entry.StudyInstanceUID)
+    paths = write_ct_series(
+        tmp_path / "ct", 1, rows=16, columns=16, patient_id="RXC4101", issuer="RXC",
+        study_uid=uid, seed=11,
+    )  # fmt: skip
+    storescu(netpacs, *paths, aet="EDGH_CT1")
+
+    page = signed_in_page(browser, netpacs, "rxc.radiologist")
+    page.route(re.compile(r"/viewer"), lambda route: route.fulfill(body=""))
+    page.goto(f"{netpacs.base_url}/report/{uid}")
+    study = page.locator("#study")
+    expect(study).to_contain_text("Requesting clinician")
+    expect(study).to_contain_text("DR ANNA JONES")
+    expect(study).to_contain_text("WARD7 12 B (ward)")
+    expect(study).to_contain_text("Cough for six weeks, smoker")
+    expect(study).to_contain_text("placer PL9")
+    expect(page.get_by_role("alert")).to_have_count(0)

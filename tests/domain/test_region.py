@@ -92,8 +92,8 @@ def test_bundled_region_file_is_shipped_in_the_package() -> None:
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.workstations]]\nae_title='A'\n"
             "port=104\npermissions=['store', 'print']\n",
-            r"trusts\[0\]\.workstations\[0\]: 'permissions'\[1\] must be 'store', 'find', 'move' "
-            "or 'get'",
+            r"trusts\[0\]\.workstations\[0\]: 'permissions'\[1\] must be 'store', 'find', 'move', "
+            "'get' or 'worklist'",
         ),
         (
             "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='S'\nname='s'\n"
@@ -353,3 +353,14 @@ def test_a_network_shares_nothing_unless_its_table_says() -> None:
     (kent,) = region.networks
     assert kent.shares == frozenset()
     assert kent.dicomweb is not None and kent.dicomweb.url == "http://k/dicom-web"
+
+
+def test_a_modality_aes_modality_is_its_tables_or_the_one_its_title_names() -> None:
+    region = parse_region_toml(
+        "[[trusts]]\nods_code='RTP'\nname='x'\n[[trusts.sites]]\ncode='ESH'\nname='y'\n"
+        "modality_aes=['ESH_CT1', 'ESH_US12', 'PHILIPS', {ae_title='ROOM3', modality='MR'}]\n"
+    )
+    found = {t: (a.modality if (a := region.ae(t)) else "?") for t in ("ESH_CT1", "ESH_US12")}
+    assert found == {"ESH_CT1": "CT", "ESH_US12": "US"}
+    assert (region.ae("PHILIPS") or pytest.fail()).modality is None
+    assert (region.ae("ROOM3") or pytest.fail()).modality == "MR"

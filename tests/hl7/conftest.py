@@ -110,3 +110,49 @@ def identity(server: Netpacs, patient_id: str, issuer: str) -> dict[str, Any]:
     finally:
         engine.dispose()
     return dict(row._mapping)
+
+
+def order(
+    control: str,
+    control_id: str,
+    *,
+    accession: str,
+    pid3: str,
+    name: str = "ORDER^PATIENT",
+    birth_date: str = "19700101",
+    sex: str = "F",
+    procedure: str = "CTCHE^CT Chest^LOCAL",
+    modality: str = "CT",
+    priority: str = "R",
+    when: str = "",
+    station_ae: str = "",
+    placer: str = "",
+    filler: str = "",
+    clinician: str = "C1234567^JONES^ANNA^^^DR",
+    location: str = "WARD7^12^B^EDGH",
+    patient_class: str = "I",
+    reason: str = "^Cough for six weeks, smoker",
+    order_status: str = "",
+    facility: str = "EDGH",
+    kind: str = "ORM",
+) -> str:
+    """A synthetic order from a trust's RIS: ORM^O01 (accession in OBR-18, station AE in
+    OBR-21) or, with ``kind="OMI"``, OMI^O23 (accession in IPC-1, station AE in IPC-9)."""
+    now = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+    when = when or dt.datetime.now().strftime("%Y%m%d%H%M")
+    placer = placer or f"P{accession}"
+    filler = filler or f"F{accession}"
+    trigger = "O01" if kind == "ORM" else "O23"
+    obr18, obr21 = (accession, station_ae) if kind == "ORM" else ("", "")
+    segments = [
+        f"MSH|^~\\&|RIS|{facility}|NETPACS|REGION|{now}||{kind}^{trigger}|{control_id}|P|2.5",
+        f"PID|1||{pid3}||{name}||{birth_date}|{sex}",
+        f"PV1|1|{patient_class}|{location}",
+        f"ORC|{control}|{placer}|{filler}||{order_status}||||{now}|||{clinician}",
+        f"TQ1|1||||||{when}||{priority}",
+        f"OBR|1|{placer}|{filler}|{procedure}||||||||||||{clinician}||{obr18}|||{obr21}"
+        f"|||{modality}|||||||{reason}",
+    ]
+    if kind == "OMI":
+        segments.append(f"IPC|{accession}|RP{accession}||SPS{accession}|{modality}||||{station_ae}")
+    return "\r".join(segments) + "\r"

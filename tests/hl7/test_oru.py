@@ -4,6 +4,7 @@ that it renders from, as the outbox keeps it (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import hl7
@@ -178,3 +179,17 @@ def test_a_result_queued_as_text_by_an_earlier_version_is_sent_as_it_was(
     with engine.connect() as conn:
         pending = outbox.next_result(conn, "RXC")
     assert pending is not None and pending.content == text
+
+
+def test_oru_of_an_ordered_study_carries_placer_filler_and_accession_numbers() -> None:
+    result = replace(
+        queued(signed_report()),
+        placer_order_number="PL-77",
+        filler_order_number="FL-88",
+        order_accession_number="RXC1234",
+    )
+    message = hl7.parse(render_oru(result))
+    orc, obr = message.segment("ORC"), message.segment("OBR")
+    assert (str(orc[2]), str(orc[3])) == ("PL-77", "FL-88")
+    assert (str(obr[2]), str(obr[3]), str(obr[18])) == ("PL-77", "FL-88", "RXC1234")
+    assert (str(obr[24]), str(obr[25])) == ("RAD", "F")

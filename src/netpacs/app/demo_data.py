@@ -21,6 +21,7 @@ from netpacs.app.settings import Settings
 from netpacs.demo.adt import adt_messages, reconciliation_cases, write_adt
 from netpacs.demo.images import datasets, part10
 from netpacs.demo.model import DemoRegion, build_region
+from netpacs.demo.orders import order_messages
 from netpacs.domain.outcomes import Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.index.db import make_engine
 from netpacs.index.schema import study as study_table
@@ -96,6 +97,29 @@ def apply_adt(demo: DemoRegion, archive: Archive) -> dict[str, int]:
     adt_log.setLevel(max(level, logging.WARNING))  # one line per message is for the feed
     try:
         for message in adt_messages(demo) + [m for _, m in reconciliation_cases(demo)]:
+            ack = endpoint(message).decode("utf-8", "replace")
+            msa = next((seg for seg in ack.split("\r") if seg.startswith("MSA")), "MSA|??")
+            code = msa.split("|")[1] if "|" in msa else "??"
+            counts[code] = counts.get(code, 0) + 1
+    finally:
+        adt_log.setLevel(level)
+    return counts
+
+
+def apply_orders(demo: DemoRegion, archive: Archive, day: dt.date) -> dict[str, int]:
+    """Place today's demo orders through the HL7 endpoint; count the ACK codes."""
+    from netpacs.adapters.hl7.server import Hl7Endpoint
+    from netpacs.services.adt import AdtService
+    from netpacs.services.orders import OrderService
+
+    adt = AdtService(archive.write_engine, archive.region)
+    endpoint = Hl7Endpoint(adt, adt.console(), OrderService(adt, archive.region))
+    counts: dict[str, int] = {}
+    adt_log = logging.getLogger("netpacs.services.adt")
+    level = adt_log.level
+    adt_log.setLevel(max(level, logging.WARNING))
+    try:
+        for message in order_messages(demo, archive.region, day):
             ack = endpoint(message).decode("utf-8", "replace")
             msa = next((seg for seg in ack.split("\r") if seg.startswith("MSA")), "MSA|??")
             code = msa.split("|")[1] if "|" in msa else "??"
@@ -209,6 +233,8 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
     try:
         summary = load(demo, archive.ingest)
         acks = apply_adt(demo, archive)
+        today = dt.date.today()
+        orders = apply_orders(demo, archive, today)
         queued, reported = queue_worklist(demo, archive, seed=seed)
     finally:
         archive.close()
@@ -232,6 +258,11 @@ def main(settings: Settings, *, patients: int, seed: int, if_empty: bool) -> int
     )
     for what, _ in cases:
         print(f"  for /reconciliation: {what}")
+    print(
+        f"  modality worklist: {sum(orders.values())} orders scheduled on {today:%Y-%m-%d} for "
+        "every site's CT, MR, CR and US (findscu -W): "
+        + ", ".join(f"{code} {n}" for code, n in sorted(orders.items()))
+    )
     print(
         f"  reporting worklist: the newest {queued} studies queued, {reported} of them "
         "reported by the demo radiologists (see /worklist and /turnaround)"

@@ -41,6 +41,9 @@ from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
 from netpacs.services.metadata import MetadataService
 from netpacs.services.metrics import Backlogs, Scrape, watch_engine
+from netpacs.services.orders import OrderService
+from netpacs.services.orders.mpps import MppsService
+from netpacs.services.orders.worklist import ModalityWorklist
 from netpacs.services.partners import PartnerClients
 from netpacs.services.reconciliation import ReconciliationService
 from netpacs.services.reporting import (
@@ -50,6 +53,7 @@ from netpacs.services.reporting import (
     TurnaroundService,
     WorklistService,
 )
+from netpacs.services.reporting.orders import OrderedStudies
 from netpacs.services.studies import StudyListService
 
 # -- the containers -----------------------------------------------------------------------
@@ -65,6 +69,18 @@ def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = Non
         retrieve=archive.retrieve,
         executor=executor,
         edge_read=edge_read.read_through(archive, edge),
+        # The orders are the core's: an edge node answers no worklist (issue 15).
+        worklist=None
+        if edge is not None
+        else ModalityWorklist(archive.read_engine, archive.region, archive.audit),
+        mpps=None
+        if edge is not None
+        else MppsService(
+            archive.write_engine,
+            archive.region,
+            archive.audit,
+            on_completed=OrderedStudies(archive.region).study_completed,
+        ),
     )
 
 
@@ -228,6 +244,17 @@ def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
     return service, engine
 
 
+def order_service(adt: AdtService, settings: Settings) -> OrderService:
+    """Orders over the same MLLP listener, under the ADT feed's rules."""
+    region = load_region(settings.effective_region_file)
+    return OrderService(
+        adt,
+        region,
+        audit_source_id=settings.ae_title,
+        on_change=OrderedStudies(region).order_changed,
+    )
+
+
 # -- the runners ---------------------------------------------------------------------------
 
 
@@ -280,7 +307,8 @@ def run_mllp(
 ) -> None:
     """The MLLP worker: HL7 v2 ADT on ``sock`` (and MLLP over TLS on ``tls_sock``)."""
     adt, engine = adt_service(settings)
+    orders = order_service(adt, settings)
     try:
-        hl7_server.serve(adt, sock, tls_sock, mllp_tls_context(settings))
+        hl7_server.serve(adt, sock, tls_sock, mllp_tls_context(settings), orders)
     finally:
         engine.dispose()

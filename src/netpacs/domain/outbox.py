@@ -25,6 +25,10 @@ class QueuedResult:
     report: SignedReport
     study_date: str  # DICOM DA of the examination, "" when unknown
     study_time: str  # DICOM TM, "" when unknown
+    # The study's HL7 order (issue 15), "" when it has none: ORC/OBR-2, ORC/OBR-3, OBR-18.
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    order_accession_number: str = ""
 
 
 @dataclass(frozen=True, slots=True)

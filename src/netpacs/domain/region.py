@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from netpacs.domain.networks import Network
 from netpacs.domain.peer import CallerIdentity, Peer
@@ -29,11 +30,12 @@ class Permission(enum.Enum):
     FIND = "find"
     MOVE = "move"
     GET = "get"
+    WORKLIST = "worklist"  # Modality Worklist C-FIND and MPPS (issue 15)
 
 
 #: What each kind of AE may do unless the region file says otherwise (``permissions``).
 DEFAULT_PERMISSIONS: dict[AEKind, frozenset[Permission]] = {
-    AEKind.MODALITY: frozenset({Permission.STORE}),
+    AEKind.MODALITY: frozenset({Permission.STORE, Permission.WORKLIST}),
     AEKind.WORKSTATION: frozenset(Permission),
     AEKind.ARCHIVE: frozenset(Permission),
 }
@@ -65,6 +67,8 @@ class ApplicationEntity:
     # Where it calls from and the TLS client certificate it presents (``hosts``,
     # ``tls_subject``, ``tls_fingerprint``); unset: anywhere, any or no certificate.
     caller: CallerIdentity = field(default_factory=CallerIdentity)
+    # A modality AE's modality (CT, MR...): its worklist is that modality's orders.
+    modality: str | None = None
 
     def may(self, permission: Permission) -> bool:
         return permission in (self.permissions or DEFAULT_PERMISSIONS[self.kind])
@@ -160,6 +164,10 @@ class Reporting:
     turnaround_hours: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TURNAROUND_HOURS))
     claim_minutes: int = 30  # a claim not renewed (by saving) for this long lapses
     reporter_subspecialties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # When a study with an order becomes ready to report (issue 15): at its first image
+    # series ("first-series", as every study without an order) or when its modality
+    # reports the procedure step COMPLETED ("mpps").
+    ready_at: Literal["first-series", "mpps"] = "first-series"
 
     def applying(self, reporter_trust: str | None) -> tuple[ReportingAgreement, ...]:
         """The agreements that assign work to radiologists of ``reporter_trust``: each
@@ -246,3 +254,12 @@ class Region:
     @property
     def issuers(self) -> frozenset[str]:
         return frozenset(t.ods_code for t in self.trusts)
+
+
+def modality_of_title(ae_title: str) -> str | None:
+    """The modality a modality AE title names by the region's convention
+    ``<SITE>_<MODALITY><n>`` (``EDGH_CT1``: CT); None when it does not follow it (the
+    region file then says ``modality`` in the AE's table)."""
+    _, sep, tail = ae_title.rpartition("_")
+    code = tail.rstrip("0123456789")
+    return code if sep and 2 <= len(code) <= 4 and code.isalpha() and code.isupper() else None

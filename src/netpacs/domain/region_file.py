@@ -45,6 +45,7 @@ from netpacs.domain.region import (
     ResultsHeader,
     Site,
     Trust,
+    modality_of_title,
 )
 
 
@@ -73,7 +74,7 @@ TlsSubject = Annotated[str, AfterValidator(subject)]
 TlsFingerprint = Annotated[str, AfterValidator(fingerprint)]
 NamespaceId = Annotated[str, AfterValidator(_namespace_id)]
 Subspecialty = Annotated[str, AfterValidator(_subspecialty)]
-PermissionName = Literal["store", "find", "move", "get"]
+PermissionName = Literal["store", "find", "move", "get", "worklist"]
 
 
 class _Table(BaseModel):
@@ -102,6 +103,7 @@ class _Caller(_Table):
 
 class _Modality(_Caller):
     ae_title: AeTitle
+    modality: Annotated[str, Field(pattern=r"^[A-Z]{2,4}$")] | None = None
 
 
 class _Site(_Table):
@@ -207,6 +209,7 @@ class _Reporting(_Table):
     turnaround_hours: dict[str, Annotated[int, Field(ge=1)]] = {}
     claim_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 30
     reporters: list[_Reporter] = []
+    ready_at: Literal["first-series", "mpps"] = "first-series"
 
     @field_validator("turnaround_hours")
     @classmethod
@@ -332,8 +335,17 @@ def _aes(doc: _RegionFile) -> list[ApplicationEntity]:
 
 def _modality(doc: str | _Modality, trust: str, site: str) -> ApplicationEntity:
     if isinstance(doc, str):
-        return ApplicationEntity(doc, trust, AEKind.MODALITY, site=site)
-    return ApplicationEntity(doc.ae_title, trust, AEKind.MODALITY, site=site, caller=doc.identity())
+        return ApplicationEntity(
+            doc, trust, AEKind.MODALITY, site=site, modality=modality_of_title(doc)
+        )
+    return ApplicationEntity(
+        doc.ae_title,
+        trust,
+        AEKind.MODALITY,
+        site=site,
+        caller=doc.identity(),
+        modality=doc.modality or modality_of_title(doc.ae_title),
+    )
 
 
 def _ae(
@@ -400,6 +412,7 @@ def _reporting(doc: _Reporting, trusts: set[str]) -> Reporting:
         turnaround_hours=DEFAULT_TURNAROUND_HOURS | doc.turnaround_hours,
         claim_minutes=doc.claim_minutes,
         reporter_subspecialties={r.username: tuple(r.subspecialties) for r in doc.reporters},
+        ready_at=doc.ready_at,
     )
 
 

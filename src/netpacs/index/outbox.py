@@ -157,6 +157,9 @@ def _stored(result: QueuedResult) -> dict[str, Any]:
         "report": result.report,  # a dataclass: orjson writes its fields, datetimes ISO 8601
         "study_date": result.study_date,
         "study_time": result.study_time,
+        "placer_order_number": result.placer_order_number,
+        "filler_order_number": result.filler_order_number,
+        "order_accession_number": result.order_accession_number,
     }
 
 
@@ -208,6 +211,9 @@ def _result(value: dict[str, Any]) -> QueuedResult:
         report=report,
         study_date=value["study_date"],
         study_time=value["study_time"],
+        placer_order_number=value.get("placer_order_number", ""),
+        filler_order_number=value.get("filler_order_number", ""),
+        order_accession_number=value.get("order_accession_number", ""),
     )
 
 

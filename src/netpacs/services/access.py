@@ -96,6 +96,7 @@ class Capability(enum.Enum):
     ACT_FOR_USERS = "act for a user of its trust"  # an edge node's pass-through
     CONFIRM_STORED = "confirm what the archive holds"  # an edge node checking its forwards
     SEE_EDGES = "see the edge nodes"  # the core's list of edge nodes
+    WORKLIST = "modality worklist"  # MWL C-FIND and MPPS: a modality's scheduled work
 
 
 _IMAGING = frozenset({Capability.SEE_IMAGING, Capability.QUERY, Capability.RETRIEVE})
@@ -126,6 +127,7 @@ _PERMITS: dict[Permission, Capability] = {
     Permission.FIND: Capability.QUERY,
     Permission.MOVE: Capability.SEND,
     Permission.GET: Capability.RETRIEVE,
+    Permission.WORKLIST: Capability.WORKLIST,
 }
 
 

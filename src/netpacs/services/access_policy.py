@@ -40,6 +40,7 @@ DOING: dict[Capability, str] = {
     Capability.ACT_FOR_USERS: "act for another user",
     Capability.CONFIRM_STORED: "ask what the archive holds for an edge node",
     Capability.SEE_EDGES: "see the edge nodes",
+    Capability.WORKLIST: "use the modality worklist and report performed procedure steps",
 }
 
 

@@ -58,6 +58,7 @@ from netpacs.domain.report import SignedReport, sections
 from netpacs.index import outbox
 from netpacs.index.schema import instance, series, study
 from netpacs.services.ingest import IngestService
+from netpacs.services.reporting.ordered import order_of_study
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SR_SERIES_DESCRIPTION = "Radiology report"
@@ -390,6 +391,12 @@ class ReportOutputs:
         ).first()
         trust = self._region.trust(signed.requesting_trust)
         names = trust.results_header if trust is not None else ResultsHeader()
+        order = order_of_study(
+            conn,
+            signed.study_instance_uid,
+            accession_number=signed.accession_number,
+            trust=signed.requesting_trust,
+        )
         result = QueuedResult(
             control_id=new_control_id(report_event_pk),
             created_at=dt.datetime.now(dt.UTC),
@@ -402,6 +409,9 @@ class ReportOutputs:
             report=signed,
             study_date=(row.study_date or "") if row else "",
             study_time=(row.study_time or "") if row else "",
+            placer_order_number=order.placer_order_number if order is not None else "",
+            filler_order_number=order.filler_order_number if order is not None else "",
+            order_accession_number=order.accession_number if order is not None else "",
         )
         outbox.queue_result(
             conn, result, trust=signed.requesting_trust, report_event_pk=report_event_pk

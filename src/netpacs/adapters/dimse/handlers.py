@@ -20,6 +20,7 @@ from pydicom import Dataset
 from pynetdicom.dsutils import decode, encode
 
 from netpacs.adapters.dimse import commands as c
+from netpacs.adapters.dimse import mpps, worklist
 from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.association import Association, Message
 from netpacs.adapters.dimse.negotiation import (
@@ -28,6 +29,8 @@ from netpacs.adapters.dimse.negotiation import (
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+    MODALITY_WORKLIST_FIND,
+    MPPS,
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
@@ -44,6 +47,8 @@ from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.ingest_batch import StoreService
+from netpacs.services.orders.mpps import MppsService
+from netpacs.services.orders.worklist import ModalityWorklist
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService, Served
 from netpacs.services.spool import Spool
@@ -75,6 +80,9 @@ class DimseServices:
     executor: Executor
     # -- edge: edge-read --
     edge_read: ReadThrough | None = None  # an edge node: reads through to the core
+    # -- orders: modality worklist and MPPS (issue 15) --
+    worklist: ModalityWorklist | None = None
+    mpps: MppsService | None = None
 
     def for_principal(self, principal: Principal) -> DimseServices:
         """The same services answering for the calling AE (access and audit)."""
@@ -154,6 +162,8 @@ class AssociationHandlers:
         field = msg.command.field
         ctx = self.assoc.contexts[msg.context_id]
         needed = _NEEDS.get(field)
+        if ctx.abstract_syntax in (MODALITY_WORKLIST_FIND, MPPS):
+            needed = Capability.WORKLIST
         refusal = None if needed is None else self.s.access.decide(self.principal, needed)
         if refusal is not None:
             await self._run(self.s.access.record, refusal)
@@ -165,6 +175,12 @@ class AssociationHandlers:
             self._reply(msg, c.C_ECHO_RSP, st.SUCCESS)
         elif field == c.C_FIND_RQ and ctx.abstract_syntax in (PATIENT_ROOT_FIND, STUDY_ROOT_FIND):
             await self.c_find(msg)
+        elif field == c.C_FIND_RQ and ctx.abstract_syntax == MODALITY_WORKLIST_FIND:
+            await worklist.c_find(self, msg)
+        elif field == c.N_CREATE_RQ and ctx.abstract_syntax == MPPS:
+            await mpps.n_create(self, msg)
+        elif field == c.N_SET_RQ and ctx.abstract_syntax == MPPS:
+            await mpps.n_set(self, msg)
         elif field == c.C_MOVE_RQ and ctx.abstract_syntax in (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE):
             await self.c_move(msg)
         elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET, STUDY_ROOT_GET):

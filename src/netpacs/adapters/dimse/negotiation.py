@@ -34,6 +34,10 @@ QUERY_RETRIEVE = frozenset(
         STUDY_ROOT_GET,
     }
 )
+# Modality workflow (issue 15): Modality Worklist FIND (PS3.4 K) and MPPS (PS3.4 F.7).
+MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+MPPS = "1.2.840.10008.3.1.2.3.3"
+WORKFLOW = frozenset({MODALITY_WORKLIST_FIND, MPPS})
 # The SOP classes of the Storage Service Class (PS3.4 B.5) that pynetdicom knows.
 STORAGE_SOP_CLASSES = frozenset(cx.abstract_syntax for cx in AllStoragePresentationContexts)
 
@@ -124,7 +128,7 @@ class Negotiator:
         abstract = ctx.abstract_syntax
         if abstract in STORAGE_SOP_CLASSES:
             allowed: frozenset[str] | tuple[str, ...] = STORAGE_TRANSFER_SYNTAXES
-        elif abstract == VERIFICATION or abstract in QUERY_RETRIEVE:
+        elif abstract == VERIFICATION or abstract in QUERY_RETRIEVE or abstract in WORKFLOW:
             allowed = UNCOMPRESSED
         else:
             return p.AcceptedContext(

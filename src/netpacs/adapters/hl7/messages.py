@@ -1,4 +1,7 @@
-"""HL7 v2 ADT messages: read one into an :class:`AdtEvent`, and build its ACK or NAK.
+"""HL7 v2 messages: read an ADT one into an :class:`AdtEvent`, and build any ACK or NAK.
+
+Order messages (ORM^O01, OMI^O23) share the header checks here and are read into
+orders by :mod:`netpacs.adapters.hl7.orders`.
 
 Parsing uses python-hl7. Acknowledgements are original mode (HL7 v2.5 chapter 2,
 2.9.2): MSH with sender and receiver swapped, MSA-1 ``AA`` / ``AE`` / ``AR``, MSA-2 the
@@ -29,6 +32,12 @@ from netpacs.services.adt import (
 
 #: Message types and triggers netpacs applies (HL7 v2.5 chapter 3).
 SUPPORTED = frozenset({"A01", "A04", "A05", "A08", "A40", "A47"})
+#: Every message type read, with its triggers: ADT, and orders (HL7 v2.5 chapter 4).
+SUPPORTED_TYPES: dict[str, frozenset[str]] = {
+    "ADT": SUPPORTED,
+    "ORM": frozenset({"O01"}),
+    "OMI": frozenset({"O23"}),
+}
 #: Versions read (MSH-12): the segments we use are the same from 2.3 on.
 OLDEST_VERSION = (2, 3)
 
@@ -57,6 +66,9 @@ ACK_CODES: dict[Outcome, tuple[AckCode, str]] = {
     Outcome.CONTROL_ID_REUSED: (AckCode.AE, "205"),
     Outcome.CONFLICT: (AckCode.AE, "206"),  # application record locked
     Outcome.UNIDENTIFIED_CALLER: (AckCode.AR, "207"),  # rejected: not sent again
+    Outcome.UNKNOWN_ORDER: (AckCode.AE, "204"),  # unknown key identifier
+    Outcome.ORDER_EXISTS: (AckCode.AE, "205"),  # duplicate key identifier
+    Outcome.ORDER_CLOSED: (AckCode.AE, "207"),  # application internal error (refused rule)
 }
 # Rejections before the service is asked (table 0357).
 UNSUPPORTED_TYPE = "200"
@@ -138,6 +150,14 @@ def decode(payload: bytes) -> str:
 
 def read(payload: bytes) -> Request:
     """Read one payload as an ADT message; raises :class:`Rejected` saying why not."""
+    header, message, digest = parse(payload)
+    event = _event(message, header)
+    return Request(header=header, event=event, digest=digest, message=message)
+
+
+def parse(payload: bytes) -> tuple[Header, Any, str]:
+    """One payload's checked MSH, its python-hl7 message and its digest (any supported
+    type); raises :class:`Rejected` saying why not."""
     text = decode(payload)
     header = read_header(text)
     try:
@@ -149,8 +169,7 @@ def read(payload: bytes) -> Request:
             error=SEGMENT_ERROR,
             header=header,
         ) from None
-    event = _event(message, header)
-    return Request(header=header, event=event, digest=_digest(text), message=message)
+    return header, message, _digest(text)
 
 
 def read_header(text: str) -> Header:
@@ -171,14 +190,17 @@ def read_header(text: str) -> Header:
             f"MSH-12 version {header.version!r} is not supported (2.3 and later 2.x)",
             UNSUPPORTED_VERSION,
         )
-    if header.message_type != "ADT":
+    triggers = SUPPORTED_TYPES.get(header.message_type)
+    if triggers is None:
         raise reject(
-            f"message type {header.message_type!r} is not supported (ADT only)", UNSUPPORTED_TYPE
+            f"message type {header.message_type!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})",
+            UNSUPPORTED_TYPE,
         )
-    if header.trigger not in SUPPORTED:
+    if header.trigger not in triggers:
         raise reject(
-            f"trigger event {header.trigger!r} is not supported "
-            f"(supported: {', '.join(sorted(SUPPORTED))})",
+            f"trigger event {header.trigger!r} is not supported for {header.message_type} "
+            f"(supported: {', '.join(sorted(triggers))})",
             UNSUPPORTED_TRIGGER,
         )
     return header
@@ -327,8 +349,12 @@ def _event(message: Any, header: Header) -> AdtEvent:
 
 
 def ack_for(request: Request, result: AdtResult) -> Ack:
+    return ack_for_header(request.header, result)
+
+
+def ack_for_header(header: Header, result: AdtResult) -> Ack:
     code, error = ACK_CODES[result.outcome]
-    return build_ack(request.header, code, result.detail, error=error)
+    return build_ack(header, code, result.detail, error=error)
 
 
 def build_ack(header: Header | None, code: AckCode, text: str, *, error: str = "0") -> Ack:
@@ -395,3 +421,11 @@ def _control_id() -> str:
     """A control id for our ACK, unique across processes and restarts (at most 20 chars)."""
     now = dt.datetime.now(dt.UTC).strftime("%y%m%d%H%M%S")
     return f"NP{now}{os.getpid() % 1000:03d}{next(_CONTROL_IDS) % 1000:03d}"
+
+
+# -- shared with the order messages (adapters.hl7.orders) ---------------------------------
+
+value = _value
+field_text = _field_text
+identifiers = _identifiers
+patient_name = _name

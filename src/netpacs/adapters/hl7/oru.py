@@ -146,11 +146,16 @@ def render_oru(result: QueuedResult) -> str:
     """The ORU^R01 of ``result`` (module docstring), segments ended by CR.
 
     OBR-7 is the examination's date/time; the whole text is sent each time, so the
-    receiver replaces the result.
+    receiver replaces the result. A study with an HL7 order carries its placer and
+    filler order numbers (ORC-2/OBR-2, ORC-3/OBR-3) and accession number (OBR-18);
+    one without carries its accession number as both order numbers.
     """
     signed = result.report
     status = "F" if signed.event == "final" else "C"
-    accession = _escape(signed.accession_number)
+    accession = _escape(result.order_accession_number or signed.accession_number)
+    placer = _escape(result.placer_order_number) or accession
+    filler = _escape(result.filler_order_number) or accession
+    obr18 = accession if result.order_accession_number else ""
     author = signed.author
     interpreter = _cnn(author.username, author.name, author.trust)
     procedure = (
@@ -161,10 +166,12 @@ def render_oru(result: QueuedResult) -> str:
         _msh(result),
         _pid(signed),
         "PV1|1|U",
-        "|".join(["ORC", "RE", accession, accession, "", "CM", "", "", "", _ts(signed.event_at)]),
+        "|".join(["ORC", "RE", placer, filler, "", "CM", "", "", "", _ts(signed.event_at)]),
         "|".join(
-            ["OBR", "1", accession, accession, procedure, "", "", observed_at]  # OBR-7
-            + [""] * 14
+            ["OBR", "1", placer, filler, procedure, "", "", observed_at]  # OBR-7
+            + [""] * 10
+            + [obr18]  # OBR-18
+            + [""] * 3
             + [_ts(signed.event_at), "", "RAD", status]  # OBR-22, OBR-24, OBR-25
             + [""] * 6
             + [interpreter]  # OBR-32

@@ -28,8 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from netpacs.adapters.hl7 import messages
 from netpacs.adapters.hl7.messages import AckCode, Rejected
 from netpacs.adapters.hl7.mllp import FramingError, frame, read_frame
+from netpacs.adapters.hl7.orders import ORDER_TYPES, read_order
 from netpacs.domain.peer import Peer, PeerCertificate
 from netpacs.services.adt import AdtCaller, AdtService, MessageKey, StoredAck
+from netpacs.services.orders import OrderService
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,11 @@ class Hl7Endpoint:
     """One payload in, one acknowledgement out: never raises, whatever the bytes. One
     per connection: ``caller`` is who the connection is (``AdtService.caller``)."""
 
-    def __init__(self, adt: AdtService, caller: AdtCaller) -> None:
+    def __init__(
+        self, adt: AdtService, caller: AdtCaller, orders: OrderService | None = None
+    ) -> None:
         self._adt = adt
+        self._orders = orders
         self.caller = caller
 
     def __call__(self, payload: bytes) -> bytes:
@@ -74,6 +79,9 @@ class Hl7Endpoint:
         return ack.message.encode("utf-8")
 
     def _handle(self, payload: bytes) -> StoredAck:
+        peeked = _header_or_none(payload)
+        if self._orders is not None and peeked and peeked.message_type in ORDER_TYPES:
+            return self._order(payload)
         request = messages.read(payload)
         h = request.header
         key = MessageKey(
@@ -85,6 +93,21 @@ class Hl7Endpoint:
         )
         return self._adt.process(
             key, request.event, lambda r: messages.ack_for(request, r), caller=self.caller
+        )
+
+    def _order(self, payload: bytes) -> StoredAck:
+        assert self._orders is not None
+        order = read_order(payload)
+        h = order.header
+        key = MessageKey(
+            sending_application=h.sending_application,
+            sending_facility=h.sending_facility,
+            control_id=h.control_id,
+            message_type=f"{h.message_type}^{h.trigger}",
+            digest=order.digest,
+        )
+        return self._orders.process(
+            key, order.event, lambda r: messages.ack_for_header(h, r), caller=self.caller
         )
 
 
@@ -155,9 +178,11 @@ def serve(
     sock: socket.socket | None,
     tls_sock: socket.socket | None = None,
     tls: ssl.SSLContext | None = None,
+    orders: OrderService | None = None,
 ) -> None:
     """Accept MLLP connections on ``sock`` (plain) and ``tls_sock`` (MLLP over TLS with
-    ``tls``) until SIGTERM, applying each message through ``adt``."""
+    ``tls``) until SIGTERM, applying each message through ``adt`` (orders through
+    ``orders``)."""
     executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hl7")
 
     async def main() -> None:
@@ -167,7 +192,7 @@ def serve(
             loop.add_signal_handler(sig, stop.set)
 
         async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            endpoint = Hl7Endpoint(adt, adt.caller(peer_of(w)))
+            endpoint = Hl7Endpoint(adt, adt.caller(peer_of(w)), orders)
             stranger = not endpoint.caller.identified
             await serve_connection(
                 r,

@@ -238,13 +238,9 @@ def diagnostic_report(
             }
         ],
     }
-    if record.accession_number:
-        resource["identifier"] = [
-            {
-                "type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
-                "value": record.accession_number,
-            }
-        ]
+    resource["identifier"] = _report_identifiers(record, rep.get("order"))
+    if not resource["identifier"]:
+        del resource["identifier"]
     when = started(record.study_date, record.study_time, record.timezone_offset)
     if when:
         resource["effectiveDateTime"] = when
@@ -259,3 +255,19 @@ def diagnostic_report(
     if conclusion:
         resource["conclusion"] = conclusion
     return resource
+
+
+def _report_identifiers(record: StudyRecord, order: dict[str, str] | None) -> list[dict[str, Any]]:
+    """The accession number and, for a study with an HL7 order, its placer and filler
+    order numbers (v2-0203 ACSN, PLAC, FILL)."""
+    accession = (order or {}).get("accession_number") or record.accession_number
+    values = [
+        ("ACSN", accession),
+        ("PLAC", (order or {}).get("placer_order_number", "")),
+        ("FILL", (order or {}).get("filler_order_number", "")),
+    ]
+    return [
+        {"type": {"coding": [{"system": V2_0203, "code": code}]}, "value": value}
+        for code, value in values
+        if value
+    ]

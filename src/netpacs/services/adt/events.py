@@ -38,6 +38,10 @@ class Outcome(enum.Enum):
     CONTROL_ID_REUSED = "control id reused"
     CONFLICT = "conflict"
     UNIDENTIFIED_CALLER = "caller is not the feed it claims to be"
+    # Orders (ORM/OMI, services.orders): the same feed rules, their own refusals.
+    UNKNOWN_ORDER = "unknown order"
+    ORDER_EXISTS = "order exists"
+    ORDER_CLOSED = "order no longer open"
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,7 @@ class AdtService:
 
     def _caller_refusal(self, caller: AdtCaller, key: MessageKey) -> str | None:
         """Why ``caller`` may not send this message (None: it may). A facility the
-        region does not know is left to the ADT rules (:meth:`_check_sender`)."""
+        region does not know is left to the ADT rules (:meth:`check_sender`)."""
         facility = key.sending_facility.split("^", 1)[0].strip()
         if not caller.identified:
             return (
@@ -135,13 +135,34 @@ class AdtService:
         """Apply ``event`` once; a resend of ``key`` gets the first acknowledgement back.
         A caller that may not send it is refused before its control id is looked at (so
         that it cannot use up a real feed's control ids)."""
+        return self.apply_once(
+            key,
+            acknowledge,
+            caller=caller,
+            apply=lambda conn, now: self._apply(conn, event, now, key.sending_facility),
+            audit=lambda conn, result, now: self._audit(conn, key, event, result, now),
+        )
+
+    def apply_once(
+        self,
+        key: MessageKey,
+        acknowledge: Callable[[AdtResult], StoredAck],
+        *,
+        caller: AdtCaller,
+        apply: Callable[[sa.Connection, dt.datetime], AdtResult],
+        audit: Callable[[sa.Connection, AdtResult, dt.datetime], None],
+    ) -> StoredAck:
+        """The feed rules every HL7 message of a trust's feed follows (ADT, orders): the
+        caller must speak for MSH-4; ``apply`` runs once per control id, in a savepoint
+        that a :class:`Refused` rolls back; the acknowledgement is stored with the control
+        id and ``audit`` records the message, in the same transaction."""
         reason = self._caller_refusal(caller, key)
         if reason is not None:
             self._refuse_caller(caller, key, reason)
             return acknowledge(AdtResult(Outcome.UNIDENTIFIED_CALLER, reason))
         for attempt in (1, 2):
             try:
-                return self._process_once(key, event, acknowledge)
+                return self._process_once(key, acknowledge, apply, audit)
             except sa.exc.IntegrityError:
                 # Another writer applied the same message or created the same patient
                 # meanwhile (several core nodes): the second try sees its result.
@@ -150,7 +171,11 @@ class AdtService:
         raise AssertionError("unreachable")
 
     def _process_once(
-        self, key: MessageKey, event: AdtEvent, acknowledge: Callable[[AdtResult], StoredAck]
+        self,
+        key: MessageKey,
+        acknowledge: Callable[[AdtResult], StoredAck],
+        apply: Callable[[sa.Connection, dt.datetime], AdtResult],
+        audit: Callable[[sa.Connection, AdtResult, dt.datetime], None],
     ) -> StoredAck:
         now = dt.datetime.now(dt.UTC)
         with self._engine.begin() as conn:
@@ -178,13 +203,13 @@ class AdtService:
                 return Replayed(seen.ack_code, seen.ack_text, seen.ack_message)
             savepoint = conn.begin_nested()
             try:
-                result = self._apply(conn, event, now, key.sending_facility)
+                result = apply(conn, now)
                 savepoint.commit()
             except Refused as refused:
                 savepoint.rollback()
                 result = refused.result
             ack = acknowledge(result)
-            self._audit(conn, key, event, result, now)
+            audit(conn, result, now)
             conn.execute(
                 sa.insert(hl7_message).values(
                     sending_application=key.sending_application,
@@ -245,7 +270,7 @@ class AdtService:
         self, conn: sa.Connection, event: AdtEvent, now: dt.datetime, sending_facility: str
     ) -> AdtResult:
         identity, values = self._read(event)
-        self._check_sender(sending_facility, identity)
+        self.check_sender(sending_facility, identity)
         source = f"HL7 ADT^{event.trigger.value} {event.control_id}"
         if event.trigger in (Trigger.A40, Trigger.A47):
             prior = self._prior(event, identity)
@@ -295,6 +320,11 @@ class AdtService:
             raise Refused(Outcome.INVALID_CONTENT, f"{where} has two hospital numbers of one trust")
         return Identity(known[0].value, known[0].authority)
 
+    def local_identity(self, identifiers: tuple[TypedIdentifier, ...]) -> Identity:
+        """The hospital number PID-3 names at a trust of the region (refused when none,
+        or when it names more than one)."""
+        return self._trust_identity(identifiers, "PID-3")
+
     def _read(self, event: AdtEvent) -> tuple[Identity, Values]:
         identity = self._trust_identity(event.identifiers, "PID-3")
         notes: list[str] = []
@@ -329,7 +359,7 @@ class AdtService:
             )
         return identity, Values(demo.name, birth, sex, number, problem, tuple(notes))
 
-    def _check_sender(self, sending_facility: str, identity: Identity) -> None:
+    def check_sender(self, sending_facility: str, identity: Identity) -> None:
         """A trust's feed changes only the hospital numbers that trust issues: MSH-4 must
         be the trust's ODS code, a site code of it or one of its ``adt_facilities``, or
         one of the region's ``regional_adt_facilities`` (which speak for every trust)."""

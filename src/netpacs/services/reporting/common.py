@@ -27,6 +27,7 @@ from netpacs.services.access import (
 )
 from netpacs.services.access_policy import AccessPolicy
 from netpacs.services.audit import AuditRecord, AuditService, Event, Purpose
+from netpacs.services.reporting.ordered import order_of_study, order_summary
 
 
 class ReportingError(Refused):
@@ -226,9 +227,13 @@ class ReportingScope:
             row = conn.execute(
                 self.items().where(worklist_item.c.study_instance_uid == study_uid)
             ).first()
+            order = order_of_study(conn, study_uid) if row is not None else None
         if row is None:
             raise not_found()
-        return item_json(row, dt.datetime.now(dt.UTC))
+        # The study's order (issue 15): requesting clinician, location, reason.
+        return item_json(row, dt.datetime.now(dt.UTC)) | {
+            "order": order_summary(order) if order is not None else None
+        }
 
     def locked_item(self, conn: sa.Connection, study_uid: str) -> sa.Row[Any]:
         """The principal's worklist row of a study, locked for this transaction."""

@@ -49,6 +49,7 @@ from netpacs.services.reporting.common import (
     not_found,
     report_row,
 )
+from netpacs.services.reporting.ordered import orders_of_studies
 from netpacs.services.reporting.records import (
     MIN_FINAL_TEXT,
     PUBLISHED,
@@ -165,10 +166,15 @@ class ReportsService:
                 .where(report_event.c.report_fk.in_([r.id for r in rows]))
                 .order_by(report_event.c.id)
             ).all()
+            orders = orders_of_studies(conn, [r.study_instance_uid for r in rows])
         by_report: dict[int, list[sa.Row[Any]]] = {}
         for e in events:
             by_report.setdefault(e.report_fk, []).append(e)
-        return {r.study_instance_uid: report_json(r, by_report.get(r.id, [])) for r in rows}
+        return {
+            r.study_instance_uid: report_json(r, by_report.get(r.id, []))
+            | {"order": orders.get(r.study_instance_uid)}
+            for r in rows
+        }
 
     def priors(self, study_uid: str) -> dict[str, Any]:
         """The current study and the person's other studies from every trust, newest

@@ -159,16 +159,28 @@ def _new_item(
 
 @dataclass(frozen=True, slots=True)
 class WorklistRule:
-    """The index writer's hook for a new series (index.writer.NewSeriesHook)."""
+    """The index writer's hook for a new series (index.writer.NewSeriesHook). A study
+    with an order takes the order's priority, and waits for its MPPS when the region
+    says so (services.reporting.orders)."""
 
     region: Region
 
     def __call__(
         self, conn: sa.Connection, record: InstanceRecord, study_pk: int, now: dt.datetime
     ) -> None:
+        from netpacs.services.reporting.orders import OrderedStudies
+
         modality = record.series.modality.upper()
         origin = record.origin
         if modality in NOT_REPORTED or not _queued(origin, self.region):
+            return
+        wait, ordered = OrderedStudies(self.region).on_new_series(
+            conn,
+            study_uid=record.study.study_instance_uid,
+            accession_number=record.study.accession_number,
+            trust=record.study.origin_trust or origin.trust or "",
+        )
+        if wait:
             return
         values = _new_item(
             self.region,
@@ -176,7 +188,7 @@ class WorklistRule:
             modality=modality,
             body_part=record.series.body_part_examined,
             header=record.header,
-            priority=None,
+            priority=ordered,
             arrived_at=now,
         )
         insert_worklist_item(
@@ -188,6 +200,38 @@ class WorklistRule:
                 "study_description": record.study.study_description,
             },
         )
+
+
+def stored_study_item(
+    conn: sa.Connection,
+    region: Region,
+    study_uid: str,
+    *,
+    priority: Priority | None,
+    arrived_at: dt.datetime,
+) -> dict[str, Any]:
+    """The worklist item of a stored study from its first image (NOT_FOUND without the
+    study, INVALID when it has no images to report)."""
+    st = conn.execute(sa.select(study).where(study.c.study_instance_uid == study_uid)).first()
+    if st is None:
+        raise not_found()
+    first = first_image(conn, st.id, skip=NOT_REPORTED)
+    if first is None:
+        raise ReportingError(Problem.INVALID, "the study has no images to report")
+    values = _new_item(
+        region,
+        study_uid=study_uid,
+        modality=first.modality.upper(),
+        body_part=first.body_part_examined,
+        header=orjson.loads(first.metadata_json),
+        priority=priority,
+        arrived_at=arrived_at,
+    )
+    return values | {
+        "requesting_trust": st.origin_trust or "",
+        "requesting_site": st.origin_site,
+        "study_description": st.study_description,
+    }
 
 
 # -- the worklist ----------------------------------------------------------------------
@@ -345,28 +389,9 @@ class WorklistService:
         chosen = Priority.parse(priority) if priority is not None else None
         arrived = arrived_at or dt.datetime.now(dt.UTC)
         with scope.write_engine.begin() as conn:
-            st = conn.execute(
-                sa.select(study).where(study.c.study_instance_uid == study_uid)
-            ).first()
-            if st is None:
-                raise not_found()
-            first = first_image(conn, st.id, skip=NOT_REPORTED)
-            if first is None:
-                raise ReportingError(Problem.INVALID, "the study has no images to report")
-            values = _new_item(
-                scope.region,
-                study_uid=study_uid,
-                modality=first.modality.upper(),
-                body_part=first.body_part_examined,
-                header=orjson.loads(first.metadata_json),
-                priority=chosen,
-                arrived_at=arrived,
+            values = stored_study_item(
+                conn, scope.region, study_uid, priority=chosen, arrived_at=arrived
             )
-            values |= {
-                "requesting_trust": st.origin_trust or "",
-                "requesting_site": st.origin_site,
-                "study_description": st.study_description,
-            }
             if not insert_worklist_item(conn, values):
                 raise ReportingError(Problem.CONFLICT, "the study is already on the worklist")
         return self.item(study_uid)
