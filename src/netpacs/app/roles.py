@@ -172,6 +172,7 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
             audit=archive.audit,
             source_id=archive.ae_title,
         ),
+        rejections=archive.rejections,
         reconciliation=ReconciliationService(
             archive.write_engine, MergeService(archive.write_engine), source_id=archive.ae_title
         ),

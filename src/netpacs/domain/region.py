@@ -216,6 +216,9 @@ class Region:
     adt_feeds: tuple[AdtFeed, ...] = ()
     # The edge nodes of the sites (issue 13).
     edges: tuple[EdgeNode, ...] = ()
+    # Days the instances an IOCM rejection note hid are kept (an undo can bring them
+    # back) before the retention job deletes them (issue 15, services/rejection.py).
+    rejection_retention_days: float = 30.0
     _by_title: dict[str, ApplicationEntity] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -456,6 +459,7 @@ class _RegionFile(_Table):
     regional_adt_facilities: list[NamespaceId] = []
     adt_feeds: list[_AdtFeed] = []
     edges: list[_Edge] = []
+    rejection_retention_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
 
 
 # What is wrong, by pydantic error type, after "where: 'key'".
@@ -643,6 +647,7 @@ def _region(doc: _RegionFile, base: Path | None) -> Region:
         aes=tuple(_aes(doc)),
         reporting=_reporting(doc.reporting, {t.ods_code for t in trusts}),
         regional_adt_facilities=tuple(doc.regional_adt_facilities),
+        rejection_retention_days=doc.rejection_retention_days,
     )
     return dataclasses.replace(
         region, adt_feeds=_adt_feeds(doc, region), edges=_edges(doc, region, base)

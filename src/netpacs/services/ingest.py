@@ -61,6 +61,7 @@ from netpacs.index.records import (
 from netpacs.index.writer import IndexWriter, WriteResult, WriteStatus
 from netpacs.services import metrics
 from netpacs.services.deflate import inflated
+from netpacs.services.rejection import KEY_OBJECT_SELECTION
 from netpacs.services.same_instance import COMPARE_MAX, content_difference
 from netpacs.services.spool import ObjectTooLarge, Spool
 from netpacs.storage.blobstore import BlobStore, new_blob_key
@@ -202,8 +203,11 @@ class IngestService:
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
         max_object_size: int = MAX_OBJECT_SIZE,
         spool_dir: Path | None = None,
+        on_note: Callable[[InstanceRecord, Origin], None] | None = None,
     ) -> None:
         self._blobs = blobs
+        # Told of every Key Object Selection stored (the rejection notes, IHE IOCM).
+        self._on_note = on_note
         self._writer = writer
         self._region = region
         self._ae_title = ae_title
@@ -531,6 +535,12 @@ class IngestService:
         else:  # a failed copy leaves no CRC; _commit answers it without using the record's
             record = build_record(obj, origin, blob_key=key, crc=crc[0] if crc else 0)
         outcome = self._commit(obj, record, write, origin)
+        if (
+            self._on_note is not None
+            and record.instance.sop_class_uid == KEY_OBJECT_SELECTION
+            and outcome.status in (StoreStatus.STORED, StoreStatus.ALREADY_STORED)
+        ):
+            self._on_note(record, origin)
         return dataclasses.replace(
             outcome,
             sop_class_uid=record.instance.sop_class_uid,
