@@ -31,6 +31,7 @@ from netpacs.services.access import BreakGlass
 from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit_trail import AuditTrail
+from netpacs.services.commitment import CommitmentService
 from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
@@ -64,6 +65,7 @@ def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = Non
         retrieve=archive.retrieve,
         executor=executor,
         edge_read=edge_read.read_through(archive, edge),
+        commitment=CommitmentService(archive.read_engine, archive.region, edge=edge is not None),
     )
 
 
