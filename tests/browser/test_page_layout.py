@@ -23,7 +23,15 @@ NAVIGATION = {
     "radiologist": ["Studies", "Worklist", "Turnaround", "Break-glass"],
     "radiographer": ["Studies", "Break-glass"],
     "clinician": ["Studies", "Break-glass"],
-    "admin": ["Studies", "Worklist", "Turnaround", "Reconciliation", "Audit trail", "Edge nodes"],
+    "admin": [
+        "Studies",
+        "Worklist",
+        "Turnaround",
+        "Reconciliation",
+        "Rejections",
+        "Audit trail",
+        "Edge nodes",
+    ],
     "auditor": ["Audit trail"],
 }
 LINKS = {
@@ -31,6 +39,7 @@ LINKS = {
     "Worklist": "/worklist",
     "Turnaround": "/turnaround",
     "Reconciliation": "/reconciliation",
+    "Rejections": "/rejections",
     "Audit trail": "/audit",
     "Break-glass": "/break-glass",
     "Edge nodes": "/edges",
@@ -52,7 +61,7 @@ def expected_status(role: str, path: str) -> int:
     """What the page answers the role: 200, or the page that says why not."""
     if path.startswith(("/worklist", "/turnaround", "/report/")):
         return 200 if role in REPORTERS else 403
-    if path in ("/reconciliation", "/edges"):
+    if path in ("/reconciliation", "/rejections", "/edges"):
         return 200 if role == "admin" else 403
     if path.endswith("/delete"):
         # Deleting is for administrators; the auditor does not see the patient at all.
@@ -87,6 +96,7 @@ def test_every_page_has_the_same_header_with_the_navigation_of_the_role(
         "/turnaround",
         f"/report/{study}",
         "/reconciliation",
+        "/rejections",
         "/audit",
         "/break-glass",
         f"/studies/{study}/delete",

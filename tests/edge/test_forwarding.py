@@ -154,3 +154,45 @@ def test_an_object_the_core_holds_with_other_content_is_not_counted_as_forwarded
         media_types=(("application/dicom", "*"),),
     )
     assert held.PixelData == theirs.PixelData  # the core's copy is left as it is
+
+
+def test_storage_commitment_at_the_edge_waits_for_the_core_to_confirm(
+    core_and_edge: CoreAndEdge, tmp_path: Path
+) -> None:
+    """Issue 15: an edge commits an instance only once the core holds it."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    from tests.adapters.test_storage_commitment import WELL_KNOWN, Reports, _request
+
+    core, edge = core_and_edge.core, core_and_edge.edge
+    core.stop()
+    reports = Reports()
+    try:
+        paths = ct_study(tmp_path, 1, "RXC7100009")
+        edge.store(*paths, aet="EDGH_CT1")
+        _, _, (sop,) = uids(paths)
+        ae = AE(ae_title="EDGH_CT1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 90
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(
+            "127.0.0.1",
+            edge.port,
+            ae_title="NETPACS",
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)],
+        )
+        assert assoc.is_established
+        request = _request(("1.2.840.10008.5.1.4.1.1.2", sop))
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN)
+        assert int(status.Status) == 0x0000
+        assert not reports.arrived.wait(4), "committed before the core held it"
+    finally:
+        core.start()
+    try:
+        assert reports.arrived.wait(WITHIN), "no report after the core came back"
+    finally:
+        assoc.release()
+    ((event_type, ds),) = reports.received
+    assert event_type == 1
+    assert [i.ReferencedSOPInstanceUID for i in ds.ReferencedSOPSequence] == [sop]
+    assert core_holds(core, paths)

@@ -37,6 +37,7 @@ from netpacs.services.ingest_batch import StoreService
 from netpacs.services.metrics import watch_engine
 from netpacs.services.partners import PartnerFinds
 from netpacs.services.query import QueryService
+from netpacs.services.rejection import RejectionService
 from netpacs.services.report_outputs import ReportOutputs
 from netpacs.services.reporting import (
     WorklistRule,
@@ -70,6 +71,7 @@ class Archive:
     coercion: CoercionService
     retrieve: RetrieveService
     report_outputs: ReportOutputs
+    rejections: RejectionService  # IHE IOCM rejection notes (issue 15)
     _closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
@@ -204,6 +206,13 @@ def build_archive(settings: Settings) -> Archive:
         on_new_instance=ForwardRule() if settings.role == "edge" else None,
     )
     audit = AuditService(writer.execute, source_id=settings.ae_title, append=writer.append)
+    rejections = RejectionService(
+        run=writer.execute,
+        read_engine=read_engine,
+        blobs=blobs,
+        source_id=settings.ae_title,
+        retention_days=region.rejection_retention_days,
+    )
     ingest = IngestService(
         blobs=blobs,
         writer=writer,
@@ -212,6 +221,8 @@ def build_archive(settings: Settings) -> Archive:
         duplicate_policy=settings.duplicate_policy,
         max_object_size=settings.max_object_mb * 1024 * 1024,
         spool_dir=settings.data_dir,
+        # An edge node leaves rejection notes to the core it forwards them to.
+        on_note=rejections.on_stored if settings.role != "edge" else None,
     )
     query = QueryService(
         read_engine,
@@ -245,4 +256,5 @@ def build_archive(settings: Settings) -> Archive:
         report_outputs=ReportOutputs(
             ingest=ingest, region=region, read_engine=read_engine, ae_title=settings.ae_title
         ),
+        rejections=rejections,
     )

@@ -38,6 +38,7 @@ from netpacs.services.edge.status import Heartbeat
 from netpacs.services.jobs.audit_forwarding import AuditForwarding
 from netpacs.services.jobs.claim_expiry import ClaimExpiry
 from netpacs.services.jobs.claiming import Claiming
+from netpacs.services.jobs.rejection_purge import RejectionPurge
 from netpacs.services.jobs.results import StrayResults, Timing, TrustResults
 from netpacs.services.jobs.runner import Job, JobRunner
 from netpacs.services.jobs.sr_sweep import SrSweep
@@ -261,6 +262,7 @@ def archive_jobs(archive: Archive) -> list[Job]:
         SrSweep(ReportsService(scope, outputs=archive.report_outputs), claiming=claiming),
         ClaimExpiry(ClaimsService(scope)),
         StaleStoreAudits(archive.writer.execute, archive.audit),
+        RejectionPurge(archive.rejections),
     ]
 
 

@@ -31,6 +31,7 @@ from netpacs.services.access import BreakGlass
 from netpacs.services.accounts import AccountService, load_secret
 from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit_trail import AuditTrail
+from netpacs.services.commitment import CommitmentService
 from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
@@ -81,6 +82,7 @@ def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = Non
             archive.audit,
             on_completed=OrderedStudies(archive.region).study_completed,
         ),
+        commitment=CommitmentService(archive.read_engine, archive.region, edge=edge is not None),
     )
 
 
@@ -192,6 +194,7 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
             audit=archive.audit,
             source_id=archive.ae_title,
         ),
+        rejections=archive.rejections,
         reconciliation=ReconciliationService(
             archive.write_engine, MergeService(archive.write_engine), source_id=archive.ae_title
         ),

@@ -84,7 +84,10 @@ class StoreOutcome:
 
 
 class DuplicatePolicy(enum.Enum):
-    """What to do with a SOP Instance UID already stored with different content."""
+    """What to do with a SOP Instance UID already stored with different content. The
+    same instance in other bytes (another transfer syntax, a lossless recompression) is
+    not different content: it is a success that keeps the stored copy under every
+    policy (services/same_instance.py)."""
 
     REJECT = "reject"
     KEEP_FIRST = "keep-first"

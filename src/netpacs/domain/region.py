@@ -210,6 +210,9 @@ class Region:
     edges: tuple[EdgeNode, ...] = ()
     # The neighbouring networks (issue 14).
     networks: tuple[Network, ...] = ()
+    # Days the instances an IOCM rejection note hid are kept (an undo can bring them
+    # back) before the retention job deletes them (issue 15, services/rejection.py).
+    rejection_retention_days: float = 30.0
     _by_title: dict[str, ApplicationEntity] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

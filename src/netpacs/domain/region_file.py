@@ -248,6 +248,7 @@ class _RegionFile(_Table):
     adt_feeds: list[_AdtFeed] = []
     edges: list[_Edge] = []
     networks: list[NetworkTable] = []
+    rejection_retention_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
 
 
 # What is wrong, by pydantic error type, after "where: 'key'".
@@ -445,6 +446,7 @@ def _region(doc: _RegionFile, base: Path | None) -> Region:
         aes=tuple(_aes(doc)),
         reporting=_reporting(doc.reporting, {t.ods_code for t in trusts}),
         regional_adt_facilities=tuple(doc.regional_adt_facilities),
+        rejection_retention_days=doc.rejection_retention_days,
     )
     region = dataclasses.replace(
         region, adt_feeds=_adt_feeds(doc, region), edges=_edges(doc, region, base)

@@ -573,3 +573,44 @@ performed_step = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
 )
 sa.Index(None, performed_step.c.study_instance_uid)
+
+# IHE IOCM rejection notes (issue 15, services/rejection.py): one row per Key Object
+# Selection rejection note received, with what it did and whether a PACS administrator
+# undid it or the retention job purged what it rejected.
+rejection = sa.Table(
+    "rejection",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("note_sop_instance_uid", UID, nullable=False, unique=True),
+    sa.Column("code_value", sa.String(16), nullable=False),
+    sa.Column("code_meaning", sa.String(), nullable=False, server_default=""),
+    sa.Column("study_instance_uid", UID, nullable=False, server_default=""),
+    sa.Column("patient_id", sa.String(), nullable=False, server_default=""),
+    sa.Column("issuer", sa.String(), nullable=False, server_default=""),
+    sa.Column("sender", sa.String(), nullable=False, server_default=""),  # AE title or user
+    sa.Column("sender_trust", sa.String(), nullable=True),
+    sa.Column("received_at", TS, nullable=False),
+    sa.Column("referenced", sa.Integer(), nullable=False),  # instances the note names
+    sa.Column("rejected", sa.Integer(), nullable=False),  # of them, hidden by it
+    sa.Column("undone_at", TS, nullable=True),
+    sa.Column("undone_by", sa.String(), nullable=True),
+    sa.Column("purged_at", TS, nullable=True),
+)
+sa.Index(None, rejection.c.received_at)
+
+# The index rows a rejection took out of ``instance`` (and of ``series`` and ``study``
+# when it left them empty), as JSON, so that every query and retrieve stops seeing
+# them at once and an undo puts them back as they were. The note itself is kept here
+# too (``is_note``): hidden from normal queries, as dcm4chee keeps it.
+rejected_instance = sa.Table(
+    "rejected_instance",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("rejection_fk", sa.ForeignKey("rejection.id"), nullable=False, index=True),
+    sa.Column("sop_instance_uid", UID, nullable=False, unique=True),
+    sa.Column("blob_key", sa.String(), nullable=False, unique=True),
+    sa.Column("is_note", sa.Boolean(), nullable=False),
+    sa.Column("instance_row", sa.Text(), nullable=False),
+    sa.Column("series_row", sa.Text(), nullable=False),
+    sa.Column("study_row", sa.Text(), nullable=False),
+)

@@ -53,6 +53,9 @@ class Event(enum.Enum):
     RETRIEVE = (_dcm("110104", "DICOM Instances Transferred"), None, "R")
     EXPORT = (_dcm("110106", "Export"), None, "R")
     DELETE = (_dcm("110105", "DICOM Study Deleted"), None, "D")
+    # IHE IOCM: instances hidden by a rejection note, and put back by an undo.
+    REJECT = (_dcm("110103", "DICOM Instances Accessed"), None, "D")
+    RESTORE = (_dcm("110103", "DICOM Instances Accessed"), None, "U")
     PATIENT_RECORD = (_dcm("110110", "Patient Record"), None, "U")
     PATIENT_RECORD_READ = (_dcm("110110", "Patient Record"), None, "R")  # a report read
     LOGIN = (_dcm("110114", "User Authentication"), _dcm("110122", "Login"), "E")

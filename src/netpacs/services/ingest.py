@@ -61,6 +61,8 @@ from netpacs.index.records import (
 from netpacs.index.writer import IndexWriter, WriteResult, WriteStatus
 from netpacs.services import metrics
 from netpacs.services.deflate import inflated
+from netpacs.services.rejection import KEY_OBJECT_SELECTION
+from netpacs.services.same_instance import COMPARE_MAX, content_difference
 from netpacs.services.spool import ObjectTooLarge, Spool
 from netpacs.storage.blobstore import BlobStore, new_blob_key
 
@@ -201,8 +203,11 @@ class IngestService:
         duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT,
         max_object_size: int = MAX_OBJECT_SIZE,
         spool_dir: Path | None = None,
+        on_note: Callable[[InstanceRecord, Origin], None] | None = None,
     ) -> None:
         self._blobs = blobs
+        # Told of every Key Object Selection stored (the rejection notes, IHE IOCM).
+        self._on_note = on_note
         self._writer = writer
         self._region = region
         self._ae_title = ae_title
@@ -530,6 +535,12 @@ class IngestService:
         else:  # a failed copy leaves no CRC; _commit answers it without using the record's
             record = build_record(obj, origin, blob_key=key, crc=crc[0] if crc else 0)
         outcome = self._commit(obj, record, write, origin)
+        if (
+            self._on_note is not None
+            and record.instance.sop_class_uid == KEY_OBJECT_SELECTION
+            and outcome.status in (StoreStatus.STORED, StoreStatus.ALREADY_STORED)
+        ):
+            self._on_note(record, origin)
         return dataclasses.replace(
             outcome,
             sop_class_uid=record.instance.sop_class_uid,
@@ -592,12 +603,29 @@ class IngestService:
     def _duplicate(
         self, obj: ParsedObject, record: InstanceRecord, existing: dict[str, Any], origin: Origin
     ) -> StoreOutcome:
+        """A SOP Instance UID the index already holds. The same bytes, or the same
+        instance in other bytes (another transfer syntax, a lossless recompression: see
+        ``same_instance``), is a success that keeps the stored copy. Other content
+        under the UID is settled by the duplicate policy: refused (``reject``), the
+        first copy kept (``keep-first``) or the new one kept (``replace``)."""
         sop_uid = record.instance.sop_instance_uid
         new_key = record.instance.blob_key
-        if self._same_content(obj, existing):
+        who = origin.ae_title or origin.user or origin.protocol.value
+        if self._same_bytes(obj, existing):
             self._discard(new_key)
             return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid)
-        who = origin.ae_title or origin.user or origin.protocol.value
+        difference = self._content_difference(obj, existing)
+        if difference is None:
+            self._discard(new_key)
+            log.info(
+                "SOP Instance %s from %s is the stored instance in other bytes (%s, stored "
+                "as %s): success, the stored copy kept",
+                sop_uid,
+                who,
+                obj.transfer_syntax_uid,
+                existing["transfer_syntax_uid"],
+            )
+            return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid, "the same instance")
         if self._policy is DuplicatePolicy.REPLACE:
             try:
                 old = self._writer.replace(record)
@@ -608,29 +636,37 @@ class IngestService:
                 return self._contradicts(old, record, origin)
             if old["blob_key"] != new_key:  # the same key: a retried, already done replace
                 self._discard(old["blob_key"])
-            log.warning("replaced SOP Instance %s with different content from %s", sop_uid, who)
+            log.warning(
+                "replaced SOP Instance %s with different content from %s: %s",
+                sop_uid,
+                who,
+                difference,
+            )
             return StoreOutcome(StoreStatus.REPLACED, sop_uid)
         self._discard(new_key)
         if self._policy is DuplicatePolicy.KEEP_FIRST:
             log.warning(
-                "kept first copy of SOP Instance %s; ignored different content from %s",
+                "kept first copy of SOP Instance %s; ignored different content from %s: %s",
                 sop_uid,
                 who,
+                difference,
             )
             return StoreOutcome(StoreStatus.ALREADY_STORED, sop_uid, "kept the first copy")
         log.error(
-            "refused SOP Instance %s from %s: already stored with different content "
+            "refused SOP Instance %s from %s: already stored with different content, %s "
             "(duplicate policy 'reject'; set NETPACS_DUPLICATE_POLICY to change)",
             sop_uid,
             who,
+            difference,
         )
         return StoreOutcome(
             StoreStatus.CONFLICT,
             sop_uid,
-            "this SOP Instance UID is already stored with different content",
+            f"stored with other content: {difference}"[:64],
         )
 
-    def _same_content(self, obj: ParsedObject, existing: dict[str, Any]) -> bool:
+    def _same_bytes(self, obj: ParsedObject, existing: dict[str, Any]) -> bool:
+        """The fast path: the data set bytes equal the stored copy's."""
         size = len(obj.dataset)
         if existing["blob_size"] - existing["dataset_offset"] != size:
             return False
@@ -646,6 +682,22 @@ class IngestService:
                 if f.read(len(piece)) != piece:
                     return False
         return True
+
+    def _content_difference(self, obj: ParsedObject, existing: dict[str, Any]) -> str | None:
+        """None when the stored copy holds the same instance as ``obj`` in other bytes,
+        else what differs (``same_instance``); objects too large to compare differ."""
+        size = len(obj.head) + len(obj.dataset)
+        if max(size, int(existing["blob_size"])) > COMPARE_MAX:
+            return "too large to compare with the stored copy"
+        if obj.chunks is None:
+            received = bytes(obj.head) + bytes(obj.dataset)
+        else:
+            received = bytes(obj.head) + b"".join(bytes(p) for p in obj.chunks())
+        try:
+            stored = self._blobs.get_range(existing["blob_key"], 0, int(existing["blob_size"]))
+        except OSError as exc:
+            return f"the stored copy cannot be read: {exc}"
+        return content_difference(stored, received)
 
 
 def _with_crc(

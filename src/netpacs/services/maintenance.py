@@ -33,7 +33,7 @@ from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, FileMeta, read
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import Region
 from netpacs.index.records import InstanceRecord
-from netpacs.index.schema import instance, patient, series, study
+from netpacs.index.schema import instance, patient, rejected_instance, series, study
 from netpacs.index.writer import IndexWriter, WriteStatus
 from netpacs.services.ingest import (
     InvalidObject,
@@ -230,12 +230,16 @@ def _still_indexed(engine: sa.Engine, problem: BlobProblem) -> bool:
 
 
 def _indexed_keys(engine: sa.Engine, keys: Iterable[str]) -> set[str]:
+    """The keys an index row points at: an instance's, or one a rejection note hid
+    (kept until the retention job deletes it, services.rejection)."""
+    wanted = list(keys)
+    hidden = rejected_instance.c.blob_key
     with engine.connect() as conn:
         return set(
             conn.execute(
-                sa.select(instance.c.blob_key).where(instance.c.blob_key.in_(list(keys)))
+                sa.select(instance.c.blob_key).where(instance.c.blob_key.in_(wanted))
             ).scalars()
-        )
+        ) | set(conn.execute(sa.select(hidden).where(hidden.in_(wanted))).scalars())
 
 
 def _age(blobs: BlobStore, key: str, now: float) -> float | None:

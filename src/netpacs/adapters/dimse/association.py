@@ -471,7 +471,7 @@ class Association(asyncio.BufferedProtocol):
         if field == c.C_CANCEL_RQ:
             self.cancelled.add(msg.command.get_int(c.MESSAGE_ID_BEING_RESPONDED_TO))
             return
-        if field == c.C_STORE_RSP:
+        if field in (c.C_STORE_RSP, c.N_EVENT_REPORT_RSP):  # answers to our requests
             fut = self.store_waiters.pop(msg.command.get_int(c.MESSAGE_ID_BEING_RESPONDED_TO), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg.command)

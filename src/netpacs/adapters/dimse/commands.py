@@ -20,6 +20,11 @@ C_MOVE_RSP = 0x8021
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 C_CANCEL_RQ = 0x0FFF
+# DIMSE-N used by Storage Commitment (PS3.7 10.3.1, 10.3.4; adapters/dimse/commitment.py)
+N_EVENT_REPORT_RQ = 0x0100
+N_EVENT_REPORT_RSP = 0x8100
+N_ACTION_RQ = 0x0130
+N_ACTION_RSP = 0x8130
 
 # -- DIMSE-N for MPPS (PS3.7 10.3.3 N-SET, 10.3.5 N-CREATE; issue 15) --
 N_SET_RQ = 0x0120
@@ -49,9 +54,11 @@ FAILED = 0x1022
 WARNING = 0x1023
 MOVE_ORIGINATOR_AE = 0x1030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
-# -- DIMSE-N elements used by MPPS (issue 15) --
+# -- DIMSE-N elements used by MPPS and Storage Commitment (issue 15) --
 ERROR_ID = 0x0903
 REQUESTED_SOP_INSTANCE_UID = 0x1001
+EVENT_TYPE_ID = 0x1002
+ACTION_TYPE_ID = 0x1008
 
 _US = frozenset(
     {
@@ -67,6 +74,8 @@ _US = frozenset(
         WARNING,
         MOVE_ORIGINATOR_MESSAGE_ID,
         ERROR_ID,
+        EVENT_TYPE_ID,
+        ACTION_TYPE_ID,
     }
 )
 _UID = frozenset(

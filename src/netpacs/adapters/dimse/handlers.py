@@ -23,6 +23,7 @@ from netpacs.adapters.dimse import commands as c
 from netpacs.adapters.dimse import mpps, worklist
 from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.association import Association, Message
+from netpacs.adapters.dimse.commitment import CommitmentRequests
 from netpacs.adapters.dimse.negotiation import (
     DECOMPRESS_TO,
     DEFLATED,
@@ -34,6 +35,7 @@ from netpacs.adapters.dimse.negotiation import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
+    STORAGE_COMMITMENT,
     STORAGE_SOP_CLASSES,
     STUDY_ROOT_FIND,
     STUDY_ROOT_GET,
@@ -45,6 +47,7 @@ from netpacs.adapters.dimse.scu import SubOpCounts, send_to
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
+from netpacs.services.commitment import CommitmentService
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.orders.mpps import MppsService
@@ -83,6 +86,8 @@ class DimseServices:
     # -- orders: modality worklist and MPPS (issue 15) --
     worklist: ModalityWorklist | None = None
     mpps: MppsService | None = None
+    # Storage Commitment SCP (issue 15; None: not offered)
+    commitment: CommitmentService | None = None
 
     def for_principal(self, principal: Principal) -> DimseServices:
         """The same services answering for the calling AE (access and audit)."""
@@ -99,6 +104,7 @@ _NEEDS = {
     c.C_FIND_RQ: Capability.QUERY,
     c.C_MOVE_RQ: Capability.SEND,
     c.C_GET_RQ: Capability.RETRIEVE,
+    c.N_ACTION_RQ: Capability.STORE,  # Storage Commitment: a sender asks about its stores
 }
 
 
@@ -116,6 +122,7 @@ class AssociationHandlers:
         self.busy = False
         # Every C-STORE of the association, audited per study when it ends.
         self._stores = services.stores.batch(self.principal, assoc.origin)
+        self._commitments: CommitmentRequests | None = None  # on its first N-ACTION
 
     def data_spool(self, command: c.Command, context_id: int) -> Spool:
         """Where the data set of ``command`` is collected as it arrives: a C-STORE's
@@ -134,6 +141,14 @@ class AssociationHandlers:
                 sop_instance_uid=command.get_str(c.AFFECTED_SOP_INSTANCE_UID),
             )
         return self._stores.spool()
+
+    def _commitment(self) -> CommitmentRequests:
+        if self._commitments is None:
+            assert self.s.commitment is not None
+            self._commitments = CommitmentRequests(
+                self.s.commitment, self.assoc, executor=self.s.executor, ae_title=self.s.ae_title
+            )
+        return self._commitments
 
     async def finish(self) -> None:
         """The association ended (released, aborted or dropped): audit its stores."""
@@ -185,6 +200,12 @@ class AssociationHandlers:
             await self.c_move(msg)
         elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET, STUDY_ROOT_GET):
             await self.c_get(msg)
+        elif (
+            field == c.N_ACTION_RQ
+            and ctx.abstract_syntax == STORAGE_COMMITMENT
+            and self.s.commitment is not None
+        ):
+            await self._commitment().n_action(msg)
         else:
             rsp = field | 0x8000 if field < 0x8000 else field
             self._reply(

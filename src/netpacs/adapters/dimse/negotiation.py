@@ -18,6 +18,7 @@ from netpacs.services.access import Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 
 VERIFICATION = "1.2.840.10008.1.1"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Push Model SOP Class (PS3.4 J.3)
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
@@ -128,7 +129,11 @@ class Negotiator:
         abstract = ctx.abstract_syntax
         if abstract in STORAGE_SOP_CLASSES:
             allowed: frozenset[str] | tuple[str, ...] = STORAGE_TRANSFER_SYNTAXES
-        elif abstract == VERIFICATION or abstract in QUERY_RETRIEVE or abstract in WORKFLOW:
+        elif (
+            abstract in (VERIFICATION, STORAGE_COMMITMENT)
+            or abstract in QUERY_RETRIEVE
+            or abstract in WORKFLOW
+        ):
             allowed = UNCOMPRESSED
         else:
             return p.AcceptedContext(

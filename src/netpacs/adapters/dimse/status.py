@@ -11,7 +11,6 @@ WARNING_SUBOPS = 0xB000  # C-MOVE/C-GET: one or more sub-operations failed
 # C-FIND at an edge node: the core did not answer; the matches are the edge's cache's
 # (a Warning class status with an Error Comment saying so; issue 13).
 FIND_FROM_CACHE = 0xB000
-DUPLICATE_SOP_INSTANCE = 0x0111
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: Refused: Not Authorized (an access refusal)
 UNRECOGNIZED_OPERATION = 0x0211
@@ -28,6 +27,11 @@ MALFORMED_UID = 0xC002
 # A "Cannot understand" code, not A7xx "Out of resources": senders retry A7xx as a passing
 # condition, and this refusal is final until a person reconciles the identities.
 PATIENT_CONTRADICTS_STUDY = 0xC003
+# A SOP Instance UID already stored with other content (policy ``reject``). Not 0111
+# "Duplicate SOP Instance": PS3.7 C.5 gives that to N-CREATE only, and DCMTK names it
+# "Unknown Status" in a C-STORE-RSP; a Cxxx code it names "Error: Cannot understand",
+# final (not an A7xx a sender retries), with the difference in the Error Comment.
+STORED_WITH_OTHER_CONTENT = 0xC004
 
 _INVALID: dict[InvalidReason, int] = {
     InvalidReason.UNPARSABLE: CANNOT_UNDERSTAND,
@@ -44,7 +48,7 @@ _STORE: dict[StoreStatus, int] = {
     StoreStatus.STORED: SUCCESS,
     StoreStatus.ALREADY_STORED: SUCCESS,
     StoreStatus.REPLACED: SUCCESS,
-    StoreStatus.CONFLICT: DUPLICATE_SOP_INSTANCE,
+    StoreStatus.CONFLICT: STORED_WITH_OTHER_CONTENT,
     StoreStatus.FAILED: OUT_OF_RESOURCES,
 }
 

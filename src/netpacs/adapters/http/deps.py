@@ -27,6 +27,7 @@ from netpacs.services.metadata import MetadataService
 from netpacs.services.metrics import Scrape
 from netpacs.services.query import QueryService
 from netpacs.services.reconciliation import ReconciliationService
+from netpacs.services.rejection import RejectionService
 from netpacs.services.reporting import (
     ClaimsService,
     ReportsService,
@@ -63,6 +64,7 @@ class HttpServices:
     imaging_studies: ImagingStudyService
     study_list: StudyListService
     deletion: DeletionService
+    rejections: RejectionService  # IHE IOCM rejection notes: list, undo (issue 15)
     reconciliation: ReconciliationService
     break_glass: BreakGlass
     audit_trail: AuditTrail

@@ -62,6 +62,7 @@ NAVIGATION: tuple[tuple[Capability, Link], ...] = (
     (Capability.REPORT, Link("/worklist", "Worklist")),
     (Capability.REPORT, Link("/turnaround", "Turnaround")),
     (Capability.RECONCILE, Link("/reconciliation", "Reconciliation")),
+    (Capability.DELETE, Link("/rejections", "Rejections")),
     (Capability.READ_AUDIT, Link("/audit", "Audit trail")),
     (Capability.BREAK_GLASS, Link("/break-glass", "Break-glass")),
     (Capability.SEE_EDGES, Link("/edges", "Edge nodes")),
