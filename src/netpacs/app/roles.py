@@ -21,6 +21,7 @@ from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
 from netpacs.app import edge_read
 from netpacs.app.container import Archive, Edge, build_archive, build_edge, edge_figures
+from netpacs.app.federation import dicomweb_peer, federated_search
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
@@ -148,6 +149,7 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         archive.read_engine, archive.write_engine, archive.region, archive.audit, archive.access
     )
     reading = edge_read.read_through(archive, edge)
+    peers = dicomweb_peer(settings)
     return HttpServices(
         region=archive.region,
         query=archive.query,
@@ -206,6 +208,7 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         # -- edge: edge-prefetch --
         change_feed=ChangeFeed(archive.read_engine) if settings.role == "core" else None,
         prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
+        federation=federated_search(archive, settings, peers),
     )
 
 

@@ -203,6 +203,25 @@ class Settings(BaseSettings):
         description="seconds of work one query (C-FIND, QIDO-RS, FHIR search, study list) "
         "may take; a longer one is stopped: QIDO-RS 503, C-FIND Out of Resources (A700)",
     )
+    # -- federation with the neighbouring networks (issue 14) ---------------------------------
+    federation_max_answer_mb: float = Field(
+        default=4.0,
+        gt=0,
+        le=256,
+        description="MiB of one network's QIDO-RS answer read at most; a larger one is "
+        "given up with a warning naming the network",
+    )
+    federation_max_studies: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="studies of one patient kept from one network's answer",
+    )
+    federation_max_retrieve_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="MiB of one WADO-RS answer passed through from another network",
+    )
     # -- DIMSE limits and shutdown (issue 17) -------------------------------------------------
     dimse_associate_timeout: float = Field(
         default=30.0,

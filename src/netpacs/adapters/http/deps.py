@@ -19,6 +19,7 @@ from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.edge.serving import EdgeServing
+from netpacs.services.federation import FederatedSearch
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -76,6 +77,8 @@ class HttpServices:
     # -- edge: edge-read --
     edge_read: ReadThrough | None = None  # an edge node: reads through to the core
     edge_serving: EdgeServing | None = None  # a core: answers its edge nodes' questions
+    # -- federation (issue 14) --
+    federation: FederatedSearch | None = None  # the other networks (None: none configured)
 
     @property
     def principal(self) -> Principal:
@@ -96,6 +99,7 @@ class HttpServices:
             study_list=self.study_list.for_principal(principal),
             deletion=self.deletion.for_principal(principal),
             edges=self.edges.for_principal(principal) if self.edges else None,
+            federation=self.federation.for_principal(principal) if self.federation else None,
         )
 
 

@@ -1,0 +1,95 @@
+"""The federation gateway over HTTP (issue 14): other networks' studies in a QIDO-RS
+answer (``includenetworks=true``), and the names of networks that did not answer as
+``Warning`` values (PS3.18 8.3.3.4; RFC 7234 5.5 warn-code 299).
+
+A remote study's RetrieveURL (0008,1190) is our pass-through of the network that holds
+it, ``/dicomweb/networks/<name>/studies/<uid>`` (a DICOMweb network), and its Retrieve
+AE Title (0008,0054) the network's AE (a DIMSE network): each answer says which
+network holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Request
+
+from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, services
+from netpacs.adapters.http.errors import HttpError
+from netpacs.domain.federation import (
+    ISSUER_OF_PATIENT_ID,
+    RETRIEVE_AE_TITLE,
+    RETRIEVE_URL,
+    FederatedAnswer,
+    RemoteStudy,
+)
+from netpacs.domain.networks import Protocol
+from netpacs.domain.nhs_number import is_nhs_issuer
+from netpacs.domain.query import QueryLevel
+from netpacs.services.federation import FederationRefused
+
+NETWORKS_ROOT = f"{DICOMWEB_ROOT}/networks"
+
+
+def nhs_number_asked(request: Request, level: QueryLevel) -> str:
+    """The NHS number an ``includenetworks=true`` search asks for; 400 otherwise."""
+    params = request.query_params
+    if level is not QueryLevel.STUDY:
+        raise HttpError(400, "includenetworks is for a search of studies (/dicomweb/studies)")
+    numbers = params.getlist("PatientID") or params.getlist("00100020")
+    issuers = params.getlist("IssuerOfPatientID") or params.getlist("00100021")
+    if len(numbers) != 1 or len(issuers) != 1 or not is_nhs_issuer(issuers[0].strip()):
+        raise HttpError(
+            400,
+            "includenetworks=true needs PatientID=<NHS number>&IssuerOfPatientID=NHS: "
+            "other networks are asked by NHS number only",
+        )
+    return numbers[0].strip()
+
+
+def warning(network: str, why: str) -> str:
+    """A ``Warning`` header value naming a network (quotes and controls removed)."""
+    text = "".join(c for c in f"{network}: {why}" if c.isprintable() and c not in '"\\')
+    return f'299 netpacs "{text[:200]}"'
+
+
+def ask_networks(request: Request, nhs_number: str) -> FederatedAnswer:
+    """The federated search for the request's user: 400 for a number that is not an NHS
+    number, 403 when the user may not ask about this patient."""
+    svc = services(request)
+    if svc.federation is None:
+        return FederatedAnswer(nhs_number, refused="no other networks are configured")
+    try:
+        return svc.federation.search(nhs_number)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    except FederationRefused as exc:
+        raise HttpError(403, f"other networks not asked: {exc}") from None
+
+
+def remote_dataset(request: Request, study: RemoteStudy) -> dict[str, Any]:
+    """A remote study as a QIDO-RS match, with where to retrieve it."""
+    svc = services(request)
+    dataset = dict(study.dataset)
+    network = svc.region.network(study.network)
+    if network is not None and network.protocol is Protocol.DICOMWEB:
+        url = (
+            f"{base_url(request)}{NETWORKS_ROOT}/{quote(network.name, safe='')}"
+            f"/studies/{study.study_instance_uid}"
+        )
+        dataset[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+    elif network is not None and network.dimse is not None:
+        dataset[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [network.dimse.ae_title]}
+    dataset.setdefault(ISSUER_OF_PATIENT_ID, {"vr": "LO"})
+    return dataset
+
+
+def federated_matches(request: Request, nhs_number: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The other networks' studies of ``nhs_number`` as QIDO-RS matches, and a
+    ``Warning`` value per network that did not answer fully."""
+    answer = ask_networks(request, nhs_number)
+    if answer.refused:
+        return [], [warning("other networks", answer.refused)]
+    matches = [remote_dataset(request, s) for s in answer.studies]
+    return matches, [warning(name, why) for name, why in answer.warnings]

@@ -1,0 +1,107 @@
+"""Another network's DIMSE archive as the federation gateway reaches it (issue 14).
+
+:class:`DimsePeer` sends a Study Root C-FIND at STUDY level (PS3.4 C.4.1, C.6.2) with
+the NHS number as Patient ID (or in the Other Patient IDs Sequence with issuer NHS),
+with pynetdicom as the association requestor. Every wait is bounded by the network's
+timeout (association, DIMSE, network); at most ``max_studies`` pending responses are
+taken, then the association is aborted. Any failure is one
+:class:`~netpacs.domain.federation.PeerAnswerError`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
+
+from netpacs.domain.dicom.header import JsonDataset
+from netpacs.domain.federation import STUDY_ATTRIBUTES, PeerAnswerError
+from netpacs.domain.networks import Network, NhsNumberIn
+
+_MAX_PDU = 64 * 1024  # the largest PDU we accept from a peer
+_PENDING = (0xFF00, 0xFF01)
+
+
+class DimsePeer:
+    """The DIMSE networks, as we ask them (one association per search)."""
+
+    def __init__(self, *, our_ae_title: str, max_studies: int) -> None:
+        self.our_ae_title = our_ae_title
+        self.max_studies = max_studies
+
+    def _identifier(self, network: Network, nhs_number: str) -> Dataset:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        for tag in STUDY_ATTRIBUTES:
+            ds.add_new(int(tag, 16), STUDY_ATTRIBUTES[tag], "")
+        if network.nhs_number_in is NhsNumberIn.PATIENT_ID:
+            ds.PatientID = nhs_number
+        else:
+            item = Dataset()
+            item.PatientID = nhs_number
+            item.IssuerOfPatientID = "NHS"
+            ds.OtherPatientIDsSequence = Sequence([item])
+        return ds
+
+    def find_studies(self, network: Network, nhs_number: str) -> list[JsonDataset]:
+        """The study identifiers the network answers, as DICOM JSON (each still to be
+        checked); :class:`PeerAnswerError` when it cannot be asked or fails."""
+        access = network.dimse
+        assert access is not None
+        if access.tls:
+            raise PeerAnswerError("DICOM TLS to other networks is not supported yet")
+        timeout = network.timeout_seconds
+        deadline = time.monotonic() + timeout
+        ae = AE(ae_title=self.our_ae_title)
+        ae.acse_timeout = timeout
+        ae.dimse_timeout = timeout
+        ae.network_timeout = timeout
+        ae.connection_timeout = timeout
+        ae.maximum_pdu_size = _MAX_PDU
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        try:
+            assoc = ae.associate(
+                access.host, access.port, ae_title=access.ae_title, max_pdu=_MAX_PDU
+            )
+        except Exception as exc:  # pynetdicom raises little, but a socket may
+            raise PeerAnswerError(f"cannot associate: {exc}") from None
+        if not assoc.is_established:
+            raise PeerAnswerError("association refused or no answer")
+        found: list[JsonDataset] = []
+        complete = False
+        try:
+            responses = assoc.send_c_find(
+                self._identifier(network, nhs_number), StudyRootQueryRetrieveInformationModelFind
+            )
+            for status, identifier in responses:
+                code = getattr(status, "Status", None)
+                if code is None:
+                    raise PeerAnswerError("no C-FIND response in time")
+                if code == 0x0000:
+                    complete = True
+                    break
+                if code not in _PENDING:
+                    raise PeerAnswerError(f"C-FIND failed with status 0x{code:04X}")
+                if identifier is not None:
+                    found.append(_json(identifier))
+                if len(found) > self.max_studies or time.monotonic() > deadline:
+                    break  # the rest is not read: the association is aborted below
+        finally:
+            if assoc.is_established:
+                if complete:
+                    assoc.release()
+                else:
+                    assoc.abort()
+        return found
+
+
+def _json(identifier: Any) -> JsonDataset:
+    try:
+        out: JsonDataset = identifier.to_json_dict(bulk_data_threshold=1024)
+        return out
+    except Exception as exc:  # a malformed identifier: pydicom decodes lazily
+        raise PeerAnswerError(f"an identifier that cannot be read: {str(exc)[:80]}") from None
