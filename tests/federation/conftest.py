@@ -62,6 +62,8 @@ def networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Networks]:
         kent.upload(*sorted(other.glob("*.dcm")))
         yield Networks(london, kent, wessex, studies)
     finally:
+        for peer in started:  # all at once: each takes a few seconds to stop
+            peer.proc.terminate()
         for peer in started:
             peer.stop()
 

@@ -37,6 +37,7 @@ from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.link import LinkState
 from netpacs.services.edge.nodes import EdgeNodes
+from netpacs.services.federation import RemoteStudies
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -150,6 +151,7 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
     )
     reading = edge_read.read_through(archive, edge)
     peers = dicomweb_peer(settings)
+    federation = federated_search(archive, settings, peers)
     return HttpServices(
         region=archive.region,
         query=archive.query,
@@ -208,7 +210,9 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         # -- edge: edge-prefetch --
         change_feed=ChangeFeed(archive.read_engine) if settings.role == "core" else None,
         prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
-        federation=federated_search(archive, settings, peers),
+        federation=federation,
+        remote=RemoteStudies(federation) if federation else None,
+        remote_wire=peers if federation else None,
     )
 
 

@@ -137,22 +137,35 @@ def holds_nhs_number(dataset: Any, nhs_number: str, *, in_other_ids: bool) -> bo
     """Whether a peer's answer item is of the patient with ``nhs_number``: its Patient
     ID, or (``in_other_ids``) an Other Patient IDs item with issuer NHS. A peer that
     ignores our matching key must not show us other patients."""
-    if _text(dataset, PATIENT_ID) == nhs_number:
+    if text_of(dataset, PATIENT_ID) == nhs_number:
         return True
     if not in_other_ids or not isinstance(dataset, dict):
         return False
     element = dataset.get(OTHER_PATIENT_IDS_SEQUENCE)
     items = element.get("Value") if isinstance(element, dict) else None
     return isinstance(items, list) and any(
-        _text(item, PATIENT_ID) == nhs_number and _text(item, ISSUER_OF_PATIENT_ID) == "NHS"
+        text_of(item, PATIENT_ID) == nhs_number and text_of(item, ISSUER_OF_PATIENT_ID) == "NHS"
         for item in items[:_MAX_VALUES]
     )
 
 
-def _text(dataset: Any, tag: str) -> str:
+def text_of(dataset: Any, tag: str) -> str:
     """The first value of ``tag`` in untrusted DICOM JSON when it is a string, else ''."""
     element = dataset.get(tag) if isinstance(dataset, dict) else None
     values = element.get("Value") if isinstance(element, dict) else None
     if isinstance(values, list) and values and isinstance(values[0], str):
         return values[0].strip()
+    return ""
+
+
+def nhs_number_of(dataset: Any, *, in_other_ids: bool) -> str:
+    """The NHS number a peer's answer item carries where the network keeps it ('' when
+    none): its Patient ID, or the Other Patient IDs item with issuer NHS."""
+    if not in_other_ids:
+        return text_of(dataset, PATIENT_ID)
+    element = dataset.get(OTHER_PATIENT_IDS_SEQUENCE) if isinstance(dataset, dict) else None
+    items = element.get("Value") if isinstance(element, dict) else None
+    for item in items[:_MAX_VALUES] if isinstance(items, list) else []:
+        if text_of(item, ISSUER_OF_PATIENT_ID) == "NHS":
+            return text_of(item, PATIENT_ID)
     return ""

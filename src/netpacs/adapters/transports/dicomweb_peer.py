@@ -131,8 +131,6 @@ class DicomwebPeer:
     def find_studies(self, network: Network, nhs_number: str) -> list[JsonDataset]:
         """The raw study items the network answers for ``nhs_number`` (each still to be
         checked); :class:`PeerAnswerError` for anything else than a bounded JSON array."""
-        access = network.dicomweb
-        assert access is not None
         if network.nhs_number_in is NhsNumberIn.PATIENT_ID:
             params = {"PatientID": nhs_number}
         else:
@@ -140,7 +138,20 @@ class DicomwebPeer:
                 "OtherPatientIDsSequence.PatientID": nhs_number,
                 "OtherPatientIDsSequence.IssuerOfPatientID": "NHS",
             }
-        params |= {"includefield": _INCLUDE, "limit": str(self.max_studies + 1)}
+        return self._qido(network, params | {"limit": str(self.max_studies + 1)})
+
+    def find_study(self, network: Network, study_instance_uid: str) -> list[JsonDataset]:
+        """The network's answer for one study (with its patient's identifiers)."""
+        params = {"StudyInstanceUID": study_instance_uid, "limit": "2"}
+        if network.nhs_number_in is NhsNumberIn.OTHER_PATIENT_IDS:
+            params["includefield"] = "OtherPatientIDsSequence"
+        return self._qido(network, params)
+
+    def _qido(self, network: Network, params: dict[str, str]) -> list[JsonDataset]:
+        access = network.dicomweb
+        assert access is not None
+        params = {**params, "includefield": f"{_INCLUDE},{params.get('includefield', '')}"}
+        params["includefield"] = params["includefield"].rstrip(",")
         timeout = network.timeout_seconds
         deadline = time.monotonic() + timeout
         try:

@@ -33,11 +33,13 @@ class DimsePeer:
         self.our_ae_title = our_ae_title
         self.max_studies = max_studies
 
-    def _identifier(self, network: Network, nhs_number: str) -> Dataset:
+    @staticmethod
+    def _identifier(network: Network, nhs_number: str, study_uid: str = "") -> Dataset:
         ds = Dataset()
         ds.QueryRetrieveLevel = "STUDY"
         for tag in STUDY_ATTRIBUTES:
             ds.add_new(int(tag, 16), STUDY_ATTRIBUTES[tag], "")
+        ds.StudyInstanceUID = study_uid
         if network.nhs_number_in is NhsNumberIn.PATIENT_ID:
             ds.PatientID = nhs_number
         else:
@@ -50,6 +52,13 @@ class DimsePeer:
     def find_studies(self, network: Network, nhs_number: str) -> list[JsonDataset]:
         """The study identifiers the network answers, as DICOM JSON (each still to be
         checked); :class:`PeerAnswerError` when it cannot be asked or fails."""
+        return self._find(network, self._identifier(network, nhs_number))
+
+    def find_study(self, network: Network, study_instance_uid: str) -> list[JsonDataset]:
+        """The network's identifier of one study (with its patient's identifiers)."""
+        return self._find(network, self._identifier(network, "", study_instance_uid))
+
+    def _find(self, network: Network, query: Dataset) -> list[JsonDataset]:
         access = network.dimse
         assert access is not None
         if access.tls:
@@ -74,9 +83,7 @@ class DimsePeer:
         found: list[JsonDataset] = []
         complete = False
         try:
-            responses = assoc.send_c_find(
-                self._identifier(network, nhs_number), StudyRootQueryRetrieveInformationModelFind
-            )
+            responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
             for status, identifier in responses:
                 code = getattr(status, "Status", None)
                 if code is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import copy
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol as TypingProtocol
@@ -52,6 +53,46 @@ class Asker(TypingProtocol):
 
     def find_studies(self, network: Network, nhs_number: str) -> list[JsonDataset]: ...
 
+    def find_study(self, network: Network, study_instance_uid: str) -> list[JsonDataset]:
+        """The network's answers for one Study Instance UID (whose patient it is)."""
+        ...
+
+
+class FoundStudies:
+    """Remote studies a user found, for a while (bounded; thread-safe)."""
+
+    TTL = 900.0  # seconds
+    MAX = 20_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._opened: set[tuple[str, str]] = set()
+
+    def add(self, user: str, study_uid: str, network: str, nhs_number: str) -> None:
+        with self._lock:
+            if len(self._entries) >= self.MAX:
+                self._entries.clear()
+                self._opened.clear()
+            self._entries[(user, study_uid)] = (network, nhs_number, time.monotonic() + self.TTL)
+            self._opened.discard((user, study_uid))
+
+    def get(self, user: str, study_uid: str) -> tuple[str, str] | None:
+        """(network, NHS number) of a study ``user`` found lately, or None."""
+        with self._lock:
+            entry = self._entries.get((user, study_uid))
+        if entry is None or entry[2] < time.monotonic():
+            return None
+        return entry[0], entry[1]
+
+    def first_open(self, user: str, study_uid: str) -> bool:
+        """True the first time ``user`` opens the study since it was found (to audit)."""
+        with self._lock:
+            if (user, study_uid) in self._opened:
+                return False
+            self._opened.add((user, study_uid))
+            return True
+
 
 class FederationRefused(Exception):
     """The principal may not ask other networks about this patient (message says why)."""
@@ -83,6 +124,10 @@ class FederatedSearch:
         self._pool = cf.ThreadPoolExecutor(
             max_workers=max(4, 4 * len(self.networks)), thread_name_prefix="federation"
         )
+        # The remote studies each user found or opened lately (user, Study UID) ->
+        # (network, NHS number, until): a cache of what a search established, so the
+        # viewer's many requests for one study need not ask the networks again.
+        self.found = FoundStudies()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -90,6 +135,30 @@ class FederatedSearch:
     @property
     def principal(self) -> Principal:
         return self._principal
+
+    @property
+    def pool(self) -> cf.ThreadPoolExecutor:
+        return self._pool
+
+    def asker(self, network: Network) -> Asker | None:
+        return self._askers.get(network.protocol)
+
+    def record(
+        self, event: Event, nhs_number: str, studies: list[str], outcome: Outcome, detail: str
+    ) -> None:
+        """An audit record of the principal about the patient with ``nhs_number``."""
+        p = self._principal
+        self._audit.record(
+            AuditRecord(
+                event=event,
+                actor=p.actor(),
+                outcome=outcome,
+                purpose=Purpose.HOPERAT if p.role is Role.ADMIN else Purpose.TREAT,
+                patients=[(nhs_number, "NHS")],
+                study_uids=studies,
+                detail=detail,
+            )
+        )
 
     def for_principal(self, principal: Principal) -> FederatedSearch:
         scoped = copy.copy(self)
@@ -153,6 +222,10 @@ class FederatedSearch:
                     )
                 )
         answer = FederatedAnswer(number, tuple(outcomes))
+        for remote in answer.studies:
+            self.found.add(
+                self._principal.user_id, remote.study_instance_uid, remote.network, number
+            )
         detail = "federated study search: " + "; ".join(_summary(o) for o in outcomes)
         self._record(
             number, [s.study_instance_uid for s in answer.studies], Outcome.SUCCESS, detail
