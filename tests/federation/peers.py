@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pydicom
 
+from netpacs.app.settings import BUNDLED_DEMO_REGION
 from netpacs.synthetic import write_ct_series
-from tests.conftest import BUNDLED_DEMO_REGION, free_port, wait_until
+from tests.conftest import free_port, wait_until
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
