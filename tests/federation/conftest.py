@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HttpApp, _IndexTemplates, http_app_on
+from tests.browser.conftest import (  # noqa: F401 (the browser tests' fixtures)
+    _close_pages,
+    browser,
+    viewer_installed,
+)
+from tests.conftest import HttpApp, Netpacs, _IndexTemplates, http_app_on
 from tests.federation.peers import (
     NHS,
     Orthanc,
@@ -19,7 +24,7 @@ from tests.federation.peers import (
     region_with_networks,
     start_orthanc,
 )
-from tests.hl7.conftest import Ack, adt
+from tests.hl7.conftest import Ack, MllpClient, adt
 from tests.hl7.test_regional_record import send_study
 
 LOCAL_ID = "R900123"  # the patient's East Surrey hospital number
@@ -68,7 +73,7 @@ def networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Networks]:
             peer.stop()
 
 
-def cared_for_patient(app: HttpApp, folder: Path) -> str:
+def cared_for_patient(app: HttpApp | Netpacs, folder: Path) -> str:
     """The test patient registered at East Surrey (RTP) by ADT with their NHS number,
     and one study of theirs in our archive; its Study UID."""
     message = adt(
@@ -80,7 +85,14 @@ def cared_for_patient(app: HttpApp, folder: Path) -> str:
         sex="F",
         facility="RTP",
     )
-    ack = Ack(app.adt(message))
+    if isinstance(app, HttpApp):
+        ack = Ack(app.adt(message))
+    else:
+        client = MllpClient(app.mllp_port)
+        try:
+            ack = client.send(message)
+        finally:
+            client.close()
     assert ack.code == "AA", ack.text
     return send_study(
         app, folder, aet="ESH_CT1", patient_id=LOCAL_ID, issuer="RTP", name="FED^FIONA", nhs=NHS

@@ -86,6 +86,10 @@ def remote_retrieve(request: Request, name: str, study: str, tail: str = "") -> 
     svc = services(request)
     network = _network(svc, name, study)
     json_answer = tail.endswith(("/metadata", "/series")) or tail.endswith("/instances")
+    if "/instances/" in tail and tail.endswith("/thumbnail"):
+        # An instance's thumbnail is a small rendered image (PS3.18 10.4.1.1.3): asked
+        # as such, since archives without the thumbnail resource (Orthanc) render.
+        tail = tail.removesuffix("/thumbnail") + "/rendered"
     return _pass(request, svc, network, f"studies/{study}{tail}", metadata=json_answer)
 
 
@@ -93,12 +97,12 @@ def _pass(
     request: Request, svc: HttpServices, network: Network, path: str, *, metadata: bool
 ) -> Response:
     _, wire = _remote(svc)
+    # Commas as themselves: some archives (Orthanc) do not decode %2C in viewport=w,h.
+    query = re.sub("%2[Cc]", ",", request.url.query)
     stack = contextlib.ExitStack()
     try:
         status, kind, chunks = stack.enter_context(
-            wire.stream(
-                network, path, accept=request.headers.get("accept"), params=request.url.query
-            )
+            wire.stream(network, path, accept=request.headers.get("accept"), params=query)
         )
         if status >= 500 or status in (401, 403, 407):
             raise HttpError(502, f"{network.name} answered HTTP {status}")

@@ -205,10 +205,10 @@ class DicomwebPeer:
             headers = self._headers(network, timeout)
             if accept:
                 headers["Accept"] = accept
+            url = f"{access.url}/{path}" + (f"?{params}" if params else "")
             with self._client(network).stream(
                 "GET",
-                f"{access.url}/{path}",
-                params=params,
+                url,
                 headers=headers,
                 # The first byte within the network's timeout; a large body may take longer.
                 timeout=httpx.Timeout(timeout * 5, connect=timeout),

@@ -1,0 +1,106 @@
+"""A clinician at East Surrey in Chromium: the study list with "Include other networks"
+shows the patient's studies here and at London, Kent and Wessex with the network that
+holds each, and names a network that did not answer; a Kent study opens in OHIF
+(pixels drawn, no failed request), passed through netpacs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from tests.browser.conftest import (
+    FIRST_IMAGE_PROBE,
+    Traffic,
+    image_stats,
+    signed_in_page,
+    wait_for_first_image,
+)
+from tests.conftest import Netpacs
+from tests.federation.conftest import Networks, cared_for_patient
+from tests.federation.peers import NHS, Silent, dicomweb_network
+
+
+@pytest.fixture(scope="module")
+def server(
+    networks: Networks, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Netpacs, str, Silent]]:
+    """A real netpacs (SQLite) asking London, Kent, Wessex, and Dover (which hangs)."""
+    folder = tmp_path_factory.mktemp("served")
+    dover = Silent()
+    region = networks.region(folder / "region.toml", extra=dicomweb_network("Dover", dover.url))
+    netpacs = Netpacs(
+        data_dir=folder / "data",
+        database_url=f"sqlite:///{folder / 'index.sqlite'}",
+        region_file=region,
+    )
+    netpacs.start()
+    try:
+        yield netpacs, cared_for_patient(netpacs, folder / "local"), dover
+    finally:
+        netpacs.stop()
+        dover.stop()
+
+
+def test_the_study_list_includes_other_networks_with_a_network_column_and_a_note(
+    server: tuple[Netpacs, str, Silent], networks: Networks, browser: Browser
+) -> None:
+    netpacs, local, _ = server
+    page = signed_in_page(browser, netpacs, "rtp.clinician")
+    page.goto(f"{netpacs.base_url}/studies?patient_id={NHS}")
+    assert page.locator("tr[data-network]").count() == 0  # not asked unless chosen
+    page.get_by_label("Include other networks").check()
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_url("**/studies?*networks=1*")
+    rows = {
+        row.get_attribute("data-study"): row.locator("td.network").inner_text()
+        for row in page.locator("tbody tr[data-study]").all()
+    }
+    expected = {local: "this region"} | {
+        uid: name for name, uids in networks.studies.items() for uid in uids
+    }
+    assert rows == expected
+    assert page.get_by_role("columnheader", name="Network").is_visible()
+    note = page.locator("#network-note").inner_text()
+    assert "Dover (no answer within 2 s)" in note
+    assert "Kent" not in note and "London" not in note and "Wessex" not in note
+
+
+def test_a_kent_study_opens_in_the_viewer_with_pixels_and_no_failed_request(
+    server: tuple[Netpacs, str, Silent],
+    networks: Networks,
+    browser: Browser,
+    viewer_installed: Path,
+    tmp_path: Path,
+) -> None:
+    netpacs, _, _ = server
+    kent_study = networks.studies["Kent"][0]
+    page = signed_in_page(
+        browser, netpacs, "rtp.clinician", viewport={"width": 1280, "height": 900}
+    )
+    traffic = Traffic()
+    traffic.attach(page)
+    page.add_init_script(FIRST_IMAGE_PROBE)
+    page.goto(f"{netpacs.base_url}/studies?patient_id={NHS}&networks=1")
+    link = page.locator(f'tr[data-study="{kent_study}"] a').first
+    assert link.get_attribute("href") == f"/viewer?StudyInstanceUIDs={kent_study}"
+    link.click()
+    try:
+        wait_for_first_image(page, timeout_ms=45_000)
+    except PlaywrightTimeoutError:
+        page.screenshot(path=str(tmp_path / "page.png"))
+        pytest.fail(f"no image drawn in 45 s; {traffic.report()}")
+    canvas = page.locator("canvas.cornerstone-canvas").first
+    canvas.wait_for(state="visible")
+    page.wait_for_load_state("networkidle")
+    stats = image_stats(canvas.screenshot())
+    assert stats["distinct"] >= 20, f"the viewport looks blank: {stats}"
+    assert stats["lit"] >= 0.05, f"the viewport looks blank: {stats}"
+    assert not traffic.external, f"requests left the netpacs origin: {traffic.external}"
+    assert not traffic.failed, f"requests failed: {traffic.failed}"
+    assert not traffic.errors, f"netpacs answered with errors: {traffic.errors}"
+    frames = [url for _, url in traffic.responses if kent_study in url and "/frames/" in url]
+    assert frames, traffic.responses
