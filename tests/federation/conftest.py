@@ -47,7 +47,7 @@ class Networks:
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Networks]:
     base = tmp_path_factory.mktemp("networks")
     started: list[Orthanc] = []

@@ -164,3 +164,38 @@ def test_qido_without_includenetworks_asks_no_network(
     assert response.status_code == 200
     assert set(_uids(response.json())) == {local}
     assert rubbish.requests == before
+
+
+def test_fhir_imaging_study_with_include_networks_gives_each_remote_study_its_endpoint(
+    federated_app: tuple[HttpApp, str], networks: Networks
+) -> None:
+    app, local = federated_app
+    params = {
+        "patient.identifier": f"https://fhir.nhs.uk/Id/nhs-number|{NHS}",
+        "_include-networks": "true",
+    }
+    with app.client("rtp.clinician") as client:
+        bundle = client.get("/fhir/ImagingStudy", params=params).json()
+        without = client.get(
+            "/fhir/ImagingStudy", params={"patient.identifier": params["patient.identifier"]}
+        ).json()
+    studies = {
+        e["resource"]["id"]: e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "ImagingStudy"
+    }
+    remote = {uid: name for name, uids in networks.studies.items() for uid in uids}
+    assert set(studies) == {local, *remote}
+    assert bundle["total"] == 1 + len(remote)
+    assert [e["resource"]["id"] for e in without["entry"]] == [local]
+    for uid, name in remote.items():
+        resource = studies[uid]
+        assert resource["subject"]["identifier"]["value"] == NHS
+        assert name in resource["note"][0]["text"]
+        if name == "Wessex":
+            assert "endpoint" not in resource
+        else:
+            address = resource["contained"][0]["address"]
+            assert address.endswith(f"/dicomweb/networks/{name}")
+            assert resource["endpoint"] == [{"reference": "#dicomweb"}]
+    assert not [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
