@@ -1,13 +1,15 @@
-"""A clinician at East Surrey in Chromium: the study list with "Include other networks"
-shows the patient's studies here and at London, Kent and Wessex with the network that
-holds each, and names a network that did not answer; a Kent study opens in OHIF
-(pixels drawn, no failed request), passed through netpacs."""
+"""netpacs serving a region with other networks: a clinician at East Surrey in Chromium
+sees, with "Include other networks", the patient's studies here and at London, Kent
+and Wessex with the network that holds each, and a note naming a network that did not
+answer; a Kent study opens in OHIF (pixels drawn, no failed request), passed through
+netpacs; East Surrey's workstation finds the same studies with C-FIND (DCMTK)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from playwright.sync_api import Browser
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -19,7 +21,7 @@ from tests.browser.conftest import (
     signed_in_page,
     wait_for_first_image,
 )
-from tests.conftest import Netpacs
+from tests.conftest import Netpacs, dcmtk
 from tests.federation.conftest import Networks, cared_for_patient
 from tests.federation.peers import NHS, Silent, dicomweb_network
 
@@ -36,6 +38,7 @@ def server(
         data_dir=folder / "data",
         database_url=f"sqlite:///{folder / 'index.sqlite'}",
         region_file=region,
+        extra_env={"NETPACS_FEDERATION_FIND_AES": "RTP_WS1"},
     )
     netpacs.start()
     try:
@@ -104,3 +107,34 @@ def test_a_kent_study_opens_in_the_viewer_with_pixels_and_no_failed_request(
     assert not traffic.errors, f"netpacs answered with errors: {traffic.errors}"
     frames = [url for _, url in traffic.responses if kent_study in url and "/frames/" in url]
     assert frames, traffic.responses
+
+
+def test_a_workstation_allowed_to_finds_the_networks_studies_with_c_find(
+    server: tuple[Netpacs, str, Silent], networks: Networks, tmp_path: Path
+) -> None:
+    netpacs, local, _ = server
+    result = dcmtk(
+        "findscu", "-S", "-d", "-X", "-aet", "RTP_WS1", "-aec", "NETPACS",
+        "-od", str(tmp_path), "127.0.0.1", str(netpacs.port),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={NHS}",
+        "-k", "IssuerOfPatientID=NHS", "-k", "StudyInstanceUID", "-k", "StudyDate",
+        "-k", "RetrieveAETitle", "-k", "RetrieveURL",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = {}
+    for path in sorted(tmp_path.glob("rsp*.dcm")):
+        ds = pydicom.dcmread(path)
+        found[str(ds.StudyInstanceUID)] = ds
+    remote = {uid: name for name, uids in networks.studies.items() for uid in uids}
+    assert set(found) == {local, *remote}
+    for uid, name in remote.items():
+        ds = found[uid]
+        if name == "Wessex":
+            assert ds.RetrieveAETitle == "WESSEX"
+        else:
+            assert str(ds.RetrieveURL).endswith(f"/dicomweb/networks/{name}/studies/{uid}")
+    assert found[local].RetrieveAETitle == "NETPACS"
+    output = result.stdout + result.stderr
+    # A Warning final status, its Error Comment naming the network that did not answer.
+    final = output[output.index("Final Find Response") :]
+    assert "0xb000" in final.lower() and "no full answer from Dover" in output, final[:3000]

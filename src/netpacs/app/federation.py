@@ -6,7 +6,7 @@ from __future__ import annotations
 from netpacs.adapters.transports.dicomweb_peer import DicomwebPeer
 from netpacs.adapters.transports.dimse_peer import DimsePeer
 from netpacs.app.container import Archive
-from netpacs.app.settings import Settings
+from netpacs.app.settings import Settings, split_list
 from netpacs.domain.networks import Protocol
 from netpacs.services.access import AccessRules
 from netpacs.services.federation import FederatedSearch
@@ -37,4 +37,5 @@ def federated_search(
         audit=archive.audit,
         rules=AccessRules(),
         max_studies=settings.federation_max_studies,
+        find_aes=frozenset(split_list(settings.federation_find_aes)),
     )

@@ -56,8 +56,20 @@ from netpacs.services.studies import StudyListService
 # -- the containers -----------------------------------------------------------------------
 
 
-def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = None) -> DimseServices:
-    """The DIMSE worker's services (each association answers for its calling AE)."""
+def dimse_services(
+    archive: Archive,
+    executor: Executor,
+    edge: Edge | None = None,
+    settings: Settings | None = None,
+) -> DimseServices:
+    """The DIMSE worker's services (each association answers for its calling AE);
+    with ``settings``, the workstations' C-FIND across the other networks (issue 14)."""
+    federation = None
+    if settings is not None and settings.federation_find_aes:
+        federation = federated_search(archive, settings, dicomweb_peer(settings))
+    public_url = settings.public_url.rstrip("/") if settings and settings.public_url else None
+    if settings is not None and public_url is None and settings.effective_http_host != "0.0.0.0":
+        public_url = f"http://{settings.effective_http_host}:{settings.http_port}"
     return DimseServices(
         ae_title=archive.ae_title,
         access=archive.access,
@@ -66,6 +78,8 @@ def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = Non
         retrieve=archive.retrieve,
         executor=executor,
         edge_read=edge_read.read_through(archive, edge),
+        federation=federation,
+        public_url=public_url,
     )
 
 
@@ -251,7 +265,10 @@ def run_dimse(
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dimse")
     try:
         dimse_server.serve(
-            dimse_services(archive, executor, edge), dimse_config(settings), sock, tls_sock
+            dimse_services(archive, executor, edge, settings),
+            dimse_config(settings),
+            sock,
+            tls_sock,
         )
     finally:
         if edge is not None:

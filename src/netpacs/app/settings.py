@@ -217,6 +217,12 @@ class Settings(BaseSettings):
         le=10_000,
         description="studies of one patient kept from one network's answer",
     )
+    federation_find_aes: str = Field(
+        default="",
+        description="comma-separated AE titles of the region's workstations whose "
+        "Study Root C-FIND by NHS number (PatientID with IssuerOfPatientID NHS) also asks "
+        "the other networks; empty: none",
+    )
     federation_max_retrieve_mb: int = Field(
         default=2048,
         ge=1,

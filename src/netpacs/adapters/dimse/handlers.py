@@ -22,6 +22,7 @@ from pynetdicom.dsutils import decode, encode
 from netpacs.adapters.dimse import commands as c
 from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.association import Association, Message
+from netpacs.adapters.dimse.federation import remote_matches
 from netpacs.adapters.dimse.negotiation import (
     DECOMPRESS_TO,
     DEFLATED,
@@ -43,6 +44,7 @@ from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeou
 from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 from netpacs.services.edge.readthrough import ReadThrough
+from netpacs.services.federation import FederatedSearch
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService, Served
@@ -75,6 +77,9 @@ class DimseServices:
     executor: Executor
     # -- edge: edge-read --
     edge_read: ReadThrough | None = None  # an edge node: reads through to the core
+    # -- federation (issue 14) --
+    federation: FederatedSearch | None = None  # workstations' C-FIND across networks
+    public_url: str | None = None  # our HTTP base URL (Retrieve URL of remote studies)
 
     def for_principal(self, principal: Principal) -> DimseServices:
         """The same services answering for the calling AE (access and audit)."""
@@ -82,6 +87,7 @@ class DimseServices:
             self,
             query=self.query.for_principal(principal),
             retrieve=self.retrieve.for_principal(principal),
+            federation=self.federation.for_principal(principal) if self.federation else None,
         )
 
 
@@ -313,6 +319,16 @@ class AssociationHandlers:
                 if len(batch) < _FIND_BATCH or self.assoc.closed:
                     break
                 await asyncio.sleep(0)
+            remote = await self._run(
+                remote_matches, self.s.federation, ident, level, public_url=self.s.public_url
+            )
+            if remote is not None:
+                matches, comment = remote
+                for match in matches:
+                    encoded = await self._run(self._encode_identifier, msg, match)
+                    self._reply(msg, c.C_FIND_RSP, st.PENDING, identifier=encoded)
+                if comment:
+                    final = st.FIND_WITHOUT_SOME_NETWORKS
         except QueryTimeout as exc:
             self._reply(msg, c.C_FIND_RSP, st.OUT_OF_RESOURCES, comment=str(exc))
             return

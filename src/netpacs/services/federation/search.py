@@ -110,8 +110,11 @@ class FederatedSearch:
         audit: AuditService,
         rules: AccessRules,
         max_studies: int,
+        find_aes: frozenset[str] = frozenset(),
         principal: Principal = NOBODY,
     ) -> None:
+        """``find_aes``: the workstations (AE titles) whose C-FIND by NHS number also
+        asks the networks (a setting: an AE is a trust's application, not a person)."""
         self.networks = tuple(networks)
         self._askers = dict(askers)
         self._engine = engine
@@ -119,6 +122,7 @@ class FederatedSearch:
         self._rules = rules
         self._max_studies = max_studies
         self._principal = principal
+        self._find_aes = find_aes
         # Threads are shared by every copy: a network that hangs holds one until its
         # own client's timeout ends the call.
         self._pool = cf.ThreadPoolExecutor(
@@ -166,12 +170,19 @@ class FederatedSearch:
         return scoped
 
     # -- access ----------------------------------------------------------------------------
+    def asks_for_find(self) -> bool:
+        """Whether the principal's C-FIND by NHS number includes the other networks: a
+        workstation named in ``find_aes``."""
+        p = self._principal
+        return p.role is Role.APPLICATION and p.user_id in self._find_aes
+
     def refusal(self, nhs_number: str) -> str | None:
         """Why the principal may not ask other networks about ``nhs_number``, or None."""
         p = self._principal
         if not p.may(Capability.QUERY) or not p.may(Capability.SEE_IMAGING):
             return "you may not search for studies"
-        if p.role not in (Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN, Role.ADMIN):
+        people = (Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN, Role.ADMIN)
+        if p.role not in people and not self.asks_for_find():
             return "only a signed-in clinical user or administrator may ask other networks"
         if p.sees_everything:
             return None
