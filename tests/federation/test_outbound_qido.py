@@ -199,3 +199,18 @@ def test_fhir_imaging_study_with_include_networks_gives_each_remote_study_its_en
             assert address.endswith(f"/dicomweb/networks/{name}")
             assert resource["endpoint"] == [{"reference": "#dicomweb"}]
     assert not [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+
+
+def test_the_report_pages_priors_include_the_other_networks_by_default(
+    federated_app: tuple[HttpApp, str], networks: Networks
+) -> None:
+    app, local = federated_app
+    with app.client("rtp.radiologist") as client:
+        answer = client.get(f"/api/worklist/{local}/priors")
+        ours_only = client.get(f"/api/worklist/{local}/priors", params={"networks": "false"})
+    assert answer.status_code == 200, answer.text
+    held = {p["study_instance_uid"]: p.get("network") for p in answer.json()["priors"]}
+    remote = {uid: name for name, uids in networks.studies.items() for uid in uids}
+    assert held == remote
+    assert "networks_note" not in answer.json()
+    assert ours_only.json()["priors"] == []

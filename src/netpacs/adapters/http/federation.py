@@ -17,6 +17,7 @@ from fastapi import Request
 
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, services
 from netpacs.adapters.http.errors import HttpError
+from netpacs.domain.dicom.header import first_str
 from netpacs.domain.federation import (
     ISSUER_OF_PATIENT_ID,
     RETRIEVE_AE_TITLE,
@@ -25,7 +26,7 @@ from netpacs.domain.federation import (
     RemoteStudy,
 )
 from netpacs.domain.networks import Protocol
-from netpacs.domain.nhs_number import is_nhs_issuer
+from netpacs.domain.nhs_number import is_nhs_issuer, is_valid
 from netpacs.domain.query import QueryLevel
 from netpacs.services.federation import FederationRefused
 
@@ -93,3 +94,41 @@ def federated_matches(request: Request, nhs_number: str) -> tuple[list[dict[str,
         return [], [warning("other networks", answer.refused)]
     matches = [remote_dataset(request, s) for s in answer.studies]
     return matches, [warning(name, why) for name, why in answer.warnings]
+
+
+def with_network_priors(request: Request, answer: dict[str, Any]) -> None:
+    """The report page's priors (``answer``, services.reporting) with the other
+    networks' studies of the patient, newest first, and ``networks_note`` naming the
+    networks that did not answer (nothing when no network is configured, or the
+    patient has no valid NHS number)."""
+    svc = services(request)
+    nhs_number = str(answer.get("study", {}).get("nhs_number") or "")
+    if svc.federation is None or not is_valid(nhs_number):
+        return
+    try:
+        found = svc.federation.search(nhs_number)
+    except (ValueError, FederationRefused) as exc:
+        answer["networks_note"] = f"Other networks not asked: {exc}."
+        return
+    current = answer.get("study", {}).get("study_instance_uid")
+    remote = [
+        {
+            "study_instance_uid": s.study_instance_uid,
+            "study_date": first_str(s.dataset, "00080020"),
+            "modality": ", ".join(
+                str(m) for m in (s.dataset.get("00080061") or {}).get("Value", [])
+            ),
+            "description": first_str(s.dataset, "00081030"),
+            "trust": None,
+            "network": s.network,
+            "report_status": None,
+        }
+        for s in found.studies
+        if s.study_instance_uid != current
+    ]
+    priors = list(answer.get("priors", [])) + remote
+    priors.sort(key=lambda p: str(p.get("study_date") or ""), reverse=True)
+    answer["priors"] = priors
+    failed = "; ".join(f"{name} ({why})" for name, why in found.warnings)
+    if failed:
+        answer["networks_note"] = f"Other networks that did not answer fully: {failed}."
