@@ -85,5 +85,9 @@ def test_a_path_that_is_no_wado_resource_is_refused(
     with app.client("rtp.clinician") as client:
         response = client.get(f"/dicomweb/networks/Kent/studies/{uid}/../../tools/reset")
         unknown = client.get(f"/dicomweb/networks/Nowhere/studies/{uid}/series")
+        dots = client.get(
+            f"/dicomweb/networks/Kent/studies/{uid}/series/1.2/instances/1.3/bulk/%2E%2E/x"
+        )
     assert response.status_code in (400, 404)
+    assert dots.status_code == 400 and "not a WADO-RS resource" in dots.text
     assert unknown.status_code == 404 and "Nowhere" in unknown.text

@@ -81,7 +81,7 @@ def remote_search(request: Request, name: str) -> Response:
 @router.get(f"{NETWORKS_ROOT}/{{name}}/studies/{{study}}{{tail:path}}", summary="Remote WADO-RS")
 def remote_retrieve(request: Request, name: str, study: str, tail: str = "") -> Response:
     check_url_uids(Study=study)
-    if not _TAIL.fullmatch(tail):
+    if not _TAIL.fullmatch(tail) or ".." in tail:
         raise HttpError(400, f"{tail[:80]!r} is not a WADO-RS resource of a study")
     svc = services(request)
     network = _network(svc, name, study)

@@ -180,6 +180,8 @@ class DicomwebPeer:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise PeerAnswerError(f"answer too large ({int(declared):,} bytes)")
+        if response.headers.get("content-encoding", "identity") not in ("identity", ""):
+            raise PeerAnswerError("answered with a content encoding we did not ask for")
         body = bytearray()
         for chunk in response.iter_raw(_CHUNK):
             body += chunk
@@ -187,8 +189,6 @@ class DicomwebPeer:
                 raise PeerAnswerError(f"answer larger than {self.max_bytes:,} bytes: given up")
             if time.monotonic() > deadline:
                 raise PeerAnswerError("no complete answer in time")
-        if response.headers.get("content-encoding", "identity") not in ("identity", ""):
-            raise PeerAnswerError("answered with a content encoding we did not ask for")
         return bytes(body)
 
     # -- WADO-RS pass-through ----------------------------------------------------------------
