@@ -37,13 +37,16 @@ class Networks:
     wessex: Orthanc
     studies: dict[str, list[str]]  # network name -> Study UIDs it holds
 
-    def region(self, path: Path, *, extra: str = "") -> Path:
+    def region(self, path: Path, *, extra: str = "", workstation_port: int | None = None) -> Path:
+        """A region file naming the three networks (and ``extra``); RTP_WS1 at
+        ``workstation_port`` when given."""
         return region_with_networks(
             path,
             dicomweb_network("London", self.london.dicomweb)
             + dicomweb_network("Kent", self.kent.dicomweb)
             + dimse_network("Wessex", self.wessex.aet, self.wessex.dicom_port)
             + extra,
+            workstation_port=workstation_port,
         )
 
 
@@ -52,8 +55,11 @@ def networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Networks]:
     base = tmp_path_factory.mktemp("networks")
     started: list[Orthanc] = []
     try:
+        # Wessex lets our AE retrieve with C-GET.
+        netpacs_ae = {"NETPACS": ["NETPACS", "127.0.0.1", 104]}
         for name, aet in (("London", "LONDON"), ("Kent", "KENT"), ("Wessex", "WESSEX")):
-            started.append(start_orthanc(base / name, name, aet))
+            modalities = netpacs_ae if name == "Wessex" else None
+            started.append(start_orthanc(base / name, name, aet, modalities=modalities))
         london, kent, wessex = started
         studies: dict[str, list[str]] = {"London": [], "Kent": [], "Wessex": []}
         for i, (peer, count) in enumerate(((london, 1), (kent, 2), (wessex, 1))):

@@ -194,9 +194,14 @@ class Silent:
         self.sock.close()
 
 
-def region_with_networks(path: Path, networks: str) -> Path:
-    """The bundled demo region with its ``[[networks]]`` replaced by ``networks``."""
+def region_with_networks(path: Path, networks: str, *, workstation_port: int | None = None) -> Path:
+    """The bundled demo region with its ``[[networks]]`` replaced by ``networks`` (and
+    East Surrey's workstation RTP_WS1 on ``workstation_port``)."""
     text = BUNDLED_DEMO_REGION.read_text()
+    if workstation_port is not None:
+        old = 'ae_title = "RTP_WS1"\nhost = "127.0.0.1"\nport = 11201'
+        assert old in text
+        text = text.replace(old, old.replace("11201", str(workstation_port)))
     start = text.index("[[networks]]")
     path.write_text(text[:start] + networks)
     return path
@@ -212,5 +217,5 @@ def dicomweb_network(name: str, url: str, timeout: float = 2.0) -> str:
 def dimse_network(name: str, aet: str, port: int) -> str:
     return (
         f'[[networks]]\nname = "{name}"\nprotocol = "dimse"\nae_title = "{aet}"\n'
-        f'host = "127.0.0.1"\nport = {port}\n\n'
+        f'host = "127.0.0.1"\nport = {port}\nretrieve = "get"\n\n'
     )

@@ -6,6 +6,7 @@ netpacs; East Surrey's workstation finds the same studies with C-FIND (DCMTK).""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,19 +22,23 @@ from tests.browser.conftest import (
     signed_in_page,
     wait_for_first_image,
 )
-from tests.conftest import Netpacs, dcmtk
+from tests.conftest import Netpacs, dcmtk, workstation
 from tests.federation.conftest import Networks, cared_for_patient
 from tests.federation.peers import NHS, Silent, dicomweb_network
 
 
 @pytest.fixture(scope="module")
 def server(
-    networks: Networks, tmp_path_factory: pytest.TempPathFactory
+    networks: Networks, tmp_path_factory: pytest.TempPathFactory, workstation_port: int
 ) -> Iterator[tuple[Netpacs, str, Silent]]:
     """A real netpacs (SQLite) asking London, Kent, Wessex, and Dover (which hangs)."""
     folder = tmp_path_factory.mktemp("served")
     dover = Silent()
-    region = networks.region(folder / "region.toml", extra=dicomweb_network("Dover", dover.url))
+    region = networks.region(
+        folder / "region.toml",
+        extra=dicomweb_network("Dover", dover.url),
+        workstation_port=workstation_port,
+    )
     netpacs = Netpacs(
         data_dir=folder / "data",
         database_url=f"sqlite:///{folder / 'index.sqlite'}",
@@ -138,3 +143,39 @@ def test_a_workstation_allowed_to_finds_the_networks_studies_with_c_find(
     # A Warning final status, its Error Comment naming the network that did not answer.
     final = output[output.index("Final Find Response") :]
     assert "0xb000" in final.lower() and "no full answer from Dover" in output, final[:3000]
+
+
+def test_a_workstation_moves_a_wessex_study_to_itself_through_the_federation_cache(
+    server: tuple[Netpacs, str, Silent], networks: Networks, workstation_port: int, tmp_path: Path
+) -> None:
+    netpacs, _, _ = server
+    wessex_study = networks.studies["Wessex"][0]
+    found = dcmtk(
+        "findscu", "-S", "-aet", "RTP_WS1", "-aec", "NETPACS", "127.0.0.1", str(netpacs.port),
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={NHS}", "-k", "IssuerOfPatientID=NHS",
+        "-k", "StudyInstanceUID",
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    with workstation(tmp_path / "ws", workstation_port) as received:
+        moved = dcmtk(
+            "movescu", "-S", "-aet", "RTP_WS1", "-aec", "NETPACS", "-aem", "RTP_WS1",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={wessex_study}",
+            "127.0.0.1", str(netpacs.port),
+        )  # fmt: skip
+        assert moved.returncode == 0, moved.stderr
+        files = sorted(received.iterdir())
+    assert len(files) == 2, (files, moved.stderr)
+    assert {str(pydicom.dcmread(f).StudyInstanceUID) for f in files} == {wessex_study}
+    # Kept apart from our archive, with its provenance; not a study of ours.
+    provenance = [
+        json.loads(p.read_text())
+        for p in (netpacs.data_dir / "federation-cache").glob("*/provenance.json")
+    ]
+    assert [(p["network"], p["study_instance_uid"]) for p in provenance] == [
+        ("Wessex", wessex_study)
+    ]
+    assert provenance[0]["retrieved_by"] == "RTP_WS1"
+    ours = netpacs.http.get(
+        f"{netpacs.dicomweb_url}/studies", params={"StudyInstanceUID": wessex_study}
+    )
+    assert ours.status_code in (200, 204) and wessex_study not in ours.text

@@ -3,13 +3,15 @@ search wired to its DICOMweb and DIMSE clients, with the settings' bounds."""
 
 from __future__ import annotations
 
+import functools
+
 from netpacs.adapters.transports.dicomweb_peer import DicomwebPeer
-from netpacs.adapters.transports.dimse_peer import DimsePeer
+from netpacs.adapters.transports.dimse_peer import DimsePeer, get_study
 from netpacs.app.container import Archive
 from netpacs.app.settings import Settings, split_list
 from netpacs.domain.networks import Protocol
 from netpacs.services.access import AccessRules
-from netpacs.services.federation import FederatedSearch
+from netpacs.services.federation import FederatedSearch, RemoteCache
 
 _MIB = 1 << 20
 
@@ -38,4 +40,19 @@ def federated_search(
         rules=AccessRules(),
         max_studies=settings.federation_max_studies,
         find_aes=frozenset(split_list(settings.federation_find_aes)),
+    )
+
+
+def remote_cache(search: FederatedSearch, settings: Settings) -> RemoteCache:
+    """The cache of DIMSE networks' studies, retrieved with C-GET from our AE title."""
+    getter = functools.partial(
+        get_study,
+        our_ae_title=settings.ae_title,
+        max_bytes=settings.federation_max_retrieve_mb * _MIB,
+    )
+    return RemoteCache(
+        settings.data_dir / "federation-cache",
+        search,
+        lambda network, study, into: getter(network, study, into),
+        ttl_hours=settings.federation_cache_hours,
     )

@@ -21,7 +21,7 @@ from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
 from netpacs.app import edge_read
 from netpacs.app.container import Archive, Edge, build_archive, build_edge, edge_figures
-from netpacs.app.federation import dicomweb_peer, federated_search
+from netpacs.app.federation import dicomweb_peer, federated_search, remote_cache
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
@@ -80,6 +80,7 @@ def dimse_services(
         edge_read=edge_read.read_through(archive, edge),
         federation=federation,
         public_url=public_url,
+        remote_cache=remote_cache(federation, settings) if federation and settings else None,
     )
 
 

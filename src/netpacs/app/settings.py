@@ -223,6 +223,12 @@ class Settings(BaseSettings):
         "Study Root C-FIND by NHS number (PatientID with IssuerOfPatientID NHS) also asks "
         "the other networks; empty: none",
     )
+    federation_cache_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="hours a study retrieved from a DIMSE network stays in the federation "
+        "cache (<data dir>/federation-cache), apart from the archive",
+    )
     federation_max_retrieve_mb: int = Field(
         default=2048,
         ge=1,
