@@ -177,6 +177,31 @@ def huge(handler: BaseHTTPRequestHandler) -> None:
         chunk = b" " * (1 << 20)
 
 
+MIXED_STUDY = "1.2.826.0.1.3680043.10.543.14.1"  # a study of the test patient at "Rye"
+
+
+def mixed(handler: BaseHTTPRequestHandler) -> None:
+    """A JSON answer with one good study of the test patient, one of another patient
+    (as an archive that ignores the matching key would send), and one unreadable item."""
+    ours = {
+        "0020000D": {"vr": "UI", "Value": [MIXED_STUDY]},
+        "00100020": {"vr": "LO", "Value": [NHS]},
+        "00081030": {"vr": "LO", "Value": ["CT CHEST"]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "FED^FIONA"}]},
+        "00201208": {"vr": "IS", "Value": ["12"]},
+        "7FE00010": {"vr": "OB", "InlineBinary": "AAAA"},  # not a study attribute: dropped
+    }
+    other = {**ours, "00100020": {"vr": "LO", "Value": ["9990001243"]}}
+    other["0020000D"] = {"vr": "UI", "Value": ["1.2.826.0.1.3680043.10.543.14.2"]}
+    unreadable = {"00100020": {"vr": "LO", "Value": [NHS]}, "0020000D": {"Value": ["x y"]}}
+    body = json.dumps([ours, other, unreadable, "not an object"]).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/dicom+json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class Silent:
     """A TCP port that accepts connections and never answers (a hung archive)."""
 

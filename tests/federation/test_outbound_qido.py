@@ -16,7 +16,16 @@ import sqlalchemy as sa
 from netpacs.index.schema import audit_event, study
 from tests.conftest import HttpApp, _IndexTemplates, free_port, http_app_on
 from tests.federation.conftest import Networks, cared_for_patient
-from tests.federation.peers import NHS, BadPeer, Silent, dicomweb_network, garbage, huge
+from tests.federation.peers import (
+    MIXED_STUDY,
+    NHS,
+    BadPeer,
+    Silent,
+    dicomweb_network,
+    garbage,
+    huge,
+    mixed,
+)
 
 SEARCH = {"PatientID": NHS, "IssuerOfPatientID": "NHS", "includenetworks": "true"}
 _RETRIEVE_URL, _RETRIEVE_AE, _STUDY_UID, _PATIENT_ID = (
@@ -103,9 +112,10 @@ def troubled_app(
     index_templates: _IndexTemplates,
 ) -> Iterator[tuple[HttpApp, str, BadPeer, BadPeer]]:
     """London answers; Kent hangs; Wessex is stopped (nothing listens); Dover answers
-    garbage; Hastings starts a 10 GB answer."""
+    garbage; Hastings starts a 10 GB answer; Rye mixes another patient's study and
+    unreadable items with one of ours."""
     folder = tmp_path_factory.mktemp("troubled")
-    silent, rubbish, endless = Silent(), BadPeer(garbage), BadPeer(huge)
+    silent, rubbish, endless, rye = Silent(), BadPeer(garbage), BadPeer(huge), BadPeer(mixed)
     closed = free_port()
     region = networks.region(folder / "region.toml")
     text = region.read_text()
@@ -118,12 +128,13 @@ def troubled_app(
         f'host = "127.0.0.1"\nport = {closed}\n\n'
         + dicomweb_network("Dover", rubbish.url)
         + dicomweb_network("Hastings", endless.url)
+        + dicomweb_network("Rye", rye.url)
     )
     try:
         with http_app_on(index_templates, "sqlite", folder / "app", region_file=region) as app:
             yield app, cared_for_patient(app, folder / "local"), rubbish, endless
     finally:
-        for peer in (silent, rubbish, endless):
+        for peer in (silent, rubbish, endless, rye):
             peer.stop()
 
 
@@ -139,8 +150,14 @@ def test_networks_that_fail_are_named_and_the_search_answers_within_2_5_s(
         elapsed = time.monotonic() - started
     assert response.status_code == 200, response.text
     assert elapsed < 2.5, f"the search took {elapsed:.2f} s"
-    assert set(_uids(response.json())) == {local, *networks.studies["London"]}
+    found = _uids(response.json())
+    assert set(found) == {local, *networks.studies["London"], MIXED_STUDY}
+    assert set(found[MIXED_STUDY]) == {  # only study attributes, cleaned
+        "0020000D", "00100020", "00081030", "00100010", "00201208", "00100021", "00081190"
+    }  # fmt: skip
+    assert found[MIXED_STUDY]["00201208"]["Value"] == [12]  # type: ignore[index]
     warning = response.headers["warning"]
+    assert '"Rye: 2 answers that could not be read were left out; 1 answers of another' in warning
     assert '"Kent: no answer within 2 s"' in warning
     assert '"Wessex: ' in warning
     assert '"Dover: answered something that is not JSON"' in warning

@@ -268,6 +268,9 @@ class FederatedSearch:
         seen: set[str] = set()
         bad = other = 0
         for item in items[: self._max_studies + 1]:
+            if not isinstance(item, dict):
+                bad += 1
+                continue
             if not holds_nhs_number(item, nhs_number, in_other_ids=in_other):
                 other += 1
                 continue
