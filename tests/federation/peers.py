@@ -180,9 +180,10 @@ def huge(handler: BaseHTTPRequestHandler) -> None:
 MIXED_STUDY = "1.2.826.0.1.3680043.10.543.14.1"  # a study of the test patient at "Rye"
 
 
-def mixed(handler: BaseHTTPRequestHandler) -> None:
+def mixed(handler: BaseHTTPRequestHandler, also: list[str] | None = None) -> None:
     """A JSON answer with one good study of the test patient, one of another patient
-    (as an archive that ignores the matching key would send), and one unreadable item."""
+    (as an archive that ignores the matching key would send), and one unreadable item;
+    and a copy of each study UID in ``also`` (studies we hold too)."""
     ours = {
         "0020000D": {"vr": "UI", "Value": [MIXED_STUDY]},
         "00100020": {"vr": "LO", "Value": [NHS]},
@@ -194,7 +195,8 @@ def mixed(handler: BaseHTTPRequestHandler) -> None:
     other = {**ours, "00100020": {"vr": "LO", "Value": ["9990001243"]}}
     other["0020000D"] = {"vr": "UI", "Value": ["1.2.826.0.1.3680043.10.543.14.2"]}
     unreadable = {"00100020": {"vr": "LO", "Value": [NHS]}, "0020000D": {"Value": ["x y"]}}
-    body = json.dumps([ours, other, unreadable, "not an object"]).encode()
+    copies = [{**ours, "0020000D": {"vr": "UI", "Value": [uid]}} for uid in also or []]
+    body = json.dumps([ours, other, unreadable, "not an object", *copies]).encode()
     handler.send_response(200)
     handler.send_header("Content-Type", "application/dicom+json")
     handler.send_header("Content-Length", str(len(body)))

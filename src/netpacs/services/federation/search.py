@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -38,7 +39,7 @@ from netpacs.domain.federation import (
 )
 from netpacs.domain.networks import Network, NhsNumberIn, Protocol
 from netpacs.domain.nhs_number import parse
-from netpacs.index.schema import patient
+from netpacs.index.schema import patient, study
 from netpacs.services.access import NOBODY, AccessRules, Capability, Principal, Role
 from netpacs.services.audit import AuditRecord, AuditService, Event, Outcome, Purpose
 
@@ -232,7 +233,7 @@ class FederatedSearch:
                         seconds=waited,
                     )
                 )
-        answer = FederatedAnswer(number, tuple(outcomes))
+        answer = FederatedAnswer(number, tuple(self._not_ours(outcomes)))
         for remote in answer.studies:
             self.found.add(
                 self._principal.user_id, remote.study_instance_uid, remote.network, number
@@ -242,6 +243,29 @@ class FederatedSearch:
             number, [s.study_instance_uid for s in answer.studies], Outcome.SUCCESS, detail
         )
         return answer
+
+    def _not_ours(self, outcomes: list[NetworkOutcome]) -> list[NetworkOutcome]:
+        """The outcomes without the studies we hold too (the same Study Instance UID, as
+        after an image exchange): ours is the one listed and opened."""
+        uids = [s.study_instance_uid for o in outcomes for s in o.studies]
+        if not uids:
+            return outcomes
+        with self._engine.connect() as conn:
+            held = set(
+                conn.execute(
+                    sa.select(study.c.study_instance_uid).where(
+                        study.c.study_instance_uid.in_(uids[:1000])
+                    )
+                ).scalars()
+            )
+        if not held:
+            return outcomes
+        return [
+            dataclasses.replace(
+                o, studies=tuple(s for s in o.studies if s.study_instance_uid not in held)
+            )
+            for o in outcomes
+        ]
 
     def _ask(self, network: Network, nhs_number: str) -> NetworkOutcome:
         started = time.monotonic()
