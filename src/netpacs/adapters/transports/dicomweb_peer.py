@@ -164,6 +164,8 @@ class DicomwebPeer:
                 if response.status_code != 200:
                     raise PeerAnswerError(f"answered HTTP {response.status_code}")
                 body = self._read(response, deadline)
+        except httpx.TimeoutException:
+            raise PeerAnswerError(f"no answer within {timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise PeerAnswerError(_why(exc)) from None
         if not body.strip():
