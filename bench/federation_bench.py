@@ -10,9 +10,11 @@ directly, one after the other, with netpacs's own clients (QIDO-RS through
 then ``GET /dicomweb/studies?PatientID=<nhs>&IssuerOfPatientID=NHS&includenetworks=true``
 at netpacs (signed in as ``rtp.admin``). The ratio of a round is the federated time over
 the slowest direct time; the target is a median of at most 1.2. Exits non-zero when a
-federated answer lacks a study or carries a Warning.
+federated answer lacks a study or carries a Warning. ``--viewer N`` then times the
+viewer's first image of a Kent study opened through netpacs against a local one
+(target at most 1.5x).
 
-    .venv/bin/python bench/federation_bench.py [--rounds 30] [--studies 20]
+    .venv/bin/python bench/federation_bench.py [--rounds 30] [--studies 20] [--viewer 5]
 """
 
 from __future__ import annotations
@@ -81,11 +83,79 @@ def region(path: Path, london: sb.Receiver, kent: sb.Receiver, wessex: sb.Receiv
     return path
 
 
+# The time cornerstone first drew an image (as tests/browser/conftest.py measures it).
+FIRST_IMAGE_PROBE = """
+    window.__firstImage = null;
+    window.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => {
+        if (window.__firstImage === null) window.__firstImage = performance.now();
+    }, true);
+"""
+
+
+def viewer_rounds(
+    n: int, workdir: Path, kent: sb.Receiver, netpacs: sb.Receiver, token: str
+) -> None:
+    """First image of a 60-slice 256x256 CT that Kent holds (passed through netpacs)
+    against one netpacs holds, in headless Chromium, alternately, a fresh context each."""
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    remote_dir, local_dir = workdir / "viewer-kent", workdir / "viewer-local"
+    remote = write_ct_series(remote_dir, 60, rows=256, columns=256, patient_id=NHS, seed=7)
+    local = write_ct_series(local_dir, 60, rows=256, columns=256, patient_id=NHS, seed=8)
+    with httpx.Client(timeout=60) as client:
+        for path in remote:
+            url = f"http://{sb.HOST}:{kent.http_port}/instances"
+            client.post(url, content=path.read_bytes()).raise_for_status()
+    subprocess.run(
+        ["storescu", "-aet", "ESH_CT1", "-aec", "NETPACS", sb.HOST, str(netpacs.port)]
+        + [str(p) for p in local],
+        check=True,
+        capture_output=True,
+    )
+    uids = {
+        "Kent (through netpacs)": str(pydicom.dcmread(remote[0]).StudyInstanceUID),
+        "netpacs (local)": str(pydicom.dcmread(local[0]).StudyInstanceUID),
+    }
+    base = f"http://{sb.HOST}:{netpacs.http_port}"
+    headers = {"Authorization": f"Bearer {token}"}
+    params = {"PatientID": NHS, "IssuerOfPatientID": "NHS", "includenetworks": "true"}
+    httpx.get(f"{base}/dicomweb/studies", params=params, headers=headers).raise_for_status()
+    times: dict[str, list[float]] = {name: [] for name in uids}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        for _ in range(n):
+            for name, uid in uids.items():
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                context.add_cookies([{"name": "netpacs_session", "value": token, "url": base}])
+                page = context.new_page()
+                page.add_init_script(FIRST_IMAGE_PROBE)
+                page.goto(f"{base}/viewer?StudyInstanceUIDs={uid}", wait_until="commit")
+                page.wait_for_function("() => window.__firstImage !== null", timeout=60_000)
+                times[name].append(float(page.evaluate("window.__firstImage")) / 1000)
+                context.close()
+        browser.close()
+    for name, xs in times.items():
+        print(f"  first image, {name}: median {statistics.median(xs):.2f} s ({n} runs)")
+    ratio = statistics.median(times["Kent (through netpacs)"]) / statistics.median(
+        times["netpacs (local)"]
+    )
+    print(f"  ratio remote / local first image: {ratio:.2f} (target <= 1.5)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--studies", type=int, default=20, help="studies of the patient per network")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument(
+        "--viewer",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time the viewer's first image of a Kent study against a local one, N each",
+    )
     args = p.parse_args()
     if not Path(wb.DICOMWEB_PLUGIN).exists():
         print("Orthanc's DICOMweb plugin is missing: apt-get install orthanc-dicomweb")
@@ -164,6 +234,8 @@ def main() -> int:
                     slowest.append(max(times))
                     ratios.append(elapsed / max(times))
         web.close()
+        if args.viewer:
+            viewer_rounds(args.viewer, workdir, kent, netpacs, token)
         ms = lambda xs: f"{statistics.median(xs) * 1000:.1f} ms"  # noqa: E731
         print(f"{args.rounds} rounds, {args.studies} studies per network, 3 networks")
         for name, xs in per_network.items():
