@@ -130,9 +130,19 @@ def viewer_rounds(
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 context.add_cookies([{"name": "netpacs_session", "value": token, "url": base}])
                 page = context.new_page()
+                errors: list[str] = []
+                page.on(
+                    "response",
+                    lambda r, errors=errors: (
+                        errors.append(f"{r.status} {r.url}") if r.status >= 400 else None
+                    ),
+                )
                 page.add_init_script(FIRST_IMAGE_PROBE)
                 page.goto(f"{base}/viewer?StudyInstanceUIDs={uid}", wait_until="commit")
-                page.wait_for_function("() => window.__firstImage !== null", timeout=60_000)
+                try:
+                    page.wait_for_function("() => window.__firstImage !== null", timeout=60_000)
+                except Exception:
+                    raise sb.BenchError(f"{name}: no image in 60 s; {errors[:5]}") from None
                 times[name].append(float(page.evaluate("window.__firstImage")) / 1000)
                 context.close()
         browser.close()

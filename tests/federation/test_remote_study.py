@@ -91,3 +91,18 @@ def test_a_path_that_is_no_wado_resource_is_refused(
     assert response.status_code in (400, 404)
     assert dots.status_code == 400 and "not a WADO-RS resource" in dots.text
     assert unknown.status_code == 404 and "Nowhere" in unknown.text
+
+
+def test_a_kent_study_opens_under_our_paths_without_a_search_in_this_process(
+    federated_app: tuple[HttpApp, str], networks: Networks
+) -> None:
+    """As when the viewer's requests reach another HTTP process than the search did:
+    the study is not ours, Kent holds it, and the user may see its patient."""
+    app, _ = federated_app
+    uid = networks.studies["Kent"][1]
+    with app.client("rtp.radiographer") as client:
+        series = client.get(f"/dicomweb/studies/{uid}/series")
+        found = client.get("/dicomweb/studies", params={"StudyInstanceUID": uid})
+    assert series.status_code == 200, series.text
+    assert len(series.json()) == 1
+    assert [m["0020000D"]["Value"] for m in found.json()] == [[uid]]

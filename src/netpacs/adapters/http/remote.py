@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from netpacs.adapters.http.access import requires
@@ -138,7 +139,9 @@ def _read(chunks: Iterator[bytes], network: Network) -> bytes:
 class OpenRemote:
     """ASGI middleware (inside the gate, which identifies the user): a viewer request
     under ``/dicomweb/studies/<uid>`` (or ``/dicomweb/studies?StudyInstanceUID=<uid>``)
-    for a remote study the user found lately goes to the network's path."""
+    for a remote study goes to the network's path (services.federation.remote
+    ``route``: a study the user found lately, else one we do not hold that a network
+    holds and the user may open)."""
 
     _STUDY = re.compile(rf"/dicomweb/studies/({_UID})(/.*)?")
 
@@ -157,7 +160,10 @@ class OpenRemote:
                 uids = query.get("StudyInstanceUID", [])
                 uid = uids[0] if len(uids) == 1 and "," not in uids[0] else ""
             svc: HttpServices | None = scope.get("state", {}).get("services")
-            name = svc.remote.known(uid) if uid and svc and svc.remote else None
+            remote = svc.remote if uid and svc else None
+            name = None
+            if remote is not None:
+                name = remote.known(uid) or await run_in_threadpool(remote.route, uid)
             if name is not None:
                 rest = path[len("/dicomweb/") :]
                 scope = dict(scope)

@@ -13,6 +13,9 @@ after each search is audited (Instances Accessed, naming the network).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
+import threading
+import time
 
 from netpacs.domain.federation import STUDY_UID, PeerAnswerError, nhs_number_of, text_of
 from netpacs.domain.networks import Network, NhsNumberIn, Protocol
@@ -21,15 +24,60 @@ from netpacs.services.access import Principal
 from netpacs.services.audit import Event, Outcome
 from netpacs.services.federation.search import FederatedSearch, FederationRefused
 
+_VERDICT_SECONDS = 60.0  # how long "ours" or "no network holds it" is believed
+_MAX_VERDICTS = 50_000
+
 
 class RemoteStudies:
     """Where a remote study is, for one principal (module doc)."""
 
     def __init__(self, search: FederatedSearch) -> None:
         self._search = search
+        # Study UID (and user, for "no network") -> until: the viewer's many requests
+        # for a study of ours, or one nobody holds, do not each ask again.
+        self._verdicts: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
 
     def for_principal(self, principal: Principal) -> RemoteStudies:
-        return RemoteStudies(self._search.for_principal(principal))
+        scoped = copy.copy(self)
+        scoped._search = self._search.for_principal(principal)
+        return scoped
+
+    def _believed(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            until = self._verdicts.get(key)
+        return until is not None and until > time.monotonic()
+
+    def _believe(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[key] = time.monotonic() + _VERDICT_SECONDS
+
+    def route(self, study_uid: str) -> str | None:
+        """The network whose path a viewer request for ``study_uid`` goes to: a study
+        the principal found lately, else (a request another process's search led to)
+        a study we do not hold that a DICOMweb network holds and the principal may
+        open; None: answer it from our archive."""
+        name = self.known(study_uid)
+        if name is not None:
+            return name
+        if self._search.role_refusal() is not None:
+            return None
+        ours, nowhere = ("", study_uid), (self._search.principal.user_id, study_uid)
+        if self._believed(ours) or self._believed(nowhere):
+            return None
+        if self._search.held_here(study_uid):
+            self._believe(ours)
+            return None
+        try:
+            found = self.locate(study_uid)
+        except FederationRefused:
+            found = None
+        if found is None:
+            self._believe(nowhere)
+            return None
+        return found.name
 
     def passable(self, name: str) -> Network | None:
         """The network ``name`` if its studies can be passed through (DICOMweb)."""

@@ -177,14 +177,22 @@ class FederatedSearch:
         p = self._principal
         return p.role is Role.APPLICATION and p.user_id in self._find_aes
 
-    def refusal(self, nhs_number: str) -> str | None:
-        """Why the principal may not ask other networks about ``nhs_number``, or None."""
+    def role_refusal(self) -> str | None:
+        """Why the principal may not ask other networks about anyone, or None."""
         p = self._principal
         if not p.may(Capability.QUERY) or not p.may(Capability.SEE_IMAGING):
             return "you may not search for studies"
         people = (Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN, Role.ADMIN)
         if p.role not in people and not self.asks_for_find():
             return "only a signed-in clinical user or administrator may ask other networks"
+        return None
+
+    def refusal(self, nhs_number: str) -> str | None:
+        """Why the principal may not ask other networks about ``nhs_number``, or None."""
+        p = self._principal
+        refused = self.role_refusal()
+        if refused is not None:
+            return refused
         if p.sees_everything:
             return None
         visible = self._rules.visible_patients(p)
@@ -243,6 +251,14 @@ class FederatedSearch:
             number, [s.study_instance_uid for s in answer.studies], Outcome.SUCCESS, detail
         )
         return answer
+
+    def held_here(self, study_uid: str) -> bool:
+        """Whether our archive holds a study with this UID (whoever may see it)."""
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)
+            ).first()
+        return found is not None
 
     def _not_ours(self, outcomes: list[NetworkOutcome]) -> list[NetworkOutcome]:
         """The outcomes without the studies we hold too (the same Study Instance UID, as
