@@ -10,6 +10,8 @@ network holds it.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -84,6 +86,23 @@ def remote_dataset(request: Request, study: RemoteStudy) -> dict[str, Any]:
         dataset[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [network.dimse.ae_title]}
     dataset.setdefault(ISSUER_OF_PATIENT_ID, {"vr": "LO"})
     return dataset
+
+
+def federated_in_background(
+    request: Request, nhs_number: str
+) -> cf.Future[tuple[list[dict[str, Any]], list[str]]]:
+    """:func:`federated_matches` started in a thread of its own (its errors are raised
+    by ``result()``)."""
+    future: cf.Future[tuple[list[dict[str, Any]], list[str]]] = cf.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(federated_matches(request, nhs_number))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="federated-qido", daemon=True).start()
+    return future
 
 
 def federated_matches(request: Request, nhs_number: str) -> tuple[list[dict[str, Any]], list[str]]:

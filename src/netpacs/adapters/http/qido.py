@@ -22,7 +22,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
-from netpacs.adapters.http.federation import federated_matches, nhs_number_asked
+from netpacs.adapters.http.federation import federated_in_background, nhs_number_asked
 from netpacs.domain.dicom.header import first_str
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.services.access import Capability
@@ -254,6 +254,9 @@ def _search(
     check_url_uids(Study=scope.get(_STUDY_UID), Series=scope.get(_SERIES_UID))
     identifier = _identifier(request.query_params.multi_items(), includefield, level, scope)
     nhs_number = nhs_number_asked(request, level) if includenetworks else None
+    # The networks are asked while we search our own archive (our time is then hidden
+    # behind the slowest network's).
+    remote = federated_in_background(request, nhs_number) if nhs_number else None
     svc = services(request)
     # A larger limit is answered with at most MAX_RESULTS and a Warning (PS3.18 8.3.4.4).
     capped = limit is None or limit > MAX_RESULTS
@@ -293,9 +296,9 @@ def _search(
         del matches[MAX_RESULTS:]
         warnings.append(_TOO_MANY)
     _with_urls(matches, level, base_url(request) + DICOMWEB_ROOT)
-    if nhs_number is not None:
-        remote, remote_warnings = federated_matches(request, nhs_number)
-        matches += remote
+    if remote is not None:
+        remote_matches, remote_warnings = remote.result()
+        matches += remote_matches
         warnings += remote_warnings
     headers = {"Warning": ", ".join(warnings)} if warnings else None
     return Response(orjson.dumps(matches), media_type=media_type, headers=headers)
