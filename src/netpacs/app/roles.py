@@ -21,6 +21,7 @@ from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
 from netpacs.app import edge_read
 from netpacs.app.container import Archive, Edge, build_archive, build_edge, edge_figures
+from netpacs.app.federation import dicomweb_peer, federated_search, remote_cache
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
@@ -37,6 +38,7 @@ from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.link import LinkState
 from netpacs.services.edge.nodes import EdgeNodes
+from netpacs.services.federation import RemoteStudies
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -60,8 +62,20 @@ from netpacs.services.studies import StudyListService
 # -- the containers -----------------------------------------------------------------------
 
 
-def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = None) -> DimseServices:
-    """The DIMSE worker's services (each association answers for its calling AE)."""
+def dimse_services(
+    archive: Archive,
+    executor: Executor,
+    edge: Edge | None = None,
+    settings: Settings | None = None,
+) -> DimseServices:
+    """The DIMSE worker's services (each association answers for its calling AE);
+    with ``settings``, the workstations' C-FIND across the other networks (issue 14)."""
+    federation = None
+    if settings is not None and settings.federation_find_aes:
+        federation = federated_search(archive, settings, dicomweb_peer(settings))
+    public_url = settings.public_url.rstrip("/") if settings and settings.public_url else None
+    if settings is not None and public_url is None and settings.effective_http_host != "0.0.0.0":
+        public_url = f"http://{settings.effective_http_host}:{settings.http_port}"
     return DimseServices(
         ae_title=archive.ae_title,
         access=archive.access,
@@ -83,6 +97,9 @@ def dimse_services(archive: Archive, executor: Executor, edge: Edge | None = Non
             on_completed=OrderedStudies(archive.region).study_completed,
         ),
         commitment=CommitmentService(archive.read_engine, archive.region, edge=edge is not None),
+        federation=federation,
+        public_url=public_url,
+        remote_cache=remote_cache(federation, settings) if federation and settings else None,
     )
 
 
@@ -170,6 +187,8 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         archive.read_engine, archive.write_engine, archive.region, archive.audit, archive.access
     )
     reading = edge_read.read_through(archive, edge)
+    peers = dicomweb_peer(settings)
+    federation = federated_search(archive, settings, peers)
     return HttpServices(
         region=archive.region,
         query=archive.query,
@@ -233,6 +252,9 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
             else None
         ),
         prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
+        federation=federation,
+        remote=RemoteStudies(federation) if federation else None,
+        remote_wire=peers if federation else None,
     )
 
 
@@ -282,7 +304,10 @@ def run_dimse(
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dimse")
     try:
         dimse_server.serve(
-            dimse_services(archive, executor, edge), dimse_config(settings), sock, tls_sock
+            dimse_services(archive, executor, edge, settings),
+            dimse_config(settings),
+            sock,
+            tls_sock,
         )
     finally:
         if edge is not None:

@@ -203,6 +203,37 @@ class Settings(BaseSettings):
         description="seconds of work one query (C-FIND, QIDO-RS, FHIR search, study list) "
         "may take; a longer one is stopped: QIDO-RS 503, C-FIND Out of Resources (A700)",
     )
+    # -- federation with the neighbouring networks (issue 14) ---------------------------------
+    federation_max_answer_mb: float = Field(
+        default=4.0,
+        gt=0,
+        le=256,
+        description="MiB of one network's QIDO-RS answer read at most; a larger one is "
+        "given up with a warning naming the network",
+    )
+    federation_max_studies: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="studies of one patient kept from one network's answer",
+    )
+    federation_find_aes: str = Field(
+        default="",
+        description="comma-separated AE titles of the region's workstations whose "
+        "Study Root C-FIND by NHS number (PatientID with IssuerOfPatientID NHS) also asks "
+        "the other networks; empty: none",
+    )
+    federation_cache_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="hours a study retrieved from a DIMSE network stays in the federation "
+        "cache (<data dir>/federation-cache), apart from the archive",
+    )
+    federation_max_retrieve_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="MiB of one WADO-RS answer passed through from another network",
+    )
     # -- DIMSE limits and shutdown (issue 17) -------------------------------------------------
     dimse_associate_timeout: float = Field(
         default=30.0,

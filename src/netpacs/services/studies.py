@@ -47,6 +47,7 @@ class StudyFilter:
 
     patient_name: str = ""
     patient_id: str = ""
+    issuer: str = ""  # of the Patient ID ("NHS": every identity linked to the number)
     study_date: str = ""  # DA or a DA range (YYYYMMDD-YYYYMMDD)
     modality: str = ""
 
@@ -56,6 +57,7 @@ class StudyFilter:
             keys[_PATIENT_NAME] = {"vr": "PN", "Value": [{"Alphabetic": self.patient_name}]}
         for tag, vr, value in (
             (_PATIENT_ID, "LO", self.patient_id),
+            ("00100021", "LO", self.issuer),
             (_STUDY_DATE, "DA", self.study_date),
             (_MODALITIES, "CS", self.modality),
         ):

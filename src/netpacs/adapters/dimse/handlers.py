@@ -24,6 +24,7 @@ from netpacs.adapters.dimse import mpps, worklist
 from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.association import Association, Message
 from netpacs.adapters.dimse.commitment import CommitmentRequests
+from netpacs.adapters.dimse.federation import move_remote, remote_matches
 from netpacs.adapters.dimse.negotiation import (
     DECOMPRESS_TO,
     DEFLATED,
@@ -45,10 +46,12 @@ from netpacs.adapters.dimse.negotiation import (
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
+from netpacs.domain.region import ApplicationEntity
 from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 from netpacs.services.commitment import CommitmentService
 from netpacs.services.edge.readthrough import ReadThrough
+from netpacs.services.federation import FederatedSearch, RemoteCache
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.orders.mpps import MppsService
 from netpacs.services.orders.worklist import ModalityWorklist
@@ -88,6 +91,10 @@ class DimseServices:
     mpps: MppsService | None = None
     # Storage Commitment SCP (issue 15; None: not offered)
     commitment: CommitmentService | None = None
+    # -- federation (issue 14) --
+    federation: FederatedSearch | None = None  # workstations' C-FIND across networks
+    public_url: str | None = None  # our HTTP base URL (Retrieve URL of remote studies)
+    remote_cache: RemoteCache | None = None  # C-MOVE of a DIMSE network's study
 
     def for_principal(self, principal: Principal) -> DimseServices:
         """The same services answering for the calling AE (access and audit)."""
@@ -95,6 +102,8 @@ class DimseServices:
             self,
             query=self.query.for_principal(principal),
             retrieve=self.retrieve.for_principal(principal),
+            federation=self.federation.for_principal(principal) if self.federation else None,
+            remote_cache=self.remote_cache.for_principal(principal) if self.remote_cache else None,
         )
 
 
@@ -350,6 +359,16 @@ class AssociationHandlers:
                 if len(batch) < _FIND_BATCH or self.assoc.closed:
                     break
                 await asyncio.sleep(0)
+            remote = await self._run(
+                remote_matches, self.s.federation, ident, level, public_url=self.s.public_url
+            )
+            if remote is not None:
+                matches, comment = remote
+                for match in matches:
+                    encoded = await self._run(self._encode_identifier, msg, match)
+                    self._reply(msg, c.C_FIND_RSP, st.PENDING, identifier=encoded)
+                if comment:
+                    final = st.FIND_WITHOUT_SOME_NETWORKS
         except QueryTimeout as exc:
             self._reply(msg, c.C_FIND_RSP, st.OUT_OF_RESOURCES, comment=str(exc))
             return
@@ -413,6 +432,8 @@ class AssociationHandlers:
         items = await self._select(msg, c.C_MOVE_RSP)
         if items is None:
             return
+        if not items and self.s.remote_cache is not None and await self._moved_remote(msg, dest):
+            return
         loop = asyncio.get_running_loop()
         mid = msg.command.message_id
 
@@ -440,6 +461,33 @@ class AssociationHandlers:
         cancelled = mid in self.assoc.cancelled
         self.assoc.cancelled.discard(mid)
         self._final(msg, c.C_MOVE_RSP, counts, cancelled)
+
+    async def _moved_remote(self, msg: Message, dest: ApplicationEntity) -> bool:
+        """A study another network holds, moved through the federation cache (issue 14);
+        False when the identifier names no such study."""
+        ident, level, _ = self._identifier(msg)
+        try:
+            outcome = await self._run(
+                move_remote,
+                self.s.remote_cache,
+                ident,
+                level,
+                dest,
+                our_ae_title=self.s.ae_title,
+                originator=(self.assoc.calling_ae, msg.command.message_id),
+            )
+        except ConnectionError as exc:
+            self._reply(msg, c.C_MOVE_RSP, st.OUT_OF_RESOURCES_SUBOPS, comment=str(exc))
+            return True
+        if outcome is None:
+            return False
+        if isinstance(outcome, str):
+            self._reply(msg, c.C_MOVE_RSP, st.OUT_OF_RESOURCES_SUBOPS, comment=outcome)
+            return True
+        completed, failed = outcome
+        counts = SubOpCounts(remaining=0, completed=completed, failed=failed)
+        self._final(msg, c.C_MOVE_RSP, counts, False)
+        return True
 
     # -- C-GET -------------------------------------------------------------------------
     async def c_get(self, msg: Message) -> None:

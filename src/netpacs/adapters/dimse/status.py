@@ -11,6 +11,9 @@ WARNING_SUBOPS = 0xB000  # C-MOVE/C-GET: one or more sub-operations failed
 # C-FIND at an edge node: the core did not answer; the matches are the edge's cache's
 # (a Warning class status with an Error Comment saying so; issue 13).
 FIND_FROM_CACHE = 0xB000
+# C-FIND across the other networks (issue 14): some did not answer; the Error Comment
+# names them.
+FIND_WITHOUT_SOME_NETWORKS = 0xB000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: Refused: Not Authorized (an access refusal)
 UNRECOGNIZED_OPERATION = 0x0211

@@ -28,6 +28,7 @@ from netpacs.adapters.http import (
     qido,
     reconciliation,
     rejections,
+    remote,
     rendered,
     reporting,
     stow,
@@ -71,6 +72,7 @@ def create_app(services: HttpServices) -> FastAPI:
         oidc,
         audit_pages,
         stow,
+        remote,
         qido,
         wado,
         wado_frames,
@@ -96,6 +98,8 @@ def create_app(services: HttpServices) -> FastAPI:
     # The gate sees every request before a route or a body read (gate.py); outside it,
     # X-Forwarded-For/-Proto are believed from the trusted proxies only (none: from
     # nobody; uvicorn's own default would believe anyone on 127.0.0.1).
+    if services.remote is not None:  # inside the gate: the user is known (remote.py)
+        app.add_middleware(remote.OpenRemote)
     app.add_middleware(gate.Gate, web=services.web)
     if services.web.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(services.web.trusted_proxies))

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from netpacs.adapters.http.config import WebConfig
 from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.transports.dicomweb_peer import DicomwebPeer
 from netpacs.domain.region import Region
 from netpacs.domain.uids import is_valid_uid
 from netpacs.services.access import BreakGlass, Principal
@@ -19,6 +20,7 @@ from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.edge.serving import EdgeServing
+from netpacs.services.federation import FederatedSearch, RemoteStudies
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -78,6 +80,10 @@ class HttpServices:
     # -- edge: edge-read --
     edge_read: ReadThrough | None = None  # an edge node: reads through to the core
     edge_serving: EdgeServing | None = None  # a core: answers its edge nodes' questions
+    # -- federation (issue 14) --
+    federation: FederatedSearch | None = None  # the other networks (None: none configured)
+    remote: RemoteStudies | None = None  # their studies opened through us
+    remote_wire: DicomwebPeer | None = None  # the DICOMweb client passing them through
 
     @property
     def principal(self) -> Principal:
@@ -98,6 +104,8 @@ class HttpServices:
             study_list=self.study_list.for_principal(principal),
             deletion=self.deletion.for_principal(principal),
             edges=self.edges.for_principal(principal) if self.edges else None,
+            federation=self.federation.for_principal(principal) if self.federation else None,
+            remote=self.remote.for_principal(principal) if self.remote else None,
         )
 
 

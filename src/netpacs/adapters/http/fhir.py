@@ -54,8 +54,10 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from netpacs import __version__
+from netpacs.adapters.http import fhir_networks
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import base_url, services
+from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.fhir_resources import (
     DEFAULT_COUNT,
     DICOM_UID_SYSTEM,
@@ -84,6 +86,7 @@ _SEARCH_PARAMETERS = (
     "patient.identifier",
     "identifier",
     "linked",
+    fhir_networks.PARAMETER,
     "_count",
     "_offset",
     "_format",
@@ -340,12 +343,32 @@ def _read(request: Request, resource_type: str, resource_id: str) -> StudyRecord
 # -- routes --------------------------------------------------------------------------------
 
 
+def _add_networks(request: Request, params: dict[str, str], bundle: dict[str, Any]) -> None:
+    """The other networks' studies of the NHS number searched (fhir_networks.py)."""
+    nhs_number = fhir_networks.nhs_number_searched(params.get("patient.identifier"))
+    if nhs_number is None:
+        raise FhirError(
+            400,
+            "invalid",
+            f"{fhir_networks.PARAMETER}=true needs patient.identifier="
+            f"{NHS_NUMBER_SYSTEM}|<NHS number> (one): other networks are asked by NHS number",
+        )
+    try:
+        entries = fhir_networks.remote_entries(request, nhs_number)
+    except HttpError as exc:
+        code = "forbidden" if exc.status == 403 else "invalid"
+        raise FhirError(exc.status, code, exc.message) from None
+    matches = sum(1 for e in entries if e["search"]["mode"] == "match")
+    bundle["total"] += matches
+    bundle.setdefault("entry", []).extend(entries)
+
+
 @router.get(f"{FHIR_ROOT}/ImagingStudy", summary="Search ImagingStudy (FHIR R4)")
 def search_imaging_study(request: Request) -> Response:
     def produce() -> dict[str, Any]:
         found = _search(request)
         page = found.service.studies(found.uids[found.offset : found.offset + found.count])
-        return _bundle(
+        bundle = _bundle(
             page,
             found.warnings,
             found.params,
@@ -354,6 +377,9 @@ def search_imaging_study(request: Request) -> Response:
             offset=found.offset,
             count=found.count,
         )
+        if _flag(found.params, fhir_networks.PARAMETER) and found.offset == 0:
+            _add_networks(request, found.params, bundle)
+        return bundle
 
     return _answer(produce)
 

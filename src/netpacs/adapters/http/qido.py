@@ -22,6 +22,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import DICOMWEB_ROOT, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
+from netpacs.adapters.http.federation import federated_in_background, nhs_number_asked
 from netpacs.domain.dicom.header import first_str
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.services.access import Capability
@@ -219,7 +220,9 @@ def _return_keys(
     return paths
 
 
-_RESERVED = frozenset({"limit", "offset", "fuzzymatching", "includefield", "linked"})
+_RESERVED = frozenset(
+    {"limit", "offset", "fuzzymatching", "includefield", "linked", "includenetworks"}
+)
 
 
 # -- answers -----------------------------------------------------------------------------
@@ -245,10 +248,15 @@ def _search(
     offset: int,
     includefield: list[str] | None,
     linked: bool = False,
+    includenetworks: bool = False,
 ) -> Response:
     media_type = negotiate_json(request)
     check_url_uids(Study=scope.get(_STUDY_UID), Series=scope.get(_SERIES_UID))
     identifier = _identifier(request.query_params.multi_items(), includefield, level, scope)
+    nhs_number = nhs_number_asked(request, level) if includenetworks else None
+    # The networks are asked while we search our own archive (our time is then hidden
+    # behind the slowest network's).
+    remote = federated_in_background(request, nhs_number) if nhs_number else None
     svc = services(request)
     # A larger limit is answered with at most MAX_RESULTS and a Warning (PS3.18 8.3.4.4).
     capped = limit is None or limit > MAX_RESULTS
@@ -287,8 +295,12 @@ def _search(
     if capped and len(matches) > MAX_RESULTS:
         del matches[MAX_RESULTS:]
         warnings.append(_TOO_MANY)
-    headers = {"Warning": ", ".join(warnings)} if warnings else None
     _with_urls(matches, level, base_url(request) + DICOMWEB_ROOT)
+    if remote is not None:
+        remote_matches, remote_warnings = remote.result()
+        matches += remote_matches
+        warnings += remote_warnings
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
     return Response(orjson.dumps(matches), media_type=media_type, headers=headers)
 
 
@@ -310,6 +322,15 @@ Linked = Annotated[
 ]
 
 
+IncludeNetworks = Annotated[
+    bool,
+    Query(
+        description="netpacs: with PatientID=<NHS number>&IssuerOfPatientID=NHS, also the "
+        "studies the neighbouring networks hold (docs/interfaces.md, Federation)"
+    ),
+]
+
+
 @router.get(f"{DICOMWEB_ROOT}/studies", summary="Search for studies (QIDO-RS)")
 def search_studies(
     request: Request,
@@ -318,6 +339,7 @@ def search_studies(
     fuzzymatching: Fuzzy = False,
     includefield: IncludeField = None,
     linked: Linked = False,
+    includenetworks: IncludeNetworks = False,
 ) -> Response:
     return _search(
         request,
@@ -327,6 +349,7 @@ def search_studies(
         offset=offset,
         includefield=includefield,
         linked=linked,
+        includenetworks=includenetworks,
     )
 
 

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import check_url_uids, services
+from netpacs.adapters.http.federation import with_network_priors
 from netpacs.services.reporting import MAX_TEXT
 
 router = APIRouter()
@@ -115,10 +116,14 @@ def set_priority(request: Request, study: str, body: PriorityBody) -> dict[str, 
 
 
 @router.get("/api/worklist/{study}/priors", tags=["reporting"])
-def priors(request: Request, study: str) -> dict[str, Any]:
-    """The study and the person's priors from every trust, newest first."""
+def priors(request: Request, study: str, networks: bool = True) -> dict[str, Any]:
+    """The study and the person's priors from every trust, newest first; with
+    ``networks`` (the default) also those the other networks hold (issue 14)."""
     check_url_uids(Study=study)
-    return services(request).reports.priors(study)
+    answer = services(request).reports.priors(study)
+    if networks:
+        with_network_priors(request, answer)
+    return answer
 
 
 @router.get("/api/reports/templates", tags=["reporting"])

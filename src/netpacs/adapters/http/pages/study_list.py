@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 from urllib.parse import quote, urlencode
 
@@ -19,9 +19,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import HttpServices, services
 from netpacs.adapters.http.pages.render import navigation, render
-from netpacs.domain.nhs_number import format_for_people
+from netpacs.domain.dicom.header import first_str
+from netpacs.domain.federation import RemoteStudy
+from netpacs.domain.nhs_number import format_for_people, is_valid
+from netpacs.domain.nhs_number import parse as parse_nhs_number
 from netpacs.domain.query import QueryError
 from netpacs.services.access import Capability
+from netpacs.services.federation import FederationRefused
 from netpacs.services.studies import StudyFilter, StudyPage, StudySummary
 
 router = APIRouter(include_in_schema=False)
@@ -72,8 +76,16 @@ def _iso(value: str) -> str:
 
 
 def study_filter(
-    *, name: str, patient_id: str, date_from: str, date_to: str, modality: str
+    *,
+    name: str,
+    patient_id: str,
+    date_from: str,
+    date_to: str,
+    modality: str,
+    by_nhs_number: bool = False,
 ) -> StudyFilter:
+    """The filter of the form; ``by_nhs_number``: a valid NHS number in Patient ID
+    matches every identity linked to it (as with the other networks)."""
     low, high = _dicom_date(date_from, "From"), _dicom_date(date_to, "To")
     if low and high and low > high:
         raise FilterError("the From date is after the To date")
@@ -81,9 +93,11 @@ def study_filter(
     name = name.strip()
     if name and not any(ch in name for ch in "*?"):
         name += "*"
+    nhs = parse_nhs_number(patient_id) if by_nhs_number else None
     return StudyFilter(
         patient_name=name,
-        patient_id=patient_id.strip(),
+        patient_id=nhs.digits if nhs and nhs.problem is None else patient_id.strip(),
+        issuer="NHS" if nhs and nhs.problem is None else "",
         study_date=date,
         modality=modality.strip().upper(),
     )
@@ -111,8 +125,9 @@ class _Row:
     origin_site: str
     report_status: str | None  # None: not on the reporting worklist
     report_url: str | None
-    zip_url: str
+    zip_url: str | None
     delete_url: str | None
+    network: str = ""  # another network that holds it (issue 14); "" ours
 
 
 def _row(s: StudySummary, report_status: str | None, *, reporter: bool, may_delete: bool) -> _Row:
@@ -146,12 +161,66 @@ def _page_url(params: dict[str, str], offset: int) -> str:
     )
 
 
+def _remote_row(study: RemoteStudy, *, opens: bool) -> _Row:
+    """A study another network holds: opened in the viewer when it can be passed
+    through; never ours to report, export or delete."""
+    d = study.dataset
+    quoted = quote(study.study_instance_uid, safe="")
+    nhs = first_str(d, "00100020")
+    return _Row(
+        uid=study.study_instance_uid,
+        viewer_url=f"/viewer?StudyInstanceUIDs={quoted}" if opens else "",
+        name=format_name(first_str(d, "00100010")) or "(no name)",
+        patient_id=nhs,
+        issuer="NHS",
+        nhs_number=format_for_people(nhs) if is_valid(nhs) else "",
+        date=format_date(first_str(d, "00080020")),
+        time=format_time(first_str(d, "00080030")),
+        modalities=", ".join(str(v) for v in (d.get("00080061") or {}).get("Value", [])),
+        description=first_str(d, "00081030"),
+        origin="",
+        origin_code="",
+        origin_site="",
+        report_status=None,
+        report_url=None,
+        zip_url=None,
+        delete_url=None,
+        network=study.network,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Listing:
     rows: list[_Row]
     shown: tuple[int, int] | None  # the first and last study's place, from 1
     newer_url: str | None
     older_url: str | None
+    networks: bool = False  # the other networks were asked: a Network column
+    network_note: str = ""  # networks that did not answer, or why none was asked
+
+
+def _with_networks(svc: HttpServices, listing: _Listing, patient_id: str) -> _Listing:
+    """The listing with the other networks' studies of the NHS number in Patient ID
+    (first page only), and a note naming the networks that did not answer."""
+    parsed = parse_nhs_number(patient_id)
+    if parsed.problem is not None:
+        note = "Other networks are asked by NHS number: type a valid NHS number in Patient ID."
+        return replace(listing, networks=True, network_note=note)
+    if svc.federation is None:
+        return replace(listing, networks=True, network_note="No other networks are configured.")
+    try:
+        answer = svc.federation.search(parsed.digits)
+    except FederationRefused as exc:
+        return replace(listing, networks=True, network_note=f"Other networks not asked: {exc}.")
+    opens = {
+        name
+        for name in (n.name for n in svc.federation.networks)
+        if svc.remote and svc.remote.passable(name)
+    }
+    rows = listing.rows + [_remote_row(s, opens=s.network in opens) for s in answer.studies]
+    failed = "; ".join(f"{name} ({why})" for name, why in answer.warnings)
+    note = f"Did not answer fully: {failed}." if failed else ""
+    return replace(listing, rows=rows, networks=True, network_note=note)
 
 
 def _listing(
@@ -189,6 +258,7 @@ def studies(
     modality: str = "",
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     offset: Annotated[int, Query(ge=0)] = 0,
+    networks: str = "",
 ) -> HTMLResponse:
     """The studies the archive holds, newest first, filtered by the query string."""
     params = {
@@ -197,6 +267,7 @@ def studies(
         "date_from": date_from,
         "date_to": date_to,
         "modality": modality,
+        "networks": "1" if networks else "",
     }
     if limit != DEFAULT_LIMIT:
         params["limit"] = str(limit)
@@ -206,6 +277,7 @@ def studies(
         "date_from": _iso(_dicom_date_or_empty(date_from)),
         "date_to": _iso(_dicom_date_or_empty(date_to)),
         "modality": modality,
+        "networks": bool(networks),
     }
     try:
         where = study_filter(
@@ -214,6 +286,7 @@ def studies(
             date_from=date_from,
             date_to=date_to,
             modality=modality,
+            by_nhs_number=bool(networks),
         )
         page = svc.study_list.page(where, limit=limit, offset=offset)
     except (FilterError, QueryError) as exc:
@@ -221,6 +294,8 @@ def studies(
             request, "study_list.html", status=400, filters=filters, error=str(exc), listing=None
         )
     listing = _listing(svc, page, params, limit=limit, offset=offset)
+    if networks and offset == 0:
+        listing = _with_networks(svc, listing, patient_id)
     return render(request, "study_list.html", filters=filters, error="", listing=listing)
 
 

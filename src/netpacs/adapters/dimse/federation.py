@@ -1,0 +1,147 @@
+"""C-FIND from a workstation across the other networks (issue 14).
+
+A workstation named in NETPACS_FEDERATION_FIND_AES that sends a Study Root or Patient
+Root C-FIND at STUDY level with one Patient ID and Issuer of Patient ID ``NHS`` gets,
+after our matches, the studies the neighbouring networks hold (the federation service
+decides who may, and audits). Each remote match carries the keys the workstation asked
+for that the network answered, with where it is: Retrieve AE Title (0008,0054) of a
+DIMSE network, or Retrieve URL (0008,1190) of our pass-through of a DICOMweb network
+(PS3.4 C.4.1.1.3.2). Networks that did not answer are named in the Error Comment of a
+Warning final status (0xB000), as an edge node says its answer came from its cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pydicom import dcmread
+from pynetdicom import AE
+
+from netpacs.adapters.dimse.scu import DIMSE_TIMEOUT
+from netpacs.domain.federation import RETRIEVE_AE_TITLE, RETRIEVE_URL, PeerAnswerError
+from netpacs.domain.networks import Protocol
+from netpacs.domain.nhs_number import is_nhs_issuer
+from netpacs.domain.query import QueryLevel
+from netpacs.domain.region import ApplicationEntity
+from netpacs.services.federation import FederatedSearch, FederationRefused, RemoteCache
+
+log = logging.getLogger(__name__)
+
+_PATIENT_ID, _ISSUER, _LEVEL = "00100020", "00100021", "00080052"
+_MAX_COMMENT = 64  # Error Comment is LO
+
+
+def _single(ident: dict[str, Any], tag: str) -> str | None:
+    values = (ident.get(tag) or {}).get("Value") or []
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    value = values[0].strip()
+    return value if value and not any(c in value for c in "*?\\") else None
+
+
+def remote_matches(
+    search: FederatedSearch | None,
+    ident: dict[str, Any],
+    level: QueryLevel,
+    *,
+    public_url: str | None,
+) -> tuple[list[dict[str, Any]], str | None] | None:
+    """The networks' matches for a workstation's C-FIND and an Error Comment naming the
+    networks that did not answer; None when the networks are not asked."""
+    if search is None or level is not QueryLevel.STUDY or not search.asks_for_find():
+        return None
+    number, issuer = _single(ident, _PATIENT_ID), _single(ident, _ISSUER)
+    if number is None or issuer is None or not is_nhs_issuer(issuer):
+        return None
+    try:
+        answer = search.search(number)
+    except (ValueError, FederationRefused) as exc:
+        return [], f"networks not asked: {exc}"[:_MAX_COMMENT]
+    wanted = set(ident) | {_LEVEL, RETRIEVE_AE_TITLE, RETRIEVE_URL}
+    matches = []
+    for study in answer.studies:
+        match = {tag: el for tag, el in study.dataset.items() if tag in wanted}
+        match[_LEVEL] = {"vr": "CS", "Value": ["STUDY"]}
+        network = next((n for n in search.networks if n.name == study.network), None)
+        if network is not None and network.dimse is not None:
+            match[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [network.dimse.ae_title]}
+        elif network is not None and network.protocol is Protocol.DICOMWEB and public_url:
+            url = f"{public_url}/dicomweb/networks/{quote(network.name, safe='')}"
+            url += f"/studies/{study.study_instance_uid}"
+            match[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+        matches.append(match)
+    failed = ", ".join(name for name, _ in answer.warnings)
+    return matches, (f"no full answer from {failed}"[:_MAX_COMMENT] if failed else None)
+
+
+def move_remote(
+    cache: RemoteCache | None,
+    ident: dict[str, Any],
+    level: QueryLevel,
+    destination: ApplicationEntity,
+    *,
+    our_ae_title: str,
+    originator: tuple[str, int],
+) -> tuple[int, int] | str | None:
+    """C-MOVE of a study a DIMSE network holds, which the calling workstation found with
+    its C-FIND across the networks: retrieved into the federation cache (services.
+    federation.cache), then sent to ``destination``. (completed, failed) sub-operations;
+    a string saying why nothing was sent; None when the study is no such remote study."""
+    uid = _single(ident, "0020000D")
+    if cache is None or level is not QueryLevel.STUDY or uid is None:
+        return None
+    if not cache.serves_caller():
+        return None
+    network = cache.holder(uid)
+    if network is None:
+        return None
+    try:
+        files = cache.files(network, uid, f"sent to {destination.ae_title}")
+    except (FederationRefused, PeerAnswerError) as exc:
+        return f"{network.name}: {exc}"[:_MAX_COMMENT]
+    return send_files(destination, files, our_ae_title=our_ae_title, originator=originator)
+
+
+def send_files(
+    destination: ApplicationEntity,
+    files: list[Path],
+    *,
+    our_ae_title: str,
+    originator: tuple[str, int],
+) -> tuple[int, int]:
+    """C-STORE Part 10 files as they are to ``destination``: (completed, failed)."""
+    syntaxes: dict[str, set[str]] = {}
+    for path in files:
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        syntaxes.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(
+            str(meta.TransferSyntaxUID)
+        )
+    ae = AE(ae_title=our_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = DIMSE_TIMEOUT
+    for sop_class, transfer in list(syntaxes.items())[:128]:
+        ae.add_requested_context(sop_class, sorted(transfer))
+    assert destination.port is not None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        raise ConnectionError(f"could not associate with {destination.ae_title}")
+    completed = failed = 0
+    try:
+        for path in files:
+            try:
+                status = assoc.send_c_store(
+                    path, originator_aet=originator[0], originator_id=originator[1]
+                )
+            except Exception as exc:
+                log.warning("C-STORE of a remote object to %s failed: %s", destination, exc)
+                status = None
+            if getattr(status, "Status", None) in (0x0000, 0xB000, 0xB006, 0xB007):
+                completed += 1
+            else:
+                failed += 1
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return completed, failed

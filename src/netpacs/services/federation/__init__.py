@@ -1,0 +1,8 @@
+"""The federation gateway (issue 14): the neighbouring networks' studies of our
+patients, asked for by NHS number (outbound)."""
+
+from netpacs.services.federation.cache import RemoteCache
+from netpacs.services.federation.remote import RemoteStudies
+from netpacs.services.federation.search import Asker, FederatedSearch, FederationRefused
+
+__all__ = ["Asker", "FederatedSearch", "FederationRefused", "RemoteCache", "RemoteStudies"]
