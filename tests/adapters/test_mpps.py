@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
@@ -17,8 +18,10 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
+from tests.adapters.test_rejection_notes import rejection_note
 from tests.adapters.test_worklist import worklist
-from tests.conftest import Netpacs, write_region
+from tests.conftest import Netpacs, dcmtk, write_region
+from tests.factories import write
 from tests.hl7.conftest import MllpClient, order
 from tests.http.conftest import write_and_send_ct
 
@@ -156,6 +159,38 @@ def test_mpps_in_progress_then_completed_completes_the_order_and_carries_it_to_r
     assert again.Status == 0x0110
     assert "COMPLETED: it may no longer be updated" in again.ErrorComment
     assert again.ErrorID == 0xA710
+
+
+def test_an_incorrect_worklist_entry_rejection_puts_the_order_back_under_a_new_study(
+    netpacs: Netpacs, modality: Any, tmp_path: Path
+) -> None:
+    # The radiographer picked this order for the wrong patient, scanned and completed.
+    study_uid = place(netpacs, "M9", "MP0009", station_ae="EDGH_CT1")
+    assoc = modality()
+    mpps_uid = generate_uid()
+    assert create(assoc, mpps_uid, in_progress("M9", study_uid)).Status == 0x0000
+    stored = write_and_send_ct(
+        netpacs, tmp_path / "ct", 2, patient_id="RXC0003001", issuer="RXC", study_uid=study_uid
+    )
+    assert set_(assoc, mpps_uid, finished("COMPLETED", stored.series_uid)).Status == 0x0000
+    assert worklist(netpacs, tmp_path, "AccessionNumber=M9", aet="EDGH_CT1") == []
+
+    # IHE IOCM: the modality rejects the images as Incorrect Modality Worklist Entry.
+    images = [pydicom.dcmread(p, stop_before_pixels=True) for p in stored.paths]
+    note = rejection_note(images, ("113038", "Incorrect Modality Worklist Entry"))
+    sent = dcmtk(
+        "storescu", "-aet", "EDGH_CT1", "-aec", "NETPACS", "127.0.0.1", str(netpacs.port),
+        str(write(note, tmp_path / "note.dcm")),
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+
+    # The order is to be performed again, and the rejected study no longer performs it.
+    (back,) = worklist(
+        netpacs, tmp_path, "AccessionNumber=M9", "StudyInstanceUID",
+        "ScheduledProcedureStepSequence", aet="EDGH_CT1",
+    )  # fmt: skip
+    assert back.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "SCHEDULED"
+    assert back.StudyInstanceUID != study_uid
 
 
 def test_discontinued_mpps_puts_the_order_back_on_the_worklist(

@@ -22,8 +22,13 @@ STOW-RS, *rejects* the instances its Current Requested Procedure Evidence Sequen
   the region's ``rejection_retention_days`` have passed, unless the rejection was
   undone. Notes are kept (small, and the record of what happened).
 
-Not done here (issue 15): Incorrect Modality Worklist Entry (113038) also unlinks the
-study from its order; orders are another change. An edge node does not apply notes
+- Incorrect Modality Worklist Entry (113038) also unlinks the rejected study from its
+  order (the worklist entry the modality picked by mistake): the order goes back on
+  the worklist, scheduled, under a new Study Instance UID, and its procedure steps no
+  longer point at it, so the examination can be performed again for the right patient.
+  An undo brings the instances back but does not link them to the order again.
+
+Not done here: an edge node does not apply notes
 itself (the core does, when the note is forwarded); ``netpacs reindex`` rebuilds the
 index from the blobs and so brings back rejected instances not yet purged.
 """
@@ -38,14 +43,24 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from pydicom.uid import generate_uid
 
 from netpacs.domain.dicom.header import JsonDataset, first_str
 from netpacs.domain.outcomes import Origin, Problem, Refused
 from netpacs.index.records import InstanceRecord
-from netpacs.index.schema import instance, rejected_instance, rejection, series, study
+from netpacs.index.schema import (
+    imaging_order,
+    instance,
+    performed_step,
+    rejected_instance,
+    rejection,
+    series,
+    study,
+)
 from netpacs.index.writer import bump_epoch
 from netpacs.services.access import SYSTEM, Capability, Principal
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
+from netpacs.services.orders.model import OrderStatus
 from netpacs.storage.blobstore import BlobStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +78,9 @@ MAX_REFERENCES = 20_000
 _CHUNK = 500
 
 Run = Callable[[Callable[[sa.Connection], Any]], Any]
+
+
+INCORRECT_WORKLIST_ENTRY = "113038"
 
 
 class RejectionError(Refused):
@@ -207,6 +225,11 @@ class RejectionService:
         allowed = self._rejectable(conn, wanted, origin.trust)
         hidden = self._hide(conn, [*allowed, note_uid], int(rid), note_uid=note_uid)
         conn.execute(sa.update(rejection).where(rejection.c.id == rid).values(rejected=hidden - 1))
+        unlinked = 0
+        if note.code_value == INCORRECT_WORKLIST_ENTRY and allowed:
+            taken = set(allowed)
+            studies = {s for s, _, sop in note.references if sop in taken and s}
+            unlinked = self._unlink_orders(conn, studies or {record.study.study_instance_uid})
         left = len(note.references) - (hidden - 1)
         log.warning(
             "rejection note %s (%s) from %s: %d of %d instances rejected%s",
@@ -226,9 +249,36 @@ class RejectionService:
                 patients=[(record.patient.patient_id, record.patient.issuer)],
                 study_uids=sorted({s for s, _, _ in note.references} - {""}),
                 detail=f"rejection note {note_uid} ({note.code_value} {note.code_meaning}): "
-                f"{hidden - 1} of {len(note.references)} instances hidden",
+                f"{hidden - 1} of {len(note.references)} instances hidden"
+                + (f"; {unlinked} order(s) unlinked and scheduled again" if unlinked else ""),
             ),
         )
+
+    def _unlink_orders(self, conn: sa.Connection, study_uids: set[str]) -> int:
+        """Put the orders the rejected studies performed back on the worklist (module
+        doc); returns how many."""
+        now = self._clock()
+        orders = conn.execute(
+            sa.select(imaging_order.c.id).where(imaging_order.c.study_instance_uid.in_(study_uids))
+        ).scalars()
+        count = 0
+        for order_id in orders:
+            conn.execute(
+                sa.update(imaging_order)
+                .where(imaging_order.c.id == order_id)
+                .values(
+                    status=OrderStatus.SCHEDULED.value,
+                    study_instance_uid=generate_uid(),
+                    updated_at=now,
+                )
+            )
+            conn.execute(
+                sa.update(performed_step)
+                .where(performed_step.c.order_fk == order_id)
+                .values(order_fk=None, updated_at=now)
+            )
+            count += 1
+        return count
 
     def _rejectable(
         self, conn: sa.Connection, wanted: dict[str, str], trust: str | None
