@@ -66,7 +66,7 @@ def test_an_association_is_audited_once_per_study_with_its_stored_and_refused_co
         *map(str, [*first, *second, tmp_path / "clash.dcm"]),
     )
     assert sent.stderr.count("Received Store Response (Success)") == 8, sent.stderr
-    assert "Received Store Response (Unknown Status: 0x111)" in sent.stderr, sent.stderr
+    assert "Received Store Response (Error: CannotUnderstand)" in sent.stderr, sent.stderr
 
     (a,) = stores_of(module_netpacs, "RXC", uid_of(first[0], "StudyInstanceUID"))
     (b,) = stores_of(module_netpacs, "RXC", uid_of(second[0], "StudyInstanceUID"))

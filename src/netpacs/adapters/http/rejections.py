@@ -33,7 +33,9 @@ class UndoBody(BaseModel):
     tags=["management"],
     summary="The IOCM rejection notes received (PACS administrators)",
 )
-def list_rejections(request: Request, limit: int = 200) -> JSONResponse:
+def list_rejections(
+    request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+) -> JSONResponse:
     svc = services(request)
     return JSONResponse({"rejections": svc.rejections.listing(svc.principal, limit=limit)})
 
