@@ -84,10 +84,8 @@ def dimse_services(
         retrieve=archive.retrieve,
         executor=executor,
         edge_read=edge_read.read_through(archive, edge),
-        # The orders are the core's: an edge node answers no worklist (issue 15).
-        worklist=None
-        if edge is not None
-        else ModalityWorklist(archive.read_engine, archive.region, archive.audit),
+        # At an edge node, from its copy of its site's open orders (services.edge.orders).
+        worklist=ModalityWorklist(archive.read_engine, archive.region, archive.audit),
         mpps=None
         if edge is not None
         else MppsService(

@@ -3,6 +3,8 @@
 - ``POST /api/edge/held`` (an edge): ``{"sop_instance_uids": [...]}`` -> what the core
   holds of them (size, CRC-32, data set offset, the file meta's CRC-32 read back now).
 - ``POST /api/edge/heartbeat`` (an edge): its figures, kept for the list below.
+- ``GET /api/edge/orders`` (an edge): the open orders of its own trust and site, for
+  its Modality Worklist (services.edge.orders).
 - ``GET /api/edges`` and the page ``/edges`` (PACS administrators): every edge node,
   last contact, link, backlog, cache use, last prefetch.
 """
@@ -55,6 +57,11 @@ def heartbeat(request: Request, report: Annotated[dict[str, Any], Body()]) -> Re
     except HeartbeatError as exc:
         raise HttpError(400, str(exc)) from None
     return Response(status_code=204)
+
+
+@router.get("/api/edge/orders", tags=["edge"], summary="The edge's site's open orders")
+def orders(request: Request) -> JSONResponse:
+    return JSONResponse({"orders": _nodes(request).site_orders()})
 
 
 @router.get("/api/edges", tags=["edge"], summary="The edge nodes (PACS administrators)")

@@ -25,6 +25,7 @@ from netpacs.domain.region import EdgeNode
 from netpacs.index.schema import edge_node_status, instance
 from netpacs.services.access import Capability, Principal, Role
 from netpacs.services.access_policy import AccessPolicy
+from netpacs.services.edge.orders import site_orders
 from netpacs.storage.blobstore import BlobNotFound, BlobStore
 
 MAX_UIDS = 1000  # SOP Instance UIDs per question
@@ -171,6 +172,10 @@ class EdgeNodes:
                         .where(edge_node_status.c.client_id == who.user_id)
                         .values(**values)
                     )
+
+    def site_orders(self) -> list[dict[str, Any]]:
+        """The open orders of the asking edge's site (services.edge.orders)."""
+        return site_orders(self._engine, self._access, self._who())
 
     def listing(self) -> list[dict[str, Any]]:
         """Every edge node with its last report (PACS administrators)."""
