@@ -127,3 +127,13 @@ def test_the_core_gives_an_edge_its_own_sites_open_orders_and_nobody_else_any(
     # A person (even the trust's PACS administrator) is not an edge node.
     person = core.http.get(f"{core.base_url}/api/edge/orders")
     assert person.status_code == 403, person.text
+
+
+def test_an_order_sent_to_the_edge_is_refused_with_a_reason(core_and_edge: CoreAndEdge) -> None:
+    client = MllpClient(core_and_edge.edge.mllp_port)
+    try:
+        ack = client.send(order("NW", "EWL201", accession="EWL201", pid3=PATIENT))
+    finally:
+        client.close()
+    assert ack.code == "AR", ack.text
+    assert "send orders to the regional archive" in ack.text

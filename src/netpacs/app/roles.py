@@ -333,7 +333,9 @@ def run_mllp(
 ) -> None:
     """The MLLP worker: HL7 v2 ADT on ``sock`` (and MLLP over TLS on ``tls_sock``)."""
     adt, engine = adt_service(settings)
-    orders = order_service(adt, settings)
+    # An edge node's orders are a copy of the core's (services.edge.orders): the RIS
+    # sends its orders to the core.
+    orders = order_service(adt, settings) if settings.role != "edge" else None
     try:
         hl7_server.serve(adt, sock, tls_sock, mllp_tls_context(settings), orders)
     finally:
