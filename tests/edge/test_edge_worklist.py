@@ -1,16 +1,24 @@
 """The Modality Worklist at an edge node (issues 13 and 15): the edge copies its site's
 open orders from the core (here every 2 s) and answers ``findscu -W`` from the copy,
 with the core's matching and visibility rules, while the link is up and while it is
-cut; the core gives an edge its own site's orders only."""
+cut; the core gives an edge its own site's orders only. MPPS sent to the edge reaches
+the core in order, also after a cut."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import pydicom
+import sqlalchemy as sa
 from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS  # type: ignore
 
+from netpacs.index.schema import imaging_order, performed_step
+from tests.adapters.test_mpps import finished, in_progress
 from tests.conftest import Netpacs, dcmtk, wait_until
 from tests.edge.conftest import TIMEOUT, CoreAndEdge
 from tests.edge.test_edge_bounds import edge_token
@@ -137,3 +145,104 @@ def test_an_order_sent_to_the_edge_is_refused_with_a_reason(core_and_edge: CoreA
         client.close()
     assert ack.code == "AR", ack.text
     assert "send orders to the regional archive" in ack.text
+
+
+def modality_at(server: Netpacs, aet: str = "EDGH_CT1") -> Association:
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(MPPS)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+    assert assoc.is_established
+    return assoc
+
+
+def order_status(core: Netpacs, accession: str) -> str | None:
+    engine = sa.create_engine(core.database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.select(imaging_order.c.status).where(
+                    imaging_order.c.trust == "RXC", imaging_order.c.accession_number == accession
+                )
+            ).scalar_one_or_none()
+    finally:
+        engine.dispose()
+
+
+def test_mpps_at_the_edge_reaches_the_core_in_order_also_after_a_cut(
+    core_and_edge: CoreAndEdge, tmp_path: Path
+) -> None:
+    core, edge = core_and_edge.core, core_and_edge.edge
+    send_orders(
+        core,
+        order("NW", "EWL301", accession="EWL301", pid3=PATIENT, station_ae="EDGH_CT1"),
+        order("NW", "EWL302", accession="EWL302", pid3=PATIENT, station_ae="EDGH_CT1"),
+    )
+    first = worklist(core, tmp_path)["EWL301"].StudyInstanceUID
+    second = worklist(core, tmp_path)["EWL302"].StudyInstanceUID
+    one, two = generate_uid(), generate_uid()
+    assoc = modality_at(edge)
+    try:
+        status, _ = assoc.send_n_create(in_progress("EWL301", first), MPPS, one)
+        assert status.Status == 0x0000
+        wait_until(
+            lambda: order_status(core, "EWL301") == "in progress",
+            timeout=SYNC,
+            what="the step started at the core",
+        )
+        # The edge's worklist shows it started, once its copy follows the core.
+        wait_until(
+            lambda: (
+                worklist(edge, tmp_path)["EWL301"]
+                .ScheduledProcedureStepSequence[0]
+                .ScheduledProcedureStepStatus
+                == "STARTED"
+            ),
+            timeout=SYNC,
+            what="STARTED on the edge's worklist",
+        )
+        bad, _ = assoc.send_n_create(in_progress("EWL301", first, "COMPLETED"), MPPS, two)
+        assert bad.Status == 0x0106  # checked at the edge, as at the core
+    finally:
+        assoc.release()
+
+    core_and_edge.link.cut()
+    try:
+        # Cut off: the site's modality is answered at once; the steps wait, in order.
+        assoc = modality_at(edge)
+        try:
+            done, _ = assoc.send_n_set(finished("COMPLETED", generate_uid()), MPPS, one)
+            assert done.Status == 0x0000
+            status, _ = assoc.send_n_create(in_progress("EWL302", second), MPPS, two)
+            assert status.Status == 0x0000
+            done, _ = assoc.send_n_set(finished("DISCONTINUED", None), MPPS, two)
+            assert done.Status == 0x0000
+        finally:
+            assoc.release()
+        time.sleep(1)
+        assert order_status(core, "EWL301") == "in progress"
+        assert order_status(core, "EWL302") == "scheduled"
+    finally:
+        core_and_edge.link.restore()
+    wait_until(
+        lambda: order_status(core, "EWL301") == "completed",
+        timeout=SYNC,
+        what="the completed step at the core after the link returned",
+    )
+    # Created, then discontinued, in that order: the order is back to scheduled.
+    wait_until(
+        lambda: order_status(core, "EWL302") == "scheduled" and performed(core, two),
+        timeout=SYNC,
+        what="the discontinued step at the core",
+    )
+
+
+def performed(core: Netpacs, uid: str) -> str | None:
+    engine = sa.create_engine(core.database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.select(performed_step.c.status).where(performed_step.c.sop_instance_uid == uid)
+            ).scalar_one_or_none()
+    finally:
+        engine.dispose()

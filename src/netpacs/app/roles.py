@@ -37,6 +37,7 @@ from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.link import LinkState
+from netpacs.services.edge.mpps import EdgeMpps
 from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.federation import RemoteStudies
 from netpacs.services.frames import FrameReader
@@ -86,18 +87,24 @@ def dimse_services(
         edge_read=edge_read.read_through(archive, edge),
         # At an edge node, from its copy of its site's open orders (services.edge.orders).
         worklist=ModalityWorklist(archive.read_engine, archive.region, archive.audit),
-        mpps=None
-        if edge is not None
-        else MppsService(
-            archive.write_engine,
-            archive.region,
-            archive.audit,
-            on_completed=OrderedStudies(archive.region).study_completed,
-        ),
+        # At an edge node, kept and passed on to the core (services.edge.mpps).
+        mpps=core_mpps(archive)
+        if edge is None
+        else EdgeMpps(archive.writer.execute, archive.region, archive.audit, trust=edge.trust),
         commitment=CommitmentService(archive.read_engine, archive.region, edge=edge is not None),
         federation=federation,
         public_url=public_url,
         remote_cache=remote_cache(federation, settings) if federation and settings else None,
+    )
+
+
+def core_mpps(archive: Archive) -> MppsService:
+    """The core's MPPS service (for its AEs, and for its edge nodes' AEs)."""
+    return MppsService(
+        archive.write_engine,
+        archive.region,
+        archive.audit,
+        on_completed=OrderedStudies(archive.region).study_completed,
     )
 
 
@@ -138,6 +145,7 @@ def edge_nodes(archive: Archive, settings: Settings) -> EdgeNodes | None:
         archive.access,
         edge_clients(archive, settings).edges,
         heartbeat_seconds=settings.heartbeat_seconds,
+        mpps=(core_mpps(archive), archive.region),
     )
 
 
