@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 #: At most this many open orders go to an edge (a site's week of work is far fewer).
 MAX_ORDERS = 5000
+MAX_TEXT = 65536  # characters of one value (a reason for the request is free text)
 #: The columns an edge receives: the order as the worklist answers it.
 COLUMNS = (
     "trust", "accession_number", "placer_order_number", "filler_order_number", "status",
@@ -87,7 +88,7 @@ def _checked(body: Any, trust: str, site: str) -> list[dict[str, Any]]:
             raise OrderCopyError("the core sent an order of another site, or not open")
         for name in COLUMNS:
             value = item[name]
-            if not (isinstance(value, str) and len(value) <= 1024) and not (
+            if not (isinstance(value, str) and len(value) <= MAX_TEXT) and not (
                 name == "nhs_number" and value is None
             ):
                 raise OrderCopyError(f"{name!r} of an order is not text")
