@@ -116,4 +116,5 @@ def core_and_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoreAndE
 EDGE_SETTINGS = {
     "NETPACS_FORWARD_RETRY_MAX_SECONDS": "1",
     "NETPACS_HEARTBEAT_SECONDS": "1",
+    "NETPACS_EDGE_ORDERS_SECONDS": "2",
 }

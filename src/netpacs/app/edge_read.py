@@ -11,7 +11,7 @@ from netpacs.services.edge.audit_outbox import AuditIntake, AuditSender
 from netpacs.services.edge.clients import EdgeClients
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.edge.serving import EdgeServing
-from netpacs.services.edge.signin import SIGNIN_TIMEOUT, EdgeAccounts
+from netpacs.services.edge.signin import SIGNIN_MARGIN, EdgeAccounts
 
 
 def read_through(archive: Archive, edge: Edge | None) -> ReadThrough | None:
@@ -45,7 +45,7 @@ def edge_accounts(
         archive.read_engine,
         upstream=edge.upstream,
         edge_trust=edge.trust,
-        timeout=max(edge.timeout, SIGNIN_TIMEOUT),
+        timeout=edge.timeout + SIGNIN_MARGIN,
         secret=load_secret(settings.effective_auth_secret_file),
         audit=archive.audit,
         token_minutes=settings.token_minutes,

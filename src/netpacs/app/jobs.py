@@ -34,6 +34,8 @@ from netpacs.services.edge.clients import demo_edges
 from netpacs.services.edge.feed import FeedTrim
 from netpacs.services.edge.forward import Forwarding, Lanes
 from netpacs.services.edge.forward import Timing as ForwardTiming
+from netpacs.services.edge.mpps import MppsSender
+from netpacs.services.edge.orders import OrderCopy
 from netpacs.services.edge.status import Heartbeat
 from netpacs.services.jobs.audit_forwarding import AuditForwarding
 from netpacs.services.jobs.claim_expiry import ClaimExpiry
@@ -322,6 +324,14 @@ def edge_jobs(settings: Settings, archive: Archive, edge: Edge) -> list[Job]:
     return [
         *forwarding,
         Heartbeat(edge.figures, edge.upstream, seconds=settings.heartbeat_seconds),
+        OrderCopy(  # the site's open orders, for the edge's Modality Worklist
+            archive.writer.execute,
+            edge.upstream,
+            trust=edge.trust,
+            site=edge.site,
+            every=settings.edge_orders_seconds,
+        ),
+        MppsSender(archive.writer.execute, archive.read_engine, edge.upstream),
         # -- edge: edge-read --
         edge_read.audit_sender(archive, edge),
         *cache_jobs(settings, archive, edge),

@@ -37,6 +37,7 @@ from netpacs.services.deletion import DeletionService
 from netpacs.services.edge.clients import EdgeClients, demo_edges
 from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.link import LinkState
+from netpacs.services.edge.mpps import EdgeMpps
 from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.federation import RemoteStudies
 from netpacs.services.frames import FrameReader
@@ -84,22 +85,26 @@ def dimse_services(
         retrieve=archive.retrieve,
         executor=executor,
         edge_read=edge_read.read_through(archive, edge),
-        # The orders are the core's: an edge node answers no worklist (issue 15).
-        worklist=None
-        if edge is not None
-        else ModalityWorklist(archive.read_engine, archive.region, archive.audit),
-        mpps=None
-        if edge is not None
-        else MppsService(
-            archive.write_engine,
-            archive.region,
-            archive.audit,
-            on_completed=OrderedStudies(archive.region).study_completed,
-        ),
+        # At an edge node, from its copy of its site's open orders (services.edge.orders).
+        worklist=ModalityWorklist(archive.read_engine, archive.region, archive.audit),
+        # At an edge node, kept and passed on to the core (services.edge.mpps).
+        mpps=core_mpps(archive)
+        if edge is None
+        else EdgeMpps(archive.writer.execute, archive.region, archive.audit, trust=edge.trust),
         commitment=CommitmentService(archive.read_engine, archive.region, edge=edge is not None),
         federation=federation,
         public_url=public_url,
         remote_cache=remote_cache(federation, settings) if federation and settings else None,
+    )
+
+
+def core_mpps(archive: Archive) -> MppsService:
+    """The core's MPPS service (for its AEs, and for its edge nodes' AEs)."""
+    return MppsService(
+        archive.write_engine,
+        archive.region,
+        archive.audit,
+        on_completed=OrderedStudies(archive.region).study_completed,
     )
 
 
@@ -140,6 +145,7 @@ def edge_nodes(archive: Archive, settings: Settings) -> EdgeNodes | None:
         archive.access,
         edge_clients(archive, settings).edges,
         heartbeat_seconds=settings.heartbeat_seconds,
+        mpps=(core_mpps(archive), archive.region),
     )
 
 
@@ -335,7 +341,9 @@ def run_mllp(
 ) -> None:
     """The MLLP worker: HL7 v2 ADT on ``sock`` (and MLLP over TLS on ``tls_sock``)."""
     adt, engine = adt_service(settings)
-    orders = order_service(adt, settings)
+    # An edge node's orders are a copy of the core's (services.edge.orders): the RIS
+    # sends its orders to the core.
+    orders = order_service(adt, settings) if settings.role != "edge" else None
     try:
         hl7_server.serve(adt, sock, tls_sock, mllp_tls_context(settings), orders)
     finally:

@@ -486,6 +486,13 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, le=3600, description="edge: how often it reports to the core"
     )
+    edge_orders_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="edge: how often it copies its site's open orders from the core (for "
+        "its Modality Worklist)",
+    )
     change_feed_days: float = Field(
         default=7.0,
         gt=0,

@@ -499,6 +499,19 @@ edge_audit_mark = sa.Table(
     sa.Column("last_id", sa.BigInteger(), nullable=False),
 )
 
+# MPPS messages an edge node accepted from its site's modalities, waiting to reach the
+# core in order (services/edge/mpps.py); a row goes once the core has taken or refused it.
+edge_mpps_outbox = sa.Table(
+    "edge_mpps_outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("sop_instance_uid", UID, nullable=False),
+    sa.Column("operation", sa.String(8), nullable=False),  # create | update
+    sa.Column("calling_ae", sa.String(16), nullable=False),
+    sa.Column("values_json", sa.Text(), nullable=False),
+    sa.Column("received_at", TS, nullable=False),
+)
+
 # -- federation: inbound (issue 14) -------------------------------------------------------
 
 # The studies a partner network found by NHS number, per access token (``session``: the

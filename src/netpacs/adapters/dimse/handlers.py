@@ -50,6 +50,7 @@ from netpacs.domain.region import ApplicationEntity
 from netpacs.services.access import Capability, Principal
 from netpacs.services.access_policy import AccessPolicy, Refusal
 from netpacs.services.commitment import CommitmentService
+from netpacs.services.edge.mpps import EdgeMpps
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.federation import FederatedSearch, RemoteCache
 from netpacs.services.ingest_batch import StoreService
@@ -88,7 +89,7 @@ class DimseServices:
     edge_read: ReadThrough | None = None  # an edge node: reads through to the core
     # -- orders: modality worklist and MPPS (issue 15) --
     worklist: ModalityWorklist | None = None
-    mpps: MppsService | None = None
+    mpps: MppsService | EdgeMpps | None = None
     # Storage Commitment SCP (issue 15; None: not offered)
     commitment: CommitmentService | None = None
     # -- federation (issue 14) --

@@ -80,7 +80,14 @@ class Hl7Endpoint:
 
     def _handle(self, payload: bytes) -> StoredAck:
         peeked = _header_or_none(payload)
-        if self._orders is not None and peeked and peeked.message_type in ORDER_TYPES:
+        if peeked and peeked.message_type in ORDER_TYPES:
+            if self._orders is None:  # an edge node: its orders are the core's
+                raise Rejected(
+                    "this is a site's edge node: send orders to the regional archive",
+                    code=AckCode.AR,
+                    error=messages.UNSUPPORTED_TYPE,
+                    header=peeked,
+                )
             return self._order(payload)
         request = messages.read(payload)
         h = request.header

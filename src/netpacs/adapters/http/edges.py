@@ -3,6 +3,10 @@
 - ``POST /api/edge/held`` (an edge): ``{"sop_instance_uids": [...]}`` -> what the core
   holds of them (size, CRC-32, data set offset, the file meta's CRC-32 read back now).
 - ``POST /api/edge/heartbeat`` (an edge): its figures, kept for the list below.
+- ``GET /api/edge/orders`` (an edge): the open orders of its own trust and site, for
+  its Modality Worklist (services.edge.orders).
+- ``POST /api/edge/mpps`` (an edge): an MPPS N-CREATE or N-SET one of its site's AEs
+  sent it, applied for that AE (services.edge.mpps); 409 with the reason when refused.
 - ``GET /api/edges`` and the page ``/edges`` (PACS administrators): every edge node,
   last contact, link, backlog, cache use, last prefetch.
 """
@@ -20,6 +24,7 @@ from netpacs.adapters.http.auth import client_address
 from netpacs.adapters.http.deps import services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.pages.render import render
+from netpacs.services.edge.mpps import RelayError
 from netpacs.services.edge.nodes import MAX_UIDS, EdgeNodes, HeartbeatError
 
 router = APIRouter()
@@ -55,6 +60,20 @@ def heartbeat(request: Request, report: Annotated[dict[str, Any], Body()]) -> Re
     except HeartbeatError as exc:
         raise HttpError(400, str(exc)) from None
     return Response(status_code=204)
+
+
+@router.get("/api/edge/orders", tags=["edge"], summary="The edge's site's open orders")
+def orders(request: Request) -> JSONResponse:
+    return JSONResponse({"orders": _nodes(request).site_orders()})
+
+
+@router.post("/api/edge/mpps", tags=["edge"], summary="An MPPS message of the edge's site")
+def mpps(request: Request, message: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    try:
+        done = _nodes(request).relay_mpps(message)
+    except RelayError as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    return JSONResponse({"done": done})
 
 
 @router.get("/api/edges", tags=["edge"], summary="The edge nodes (PACS administrators)")

@@ -21,10 +21,13 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from netpacs.domain.region import EdgeNode
+from netpacs.domain.region import EdgeNode, Region
 from netpacs.index.schema import edge_node_status, instance
 from netpacs.services.access import Capability, Principal, Role
 from netpacs.services.access_policy import AccessPolicy
+from netpacs.services.edge.mpps import RelayError, relay
+from netpacs.services.edge.orders import site_orders
+from netpacs.services.orders.mpps import MppsService
 from netpacs.storage.blobstore import BlobNotFound, BlobStore
 
 MAX_UIDS = 1000  # SOP Instance UIDs per question
@@ -78,7 +81,9 @@ class EdgeNodes:
         *,
         heartbeat_seconds: float = 10.0,
         principal: Principal | None = None,
+        mpps: tuple[MppsService, Region] | None = None,
     ) -> None:
+        self._mpps = mpps
         self._engine = engine
         self._blobs = blobs
         self._access = access
@@ -94,6 +99,7 @@ class EdgeNodes:
             self._edges,
             heartbeat_seconds=self._heartbeat,
             principal=principal,
+            mpps=self._mpps,
         )
 
     def _who(self) -> Principal:
@@ -171,6 +177,17 @@ class EdgeNodes:
                         .where(edge_node_status.c.client_id == who.user_id)
                         .values(**values)
                     )
+
+    def site_orders(self) -> list[dict[str, Any]]:
+        """The open orders of the asking edge's site (services.edge.orders)."""
+        return site_orders(self._engine, self._access, self._who())
+
+    def relay_mpps(self, body: Any) -> str:
+        """Apply an edge's MPPS message (services.edge.mpps); RelayError."""
+        if self._mpps is None:
+            raise RelayError("this archive keeps no performed procedure steps", status=404)
+        mpps, region = self._mpps
+        return relay(mpps, region, self._access, self._who(), body)
 
     def listing(self) -> list[dict[str, Any]]:
         """Every edge node with its last report (PACS administrators)."""
