@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import NETPACS, Netpacs
 
@@ -24,6 +25,8 @@ def closed_region(region_file: Path) -> Path:
     return closed
 
 
+# One backend: what is tested is the start-up rules and the CLI, not the index.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_server_outside_demo_mode_refuses_to_start_while_demo_users_exist_and_takes_real_users(
     tmp_path: Path, database_url: str, region_file: Path
 ) -> None:

@@ -28,7 +28,7 @@ from tests.http.conftest import StoredSeries, write_and_send_ct
 
 TIMEOUT = 20.0
 FUZZ_SETTINGS = settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=True,  # the same requests on every run: a failure can be reproduced

@@ -1,7 +1,7 @@
 """MPPS at an edge node (issues 13 and 15): the N-CREATE and N-SET messages it accepted,
 waiting to reach the core in order (services/edge/mpps.py). Additive only.
 
-Revision ID: 0018
+Revision ID: 0017
 Revises: 0016
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018"
+revision = "0017"
 down_revision = "0016"
 branch_labels = None
 depends_on = None
