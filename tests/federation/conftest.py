@@ -37,14 +37,21 @@ class Networks:
     wessex: Orthanc
     studies: dict[str, list[str]]  # network name -> Study UIDs it holds
 
-    def region(self, path: Path, *, extra: str = "", workstation_port: int | None = None) -> Path:
+    def region(
+        self,
+        path: Path,
+        *,
+        extra: str = "",
+        workstation_port: int | None = None,
+        wessex_retrieve: str = "get",
+    ) -> Path:
         """A region file naming the three networks (and ``extra``); RTP_WS1 at
-        ``workstation_port`` when given."""
+        ``workstation_port`` when given; Wessex retrieved with C-GET or C-MOVE."""
         return region_with_networks(
             path,
             dicomweb_network("London", self.london.dicomweb)
             + dicomweb_network("Kent", self.kent.dicomweb)
-            + dimse_network("Wessex", self.wessex.aet, self.wessex.dicom_port)
+            + dimse_network("Wessex", self.wessex.aet, self.wessex.dicom_port, wessex_retrieve)
             + extra,
             workstation_port=workstation_port,
         )

@@ -1,7 +1,8 @@
 """Studies retrieved from a DIMSE network, kept apart from our archive (issue 14).
 
 A DIMSE network's study cannot be passed through as a DICOMweb one is: it is retrieved
-whole (C-GET) into a directory of its own under the cache directory, never through
+whole (C-GET, or C-MOVE to our AE title: services.federation.arrivals) into a
+directory of its own under the cache directory, never through
 ingest, never into the index: it is not ours to report, export or delete, and no
 query of our archive finds it. Each directory has an opaque name and a
 ``provenance.json`` (the network, the study, the patient's NHS number, who asked,
@@ -30,6 +31,7 @@ from netpacs.domain.networks import Network, NhsNumberIn, Protocol, Retrieve
 from netpacs.domain.nhs_number import is_valid
 from netpacs.services.access import Principal
 from netpacs.services.audit import Event, Outcome
+from netpacs.services.federation.arrivals import MoveArrivals
 from netpacs.services.federation.search import FederatedSearch, FederationRefused
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,18 @@ class RemoteCache:
     """The cache directory of DIMSE networks' studies (module doc)."""
 
     def __init__(
-        self, directory: Path, search: FederatedSearch, get: Getter, *, ttl_hours: float
+        self,
+        directory: Path,
+        search: FederatedSearch,
+        get: Getter,
+        *,
+        ttl_hours: float,
+        arrivals: MoveArrivals,
     ) -> None:
         self.directory = directory
         self._search = search
         self._get = get
+        self.arrivals = arrivals  # where a network's C-STOREs of a C-MOVE go
         self._ttl = dt.timedelta(hours=ttl_hours)
         self._lock = threading.Lock()
 
@@ -99,8 +108,8 @@ class RemoteCache:
     def files(self, network: Network, study_uid: str, purpose: str) -> list[Path]:
         """The study's Part 10 files, retrieved now or still cached; raises
         :class:`FederationRefused` or :class:`PeerAnswerError`."""
-        if network.dimse is None or network.dimse.retrieve is not Retrieve.GET:
-            raise PeerAnswerError("only retrieve = 'get' (C-GET) is supported for now")
+        if network.dimse is None:
+            raise PeerAnswerError(f"{network.name} is no DIMSE network")
         nhs_number = self._nhs_number(network, study_uid)
         if nhs_number is None:
             raise PeerAnswerError(f"{network.name} does not answer for study {study_uid}")
@@ -136,7 +145,17 @@ class RemoteCache:
         folder = self.directory / uuid.uuid4().hex
         folder.mkdir()
         try:
-            self._get(network, study_uid, folder)
+            assert network.dimse is not None
+            if network.dimse.retrieve is Retrieve.MOVE:
+                with self.arrivals.expecting(network.name, study_uid, folder):
+                    # Another process may have retrieved it while this one waited.
+                    done = self._cached(network, study_uid)
+                    if done is not None:
+                        folder.rmdir()
+                        return done
+                    self._get(network, study_uid, folder)
+            else:
+                self._get(network, study_uid, folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
