@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from netpacs.index.schema import study
 from tests.browser.conftest import (  # noqa: F401 (the browser tests' fixtures)
     _close_pages,
     browser,
@@ -123,3 +125,15 @@ def federated_app(
     region = networks.region(folder / "region.toml")
     with http_app_on(index_templates, "sqlite", folder / "app", region_file=region) as app:
         yield app, cared_for_patient(app, folder / "local")
+
+
+def in_our_index(database_url: str, study_uid: str) -> bool:
+    """Whether our archive's index holds the study (a remote study never is)."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(study)
+            found = conn.execute(query.where(study.c.study_instance_uid == study_uid)).scalar()
+    finally:
+        engine.dispose()
+    return bool(found)

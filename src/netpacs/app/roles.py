@@ -267,8 +267,9 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         ),
         prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
         federation=federation,
-        remote=RemoteStudies(federation) if federation else None,
+        remote=RemoteStudies(federation, opens_dimse=True) if federation else None,
         remote_wire=peers if federation else None,
+        remote_cache=remote_cache(federation, settings) if federation else None,
     )
 
 

@@ -32,6 +32,7 @@ from netpacs.domain.nhs_number import is_valid
 from netpacs.services.access import Principal
 from netpacs.services.audit import Event, Outcome
 from netpacs.services.federation.arrivals import MoveArrivals
+from netpacs.services.federation.cached_study import CachedStudy, read_instances
 from netpacs.services.federation.search import FederatedSearch, FederationRefused
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 #: Retrieves a whole study of a network into a directory; the number of objects.
 Getter = Callable[[Network, str, Path], int]
 PROVENANCE = "provenance.json"
+_MAX_STUDIES_READ = 16  # cached studies whose headers are kept in memory
 
 
 class RemoteCache:
@@ -59,6 +61,7 @@ class RemoteCache:
         self.arrivals = arrivals  # where a network's C-STOREs of a C-MOVE go
         self._ttl = dt.timedelta(hours=ttl_hours)
         self._lock = threading.Lock()
+        self._studies: dict[str, CachedStudy] = {}  # folder -> its headers, read once
 
     def for_principal(self, principal: Principal) -> RemoteCache:
         scoped = copy.copy(self)
@@ -105,12 +108,20 @@ class RemoteCache:
                     return network
         return None
 
-    def files(self, network: Network, study_uid: str, purpose: str) -> list[Path]:
+    def files(
+        self, network: Network, study_uid: str, purpose: str, *, record_use: bool = True
+    ) -> list[Path]:
         """The study's Part 10 files, retrieved now or still cached; raises
-        :class:`FederationRefused` or :class:`PeerAnswerError`."""
+        :class:`FederationRefused` or :class:`PeerAnswerError`. A retrieval is always
+        audited; a use of the cached study only with ``record_use`` (the viewer's many
+        requests are audited once, as the study's opening: services.federation.remote)."""
         if network.dimse is None:
             raise PeerAnswerError(f"{network.name} is no DIMSE network")
-        nhs_number = self._nhs_number(network, study_uid)
+        with self._lock:
+            folder = self._cached(network, study_uid)
+        nhs_number = self._provenance(folder).get("nhs_number") if folder else None
+        if not nhs_number:
+            nhs_number = self._nhs_number(network, study_uid)
         if nhs_number is None:
             raise PeerAnswerError(f"{network.name} does not answer for study {study_uid}")
         refusal = self._search.refusal(nhs_number)
@@ -131,14 +142,41 @@ class RemoteCache:
                 folder = self._retrieve(network, study_uid, nhs_number)
         files = sorted(folder.glob("*.dcm"))
         how = "retrieved into the federation cache" if fetched else "from the federation cache"
-        self._search.record(
-            Event.RETRIEVE,
-            nhs_number,
-            [study_uid],
-            Outcome.SUCCESS,
-            f"study held by {network.name} ({len(files)} objects, {how}): {purpose}",
-        )
+        if fetched or record_use:
+            self._search.record(
+                Event.RETRIEVE,
+                nhs_number,
+                [study_uid],
+                Outcome.SUCCESS,
+                f"study held by {network.name} ({len(files)} objects, {how}): {purpose}",
+            )
         return files
+
+    def study(self, network: Network, study_uid: str) -> CachedStudy:
+        """The cached study as DICOMweb answers (retrieved first when not cached), for
+        the viewer; as :meth:`files`."""
+        files = self.files(network, study_uid, "opened in the viewer", record_use=False)
+        key = str(files[0].parent) if files else ""
+        with self._lock:
+            known = self._studies.get(key)
+        if known is not None and len(known.instances) == len(files):
+            return known
+        study = CachedStudy(read_instances(files))
+        if not study.instances:
+            raise PeerAnswerError(f"{network.name} sent nothing readable for study {study_uid}")
+        with self._lock:
+            if len(self._studies) >= _MAX_STUDIES_READ:
+                self._studies.clear()
+            self._studies[key] = study
+        return study
+
+    @staticmethod
+    def _provenance(folder: Path) -> dict[str, str]:
+        try:
+            out: dict[str, str] = json.loads((folder / PROVENANCE).read_text())
+            return out
+        except (OSError, ValueError):
+            return {}
 
     def _retrieve(self, network: Network, study_uid: str, nhs_number: str) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
