@@ -36,7 +36,7 @@ from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.federation import NETWORKS_ROOT
 from netpacs.adapters.transports.dicomweb_peer import DicomwebPeer
 from netpacs.domain.federation import PeerAnswerError
-from netpacs.domain.networks import Network, Protocol
+from netpacs.domain.networks import Network, NhsNumberIn, Protocol
 from netpacs.services.access import Capability
 from netpacs.services.federation import FederationRefused, RemoteStudies
 
@@ -81,7 +81,12 @@ def remote_search(request: Request, name: str) -> Response:
     network = _network(svc, name, uids[0])
     if network.protocol is Protocol.DIMSE:
         return remote_cached.study_search(request, svc, network, uids[0])
-    return _pass(request, svc, network, "studies", metadata=True)
+    extra = ""
+    number = svc.remote.nhs_number(uids[0]) if svc.remote else None
+    if network.nhs_number_in is NhsNumberIn.ISSUER_NHS and number:
+        # Such a network (another netpacs) answers partners by NHS number only.
+        extra = f"PatientID={number}&IssuerOfPatientID=NHS"
+    return _pass(request, svc, network, "studies", metadata=True, extra=extra)
 
 
 @router.get(f"{NETWORKS_ROOT}/{{name}}/studies/{{study}}{{tail:path}}", summary="Remote WADO-RS")
@@ -102,11 +107,18 @@ def remote_retrieve(request: Request, name: str, study: str, tail: str = "") -> 
 
 
 def _pass(
-    request: Request, svc: HttpServices, network: Network, path: str, *, metadata: bool
+    request: Request,
+    svc: HttpServices,
+    network: Network,
+    path: str,
+    *,
+    metadata: bool,
+    extra: str = "",
 ) -> Response:
     _, wire = _remote(svc)
     # Commas as themselves: some archives (Orthanc) do not decode %2C in viewport=w,h.
     query = re.sub("%2[Cc]", ",", request.url.query)
+    query = f"{query}&{extra}" if query and extra else query or extra
     stack = contextlib.ExitStack()
     try:
         status, kind, chunks = stack.enter_context(

@@ -49,6 +49,9 @@ class DimsePeer:
         ds.StudyInstanceUID = study_uid
         if network.nhs_number_in is NhsNumberIn.PATIENT_ID:
             ds.PatientID = nhs_number
+        elif network.nhs_number_in is NhsNumberIn.ISSUER_NHS:
+            ds.PatientID = nhs_number
+            ds.IssuerOfPatientID = "NHS" if nhs_number else ""
         else:
             item = Dataset()
             item.PatientID = nhs_number

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from netpacs.domain.federation import STUDY_UID, PeerAnswerError, nhs_number_of, text_of
-from netpacs.domain.networks import Network, NhsNumberIn, Protocol, Retrieve
+from netpacs.domain.networks import Network, Protocol, Retrieve
 from netpacs.domain.nhs_number import is_valid
 from netpacs.services.access import Principal
 from netpacs.services.audit import Event, Outcome
@@ -79,7 +79,7 @@ class RemoteCache:
             items = asker.find_study(network, study_uid)
         except PeerAnswerError:
             return None
-        in_other = network.nhs_number_in is NhsNumberIn.OTHER_PATIENT_IDS
+        in_other = network.nhs_number_in.answered_in_other_ids
         for item in items[:10]:
             number = nhs_number_of(item, in_other_ids=in_other)
             if text_of(item, STUDY_UID) == study_uid and is_valid(number):

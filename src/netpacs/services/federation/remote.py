@@ -18,7 +18,7 @@ import threading
 import time
 
 from netpacs.domain.federation import STUDY_UID, PeerAnswerError, nhs_number_of, text_of
-from netpacs.domain.networks import Network, NhsNumberIn, Protocol
+from netpacs.domain.networks import Network, Protocol
 from netpacs.domain.nhs_number import is_valid
 from netpacs.services.access import Principal
 from netpacs.services.audit import Event, Outcome
@@ -100,6 +100,11 @@ class RemoteStudies:
         hit = self._search.found.get(self._search.principal.user_id, study_uid)
         return hit[0] if hit and self.openable(hit[0]) else None
 
+    def nhs_number(self, study_uid: str) -> str | None:
+        """The NHS number of a study the principal found lately in this process."""
+        hit = self._search.found.get(self._search.principal.user_id, study_uid)
+        return hit[1] if hit else None
+
     def locate(self, study_uid: str, network: str | None = None) -> Network | None:
         """The network holding ``study_uid`` (only ``network`` when given; DICOMweb, or
         DIMSE: :meth:`openable`) that the principal may open it from; None when none
@@ -163,7 +168,7 @@ class RemoteStudies:
                     items = future.result()
                 except PeerAnswerError:
                     continue
-                in_other = n.nhs_number_in is NhsNumberIn.OTHER_PATIENT_IDS
+                in_other = n.nhs_number_in.answered_in_other_ids
                 for item in items[:10]:
                     number = nhs_number_of(item, in_other_ids=in_other)
                     if text_of(item, STUDY_UID) == study_uid and is_valid(number):
