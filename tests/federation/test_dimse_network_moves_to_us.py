@@ -149,6 +149,10 @@ def test_a_wessex_study_opens_as_wado_rs_from_the_federation_cache_under_its_ret
         assert frames.status_code == 200, frames.text
         assert frames.headers["content-type"].startswith("multipart/related")
         assert len(frames.content) >= 64 * 64 * 2
+        instance = client.get(f"{url}/series/{series_uid}/instances/{sop}")
+        assert instance.status_code == 200, instance.text
+        assert 'type="application/dicom"' in instance.headers["content-type"]
+        assert instance.content.count(b"DICM") == 1 and sop.encode() in instance.content
         no_frame = client.get(f"{url}/series/{series_uid}/instances/{sop}/frames/9")
         assert no_frame.status_code == 404 and "frames" in no_frame.text
         found = client.get("/dicomweb/studies", params={"StudyInstanceUID": uid})

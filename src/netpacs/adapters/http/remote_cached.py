@@ -8,11 +8,14 @@ are adapters.http.remote's; this module turns a resource path into an answer.
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import orjson
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from netpacs.adapters.http.deps import HttpServices, base_url
 from netpacs.adapters.http.dicomweb import multipart
@@ -83,8 +86,24 @@ def resource(
             return _json(study.instance_matches(series))
     except (FrameError, RenderError) as exc:
         raise HttpError(_STATUS.get(exc.problem, 400), str(exc)) from None
-    # The study, a series or an instance as Part 10 objects (PS3.18 10.4.1.1.1).
-    return multipart([i.path.read_bytes() for i in chosen], "application/dicom")
+    # The study, a series or an instance as Part 10 objects (PS3.18 10.4.1.1.1), streamed.
+    return _objects([i.path for i in chosen])
+
+
+def _objects(paths: list[Path]) -> Response:
+    boundary = secrets.token_hex(16)
+
+    def body() -> Iterator[bytes]:
+        for path in paths:
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=media)
 
 
 def _frames(request: Request, inst: CachedInstance, frames: str) -> Response:
