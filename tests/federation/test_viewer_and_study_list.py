@@ -136,8 +136,7 @@ def test_a_workstation_allowed_to_finds_the_networks_studies_with_c_find(
         ds = found[uid]
         if name == "Wessex":
             assert ds.RetrieveAETitle == "WESSEX"
-        else:
-            assert str(ds.RetrieveURL).endswith(f"/dicomweb/networks/{name}/studies/{uid}")
+        assert str(ds.RetrieveURL).endswith(f"/dicomweb/networks/{name}/studies/{uid}")
     assert found[local].RetrieveAETitle == "NETPACS"
     output = result.stdout + result.stderr
     # A Warning final status, its Error Comment naming the network that did not answer.

@@ -5,9 +5,10 @@ Root C-FIND at STUDY level with one Patient ID and Issuer of Patient ID ``NHS`` 
 after our matches, the studies the neighbouring networks hold (the federation service
 decides who may, and audits). Each remote match carries the keys the workstation asked
 for that the network answered, with where it is: Retrieve AE Title (0008,0054) of a
-DIMSE network, or Retrieve URL (0008,1190) of our pass-through of a DICOMweb network
-(PS3.4 C.4.1.1.3.2). Networks that did not answer are named in the Error Comment of a
-Warning final status (0xB000), as an edge node says its answer came from its cache.
+DIMSE network, and Retrieve URL (0008,1190) of our pass-through (a DICOMweb network)
+or of our federation cache (a DIMSE network) (PS3.4 C.4.1.1.3.2). Networks that did
+not answer are named in the Error Comment of a Warning final status (0xB000), as an
+edge node says its answer came from its cache.
 
 A DIMSE network's C-STOREs of a study we C-MOVEd from it to our own AE title go to the
 federation cache (services.federation.arrivals): :func:`c_store_arrival`.
@@ -27,7 +28,6 @@ from netpacs.adapters.dimse import commands as c
 from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.scu import DIMSE_TIMEOUT
 from netpacs.domain.federation import RETRIEVE_AE_TITLE, RETRIEVE_URL, PeerAnswerError
-from netpacs.domain.networks import Protocol
 from netpacs.domain.nhs_number import is_nhs_issuer
 from netpacs.domain.query import QueryLevel
 from netpacs.domain.region import ApplicationEntity
@@ -85,7 +85,7 @@ def remote_matches(
         network = next((n for n in search.networks if n.name == study.network), None)
         if network is not None and network.dimse is not None:
             match[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [network.dimse.ae_title]}
-        elif network is not None and network.protocol is Protocol.DICOMWEB and public_url:
+        if network is not None and public_url:  # DIMSE: opened from the federation cache
             url = f"{public_url}/dicomweb/networks/{quote(network.name, safe='')}"
             url += f"/studies/{study.study_instance_uid}"
             match[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
