@@ -12,7 +12,9 @@ at netpacs (signed in as ``rtp.admin``). The ratio of a round is the federated t
 the slowest direct time; the target is a median of at most 1.2. Exits non-zero when a
 federated answer lacks a study or carries a Warning. ``--viewer N`` then times the
 viewer's first image of a Kent study opened through netpacs against a local one
-(target at most 1.5x).
+(target at most 1.5x). Each round also asks the three networks at once from the bench
+process (the same clients, three threads): what they cost answering together on this
+machine, without netpacs in between.
 
     .venv/bin/python bench/federation_bench.py [--rounds 30] [--studies 20] [--viewer 5]
 """
@@ -20,6 +22,7 @@ viewer's first image of a Kent study opened through netpacs against a local one
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import os
 import shutil
 import statistics
@@ -214,6 +217,9 @@ def main() -> int:
         dimse = DimsePeer(our_ae_title="NETPACS", max_studies=500)
         params = {"PatientID": NHS, "IssuerOfPatientID": "NHS", "includenetworks": "true"}
         ratios, federated, slowest = [], [], []
+        parallel: list[float] = []
+        parallel_ratios: list[float] = []
+        pool = cf.ThreadPoolExecutor(max_workers=3)
         per_network: dict[str, list[float]] = {n.name: [] for n in networks}
         failures = 0
         with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
@@ -226,6 +232,18 @@ def main() -> int:
                     assert len(items) == args.studies, (n.name, len(items))
                     if round_ >= 3:
                         per_network[n.name].append(times[-1])
+                # The same three asked at once from here: what the networks cost when
+                # they answer together on this machine, without netpacs.
+                t0 = time.perf_counter()
+                together = [
+                    pool.submit(
+                        (web if n.protocol is Protocol.DICOMWEB else dimse).find_studies, n, NHS
+                    )
+                    for n in networks
+                ]
+                for future in together:
+                    future.result()
+                at_once = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 response = client.get(f"{base}/dicomweb/studies", params=params)
                 elapsed = time.perf_counter() - t0
@@ -243,7 +261,10 @@ def main() -> int:
                     federated.append(elapsed)
                     slowest.append(max(times))
                     ratios.append(elapsed / max(times))
+                    parallel.append(at_once)
+                    parallel_ratios.append(elapsed / at_once)
         web.close()
+        pool.shutdown()
         if args.viewer:
             viewer_rounds(args.viewer, workdir, kent, netpacs, token)
         ms = lambda xs: f"{statistics.median(xs) * 1000:.1f} ms"  # noqa: E731
@@ -256,6 +277,8 @@ def main() -> int:
             f"  ratio federated / slowest: median {statistics.median(ratios):.2f} "
             f"(p90 {sorted(ratios)[int(len(ratios) * 0.9) - 1]:.2f}; target <= 1.2)"
         )
+        print(f"  the three asked at once from the bench: median {ms(parallel)}")
+        print(f"  ratio federated / asked at once: median {statistics.median(parallel_ratios):.2f}")
         return 1 if failures else 0
     finally:
         for receiver in started:

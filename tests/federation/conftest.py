@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from netpacs.index.schema import study
 from tests.browser.conftest import (  # noqa: F401 (the browser tests' fixtures)
     _close_pages,
     browser,
@@ -37,14 +39,21 @@ class Networks:
     wessex: Orthanc
     studies: dict[str, list[str]]  # network name -> Study UIDs it holds
 
-    def region(self, path: Path, *, extra: str = "", workstation_port: int | None = None) -> Path:
+    def region(
+        self,
+        path: Path,
+        *,
+        extra: str = "",
+        workstation_port: int | None = None,
+        wessex_retrieve: str = "get",
+    ) -> Path:
         """A region file naming the three networks (and ``extra``); RTP_WS1 at
-        ``workstation_port`` when given."""
+        ``workstation_port`` when given; Wessex retrieved with C-GET or C-MOVE."""
         return region_with_networks(
             path,
             dicomweb_network("London", self.london.dicomweb)
             + dicomweb_network("Kent", self.kent.dicomweb)
-            + dimse_network("Wessex", self.wessex.aet, self.wessex.dicom_port)
+            + dimse_network("Wessex", self.wessex.aet, self.wessex.dicom_port, wessex_retrieve)
             + extra,
             workstation_port=workstation_port,
         )
@@ -116,3 +125,15 @@ def federated_app(
     region = networks.region(folder / "region.toml")
     with http_app_on(index_templates, "sqlite", folder / "app", region_file=region) as app:
         yield app, cared_for_patient(app, folder / "local")
+
+
+def in_our_index(database_url: str, study_uid: str) -> bool:
+    """Whether our archive's index holds the study (a remote study never is)."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(study)
+            found = conn.execute(query.where(study.c.study_instance_uid == study_uid)).scalar()
+    finally:
+        engine.dispose()
+    return bool(found)

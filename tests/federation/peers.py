@@ -241,8 +241,8 @@ def dicomweb_network(name: str, url: str, timeout: float = 2.0) -> str:
     )
 
 
-def dimse_network(name: str, aet: str, port: int) -> str:
+def dimse_network(name: str, aet: str, port: int, retrieve: str = "get") -> str:
     return (
         f'[[networks]]\nname = "{name}"\nprotocol = "dimse"\nae_title = "{aet}"\n'
-        f'host = "127.0.0.1"\nport = {port}\nretrieve = "get"\n\n'
+        f'host = "127.0.0.1"\nport = {port}\nretrieve = "{retrieve}"\n\n'
     )

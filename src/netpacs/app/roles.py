@@ -21,12 +21,18 @@ from netpacs.adapters.http.config import OidcConfig, WebConfig
 from netpacs.adapters.http.deps import HttpServices
 from netpacs.app import edge_read
 from netpacs.app.container import Archive, Edge, build_archive, build_edge, edge_figures
-from netpacs.app.federation import dicomweb_peer, federated_search, remote_cache
+from netpacs.app.federation import (
+    dicomweb_peer,
+    federated_search,
+    move_arrivals,
+    remote_cache,
+)
 from netpacs.app.region_file import load_region
 from netpacs.app.settings import Settings, split_list
 from netpacs.app.startup import StartupError
 from netpacs.app.supervisor import worker_grace
 from netpacs.app.tls import dimse_tls_context, mllp_tls_context
+from netpacs.domain.networks import Retrieve
 from netpacs.index.db import lost_primary, make_engine
 from netpacs.services.access import BreakGlass
 from netpacs.services.accounts import AccountService, load_secret
@@ -95,6 +101,14 @@ def dimse_services(
         federation=federation,
         public_url=public_url,
         remote_cache=remote_cache(federation, settings) if federation and settings else None,
+        arrivals=move_arrivals(settings) if settings and moves_to_us(archive, settings) else None,
+    )
+
+
+def moves_to_us(archive: Archive, settings: Settings) -> bool:
+    """Whether a DIMSE network of a core's region C-MOVEs to our AE title (issue 14)."""
+    return settings.role == "core" and any(
+        n.dimse is not None and n.dimse.retrieve is Retrieve.MOVE for n in archive.region.networks
     )
 
 
@@ -259,8 +273,9 @@ def http_services(archive: Archive, settings: Settings, edge: Edge | None = None
         ),
         prefetch_status=PrefetchStatus(archive.read_engine) if settings.role == "edge" else None,
         federation=federation,
-        remote=RemoteStudies(federation) if federation else None,
+        remote=RemoteStudies(federation, opens_dimse=True) if federation else None,
         remote_wire=peers if federation else None,
+        remote_cache=remote_cache(federation, settings) if federation else None,
     )
 
 

@@ -160,7 +160,8 @@ def text_of(dataset: Any, tag: str) -> str:
 
 def nhs_number_of(dataset: Any, *, in_other_ids: bool) -> str:
     """The NHS number a peer's answer item carries where the network keeps it ('' when
-    none): its Patient ID, or the Other Patient IDs item with issuer NHS."""
+    none): its Patient ID, or the Other Patient IDs item with issuer NHS (else its
+    Patient ID; callers check it is a valid NHS number)."""
     if not in_other_ids:
         return text_of(dataset, PATIENT_ID)
     element = dataset.get(OTHER_PATIENT_IDS_SEQUENCE) if isinstance(dataset, dict) else None
@@ -168,4 +169,4 @@ def nhs_number_of(dataset: Any, *, in_other_ids: bool) -> str:
     for item in items[:_MAX_VALUES] if isinstance(items, list) else []:
         if text_of(item, ISSUER_OF_PATIENT_ID) == "NHS":
             return text_of(item, PATIENT_ID)
-    return ""
+    return text_of(dataset, PATIENT_ID)  # the NHS number as Patient ID (holds_nhs_number)

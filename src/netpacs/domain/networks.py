@@ -46,6 +46,14 @@ class NhsNumberIn(enum.Enum):
 
     PATIENT_ID = "patient_id"  # Patient ID (0010,0020), any issuer
     OTHER_PATIENT_IDS = "other_patient_ids"  # Other Patient IDs Sequence, issuer "NHS"
+    # Asked as Patient ID with Issuer of Patient ID "NHS" (as another netpacs requires);
+    # answered in the Patient ID or an Other Patient IDs item with issuer "NHS".
+    ISSUER_NHS = "issuer_nhs"
+
+    @property
+    def answered_in_other_ids(self) -> bool:
+        """Whether an answer may carry the NHS number in Other Patient IDs."""
+        return self is not NhsNumberIn.PATIENT_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +121,7 @@ class NetworkTable(_Table):
     tls: bool = False
     retrieve: Literal["move", "get"] = "move"
     # Both
-    nhs_number_in: Literal["patient_id", "other_patient_ids"] = "patient_id"
+    nhs_number_in: Literal["patient_id", "other_patient_ids", "issuer_nhs"] = "patient_id"
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = DEFAULT_TIMEOUT_SECONDS
     shares: list[str] = []
     client_id: Annotated[str, Field(min_length=1, max_length=100)] | None = None

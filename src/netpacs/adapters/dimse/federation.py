@@ -5,28 +5,45 @@ Root C-FIND at STUDY level with one Patient ID and Issuer of Patient ID ``NHS`` 
 after our matches, the studies the neighbouring networks hold (the federation service
 decides who may, and audits). Each remote match carries the keys the workstation asked
 for that the network answered, with where it is: Retrieve AE Title (0008,0054) of a
-DIMSE network, or Retrieve URL (0008,1190) of our pass-through of a DICOMweb network
-(PS3.4 C.4.1.1.3.2). Networks that did not answer are named in the Error Comment of a
-Warning final status (0xB000), as an edge node says its answer came from its cache.
+DIMSE network, and Retrieve URL (0008,1190) of our pass-through (a DICOMweb network)
+or of our federation cache (a DIMSE network) (PS3.4 C.4.1.1.3.2). Networks that did
+not answer are named in the Error Comment of a Warning final status (0xB000), as an
+edge node says its answer came from its cache.
+
+A DIMSE network's C-STOREs of a study we C-MOVEd from it to our own AE title go to the
+federation cache (services.federation.arrivals): :func:`c_store_arrival`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pydicom import dcmread
 from pynetdicom import AE
 
+from netpacs.adapters.dimse import commands as c
+from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.scu import DIMSE_TIMEOUT
 from netpacs.domain.federation import RETRIEVE_AE_TITLE, RETRIEVE_URL, PeerAnswerError
-from netpacs.domain.networks import Protocol
 from netpacs.domain.nhs_number import is_nhs_issuer
 from netpacs.domain.query import QueryLevel
 from netpacs.domain.region import ApplicationEntity
-from netpacs.services.federation import FederatedSearch, FederationRefused, RemoteCache
+from netpacs.services.access import Capability
+from netpacs.services.access_policy import Refusal
+from netpacs.services.federation import (
+    FederatedSearch,
+    FederationRefused,
+    MoveArrivals,
+    RemoteCache,
+)
+from netpacs.services.spool import Spool
+
+if TYPE_CHECKING:
+    from netpacs.adapters.dimse.association import Message
+    from netpacs.adapters.dimse.handlers import AssociationHandlers
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +85,7 @@ def remote_matches(
         network = next((n for n in search.networks if n.name == study.network), None)
         if network is not None and network.dimse is not None:
             match[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [network.dimse.ae_title]}
-        elif network is not None and network.protocol is Protocol.DICOMWEB and public_url:
+        if network is not None and public_url:  # DIMSE: opened from the federation cache
             url = f"{public_url}/dicomweb/networks/{quote(network.name, safe='')}"
             url += f"/studies/{study.study_instance_uid}"
             match[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
@@ -145,3 +162,40 @@ def send_files(
         if assoc.is_established:
             assoc.release()
     return completed, failed
+
+
+async def c_store_arrival(h: AssociationHandlers, msg: Message, arrivals: MoveArrivals) -> None:
+    """A C-STORE from a DIMSE network's AE: kept in the federation cache when it is part
+    of a C-MOVE we asked of that network; else refused (Not Authorized, audited)."""
+    partner = h.principal.partner
+    assert partner is not None
+    cmd = msg.command
+    sop_class = cmd.get_str(c.AFFECTED_SOP_CLASS_UID)
+    sop_instance = cmd.get_str(c.AFFECTED_SOP_INSTANCE_UID)
+    ctx = h.assoc.contexts[msg.context_id]
+    status, why = st.SUCCESS, None
+    if sop_class != ctx.abstract_syntax:
+        status, why = st.SOP_CLASS_NOT_SUPPORTED, "SOP Class differs from the presentation context"
+    elif not arrivals.expects(partner.network):
+        status = st.NOT_AUTHORIZED
+        why = f"{partner.network} may store only a study we asked it to move to us"
+        await h._run(h.s.access.record, Refusal(h.principal, Capability.STORE, why))
+    elif msg.data is None:
+        status, why = st.OUT_OF_RESOURCES, msg.refused or "no data set"
+    else:
+        data = msg.data
+        chunks = data.chunks() if isinstance(data, Spool) else [data]
+        why = await h._run(
+            arrivals.store,
+            partner.network,
+            chunks,
+            transfer_syntax_uid=ctx.transfer_syntax,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+        )
+        if why is not None:
+            status = st.OUT_OF_RESOURCES if "limit" in why else st.CANNOT_UNDERSTAND
+            log.warning("C-STORE from %s not kept: %s", partner.network, why)
+    h._reply(
+        msg, c.C_STORE_RSP, status, sop_instance_uid=sop_instance, comment=why[:64] if why else None
+    )

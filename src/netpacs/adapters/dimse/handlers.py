@@ -24,7 +24,7 @@ from netpacs.adapters.dimse import mpps, worklist
 from netpacs.adapters.dimse import status as st
 from netpacs.adapters.dimse.association import Association, Message
 from netpacs.adapters.dimse.commitment import CommitmentRequests
-from netpacs.adapters.dimse.federation import move_remote, remote_matches
+from netpacs.adapters.dimse.federation import c_store_arrival, move_remote, remote_matches
 from netpacs.adapters.dimse.negotiation import (
     DECOMPRESS_TO,
     DEFLATED,
@@ -52,7 +52,7 @@ from netpacs.services.access_policy import AccessPolicy, Refusal
 from netpacs.services.commitment import CommitmentService
 from netpacs.services.edge.mpps import EdgeMpps
 from netpacs.services.edge.readthrough import ReadThrough
-from netpacs.services.federation import FederatedSearch, RemoteCache
+from netpacs.services.federation import FederatedSearch, MoveArrivals, RemoteCache
 from netpacs.services.ingest_batch import StoreService
 from netpacs.services.orders.mpps import MppsService
 from netpacs.services.orders.worklist import ModalityWorklist
@@ -96,6 +96,7 @@ class DimseServices:
     federation: FederatedSearch | None = None  # workstations' C-FIND across networks
     public_url: str | None = None  # our HTTP base URL (Retrieve URL of remote studies)
     remote_cache: RemoteCache | None = None  # C-MOVE of a DIMSE network's study
+    arrivals: MoveArrivals | None = None  # a network's C-STOREs of our C-MOVE from it
 
     def for_principal(self, principal: Principal) -> DimseServices:
         """The same services answering for the calling AE (access and audit)."""
@@ -141,7 +142,8 @@ class AssociationHandlers:
         ctx = self.assoc.contexts[context_id]
         sop_class = command.get_str(c.AFFECTED_SOP_CLASS_UID)
         if (
-            command.field == c.C_STORE_RQ
+            self.principal.partner is None  # a network's objects never reach the blob store
+            and command.field == c.C_STORE_RQ
             and ctx.abstract_syntax in STORAGE_SOP_CLASSES
             and sop_class == ctx.abstract_syntax
         ):
@@ -189,6 +191,14 @@ class AssociationHandlers:
         needed = _NEEDS.get(field)
         if ctx.abstract_syntax in (MODALITY_WORKLIST_FIND, MPPS):
             needed = Capability.WORKLIST
+        if (
+            field == c.C_STORE_RQ
+            and self.principal.partner is not None
+            and self.s.arrivals is not None
+            and ctx.abstract_syntax in STORAGE_SOP_CLASSES
+        ):
+            await c_store_arrival(self, msg, self.s.arrivals)
+            return
         refusal = None if needed is None else self.s.access.decide(self.principal, needed)
         if refusal is not None:
             await self._run(self.s.access.record, refusal)

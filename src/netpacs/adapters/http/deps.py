@@ -20,7 +20,7 @@ from netpacs.services.edge.feed import ChangeFeed, PrefetchStatus
 from netpacs.services.edge.nodes import EdgeNodes
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.edge.serving import EdgeServing
-from netpacs.services.federation import FederatedSearch, RemoteStudies
+from netpacs.services.federation import FederatedSearch, RemoteCache, RemoteStudies
 from netpacs.services.frames import FrameReader
 from netpacs.services.health import HealthService
 from netpacs.services.imaging_study import ImagingStudyService
@@ -84,6 +84,7 @@ class HttpServices:
     federation: FederatedSearch | None = None  # the other networks (None: none configured)
     remote: RemoteStudies | None = None  # their studies opened through us
     remote_wire: DicomwebPeer | None = None  # the DICOMweb client passing them through
+    remote_cache: RemoteCache | None = None  # DIMSE networks' studies, retrieved to open
 
     @property
     def principal(self) -> Principal:
@@ -106,6 +107,7 @@ class HttpServices:
             edges=self.edges.for_principal(principal) if self.edges else None,
             federation=self.federation.for_principal(principal) if self.federation else None,
             remote=self.remote.for_principal(principal) if self.remote else None,
+            remote_cache=self.remote_cache.for_principal(principal) if self.remote_cache else None,
         )
 
 

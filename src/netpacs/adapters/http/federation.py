@@ -27,7 +27,6 @@ from netpacs.domain.federation import (
     FederatedAnswer,
     RemoteStudy,
 )
-from netpacs.domain.networks import Protocol
 from netpacs.domain.nhs_number import is_nhs_issuer, is_valid
 from netpacs.domain.query import QueryLevel
 from netpacs.services.federation import FederationRefused
@@ -76,13 +75,14 @@ def remote_dataset(request: Request, study: RemoteStudy) -> dict[str, Any]:
     svc = services(request)
     dataset = dict(study.dataset)
     network = svc.region.network(study.network)
-    if network is not None and network.protocol is Protocol.DICOMWEB:
+    # Opened through us: passed through (DICOMweb), or from the federation cache (DIMSE).
+    if network is not None and svc.remote is not None and svc.remote.openable(network.name):
         url = (
             f"{base_url(request)}{NETWORKS_ROOT}/{quote(network.name, safe='')}"
             f"/studies/{study.study_instance_uid}"
         )
         dataset[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
-    elif network is not None and network.dimse is not None:
+    if network is not None and network.dimse is not None:
         dataset[RETRIEVE_AE_TITLE] = {"vr": "AE", "Value": [network.dimse.ae_title]}
     dataset.setdefault(ISSUER_OF_PATIENT_ID, {"vr": "LO"})
     return dataset

@@ -4,7 +4,9 @@ QIDO-RS passed through, on demand, to the DICOMweb network that holds it.
 ``/dicomweb/networks/<name>/studies/<uid>/...`` (the RetrieveURL of a federated
 search) is answered from network ``<name>``: the study, its series, metadata,
 instances, frames, bulk data, rendered images and thumbnails, and
-``/dicomweb/networks/<name>/studies?StudyInstanceUID=<uid>``. The answer streams
+``/dicomweb/networks/<name>/studies?StudyInstanceUID=<uid>``; a DIMSE network's study
+is answered from the federation cache instead (adapters.http.remote_cached). The answer
+streams
 through as it arrives, capped in size (NETPACS_FEDERATION_MAX_RETRIEVE_MB); metadata is
 read whole (capped) so that the network's own URLs in it become ours. Nothing is
 stored. Whether the user may open the study is the service's decision
@@ -27,13 +29,14 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from netpacs.adapters.http import remote_cached
 from netpacs.adapters.http.access import requires
 from netpacs.adapters.http.deps import HttpServices, base_url, check_url_uids, services
 from netpacs.adapters.http.errors import HttpError
 from netpacs.adapters.http.federation import NETWORKS_ROOT
 from netpacs.adapters.transports.dicomweb_peer import DicomwebPeer
 from netpacs.domain.federation import PeerAnswerError
-from netpacs.domain.networks import Network
+from netpacs.domain.networks import Network, NhsNumberIn, Protocol
 from netpacs.services.access import Capability
 from netpacs.services.federation import FederationRefused, RemoteStudies
 
@@ -57,8 +60,8 @@ def _remote(svc: HttpServices) -> tuple[RemoteStudies, DicomwebPeer]:
 
 def _network(svc: HttpServices, name: str, study: str) -> Network:
     remote, _ = _remote(svc)
-    if remote.passable(name) is None:
-        raise HttpError(404, f"no DICOMweb network named {name[:64]!r}")
+    if remote.openable(name) is None:
+        raise HttpError(404, f"no network named {name[:64]!r} whose studies open here")
     try:
         found = remote.locate(study, network=name)
     except FederationRefused as exc:
@@ -76,7 +79,14 @@ def remote_search(request: Request, name: str) -> Response:
     check_url_uids(Study=uids[0])
     svc = services(request)
     network = _network(svc, name, uids[0])
-    return _pass(request, svc, network, "studies", metadata=True)
+    if network.protocol is Protocol.DIMSE:
+        return remote_cached.study_search(request, svc, network, uids[0])
+    extra = ""
+    number = svc.remote.nhs_number(uids[0]) if svc.remote else None
+    if network.nhs_number_in is NhsNumberIn.ISSUER_NHS and number:
+        # Such a network (another netpacs) answers partners by NHS number only.
+        extra = f"PatientID={number}&IssuerOfPatientID=NHS"
+    return _pass(request, svc, network, "studies", metadata=True, extra=extra)
 
 
 @router.get(f"{NETWORKS_ROOT}/{{name}}/studies/{{study}}{{tail:path}}", summary="Remote WADO-RS")
@@ -86,6 +96,8 @@ def remote_retrieve(request: Request, name: str, study: str, tail: str = "") -> 
         raise HttpError(400, f"{tail[:80]!r} is not a WADO-RS resource of a study")
     svc = services(request)
     network = _network(svc, name, study)
+    if network.protocol is Protocol.DIMSE:
+        return remote_cached.resource(request, svc, network, study, tail)
     json_answer = tail.endswith(("/metadata", "/series")) or tail.endswith("/instances")
     if "/instances/" in tail and tail.endswith("/thumbnail"):
         # An instance's thumbnail is a small rendered image (PS3.18 10.4.1.1.3): asked
@@ -95,11 +107,18 @@ def remote_retrieve(request: Request, name: str, study: str, tail: str = "") -> 
 
 
 def _pass(
-    request: Request, svc: HttpServices, network: Network, path: str, *, metadata: bool
+    request: Request,
+    svc: HttpServices,
+    network: Network,
+    path: str,
+    *,
+    metadata: bool,
+    extra: str = "",
 ) -> Response:
     _, wire = _remote(svc)
     # Commas as themselves: some archives (Orthanc) do not decode %2C in viewport=w,h.
     query = re.sub("%2[Cc]", ",", request.url.query)
+    query = f"{query}&{extra}" if query and extra else query or extra
     stack = contextlib.ExitStack()
     try:
         status, kind, chunks = stack.enter_context(

@@ -1,7 +1,8 @@
 """Another network's DICOMweb archive as the federation gateway reaches it (issue 14).
 
 :class:`DicomwebPeer` asks a network's QIDO-RS for a patient's studies by NHS number
-(PS3.18 10.6): ``studies?PatientID=<nhs>``, or the Other Patient IDs Sequence with
+(PS3.18 10.6): ``studies?PatientID=<nhs>``, the same with ``IssuerOfPatientID=NHS``
+(another netpacs answers partners only so), or the Other Patient IDs Sequence with
 issuer NHS. Everything the peer sends is bounded: the body is read as it arrives and
 given up past ``max_bytes``, at most ``max_studies`` matches are asked for and kept,
 and each item is checked (domain.federation). Any failure is one
@@ -133,6 +134,12 @@ class DicomwebPeer:
         checked); :class:`PeerAnswerError` for anything else than a bounded JSON array."""
         if network.nhs_number_in is NhsNumberIn.PATIENT_ID:
             params = {"PatientID": nhs_number}
+        elif network.nhs_number_in is NhsNumberIn.ISSUER_NHS:
+            params = {
+                "PatientID": nhs_number,
+                "IssuerOfPatientID": "NHS",
+                "includefield": "OtherPatientIDsSequence",
+            }
         else:
             params = {
                 "OtherPatientIDsSequence.PatientID": nhs_number,
@@ -143,7 +150,7 @@ class DicomwebPeer:
     def find_study(self, network: Network, study_instance_uid: str) -> list[JsonDataset]:
         """The network's answer for one study (with its patient's identifiers)."""
         params = {"StudyInstanceUID": study_instance_uid, "limit": "2"}
-        if network.nhs_number_in is NhsNumberIn.OTHER_PATIENT_IDS:
+        if network.nhs_number_in.answered_in_other_ids:
             params["includefield"] = "OtherPatientIDsSequence"
         return self._qido(network, params)
 

@@ -22,6 +22,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from netpacs.domain.dicom.header import JsonDataset
@@ -48,6 +49,9 @@ class DimsePeer:
         ds.StudyInstanceUID = study_uid
         if network.nhs_number_in is NhsNumberIn.PATIENT_ID:
             ds.PatientID = nhs_number
+        elif network.nhs_number_in is NhsNumberIn.ISSUER_NHS:
+            ds.PatientID = nhs_number
+            ds.IssuerOfPatientID = "NHS" if nhs_number else ""
         else:
             item = Dataset()
             item.PatientID = nhs_number
@@ -186,3 +190,47 @@ def get_study(
             f"C-GET ended with status 0x{final or 0:04X}, {received['files']} objects"
         )
     return received["files"]
+
+
+def move_study(network: Network, study_instance_uid: str, into: Path, *, our_ae_title: str) -> int:
+    """C-MOVE a whole study from a DIMSE network to our own AE title (PS3.4 C.4.2): the
+    network C-STOREs it on an association of its own, which our DIMSE listener writes
+    into ``into`` (services.federation.arrivals); the number of files there when the
+    network's final response came. :class:`PeerAnswerError` when nothing arrived."""
+    access = network.dimse
+    assert access is not None
+    if access.tls:
+        raise PeerAnswerError("DICOM TLS to other networks is not supported yet")
+    timeout = max(network.timeout_seconds, 10.0)  # between two responses of a whole study
+    ae = AE(ae_title=our_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = network.timeout_seconds
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    try:
+        assoc = ae.associate(access.host, access.port, ae_title=access.ae_title)
+    except Exception as exc:
+        raise PeerAnswerError(f"cannot associate: {exc}") from None
+    if not assoc.is_established:
+        raise PeerAnswerError("association refused or no answer")
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_instance_uid
+    final = None
+    try:
+        responses = assoc.send_c_move(
+            query, our_ae_title, StudyRootQueryRetrieveInformationModelMove
+        )
+        for status, _ in responses:
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise PeerAnswerError("no C-MOVE response in time")
+            if code not in _PENDING:
+                final = code
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    files = len(list(into.glob("*.dcm")))
+    if final not in (0x0000, 0xB000) or not files:
+        raise PeerAnswerError(f"C-MOVE ended with status 0x{final or 0:04X}, {files} objects")
+    return files

@@ -18,7 +18,7 @@ import threading
 import time
 
 from netpacs.domain.federation import STUDY_UID, PeerAnswerError, nhs_number_of, text_of
-from netpacs.domain.networks import Network, NhsNumberIn, Protocol
+from netpacs.domain.networks import Network, Protocol
 from netpacs.domain.nhs_number import is_valid
 from netpacs.services.access import Principal
 from netpacs.services.audit import Event, Outcome
@@ -31,8 +31,10 @@ _MAX_VERDICTS = 50_000
 class RemoteStudies:
     """Where a remote study is, for one principal (module doc)."""
 
-    def __init__(self, search: FederatedSearch) -> None:
+    def __init__(self, search: FederatedSearch, *, opens_dimse: bool = False) -> None:
         self._search = search
+        # Whether DIMSE networks' studies open too (retrieved into the federation cache).
+        self._opens_dimse = opens_dimse
         # Study UID (and user, for "no network") -> until: the viewer's many requests
         # for a study of ours, or one nobody holds, do not each ask again.
         self._verdicts: dict[tuple[str, str], float] = {}
@@ -57,8 +59,8 @@ class RemoteStudies:
     def route(self, study_uid: str) -> str | None:
         """The network whose path a viewer request for ``study_uid`` goes to: a study
         the principal found lately, else (a request another process's search led to)
-        a study we do not hold that a DICOMweb network holds and the principal may
-        open; None: answer it from our archive."""
+        a study we do not hold that a network holds (:meth:`openable`) and the principal
+        may open; None: answer it from our archive."""
         name = self.known(study_uid)
         if name is not None:
             return name
@@ -84,27 +86,41 @@ class RemoteStudies:
         network = next((n for n in self._search.networks if n.name == name), None)
         return network if network and network.protocol is Protocol.DICOMWEB else None
 
+    def openable(self, name: str) -> Network | None:
+        """The network ``name`` if its studies open through us: passed through (DICOMweb)
+        or from the federation cache (DIMSE, when this process has the cache)."""
+        network = next((n for n in self._search.networks if n.name == name), None)
+        if network is None or (network.protocol is Protocol.DIMSE and not self._opens_dimse):
+            return None
+        return network
+
     def known(self, study_uid: str) -> str | None:
         """The network of a study the principal found lately in this process, or None
         (no network is asked)."""
         hit = self._search.found.get(self._search.principal.user_id, study_uid)
-        return hit[0] if hit and self.passable(hit[0]) else None
+        return hit[0] if hit and self.openable(hit[0]) else None
+
+    def nhs_number(self, study_uid: str) -> str | None:
+        """The NHS number of a study the principal found lately in this process."""
+        hit = self._search.found.get(self._search.principal.user_id, study_uid)
+        return hit[1] if hit else None
 
     def locate(self, study_uid: str, network: str | None = None) -> Network | None:
-        """The DICOMweb network holding ``study_uid`` (only ``network`` when given) that
-        the principal may open it from; None when none holds it. Raises
+        """The network holding ``study_uid`` (only ``network`` when given; DICOMweb, or
+        DIMSE: :meth:`openable`) that the principal may open it from; None when none
+        holds it. Raises
         :class:`FederationRefused` when the principal may not see its patient."""
         user = self._search.principal.user_id
         hit = self._search.found.get(user, study_uid)
         if hit is not None and (network is None or hit[0] == network):
-            found = self.passable(hit[0])
+            found = self.openable(hit[0])
             if found is not None:
                 self._opened(found, study_uid, hit[1])
                 return found
         candidates = [
             n
             for n in self._search.networks
-            if n.protocol is Protocol.DICOMWEB and (network is None or n.name == network)
+            if self.openable(n.name) and (network is None or n.name == network)
         ]
         holder = self._ask(candidates, study_uid)
         if holder is None:
@@ -125,13 +141,16 @@ class RemoteStudies:
         return found
 
     def _opened(self, network: Network, study_uid: str, nhs_number: str) -> None:
+        how = "passed through, not stored"
+        if network.protocol is Protocol.DIMSE:
+            how = "from the federation cache, apart from our archive"
         if self._search.found.first_open(self._search.principal.user_id, study_uid):
             self._search.record(
                 Event.ACCESS,
                 nhs_number,
                 [study_uid],
                 Outcome.SUCCESS,
-                f"study held by {network.name} opened (passed through, not stored)",
+                f"study held by {network.name} opened ({how})",
             )
 
     def _ask(self, networks: list[Network], study_uid: str) -> tuple[Network, str] | None:
@@ -149,7 +168,7 @@ class RemoteStudies:
                     items = future.result()
                 except PeerAnswerError:
                     continue
-                in_other = n.nhs_number_in is NhsNumberIn.OTHER_PATIENT_IDS
+                in_other = n.nhs_number_in.answered_in_other_ids
                 for item in items[:10]:
                     number = nhs_number_of(item, in_other_ids=in_other)
                     if text_of(item, STUDY_UID) == study_uid and is_valid(number):

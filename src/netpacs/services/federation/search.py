@@ -37,7 +37,7 @@ from netpacs.domain.federation import (
     clean_study,
     holds_nhs_number,
 )
-from netpacs.domain.networks import Network, NhsNumberIn, Protocol
+from netpacs.domain.networks import Network, Protocol
 from netpacs.domain.nhs_number import parse
 from netpacs.index.schema import patient, study
 from netpacs.services.access import NOBODY, AccessRules, Capability, Principal, Role
@@ -303,7 +303,7 @@ class FederatedSearch:
     def _checked(
         self, network: Network, nhs_number: str, items: list[JsonDataset]
     ) -> tuple[list[RemoteStudy], str | None]:
-        in_other = network.nhs_number_in is NhsNumberIn.OTHER_PATIENT_IDS
+        in_other = network.nhs_number_in.answered_in_other_ids
         studies: list[RemoteStudy] = []
         seen: set[str] = set()
         bad = other = 0

@@ -215,7 +215,7 @@ def _with_networks(svc: HttpServices, listing: _Listing, patient_id: str) -> _Li
     opens = {
         name
         for name in (n.name for n in svc.federation.networks)
-        if svc.remote and svc.remote.passable(name)
+        if svc.remote and svc.remote.openable(name)
     }
     rows = listing.rows + [_remote_row(s, opens=s.network in opens) for s in answer.studies]
     failed = "; ".join(f"{name} ({why})" for name, why in answer.warnings)
