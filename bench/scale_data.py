@@ -47,7 +47,7 @@ from netpacs.demo.model import (  # the demo's private parts too: a bench may re
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.domain.region import Region
 from netpacs.index.records import InstanceRecord, InstanceRow, PatientRow, SeriesRow, StudyRow
-from netpacs.services.ingest import parse_header
+from netpacs.services.ingest_record import parse_header
 
 JsonDataset = dict[str, Any]
 #: Instances per series by modality (CT scaled up from the demo's 10-20 so that the

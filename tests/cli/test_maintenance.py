@@ -131,7 +131,7 @@ def test_source_ae_in_a_foreign_file_meta_is_not_taken_as_origin(tmp_path: Path)
 def test_import_origin_is_recorded_in_the_file_meta_and_read_back(tmp_path: Path) -> None:
     """Private Information (0002,0100/0102): ours replaces a foreign pair, pydicom reads it."""
     from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, with_private_information
-    from netpacs.services.ingest import origin_information
+    from netpacs.services.ingest_record import origin_information
 
     ds = ct_dataset()
     path = tmp_path / "foreign.dcm"

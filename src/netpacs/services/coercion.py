@@ -17,7 +17,7 @@ The rule, for a study:
 - an instance is coerced when one of those served values differs from its stored
   header (``instance.metadata_json``). A header without an issuer is not given one
   when the served issuer is the trust the object came from (ingest derives the
-  issuer from the origin trust, :func:`netpacs.services.ingest.build_record`): adding
+  issuer from the origin trust, :func:`netpacs.services.ingest_record.build_record`): adding
   it would re-encode every object. When the Patient ID differs (a merge, A40, or a
   changed identifier, A47), both Patient ID and Issuer are set.
 

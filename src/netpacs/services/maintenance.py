@@ -35,7 +35,7 @@ from netpacs.domain.region import Region
 from netpacs.index.records import InstanceRecord
 from netpacs.index.schema import instance, patient, rejected_instance, series, study
 from netpacs.index.writer import IndexWriter, WriteStatus
-from netpacs.services.ingest import (
+from netpacs.services.ingest_record import (
     InvalidObject,
     ParsedObject,
     build_record,
