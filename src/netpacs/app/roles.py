@@ -293,12 +293,7 @@ def adt_service(settings: Settings) -> tuple[AdtService, sa.Engine]:
 def order_service(adt: AdtService, settings: Settings) -> OrderService:
     """Orders over the same MLLP listener, under the ADT feed's rules."""
     region = load_region(settings.effective_region_file)
-    return OrderService(
-        adt,
-        region,
-        audit_source_id=settings.ae_title,
-        on_change=OrderedStudies(region).order_changed,
-    )
+    return OrderService(adt, region, on_change=OrderedStudies(region).order_changed)
 
 
 # -- the runners ---------------------------------------------------------------------------

@@ -124,6 +124,37 @@ def _json(identifier: Any) -> JsonDataset:
         raise PeerAnswerError(f"an identifier that cannot be read: {str(exc)[:80]}") from None
 
 
+def _associate(ae: AE, network: Network, **kw: Any) -> Any:
+    """An association with a DIMSE network; :class:`PeerAnswerError` when there is none."""
+    access = network.dimse
+    assert access is not None
+    try:
+        assoc = ae.associate(access.host, access.port, ae_title=access.ae_title, **kw)
+    except Exception as exc:
+        raise PeerAnswerError(f"cannot associate: {exc}") from None
+    if not assoc.is_established:
+        raise PeerAnswerError("association refused or no answer")
+    return assoc
+
+
+def _study_query(study_instance_uid: str) -> Dataset:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_instance_uid
+    return query
+
+
+def _final_status(responses: Any, service: str) -> int:
+    """The final status of a C-GET or C-MOVE, read past its pending responses."""
+    for status, _ in responses:
+        code = getattr(status, "Status", None)
+        if code is None:
+            raise PeerAnswerError(f"no {service} response in time")
+        if code not in _PENDING:
+            return int(code)
+    raise PeerAnswerError(f"{service} ended without a final response")
+
+
 def get_study(
     network: Network, study_instance_uid: str, into: Path, *, our_ae_title: str, max_bytes: int
 ) -> int:
@@ -158,37 +189,17 @@ def get_study(
     for uid in classes:
         ae.add_requested_context(uid)
     roles: list[Any] = [build_role(uid, scp_role=True) for uid in classes]
+    assoc = _associate(ae, network, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, store)])
     try:
-        assoc = ae.associate(
-            access.host,
-            access.port,
-            ae_title=access.ae_title,
-            ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, store)],
+        responses = assoc.send_c_get(
+            _study_query(study_instance_uid), StudyRootQueryRetrieveInformationModelGet
         )
-    except Exception as exc:
-        raise PeerAnswerError(f"cannot associate: {exc}") from None
-    if not assoc.is_established:
-        raise PeerAnswerError("association refused or no answer")
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = study_instance_uid
-    final = None
-    try:
-        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
-            code = getattr(status, "Status", None)
-            if code is None:
-                raise PeerAnswerError("no C-GET response in time")
-            if code not in _PENDING:
-                final = code
-                break
+        final = _final_status(responses, "C-GET")
     finally:
         if assoc.is_established:
             assoc.release()
     if final not in (0x0000, 0xB000) or not received["files"]:
-        raise PeerAnswerError(
-            f"C-GET ended with status 0x{final or 0:04X}, {received['files']} objects"
-        )
+        raise PeerAnswerError(f"C-GET ended with status 0x{final:04X}, {received['files']} objects")
     return received["files"]
 
 
@@ -206,31 +217,16 @@ def move_study(network: Network, study_instance_uid: str, into: Path, *, our_ae_
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = network.timeout_seconds
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = _associate(ae, network)
     try:
-        assoc = ae.associate(access.host, access.port, ae_title=access.ae_title)
-    except Exception as exc:
-        raise PeerAnswerError(f"cannot associate: {exc}") from None
-    if not assoc.is_established:
-        raise PeerAnswerError("association refused or no answer")
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = study_instance_uid
-    final = None
-    try:
-        responses = assoc.send_c_move(
-            query, our_ae_title, StudyRootQueryRetrieveInformationModelMove
-        )
-        for status, _ in responses:
-            code = getattr(status, "Status", None)
-            if code is None:
-                raise PeerAnswerError("no C-MOVE response in time")
-            if code not in _PENDING:
-                final = code
-                break
+        query = _study_query(study_instance_uid)
+        model = StudyRootQueryRetrieveInformationModelMove
+        responses = assoc.send_c_move(query, our_ae_title, model)
+        final = _final_status(responses, "C-MOVE")
     finally:
         if assoc.is_established:
             assoc.release()
     files = len(list(into.glob("*.dcm")))
     if final not in (0x0000, 0xB000) or not files:
-        raise PeerAnswerError(f"C-MOVE ended with status 0x{final or 0:04X}, {files} objects")
+        raise PeerAnswerError(f"C-MOVE ended with status 0x{final:04X}, {files} objects")
     return files

@@ -140,7 +140,11 @@ class AdtService:
             acknowledge,
             caller=caller,
             apply=lambda conn, now: self._apply(conn, event, now, key.sending_facility),
-            audit=lambda conn, result, now: self._audit(conn, key, event, result, now),
+            patients=[
+                (i.value, i.authority)
+                for i in (*event.identifiers, *event.prior_identifiers)
+                if not i.is_nhs_number and i.value
+            ],
         )
 
     def apply_once(
@@ -150,19 +154,20 @@ class AdtService:
         *,
         caller: AdtCaller,
         apply: Callable[[sa.Connection, dt.datetime], AdtResult],
-        audit: Callable[[sa.Connection, AdtResult, dt.datetime], None],
+        patients: list[tuple[str, str]],
     ) -> StoredAck:
         """The feed rules every HL7 message of a trust's feed follows (ADT, orders): the
         caller must speak for MSH-4; ``apply`` runs once per control id, in a savepoint
         that a :class:`Refused` rolls back; the acknowledgement is stored with the control
-        id and ``audit`` records the message, in the same transaction."""
+        id and a Patient Record audit message names ``patients`` (ID, issuer), in the same
+        transaction."""
         reason = self._caller_refusal(caller, key)
         if reason is not None:
             self._refuse_caller(caller, key, reason)
             return acknowledge(AdtResult(Outcome.UNIDENTIFIED_CALLER, reason))
         for attempt in (1, 2):
             try:
-                return self._process_once(key, acknowledge, apply, audit)
+                return self._process_once(key, acknowledge, apply, patients)
             except sa.exc.IntegrityError:
                 # Another writer applied the same message or created the same patient
                 # meanwhile (several core nodes): the second try sees its result.
@@ -175,7 +180,7 @@ class AdtService:
         key: MessageKey,
         acknowledge: Callable[[AdtResult], StoredAck],
         apply: Callable[[sa.Connection, dt.datetime], AdtResult],
-        audit: Callable[[sa.Connection, AdtResult, dt.datetime], None],
+        patients: list[tuple[str, str]],
     ) -> StoredAck:
         now = dt.datetime.now(dt.UTC)
         with self._engine.begin() as conn:
@@ -209,7 +214,7 @@ class AdtService:
                 savepoint.rollback()
                 result = refused.result
             ack = acknowledge(result)
-            audit(conn, result, now)
+            self._audit(conn, key, patients, result, now)
             conn.execute(
                 sa.insert(hl7_message).values(
                     sending_application=key.sending_application,
@@ -238,16 +243,11 @@ class AdtService:
         self,
         conn: sa.Connection,
         key: MessageKey,
-        event: AdtEvent,
+        patients: list[tuple[str, str]],
         result: AdtResult,
         now: dt.datetime,
     ) -> None:
-        """A Patient Record audit message, in the transaction that applied the event."""
-        patients = [
-            (i.value, i.authority)
-            for i in (*event.identifiers, *event.prior_identifiers)
-            if not i.is_nhs_number and i.value
-        ]
+        """A Patient Record audit message, in the transaction that applied the message."""
         applied = result.outcome is Outcome.APPLIED
         AuditService(lambda fn: fn(conn), source_id=self._audit_source_id).record(
             AuditRecord(

@@ -32,8 +32,6 @@ from netpacs.services.adt import (
     Refused,
     StoredAck,
 )
-from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Purpose
-from netpacs.services.audit import Outcome as AuditOutcome
 from netpacs.services.orders.model import (
     SC_STATUS,
     OrderControl,
@@ -60,12 +58,10 @@ class OrderService:
         adt: AdtService,
         region: Region,
         *,
-        audit_source_id: str = "NETPACS",
         on_change: OrderChanged | None = None,
     ) -> None:
         self._adt = adt
         self._region = region
-        self._audit_source_id = audit_source_id
         self._on_change = on_change
 
     def process(
@@ -81,7 +77,7 @@ class OrderService:
             acknowledge,
             caller=caller,
             apply=lambda conn, now: self._apply(conn, event, now, key.sending_facility),
-            audit=lambda conn, result, now: self._audit(conn, key, event, result, now),
+            patients=[(i.value, i.authority) for i in event.identifiers if not i.is_nhs_number],
         )
 
     # -- applying ---------------------------------------------------------------------
@@ -287,33 +283,6 @@ class OrderService:
         return ""
 
     # -- audit --------------------------------------------------------------------------
-
-    def _audit(
-        self,
-        conn: sa.Connection,
-        key: MessageKey,
-        event: OrderEvent,
-        result: AdtResult,
-        now: dt.datetime,
-    ) -> None:
-        patients = [(i.value, i.authority) for i in event.identifiers if not i.is_nhs_number]
-        applied = result.outcome is Outcome.APPLIED
-        AuditService(lambda fn: fn(conn), source_id=self._audit_source_id).record(
-            AuditRecord(
-                Event.PATIENT_RECORD,
-                Actor(
-                    user_id=f"{key.sending_application}@{key.sending_facility}"[:64],
-                    trust=key.sending_facility or None,
-                    is_application=True,
-                ),
-                AuditOutcome.SUCCESS if applied else AuditOutcome.MINOR_FAILURE,
-                purpose=Purpose.HOPERAT,
-                patients=patients,
-                detail=f"HL7 {key.message_type} {key.control_id}: "
-                + (result.detail or result.outcome.value),
-                when=now,
-            )
-        )
 
 
 def _sh(value: str) -> str:
