@@ -105,6 +105,50 @@ def test_a40_moves_studies_to_the_survivor_and_undo_restores_query_results(
     assert (studies(netpacs, "RXC0000050"), studies(netpacs, "RXC0000051")) == before
 
 
+def names_found(server: Netpacs, name: str) -> set[str]:
+    """Study UIDs a QIDO-RS search by name and a study date range finds (as a clinician
+    at a desk would search: surname prefix, a month)."""
+    response = server.http.get(
+        f"{server.dicomweb_url}/studies",
+        params={"PatientName": name, "StudyDate": "20240101-20240131"},
+    )
+    assert response.status_code in (200, 204), response.text
+    found = response.json() if response.status_code == 200 else []
+    return {str(s["0020000D"]["Value"][0]) for s in found}
+
+
+def test_a_name_search_follows_a_renamed_patient_and_a_merge_at_once(
+    netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
+) -> None:
+    first = write_and_send_ct(
+        netpacs, tmp_path / "a", 1, patient_id="RXC0000070", issuer="RXC",
+        patient_name="QUILLFEATHER^ANN",
+    )  # fmt: skip
+    other = write_and_send_ct(
+        netpacs, tmp_path / "b", 1, patient_id="RXC0000071", issuer="RXC",
+        patient_name="QUILLSTONE^BEN",
+    )  # fmt: skip
+    assert names_found(netpacs, "QUILL*") == {first.study_uid, other.study_uid}
+    assert names_found(netpacs, "quillfeather^ann") == {first.study_uid}  # case folded
+
+    renamed = mllp.send(adt("A08", "CTRL0500", "RXC0000070^^^RXC^MR", name="WRENFIELD^ANN"))
+    assert renamed.code == "AA", renamed.text
+    assert names_found(netpacs, "QUILL*") == {other.study_uid}
+    assert names_found(netpacs, "WREN*") == {first.study_uid}
+    (answer,) = find(
+        netpacs, tmp_path, "QueryRetrieveLevel=STUDY", "PatientName=WREN*", "StudyDate=20240101-"
+    )
+    assert str(answer.PatientName) == "WRENFIELD^ANN"
+
+    merged = mllp.send(
+        adt("A40", "CTRL0501", "RXC0000070^^^RXC^MR", name="WRENFIELD^ANN",
+            mrg1="RXC0000071^^^RXC^MR")
+    )  # fmt: skip
+    assert merged.code == "AA", merged.text
+    assert names_found(netpacs, "QUILL*") == set()
+    assert names_found(netpacs, "WREN*") == {first.study_uid, other.study_uid}
+
+
 def test_merge_across_trusts_or_of_an_unknown_identity_is_refused(
     netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
 ) -> None:

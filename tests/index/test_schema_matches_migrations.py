@@ -14,13 +14,18 @@ from alembic.migration import MigrationContext
 from netpacs.index.db import migrate
 from netpacs.index.schema import metadata
 
-# Indexes only migration 0002 makes, by design: each dialect's own way to serve
+# Indexes only migrations 0002 and 0018 make, by design: each dialect's own way to serve
 # case-insensitive name matching and LIKE 'prefix%' (COLLATE NOCASE on SQLite, lower()
 # and pattern operator classes on PostgreSQL), which schema.py does not declare.
 MIGRATION_ONLY_INDEXES = {
-    "sqlite": {"ix_patient_patient_name_nocase", "ix_study_referring_physician_name_nocase"},
+    "sqlite": {
+        "ix_patient_patient_name_nocase",
+        "ix_study_referring_physician_name_nocase",
+        "ix_study_patient_name_date",
+    },
     "postgresql": {
         "ix_patient_patient_name_lower",
+        "ix_study_patient_name_date",
         "ix_study_referring_physician_name_lower",
         "ix_study_accession_number_pattern",
         "ix_patient_patient_id_pattern",

@@ -20,6 +20,8 @@ metadata = sa.MetaData(
 )
 
 UID = sa.String(64)
+# The info of a column the database writes itself (a trigger), never the code.
+BY_DATABASE = {"by_database": True}
 TS = sa.DateTime(timezone=True)
 
 patient = sa.Table(
@@ -55,6 +57,10 @@ study = sa.Table(
     sa.Column("origin_trust", sa.String(), nullable=True),
     sa.Column("origin_site", sa.String(), nullable=True),
     sa.Column("created_at", TS, nullable=False),
+    # Its patient's name, kept equal to patient.patient_name by the database's triggers
+    # (migration 0018): never written by the code. A name-and-date search reads it
+    # from one index (name, study date).
+    sa.Column("patient_name", sa.String(), nullable=False, server_default="", info=BY_DATABASE),
 )
 sa.Index(None, study.c.study_date)
 sa.Index(None, study.c.accession_number)

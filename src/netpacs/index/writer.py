@@ -532,7 +532,9 @@ class _Statements:
         self.insert: dict[str, Any] = {}
         self.select_pk: dict[str, sa.Select[Any]] = {}
         for table in (patient, study, series, instance):
-            cols = [c.name for c in table.columns if c.name != "id"]
+            cols = [
+                c.name for c in table.columns if c.name != "id" and not c.info.get("by_database")
+            ]
             stmt = make(table).values({c: sa.bindparam(c) for c in cols})
             self.insert[table.name] = stmt.on_conflict_do_nothing(
                 index_elements=self._UNIQUE[table.name]

@@ -35,6 +35,7 @@ from netpacs.index.query.attributes import (
     NHS_ISSUERS,
     OTHER_PATIENT_IDS,
     PATIENT_ID,
+    PATIENT_NAME,
     RETRIEVE_AE_TITLE,
     SE,
     UNIQUE_KEYS,
@@ -169,6 +170,10 @@ def _find_conditions(sql: Sql, req: _FindRequest) -> tuple[list[sa.ColumnElement
             stored_filters.append(key)
         elif DEPTH[key.attr.level] > depth:
             lower.append(key)
+        elif key.tag == PATIENT_NAME and req.level is not P:
+            # The study row's copy of its patient's name (migration 0018; the database
+            # keeps them equal): a name with a date range is one index range there.
+            conds.append(sql.match(BASE.study.c.patient_name, "PN", key.terms))
         else:
             conds.append(sql.match_key(key, BASE))
     if lower:
