@@ -84,7 +84,8 @@ MILESTONES = """
     dicomweb_requests: web.length,
     bytes: res.reduce((s, r) => s + (r.encodedBodySize || 0), 0),
     resources: res.map(r => [new URL(r.name).pathname + new URL(r.name).search,
-                             Math.round(r.startTime), Math.round(r.responseEnd)]),
+                             Math.round(r.startTime), Math.round(r.responseEnd),
+                             r.initiatorType]),
   };
 }
 """
@@ -249,8 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
                 if args.timeline:
-                    for path, start, end in load["resources"]:
-                        print(f"    {start:6d} {end:6d}  {path[:120]}")
+                    for path, start, end, initiator in load["resources"]:
+                        print(f"    {start:6d} {end:6d} {initiator:>6}  {path[:110]}")
     finally:
         receiver.stop()
         if not args.keep:
