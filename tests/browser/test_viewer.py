@@ -59,6 +59,18 @@ def test_viewer_draws_ct_series_with_no_failed_or_external_request(
     except PlaywrightTimeoutError:
         page.screenshot(path=str(tmp_path / "page.png"))
         pytest.fail(f"no image drawn in 45 s; {traffic.report()}")
+    # The chunks the viewer route needs come with index.html (issue 16): before the
+    # first image, no script was asked for that index.html does not list (workers' own
+    # scripts are not page scripts), so none waited for an earlier one to run.
+    scripts = page.evaluate(
+        """() => performance.getEntriesByType('resource')
+            .filter(r => r.initiatorType === 'script' && r.startTime <= window.__firstImage)
+            .map(r => new URL(r.name).pathname)"""
+    )
+    index = httpx.get(f"{netpacs.base_url}/viewer", headers=netpacs.auth()).text
+    listed = set(re.findall(r'src="(/viewer/[^"]+)"', index))
+    assert scripts and not set(scripts) - listed, f"asked for later: {set(scripts) - listed}"
+
     canvas = page.locator("canvas.cornerstone-canvas").first
     canvas.wait_for(state="visible")
     page.wait_for_load_state("networkidle")
