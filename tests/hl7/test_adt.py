@@ -121,17 +121,17 @@ def test_a_name_search_follows_a_renamed_patient_and_a_merge_at_once(
     netpacs: Netpacs, mllp: MllpClient, tmp_path: Path
 ) -> None:
     first = write_and_send_ct(
-        netpacs, tmp_path / "a", 1, patient_id="RXC0000070", issuer="RXC",
+        netpacs, tmp_path / "a", 1, patient_id="RXC0000180", issuer="RXC",
         patient_name="QUILLFEATHER^ANN",
     )  # fmt: skip
     other = write_and_send_ct(
-        netpacs, tmp_path / "b", 1, patient_id="RXC0000071", issuer="RXC",
+        netpacs, tmp_path / "b", 1, patient_id="RXC0000181", issuer="RXC",
         patient_name="QUILLSTONE^BEN",
     )  # fmt: skip
     assert names_found(netpacs, "QUILL*") == {first.study_uid, other.study_uid}
     assert names_found(netpacs, "quillfeather^ann") == {first.study_uid}  # case folded
 
-    renamed = mllp.send(adt("A08", "CTRL0500", "RXC0000070^^^RXC^MR", name="WRENFIELD^ANN"))
+    renamed = mllp.send(adt("A08", "CTRL0600", "RXC0000180^^^RXC^MR", name="WRENFIELD^ANN"))
     assert renamed.code == "AA", renamed.text
     assert names_found(netpacs, "QUILL*") == {other.study_uid}
     assert names_found(netpacs, "WREN*") == {first.study_uid}
@@ -141,8 +141,8 @@ def test_a_name_search_follows_a_renamed_patient_and_a_merge_at_once(
     assert str(answer.PatientName) == "WRENFIELD^ANN"
 
     merged = mllp.send(
-        adt("A40", "CTRL0501", "RXC0000070^^^RXC^MR", name="WRENFIELD^ANN",
-            mrg1="RXC0000071^^^RXC^MR")
+        adt("A40", "CTRL0601", "RXC0000180^^^RXC^MR", name="WRENFIELD^ANN",
+            mrg1="RXC0000181^^^RXC^MR")
     )  # fmt: skip
     assert merged.code == "AA", merged.text
     assert names_found(netpacs, "QUILL*") == set()
