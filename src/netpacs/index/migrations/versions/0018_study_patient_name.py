@@ -11,9 +11,9 @@ date within it) answers.
 itself, so that no writer (this release's, the previous release's during a rolling
 upgrade, an ADT update, a merge that moves studies) can leave it behind: a study row
 takes its patient's name when it is inserted or moved to another patient, and a
-patient's new name is written to its studies. The existing rows are filled here (about
-a minute per million studies on a small machine; it holds back writes to the study
-table meanwhile). Additive only.
+patient's new name is written to its studies. The existing rows are filled here, one
+UPDATE of every study row, which holds back writes to the study table while it runs
+(its time on a large archive was not measured). Additive only.
 
 Revision ID: 0018
 Revises: 0017
