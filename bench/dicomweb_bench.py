@@ -170,6 +170,16 @@ def measure(
                 server.add("qido_ms", seconds * 1000)
 
 
+# Run in the page before its own scripts: the time (performance.now(), from the start of
+# navigation) at which cornerstone first draws an image.
+FIRST_IMAGE_PROBE = """
+    window.__firstImage = null;
+    window.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => {
+        if (window.__firstImage === null) window.__firstImage = performance.now();
+    }, true);
+"""
+
+
 def viewer_first_image(
     base: str, study: str, repeat: int, token: str | None = None
 ) -> tuple[list[float], list[float]]:
@@ -181,12 +191,6 @@ def viewer_first_image(
     """
     from playwright.sync_api import Browser, sync_playwright
 
-    probe = """
-        window.__firstImage = null;
-        window.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => {
-            if (window.__firstImage === null) window.__firstImage = performance.now();
-        }, true);
-    """
     url = f"{base}/viewer?StudyInstanceUIDs={study}"
 
     def open_once(browser: Browser) -> float:
@@ -197,7 +201,7 @@ def viewer_first_image(
             context.add_cookies([{"name": "netpacs_session", "value": token, "url": base}])
         page = context.new_page()
         try:
-            page.add_init_script(probe)
+            page.add_init_script(FIRST_IMAGE_PROBE)
             page.goto(url, wait_until="commit")
             # A function, not an expression: the viewer's CSP forbids eval.
             page.wait_for_function("() => window.__firstImage !== null", timeout=60_000)

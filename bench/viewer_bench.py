@@ -50,17 +50,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import store_bench as sb  # the C-STORE benchmark's receivers and data set
+from dicomweb_bench import CHROMIUM, FIRST_IMAGE_PROBE
 
-CHROMIUM = "/usr/bin/chromium"
 INSTALL = sb.REPO / "scripts" / "install-viewer.py"
 CACHE = sb.REPO / ".venv" / "share" / "netpacs" / "cache"
 
-PROBE = """
-    window.__firstImage = null;
-    window.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => {
-        if (window.__firstImage === null) window.__firstImage = performance.now();
-    }, true);
-"""
 
 # Milestones of one load from its resource timing (ms after navigation start).
 MILESTONES = """
@@ -158,7 +152,7 @@ def open_cold(
                         "uploadThroughput": mbit * 1e6 / 8,
                     },
                 )
-            page.add_init_script(PROBE)
+            page.add_init_script(FIRST_IMAGE_PROBE)
             page.goto(f"{base}/viewer?StudyInstanceUIDs={study}", wait_until="commit")
             page.wait_for_function("() => window.__firstImage !== null", timeout=90_000)
             result: dict[str, Any] = page.evaluate(MILESTONES)
