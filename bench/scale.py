@@ -151,7 +151,6 @@ class Filler:
     def resume(self) -> None:
         """Go on where this part of an earlier run of a kept database stopped."""
         with self.archive.write_engine.begin() as conn:
-            conn.exec_driver_sql(_PROGRESS_TABLE)
             row = conn.execute(
                 sa.text(
                     "SELECT next_person, blobs, total, studies FROM bench_scale_progress"
@@ -299,6 +298,16 @@ def register_and_age(engine: sa.Engine, *, reported_before: str) -> tuple[int, i
                 worklist_item.c.status == "unreported", worklist_item.c.study_instance_uid.in_(old)
             )
             .values(status="final", reported_at=now, reported_by="history")
+        )
+        # A later run with an earlier date models a longer backlog on the same database:
+        # what this bench aged (never a real report) from that date is open again.
+        conn.execute(
+            sa.update(worklist_item)
+            .where(
+                worklist_item.c.reported_by == "history",
+                worklist_item.c.study_instance_uid.not_in(old),
+            )
+            .values(status="unreported", reported_at=None, reported_by=None)
         )
         open_items = conn.execute(
             sa.select(sa.func.count()).where(worklist_item.c.status != "final")
@@ -607,6 +616,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-plans", action="store_true", help="skip the EXPLAIN ANALYZE pass")
     p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument(
+        "--reported-before",
+        default="20251205",
+        help="studies before this date (DA) have been reported; the later ones are the"
+        " open worklist (an earlier date: a longer backlog)",
+    )
     p.add_argument("--keep-db", action="store_true", help="keep the database (named at the end)")
     p.add_argument("--database", help="fill on (and keep) a database kept by an earlier run")
     p.add_argument("--json", type=Path)
@@ -729,6 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with database(args.keep_db or args.database, args.database) as url:
             migrate(url)
             engine = make_engine(url)
+            # Made here, once: four fillers' CREATE TABLE IF NOT EXISTS at the same
+            # moment can collide in PostgreSQL's catalogue (a unique violation).
+            with engine.begin() as conn:
+                conn.exec_driver_sql(_PROGRESS_TABLE)
             fillers = Fillers(
                 url, workdir, persons=persons, submitters=args.submitters, parts=args.writers
             )
@@ -757,7 +776,7 @@ def _stage(
 ) -> dict[str, Any]:
     print(f"\n== filling to {size:,} instances", flush=True)
     fill = fillers.fill(max(0, size - fillers.total))
-    registered, open_items = register_and_age(engine, reported_before="20251205")
+    registered, open_items = register_and_age(engine, reported_before=args.reported_before)
     sizes = _table_sizes(engine)
     print(
         f"filled {fill['instances']:,} instances ({fill['studies']:,} studies)"

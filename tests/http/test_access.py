@@ -239,6 +239,8 @@ def test_break_glass_opens_a_patient_for_a_while_and_is_audited_with_emergency_p
     with http_app.client(user) as client:
         metadata = f"{http_app.dicomweb_url}/studies/{uid}/metadata"
         assert client.get(metadata).status_code == 404
+        before = client.get(f"{http_app.dicomweb_url}/studies", params={"PatientID": "K777"})
+        assert before.status_code == 200 and before.json() == []
         no_reason = client.post(
             f"{http_app.base_url}/api/break-glass",
             json={"patient_id": "K777", "issuer": "RYR", "reason": " "},
@@ -278,6 +280,10 @@ def test_break_glass_opens_a_patient_for_a_while_and_is_audited_with_emergency_p
     assert "unconscious in ED" in alert[0].message_xml
     emergency = [r for r in rows if r.purpose_of_use == "ETREAT" and r.event_id == "110103"]
     assert emergency and all(r.patient_id == "K777" for r in emergency)
+    # Searches: for treatment before the grant (nobody found), for emergency treatment
+    # once it reached the person through it.
+    searches = sorted((r.id, r.purpose_of_use) for r in rows if r.event_id == "110112")
+    assert [purpose for _, purpose in searches] == ["TREAT", "ETREAT"]
 
 
 def test_an_api_client_revokes_its_token_and_it_is_refused_from_then_on(

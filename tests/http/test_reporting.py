@@ -28,7 +28,9 @@ from netpacs.adapters.http.errors import STATUS
 from netpacs.domain.outcomes import Problem
 from netpacs.index.schema import worklist_item
 from netpacs.synthetic import write_ct_series
+from tests.adapters.test_rejection_notes import rejection_note
 from tests.conftest import Netpacs, free_port, postgres_database, write_region
+from tests.factories import write
 from tests.http.conftest import storescu
 
 FINDINGS = "FINDINGS:\nNo acute abnormality.\n\nCONCLUSION:\nNormal study."
@@ -415,3 +417,38 @@ def test_an_admin_sees_results_waiting_for_a_trust_whose_listener_is_down(
 def waiting_for(c: httpx.Client) -> dict[str, dict[str, Any]]:
     """The results outbox's waiting messages per trust."""
     return {w["trust"]: w for w in c.get("/api/results").json()["waiting_by_trust"]}
+
+
+def test_a_study_rejected_whole_leaves_the_worklist_and_its_counts_until_the_undo(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    uid = send_ct(netpacs, tmp_path / "ct", patient_id="RXC1301")
+    listed = {
+        user: (uid in items(netpacs, user), worklist_counts(netpacs, user))
+        for user in ("rxc.admin", "rxc.radiologist")
+    }
+    assert all(shown for shown, _ in listed.values())
+    images = [
+        pydicom.dcmread(p, stop_before_pixels=True) for p in sorted((tmp_path / "ct").iterdir())
+    ]
+    note = rejection_note(images)
+    netpacs.store(write(note, tmp_path / "note.dcm"), aet="EDGH_CT1")
+
+    for user, (_, counted) in listed.items():
+        assert uid not in items(netpacs, user)
+        assert worklist_counts(netpacs, user) == counted - 1
+    with client(netpacs, "rxc.admin") as c:
+        rejections = c.get("/api/rejections").json()["rejections"]
+        rid = next(r["id"] for r in rejections if r["note_sop_instance_uid"] == note.SOPInstanceUID)
+        undo = c.post(f"/api/rejections/{rid}/undo", json={"reason": "rejected the wrong study"})
+        assert undo.status_code == 200, undo.text
+    for user, (_, counted) in listed.items():
+        assert uid in items(netpacs, user)
+        assert worklist_counts(netpacs, user) == counted
+
+
+def worklist_counts(server: Netpacs, user: str) -> int:
+    """The open items a user's worklist counts at Eastbourne and Hastings (RXC)."""
+    with client(server, user) as c:
+        counts = c.get("/api/worklist").json()["counts"]
+    return sum(n["count"] for n in counts if n["trust"] == "RXC")

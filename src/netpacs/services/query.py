@@ -95,6 +95,13 @@ class QueryService:
         cond = self._rules.visible_patients(self._principal)
         return [] if cond is None else [cond]
 
+    def _through_break_glass(self) -> sa.ColumnElement[bool] | None:
+        """For a search's statement: whether a row's patient is reached through the
+        principal's break-glass access (None: not a question for this principal)."""
+        if self._audit is None or self._principal.partner is not None:
+            return None
+        return self._rules.through_break_glass(self._principal)
+
     def _record(
         self,
         event: Event,
@@ -103,14 +110,17 @@ class QueryService:
         studies: list[str],
         query: str | None = None,
         detail: str = "",
+        purpose: Purpose | None = None,
     ) -> None:
+        """Audit what the principal reached; ``purpose``: as the statement that reached
+        it decided (else looked up: :meth:`purpose_of_use`)."""
         if self._audit is None:
             return
         self._audit.record(
             AuditRecord(
                 event=event,
                 actor=self._principal.actor(),
-                purpose=self.purpose_of_use(patients),
+                purpose=purpose if purpose is not None else self.purpose_of_use(patients),
                 patients=list(patients),
                 study_uids=studies,
                 query=query,
@@ -173,6 +183,7 @@ class QueryService:
             visible=self._visible(search=search),
             retrieve_ae_title=self._retrieve_ae_title,
             newest_first=newest_first,
+            emergency=self._through_break_glass(),
         )
         return self._audited(plan, query, level, interface, started, search=search)
 
@@ -226,7 +237,17 @@ class QueryService:
                 studies=reached.studies,
                 query=query,
                 detail=f"{level.value} level query: {count} answers",
+                purpose=self._reached_purpose(plan, reached),
             )
+
+    @staticmethod
+    def _reached_purpose(plan: FindPlan, reached: Reached) -> Purpose | None:
+        """Emergency treatment when a row came through a break-glass grant, as the
+        search's own statement said (its plan selected :data:`EMERGENCY`); None when
+        it did not ask."""
+        if not plan.emergency:
+            return None
+        return Purpose.ETREAT if reached.emergency else Purpose.TREAT
 
     def instances_for_retrieve(
         self, identifier: dict[str, Any], *, level: QueryLevel, model: QueryModel

@@ -58,18 +58,27 @@ AUDIT_COLUMNS: list[sa.ColumnElement[Any]] = [
 ]
 
 
+#: The label of the column that says a row's patient was reached through a break-glass
+#: grant (when the caller passes ``emergency``): the audit's purpose of use, decided by
+#: the same statement, at the same moment, as the access itself.
+EMERGENCY = "_audit_emergency"
+
+
 class Reached:
     """The patients (patient ID, issuer -> NHS number) and studies rows reached."""
 
     def __init__(self) -> None:
         self.patients: dict[tuple[str, str], str | None] = {}
         self._studies: dict[str, None] = {}
+        self.emergency = False  # some patient reached through a break-glass grant
 
     def add(self, row: sa.Row[Any]) -> None:
         mapping = row._mapping
         self.patients[(mapping["_audit_pid"], mapping["_audit_issuer"])] = mapping["_audit_nhs"]
         if "_audit_study" in mapping:
             self._studies[mapping["_audit_study"]] = None
+        if not self.emergency and mapping.get(EMERGENCY):
+            self.emergency = True
 
     @property
     def studies(self) -> list[str]:
@@ -86,6 +95,7 @@ class FindPlan:
     stored_filters: list[Key]  # matched on metadata_json after the SQL filter
     limit: int | None  # applied while reading when there are stored filters, else in SQL
     offset: int
+    emergency: bool = False  # rows say whether they came through break-glass access
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,7 @@ class _FindRequest:
     visible: Conditions
     retrieve_ae_title: str
     newest_first: bool = False
+    emergency: sa.ColumnElement[bool] | None = None
 
 
 def compile_find(
@@ -110,12 +121,15 @@ def compile_find(
     visible: Conditions,
     retrieve_ae_title: str,
     newest_first: bool = False,
+    emergency: sa.ColumnElement[bool] | None = None,
 ) -> FindPlan:
     """The plan of a C-FIND-style query; raises :class:`QueryError` for a bad one.
 
     ``newest_first``: studies by date and time, newest first (then the same order of
     series and instances within each study), so that a first page is a LIMIT on the
     index of study dates instead of a sort of every match; not at PATIENT level.
+    ``emergency``: a condition on ``patient`` selected as :data:`EMERGENCY` (see
+    :class:`Reached`).
     """
     check_model(level, model)
     if (limit is not None and limit < 0) or offset < 0:
@@ -123,16 +137,17 @@ def compile_find(
     if newest_first and level is P:
         raise QueryError("newest first orders studies: not a PATIENT level query")
     keys = parse_identifier(identifier, level)
-    request = _FindRequest(keys, level, linked, visible, retrieve_ae_title, newest_first)
+    request = _FindRequest(keys, level, linked, visible, retrieve_ae_title, newest_first, emergency)
     stmt, outputs, stored_filters = _find_statement(sql, request)
     fixed = fixed_elements(identifier, level)
+    asks = emergency is not None
     if stored_filters:
-        return FindPlan(stmt, outputs, fixed, stored_filters, limit, offset)
+        return FindPlan(stmt, outputs, fixed, stored_filters, limit, offset, asks)
     if limit is not None:
         stmt = stmt.limit(limit)
     if offset:
         stmt = stmt.offset(offset)
-    return FindPlan(stmt, outputs, fixed, [], None, 0)
+    return FindPlan(stmt, outputs, fixed, [], None, 0, asks)
 
 
 def _find_statement(sql: Sql, req: _FindRequest) -> tuple[sa.Select[Any], list[Output], list[Key]]:
@@ -141,6 +156,8 @@ def _find_statement(sql: Sql, req: _FindRequest) -> tuple[sa.Select[Any], list[O
     level = req.level
     columns.insert(0, BASE.at(level).c.id.label("pk"))
     columns += AUDIT_COLUMNS if level is not P else AUDIT_COLUMNS[:3]
+    if req.emergency is not None:
+        columns.append(req.emergency.label(EMERGENCY))
     if needs_meta or stored_filters:
         meta = (
             BASE.instance.c.metadata_json

@@ -57,12 +57,14 @@ class QueryIndex:
         visible: Conditions,
         retrieve_ae_title: str,
         newest_first: bool = False,
+        emergency: sa.ColumnElement[bool] | None = None,
     ) -> FindPlan:
         """The plan of a query; raises :class:`~netpacs.domain.query.QueryError`.
 
         ``linked``: a hospital number also matches the identities linked to it by NHS
         number. ``retrieve_ae_title``: answered as every match's Retrieve AE Title.
         ``newest_first``: studies newest first (see :func:`compile_find`).
+        ``emergency``: see :func:`compile_find`.
         """
         return compile_find(
             self._sql,
@@ -75,6 +77,7 @@ class QueryIndex:
             visible=visible,
             retrieve_ae_title=retrieve_ae_title,
             newest_first=newest_first,
+            emergency=emergency,
         )
 
     def answers(self, plan: FindPlan, reached: Reached) -> Iterator[JsonDataset]:

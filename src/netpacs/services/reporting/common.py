@@ -206,16 +206,35 @@ class ReportingScope:
         return self.rules.visible_patients(self.principal)
 
     def condition(self) -> sa.ColumnElement[bool]:
-        """Items the principal may report (by agreement) and whose patient they may see."""
+        """Items the principal may report (by agreement) and whose patient they may see
+        (a condition on ``worklist_item`` joined to its ``study`` and ``patient``)."""
         conds: list[sa.ColumnElement[bool]] = []
-        agreements = self.agreements()
-        assigned = agreement_items(agreements) if agreements is not None else None
+        assigned = self._assigned()
         if assigned is not None:
             conds.append(assigned)
-        visible = self.visible_patients()
+        visible = self._patient_condition()
         if visible is not None:
             conds.append(visible)
         return sa.and_(sa.true(), *conds)
+
+    def item_condition(self) -> sa.ColumnElement[bool] | None:
+        """The same as :meth:`condition` on ``worklist_item`` alone, when it needs no
+        patient (see :meth:`AccessRules.sees_assigned_items`); else None."""
+        if self._patient_condition() is not None:
+            return None
+        return sa.and_(sa.true(), *([] if (a := self._assigned()) is None else [a]))
+
+    def _assigned(self) -> sa.ColumnElement[bool] | None:
+        agreements = self.agreements()
+        return agreement_items(agreements) if agreements is not None else None
+
+    def _patient_condition(self) -> sa.ColumnElement[bool] | None:
+        """The condition on the item's patient, None when every item the principal's
+        agreements assign shows a patient they may see."""
+        agreements = self.agreements()
+        if agreements and self.rules.sees_assigned_items(self.principal, agreements):
+            return None
+        return self.visible_patients()
 
     def items(self) -> sa.Select[Any]:
         """The principal's worklist rows."""

@@ -334,17 +334,28 @@ class WorklistService:
         return q
 
     def _counts(self) -> sa.Select[Any]:
-        """Open items per requesting trust and priority, of the principal's scope."""
-        return (
-            sa.select(worklist_item.c.requesting_trust, worklist_item.c.priority, sa.func.count())
-            .select_from(
+        """Open items per requesting trust and priority, of the principal's scope.
+
+        When no patient condition applies, each item is only looked up in the study
+        index (its study may be gone while a rejection hides it, and then it is not
+        listed): PostgreSQL hashed the whole study table for the join with the patient
+        instead (26 ms at a million instances and 2,700 open items, against 10)."""
+        counted = sa.select(
+            worklist_item.c.requesting_trust, worklist_item.c.priority, sa.func.count()
+        ).where(worklist_item.c.status.in_(OPEN))
+        alone = self._scope.item_condition()
+        if alone is not None:
+            stored = sa.select(1).where(
+                study.c.study_instance_uid == worklist_item.c.study_instance_uid
+            )
+            counted = counted.where(alone, stored.exists())
+        else:
+            counted = counted.select_from(
                 worklist_item.join(
                     study, study.c.study_instance_uid == worklist_item.c.study_instance_uid
                 ).join(patient, patient.c.id == study.c.patient_fk)
-            )
-            .where(self._scope.condition(), worklist_item.c.status.in_(OPEN))
-            .group_by(worklist_item.c.requesting_trust, worklist_item.c.priority)
-        )
+            ).where(self._scope.condition())
+        return counted.group_by(worklist_item.c.requesting_trust, worklist_item.c.priority)
 
     def _me(self) -> dict[str, Any]:
         p = self._scope.principal
