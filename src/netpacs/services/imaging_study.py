@@ -155,7 +155,11 @@ class ImagingStudyService:
         identifier = study_summary_identifier(uids)
         identifier[_TIMEZONE_OFFSET] = {"vr": "SH"}
         answers = self._query.find(
-            identifier, level=QueryLevel.STUDY, model=QueryModel.STUDY_ROOT, interface=FHIR
+            identifier,
+            level=QueryLevel.STUDY,
+            model=QueryModel.STUDY_ROOT,
+            limit=len(uids),  # one answer a UID at most: read at once (index.query.compile)
+            interface=FHIR,
         )
         series = self._series(uids)
         records = {

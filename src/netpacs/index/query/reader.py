@@ -89,12 +89,15 @@ class QueryIndex:
         budget = QueryBudget(self._time_limit)
         budget.resume()
         with self._engine.connect() as conn, budget.guard(conn, sqlite=self._sql.sqlite):
-            if not self._sql.sqlite:
-                # A server-side cursor is otherwise planned for its first 10 % of rows
-                # (fast-start plans that can be 15x slower in total); a C-FIND wants them
-                # all, and paged callers are planned by their LIMIT.
-                conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
-            result = conn.execution_options(yield_per=256).execute(plan.stmt)
+            if not plan.streamed:
+                result = conn.execute(plan.stmt)  # few, small rows (compile.MAX_READ_AT_ONCE)
+            else:
+                if not self._sql.sqlite:
+                    # A server-side cursor is otherwise planned for its first 10 % of rows
+                    # (fast-start plans that can be 15x slower in total); a C-FIND wants
+                    # them all, and paged callers are planned by their LIMIT.
+                    conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+                result = conn.execution_options(yield_per=256).execute(plan.stmt)
             for row in result:
                 budget.check()
                 meta: JsonDataset | None = None
