@@ -139,12 +139,33 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(kind: str, keep: bool, user: str, baseline: Path | None = None) -> Iterator[Server]:
+def running(
+    kind: str,
+    keep: bool,
+    user: str,
+    baseline: Path | None = None,
+    database_server: str | None = None,
+) -> Iterator[Server]:
     """``kind`` orthanc, netpacs, or baseline: netpacs run from the sources ``baseline``
-    (e.g. an older commit's ``src``, exported with ``git archive``) for a before/after."""
+    (e.g. an older commit's ``src``, exported with ``git archive``) for a before/after.
+    ``database_server``: each server's index in a new database there (PostgreSQL)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"qido-{kind}-", dir=sb.WORK))
+    stack = contextlib.ExitStack()
+    database = stack.enter_context(sb.fresh_database(database_server))
     if kind == "orthanc":
-        receiver = wb.start_orthanc_dicomweb(workdir)
+        if database is None:
+            receiver = wb.start_orthanc_dicomweb(workdir)
+        else:
+            settings = sb.orthanc_postgresql(database)
+            receiver = sb.start_orthanc(
+                workdir,
+                **{
+                    **settings,
+                    "Name": "dicomweb-bench",
+                    "Plugins": [wb.DICOMWEB_PLUGIN, sb.ORTHANC_PG_PLUGIN],
+                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+                },
+            )
         path = "/dicom-web"
     else:
         saved = os.environ.get("PYTHONPATH")
@@ -152,7 +173,7 @@ def running(kind: str, keep: bool, user: str, baseline: Path | None = None) -> I
             assert baseline is not None
             os.environ["PYTHONPATH"] = str(baseline.resolve())  # ahead of the editable install
         try:
-            receiver = sb.start_netpacs(workdir, sb.DEFAULT_NETPACS_CMD)
+            receiver = sb.start_netpacs(workdir, sb.DEFAULT_NETPACS_CMD, database)
         finally:
             if saved is None:
                 os.environ.pop("PYTHONPATH", None)
@@ -183,6 +204,7 @@ def running(kind: str, keep: bool, user: str, baseline: Path | None = None) -> I
         yield Server(receiver.name, receiver, path, token)
     finally:
         receiver.stop()
+        stack.close()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -343,6 +365,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="also measure netpacs run from these sources (a src directory) for a before/after",
     )
+    p.add_argument(
+        "--database-url",
+        help="a PostgreSQL server (URL): each server's index in a new database there"
+        " (Orthanc through its PostgreSQL index plugin), dropped afterwards",
+    )
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep the servers' work directories")
     args = p.parse_args(argv)
@@ -370,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             servers = [
-                stack.enter_context(running(kind, args.keep, args.user, args.baseline))
+                stack.enter_context(
+                    running(kind, args.keep, args.user, args.baseline, args.database_url)
+                )
                 for kind in kinds
             ]
             for server in servers:
@@ -408,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"QIDO-RS GET /studies?PatientID=..., {expected} studies of {args.patients} patients, "
         f"{dt.date.today().isoformat()}, {platform.node()} ({os.cpu_count()} cores), "
-        f"netpacs as {args.user}; {args.rounds} rounds of {args.requests} requests per "
+        f"netpacs as {args.user}; index {'PostgreSQL' if args.database_url else 'SQLite'};"
+        f" {args.rounds} rounds of {args.requests} requests per "
         f"client count; load average {os.getloadavg()[0]:.2f}"
     )
     print(report(servers, args.client_counts))
@@ -420,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "studies": expected,
                     "user": args.user,
+                    "index": "postgresql" if args.database_url else "sqlite",
                     "servers": {
                         s.name: {
                             "latencies_ms": s.latencies,
