@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from netpacs.adapters.http.deps import check_url_uids, services
@@ -59,9 +61,9 @@ def worklist(
     status: Annotated[Literal["open", "reported", "all"], Query()] = "open",
     priority: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=2000)] = 500,
-) -> dict[str, Any]:
+) -> Response:
     """Worklist items the user may report, by priority and time to breach."""
-    return services(request).worklist.worklist(
+    listed = services(request).worklist.worklist(
         view=view,
         trust=trust,
         subspecialty=subspecialty,
@@ -69,6 +71,9 @@ def worklist(
         priority=priority,
         limit=limit,
     )
+    # Hundreds of items of plain values: encoded at once (FastAPI's validating encoder
+    # was a tenth of the request's time at 500 items).
+    return Response(orjson.dumps(listed), media_type="application/json")
 
 
 class QueueBody(BaseModel):
