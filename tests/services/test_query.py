@@ -16,7 +16,9 @@ from netpacs.domain.query import (
     QueryTimeout,
     RetrieveItem,
 )
+from netpacs.services import imaging_study
 from netpacs.services.access import SYSTEM
+from netpacs.services.imaging_study import ImagingStudyService, PatientIdentifier
 from netpacs.services.query import QueryService
 
 from .conftest import PATIENTS, SERIES_UID, SOP_CLASS, SOP_UID, STUDY_UID
@@ -1064,3 +1066,15 @@ def test_bad_retrieve_identifiers(
 ) -> None:
     with pytest.raises(QueryError, match=message):
         service.instances_for_retrieve(identifier, level=level, model=model)
+
+
+def test_a_fhir_search_matching_more_studies_than_it_answers_asks_to_be_narrowed(
+    service: QueryService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    studies = ImagingStudyService(service)
+    smith = PatientIdentifier("100001", ("RTP",))  # two studies
+    assert len(studies.study_uids(patient=smith)) == 2
+    monkeypatch.setattr(imaging_study, "MAX_MATCHES", 1)
+    with pytest.raises(QueryError, match="more than 1 studies match; narrow the search"):
+        studies.study_uids(patient=smith)
+    assert len(studies.study_uids(patient=PatientIdentifier("100001", ("RYR",)))) == 1

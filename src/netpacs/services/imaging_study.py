@@ -22,7 +22,7 @@ from typing import Any
 
 from netpacs.domain import nhs_number
 from netpacs.domain.dicom.header import first_int, first_str
-from netpacs.domain.query import QueryLevel, QueryModel
+from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.services.access import Principal
 from netpacs.services.query import QueryService
 from netpacs.services.studies import nhs_number_of, study_summary_identifier
@@ -46,6 +46,9 @@ _SERIES_DESCRIPTION = "0008103E"
 _BODY_PART = "00180015"
 _N_SERIES_INSTANCES = "00201209"
 _NOT_EXACT = ("*", "?", "\\")
+#: The most studies one FHIR search matches (beyond: an error asking to narrow it; no
+#: patient has so many, so only a search that is not about one patient reaches it).
+MAX_MATCHES = 10_000
 FHIR = "fhir"  # the interface named in the query latency histogram (services.metrics)
 
 #: Issuers of Patient ID that mean "an NHS number".
@@ -138,11 +141,18 @@ class ImagingStudyService:
             keys,
             level=QueryLevel.STUDY,
             model=QueryModel.STUDY_ROOT,
+            limit=MAX_MATCHES + 1,  # bounded: read at once (index.query.compile)
             linked=linked,
             newest_first=True,
             interface=FHIR,
         )
-        return [first_str(a, _STUDY_UID) for a in answers]
+        uids = [first_str(a, _STUDY_UID) for a in answers]
+        if len(uids) > MAX_MATCHES:
+            raise QueryError(
+                f"more than {MAX_MATCHES:,} studies match; narrow the search (a patient's "
+                "studies, an accession number or a Study Instance UID)"
+            )
+        return uids
 
     def study(self, study_instance_uid: str) -> StudyRecord | None:
         found = self.studies([study_instance_uid])
