@@ -27,6 +27,9 @@ For each size of ``--sizes`` (instances, cumulative) it:
 
     .venv/bin/python bench/scale.py --sizes 250000,1000000
     .venv/bin/python bench/scale.py --sizes 20000 --requests 40      # a quick look
+    # a long fill, stopped when the time runs out (then measured at what it holds):
+    .venv/bin/python bench/scale.py --sizes 10000000 --persons 112000 --keep-db \\
+        --stop-file bench/work/stop-fill       # later: touch bench/work/stop-fill
     # the release before, on the same kept database (fills nothing more at that size):
     git archive 526f0bf src | tar -x -C bench/work/base
     .venv/bin/python bench/scale.py --database netpacs_scale_... --sizes 300000 \\
@@ -133,7 +136,15 @@ class Filler:
     """Feeds the archive's index writer from a generator thread and submitter threads."""
 
     def __init__(
-        self, url: str, workdir: Path, *, persons: int, submitters: int, part: int, parts: int
+        self,
+        url: str,
+        workdir: Path,
+        *,
+        persons: int,
+        submitters: int,
+        part: int,
+        parts: int,
+        stop_file: Path | None = None,
     ) -> None:
         settings = Settings(database_url=url, data_dir=workdir / f"fill{part}")
         self.archive = build_archive(settings)
@@ -144,6 +155,11 @@ class Filler:
         self.blob_counter = itertools.count()
         self.big: scale_data.StudyPlan | None = None
         self.total = 0
+        self.stop_file = stop_file
+
+    def stopped(self) -> bool:
+        """Whether the operator asked the fill to stop early (``--stop-file``)."""
+        return self.stop_file is not None and self.stop_file.exists()
 
     def close(self) -> None:
         self.archive.close()
@@ -206,7 +222,7 @@ class Filler:
                     self.big = self.population.big_study()
                     count += emit(self.big)
                 persons = len(self.population.identities_of)
-                while count < target and self.next_person < persons:
+                while count < target and self.next_person < persons and not self.stopped():
                     key = self.next_person
                     self.next_person += self.parts
                     for plan in self.population.studies(key, key + 1):
@@ -624,6 +640,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep-db", action="store_true", help="keep the database (named at the end)")
     p.add_argument("--database", help="fill on (and keep) a database kept by an earlier run")
+    p.add_argument(
+        "--stop-file",
+        type=Path,
+        help="when this file appears, the fill stops adding people (each process finishes"
+        " the person it is on) and the stage measures what the index then holds",
+    )
     p.add_argument("--json", type=Path)
     return p.parse_args(argv)
 
@@ -632,7 +654,16 @@ class Fillers:
     """``parts`` filler processes (each its own index writer, as each netpacs process
     has), every one adding the histories of its share of the people."""
 
-    def __init__(self, url: str, workdir: Path, *, persons: int, submitters: int, parts: int):
+    def __init__(
+        self,
+        url: str,
+        workdir: Path,
+        *,
+        persons: int,
+        submitters: int,
+        parts: int,
+        stop_file: Path | None = None,
+    ):
         ctx = multiprocessing.get_context("spawn")
         self.pipes: list[Any] = []
         self.procs: list[Any] = []
@@ -640,7 +671,7 @@ class Fillers:
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(
                 target=_fill_worker,
-                args=(theirs, url, workdir, persons, submitters, part, parts),
+                args=(theirs, url, workdir, persons, submitters, part, parts, stop_file),
                 name=f"fill-{part}",
             )
             proc.start()
@@ -695,9 +726,24 @@ def _merged(stages: list[dict[str, Any]]) -> list[tuple[float, int]]:
 
 
 def _fill_worker(
-    pipe: Any, url: str, workdir: Path, persons: int, submitters: int, part: int, parts: int
+    pipe: Any,
+    url: str,
+    workdir: Path,
+    persons: int,
+    submitters: int,
+    part: int,
+    parts: int,
+    stop_file: Path | None,
 ) -> None:
-    filler = Filler(url, workdir, persons=persons, submitters=submitters, part=part, parts=parts)
+    filler = Filler(
+        url,
+        workdir,
+        persons=persons,
+        submitters=submitters,
+        part=part,
+        parts=parts,
+        stop_file=stop_file,
+    )
     try:
         filler.resume()
         pipe.send(filler.total)
@@ -749,7 +795,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with engine.begin() as conn:
                 conn.exec_driver_sql(_PROGRESS_TABLE)
             fillers = Fillers(
-                url, workdir, persons=persons, submitters=args.submitters, parts=args.writers
+                url,
+                workdir,
+                persons=persons,
+                submitters=args.submitters,
+                parts=args.writers,
+                stop_file=args.stop_file,
             )
             try:
                 for size in sizes:
@@ -776,6 +827,8 @@ def _stage(
 ) -> dict[str, Any]:
     print(f"\n== filling to {size:,} instances", flush=True)
     fill = fillers.fill(max(0, size - fillers.total))
+    if fillers.total < size:
+        print(f"fill stopped at {fillers.total:,} instances (--stop-file)", flush=True)
     registered, open_items = register_and_age(engine, reported_before=args.reported_before)
     sizes = _table_sizes(engine)
     print(
