@@ -135,6 +135,35 @@ def test_a_ct_from_eastbourne_becomes_a_worklist_item_with_its_trust_site_and_ta
     assert ours & set(by_trust) == {emergency}
 
 
+def test_a_short_worklist_page_is_the_head_of_the_whole_worklist_in_its_order(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    """The page's items are chosen by priority and time to breach before the limit is
+    applied (the items that arrived first are not the page)."""
+    send_ct(netpacs, tmp_path / "a", patient_id="RXC1201")
+    send_ct(
+        netpacs,
+        tmp_path / "b",
+        aet="RSUS_CT1",
+        patient_id="K1201",
+        issuer="RYR",
+        RequestedProcedurePriority="STAT",
+        BodyPartExamined="HEAD",
+    )
+    for status in ("open", "all"):
+        whole = list(items(netpacs, "ryr.radiologist", status=status))
+        assert len(whole) >= 2
+        for n in (1, 2, len(whole) - 1):
+            page = items(netpacs, "ryr.radiologist", status=status, limit=str(n))
+            assert list(page) == whole[:n]
+    emergencies = list(items(netpacs, "ryr.radiologist", priority="emergency"))
+    assert (
+        emergencies
+        and list(items(netpacs, "ryr.radiologist", priority="emergency", limit="1"))
+        == emergencies[:1]
+    )
+
+
 def race(
     server: Netpacs, users: tuple[str, str], ask: Callable[[httpx.Client, str], httpx.Response]
 ) -> dict[str, httpx.Response]:
