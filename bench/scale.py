@@ -317,12 +317,19 @@ def register_and_age(engine: sa.Engine, *, reported_before: str) -> tuple[int, i
         )
         # A later run with an earlier date models a longer backlog on the same database:
         # what this bench aged (never a real report) from that date is open again.
+        # (NOT EXISTS, an anti-join: a NOT IN over hundreds of thousands of UIDs does not
+        # fit work_mem as a hash, and PostgreSQL then scans the list once per item.)
+        aged = (
+            sa.select(1)
+            .where(
+                study.c.study_instance_uid == worklist_item.c.study_instance_uid,
+                study.c.study_date < reported_before,
+            )
+            .exists()
+        )
         conn.execute(
             sa.update(worklist_item)
-            .where(
-                worklist_item.c.reported_by == "history",
-                worklist_item.c.study_instance_uid.not_in(old),
-            )
+            .where(worklist_item.c.reported_by == "history", ~aged)
             .values(status="unreported", reported_at=None, reported_by=None)
         )
         open_items = conn.execute(
