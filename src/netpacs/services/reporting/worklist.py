@@ -32,7 +32,7 @@ from netpacs.domain.dicom.header import JsonDataset, first_str
 from netpacs.domain.outcomes import Origin, Problem, Protocol
 from netpacs.domain.region import SUBSPECIALTIES, AEKind, Region
 from netpacs.index.records import InstanceRecord
-from netpacs.index.reporting import first_image, insert_worklist_item, worklist_rows
+from netpacs.index.reporting import first_image, insert_worklist_item
 from netpacs.index.schema import patient, study, worklist_item
 from netpacs.services.access import Principal
 from netpacs.services.reporting.common import (
@@ -237,16 +237,6 @@ def stored_study_item(
 # -- the worklist ----------------------------------------------------------------------
 
 
-def _stored() -> sa.Exists:
-    """The item's study is in the study index (a study rejected whole leaves its item
-    behind until the rejection is undone or purged: not listed meanwhile)."""
-    return (
-        sa.select(1)
-        .where(study.c.study_instance_uid == worklist_item.c.study_instance_uid)
-        .exists()
-    )
-
-
 class WorklistService:
     """The worklist a reporter sees, and an admin adding a study to it."""
 
@@ -275,6 +265,9 @@ class WorklistService:
         scope = self._scope
         scope.require_reporter()
         now = dt.datetime.now(dt.UTC)
+        q = self._filtered(scope.items(), view, trust, subspecialty, status, now)
+        if priority:
+            q = q.where(worklist_item.c.priority == Priority.parse(priority).value)
         rank = sa.case(
             {p.value: p.rank for p in Priority}, value=worklist_item.c.priority, else_=99
         )
@@ -283,33 +276,8 @@ class WorklistService:
             if status == "reported"
             else (rank, worklist_item.c.due_at, worklist_item.c.id)
         )
-        page = max(1, min(limit, 2000))
-        alone = scope.item_condition()
-        if alone is None:
-            q = self._filtered(scope.items(), view, trust, subspecialty, status, now)
-            if priority:
-                q = q.where(worklist_item.c.priority == Priority.parse(priority).value)
-            q = q.order_by(*order).limit(page)
-        else:
-            # The page's items are chosen from the items alone (their study looked up
-            # in the index, as for the counts), and only they are joined to what is
-            # shown beside them: at thousands of open items PostgreSQL joined every one
-            # of them to its study and patient (or started a parallel worker for the
-            # sort) before keeping the first 500.
-            picked = self._filtered(
-                sa.select(worklist_item.c.id).where(alone, _stored()),
-                view,
-                trust,
-                subspecialty,
-                status,
-                now,
-            )
-            if priority:
-                picked = picked.where(worklist_item.c.priority == Priority.parse(priority).value)
-            picked = picked.order_by(*order).limit(page).correlate(None)
-            q = worklist_rows().where(worklist_item.c.id.in_(picked)).order_by(*order)
         with scope.read_engine.connect() as conn:
-            rows = conn.execute(q).all()
+            rows = conn.execute(q.order_by(*order).limit(max(1, min(limit, 2000)))).all()
             counts = conn.execute(self._counts()).all()
         return {
             "items": [item_json(r, now) for r in rows],
@@ -377,7 +345,10 @@ class WorklistService:
         ).where(worklist_item.c.status.in_(OPEN))
         alone = self._scope.item_condition()
         if alone is not None:
-            counted = counted.where(alone, _stored())
+            stored = sa.select(1).where(
+                study.c.study_instance_uid == worklist_item.c.study_instance_uid
+            )
+            counted = counted.where(alone, stored.exists())
         else:
             counted = counted.select_from(
                 worklist_item.join(
