@@ -676,9 +676,16 @@ class Fillers:
         self.procs: list[Any] = []
         for part in range(parts):
             mine, theirs = ctx.Pipe()
+            share = {
+                "persons": persons,
+                "submitters": submitters,
+                "part": part,
+                "parts": parts,
+                "stop_file": stop_file,
+            }
             proc = ctx.Process(
                 target=_fill_worker,
-                args=(theirs, url, workdir, persons, submitters, part, parts, stop_file),
+                args=(theirs, url, workdir, share),
                 name=f"fill-{part}",
             )
             proc.start()
@@ -732,25 +739,9 @@ def _merged(stages: list[dict[str, Any]]) -> list[tuple[float, int]]:
     return out
 
 
-def _fill_worker(
-    pipe: Any,
-    url: str,
-    workdir: Path,
-    persons: int,
-    submitters: int,
-    part: int,
-    parts: int,
-    stop_file: Path | None,
-) -> None:
-    filler = Filler(
-        url,
-        workdir,
-        persons=persons,
-        submitters=submitters,
-        part=part,
-        parts=parts,
-        stop_file=stop_file,
-    )
+def _fill_worker(pipe: Any, url: str, workdir: Path, share: dict[str, Any]) -> None:
+    """A filler process: ``share`` holds the keyword arguments of its :class:`Filler`."""
+    filler = Filler(url, workdir, **share)
     try:
         filler.resume()
         pipe.send(filler.total)
@@ -759,7 +750,7 @@ def _fill_worker(
                 stage = filler.fill(filler.total + target)
                 filler.save()
             except Exception as exc:  # reported to the parent, which stops
-                pipe.send(f"filler {part}: {exc!r}")
+                pipe.send(f"filler {filler.part}: {exc!r}")
                 return
             pipe.send(
                 {
