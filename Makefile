@@ -4,6 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+# Python keeps the compiled bytecode of netpacs and its tests: every `netpacs` process
+# (a server, a command, each test's) would otherwise compile the package anew, half a
+# second of CPU each (some machines set this variable for every shell).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test setup test-setup lint typecheck bench clean
 
@@ -18,6 +22,7 @@ $(BIN)/netpacs: pyproject.toml
 # makes this a no-op when the pinned version is already installed.
 setup: $(BIN)/netpacs
 	$(BIN)/python scripts/install-viewer.py
+	$(BIN)/python -m compileall -q src
 
 test-setup: setup
 	bash scripts/ensure-system-packages.sh test

@@ -295,12 +295,14 @@ def percentile(values: list[float], p: float) -> float:
 
 @contextlib.contextmanager
 def py_spy(server: Server, out: Path | None) -> Iterator[None]:
-    """py-spy record of the server's processes (netpacs's workers) while measuring."""
+    """py-spy record of the server's processes (netpacs's workers) while measuring: only
+    the threads holding the GIL (``--gil``), so that waits (a lock, a queue, an fsync
+    in C) are not counted as work."""
     if out is None or server.name != "netpacs":
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [str(PY_SPY), "record", "--subprocesses", "--format", "raw", "--rate", "200"]
+    cmd = [str(PY_SPY), "record", "--subprocesses", "--format", "raw", "--rate", "200", "--gil"]
     cmd += ["--output", str(out), "--pid", str(server.receiver.proc.pid)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)

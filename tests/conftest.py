@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import random
@@ -362,6 +363,12 @@ def workstation_port() -> int:
     """The port of workstation RTP_WS1 (a DCMTK storescp when a test starts one): the same
     for a whole module, so that a server shared by the module knows where to send."""
     return free_port()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The modules and tests collected are frozen (as ``netpacs serve`` freezes what its
+    workers inherit): the collector's full passes in this process skip them."""
+    gc.freeze()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -14,6 +14,7 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.synthetic import write_ct_series
 from tests.conftest import Netpacs, dcmtk
 
@@ -135,7 +136,7 @@ def test_an_import_run_is_audited_with_its_counts(module_netpacs: Netpacs, tmp_p
 def c_find_statuses(server: Netpacs, calling_ae: str) -> list[int]:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS")
     assert assoc.is_established
     ident = pydicom.Dataset()
     ident.QueryRetrieveLevel = "STUDY"

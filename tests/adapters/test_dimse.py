@@ -20,6 +20,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, dcmtk
 from tests.factories import ct_dataset, write, write_series
 
@@ -178,7 +179,7 @@ def test_same_sop_instance_uid_with_different_content_is_refused(
 def _send_raw(port: int, datasets: list[pydicom.Dataset]) -> list[int]:
     ae = AE(ae_title="ESH_CT1")
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="NETPACS")
     assert assoc.is_established
     for ds in datasets:
         ds.file_meta = FileMetaDataset()
@@ -206,7 +207,7 @@ def _find_images(port: int, calling_ae: str = "RXC_WS1") -> set[str]:
     """SOP Instance UIDs a workstation finds (its trust's patients only, issue 5)."""
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="NETPACS")
     ident = pydicom.Dataset()
     ident.QueryRetrieveLevel = "IMAGE"
     ident.SOPInstanceUID = ""
@@ -340,7 +341,7 @@ def test_getscu_retrieves_a_series_byte_identical(netpacs: Netpacs, tmp_path: Pa
 def test_c_get_of_an_unknown_study_completes_with_no_sub_operations(netpacs: Netpacs) -> None:
     ae = AE(ae_title="RXC_WS1")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    assoc = ae.associate("127.0.0.1", netpacs.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", netpacs.port, ae_title="NETPACS")
     ident = pydicom.Dataset()
     ident.QueryRetrieveLevel = "STUDY"
     ident.StudyInstanceUID = "1.2.3.4.5"

@@ -15,6 +15,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.index.schema import audit_event
 from tests.conftest import Netpacs, write_region
 from tests.hl7.test_regional_record import send_study
@@ -23,7 +24,7 @@ from tests.hl7.test_regional_record import send_study
 def c_find_studies(server: Netpacs, calling_ae: str) -> tuple[set[str], list[int]]:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS")
     assert assoc.is_established
     ident = pydicom.Dataset()
     ident.QueryRetrieveLevel = "STUDY"
@@ -42,7 +43,7 @@ def c_move(server: Netpacs, calling_ae: str, destination: str, study: str) -> li
     """(status, completed sub-operations) of each response."""
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS")
     ident = pydicom.Dataset()
     ident.QueryRetrieveLevel = "STUDY"
     ident.StudyInstanceUID = study

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.index.schema import audit_event
 from netpacs.synthetic import write_ct_series
@@ -113,7 +114,7 @@ def find_studies(server: Netpacs, calling_ae: str, source: str) -> set[str] | No
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS", bind_address=(source, 0))
+    assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS", bind_address=(source, 0))
     if not assoc.is_established:
         return None
     ident = pydicom.Dataset()

@@ -15,6 +15,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
+from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, dcmtk
 from tests.hl7.conftest import MllpClient, adt
 from tests.http.conftest import write_and_send_ct
@@ -109,7 +110,8 @@ def test_c_get_in_another_uncompressed_syntax_is_coerced_and_unchanged_studies_a
         got[str(event.request.AffectedSOPInstanceUID)] = event.dataset
         return 0
 
-    assoc = ae.associate(
+    assoc = associate(
+        ae,
         "127.0.0.1",
         netpacs.port,
         ae_title="NETPACS",

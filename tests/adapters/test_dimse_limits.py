@@ -34,7 +34,7 @@ from tests.adapters.raw_dimse import (
     p_data,
     rss,
 )
-from tests.conftest import Netpacs, dcmtk
+from tests.conftest import Netpacs, dcmtk, wait_until
 
 IDLE = 4.0  # NETPACS_DIMSE_TIMEOUT
 ARTIM = 1.5  # NETPACS_DIMSE_ASSOCIATE_TIMEOUT
@@ -281,4 +281,29 @@ def test_a_peer_that_sends_echoes_and_reads_no_answer_is_not_read_from_and_is_dr
     # takes seconds on a loaded 2-core machine).
     assert peer.closed_within(IDLE + 15)
     peer.close()
+    assert echo(server)
+
+
+def test_a_peer_that_drops_its_connection_without_release_or_abort_is_logged(
+    server: Netpacs,
+) -> None:
+    """Work owed to such a peer (a storage commitment report) cannot reach it on this
+    association any more: the log says who went and how."""
+    dropped = associated(server, STORE_CONTEXT)
+    released = associated(server, STORE_CONTEXT)
+    dropped_port = dropped.sock.getsockname()[1]
+    released_port = released.sock.getsockname()[1]
+    dropped.close()  # a FIN, no A-RELEASE-RQ, no A-ABORT
+    released.send(struct.pack(">BBI", 5, 0, 4) + b"\x00" * 4)  # A-RELEASE-RQ
+    answer = released.read_pdu()
+    assert answer is not None and answer[0] == 6, answer  # A-RELEASE-RP
+    released.close()
+    said = "the peer closed the connection without A-RELEASE or A-ABORT"
+
+    def lines_of(port: int) -> list[str]:
+        return [line for line in server.log().splitlines() if said in line and f":{port})" in line]
+
+    wait_until(lambda: lines_of(dropped_port), timeout=10, what="the log line of the dropped peer")
+    time.sleep(0.5)
+    assert lines_of(released_port) == [], "a released association was logged as dropped"
     assert echo(server)

@@ -18,6 +18,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
+from netpacs.adapters.dimse import requestor
 from tests.adapters.test_rejection_notes import rejection_note
 from tests.adapters.test_worklist import worklist
 from tests.conftest import Netpacs, dcmtk, write_region
@@ -43,7 +44,7 @@ def modality(netpacs: Netpacs) -> Iterator[Any]:
         ae = AE(ae_title=aet)
         ae.add_requested_context(ModalityPerformedProcedureStep)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        assoc = ae.associate("127.0.0.1", netpacs.port, ae_title="NETPACS")
+        assoc = requestor.associate(ae, "127.0.0.1", netpacs.port, ae_title="NETPACS")
         assert assoc.is_established
         opened.append(assoc)
         return assoc
@@ -291,7 +292,7 @@ def test_with_ready_at_mpps_an_ordered_study_waits_for_its_completed_mpps(
     study_uid = place(mpps_ready, "R1", "MP0201", priority="A")
     ae = AE(ae_title="EDGH_CT1")
     ae.add_requested_context(ModalityPerformedProcedureStep)
-    assoc = ae.associate("127.0.0.1", mpps_ready.port, ae_title="NETPACS")
+    assoc = requestor.associate(ae, "127.0.0.1", mpps_ready.port, ae_title="NETPACS")
     assert assoc.is_established
     try:
         mpps_uid = generate_uid()

@@ -9,6 +9,7 @@ import pytest
 from pynetdicom import AE, build_context
 from pynetdicom.service_class import StorageServiceClass
 
+from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, free_port, write_region
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -50,7 +51,7 @@ def accepted(server: Netpacs, abstract_syntaxes: list[str], transfer_syntax: str
         ae.requested_contexts = [
             build_context(uid, transfer_syntax) for uid in abstract_syntaxes[at : at + MAX_CONTEXTS]
         ]
-        assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+        assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS")
         assert assoc.is_established
         try:
             taken += [cx.abstract_syntax for cx in assoc.accepted_contexts]

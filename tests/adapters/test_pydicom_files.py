@@ -14,6 +14,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from netpacs.adapters.dimse.negotiation import STORAGE_SOP_CLASSES
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.domain.dicom.header import HeaderError
 from netpacs.domain.dicom.part10 import read_file_meta
 from tests.conftest import Netpacs
@@ -40,7 +41,7 @@ def _send(port: int, path: Path, sop_class: str, ts: str) -> tuple[int | None, s
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title="ESH_MR1")
     ae.requested_contexts = [build_context(sop_class, ts)]
-    assoc = ae.associate("127.0.0.1", port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="NETPACS")
     if not assoc.is_established:
         return None, "association refused"
     try:
@@ -62,7 +63,8 @@ def _get(port: int, study: str, series: str, sop: str, sop_class: str, ts: str) 
     ae = AE(ae_title="RTP_WS1")  # the files are sent by ESH_MR1, East Surrey's
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate(
+    assoc = associate(
+        ae,
         "127.0.0.1",
         port,
         ae_title="NETPACS",

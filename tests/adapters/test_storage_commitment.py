@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, free_port, write_region
 from tests.factories import ct_dataset, write
 
@@ -92,7 +93,8 @@ def test_the_report_comes_on_the_same_association_and_names_the_unknown_instance
     reports = Reports()
     ae = _ae()
     ae.add_requested_context(StorageCommitmentPushModel)
-    assoc = ae.associate(
+    assoc = associate(
+        ae,
         "127.0.0.1",
         server.port,
         ae_title="NETPACS",
@@ -128,7 +130,7 @@ def test_the_report_comes_on_a_new_association_when_the_requester_released(
     try:
         ae = _ae()
         ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+        assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS")
         assert assoc.is_established
         request = _request((CT, stored))
         assert _n_action(assoc, request) == 0x0000
@@ -147,7 +149,7 @@ def test_the_report_comes_on_a_new_association_when_the_requester_released(
 def test_a_request_without_a_transaction_uid_is_refused_with_a_reason(server: Netpacs) -> None:
     ae = _ae()
     ae.add_requested_context(StorageCommitmentPushModel)
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS")
     assert assoc.is_established
     request = _request((CT, generate_uid()))
     del request.TransactionUID

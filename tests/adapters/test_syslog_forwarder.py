@@ -620,7 +620,9 @@ class FakeCollector:
 
     def __init__(self, *, dies_first: bool = False) -> None:
         self.dies_first = dies_first
-        self.data = bytearray()
+        # What each connection brought, apart: the frames of two senders (two nodes)
+        # arrive interleaved on the wire's timeline, whole on each connection.
+        self.streams: list[bytearray] = []
         self.connections = 0
         self._lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", free_port()))
@@ -644,6 +646,9 @@ class FakeCollector:
             threading.Thread(target=self._read, args=(conn, dies), daemon=True).start()
 
     def _read(self, conn: socket.socket, dies: bool) -> None:
+        stream = bytearray()
+        with self._lock:
+            self.streams.append(stream)
         with conn:
             while chunk := conn.recv(65536):
                 if dies:
@@ -651,12 +656,17 @@ class FakeCollector:
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
                     return
                 with self._lock:
-                    self.data += chunk
+                    stream += chunk
 
     def details(self) -> list[str]:
-        """The EventOutcomeDescription of every whole message received, in order."""
+        """The EventOutcomeDescription of every whole message received, in order on
+        each connection, connection after connection."""
         with self._lock:
-            rest = bytes(self.data)
+            streams = [bytes(s) for s in self.streams]
+        return [d for stream in streams for d in self._frames(stream)]
+
+    @staticmethod
+    def _frames(rest: bytes) -> list[str]:
         found = []
         while rest:
             length, _, after = rest.partition(b" ")

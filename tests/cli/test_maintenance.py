@@ -17,13 +17,9 @@ from netpacs.app.settings import BUNDLED_DEMO_REGION, Settings
 from netpacs.app.startup import prepare
 from netpacs.domain.dicom.part10 import build_file_meta, read_file_meta
 from netpacs.domain.outcomes import Origin, Protocol, StoreStatus
-from netpacs.services.maintenance import (
-    PHASE_ORPHANS,
-    PHASE_VERIFY,
-    recover_origin,
-    run_bounded,
-    verify,
-)
+from netpacs.services.maintenance.reindexing import recover_origin
+from netpacs.services.maintenance.streaming import run_bounded
+from netpacs.services.maintenance.verification import PHASE_ORPHANS, PHASE_VERIFY, verify
 from tests.cli.conftest import ct_dataset, write_part10
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.index.schema import instance, study
 from tests.cli.conftest import Cli, ct_dataset, write_part10, write_study
 from tests.conftest import free_port
@@ -63,7 +64,7 @@ def test_reindex_recovers_the_sending_trust_of_dimse_objects(cli: Cli, tmp_path:
     with cli.serve(port):
         ae = AE(ae_title="RSUS_CT1")
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", port, ae_title="NETPACS")
+        assoc = associate(ae, "127.0.0.1", port, ae_title="NETPACS")
         assert assoc.is_established
         status = assoc.send_c_store(ds)
         assoc.release()

@@ -35,6 +35,8 @@ from netpacs.domain.changes import ChangeKind
 from netpacs.index import changes
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import study
+from netpacs.services.access import Principal, Role
+from netpacs.services.edge.feed import ChangeFeed
 from tests.conftest import NETPACS, Netpacs, postgres_database, wait_until
 from tests.edge.conftest import (
     EDGE_CLIENT,
@@ -248,11 +250,15 @@ def test_feed_entries_older_than_the_retention_are_trimmed_and_a_late_edge_told_
     hung_pair: CoreAndEdge,
 ) -> None:
     core = hung_pair.core
-    token = edge_token(core)
+    # The feed is read here as another trust's edge, which nothing else reads it as:
+    # as RXC's, where the module's running edge reads would count as this reader's, and
+    # an entry every edge has read is trimmed at once (CI once saw TRIM-2 go so before
+    # the read below).
+    token = edge_token(core, "edge.rtk")
     start = feed(core, token)["cursor"]  # an edge starting to follow the feed
-    send_adt(core, adt("A04", "TRIM-1", "RXC0000901^^^RXC^MR", facility="RXC"))
+    send_adt(core, adt("A04", "TRIM-1", "RTK0000901^^^RTK^MR", facility="RTK"))
     fresh = feed(core, token, after=start)
-    assert [c["patient_id"] for c in fresh["changes"]] == ["RXC0000901"]
+    assert [c["patient_id"] for c in fresh["changes"]] == ["RTK0000901"]
     assert fresh["resync"] is False
     # Past the retention the entry is gone, read or not: asking from before it, the
     # edge gets no entries but resync, and the cursor of the feed's end.
@@ -264,10 +270,10 @@ def test_feed_entries_older_than_the_retention_are_trimmed_and_a_late_edge_told_
     assert late["changes"] == []
     assert late["cursor"] > start
     # From the cursor it was given, the edge follows the feed as before.
-    send_adt(core, adt("A04", "TRIM-2", "RXC0000902^^^RXC^MR", facility="RXC"))
+    send_adt(core, adt("A04", "TRIM-2", "RTK0000902^^^RTK^MR", facility="RTK"))
     again = feed(core, token, after=late["cursor"])
     assert again["resync"] is False
-    assert [c["patient_id"] for c in again["changes"]] == ["RXC0000902"]
+    assert [c["patient_id"] for c in again["changes"]] == ["RTK0000902"]
 
 
 def test_entries_every_edge_has_read_are_trimmed_and_no_others(database_url: str) -> None:
@@ -294,6 +300,38 @@ def test_entries_every_edge_has_read_are_trimmed_and_no_others(database_url: str
             # The feed's end survives trimming all of it (an edge starting now asks after it).
             assert changes.trim(conn, readers=[], retain_since=dt.datetime.now(dt.UTC)) == 2
             assert changes.top(conn) == ids[-1]
+    finally:
+        engine.dispose()
+
+
+def test_an_edge_told_to_resync_reads_on_from_the_trim_and_gets_the_admissions_kept(
+    database_url: str,
+) -> None:
+    """An edge away for longer than the retention missed what was trimmed, and compares
+    what it holds instead; the entries kept since (an admission during its absence) must
+    still reach it, for their priors to be prefetched."""
+    migrate(database_url)
+    engine = make_engine(database_url, writer=True, pool_size=1)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        with engine.begin() as conn:
+            start = changes.top(conn)  # where the edge had read to before it went away
+            for k, days in ((1, 30), (2, 30), (3, 1)):  # the last, admitted yesterday
+                changes.record_change(
+                    conn,
+                    ChangeKind.ADMIT,
+                    patient_id=f"RXC000000{k}",
+                    issuer="RXC",
+                    now=now - dt.timedelta(days=days),
+                )
+            assert changes.trim(conn, readers=["edge.rxc"], retain_since=now - dt.timedelta(7)) == 2
+        service = ChangeFeed(engine, engine)
+        edge = Principal("edge.rxc", Role.EDGE, trust="RXC", site="EDGH")
+        told = service.read(edge, after=start, limit=100)
+        assert told.resync and told.changes == () and told.more
+        kept = service.read(edge, after=told.cursor, limit=100)
+        assert not kept.resync
+        assert [c.patient_id for c in kept.changes] == ["RXC0000003"]
     finally:
         engine.dispose()
 

@@ -17,6 +17,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS  # type: ignore
 
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.index.schema import imaging_order, performed_step
 from tests.adapters.test_mpps import finished, in_progress
 from tests.conftest import Netpacs, dcmtk, wait_until
@@ -158,7 +159,7 @@ def modality_at(server: Netpacs, aet: str = "EDGH_CT1") -> Association:
     ae = AE(ae_title=aet)
     ae.add_requested_context(MPPS)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", server.port, ae_title="NETPACS")
     assert assoc.is_established
     return assoc
 

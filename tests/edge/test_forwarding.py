@@ -14,6 +14,7 @@ import httpx
 import pydicom
 from dicomweb_client import DICOMwebClient
 
+from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import wait_until
 from tests.edge.conftest import EDGE_CLIENT, TIMEOUT, CoreAndEdge
 from tests.edge.helpers import assert_byte_identical_at_core, core_holds, ct_study, metric, uids
@@ -175,7 +176,8 @@ def test_storage_commitment_at_the_edge_waits_for_the_core_to_confirm(
         ae = AE(ae_title="EDGH_CT1")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 90
         ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate(
+        assoc = associate(
+            ae,
             "127.0.0.1",
             edge.port,
             ae_title="NETPACS",

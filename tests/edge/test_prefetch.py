@@ -265,9 +265,15 @@ def test_an_admission_during_a_cut_is_prefetched_as_soon_as_the_link_returns(
     pair.link.cut()
     try:
         send_adt(edge, adt("A01", "PF-CUT-3", f"RXC0000730^^^RXC^MR~{nhs}^^^NHS^NH"))
-        # Tried three times while cut off: the next try would be 20 s away.
+        # Tried three times while cut off: the next try would be 20 s away. (An attempt
+        # counts from its start: during the third the status is "running".)
         waiting = wait_until(
-            lambda: (s := prefetch_status(edge, "RXC0000730")) and s["attempts"] >= 3 and s,
+            lambda: (
+                (s := prefetch_status(edge, "RXC0000730"))
+                and s["attempts"] >= 3
+                and s["status"] != "running"
+                and s
+            ),
             60,
             "three tries of the prefetch while cut off",
         )

@@ -14,6 +14,7 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
+from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, dcmtk, wait_until
 from tests.edge.conftest import CoreAndEdge
 from tests.http.conftest import StoredSeries, write_and_send_ct
@@ -143,7 +144,7 @@ def test_qido_and_c_find_answer_from_the_cache_with_a_warning_when_the_link_is_c
 def c_find(edge: Netpacs, patient_id: str) -> tuple[list[Dataset], list[Dataset]]:
     ae = AE(ae_title="RXC_WS1")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate("127.0.0.1", edge.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", edge.port, ae_title="NETPACS")
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"

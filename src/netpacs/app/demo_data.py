@@ -26,7 +26,7 @@ from netpacs.domain.outcomes import Origin, Protocol, StoreOutcome, StoreStatus
 from netpacs.index.db import make_engine
 from netpacs.index.schema import study as study_table
 from netpacs.services.ingest import IngestService
-from netpacs.services.maintenance import run_bounded
+from netpacs.services.maintenance.streaming import run_bounded
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from netpacs.app.container import Archive, Edge
 from netpacs.app.settings import Settings
-from netpacs.services.accounts import AccountService, load_secret
+from netpacs.services.accounts import AccountService
 from netpacs.services.edge.audit_outbox import AuditIntake, AuditSender
 from netpacs.services.edge.clients import EdgeClients
 from netpacs.services.edge.readthrough import ReadThrough
 from netpacs.services.edge.serving import EdgeServing
 from netpacs.services.edge.signin import SIGNIN_MARGIN, EdgeAccounts
+from netpacs.services.tokens import load_secret
 
 
 def read_through(archive: Archive, edge: Edge | None) -> ReadThrough | None:

@@ -35,7 +35,7 @@ from netpacs.app.tls import dimse_tls_context, mllp_tls_context
 from netpacs.domain.networks import Retrieve
 from netpacs.index.db import lost_primary, make_engine
 from netpacs.services.access import BreakGlass
-from netpacs.services.accounts import AccountService, load_secret
+from netpacs.services.accounts import AccountService
 from netpacs.services.adt import AdtService, MergeService
 from netpacs.services.audit_trail import AuditTrail
 from netpacs.services.commitment import CommitmentService
@@ -65,6 +65,7 @@ from netpacs.services.reporting import (
 )
 from netpacs.services.reporting.orders import OrderedStudies
 from netpacs.services.studies import StudyListService
+from netpacs.services.tokens import load_secret
 
 # -- the containers -----------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ from netpacs.app.settings import Settings
 from netpacs.domain.region import Permission, Region
 from netpacs.index.db import make_engine, migrate
 from netpacs.index.schema import instance
-from netpacs.services.accounts import AccountService, load_secret
+from netpacs.services.accounts import AccountService
 from netpacs.services.audit import AuditService
+from netpacs.services.tokens import load_secret
 from netpacs.storage.blobstore import BlobStoreUnavailable
 from netpacs.storage.fs import FileSystemBlobStore
 

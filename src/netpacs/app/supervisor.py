@@ -12,6 +12,7 @@ that bound whatever a worker waits on.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -93,6 +94,12 @@ def supervise(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # What the parent made before forking (the loaded modules, the settings, the region:
+    # some 180,000 objects) lives as long as the workers do. Frozen, it is skipped by
+    # every worker's garbage collection (a full collection over it took over 100 ms, a
+    # pause in whatever request was being served) and its memory pages are not copied
+    # into each worker by the collector's writes.
+    gc.freeze()
     for group in groups:
         for slot in range(group.count):
             spawn(group, slot)

@@ -21,14 +21,16 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+from netpacs.index.revision import MIGRATIONS, code_revisions, stored_revision
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 _MIGRATION_LOCK = 0x6E65_7470_6163_7301  # "netpacs" + 1: one migration at a time
 DEFAULT_RETRY_SECONDS = 30.0
 # Seconds libpq waits for one host of the URL to answer before it tries the next.
@@ -244,6 +246,8 @@ def owner_only(database: Path) -> None:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", database_url(url).replace("%", "%%"))
@@ -258,6 +262,10 @@ def migrate(url: str) -> None:
     """
     engine = make_engine(url, writer=True)
     try:
+        if stored_revision(engine) == code_revisions().head:
+            return  # the usual start: no Alembic to import, no scripts to read
+        from alembic import command
+
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))

@@ -1,15 +1,21 @@
-"""The schema revision: the code's newest migration, and a write probe of the index that
-reads the database's revision (for ``GET /readyz``)."""
+"""The schema revision: the code's newest migration, the index's own, and a write probe
+of the index that reads the database's revision (for ``GET /readyz``).
+
+The code's revisions are read from the migration files' names (each file is named by
+its revision, ``0018_study_patient_name.py`` is revision ``0018``), not through
+Alembic's script directory: every ``netpacs`` process asks at its start, and importing
+Alembic and reading its scripts took a tenth of a second or more there.
+``tests/index/test_revisions.py`` holds the two views equal."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 
-from netpacs.index.db import alembic_config
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +28,19 @@ class Revisions:
 
 @cache
 def code_revisions() -> Revisions:
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    head = script.get_current_head()
-    assert head is not None, "the index has no migrations"
-    return Revisions(head, frozenset(r.revision for r in script.walk_revisions()))
+    names = sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+    assert names, "the index has no migrations"
+    return Revisions(names[-1], frozenset(names))
+
+
+def stored_revision(engine: sa.Engine) -> str | None:
+    """The index's schema revision (None: no schema yet, or the database unreadable)."""
+    try:
+        with engine.connect() as conn:
+            found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except sa.exc.DBAPIError:
+        return None
+    return None if found is None else str(found)
 
 
 def write_probe(engine: sa.Engine, *, timeout: float) -> str | None:

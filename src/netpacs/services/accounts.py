@@ -1,10 +1,10 @@
-"""Accounts, sign-in and access tokens.
+"""Accounts and sign-in: the façade of services.tokens and services.account_state.
 
 Local accounts keep an argon2id hash of their password (argon2-cffi). A successful
-sign-in gives a signed access token (a JWT, HS256, PyJWT) that names the user, trust
-and role and expires after ``token_minutes``; the same token is the browser's session
-cookie. Each request's token is checked against the account (a disabled account's
-tokens stop working at once).
+sign-in gives a signed access token (services.tokens: a JWT that names the user, trust
+and role and expires after ``token_minutes``); the same token is the browser's session
+cookie. Each request's token is checked against the account (services.account_state: a
+disabled account's tokens stop working at once).
 
 Failed sign-ins are audited (services.audit), and the audit trail is also the rate
 limit: more than ``signin_attempts`` failures for one user from one address within
@@ -20,30 +20,27 @@ import contextlib
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import logging
-import os
 import secrets
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 
-import jwt
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from netpacs.domain.region import Region
-from netpacs.index.schema import audit_event, revoked_token, user_account
+from netpacs.index.schema import audit_event, user_account
 from netpacs.services.access import CLINICAL, Principal, Role, on_behalf_refusal
+from netpacs.services.account_state import AccountStates, Lookup
 from netpacs.services.audit import Actor, AuditRecord, AuditService, Event, Outcome
 from netpacs.services.edge.clients import EdgeClients
 from netpacs.services.partners import PartnerClients
+from netpacs.services.tokens import Token, Tokens
 
 log = logging.getLogger(__name__)
 
-_ISSUER = "netpacs"
-_ALGORITHM = "HS256"
 DEMO_ROLES = (Role.RADIOLOGIST, Role.RADIOGRAPHER, Role.CLINICIAN, Role.ADMIN, Role.AUDITOR)
 _HUMAN_ROLES = frozenset({*CLINICAL, Role.ADMIN, Role.AUDITOR})
 
@@ -85,32 +82,6 @@ class ExternalIdentity:
     role: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    value: str
-    expires_in: int  # seconds
-
-
-def load_secret(path: Path) -> bytes:
-    """The signing key, made on first use (32 random bytes, owner-only file)."""
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    try:
-        os.link(tmp, path)  # the first process to get here wins; others read its key
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return bytes.fromhex(path.read_text().strip())
-
-
 class AccountService:
     def __init__(
         self,
@@ -132,15 +103,15 @@ class AccountService:
         self._engine = engine
         self._edges = edges or EdgeClients(())
         self._partners = partners or PartnerClients((), demo_password=None)
-        self._state_seconds = state_seconds
-        # (user name, token id) -> (monotonic time read, the account or None: refused)
-        self._states: dict[tuple[str, str | None], tuple[float, _Account | None]] = {}
-        # token -> (user name, token id, expiry as a Unix time, its role): tokens whose
-        # signature was checked
-        self._tokens: dict[str, tuple[str, str | None, float, str]] = {}
-        self._secret = secret
+        self._tokens = Tokens(engine, secret=secret, token_minutes=token_minutes)
+        self._states = AccountStates(
+            engine,
+            tokens=self._tokens,
+            edges=self._edges,
+            partners=self._partners,
+            state_seconds=state_seconds,
+        )
         self._audit = audit
-        self._token_seconds = token_minutes * 60
         self._attempts = signin_attempts
         self._window = dt.timedelta(minutes=signin_window_minutes)
         self._hasher = PasswordHasher()
@@ -290,7 +261,7 @@ class AccountService:
         else:
             # The same work for an unknown user, so timing does not tell who exists.
             with contextlib.suppress(VerificationError, InvalidHashError):
-                self._hasher.verify(_DUMMY_HASH, password)
+                self._hasher.verify(_dummy_hash(), password)
         if not ok or row is None:
             self._audit.record(
                 AuditRecord(
@@ -317,7 +288,7 @@ class AccountService:
                 retry_after=int(self._window.total_seconds()),
             )
         edge = self._edges.sign_in(client_id, secret, address=address)
-        if edge is not None and self._read_state(client_id, None, edge=True) is None:
+        if edge is not None and self._states.read(client_id, None, edge=True) is None:
             self._audit.record(
                 AuditRecord(
                     Event.LOGIN,
@@ -473,26 +444,6 @@ class AccountService:
             self._refuse(identity.username, address, f"the account {identity.username} is disabled")
         return row
 
-    # -- signed state for other sign-in steps ----------------------------------------------
-    def seal(self, claims: dict[str, Any], *, purpose: str, seconds: int) -> str:
-        """``claims`` signed with our key for ``purpose`` only, valid for ``seconds``
-        (e.g. the state of an OpenID Connect sign-in kept in the browser). Never
-        accepted as an access token: it has an audience, and tokens have none."""
-        now = dt.datetime.now(dt.UTC)
-        body = {**claims, "iss": _ISSUER, "aud": purpose, "iat": now}
-        body["exp"] = now + dt.timedelta(seconds=seconds)
-        return jwt.encode(body, self._secret, algorithm=_ALGORITHM)
-
-    def unseal(self, value: str, *, purpose: str) -> dict[str, Any] | None:
-        """What :meth:`seal` signed for ``purpose``, or None (forged, expired, other)."""
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                value, self._secret, algorithms=[_ALGORITHM], issuer=_ISSUER, audience=purpose
-            )
-        except jwt.PyJWTError:
-            return None
-        return claims
-
     def _recent_failures(self, username: str, address: str | None, now: dt.datetime) -> int:
         with self._engine.connect() as conn:
             return int(
@@ -511,189 +462,48 @@ class AccountService:
                 ).scalar_one()
             )
 
-    # -- tokens -------------------------------------------------------------------------
+    # -- signed state for other sign-in steps (services.tokens) -----------------------------
+    def seal(self, claims: dict[str, Any], *, purpose: str, seconds: int) -> str:
+        """``claims`` signed with our key for ``purpose`` only, valid for ``seconds``
+        (:meth:`Tokens.seal`)."""
+        return self._tokens.seal(claims, purpose=purpose, seconds=seconds)
+
+    def unseal(self, value: str, *, purpose: str) -> dict[str, Any] | None:
+        """What :meth:`seal` signed for ``purpose``, or None (forged, expired, other)."""
+        return self._tokens.unseal(value, purpose=purpose)
+
+    # -- tokens (services.tokens, services.account_state) -------------------------------
     def issue(self, principal: Principal) -> Token:
-        now = dt.datetime.now(dt.UTC)
-        claims: dict[str, Any] = {
-            "iss": _ISSUER,
-            "sub": principal.user_id,
-            "trust": principal.trust,
-            "role": principal.role.value,
-            "iat": now,
-            "exp": now + dt.timedelta(seconds=self._token_seconds),
-            "jti": secrets.token_urlsafe(16),  # so that signing out can revoke it
-        }
-        return Token(jwt.encode(claims, self._secret, algorithm=_ALGORITHM), self._token_seconds)
+        return self._tokens.issue(principal)
 
     def principal(self, token: str, *, address: str | None) -> Principal | None:
         """The principal a token stands for, or None (bad, expired, or account gone)."""
-        found = self.known_principal(token, address=address)
-        if found is not Lookup.NEEDED:
-            return found
-        known = self._token(token)
-        assert known is not None
-        key = known[0], known[1]
-        if known[2] == Role.PARTNER.value:  # no account row: the token is not revoked
-            account = self._read_partner_state(*key)
-        else:
-            account = self._read_state(*key, edge=known[2] == Role.EDGE.value)
-        if self._state_seconds > 0:
-            if len(self._states) >= _MAX_STATES:
-                self._states.clear()
-            self._states[key] = (time.monotonic(), account)
-        return self._account_principal(account, known[1], address)
+        return self._states.principal(token, address=address)
 
     def known_principal(self, token: str, *, address: str | None) -> Principal | Lookup | None:
         """As :meth:`principal`, without reading the index: ``Lookup.NEEDED`` when the
         token's account state is not known from the last ``state_seconds`` (so that a
         request can be identified without a database round trip or a thread)."""
-        known = self._token(token)
-        if known is None:
-            return None
-        username, jti, _role = known
-        cached = self._states.get((username, jti))
-        if cached is None or time.monotonic() - cached[0] >= self._state_seconds:
-            return Lookup.NEEDED
-        return self._account_principal(cached[1], jti, address)
-
-    def _account_principal(
-        self, account: _Account | None, jti: str | None, address: str | None
-    ) -> Principal | None:
-        if account is None:
-            return None
-        if account.role is Role.PARTNER:  # a partner network (services.partners)
-            return self._partners.principal(account.username, session=jti or "", address=address)
-        if account.role is Role.EDGE:  # as the region file (or demo mode) says it is now
-            return self._edges.principal(account.username, address=address)
-        return account.principal(address)
-
-    def _read_partner_state(self, client_id: str, jti: str | None) -> _Account | None:
-        """A partner network's token state: None when revoked (or without an id)."""
-        if jti is None:
-            return None
-        with self._engine.connect() as conn:
-            revoked = conn.execute(
-                sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
-            ).first()
-        return None if revoked else _Account(client_id, Role.PARTNER, "", "")
-
-    def _token(self, token: str) -> tuple[str, str | None, str] | None:
-        """(user name, token id, its role) of a valid, unexpired token of ours; None
-        otherwise.
-        A token's signature is checked once: the same string is then known to be ours
-        until it expires."""
-        known = self._tokens.get(token)
-        if known is None:
-            claims = self._claims(token)
-            if claims is None:
-                return None
-            role = str(claims.get("role"))
-            known = (str(claims["sub"]), _token_id(claims), float(claims["exp"]), role)
-            if len(self._tokens) >= _MAX_STATES:
-                self._tokens.clear()
-            self._tokens[token] = known
-        if known[2] <= time.time():
-            self._tokens.pop(token, None)
-            return None
-        return known[0], known[1], known[3]
-
-    def _claims(self, token: str) -> dict[str, Any] | None:
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._secret,
-                algorithms=[_ALGORITHM],
-                issuer=_ISSUER,
-                options={"require": ["exp", "iat", "sub"]},
-            )
-        except jwt.PyJWTError:
-            return None
-        return claims
-
-    def _read_state(self, username: str, jti: str | None, *, edge: bool = False) -> _Account | None:
-        """The account of a token from the index; None: no such account, disabled, or
-        the token revoked. An edge node's client (``edge``) needs no row: it is refused
-        only while a row says it is disabled (:meth:`set_disabled`)."""
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                sa.select(user_account).where(user_account.c.username == username)
-            ).first()
-            revoked = (
-                jti is not None
-                and conn.execute(
-                    sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
-                ).first()
-            )
-        if edge:
-            node = self._edges.principal(username, address=None)
-            if node is None or revoked or (row is not None and row.disabled):
-                return None
-            return _Account(username, Role.EDGE, node.trust or "", node.name or "")
-        if row is None or row.disabled or revoked:
-            return None
-        return _Account(row.username, Role(row.role), row.trust, row.display_name)
+        return self._states.known_principal(token, address=address)
 
     def sign_out(self, principal: Principal, token: str | None = None) -> None:
         """Record the sign-out and revoke ``token`` (the session's access token), so
         that a copy of it is refused from now on, not only when it expires."""
-        claims: dict[str, Any] = {}
-        if token:
-            try:
-                claims = jwt.decode(token, self._secret, algorithms=[_ALGORITHM], issuer=_ISSUER)
-            except jwt.PyJWTError:
-                claims = {}
+        claims: dict[str, Any] = self._tokens.signed_claims(token) if token else {}
         jti, exp = claims.get("jti"), claims.get("exp")
-        if isinstance(jti, str) and "sub" in claims and self._state_seconds > 0:
-            if len(self._states) >= _MAX_STATES:
-                self._states.clear()
-            self._states[(str(claims["sub"]), jti)] = (time.monotonic(), None)  # refused now
+        if isinstance(jti, str) and "sub" in claims:
+            self._states.refuse(str(claims["sub"]), jti)
         if isinstance(jti, str) and isinstance(exp, int):
-            now = dt.datetime.now(dt.UTC)
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(sa.delete(revoked_token).where(revoked_token.c.expires_at < now))
-                    known = conn.execute(
-                        sa.select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
-                    ).first()
-                    if known is None:
-                        conn.execute(
-                            sa.insert(revoked_token).values(
-                                jti=jti[:64], expires_at=dt.datetime.fromtimestamp(exp, dt.UTC)
-                            )
-                        )
-            except sa.exc.IntegrityError:
-                pass  # signed out twice at once: revoked by the other
+            self._tokens.revoke(jti, exp)
         self._audit.record(AuditRecord(Event.LOGOUT, principal.actor(), detail="signed out"))
 
 
-_DUMMY_HASH = PasswordHasher().hash(secrets.token_hex(16))
-_MAX_STATES = 10_000  # account states remembered (then forgotten all at once)
-
-
-class Lookup(enum.Enum):
-    NEEDED = "needed"  # the account state must be read from the index
-
-
-@dataclass(frozen=True, slots=True)
-class _Account:
-    username: str
-    role: Role
-    trust: str
-    display_name: str
-
-    def principal(self, address: str | None) -> Principal:
-        return Principal(
-            user_id=self.username,
-            role=self.role,
-            trust=self.trust,
-            address=address,
-            name=self.display_name,
-        )
-
-
-def _token_id(claims: dict[str, Any]) -> str | None:
-    jti = claims.get("jti")
-    return jti if isinstance(jti, str) else None
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash of a random password, verified against for unknown users: made on the first
+    such sign-in (an Argon2 hash costs a tenth of a second, too much for every process
+    start, the command line's included)."""
+    return PasswordHasher().hash(secrets.token_hex(16))
 
 
 def _attempt(username: str, address: str | None) -> Actor:

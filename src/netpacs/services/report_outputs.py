@@ -27,27 +27,18 @@ scheme) that keeps the heading as its meaning.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pydicom
 import sqlalchemy as sa
-from highdicom.sr import (
-    CodeContentItem,
-    CodedConcept,
-    ContainerContentItem,
-    ContentSequence,
-    PnameContentItem,
-    RelationshipTypeValues,
-    TextContentItem,
-)
-from highdicom.sr.sop import _SR
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -59,6 +50,10 @@ from netpacs.index import outbox
 from netpacs.index.schema import instance, series, study
 from netpacs.services.ingest import IngestService
 from netpacs.services.reporting.ordered import order_of_study
+
+if TYPE_CHECKING:
+    from highdicom.sr import CodedConcept, ContainerContentItem, TextContentItem
+    from highdicom.sr.sop import _SR
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SR_SERIES_DESCRIPTION = "Radiology report"
@@ -78,19 +73,36 @@ class ReportOutputError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class Code:
+    """A coded concept (value, coding scheme, meaning), named as highdicom's
+    ``CodedConcept`` names them. Kept as plain values here: the HL7 results adapter
+    reads them too, and highdicom (a quarter of a second to import) is loaded only
+    when an SR is made."""
+
+    value: str
+    scheme_designator: str
+    meaning: str
+
+    def concept(self) -> CodedConcept:
+        from highdicom.sr import CodedConcept
+
+        return CodedConcept(self.value, self.scheme_designator, self.meaning)
+
+
+@dataclass(frozen=True, slots=True)
 class Heading:
     """A report heading: its CID 7001 code and the concept of the text under it."""
 
-    code: CodedConcept
-    text_code: CodedConcept
+    code: Code
+    text_code: Code
 
 
-def _ln(value: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value, "LN", meaning)
+def _ln(value: str, meaning: str) -> Code:
+    return Code(value, "LN", meaning)
 
 
-def _dcm(value: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value, "DCM", meaning)
+def _dcm(value: str, meaning: str) -> Code:
+    return Code(value, "DCM", meaning)
 
 
 DOCUMENT_TITLE = _ln("18748-4", "Diagnostic Imaging Report")  # CID 7000
@@ -104,7 +116,7 @@ NARRATIVE = _ln("18782-3", "Radiology Study observation (narrative)")
 _HEADINGS: dict[str, Heading] = {}
 
 
-def _heading(names: Sequence[str], code: CodedConcept, text_code: CodedConcept) -> None:
+def _heading(names: Sequence[str], code: Code, text_code: Code) -> None:
     for name in names:
         _HEADINGS[name] = Heading(code, text_code)
 
@@ -157,9 +169,9 @@ def heading_code(heading: str) -> Heading | None:
     return _HEADINGS.get(" ".join(heading.lower().split()))
 
 
-def _private_code(heading: str) -> CodedConcept:
+def _private_code(heading: str) -> Code:
     value = re.sub(r"[^A-Z0-9]", "", heading.upper())[:16] or "TEXT"
-    return CodedConcept(value, PRIVATE_SCHEME, heading[:64])
+    return Code(value, PRIVATE_SCHEME, heading[:64])
 
 
 # -- names and times -------------------------------------------------------------------
@@ -203,26 +215,39 @@ def _dicom_dt(when: dt.datetime) -> str:
 # -- the Basic Text SR -----------------------------------------------------------------
 
 
-class BasicTextSR(_SR):
-    """A Basic Text SR document (PS3.3 A.35.1) on highdicom's SR base class.
+@functools.cache
+def _basic_text_sr_class() -> Callable[..., _SR]:
+    """A Basic Text SR document (PS3.3 A.35.1) on highdicom's SR base class, made on
+    first use (highdicom is imported then; see :class:`Code`).
 
     highdicom has no class of its own for this IOD (see the module docstring); the base
     class writes the SR Document General and Content modules, the patient and study
     modules copied from the evidence, and the evidence sequences.
     """
+    from highdicom.sr.sop import _SR
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(sop_class_uid=BASIC_TEXT_SR, **kwargs)
+    class BasicTextSR(_SR):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(sop_class_uid=BASIC_TEXT_SR, **kwargs)
+
+    return BasicTextSR
 
 
 def sr_content(signed: SignedReport) -> ContainerContentItem:
     """The content tree: the report's sections, then each addendum (PS3.3 A.35.1.3.1)."""
+    from highdicom.sr import (
+        CodeContentItem,
+        ContainerContentItem,
+        ContentSequence,
+        PnameContentItem,
+        RelationshipTypeValues,
+    )
+
     author = PersonName.of(signed.author.name, signed.author.username)
+    has_context = RelationshipTypeValues.HAS_OBS_CONTEXT
     items: list[Any] = [
-        CodeContentItem(OBSERVER_TYPE, PERSON, RelationshipTypeValues.HAS_OBS_CONTEXT),
-        PnameContentItem(
-            PERSON_OBSERVER_NAME, author.dicom, RelationshipTypeValues.HAS_OBS_CONTEXT
-        ),
+        CodeContentItem(OBSERVER_TYPE.concept(), PERSON.concept(), has_context),
+        PnameContentItem(PERSON_OBSERVER_NAME.concept(), author.dicom, has_context),
     ]
     for title, body in sections(signed.text):
         known = heading_code(title)
@@ -236,26 +261,30 @@ def sr_content(signed: SignedReport) -> ContainerContentItem:
             _container(
                 ADDENDUM,
                 [
-                    PnameContentItem(
-                        PERSON_OBSERVER_NAME, who.dicom, RelationshipTypeValues.HAS_OBS_CONTEXT
-                    ),
+                    PnameContentItem(PERSON_OBSERVER_NAME.concept(), who.dicom, has_context),
                     _text(ADDENDUM, addendum.text.strip()),
                 ],
             )
         )
-    root = ContainerContentItem(DOCUMENT_TITLE, is_content_continuous=False)
+    root = ContainerContentItem(DOCUMENT_TITLE.concept(), is_content_continuous=False)
     root.ContentSequence = ContentSequence(items)
     return root
 
 
-def _text(concept: CodedConcept, value: str) -> TextContentItem:
+def _text(code: Code, value: str) -> TextContentItem:
+    from highdicom.sr import RelationshipTypeValues, TextContentItem
+
     # UT in a TEXT item: at most 2**32-2 bytes, so any report fits (PS3.3 C.17.3.2.1).
-    return TextContentItem(concept, value or "-", RelationshipTypeValues.CONTAINS)
+    return TextContentItem(code.concept(), value or "-", RelationshipTypeValues.CONTAINS)
 
 
-def _container(concept: CodedConcept, items: Sequence[Any]) -> ContainerContentItem:
+def _container(code: Code, items: Sequence[Any]) -> ContainerContentItem:
+    from highdicom.sr import ContainerContentItem, ContentSequence, RelationshipTypeValues
+
     container = ContainerContentItem(
-        concept, is_content_continuous=False, relationship_type=RelationshipTypeValues.CONTAINS
+        code.concept(),
+        is_content_continuous=False,
+        relationship_type=RelationshipTypeValues.CONTAINS,
     )
     container.ContentSequence = ContentSequence(list(items))
     return container
@@ -271,7 +300,7 @@ def build_sr(
     sop_instance_uid: str,
     organisation: str,
     institution_name: str,
-) -> BasicTextSR:
+) -> _SR:
     """The Basic Text SR of ``signed``, version ``signed.sequence`` (module docstring).
 
     ``study_header`` is any stored instance of the study (patient and study modules are
@@ -292,7 +321,7 @@ def build_sr(
         if keyword not in header:
             setattr(header, keyword, None)
     author = PersonName.of(signed.author.name, signed.author.username)
-    sr = BasicTextSR(
+    sr = _basic_text_sr_class()(
         evidence=[header, *evidence],
         content=sr_content(signed),
         series_instance_uid=series_instance_uid,

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.app.container import build_archive
 from netpacs.app.settings import Settings
 from netpacs.index.schema import audit_event, store_tally
@@ -43,7 +44,7 @@ def test_an_association_killed_mid_way_is_audited_from_its_tally(
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     ae = AE(ae_title="EDGH_CT1")
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", netpacs.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", netpacs.port, ae_title="NETPACS")
     assert assoc.is_established
     for f in files:
         assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
@@ -77,7 +78,7 @@ def test_an_association_that_ends_leaves_no_tally_and_one_message(
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     ae = AE(ae_title="EDGH_CT1")
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", netpacs.port, ae_title="NETPACS")
+    assoc = associate(ae, "127.0.0.1", netpacs.port, ae_title="NETPACS")
     for f in files:
         assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
     assoc.release()

@@ -13,7 +13,8 @@ chunks, so a length that is announced but not sent holds nothing. Time is bounde
 too: the A-ASSOCIATE-RQ must be whole within ``associate_timeout`` seconds (PS3.8's
 ARTIM timer), and once associated a peer that completes no PDU for ``idle_timeout``
 seconds while we owe it nothing is aborted, so a stall before, after or inside a PDU
-ends. :class:`Connections` caps how many connections a worker holds.
+ends. :class:`~netpacs.adapters.dimse.server.Connections` caps how many connections a
+worker holds.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netpacs.adapters.dimse import commands as c
 from netpacs.adapters.dimse import pdu as p
+from netpacs.adapters.dimse.message import Message
 from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.domain.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from netpacs.domain.outcomes import Origin, Protocol
 from netpacs.services.access import Principal
 from netpacs.services.spool import ObjectTooLarge, Spool
+
+if TYPE_CHECKING:
+    from netpacs.adapters.dimse.server import Connections
 
 log = logging.getLogger(__name__)
 
@@ -61,48 +65,6 @@ MAX_QUEUED = 16  # messages of one association waiting for its handler; then we 
 # read no further.
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 SHUTTING_DOWN = "the archive is shutting down"
-
-
-class Connections:
-    """The connections of one worker process: a cap, and the list to drain at shutdown.
-
-    At most ``max_associations`` established associations (one more is rejected,
-    transient, local limit exceeded) and as many connections still negotiating (one
-    more is closed at once), so that stalled or flooding peers hold a bounded share
-    of the worker and time out (ARTIM, idle) to make room.
-    """
-
-    def __init__(self, max_associations: int) -> None:
-        self.max_associations = max_associations
-        self.negotiating: set[Association] = set()
-        self.established: set[Association] = set()
-        self.draining = False
-
-    def __len__(self) -> int:
-        return len(self.negotiating) + len(self.established)
-
-    def all(self) -> list[Association]:
-        return [*self.negotiating, *self.established]
-
-
-@dataclass(slots=True)
-class Message:
-    context_id: int
-    command: c.Command
-    # The data set: bytes while small; a Spool in a file of the data directory when
-    # large (the handler closes it); None without one, or when it was refused.
-    data: bytes | Spool | None
-    refused: str | None = None  # why the data set was not kept (too large)
-
-    @property
-    def size(self) -> int:
-        if self.data is None:
-            return 0
-        return self.data.size if isinstance(self.data, Spool) else len(self.data)
-
-    def close(self) -> None:
-        if isinstance(self.data, Spool):
-            self.data.close()
 
 
 class Association(asyncio.BufferedProtocol):
@@ -350,6 +312,16 @@ class Association(asyncio.BufferedProtocol):
             self._dispatch(Message(self._pending_ctx, cmd, spool.memory()))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closing and self.established:
+            # Neither side released nor aborted: say so, since work owed to the peer (a
+            # storage commitment report, a C-MOVE's answer) can no longer reach it here.
+            log.info(
+                "association from %s (%s) ended: the peer %s the connection without "
+                "A-RELEASE or A-ABORT",
+                self.calling_ae,
+                self.peer,
+                f"reset ({exc})" if exc else "closed",
+            )
         self._closing = True
         if self._data is not None:
             self._data.close()

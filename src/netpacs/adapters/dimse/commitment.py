@@ -30,7 +30,8 @@ from pynetdicom import AE, build_role
 from pynetdicom.dsutils import decode, encode
 
 from netpacs.adapters.dimse import commands as c
-from netpacs.adapters.dimse.association import Association, Message
+from netpacs.adapters.dimse.association import Association
+from netpacs.adapters.dimse.message import Message
 from netpacs.adapters.dimse.negotiation import (
     DEFLATED,
     EXPLICIT_VR_BE,
@@ -38,6 +39,7 @@ from netpacs.adapters.dimse.negotiation import (
     IMPLICIT_VR_LE,
     STORAGE_COMMITMENT,
 )
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.domain.region import ApplicationEntity
 from netpacs.services.commitment import (
     MAX_REFERENCES,
@@ -133,7 +135,8 @@ def report_on_new_association(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = RESPONSE_TIMEOUT
     ae.add_requested_context(STORAGE_COMMITMENT, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
     assert destination.port is not None
-    assoc = ae.associate(
+    assoc = associate(
+        ae,
         destination.host,
         destination.port,
         ae_title=destination.ae_title,

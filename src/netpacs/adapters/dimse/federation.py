@@ -26,6 +26,7 @@ from pynetdicom import AE
 
 from netpacs.adapters.dimse import commands as c
 from netpacs.adapters.dimse import status as st
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.adapters.dimse.scu import DIMSE_TIMEOUT
 from netpacs.domain.federation import RETRIEVE_AE_TITLE, RETRIEVE_URL, PeerAnswerError
 from netpacs.domain.nhs_number import is_nhs_issuer
@@ -42,8 +43,8 @@ from netpacs.services.federation import (
 from netpacs.services.spool import Spool
 
 if TYPE_CHECKING:
-    from netpacs.adapters.dimse.association import Message
     from netpacs.adapters.dimse.handlers import AssociationHandlers
+    from netpacs.adapters.dimse.message import Message
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def send_files(
     for sop_class, transfer in list(syntaxes.items())[:128]:
         ae.add_requested_context(sop_class, sorted(transfer))
     assert destination.port is not None
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = associate(ae, destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         raise ConnectionError(f"could not associate with {destination.ae_title}")
     completed = failed = 0

@@ -1,7 +1,9 @@
 """DIMSE-C service handlers: each turns one request into service calls and statuses.
 
-C-ECHO and C-STORE (PS3.4 A, B), C-FIND, C-MOVE and C-GET (PS3.4 C). Blocking work runs
-in the process's thread pool; statuses come from ``status.py``.
+C-ECHO and C-STORE (PS3.4 A, B), C-FIND, C-MOVE and C-GET (PS3.4 C); the C-GET
+sub-operations are ``get_scp.py``'s, the worklist, MPPS and Storage Commitment their
+own modules'. Blocking work runs in the process's thread pool; statuses come from
+``status.py``.
 """
 
 from __future__ import annotations
@@ -20,16 +22,15 @@ from pydicom import Dataset
 from pynetdicom.dsutils import decode, encode
 
 from netpacs.adapters.dimse import commands as c
-from netpacs.adapters.dimse import mpps, worklist
+from netpacs.adapters.dimse import get_scp, mpps, worklist
 from netpacs.adapters.dimse import status as st
-from netpacs.adapters.dimse.association import Association, Message
+from netpacs.adapters.dimse.association import Association
 from netpacs.adapters.dimse.commitment import CommitmentRequests
 from netpacs.adapters.dimse.federation import c_store_arrival, move_remote, remote_matches
+from netpacs.adapters.dimse.message import Message
 from netpacs.adapters.dimse.negotiation import (
-    DECOMPRESS_TO,
     DEFLATED,
     EXPLICIT_VR_BE,
-    EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     MODALITY_WORKLIST_FIND,
     MPPS,
@@ -41,7 +42,6 @@ from netpacs.adapters.dimse.negotiation import (
     STUDY_ROOT_FIND,
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
-    UNCOMPRESSED,
     VERIFICATION,
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
@@ -59,7 +59,6 @@ from netpacs.services.orders.worklist import ModalityWorklist
 from netpacs.services.query import QueryService
 from netpacs.services.retrieve import RetrieveService, Served
 from netpacs.services.spool import Spool
-from netpacs.services.transcode import can_transcode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -219,7 +218,7 @@ class AssociationHandlers:
         elif field == c.C_MOVE_RQ and ctx.abstract_syntax in (PATIENT_ROOT_MOVE, STUDY_ROOT_MOVE):
             await self.c_move(msg)
         elif field == c.C_GET_RQ and ctx.abstract_syntax in (PATIENT_ROOT_GET, STUDY_ROOT_GET):
-            await self.c_get(msg)
+            await get_scp.c_get(self, msg)
         elif (
             field == c.N_ACTION_RQ
             and ctx.abstract_syntax == STORAGE_COMMITMENT
@@ -499,98 +498,6 @@ class AssociationHandlers:
         counts = SubOpCounts(remaining=0, completed=completed, failed=failed)
         self._final(msg, c.C_MOVE_RSP, counts, False)
         return True
-
-    # -- C-GET -------------------------------------------------------------------------
-    async def c_get(self, msg: Message) -> None:
-        items = await self._select(msg, c.C_GET_RSP)
-        if items is None:
-            return
-        mid = msg.command.message_id
-        counts = SubOpCounts(remaining=len(items))
-        cancelled = False
-        for item in items:
-            if mid in self.assoc.cancelled:
-                cancelled = True
-                self.assoc.cancelled.discard(mid)
-                break
-            if self.assoc.closed:
-                return
-            result = await self._get_one(item, mid)
-            counts.remaining -= 1
-            if result is None:
-                counts.failed += 1
-            elif result:
-                counts.completed += 1
-            else:
-                counts.warning += 1
-            if counts.remaining:
-                self._reply(msg, c.C_GET_RSP, st.PENDING, counts=counts.as_tuple())
-        self._final(msg, c.C_GET_RSP, counts, cancelled)
-
-    def _get_context(self, item: Served) -> tuple[int, str] | None:
-        """The accepted context to send ``item`` on: its stored syntax; else another
-        uncompressed one (re-encoded); else, for compressed pixel data, Explicit or
-        Implicit VR Little Endian (decompressed: the peer accepts nothing else)."""
-        best: tuple[int, str] | None = None
-        decompressed: tuple[int, str] | None = None
-        for ctx in self.assoc.contexts.values():
-            if ctx.result != 0 or ctx.abstract_syntax != item.sop_class_uid:
-                continue
-            if ctx.transfer_syntax == item.transfer_syntax_uid:
-                return ctx.context_id, ctx.transfer_syntax
-            if item.transfer_syntax_uid in UNCOMPRESSED and ctx.transfer_syntax in UNCOMPRESSED:
-                best = (ctx.context_id, ctx.transfer_syntax)
-            elif ctx.transfer_syntax in DECOMPRESS_TO and (
-                decompressed is None or ctx.transfer_syntax == EXPLICIT_VR_LE
-            ):
-                decompressed = (ctx.context_id, ctx.transfer_syntax)
-        if best is not None or decompressed is None:
-            return best
-        return decompressed if can_transcode(item.transfer_syntax_uid, decompressed[1]) else None
-
-    async def _get_one(self, item: Served, originator_id: int) -> bool | None:
-        chosen = self._get_context(item)
-        if chosen is None:
-            log.warning(
-                "C-GET: requestor accepted no context for %s in %s",
-                item.sop_class_uid,
-                item.transfer_syntax_uid,
-            )
-            return None
-        ctx_id, ts = chosen
-        try:
-            data = await self._run(self.s.retrieve.dataset_in, item, ts)
-        except Exception as exc:
-            log.warning("C-GET: cannot read %s: %s", item.sop_instance_uid, exc)
-            return None
-        message_id = self.assoc.next_message_id()
-        cmd = c.encode_command(
-            {
-                c.AFFECTED_SOP_CLASS_UID: item.sop_class_uid,
-                c.COMMAND_FIELD: c.C_STORE_RQ,
-                c.MESSAGE_ID: message_id,
-                c.PRIORITY: 0,
-                c.COMMAND_DATA_SET_TYPE: c.HAS_DATA_SET,
-                c.AFFECTED_SOP_INSTANCE_UID: item.sop_instance_uid,
-                c.MOVE_ORIGINATOR_AE: self.assoc.calling_ae or " ",
-                c.MOVE_ORIGINATOR_MESSAGE_ID: originator_id,
-            }
-        )
-        fut: asyncio.Future[c.Command] = asyncio.get_running_loop().create_future()
-        self.assoc.store_waiters[message_id] = fut
-        try:
-            self.assoc.send_message(ctx_id, cmd, data)
-            rsp = await asyncio.wait_for(fut, timeout=120)
-        except (ConnectionError, TimeoutError) as exc:
-            log.warning("C-GET sub-operation for %s failed: %s", item.sop_instance_uid, exc)
-            self.assoc.store_waiters.pop(message_id, None)
-            return None
-        code = rsp.get_int(c.STATUS, 0xFFFF)
-        if code == 0:
-            return True
-        if code in (0xB000, 0xB006, 0xB007):
-            return False
-        return None
 
 
 def _take(

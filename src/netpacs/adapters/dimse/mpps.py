@@ -26,8 +26,8 @@ from netpacs.services.orders.mpps import (
 )
 
 if TYPE_CHECKING:
-    from netpacs.adapters.dimse.association import Message
     from netpacs.adapters.dimse.handlers import AssociationHandlers
+    from netpacs.adapters.dimse.message import Message
 
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110

@@ -30,6 +30,7 @@ from netpacs.adapters.dimse.negotiation import (
     IMPLICIT_VR_LE,
     UNCOMPRESSED,
 )
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.domain.region import ApplicationEntity
 from netpacs.services.retrieve import RetrieveService, Served
 from netpacs.services.transcode import can_transcode
@@ -150,7 +151,7 @@ def _associate(destination: ApplicationEntity, our_ae_title: str, items: list[Se
     ae.network_timeout = DIMSE_TIMEOUT
     ae.requested_contexts = [build_context(cls, ts) for cls, ts in _contexts(items)]
     assert destination.port is not None
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = associate(ae, destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         raise ConnectionError(
             f"could not associate with {destination.ae_title} at "

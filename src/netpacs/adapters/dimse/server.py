@@ -25,12 +25,34 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from netpacs.adapters.dimse.association import SHUTTING_DOWN, Association, Connections
+from netpacs.adapters.dimse.association import SHUTTING_DOWN, Association
 from netpacs.adapters.dimse.handlers import AssociationHandlers, DimseServices
 from netpacs.adapters.dimse.negotiation import Negotiator
 from netpacs.domain.peer import PeerCertificate
 
 log = logging.getLogger(__name__)
+
+
+class Connections:
+    """The connections of one worker process: a cap, and the list to drain at shutdown.
+
+    At most ``max_associations`` established associations (one more is rejected,
+    transient, local limit exceeded) and as many connections still negotiating (one
+    more is closed at once), so that stalled or flooding peers hold a bounded share
+    of the worker and time out (ARTIM, idle) to make room.
+    """
+
+    def __init__(self, max_associations: int) -> None:
+        self.max_associations = max_associations
+        self.negotiating: set[Association] = set()
+        self.established: set[Association] = set()
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self.negotiating) + len(self.established)
+
+    def all(self) -> list[Association]:
+        return [*self.negotiating, *self.established]
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from netpacs.domain.query import QueryError
 from netpacs.services.orders.worklist import ScheduledStep, WorklistKeys
 
 if TYPE_CHECKING:
-    from netpacs.adapters.dimse.association import Message
     from netpacs.adapters.dimse.handlers import AssociationHandlers
+    from netpacs.adapters.dimse.message import Message
 
 __all__ = ["MODALITY_WORKLIST_FIND", "answer_for", "c_find", "worklist_keys"]
 

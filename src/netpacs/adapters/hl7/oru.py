@@ -15,13 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from highdicom.sr import CodedConcept
-
 from netpacs.adapters.transports.mllp import MllpClient, MllpError
 from netpacs.domain.outbox import Acceptance, PendingResult, QueuedResult, Receipt
 from netpacs.domain.report import SignedReport
 from netpacs.services.jobs.results import DeliveryFailed
-from netpacs.services.report_outputs import ADDENDUM, NARRATIVE, PersonName, heading_code
+from netpacs.services.report_outputs import ADDENDUM, NARRATIVE, Code, PersonName, heading_code
 
 #: MSA-1 acknowledgement codes (HL7 table 0008), original and enhanced mode.
 ACK_CODES = {
@@ -76,13 +74,13 @@ def _cnn(username: str, display_name: str, trust: str) -> str:
     return "&".join(_escape(p) for p in parts).rstrip("&")
 
 
-def _ce(concept: CodedConcept) -> str:
+def _ce(concept: Code) -> str:
     return f"{concept.value}^{_escape(concept.meaning)}^{concept.scheme_designator}"
 
 
-def _report_lines(signed: SignedReport) -> list[tuple[CodedConcept, str, dt.datetime]]:
+def _report_lines(signed: SignedReport) -> list[tuple[Code, str, dt.datetime]]:
     """(OBX-3 concept, line, observed at) for every line of the report and its addenda."""
-    out: list[tuple[CodedConcept, str, dt.datetime]] = []
+    out: list[tuple[Code, str, dt.datetime]] = []
     concept = NARRATIVE
     lines = signed.text.replace("\r\n", "\n").split("\n")
     while lines and not lines[-1].strip():

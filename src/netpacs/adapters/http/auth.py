@@ -35,7 +35,8 @@ from netpacs.services.access import (
     Principal,
 )
 from netpacs.services.access_policy import Refusal
-from netpacs.services.accounts import Lookup, OnBehalfRefused, SignInError, SignInProblem
+from netpacs.services.account_state import Lookup
+from netpacs.services.accounts import OnBehalfRefused, SignInError, SignInProblem
 
 router = APIRouter()
 

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from netpacs.adapters.dimse.requestor import associate
 from netpacs.domain.dicom.header import JsonDataset
 from netpacs.domain.federation import STUDY_ATTRIBUTES, PeerAnswerError
 from netpacs.domain.networks import Network, NhsNumberIn
@@ -83,8 +84,8 @@ class DimsePeer:
         ae.maximum_pdu_size = _MAX_PDU
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         try:
-            assoc = ae.associate(
-                access.host, access.port, ae_title=access.ae_title, max_pdu=_MAX_PDU
+            assoc = associate(
+                ae, access.host, access.port, ae_title=access.ae_title, max_pdu=_MAX_PDU
             )
         except Exception as exc:  # pynetdicom raises little, but a socket may
             raise PeerAnswerError(f"cannot associate: {exc}") from None
@@ -129,7 +130,7 @@ def _associate(ae: AE, network: Network, **kw: Any) -> Any:
     access = network.dimse
     assert access is not None
     try:
-        assoc = ae.associate(access.host, access.port, ae_title=access.ae_title, **kw)
+        assoc = associate(ae, access.host, access.port, ae_title=access.ae_title, **kw)
     except Exception as exc:
         raise PeerAnswerError(f"cannot associate: {exc}") from None
     if not assoc.is_established:

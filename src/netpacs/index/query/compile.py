@@ -28,6 +28,7 @@ from netpacs.domain.query import QueryError, QueryLevel, QueryModel
 from netpacs.index.query.answers import Output, fixed_elements
 from netpacs.index.query.attributes import (
     ADAPTER_KEYS,
+    ATTRS,
     DEPTH,
     IM,
     INSTANCE_AVAILABILITY,
@@ -44,7 +45,7 @@ from netpacs.index.query.attributes import (
     name,
 )
 from netpacs.index.query.matching import Exact, Key, check_model, parse_identifier
-from netpacs.index.query.sql import BASE, Sql, chain, child_of, link, related
+from netpacs.index.query.sql import BASE, Made, Sql, chain, child_of, link, related
 from netpacs.index.schema import instance, patient, series, study
 
 Conditions = Sequence[sa.ColumnElement[bool]]
@@ -145,7 +146,7 @@ def compile_find(
         raise QueryError("newest first orders studies: not a PATIENT level query")
     keys = parse_identifier(identifier, level)
     request = _FindRequest(keys, level, linked, visible, retrieve_ae_title, newest_first, emergency)
-    stmt, outputs, stored_filters = _find_statement(sql, request)
+    stmt, outputs, stored_filters, with_meta = _find_statement(sql, request)
     fixed = fixed_elements(identifier, level)
     asks = emergency is not None
     if stored_filters:
@@ -154,32 +155,51 @@ def compile_find(
         stmt = stmt.limit(limit)
     if offset:
         stmt = stmt.offset(offset)
-    small = limit is not None and limit <= MAX_READ_AT_ONCE and "meta" not in stmt.selected_columns
+    small = limit is not None and limit <= MAX_READ_AT_ONCE and not with_meta
     return FindPlan(stmt, outputs, fixed, [], None, 0, asks, streamed=not small)
 
 
-def _find_statement(sql: Sql, req: _FindRequest) -> tuple[sa.Select[Any], list[Output], list[Key]]:
+def _find_statement(
+    sql: Sql, req: _FindRequest
+) -> tuple[sa.Select[Any], list[Output], list[Key], bool]:
+    """The statement, how its rows become answers, the keys left to match on
+    metadata_json, and whether it selects the stored header (``meta``)."""
     conds, stored_filters = _find_conditions(sql, req)
-    columns, outputs, needs_meta = _returns(sql, req)
+    returned, outputs, needs_meta = _returns(req)
     level = req.level
-    columns.insert(0, BASE.at(level).c.id.label("pk"))
-    columns += AUDIT_COLUMNS if level is not P else AUDIT_COLUMNS[:3]
+    with_meta = needs_meta or bool(stored_filters)
+    # What a statement selects, from and in which order: made once per such shape.
+    shape = (level, req.newest_first, with_meta, *returned)
+    base = sql.shaped(shape, lambda: _select(sql, level, returned, req.newest_first, with_meta))
     if req.emergency is not None:
-        columns.append(req.emergency.label(EMERGENCY))
-    if needs_meta or stored_filters:
+        base = base.add_columns(req.emergency.label(EMERGENCY))
+    return base.where(*conds), outputs, stored_filters, with_meta
+
+
+def _select(
+    sql: Sql,
+    level: QueryLevel,
+    returned: list[str],
+    newest_first: bool,
+    with_meta: bool,
+) -> sa.Select[Any]:
+    """The SELECT of a query without its conditions (no values in it); ``returned``:
+    the tags of the return keys answered from a column or computed attribute."""
+    columns: list[sa.ColumnElement[Any]] = [BASE.at(level).c.id.label("pk")]
+    for tag in returned:
+        columns += _returned(sql, tag)
+    columns += AUDIT_COLUMNS if level is not P else AUDIT_COLUMNS[:3]
+    if with_meta:
         meta = (
             BASE.instance.c.metadata_json
             if level is IM
-            else sql.representative_metadata(BASE, level)
+            else Made(sql.representative_metadata(BASE, level))
         )
         columns.append(meta.label("meta"))
-    stmt = (
-        sa.select(*columns)
-        .select_from(chain(BASE, P, level))
-        .where(*conds)
-        .order_by(*_order(level, newest_first=req.newest_first))
+    joined = chain(BASE, P, level)
+    return (
+        sa.select(*columns).select_from(joined).order_by(*_order(level, newest_first=newest_first))
     )
-    return stmt, outputs, stored_filters
 
 
 def _find_conditions(sql: Sql, req: _FindRequest) -> tuple[list[sa.ColumnElement[bool]], list[Key]]:
@@ -215,11 +235,12 @@ def _lower_exists(sql: Sql, keys: list[Key], level: QueryLevel) -> sa.ColumnElem
     return sa.select(1).select_from(joined).where(link(sub, child_of(level)), *conds).exists()
 
 
-def _returns(sql: Sql, req: _FindRequest) -> tuple[list[sa.ColumnElement[Any]], list[Output], bool]:
-    """The columns a query selects, how each return key is answered, and whether any
-    is answered from metadata_json."""
+def _returns(req: _FindRequest) -> tuple[list[str], list[Output], bool]:
+    """The tags of the return keys answered from the index's columns (see
+    :func:`_returned`), how each return key is answered, and whether any is answered
+    from metadata_json."""
     depth = DEPTH[req.level]
-    columns: list[sa.ColumnElement[Any]] = []
+    returned: list[str] = []
     outputs: list[Output] = []
     needs_meta = False
     for key in req.keys:
@@ -228,8 +249,7 @@ def _returns(sql: Sql, req: _FindRequest) -> tuple[list[sa.ColumnElement[Any]], 
         if key.tag == INSTANCE_AVAILABILITY:
             outputs.append(Output(key.tag, "CS", constant={"vr": "CS", "Value": ["ONLINE"]}))
         elif key.tag == OTHER_PATIENT_IDS:
-            columns.append(patient.c.nhs_number.label(label))
-            columns.append(sql.linked_identities().label(label + "_linked"))
+            returned.append(key.tag)
             outputs.append(Output(key.tag, "SQ", label=label, request=key.element, other_ids=True))
             needs_meta = True
         elif key.tag == RETRIEVE_AE_TITLE and req.retrieve_ae_title:
@@ -240,16 +260,26 @@ def _returns(sql: Sql, req: _FindRequest) -> tuple[list[sa.ColumnElement[Any]], 
         elif attr is None:
             outputs.append(Output(key.tag, key.vr, request=key.element))
             needs_meta = True
-        elif attr.kind is Kind.COLUMN:
-            columns.append(BASE.at(attr.level).c[attr.column].label(label))
-            outputs.append(Output(key.tag, attr.vr, label=label))
-        elif attr.kind is Kind.COUNT:
-            columns.append(sql.count(attr, BASE).label(label))
-            outputs.append(Output(key.tag, attr.vr, label=label))
         else:
-            columns.append(sql.value_set(attr, BASE).label(label))
-            outputs.append(Output(key.tag, attr.vr, label=label, is_set=True))
-    return columns, outputs, needs_meta
+            returned.append(key.tag)
+            outputs.append(Output(key.tag, attr.vr, label=label, is_set=attr.kind is Kind.SET))
+    return returned, outputs, needs_meta
+
+
+def _returned(sql: Sql, tag: str) -> list[sa.Label[Any]]:
+    """The labelled columns answering the return key ``tag`` (no values in them): its
+    attribute's column or computed attribute; for Other Patient IDs, the NHS number and
+    the identities linked to it."""
+    label = f"k{tag}"
+    if tag == OTHER_PATIENT_IDS:
+        linked = Made(sql.linked_identities()).label(label + "_linked")
+        return [patient.c.nhs_number.label(label), linked]
+    attr = ATTRS[tag]
+    if attr.kind is Kind.COLUMN:
+        return [BASE.at(attr.level).c[attr.column].label(label)]
+    if attr.kind is Kind.COUNT:
+        return [Made(sql.count(attr, BASE)).label(label)]
+    return [Made(sql.value_set(attr, BASE)).label(label)]
 
 
 def compile_retrieve(

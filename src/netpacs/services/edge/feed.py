@@ -9,8 +9,9 @@ own trust only.
 Each read by an edge notes where it asked from (index.changes.note_read); the core's
 job :class:`FeedTrim` deletes the entries every edge of the region has read past, and
 those older than the retention (``NETPACS_CHANGE_FEED_DAYS``) whoever has not. An edge
-that asks from before what was trimmed gets no entries but ``resync``: it compares
-every study it holds with the core (services.edge.catchup).
+that asks from before what was trimmed gets no entries but ``resync`` and the cursor
+just past the trim: it compares every study it holds with the core
+(services.edge.catchup), then reads on from there.
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ class ChangeFeed:
         with self._engine.connect() as conn:
             if after is None:
                 page = ChangePage((), feed.top(conn))
-            elif after < feed.trimmed_through(conn):
+            elif after < (trimmed := feed.trimmed_through(conn)):
                 log.warning(
                     "%s asked for the change feed after %d, trimmed since: told to resync",
                     principal.user_id,
                     after,
                 )
-                page = ChangePage((), feed.top(conn), resync=True)
+                # On from just past what was trimmed, not the feed's end: the entries
+                # kept since (an admission while the edge was away, whose priors it
+                # should prefetch) still reach it after its comparison.
+                page = ChangePage((), trimmed, more=feed.top(conn) > trimmed, resync=True)
             else:
                 changes, cursor, more = read_changes(
                     conn, after=after, limit=limit, admissions_of=admissions_of

@@ -1,0 +1,76 @@
+"""Associations we request with pynetdicom, without its reactor's race for responses.
+
+pynetdicom (3.0) runs a reactor thread on every association. Before a ``send_*`` call
+sends a request, it clears the reactor's checkpoint (a :class:`threading.Event`) and
+spins until the reactor's ``_is_paused`` flag is true. The reactor sets that flag just
+*before* it waits on the checkpoint and resets it just after. If the checkpoint is
+cleared while the reactor is between those two steps, the sender believes the reactor
+paused, sends its request, and both threads then read the association's message queue.
+When the reactor wins, it logs "Received unexpected C-STORE service message", drops the
+response, and the sender waits out the whole DIMSE timeout for an answer already
+received. A C-MOVE's sub-operations then stall for a minute (seen in our suite as a
+move that never completed).
+
+:func:`associate` installs a :class:`Checkpoint` in the place of that Event. Its
+:meth:`~Checkpoint.clear`, called from any thread but the reactor's, returns only once
+the reactor is parked inside :meth:`~Checkpoint.wait`, which it enters under the same
+lock. A parked reactor cannot read the queue until the sender sets the checkpoint
+again, so the response goes to the sender. pynetdicom offers no hook for this; the
+attribute it reads on every pass of its loop is the only seam.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pynetdicom import AE
+
+
+class Checkpoint:
+    """A drop-in for the reactor's Event whose ``clear`` waits for the reactor to park."""
+
+    def __init__(self, reactor: threading.Thread) -> None:
+        self._reactor = reactor
+        self._cond = threading.Condition()
+        self._flag = True
+        self._parked = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag = False
+            if threading.current_thread() is self._reactor:
+                return  # the reactor pausing itself (its network timeout) is not racing
+            # As long as pynetdicom's own spin would: until the reactor parks (it does
+            # once its current message is handled) or its thread has ended. Going on
+            # sooner would let a reply it is still sending follow our next request.
+            while not self._parked and self._reactor.is_alive():
+                self._cond.wait(0.05)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            if self._flag:
+                return True
+            self._parked = True
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._flag, timeout)
+            finally:
+                self._parked = False
+
+
+def associate(ae: AE, host: str, port: int, **kw: Any) -> Any:
+    """``ae.associate(host, port, **kw)``, with the reactor's race closed: an
+    established association gets a :class:`Checkpoint`."""
+    assoc = ae.associate(host, port, **kw)
+    if assoc.is_established:
+        assoc._reactor_checkpoint = Checkpoint(assoc)  # type: ignore[assignment]  # duck-typed Event
+    return assoc
