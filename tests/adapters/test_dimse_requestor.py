@@ -91,3 +91,29 @@ def test_every_store_and_echo_gets_its_response_when_the_reactor_is_slow_to_paus
     assert time.monotonic() - started < 4  # no response waited for until the timeout
     assert len(list(out.iterdir())) == 6
 
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_release_returns_when_the_reactor_thread_has_ended_while_associated(
+    peer: tuple[int, Path],
+) -> None:
+    """A reactor that ends while the association is still established (here: an error
+    reading its queue) leaves pynetdicom's pause flag false; its release spun on that
+    flag for ever (a suite run stuck five minutes in ``release``)."""
+    port, _ = peer
+    ae = AE(ae_title="NETPACS")
+    ae.acse_timeout = ae.dimse_timeout = 5
+    ae.add_requested_context(Verification)
+    assoc = requestor.associate(ae, "127.0.0.1", port, ae_title="RTP_WS1")
+    assert assoc.is_established
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise OSError("queue unreadable")
+
+    assoc.dimse.get_msg = broken
+    assoc.join(5)
+    assert not assoc.is_alive() and assoc.is_established  # the state the fix is for
+    releasing = threading.Thread(target=assoc.release, daemon=True)
+    releasing.start()
+    releasing.join(10)
+    assert not releasing.is_alive(), "release still waiting for a reactor that has ended"
+    assert not assoc.is_established

@@ -17,14 +17,21 @@ the reactor is parked inside :meth:`~Checkpoint.wait`, which it enters under the
 lock. A parked reactor cannot read the queue until the sender sets the checkpoint
 again, so the response goes to the sender. pynetdicom offers no hook for this; the
 attribute it reads on every pass of its loop is the only seam.
+
+A reactor that ends while the association is still established (an exception in its
+thread) leaves that flag false, and pynetdicom's own ``release`` and ``send_*`` then spin
+on it for ever; :meth:`~Checkpoint.clear` sets it for them once the thread has ended.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from pynetdicom import AE
+
+log = logging.getLogger(__name__)
 
 
 class Checkpoint:
@@ -54,6 +61,12 @@ class Checkpoint:
             # sooner would let a reply it is still sending follow our next request.
             while not self._parked and self._reactor.is_alive():
                 self._cond.wait(0.05)
+            if not self._parked:
+                # The reactor has ended while the association is established (an error
+                # in its thread). pynetdicom's flag then stays false and the caller's
+                # spin on it would never end; nothing is left to race with.
+                log.warning("association reactor ended while established; going on")
+                self._reactor._is_paused = True  # type: ignore[attr-defined]
 
     def wait(self, timeout: float | None = None) -> bool:
         with self._cond:
