@@ -7,8 +7,9 @@ before it returns, so an answer never goes out for an access that is not on reco
 repository over syslog is the forwarder's work (``audit_event.forwarded_at``), so a
 collector that is down delays them and loses none.
 
-Messages are built with the standard library's ElementTree: the schema is small and
-fixed, and no maintained Python library builds DICOM audit messages.
+Messages are written as text by :func:`build_message`: the schema is small and fixed,
+no maintained Python library builds DICOM audit messages, and building an ElementTree
+for each took a twentieth of a study search's CPU.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import base64
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 import sqlalchemy as sa
 
@@ -159,16 +160,44 @@ def _xml(text: str) -> str:
     return _NOT_XML.sub("\ufffd", text)
 
 
-def _code(parent: ET.Element, tag: str, code: Code) -> ET.Element:
-    return ET.SubElement(
-        parent,
-        tag,
-        {
-            "csd-code": _xml(code.code),
-            "codeSystemName": _xml(code.system),
-            "originalText": _xml(code.meaning),
-        },
-    )
+# What ElementTree's serializer escapes (so the text is what it wrote), and characters
+# XML forbids: a value with none of them, nearly every one, is written as it is.
+_SPECIAL = re.compile('[&<>"\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+_ATTRIBUTE = (
+    ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"),
+    ("\r", "&#13;"), ("\n", "&#10;"), ("\t", "&#09;"),
+)  # fmt: skip
+
+
+def _attribute(value: str) -> str:
+    if _SPECIAL.search(value) is None:
+        return value
+    value = _xml(value)
+    for char, entity in _ATTRIBUTE:
+        value = value.replace(char, entity)
+    return value
+
+
+def _text(value: str) -> str:
+    if _SPECIAL.search(value) is None:
+        return value
+    return _xml(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _tag(tag: str, attrs: dict[str, str], end: str = ">") -> str:
+    """``<tag a="v"...`` closed by ``end`` (``>`` to open, `` />`` for an empty element)."""
+    parts = [f' {k}="{_attribute(v)}"' for k, v in attrs.items()]
+    return f"<{tag}{''.join(parts)}{end}"
+
+
+def _element(tag: str, text: str) -> str:
+    return f"<{tag}>{_text(text)}</{tag}>"
+
+
+@functools.lru_cache(maxsize=256)  # the codes are nearly all constants
+def _code(tag: str, code: Code) -> str:
+    attrs = {"csd-code": code.code, "codeSystemName": code.system, "originalText": code.meaning}
+    return _tag(tag, attrs, " />")
 
 
 def build_message(record: AuditRecord, *, source_id: str, site_id: str = "") -> str:
@@ -176,142 +205,140 @@ def build_message(record: AuditRecord, *, source_id: str, site_id: str = "") -> 
 
     Valid against the A.5.1 schema (:data:`SCHEMA_FILE`): elements in the schema's order,
     and every participant object with the ParticipantObjectName or ParticipantObjectQuery
-    that the schema requires of it.
+    that the schema requires of it. Written as text (every value escaped, characters
+    XML forbids replaced), since a message is built for every request audited: it is a
+    fifth of the time of building an ElementTree and serialising it.
     """
-    root = ET.Element("AuditMessage")
     patients = list(dict.fromkeys(record.patients))
     studies = list(dict.fromkeys(record.study_uids))
-    _event_identification(root, record, left_out=_left_out(patients, studies))
-    _active_participants(root, record, source_id=source_id)
-    source = ET.SubElement(
-        root,
-        "AuditSourceIdentification",
-        {
-            "AuditSourceID": _xml(source_id),
-            **({"AuditEnterpriseSiteID": _xml(site_id)} if site_id else {}),
-        },
+    out = ["<AuditMessage>"]
+    _event_identification(out, record, left_out=_left_out(patients, studies))
+    _active_participants(out, record, source_id=source_id)
+    source = {"AuditSourceID": source_id, **({"AuditEnterpriseSiteID": site_id} if site_id else {})}
+    out += (
+        _tag("AuditSourceIdentification", source),
+        _code("AuditSourceTypeCode", Code("4", "DCM", "Application Server Process")),
+        "</AuditSourceIdentification>",
     )
-    _code(source, "AuditSourceTypeCode", Code("4", "DCM", "Application Server Process"))
     for patient_id, issuer in patients[:_MAX_OBJECTS]:
-        _patient_object(root, patient_id, issuer)
+        _patient_object(out, patient_id, issuer)
     for uid in studies[:_MAX_OBJECTS]:
-        _study_object(root, uid)
+        _study_object(out, uid)
     if record.query is not None:
-        _query_object(root, record.query)
-    return ET.tostring(root, encoding="unicode")
+        _query_object(out, record.query)
+    out.append("</AuditMessage>")
+    return "".join(out)
 
 
 def _left_out(patients: Sequence[object], studies: Sequence[object]) -> int:
     return max(0, len(patients) - _MAX_OBJECTS) + max(0, len(studies) - _MAX_OBJECTS)
 
 
-def _event_identification(root: ET.Element, record: AuditRecord, *, left_out: int) -> None:
+def _event_identification(out: list[str], record: AuditRecord, *, left_out: int) -> None:
     """EventIdentification: EventID, EventTypeCode, EventOutcomeDescription, PurposeOfUse."""
     event = record.event
-    ident = ET.SubElement(
-        root,
-        "EventIdentification",
-        {
-            "EventActionCode": event.action,
-            "EventDateTime": record.when.astimezone(dt.UTC).isoformat(timespec="milliseconds"),
-            "EventOutcomeIndicator": str(int(record.outcome)),
-        },
-    )
-    _code(ident, "EventID", event.event_id)
+    ident = {
+        "EventActionCode": event.action,
+        "EventDateTime": record.when.astimezone(dt.UTC).isoformat(timespec="milliseconds"),
+        "EventOutcomeIndicator": str(int(record.outcome)),
+    }
+    out += (_tag("EventIdentification", ident), _code("EventID", event.event_id))
     if event.event_type is not None:
-        _code(ident, "EventTypeCode", event.event_type)
+        out.append(_code("EventTypeCode", event.event_type))
     detail = record.detail
     if left_out:
         detail = f"{detail} ({left_out} more patients and studies not listed)".strip()
     if detail:
-        ET.SubElement(ident, "EventOutcomeDescription").text = _xml(detail)
+        out.append(_element("EventOutcomeDescription", detail))
     if record.purpose is not None:
-        _code(ident, "PurposeOfUse", record.purpose.code)
+        out.append(_code("PurposeOfUse", record.purpose.code))
+    out.append("</EventIdentification>")
 
 
-def _active_participants(root: ET.Element, record: AuditRecord, *, source_id: str) -> None:
+def _active_participants(out: list[str], record: AuditRecord, *, source_id: str) -> None:
     """The requestor (person or application), then the archive itself."""
     actor, event = record.actor, record.event
-    requestor = {"UserID": _xml(actor.user_id), "UserIsRequestor": "true"}
+    requestor = {"UserID": actor.user_id, "UserIsRequestor": "true"}
     if actor.name:
-        requestor["UserName"] = _xml(actor.name)
+        requestor["UserName"] = actor.name
     if actor.trust:
-        requestor["AlternativeUserID"] = _xml(f"{actor.user_id}@{actor.trust}")
+        requestor["AlternativeUserID"] = f"{actor.user_id}@{actor.trust}"
     if actor.address:
-        requestor["NetworkAccessPointID"] = _xml(actor.address)
+        requestor["NetworkAccessPointID"] = actor.address
         requestor["NetworkAccessPointTypeCode"] = "2"  # IP address
-    person = ET.SubElement(root, "ActiveParticipant", requestor)
+    roles = []
     archive_sends = event in _ARCHIVE_SENDS
     if archive_sends:
-        _code(person, "RoleIDCode", _DESTINATION_ROLE)
+        roles.append(_code("RoleIDCode", _DESTINATION_ROLE))
     elif actor.is_application or event is Event.STORE:
-        _code(person, "RoleIDCode", _SOURCE_ROLE)
+        roles.append(_code("RoleIDCode", _SOURCE_ROLE))
     if actor.role and not actor.is_application:
-        _code(person, "RoleIDCode", Code(actor.role, "netpacs role", actor.role.capitalize()))
+        roles.append(_code("RoleIDCode", Code(actor.role, "netpacs role", actor.role.capitalize())))
+    if roles:
+        out += (_tag("ActiveParticipant", requestor), *roles, "</ActiveParticipant>")
+    else:
+        out.append(_tag("ActiveParticipant", requestor, " />"))
     if actor.network and actor.remote_user:  # the partner network's user it acts for
-        ET.SubElement(
-            root,
-            "ActiveParticipant",
-            {
-                "UserID": _xml(actor.remote_user),
-                "AlternativeUserID": _xml(f"{actor.remote_user}@{actor.network}"),
-                "UserIsRequestor": "true",
-            },
-        )
-    archive = ET.SubElement(
-        root, "ActiveParticipant", {"UserID": _xml(source_id), "UserIsRequestor": "false"}
+        remote = {
+            "UserID": actor.remote_user,
+            "AlternativeUserID": f"{actor.remote_user}@{actor.network}",
+            "UserIsRequestor": "true",
+        }
+        out.append(_tag("ActiveParticipant", remote, " />"))
+    out += (
+        _tag("ActiveParticipant", {"UserID": source_id, "UserIsRequestor": "false"}),
+        _code("RoleIDCode", _SOURCE_ROLE if archive_sends else _DESTINATION_ROLE),
+        "</ActiveParticipant>",
     )
-    _code(archive, "RoleIDCode", _SOURCE_ROLE if archive_sends else _DESTINATION_ROLE)
 
 
-def _patient_object(root: ET.Element, patient_id: str, issuer: str | None) -> None:
+def _object(out: list[str], ident: dict[str, str], id_type: Code, last: str) -> None:
+    out += (
+        _tag("ParticipantObjectIdentification", ident),
+        _code("ParticipantObjectIDTypeCode", id_type),
+        last,
+        "</ParticipantObjectIdentification>",
+    )
+
+
+def _patient_object(out: list[str], patient_id: str, issuer: str | None) -> None:
     """A patient (PS3.15 A.5.3: type 1 person, role 1 patient, ID type 2 patient number).
 
     The ID is in HL7 CX form (``id^^^issuer``). The record carries no patient name, so
     the ParticipantObjectName the schema requires is a descriptor of the identifier.
     """
-    obj = ET.SubElement(
-        root,
-        "ParticipantObjectIdentification",
-        {
-            "ParticipantObjectID": _xml(f"{patient_id}^^^{issuer}" if issuer else patient_id),
-            "ParticipantObjectTypeCode": "1",  # person
-            "ParticipantObjectTypeCodeRole": "1",  # patient
-        },
-    )
-    _code(obj, "ParticipantObjectIDTypeCode", Code("2", "RFC-3881", "Patient Number"))
+    ident = {
+        "ParticipantObjectID": f"{patient_id}^^^{issuer}" if issuer else patient_id,
+        "ParticipantObjectTypeCode": "1",  # person
+        "ParticipantObjectTypeCodeRole": "1",  # patient
+    }
     name = f"Patient ID {patient_id} of {issuer}" if issuer else f"Patient ID {patient_id}"
-    ET.SubElement(obj, "ParticipantObjectName").text = _xml(name)
+    _object(out, ident, _PATIENT_NUMBER, _element("ParticipantObjectName", name))
 
 
-def _study_object(root: ET.Element, uid: str) -> None:
+def _study_object(out: list[str], uid: str) -> None:
     """A study (PS3.15 A.5.3: type 2 system object, role 3 report, ID type 110180)."""
-    obj = ET.SubElement(
-        root,
-        "ParticipantObjectIdentification",
-        {
-            "ParticipantObjectID": _xml(uid),
-            "ParticipantObjectTypeCode": "2",  # system object
-            "ParticipantObjectTypeCodeRole": "3",  # report (DICOM: a study)
-        },
-    )
-    _code(obj, "ParticipantObjectIDTypeCode", _dcm("110180", "Study Instance UID"))
-    ET.SubElement(obj, "ParticipantObjectName").text = _xml(f"Study {uid}")
+    ident = {
+        "ParticipantObjectID": uid,
+        "ParticipantObjectTypeCode": "2",  # system object
+        "ParticipantObjectTypeCodeRole": "3",  # report (DICOM: a study)
+    }
+    _object(out, ident, _STUDY_UID, _element("ParticipantObjectName", f"Study {uid}"))
 
 
-def _query_object(root: ET.Element, query: str) -> None:
+def _query_object(out: list[str], query: str) -> None:
     """The query as asked (PS3.15 A.5.3.12: role 24 query, the query base64-encoded)."""
-    obj = ET.SubElement(
-        root,
-        "ParticipantObjectIdentification",
-        {
-            "ParticipantObjectID": "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root FIND
-            "ParticipantObjectTypeCode": "2",
-            "ParticipantObjectTypeCodeRole": "24",  # query
-        },
-    )
-    _code(obj, "ParticipantObjectIDTypeCode", _dcm("110181", "SOP Class UID"))
-    ET.SubElement(obj, "ParticipantObjectQuery").text = _base64(query)
+    ident = {
+        "ParticipantObjectID": "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root FIND
+        "ParticipantObjectTypeCode": "2",
+        "ParticipantObjectTypeCodeRole": "24",  # query
+    }
+    _object(out, ident, _SOP_CLASS, _element("ParticipantObjectQuery", _base64(query)))
+
+
+_PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
+_STUDY_UID = _dcm("110180", "Study Instance UID")
+_SOP_CLASS = _dcm("110181", "SOP Class UID")
 
 
 def _base64(text: str) -> str:
