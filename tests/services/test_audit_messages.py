@@ -164,6 +164,28 @@ def test_characters_xml_cannot_carry_are_replaced_not_sent() -> None:
     assert doc.find("ActiveParticipant").get("UserID") == "admin\ufffd\ufffd[31m"
 
 
+def test_markup_in_what_users_type_is_recorded_as_typed() -> None:
+    """Quotes, angle brackets, ampersands, tabs and line breaks in a user name, a
+    patient ID, a description or a query read back unchanged: escaped, never markup."""
+    typed = 'o"brien <b>&amp;\t\r\nx'
+    record = AuditRecord(
+        Event.QUERY,
+        Actor(typed, trust="RTP", name=typed, address="127.0.0.1"),
+        patients=[(typed, "RTP")],
+        study_uids=["1.2.3"],
+        query=typed,
+        detail=typed,
+    )
+    doc = assert_valid(build_message(record, source_id="NETPACS"))
+    person = doc.find("ActiveParticipant")
+    assert person.get("UserID") == typed and person.get("UserName") == typed
+    assert doc.find("EventIdentification/EventOutcomeDescription").text == typed
+    patient, _study, query = doc.findall("ParticipantObjectIdentification")
+    assert patient.get("ParticipantObjectID") == f"{typed}^^^RTP"
+    assert patient.find("ParticipantObjectName").text == f"Patient ID {typed} of RTP"
+    assert base64.b64decode(query.find("ParticipantObjectQuery").text).decode() == typed
+
+
 def test_schema_rejects_a_message_that_breaks_it() -> None:
     """The validation can fail: missing, misplaced and misnamed parts are each refused."""
     good = build_message(next(shapes(Event.ACCESS)), source_id="NETPACS")

@@ -160,8 +160,9 @@ def _xml(text: str) -> str:
     return _NOT_XML.sub("\ufffd", text)
 
 
-# What ElementTree's serializer escapes (so the text is what it wrote), and characters
-# XML forbids: a value with none of them, nearly every one, is written as it is.
+# What ElementTree's serializer escaped, a carriage return in text too (so that every
+# value reads back as it was), and characters XML forbids: a value with none of them,
+# nearly every one, is written as it is.
 _SPECIAL = re.compile('[&<>"\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
 _ATTRIBUTE = (
     ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"),
@@ -181,7 +182,8 @@ def _attribute(value: str) -> str:
 def _text(value: str) -> str:
     if _SPECIAL.search(value) is None:
         return value
-    return _xml(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    value = _xml(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return value.replace("\r", "&#13;")  # a parser would read it as a line break
 
 
 def _tag(tag: str, attrs: dict[str, str], end: str = ">") -> str:
@@ -207,7 +209,7 @@ def build_message(record: AuditRecord, *, source_id: str, site_id: str = "") -> 
     and every participant object with the ParticipantObjectName or ParticipantObjectQuery
     that the schema requires of it. Written as text (every value escaped, characters
     XML forbids replaced), since a message is built for every request audited: it is a
-    fifth of the time of building an ElementTree and serialising it.
+    quarter of the time of building an ElementTree and serialising it.
     """
     patients = list(dict.fromkeys(record.patients))
     studies = list(dict.fromkeys(record.study_uids))
