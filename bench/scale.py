@@ -589,13 +589,15 @@ def _cfind_client(
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 
+    from netpacs.adapters.dimse.requestor import associate  # TCP_NODELAY, as DCMTK's
+
     by_ae: dict[str, list[Request]] = {}
     for r in mine:
         by_ae.setdefault(r.user, []).append(r)
     for ae_title, reqs in by_ae.items():
         ae = AE(ae_title=ae_title)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate(sb.HOST, server.port, ae_title="NETPACS")
+        assoc = associate(ae, sb.HOST, server.port, ae_title="NETPACS")
         if not assoc.is_established:
             errors.append(f"association from {ae_title} refused")
             return

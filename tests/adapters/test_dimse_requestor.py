@@ -117,3 +117,20 @@ def test_release_returns_when_the_reactor_thread_has_ended_while_associated(
     releasing.join(10)
     assert not releasing.is_alive(), "release still waiting for a reactor that has ended"
     assert not assoc.is_established
+
+
+def test_associations_we_request_send_without_nagles_delay(peer: tuple[int, Path]) -> None:
+    """pynetdicom leaves Nagle's algorithm on: a request written as two PDUs waits for
+    the peer's delayed acknowledgement (about 40 ms a C-FIND)."""
+    import socket
+
+    port, _ = peer
+    ae = AE(ae_title="NETPACS")
+    ae.add_requested_context(Verification)
+    assoc = requestor.associate(ae, "127.0.0.1", port, ae_title="RTP_WS1")
+    try:
+        sock = assoc.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()

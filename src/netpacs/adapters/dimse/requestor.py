@@ -16,7 +16,8 @@ move that never completed).
 the reactor is parked inside :meth:`~Checkpoint.wait`, which it enters under the same
 lock. A parked reactor cannot read the queue until the sender sets the checkpoint
 again, so the response goes to the sender. pynetdicom offers no hook for this; the
-attribute it reads on every pass of its loop is the only seam.
+attribute it reads on every pass of its loop is the only seam. :func:`associate` also
+turns Nagle's algorithm off on the association's socket (pynetdicom leaves it on).
 
 A reactor that ends while the association is still established (an exception in its
 thread) leaves that flag false, and pynetdicom's own ``release`` and ``send_*`` then spin
@@ -25,7 +26,9 @@ on it for ever; :meth:`~Checkpoint.clear` sets it for them once the thread has e
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -81,9 +84,21 @@ class Checkpoint:
 
 
 def associate(ae: AE, host: str, port: int, **kw: Any) -> Any:
-    """``ae.associate(host, port, **kw)``, with the reactor's race closed: an
-    established association gets a :class:`Checkpoint`."""
+    """``ae.associate(host, port, **kw)``, with the reactor's race closed (an
+    established association gets a :class:`Checkpoint`) and without Nagle's delay."""
     assoc = ae.associate(host, port, **kw)
     if assoc.is_established:
         assoc._reactor_checkpoint = Checkpoint(assoc)  # type: ignore[assignment]  # duck-typed Event
+        _no_delay(assoc)
     return assoc
+
+
+def _no_delay(assoc: Any) -> None:
+    """TCP_NODELAY on the association's socket. pynetdicom leaves Nagle's algorithm on,
+    and a request it writes as two PDUs (a C-FIND's command, then its identifier) then
+    waits for the peer's delayed acknowledgement of the first: about 40 ms per request
+    on Linux (a C-FIND of three answers took 53 ms with it, 9 ms without)."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
