@@ -153,7 +153,8 @@ _DESTINATION_ROLE = _dcm("110152", "Destination Role ID")
 _ARCHIVE_SENDS = frozenset({Event.RETRIEVE, Event.EXPORT})
 # XML 1.0 forbids these characters (even escaped); user input (a user name tried at sign-in,
 # a query string) may carry them.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
+_NOT_XML = re.compile(f"[{_FORBIDDEN}]")
 
 
 def _xml(text: str) -> str:
@@ -163,37 +164,28 @@ def _xml(text: str) -> str:
 # What ElementTree's serializer escaped, a carriage return in text too (so that every
 # value reads back as it was), and characters XML forbids: a value with none of them,
 # nearly every one, is written as it is.
-_SPECIAL = re.compile('[&<>"\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
-_ATTRIBUTE = (
-    ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"),
-    ("\r", "&#13;"), ("\n", "&#10;"), ("\t", "&#09;"),
-)  # fmt: skip
+_SPECIAL = re.compile(f'[&<>"\r\n\t{_FORBIDDEN}]')
+_TEXT = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\r", "&#13;"))  # "&" first
+_ATTRIBUTE = (*_TEXT, ('"', "&quot;"), ("\n", "&#10;"), ("\t", "&#09;"))
 
 
-def _attribute(value: str) -> str:
+def _escaped(value: str, entities: tuple[tuple[str, str], ...]) -> str:
     if _SPECIAL.search(value) is None:
         return value
     value = _xml(value)
-    for char, entity in _ATTRIBUTE:
+    for char, entity in entities:
         value = value.replace(char, entity)
     return value
 
 
-def _text(value: str) -> str:
-    if _SPECIAL.search(value) is None:
-        return value
-    value = _xml(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return value.replace("\r", "&#13;")  # a parser would read it as a line break
-
-
 def _tag(tag: str, attrs: dict[str, str], end: str = ">") -> str:
     """``<tag a="v"...`` closed by ``end`` (``>`` to open, `` />`` for an empty element)."""
-    parts = [f' {k}="{_attribute(v)}"' for k, v in attrs.items()]
+    parts = [f' {k}="{_escaped(v, _ATTRIBUTE)}"' for k, v in attrs.items()]
     return f"<{tag}{''.join(parts)}{end}"
 
 
 def _element(tag: str, text: str) -> str:
-    return f"<{tag}>{_text(text)}</{tag}>"
+    return f"<{tag}>{_escaped(text, _TEXT)}</{tag}>"
 
 
 @functools.lru_cache(maxsize=256)  # the codes are nearly all constants
