@@ -14,11 +14,14 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+import sqlalchemy as sa
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
+from netpacs.index.db import make_engine
+from netpacs.index.schema import audit_event
 from netpacs.synthetic import write_ct_series
 from tests.conftest import HttpApp
 from tests.http.conftest import StoredSeries
@@ -174,6 +177,47 @@ def test_search_by_hospital_number_finds_the_trusts_patient_only(
             client.get(url, params={"identifier": f"urn:dicom:uid|urn:oid:{studies.nhs.study_uid}"})
         )
         assert _study_uids(by_uid) == [studies.nhs.study_uid]
+
+
+def _audited_since(http_app: HttpApp, after: int) -> list[sa.Row[Any]]:
+    engine = make_engine(http_app.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(audit_event)
+                    .where(audit_event.c.id > after, audit_event.c.event_id == "110112")
+                    .order_by(audit_event.c.id)
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_every_question_of_a_search_and_a_read_is_on_the_audit_trail_when_answered(
+    http_app: HttpApp, studies: Studies
+) -> None:
+    """A search asks which studies match, their details and their series; a read, the
+    last two. Each is on record (stored together, once, before the answer)."""
+    url = f"{http_app.base_url}/fhir/ImagingStudy"
+    before = max([0, *(row.id for row in _audited_since(http_app, 0))])
+    with http_app.client() as client:
+        found = _bundle(client.get(url, params={"patient.identifier": f"{NHS}|9434765919"}))
+        assert _study_uids(found) == [studies.nhs.study_uid]
+        searched = _audited_since(http_app, before)
+        assert sorted(row.detail.split(" level")[0] for row in searched) == [
+            "SERIES",
+            "STUDY",
+            "STUDY",
+        ]
+        for row in searched:
+            assert row.user_id == http_app.user
+            assert row.patient_id == "9434765919" and row.study_uids == studies.nhs.study_uid
+        read = client.get(f"{url}/{studies.surrey.study_uid}", headers={"accept": FHIR_JSON})
+        assert read.status_code == 200, read.text
+    read_rows = _audited_since(http_app, searched[-1].id)
+    assert [(row.patient_id, row.issuer) for row in read_rows] == [("H1234567", "RTP")] * 2
+    assert {row.study_uids for row in read_rows} == {studies.surrey.study_uid}
 
 
 def _outcome(response: httpx.Response, status: int, words: str) -> None:

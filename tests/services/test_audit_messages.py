@@ -243,3 +243,37 @@ def test_recorded_rows_hold_valid_messages(database_url: str) -> None:
     for event_id, xml in rows:
         doc = assert_valid(xml)
         assert doc.find("EventIdentification/EventID").get("csd-code") == event_id
+
+
+def test_messages_held_for_one_answer_are_stored_together_when_it_is_ready(
+    database_url: str,
+) -> None:
+    """Inside ``held`` nothing is written until the block ends; then every message is,
+    also when the block ended with an error (what was reached stays on record)."""
+    migrate(database_url)
+    engine = make_engine(database_url, writer=True)
+
+    def stored() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(audit_event)).scalar())
+
+    try:
+        service = AuditService(
+            AuditService.in_own_transaction(engine), source_id="NETPACS", site_id="RTP"
+        )
+        first = stored()
+        query = list(shapes(Event.QUERY))
+        with service.held():
+            service.record(query[0])
+            with service.held():  # an inner block: the outer one stores
+                service.record(query[1])
+            assert stored() == first
+        assert stored() == first + 2
+        with pytest.raises(RuntimeError), service.held():
+            service.record(query[2])
+            raise RuntimeError("the answer failed after the question")
+        assert stored() == first + 3
+        service.record(query[3])  # outside a block: at once
+        assert stored() == first + 4
+    finally:
+        engine.dispose()

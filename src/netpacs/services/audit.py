@@ -3,9 +3,14 @@ break-glass as a DICOM audit message (PS3.15 A.5), kept durably in the index.
 
 :meth:`AuditService.record` builds the message and commits it (``audit_event``)
 before it returns, so an answer never goes out for an access that is not on record
-(ARCHITECTURE.md invariant 5). Sending the records to the region's audit record
-repository over syslog is the forwarder's work (``audit_event.forwarded_at``), so a
-collector that is down delays them and loses none.
+(ARCHITECTURE.md invariant 5). A request that asks several questions (a FHIR search:
+the studies, their details, their series) records them inside :meth:`AuditService.held`:
+its messages are then committed together when the block ends, still before the answer,
+with one wait for the commit instead of one for each.
+
+Sending the records to the region's audit record repository over syslog is the
+forwarder's work (``audit_event.forwarded_at``), so a collector that is down delays
+them and loses none.
 
 Messages are written as text by :func:`build_message`: the schema is small and fixed,
 no maintained Python library builds DICOM audit messages, and building an ElementTree
@@ -15,13 +20,15 @@ for each took a twentieth of a study search's CPU.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
 import functools
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,11 @@ from netpacs.index.db import run_in_transaction
 from netpacs.index.schema import audit_event
 
 log = logging.getLogger(__name__)
+
+# The messages of an open :meth:`AuditService.held` block, and the service holding them.
+_HELD: ContextVar[tuple[AuditService, list[dict[str, Any]]] | None] = ContextVar(
+    "netpacs_audit_held", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,12 +419,39 @@ class AuditService:
         return run
 
     def record(self, record: AuditRecord) -> None:
-        """Build and durably store the audit message; raises if it cannot be stored."""
+        """Build and durably store the audit message; raises if it cannot be stored.
+        Inside :meth:`held`, the message is stored when the block ends."""
         row = self._row(record)
-        if self._append is not None:
-            self._append(audit_event, row)
+        held = _HELD.get()
+        if held is not None and held[0] is self:
+            held[1].append(row)
         else:
-            self._run(lambda conn: conn.execute(sa.insert(audit_event), row))
+            self._store([row])
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The messages recorded inside the block are stored together when it ends (one
+        statement, one commit to wait for), also when it ends with an error; a message
+        that cannot be stored raises there, so the caller has not answered yet. Use it
+        around all the work of one answer, and answer after it. Nested: the outermost
+        block stores."""
+        if _HELD.get() is not None:
+            yield
+            return
+        rows: list[dict[str, Any]] = []
+        token = _HELD.set((self, rows))
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            if rows:
+                self._store(rows)
+
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        if self._append is not None and len(rows) == 1:
+            self._append(audit_event, rows[0])
+        else:
+            self._run(lambda conn: conn.execute(sa.insert(audit_event), rows))
 
     def record_in(self, conn: sa.Connection, record: AuditRecord) -> None:
         """Store the audit message in ``conn``'s transaction (with what it records)."""

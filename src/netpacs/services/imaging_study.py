@@ -16,6 +16,7 @@ identities linked to it by NHS number at other trusts.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,11 @@ class ImagingStudyService:
 
     def for_principal(self, principal: Principal) -> ImagingStudyService:
         return ImagingStudyService(self._query.for_principal(principal))
+
+    def audited_together(self) -> contextlib.AbstractContextManager[None]:
+        """Everything asked inside is audited in one commit at the block's end, before
+        the caller answers (a search is several questions: services.query)."""
+        return self._query.audited_together()
 
     def study_uids(
         self,

@@ -24,6 +24,7 @@ recorded, and everything else it asks is answered from those studies only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import time
@@ -146,6 +147,12 @@ class QueryService:
         return Purpose.ETREAT if emergency else Purpose.TREAT
 
     # -- public API -----------------------------------------------------------------------
+    def audited_together(self) -> contextlib.AbstractContextManager[None]:
+        """The questions asked inside are audited together when the block ends (one commit
+        to wait for, not one each: services.audit ``held``), still before the caller
+        answers: for an answer made of several questions."""
+        return self._audit.held() if self._audit is not None else contextlib.nullcontext()
+
     def find(
         self,
         identifier: dict[str, Any],

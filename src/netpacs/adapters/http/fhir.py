@@ -296,10 +296,13 @@ def _bundle(
     return bundle
 
 
-def _answer(produce: Callable[[], dict[str, Any]]) -> Response:
-    """The resource ``produce`` makes, or its error as an OperationOutcome."""
+def _answer(request: Request, produce: Callable[[], dict[str, Any]]) -> Response:
+    """The resource ``produce`` makes, or its error as an OperationOutcome. Its questions
+    (a search asks two or three) are audited together, before the answer."""
     try:
-        return _json(produce())
+        with services(request).imaging_studies.audited_together():
+            resource = produce()
+        return _json(resource)
     except FhirError as exc:
         return _error(exc)
     except QueryTimeout as exc:
@@ -381,13 +384,14 @@ def search_imaging_study(request: Request) -> Response:
             _add_networks(request, found.params, bundle)
         return bundle
 
-    return _answer(produce)
+    return _answer(request, produce)
 
 
 @router.get(f"{FHIR_ROOT}/ImagingStudy/{{resource_id}}", summary="Read ImagingStudy (FHIR R4)")
 def read_imaging_study(resource_id: str, request: Request) -> Response:
     return _answer(
-        lambda: imaging_study(_read(request, "ImagingStudy", resource_id), base_url(request))
+        request,
+        lambda: imaging_study(_read(request, "ImagingStudy", resource_id), base_url(request)),
     )
 
 
@@ -411,7 +415,7 @@ def search_diagnostic_report(request: Request) -> Response:
             render=lambda r: diagnostic_report(r, reports[r.study_instance_uid], base, region),
         )
 
-    return _answer(produce)
+    return _answer(request, produce)
 
 
 @router.get(
@@ -425,7 +429,7 @@ def read_diagnostic_report(resource_id: str, request: Request) -> Response:
             raise FhirError(404, "not-found", f"no DiagnosticReport/{resource_id}")
         return diagnostic_report(record, rep, base_url(request), services(request).region)
 
-    return _answer(produce)
+    return _answer(request, produce)
 
 
 @router.get(f"{FHIR_ROOT}/metadata", summary="FHIR CapabilityStatement")
