@@ -50,6 +50,8 @@ _NOT_EXACT = ("*", "?", "\\")
 #: The most studies one FHIR search matches (beyond: an error asking to narrow it; no
 #: patient has so many, so only a search that is not about one patient reaches it).
 MAX_MATCHES = 10_000
+#: The most series the studies of one page have (a study has tens; beyond: an error).
+MAX_SERIES = 10_000
 FHIR = "fhir"  # the interface named in the query latency histogram (services.metrics)
 
 #: Issuers of Patient ID that mean "an NHS number".
@@ -215,9 +217,20 @@ class ImagingStudyService:
             _N_SERIES_INSTANCES: {"vr": "IS"},
         }
         out: dict[str, list[SeriesRecord]] = {}
-        series = self._query.find(
-            identifier, level=QueryLevel.SERIES, model=QueryModel.STUDY_ROOT, interface=FHIR
+        series = list(
+            self._query.find(
+                identifier,
+                level=QueryLevel.SERIES,
+                model=QueryModel.STUDY_ROOT,
+                limit=MAX_SERIES + 1,  # bounded: read at once (index.query.compile)
+                interface=FHIR,
+            )
         )
+        if len(series) > MAX_SERIES:
+            raise QueryError(
+                f"these studies have more than {MAX_SERIES:,} series; ask for fewer at a time"
+                " (_count)"
+            )
         for a in series:
             out.setdefault(first_str(a, _STUDY_UID), []).append(
                 SeriesRecord(

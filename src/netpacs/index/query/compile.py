@@ -64,6 +64,9 @@ AUDIT_COLUMNS: list[sa.ColumnElement[Any]] = [
 #: one round trip to PostgreSQL instead of a server-side cursor's five (DECLARE, three
 #: FETCHes, CLOSE), which were most of an identifier search's time with four clients.
 MAX_READ_AT_ONCE = 10_001
+#: And with stored headers (a few kB each: a study list's page, a FHIR page of studies
+#: with their patients' Other Patient IDs), at most this many.
+MAX_HEADERS_AT_ONCE = 501
 
 #: The label of the column that says a row's patient was reached through a break-glass
 #: grant (when the caller passes ``emergency``): the audit's purpose of use, decided by
@@ -155,7 +158,7 @@ def compile_find(
         stmt = stmt.limit(limit)
     if offset:
         stmt = stmt.offset(offset)
-    small = limit is not None and limit <= MAX_READ_AT_ONCE and not with_meta
+    small = limit is not None and limit <= (MAX_HEADERS_AT_ONCE if with_meta else MAX_READ_AT_ONCE)
     return FindPlan(stmt, outputs, fixed, [], None, 0, asks, streamed=not small)
 
 
