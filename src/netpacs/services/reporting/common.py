@@ -89,14 +89,20 @@ def target(region: Region, priority: Priority) -> dt.timedelta:
 
 
 def iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``."""
     if value is None:
         return None
-    return aware(value).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return aware(value).isoformat()[:-6] + "Z"  # "+00:00" of a UTC time replaced
 
 
 def aware(value: dt.datetime) -> dt.datetime:
-    # SQLite gives naive datetimes back; they were written in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    """``value`` in UTC (the index's sessions give UTC times: index.db)."""
+    zone = value.tzinfo
+    if zone is dt.UTC:
+        return value
+    if zone is None:  # SQLite gives naive datetimes back; they were written in UTC
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 def report_row(conn: sa.Connection, study_uid: str, *, required: bool = False) -> Any:
@@ -120,36 +126,42 @@ def held_message(row: sa.Row[Any]) -> str:
     return f"claimed by {who} ({m['claimed_by']}, {m['claimed_by_trust']}) since {since} UTC"
 
 
+_SHOWN = (
+    "study_instance_uid", "patient_id", "issuer", "patient_name", "nhs_number",
+    "accession_number", "study_date", "requesting_trust", "requesting_site", "modality",
+    "body_part", "study_description", "subspecialty",
+)  # fmt: skip
+
+
 def item_json(row: sa.Row[Any], now: dt.datetime) -> dict[str, Any]:
-    """A worklist row (index.reporting.worklist_rows) as the API shows it at ``now``."""
+    """A worklist row (index.reporting.worklist_rows) as the API shows it at ``now``.
+    (A worklist page builds hundreds: the look-ups are made once each.)"""
     m = row._mapping
     due = aware(m["due_at"])
     held = holder(row, now) is not None
-    end = aware(m["reported_at"]) if m["status"] == "final" and m["reported_at"] else now
+    reported = m["reported_at"]
+    end = aware(reported) if reported and m["status"] == "final" else now
     priority = Priority(m["priority"])
-    shown = (
-        "study_instance_uid", "patient_id", "issuer", "patient_name", "nhs_number",
-        "accession_number", "study_date", "requesting_trust", "requesting_site", "modality",
-        "body_part", "study_description", "subspecialty",
-    )  # fmt: skip
-    return {
-        **{key: m[key] for key in shown},
-        "priority": priority.value,
-        "priority_label": priority.label,
-        "status": m["status"],
-        "claimed_by": m["claimed_by"] if held else None,
-        "claimed_by_name": m["claimed_by_name"] if held else None,
-        "claimed_by_trust": m["claimed_by_trust"] if held else None,
-        "claimed_at": iso(m["claimed_at"]) if held else None,
-        "claim_expires_at": iso(m["claim_expires_at"]) if held else None,
-        "arrived_at": iso(m["arrived_at"]),
-        "due_at": iso(due),
-        "reported_at": iso(m["reported_at"]),
-        "reported_by": m["reported_by"],
-        "breached": end > due,
-        "minutes_to_breach": int((due - now).total_seconds() // 60),
-        "second_opinion_requested": m["second_opinion_requested_by"] is not None,
-    }
+    out = {key: m[key] for key in _SHOWN}
+    out["priority"] = priority.value
+    out["priority_label"] = priority.label
+    out["status"] = m["status"]
+    if held:
+        out["claimed_by"] = m["claimed_by"]
+        out["claimed_by_name"] = m["claimed_by_name"]
+        out["claimed_by_trust"] = m["claimed_by_trust"]
+        out["claimed_at"] = iso(m["claimed_at"])
+        out["claim_expires_at"] = iso(m["claim_expires_at"])
+    else:
+        out.update(NO_CLAIM)
+    out["arrived_at"] = iso(m["arrived_at"])
+    out["due_at"] = iso(due)
+    out["reported_at"] = iso(reported)
+    out["reported_by"] = m["reported_by"]
+    out["breached"] = end > due
+    out["minutes_to_breach"] = int((due - now).total_seconds() // 60)
+    out["second_opinion_requested"] = m["second_opinion_requested_by"] is not None
+    return out
 
 
 @dataclass(frozen=True, slots=True)
