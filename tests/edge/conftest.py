@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Netpacs, free_port, postgres_database, write_region
+from tests.conftest import Netpacs, free_port, postgres_database, wait_until, write_region
+from tests.edge.helpers import metric
 from tests.edge.proxy import LinkProxy
 
 EDGE_TRUST = "RXC"
@@ -43,12 +44,19 @@ class CoreAndEdge:
         self.edge.start()
 
     def heal(self) -> None:
-        """Link restored, core and edge running (what each test may assume)."""
+        """Link restored, core and edge running, and the edge knows the link is up
+        (what each test may assume: a process that failed to reach the core a moment
+        ago does not try again while the edge's link state still says down)."""
         self.link.restore()
         if self.core.proc is None or self.core.proc.poll() is not None:
             self.core.start()
         if self.edge.proc is None or self.edge.proc.poll() is not None:
             self.edge.start()
+        wait_until(
+            lambda: metric(self.edge, "netpacs_edge_link_up") == 1,
+            timeout=30,
+            what="the edge to see the link up",
+        )
 
 
 def edge_env(upstream_url: str, **extra: str) -> dict[str, str]:

@@ -11,8 +11,12 @@ import httpx
 import pydicom
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (  # type: ignore
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, dcmtk, wait_until
@@ -252,6 +256,67 @@ def test_c_get_at_the_edge_fetches_from_the_core_what_the_cache_lacks(
     assert result.returncode == 0, result.stderr
     got = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in out.iterdir()}
     assert got == set(sent.sop_uids)
+
+
+def c_get(edge: Netpacs, study_uid: str) -> tuple[list[Dataset], set[str]]:
+    """The C-GET's responses and the SOP Instance UIDs it sent back (pynetdicom)."""
+    got: set[str] = set()
+
+    def on_store(event: evt.Event) -> int:
+        got.add(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="RXC_WS1")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = associate(
+        ae,
+        "127.0.0.1",
+        edge.port,
+        ae_title="NETPACS",
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    try:
+        answers = assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+        statuses = [status for status, _ in answers]
+    finally:
+        assoc.release()
+    return statuses, got
+
+
+def test_c_get_at_the_edge_while_cut_off_says_it_sent_only_what_the_edge_holds(
+    core_and_edge: CoreAndEdge, tmp_path: Path
+) -> None:
+    """Not a silent success: the workstation learns the core was not asked."""
+    edge = core_and_edge.edge
+    held = write_and_send_ct(edge, tmp_path / "ct", 2, patient_id="RXC0000306", issuer="RXC")
+    at_core = write_and_send_ct(
+        core_and_edge.core, tmp_path / "core", 2, patient_id="RXC0000307", issuer="RXC"
+    )
+    core_and_edge.link.cut()
+    try:
+        statuses, got = c_get(edge, at_core.study_uid)  # at the core only
+        assert got == set()
+        final = statuses[-1]
+        assert final.Status == 0xA702, hex(final.Status)
+        assert "core unreachable since" in final.ErrorComment
+        assert "holds none of it" in final.ErrorComment
+
+        statuses, got = c_get(edge, held.study_uid)  # stored here
+        assert got == set(held.sop_uids)
+        final = statuses[-1]
+        assert final.Status == 0xB000, hex(final.Status)
+        assert int(final.NumberOfCompletedSuboperations) == 2
+        assert "sent what this edge holds" in final.ErrorComment
+    finally:
+        core_and_edge.heal()
+    statuses, got = c_get(edge, at_core.study_uid)  # the core back: fetched, then sent
+    assert got == set(at_core.sop_uids) and statuses[-1].Status == 0x0000
 
 
 def test_only_an_edge_node_sends_audit_records_to_the_core(core_and_edge: CoreAndEdge) -> None:

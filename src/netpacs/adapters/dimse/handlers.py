@@ -133,6 +133,9 @@ class AssociationHandlers:
         # Every C-STORE of the association, audited per study when it ends.
         self._stores = services.stores.batch(self.principal, assoc.origin)
         self._commitments: CommitmentRequests | None = None  # on its first N-ACTION
+        # An edge node's C-MOVE / C-GET answered from its cache while the core was
+        # unreachable: the final response says so (by Message ID).
+        self._from_cache: dict[int, str] = {}
 
     def data_spool(self, command: c.Command, context_id: int) -> Spool:
         """Where the data set of ``command`` is collected as it arrives: a C-STORE's
@@ -339,7 +342,9 @@ class AssociationHandlers:
             self._reply(msg, c.C_FIND_RSP, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
             return
         results: Iterator[dict[str, Any]] | None = None
+        exhausted = False  # the matches all read: the query has ended (and is audited)
         final, comment = st.SUCCESS, None
+        encoder = self._encoder(msg)
         try:
             if self.s.edge_read is not None:  # an edge node: the core, else the cache
                 answer = await self._run(
@@ -354,24 +359,31 @@ class AssociationHandlers:
                 if answer.fallback is not None:
                     final = st.FIND_FROM_CACHE
                     comment = answer.fallback.comment(self.s.edge_read.zone)
+                batch = await self._run(_take, results, _FIND_BATCH, encoder)
             else:
-                results = await self._run(
+                # The query and its first matches in one trip to a worker thread: most
+                # searches end there (each trip costs a wake-up on each side).
+                find = functools.partial(
                     self.s.query.find, ident, level=level, model=model, interface="c-find"
                 )
+                results, batch = await self._run(_find_and_take, find, encoder)
             while True:
-                batch = await self._run(_take, results, _FIND_BATCH, self._encoder(msg))
+                exhausted = len(batch) < _FIND_BATCH
                 for encoded in batch:
                     if msg.command.message_id in self.assoc.cancelled:
                         self.assoc.cancelled.discard(msg.command.message_id)
                         self._reply(msg, c.C_FIND_RSP, st.CANCEL)
                         return
                     self._reply(msg, c.C_FIND_RSP, st.PENDING, identifier=encoded)
-                if len(batch) < _FIND_BATCH or self.assoc.closed:
+                if exhausted or self.assoc.closed:
                     break
                 await asyncio.sleep(0)
-            remote = await self._run(
-                remote_matches, self.s.federation, ident, level, public_url=self.s.public_url
-            )
+                batch = await self._run(_take, results, _FIND_BATCH, encoder)
+            remote = None
+            if self.s.federation is not None:
+                remote = await self._run(
+                    remote_matches, self.s.federation, ident, level, public_url=self.s.public_url
+                )
             if remote is not None:
                 matches, comment = remote
                 for match in matches:
@@ -391,7 +403,7 @@ class AssociationHandlers:
             return
         finally:
             close = getattr(results, "close", None)
-            if close is not None:
+            if close is not None and not exhausted:
                 await self._run(close)
         self._reply(msg, c.C_FIND_RSP, final, comment=comment)
 
@@ -405,15 +417,24 @@ class AssociationHandlers:
             ident, level, model = self._identifier(msg)
             if level is QueryLevel.PATIENT and model is QueryModel.STUDY_ROOT:
                 raise QueryError("PATIENT level is not valid in the Study Root model")
+            down = None
             if self.s.edge_read is not None:  # an edge node: fill the cache from the core
-                await self._run(
+                down = await self._run(
                     self.s.edge_read.fill_for_retrieve,
                     self.principal,
                     ident,
                     level=level,
                     model=model,
                 )
-            return await self._run(self.s.retrieve.select, ident, level=level, model=model)
+            items = await self._run(self.s.retrieve.select, ident, level=level, model=model)
+            if down is not None and self.s.edge_read is not None:
+                zone = self.s.edge_read.zone
+                if not items:  # A7xx: the requestor may ask again once the core is back
+                    comment = down.retrieve_comment(zone, held=False)
+                    self._reply(msg, rsp, st.OUT_OF_RESOURCES_SUBOPS, comment=comment)
+                    return None
+                self._from_cache[msg.command.message_id] = down.retrieve_comment(zone, held=True)
+            return items
         except QueryError as exc:
             self._reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
         except Exception as exc:
@@ -422,15 +443,22 @@ class AssociationHandlers:
         return None
 
     def _final(self, msg: Message, rsp: int, counts: SubOpCounts, cancelled: bool) -> None:
+        """The final response; a warning when an edge node could send only what it
+        holds (the core unreachable: there may be more)."""
+        from_cache = self._from_cache.pop(msg.command.message_id, None)
         if cancelled:
             status = st.CANCEL
-        elif counts.failed or counts.warning:
+        elif counts.failed or counts.warning or from_cache is not None:
             status = st.WARNING_SUBOPS
         else:
             status = st.SUCCESS
         remaining = counts.remaining if cancelled else -1
         self._reply(
-            msg, rsp, status, counts=(remaining, counts.completed, counts.failed, counts.warning)
+            msg,
+            rsp,
+            status,
+            comment=from_cache if status == st.WARNING_SUBOPS else None,
+            counts=(remaining, counts.completed, counts.failed, counts.warning),
         )
 
     async def c_move(self, msg: Message) -> None:
@@ -498,6 +526,20 @@ class AssociationHandlers:
         counts = SubOpCounts(remaining=0, completed=completed, failed=failed)
         self._final(msg, c.C_MOVE_RSP, counts, False)
         return True
+
+
+def _find_and_take(
+    find: Callable[[], Iterator[dict[str, Any]]], encoder: Callable[[dict[str, Any]], bytes]
+) -> tuple[Iterator[dict[str, Any]], list[bytes]]:
+    """The query's matches and the first :data:`_FIND_BATCH` of them, encoded."""
+    results = find()
+    try:
+        return results, _take(results, _FIND_BATCH, encoder)
+    except BaseException:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # its connection back to the pool now, not when collected
+        raise
 
 
 def _take(

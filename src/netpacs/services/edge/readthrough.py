@@ -83,6 +83,12 @@ class LinkDown:
         """A C-FIND Error Comment (0000,0902): LO, at most 64 characters."""
         return f"core unreachable since {self.local_time(zone)}: answers from cache"[:64]
 
+    def retrieve_comment(self, zone: ZoneInfo, *, held: bool) -> str:
+        """A C-MOVE / C-GET Error Comment: what was sent (``held``: what this edge node
+        holds of it), else that it holds none of it."""
+        what = "sent what this edge holds" if held else "this edge holds none of it"
+        return f"core unreachable since {self.local_time(zone)}: {what}"[:64]
+
 
 @dataclass(frozen=True, slots=True)
 class Found:
