@@ -94,3 +94,32 @@ def test_a_batch_without_failures_is_committed_in_one_transaction(database_url: 
     finally:
         writer.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_write_while_the_writer_is_idle_is_committed_without_a_hand_off(
+    database_url: str,
+) -> None:
+    """Alone, a write runs in its caller's thread (no wake-up of the writer thread and
+    back); one that arrives while a batch runs waits for the writer thread's next."""
+    writer, engine = _writer(database_url)
+    gate = threading.Event()
+    try:
+        ran_in = writer.execute(lambda conn: threading.current_thread())
+        assert ran_in is threading.current_thread()
+        running = threading.Event()
+
+        def hold(conn: sa.Connection) -> None:
+            running.set()
+            gate.wait(5)
+
+        blocker = threading.Thread(target=writer.execute, args=(hold,))
+        blocker.start()
+        assert running.wait(5)
+        threading.Timer(0.3, gate.set).start()
+        queued_in = writer.execute(lambda conn: threading.current_thread())
+        assert queued_in.name == "index-writer"
+        blocker.join(10)
+    finally:
+        writer.close()
+        engine.dispose()
