@@ -494,6 +494,7 @@ class AssociationHandlers:
                 cancelled=lambda: mid in self.assoc.cancelled or self.assoc.closed,
             )
         except ConnectionError as exc:
+            self._from_cache.pop(mid, None)
             self._reply(msg, c.C_MOVE_RSP, st.OUT_OF_RESOURCES_SUBOPS, comment=str(exc))
             return
         cancelled = mid in self.assoc.cancelled
