@@ -14,9 +14,10 @@ from alembic.migration import MigrationContext
 from netpacs.index.db import migrate
 from netpacs.index.schema import metadata
 
-# Indexes only migrations 0002 and 0018 make, by design: each dialect's own way to serve
-# case-insensitive name matching and LIKE 'prefix%' (COLLATE NOCASE on SQLite, lower()
-# and pattern operator classes on PostgreSQL), which schema.py does not declare.
+# Indexes only migrations 0002, 0018 and 0019 make, by design: each dialect's own way to
+# serve case-insensitive name matching and LIKE 'prefix%' (COLLATE NOCASE on SQLite,
+# lower() and pattern operator classes on PostgreSQL), which schema.py does not declare,
+# and PostgreSQL's index in the worklist's order (an expression SQLite would not use).
 MIGRATION_ONLY_INDEXES = {
     "sqlite": {
         "ix_patient_patient_name_nocase",
@@ -29,6 +30,7 @@ MIGRATION_ONLY_INDEXES = {
         "ix_study_referring_physician_name_lower",
         "ix_study_accession_number_pattern",
         "ix_patient_patient_id_pattern",
+        "ix_worklist_item_open_order",
     },
 }
 
