@@ -12,11 +12,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
-from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, dcmtk
+from tests.get_scu import get_association
 from tests.hl7.conftest import MllpClient, adt
 from tests.http.conftest import write_and_send_ct
 from tests.http.test_served_headers import stored_objects
@@ -101,24 +101,15 @@ def test_c_get_in_another_uncompressed_syntax_is_coerced_and_unchanged_studies_a
     assert mllp.send(adt("A08", "CTRL0500", "RXC0000070^^^RXC^MR", sex="M")).code == "AA"
     stored = stored_objects(netpacs)
 
-    ae = AE(ae_title="RXC_WS1")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian])
     got: dict[str, pydicom.Dataset] = {}
 
     def on_store(event: evt.Event) -> int:
         got[str(event.request.AffectedSOPInstanceUID)] = event.dataset
         return 0
 
-    assoc = associate(
-        ae,
-        "127.0.0.1",
-        netpacs.port,
-        ae_title="NETPACS",
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    assoc = get_association(
+        "RXC_WS1", netpacs.port, CTImageStorage, on_store, [ImplicitVRLittleEndian]
     )
-    assert assoc.is_established
     for study in (changed, unchanged):
         ident = pydicom.Dataset()
         ident.QueryRetrieveLevel = "STUDY"

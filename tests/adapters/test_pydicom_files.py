@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
-from pynetdicom import AE, _config, build_role, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
@@ -18,6 +18,7 @@ from netpacs.adapters.dimse.requestor import associate
 from netpacs.domain.dicom.header import HeaderError
 from netpacs.domain.dicom.part10 import read_file_meta
 from tests.conftest import Netpacs
+from tests.get_scu import get_association
 
 TEST_FILES = Path(get_testdata_file("CT_small.dcm")).parent  # type: ignore[arg-type]
 
@@ -60,18 +61,8 @@ def _get(port: int, study: str, series: str, sop: str, sop_class: str, ts: str) 
         received.append(event.request.DataSet.getvalue())  # the raw encoded data set
         return 0x0000
 
-    ae = AE(ae_title="RTP_WS1")  # the files are sent by ESH_MR1, East Surrey's
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(sop_class, ts)
-    assoc = associate(
-        ae,
-        "127.0.0.1",
-        port,
-        ae_title="NETPACS",
-        ext_neg=[build_role(sop_class, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
+    # The files are sent by ESH_MR1, East Surrey's: its workstation gets them.
+    assoc = get_association("RTP_WS1", port, sop_class, on_store, [ts])
     from pydicom import Dataset
 
     ident = Dataset()

@@ -11,7 +11,7 @@ import httpx
 import pydicom
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -21,6 +21,7 @@ from pynetdicom.sop_class import (  # type: ignore
 from netpacs.adapters.dimse.requestor import associate
 from tests.conftest import Netpacs, dcmtk, wait_until
 from tests.edge.conftest import CoreAndEdge
+from tests.get_scu import get_association
 from tests.http.conftest import StoredSeries, write_and_send_ct
 
 BANNER = "Regional archive unreachable since"
@@ -266,18 +267,7 @@ def c_get(edge: Netpacs, study_uid: str) -> tuple[list[Dataset], set[str]]:
         got.add(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
-    ae = AE(ae_title="RXC_WS1")
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage)
-    assoc = associate(
-        ae,
-        "127.0.0.1",
-        edge.port,
-        ae_title="NETPACS",
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established
+    assoc = get_association("RXC_WS1", edge.port, CTImageStorage, on_store)
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid

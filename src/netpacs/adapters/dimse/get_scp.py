@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 async def c_get(h: AssociationHandlers, msg: Message) -> None:
     """Send the selected objects back on the requestor's association as C-STORE
     sub-operations, a pending response after each, then the final counts."""
-    items = await h._select(msg, c.C_GET_RSP)
-    if items is None:
+    selected = await h._select(msg, c.C_GET_RSP)
+    if selected is None:
         return
+    items, from_cache = selected
     mid = msg.command.message_id
     counts = SubOpCounts(remaining=len(items))
     cancelled = False
@@ -51,7 +52,7 @@ async def c_get(h: AssociationHandlers, msg: Message) -> None:
             counts.warning += 1
         if counts.remaining:
             h._reply(msg, c.C_GET_RSP, st.PENDING, counts=counts.as_tuple())
-    h._final(msg, c.C_GET_RSP, counts, cancelled)
+    h._final(msg, c.C_GET_RSP, counts, cancelled, from_cache)
 
 
 def _get_context(assoc: Association, item: Served) -> tuple[int, str] | None:

@@ -133,9 +133,6 @@ class AssociationHandlers:
         # Every C-STORE of the association, audited per study when it ends.
         self._stores = services.stores.batch(self.principal, assoc.origin)
         self._commitments: CommitmentRequests | None = None  # on its first N-ACTION
-        # An edge node's C-MOVE / C-GET answered from its cache while the core was
-        # unreachable: the final response says so (by Message ID).
-        self._from_cache: dict[int, str] = {}
 
     def data_spool(self, command: c.Command, context_id: int) -> Spool:
         """Where the data set of ``command`` is collected as it arrives: a C-STORE's
@@ -411,30 +408,28 @@ class AssociationHandlers:
         return functools.partial(self._encode_identifier, msg)
 
     # -- C-MOVE ------------------------------------------------------------------------
-    async def _select(self, msg: Message, rsp: int) -> list[Served] | None:
-        """The objects to send, as the retrieve service serves them."""
+    async def _select(self, msg: Message, rsp: int) -> tuple[list[Served], str | None] | None:
+        """The objects to send, as the retrieve service serves them, and on an edge node
+        that could not ask the core, the final response's Error Comment saying so (None:
+        the failure is answered here)."""
         try:
             ident, level, model = self._identifier(msg)
             if level is QueryLevel.PATIENT and model is QueryModel.STUDY_ROOT:
                 raise QueryError("PATIENT level is not valid in the Study Root model")
+            edge = self.s.edge_read
             down = None
-            if self.s.edge_read is not None:  # an edge node: fill the cache from the core
+            if edge is not None:  # an edge node: fill the cache from the core
                 down = await self._run(
-                    self.s.edge_read.fill_for_retrieve,
-                    self.principal,
-                    ident,
-                    level=level,
-                    model=model,
+                    edge.fill_for_retrieve, self.principal, ident, level=level, model=model
                 )
             items = await self._run(self.s.retrieve.select, ident, level=level, model=model)
-            if down is not None and self.s.edge_read is not None:
-                zone = self.s.edge_read.zone
-                if not items:  # A7xx: the requestor may ask again once the core is back
-                    comment = down.retrieve_comment(zone, held=False)
-                    self._reply(msg, rsp, st.OUT_OF_RESOURCES_SUBOPS, comment=comment)
-                    return None
-                self._from_cache[msg.command.message_id] = down.retrieve_comment(zone, held=True)
-            return items
+            if edge is None or down is None:
+                return items, None
+            if not items:  # A7xx: the requestor may ask again once the core is back
+                comment = down.retrieve_comment(edge.zone, held=False)
+                self._reply(msg, rsp, st.OUT_OF_RESOURCES_SUBOPS, comment=comment)
+                return None
+            return items, down.retrieve_comment(edge.zone, held=True)
         except QueryError as exc:
             self._reply(msg, rsp, st.IDENTIFIER_DOES_NOT_MATCH, comment=str(exc))
         except Exception as exc:
@@ -442,10 +437,17 @@ class AssociationHandlers:
             self._reply(msg, rsp, st.OUT_OF_RESOURCES_MATCHES, comment=f"cannot select: {exc}")
         return None
 
-    def _final(self, msg: Message, rsp: int, counts: SubOpCounts, cancelled: bool) -> None:
-        """The final response; a warning when an edge node could send only what it
-        holds (the core unreachable: there may be more)."""
-        from_cache = self._from_cache.pop(msg.command.message_id, None)
+    def _final(
+        self,
+        msg: Message,
+        rsp: int,
+        counts: SubOpCounts,
+        cancelled: bool,
+        from_cache: str | None = None,
+    ) -> None:
+        """The final response; a warning (with ``from_cache`` as its comment) when an
+        edge node could send only what it holds (the core unreachable: there may be
+        more)."""
         if cancelled:
             status = st.CANCEL
         elif counts.failed or counts.warning or from_cache is not None:
@@ -467,9 +469,10 @@ class AssociationHandlers:
         if isinstance(dest, Refusal):
             self._reply(msg, c.C_MOVE_RSP, st.MOVE_DESTINATION_UNKNOWN, comment=dest.message)
             return
-        items = await self._select(msg, c.C_MOVE_RSP)
-        if items is None:
+        selected = await self._select(msg, c.C_MOVE_RSP)
+        if selected is None:
             return
+        items, from_cache = selected
         if not items and self.s.remote_cache is not None and await self._moved_remote(msg, dest):
             return
         loop = asyncio.get_running_loop()
@@ -494,12 +497,11 @@ class AssociationHandlers:
                 cancelled=lambda: mid in self.assoc.cancelled or self.assoc.closed,
             )
         except ConnectionError as exc:
-            self._from_cache.pop(mid, None)
             self._reply(msg, c.C_MOVE_RSP, st.OUT_OF_RESOURCES_SUBOPS, comment=str(exc))
             return
         cancelled = mid in self.assoc.cancelled
         self.assoc.cancelled.discard(mid)
-        self._final(msg, c.C_MOVE_RSP, counts, cancelled)
+        self._final(msg, c.C_MOVE_RSP, counts, cancelled, from_cache)
 
     async def _moved_remote(self, msg: Message, dest: ApplicationEntity) -> bool:
         """A study another network holds, moved through the federation cache (issue 14);
