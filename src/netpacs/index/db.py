@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -45,6 +46,13 @@ CONNECT_TIMEOUT = 5
 # page's CPU); the instants are the same, and no statement depends on the session's
 # zone. A URL that sets ``options`` keeps its own.
 SESSION_OPTIONS = "-c random_page_cost=1.1 -c timezone=UTC"
+# A pooled PostgreSQL connection is handed out without a round trip to check it: the
+# server sends nothing to an idle session unless it is ending it (an error on shutdown,
+# failover or termination, then the end of the stream), so a connection with something
+# to read has lost its server and is replaced. One idle longer than this is also pinged
+# (a link that failed silently sends nothing). SQLAlchemy's pre-ping asked the server on
+# every checkout: two round trips of a QIDO-RS search's seven (issue 16).
+PING_AFTER_IDLE_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -227,13 +235,32 @@ def make_engine(url: str, *, writer: bool = False, pool_size: int = 8) -> sa.Eng
         connect_args["connect_timeout"] = CONNECT_TIMEOUT
     if "options" not in query:
         connect_args["options"] = SESSION_OPTIONS
-    return sa.create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        connect_args=connect_args,
+    engine = sa.create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
     )
+    _check_on_checkout(engine)
+    return engine
+
+
+def _check_on_checkout(engine: sa.Engine) -> None:
+    """Replace a pooled connection whose server has gone (see PING_AFTER_IDLE_SECONDS)."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None:  # just connected
+            return
+        if dbapi_conn.closed or select.select([dbapi_conn.fileno()], [], [], 0)[0]:
+            raise sa.exc.DisconnectionError("the database server ended the session")
+        if time.monotonic() - since > PING_AFTER_IDLE_SECONDS:
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except Exception as exc:
+                raise sa.exc.DisconnectionError(f"the database did not answer: {exc}") from exc
 
 
 def owner_only(database: Path) -> None:
