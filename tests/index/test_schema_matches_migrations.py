@@ -14,10 +14,11 @@ from alembic.migration import MigrationContext
 from netpacs.index.db import migrate
 from netpacs.index.schema import metadata
 
-# Indexes only migrations 0002, 0018 and 0019 make, by design: each dialect's own way to
-# serve case-insensitive name matching and LIKE 'prefix%' (COLLATE NOCASE on SQLite,
-# lower() and pattern operator classes on PostgreSQL), which schema.py does not declare,
-# and PostgreSQL's index in the worklist's order (an expression SQLite would not use).
+# Indexes only migrations 0002, 0018, 0019 and 0020 make, by design: each dialect's own
+# way to serve case-insensitive name matching and LIKE 'prefix%' (COLLATE NOCASE on
+# SQLite, lower() and pattern operator classes on PostgreSQL), which schema.py does not
+# declare, and PostgreSQL's partial indexes of the open worklist items (in the
+# worklist's order, in its counts' grouping: SQLite would use neither).
 MIGRATION_ONLY_INDEXES = {
     "sqlite": {
         "ix_patient_patient_name_nocase",
@@ -31,6 +32,7 @@ MIGRATION_ONLY_INDEXES = {
         "ix_study_accession_number_pattern",
         "ix_patient_patient_id_pattern",
         "ix_worklist_item_open_order",
+        "ix_worklist_item_open_counts",
     },
 }
 

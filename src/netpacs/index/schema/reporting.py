@@ -31,6 +31,9 @@ worklist_item = sa.Table(
     sa.Column("claim_expires_at", TS, nullable=True),
     sa.Column("reported_at", TS, nullable=True),  # first signed final
     sa.Column("reported_by", sa.String(), nullable=True),
+    # The study's row is out of the index (rejected, evicted): kept by the database
+    # (migration 0020); such an item is neither listed nor counted.
+    sa.Column("study_gone", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 sa.Index(None, worklist_item.c.status, worklist_item.c.due_at)
 sa.Index(None, worklist_item.c.requesting_trust, worklist_item.c.status)

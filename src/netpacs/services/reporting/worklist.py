@@ -336,19 +336,16 @@ class WorklistService:
     def _counts(self) -> sa.Select[Any]:
         """Open items per requesting trust and priority, of the principal's scope.
 
-        When no patient condition applies, each item is only looked up in the study
-        index (its study may be gone while a rejection hides it, and then it is not
-        listed): PostgreSQL hashed the whole study table for the join with the patient
-        instead (26 ms at a million instances and 2,700 open items, against 10)."""
+        An item whose study row has gone (a rejection hides it) is not listed and not
+        counted. When no patient condition applies, the items are counted alone, by
+        their ``study_gone`` mark (migration 0020: one index of the open items, where
+        looking each one up in the study index took 29 ms at 8,082 open items)."""
         counted = sa.select(
             worklist_item.c.requesting_trust, worklist_item.c.priority, sa.func.count()
         ).where(worklist_item.c.status.in_(OPEN))
         alone = self._scope.item_condition()
         if alone is not None:
-            stored = sa.select(1).where(
-                study.c.study_instance_uid == worklist_item.c.study_instance_uid
-            )
-            counted = counted.where(alone, stored.exists())
+            counted = counted.where(alone, ~worklist_item.c.study_gone)
         else:
             counted = counted.select_from(
                 worklist_item.join(
