@@ -334,25 +334,34 @@ class WorklistService:
         return q
 
     def _counts(self) -> sa.Select[Any]:
-        """Open items per requesting trust and priority, of the principal's scope.
-
-        An item whose study row has gone (a rejection hides it) is not listed and not
-        counted. When no patient condition applies, the items are counted alone, by
-        their ``study_gone`` mark (migration 0020: one index of the open items, where
-        looking each one up in the study index took 29 ms at 8,082 open items)."""
-        counted = sa.select(
-            worklist_item.c.requesting_trust, worklist_item.c.priority, sa.func.count()
-        ).where(worklist_item.c.status.in_(OPEN))
+        """Open items per requesting trust and priority, of the principal's scope (an
+        item whose study row has gone, hidden by a rejection, is neither listed nor
+        counted)."""
         alone = self._scope.item_condition()
         if alone is not None:
-            counted = counted.where(alone, ~worklist_item.c.study_gone)
-        else:
-            counted = counted.select_from(
+            return self.counts_of(alone)
+        return (
+            sa.select(worklist_item.c.requesting_trust, worklist_item.c.priority, sa.func.count())
+            .select_from(
                 worklist_item.join(
                     study, study.c.study_instance_uid == worklist_item.c.study_instance_uid
                 ).join(patient, patient.c.id == study.c.patient_fk)
-            ).where(self._scope.condition())
-        return counted.group_by(worklist_item.c.requesting_trust, worklist_item.c.priority)
+            )
+            .where(worklist_item.c.status.in_(OPEN), self._scope.condition())
+            .group_by(worklist_item.c.requesting_trust, worklist_item.c.priority)
+        )
+
+    @staticmethod
+    def counts_of(items: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        """Open ``items`` per requesting trust and priority, when no patient condition
+        applies: by the items' ``study_gone`` mark alone (migration 0020: one index of
+        the open items, where looking each one up in the study index took 29 ms at
+        8,082 open items)."""
+        return (
+            sa.select(worklist_item.c.requesting_trust, worklist_item.c.priority, sa.func.count())
+            .where(worklist_item.c.status.in_(OPEN), items, ~worklist_item.c.study_gone)
+            .group_by(worklist_item.c.requesting_trust, worklist_item.c.priority)
+        )
 
     def _me(self) -> dict[str, Any]:
         p = self._scope.principal

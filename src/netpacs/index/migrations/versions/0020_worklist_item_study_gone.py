@@ -13,10 +13,11 @@ rejection, its undo, an eviction, a reindex) can leave it behind: deleting a stu
 row marks its item gone, inserting one marks it back, changing a study's UID moves the
 mark. A new item starts with its study present: every path that makes an item reads
 its study in the same transaction (services.reporting.worklist). The existing items
-are marked here, one statement over the worklist. PostgreSQL gets an index of the open
-items whose study is present, in the counts' grouping (with the subspecialty that
-reporting agreements filter on); SQLite plans before it sees the statuses, would not
-use a partial index, and gets none. Additive only.
+whose study has gone are marked here, one statement that reads the worklist and
+writes only those. PostgreSQL gets an index of the open items whose study is present,
+in the counts' grouping (with the subspecialty that reporting agreements filter on);
+SQLite plans before it sees the statuses, would not use a partial index, and gets
+none. Additive only.
 
 Revision ID: 0020
 Revises: 0019
@@ -33,8 +34,9 @@ branch_labels = None
 depends_on = None
 
 _OPEN = "'unreported', 'draft', 'preliminary'"
+# The column starts false: only the items whose study has gone are written.
 _MARK = """
-    UPDATE worklist_item SET study_gone = NOT EXISTS (
+    UPDATE worklist_item SET study_gone = true WHERE NOT EXISTS (
         SELECT 1 FROM study WHERE study.study_instance_uid = worklist_item.study_instance_uid
     )
 """
