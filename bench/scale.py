@@ -16,9 +16,10 @@ For each size of ``--sizes`` (instances, cumulative) it:
    than two weeks (by study date) reported, and runs VACUUM ANALYZE;
 3. starts ``netpacs serve`` on that database and times each request kind with
    ``--clients`` concurrent clients (p50/p95/p99 in ms): QIDO-RS by Patient ID with
-   issuer, by NHS number, by name prefix plus a date range, by accession number;
-   C-FIND at study level by Patient ID (pynetdicom, an open association per client, as
-   the trust's workstation AE); series /metadata of a 600-instance series; a
+   issuer, by NHS number, by name prefix plus a date range (all matches, and the first
+   101 as OHIF's study list asks), by accession number; C-FIND at study level by
+   Patient ID (pynetdicom, an open association per client, as the trust's workstation
+   AE); series /metadata of a 600-instance series; a
    radiologist's worklist; the study list's first page for a clinician; FHIR
    ImagingStudy by NHS number. Users are the demo users of each trust, signed in with
    bearer tokens, under the access rules.
@@ -360,6 +361,7 @@ KINDS = (
     "qido_pid_issuer",
     "qido_nhs_number",
     "qido_name_date",
+    "qido_name_date_101",
     "qido_accession",
     "cfind_pid",
     "series_metadata",
@@ -374,6 +376,7 @@ TARGET_MS = {
     "cfind_pid": 10,
     "fhir_nhs_number": 10,
     "qido_name_date": 50,
+    "qido_name_date_101": 50,
     "worklist": 100,
     "study_list_page": 100,
 }
@@ -423,15 +426,20 @@ def sample_requests(engine: sa.Engine, n: int) -> dict[str, list[Request]]:
         quarter = (i % 4) * 3 + 1
         low = dt.date(year, quarter, 1)
         high = (low + dt.timedelta(days=92)).replace(day=1) - dt.timedelta(days=1)
+        by_name_and_date = {
+            "PatientName": name.split("^")[0][:3] + "*",
+            "StudyDate": f"{low:%Y%m%d}-{high:%Y%m%d}",
+        }
         out["qido_name_date"].append(
+            Request("qido_name_date", clinician, "/dicomweb/studies", by_name_and_date)
+        )
+        # As OHIF's study list asks: its first 101 studies (docs: "Study List").
+        out["qido_name_date_101"].append(
             Request(
-                "qido_name_date",
+                "qido_name_date_101",
                 clinician,
                 "/dicomweb/studies",
-                {
-                    "PatientName": name.split("^")[0][:3] + "*",
-                    "StudyDate": f"{low:%Y%m%d}-{high:%Y%m%d}",
-                },
+                by_name_and_date | {"limit": "101"},
             )
         )
         out["cfind_pid"].append(Request("cfind_pid", f"{issuer}_WS1", find={"PatientID": pid}))
