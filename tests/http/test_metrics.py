@@ -275,8 +275,8 @@ def cut_and_count(server: Netpacs) -> None:
     assert cut > 0
 
     def counted() -> float:
-        # Requests check out the pooled connections that were cut (pre-ping: the
-        # request itself succeeds on a new connection).
+        # Requests check out the pooled connections that were cut (each is found cut
+        # as it is handed out and replaced: the request itself succeeds).
         answer = server.http.get(f"{server.dicomweb_url}/studies")
         assert answer.status_code in (200, 204), answer.text
         found = samples(server)

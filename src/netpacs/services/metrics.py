@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from typing import Protocol as Interface
 
 import sqlalchemy as sa
@@ -161,7 +162,10 @@ def job_failed(job: str) -> None:
 
 
 def watch_engine(engine: sa.Engine) -> None:
-    """Count every error ``engine``'s driver raises (SQLAlchemy's ``handle_error``)."""
+    """Count every error ``engine``'s driver raises (SQLAlchemy's ``handle_error``),
+    and every pooled connection found cut as it was handed out and replaced
+    (``index.db``'s check on checkout raises ``DisconnectionError``, which the pool
+    handles itself)."""
 
     def on_error(context: sa.engine.ExceptionContext) -> None:
         if context.is_disconnect:
@@ -171,7 +175,12 @@ def watch_engine(engine: sa.Engine) -> None:
             kind = type(error).__name__
         DATABASE_ERRORS.labels(kind).inc()
 
+    def on_invalidate(_dbapi_conn: Any, _record: Any, exception: BaseException | None) -> None:
+        if isinstance(exception, sa.exc.DisconnectionError):
+            DATABASE_ERRORS.labels("disconnect").inc()
+
     sa.event.listen(engine, "handle_error", on_error)
+    sa.event.listen(engine, "invalidate", on_invalidate)
 
 
 # -- processes -------------------------------------------------------------------------------
