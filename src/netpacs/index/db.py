@@ -51,7 +51,8 @@ SESSION_OPTIONS = "-c random_page_cost=1.1 -c timezone=UTC"
 # failover or termination, then the end of the stream), so a connection with something
 # to read has lost its server and is replaced. One idle longer than this is also pinged
 # (a link that failed silently sends nothing). SQLAlchemy's pre-ping asked the server on
-# every checkout: two round trips of a QIDO-RS search's seven (issue 16).
+# every checkout: a round trip more for each transaction (issue 16; a QIDO-RS search
+# makes two, its query and its audit record).
 PING_AFTER_IDLE_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
@@ -254,13 +255,20 @@ def _check_on_checkout(engine: sa.Engine) -> None:
         since = record.info.pop("idle_since", None)
         if since is None:  # just connected
             return
-        if dbapi_conn.closed or select.select([dbapi_conn.fileno()], [], [], 0)[0]:
+        if dbapi_conn.closed or _readable(dbapi_conn.fileno()):
             raise sa.exc.DisconnectionError("the database server ended the session")
         if time.monotonic() - since > PING_AFTER_IDLE_SECONDS:
             try:
                 engine.dialect.do_ping(dbapi_conn)
             except Exception as exc:
                 raise sa.exc.DisconnectionError(f"the database did not answer: {exc}") from exc
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read, an error or its end (poll: any fd number)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def owner_only(database: Path) -> None:
