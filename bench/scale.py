@@ -19,10 +19,9 @@ For each size of ``--sizes`` (instances, cumulative) it:
    issuer, by NHS number, by name prefix plus a date range (all matches, and the first
    101 as OHIF's study list asks), by accession number; C-FIND at study level by
    Patient ID (pynetdicom, an open association per client, as the trust's workstation
-   AE); series /metadata of a 600-instance series; a
-   radiologist's worklist; the study list's first page for a clinician; FHIR
-   ImagingStudy by NHS number. Users are the demo users of each trust, signed in with
-   bearer tokens, under the access rules.
+   AE); series /metadata of a 600-instance series; a radiologist's worklist; the study
+   list's first page for a clinician; FHIR ImagingStudy by NHS number. Users are the
+   demo users of each trust, signed in with bearer tokens, under the access rules.
 4. writes EXPLAIN (ANALYZE, BUFFERS) of the query service's statements to
    ``bench/results/scale-plans-<instances>.txt``.
 
