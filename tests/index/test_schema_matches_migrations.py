@@ -14,10 +14,10 @@ from alembic.migration import MigrationContext
 from netpacs.index.db import migrate
 from netpacs.index.schema import metadata
 
-# Indexes only migrations 0002, 0018, 0019 and 0020 make, by design: each dialect's own
-# way to serve case-insensitive name matching and LIKE 'prefix%' (COLLATE NOCASE on
-# SQLite, lower() and pattern operator classes on PostgreSQL), which schema.py does not
-# declare, and PostgreSQL's partial indexes of the open worklist items (in the
+# Indexes only migrations 0002, 0018, 0019, 0020 and 0021 make, by design: each
+# dialect's own way to serve case-insensitive name matching and LIKE 'prefix%' (COLLATE
+# NOCASE on SQLite, lower() and pattern operator classes on PostgreSQL), which schema.py
+# does not declare, and PostgreSQL's partial indexes of the open worklist items (in the
 # worklist's order, in its counts' grouping: SQLite would use neither).
 MIGRATION_ONLY_INDEXES = {
     "sqlite": {
@@ -28,6 +28,7 @@ MIGRATION_ONLY_INDEXES = {
     "postgresql": {
         "ix_patient_patient_name_lower",
         "ix_study_patient_name_date",
+        "ix_study_date_patient_name",
         "ix_study_referring_physician_name_lower",
         "ix_study_accession_number_pattern",
         "ix_patient_patient_id_pattern",
