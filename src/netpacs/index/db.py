@@ -44,8 +44,12 @@ CONNECT_TIMEOUT = 5
 # timestamp Python's own UTC time zone instead of a ZoneInfo of the server's zone, whose
 # every comparison and conversion looks the offset up again (a tenth of a worklist
 # page's CPU); the instants are the same, and no statement depends on the session's
-# zone. A URL that sets ``options`` keeps its own.
-SESSION_OPTIONS = "-c random_page_cost=1.1 -c timezone=UTC"
+# zone. No parallel plans: the index answers many short requests at once, and from
+# about seven million instances PostgreSQL planned the study list's first page with two
+# parallel workers, started for each request (7 ms before the first row, and three
+# processes' CPU for one page: 80 ms p50 with 4 clients, against 30 at three million;
+# issue 16). A URL that sets ``options`` keeps its own.
+SESSION_OPTIONS = "-c random_page_cost=1.1 -c timezone=UTC -c max_parallel_workers_per_gather=0"
 # A pooled PostgreSQL connection is handed out without a round trip to check it: the
 # server sends nothing to an idle session unless it is ending it (an error on shutdown,
 # failover or termination, then the end of the stream), so a connection with something
