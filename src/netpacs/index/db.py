@@ -46,8 +46,8 @@ CONNECT_TIMEOUT = 5
 # page's CPU); the instants are the same, and no statement depends on the session's
 # zone. No parallel plans: the index answers many short requests at once, and from
 # about seven million instances PostgreSQL planned the study list's first page with two
-# parallel workers, started for each request (7 ms before the first row, and three
-# processes' CPU for one page: 80 ms p50 with 4 clients, against 30 at three million;
+# parallel workers, started for each request (7 ms before the first row, 19-22 ms of
+# database time and three processes' CPU for one page, against 5.6-6.0 ms without;
 # issue 16). A URL that sets ``options`` keeps its own.
 SESSION_OPTIONS = "-c random_page_cost=1.1 -c timezone=UTC -c max_parallel_workers_per_gather=0"
 # A pooled PostgreSQL connection is handed out without a round trip to check it: the
