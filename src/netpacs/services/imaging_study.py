@@ -94,6 +94,15 @@ class StudyRecord:
     series: tuple[SeriesRecord, ...]
 
 
+def _summary_keys() -> dict[str, Any]:
+    """A STUDY-level identifier returning what a resource shows (services.studies's study
+    list summary, with the timezone offset that qualifies its date and time)."""
+    keys = study_summary_identifier(())
+    keys[_STUDY_UID] = {"vr": "UI"}
+    keys[_TIMEZONE_OFFSET] = {"vr": "SH"}
+    return keys
+
+
 def _exact(value: str) -> bool:
     return bool(value) and not any(c in value for c in _NOT_EXACT)
 
@@ -103,6 +112,10 @@ class ImagingStudyService:
 
     def __init__(self, query: QueryService) -> None:
         self._query = query
+        # The summaries a search already read, by Study Instance UID: its page is then
+        # made from them, not asked again. The service is made for one request's
+        # principal (for_principal), so nothing read here outlives that request.
+        self._read: dict[str, dict[str, Any]] = {}
 
     def for_principal(self, principal: Principal) -> ImagingStudyService:
         return ImagingStudyService(self._query.for_principal(principal))
@@ -120,15 +133,12 @@ class ImagingStudyService:
         accession_number: str | None = None,
         linked: bool = False,
     ) -> list[str]:
-        """Study Instance UIDs matching all the criteria given, newest first."""
-        keys: dict[str, Any] = {
-            _STUDY_UID: {"vr": "UI"},
-            _STUDY_DATE: {"vr": "DA"},
-            _STUDY_TIME: {"vr": "TM"},
-            _PATIENT_ID: {"vr": "LO"},
-            _ISSUER: {"vr": "LO"},
-            _ACCESSION: {"vr": "SH"},
-        }
+        """Study Instance UIDs matching all the criteria given, newest first.
+
+        The search reads each match's summary with it (a patient has tens of studies, and
+        the bound below holds), so that :meth:`studies` makes the page from what was read:
+        two questions a search, not three."""
+        keys = _summary_keys()
         # A partner network's wildcard goes to the query service, which refuses it.
         lenient = self._query.principal.partner is None
         if patient is not None:
@@ -154,13 +164,14 @@ class ImagingStudyService:
             newest_first=True,
             interface=FHIR,
         )
-        uids = [first_str(a, _STUDY_UID) for a in answers]
-        if len(uids) > MAX_MATCHES:
+        read = {first_str(a, _STUDY_UID): a for a in answers}
+        if len(read) > MAX_MATCHES:
             raise QueryError(
                 f"more than {MAX_MATCHES:,} studies match; narrow the search (a patient's "
                 "studies, an accession number or a Study Instance UID)"
             )
-        return uids
+        self._read.update(read)
+        return list(read)
 
     def study(self, study_instance_uid: str) -> StudyRecord | None:
         found = self.studies([study_instance_uid])
@@ -170,22 +181,25 @@ class ImagingStudyService:
         """The studies with these UIDs (those stored), in the order given."""
         if not uids:
             return []
-        identifier = study_summary_identifier(uids)
-        identifier[_TIMEZONE_OFFSET] = {"vr": "SH"}
-        answers = self._query.find(
-            identifier,
-            level=QueryLevel.STUDY,
-            model=QueryModel.STUDY_ROOT,
-            limit=len(uids),  # one answer a UID at most: read at once (index.query.compile)
-            interface=FHIR,
-        )
-        series = self._series(uids)
-        records = {
-            uid: self._record(a, series.get(uid, []))
-            for a in answers
-            if (uid := first_str(a, _STUDY_UID))
-        }
-        return [records[uid] for uid in uids if uid in records]
+        answers = {uid: self._read[uid] for uid in uids if uid in self._read}
+        unread = [uid for uid in uids if uid not in answers]
+        if unread:
+            identifier = _summary_keys()
+            identifier[_STUDY_UID]["Value"] = unread
+            found = self._query.find(
+                identifier,
+                level=QueryLevel.STUDY,
+                model=QueryModel.STUDY_ROOT,
+                limit=len(unread),  # one answer a UID at most: read at once (index.query.compile)
+                interface=FHIR,
+            )
+            answers.update((first_str(a, _STUDY_UID), a) for a in found)
+        series = self._series(answers)
+        return [
+            self._record(answers[uid], series.get(uid, []))
+            for uid in uids
+            if uid and uid in answers
+        ]
 
     @staticmethod
     def _record(a: dict[str, Any], series: list[SeriesRecord]) -> StudyRecord:

@@ -298,7 +298,8 @@ def _bundle(
 
 def _answer(request: Request, produce: Callable[[], dict[str, Any]]) -> Response:
     """The resource ``produce`` makes, or its error as an OperationOutcome. Its questions
-    (a search asks two or three) are audited together, before the answer."""
+    (a search asks two: its matches with their summaries, and their series) are audited
+    together, before the answer."""
     try:
         with services(request).imaging_studies.audited_together():
             resource = produce()
