@@ -109,6 +109,17 @@ def test_readyz_stays_ready_on_a_newer_release_schema_during_a_rolling_upgrade(
     assert "newer than this code's" in body["checks"]["migrations"]["detail"]
 
 
+def test_readyz_is_503_on_a_schema_revision_no_netpacs_release_made(http_app: HttpApp) -> None:
+    _set_revision(http_app, "abc123")
+    try:
+        status, body = _ready(http_app)
+    finally:
+        _set_revision(http_app, code_revisions().head)
+    assert status == 503, body
+    detail = body["checks"]["migrations"]["detail"]
+    assert detail == "the database is at abc123, a revision netpacs never made"
+
+
 @pytest.fixture
 def write_lock(http_app: HttpApp) -> Iterator[threading.Event]:
     """Another client holds the index's write lock (SQLite) or the row the probe writes

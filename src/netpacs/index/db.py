@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from netpacs.index.revision import MIGRATIONS, code_revisions, stored_revision
+from netpacs.index.revision import (
+    MIGRATIONS,
+    UnknownSchema,
+    code_revisions,
+    newer_revision,
+    stored_revision,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -302,11 +308,31 @@ def migrate(url: str) -> None:
 
     On PostgreSQL several nodes may start at once: the first takes an advisory lock for
     the migration's transaction, the others wait for it and then find nothing to do.
+
+    An index a newer release has already migrated is left as it is: during a rolling
+    upgrade a node of the release before may restart, and it serves on the newer schema
+    (migrations only add, docs/operations.md). A revision that no release made raises
+    :class:`UnknownSchema`.
     """
     engine = make_engine(url, writer=True)
     try:
-        if stored_revision(engine) == code_revisions().head:
+        stored, revisions = stored_revision(engine), code_revisions()
+        if stored == revisions.head:
             return  # the usual start: no Alembic to import, no scripts to read
+        if stored is not None and stored not in revisions.known:
+            if newer_revision(stored, revisions.head):
+                log.warning(
+                    "the index is at revision %s, newer than this release's %s (a rolling"
+                    " upgrade): serving on it unchanged; upgrade this node next",
+                    stored,
+                    revisions.head,
+                )
+                return
+            raise UnknownSchema(
+                f"the database's schema revision {stored!r} is not one netpacs made (this"
+                f" release knows up to {revisions.head}): is NETPACS_DATABASE_URL the"
+                " index of a netpacs archive?"
+            )
         from alembic import command
 
         with engine.begin() as conn:

@@ -26,6 +26,17 @@ class Revisions:
     known: frozenset[str]
 
 
+class UnknownSchema(RuntimeError):
+    """The database holds a schema revision that no netpacs release made."""
+
+
+def newer_revision(revision: str, head: str) -> bool:
+    """Whether ``revision`` (unknown to this code) is a later release's: revisions are
+    numbered, ``0022`` or ``0022_something`` after ``0021``."""
+    number = revision.split("_", 1)[0]
+    return number.isdigit() and head.isdigit() and int(number) > int(head)
+
+
 @cache
 def code_revisions() -> Revisions:
     names = sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from netpacs.index.revision import Revisions, code_revisions, write_probe
+from netpacs.index.revision import Revisions, code_revisions, newer_revision, write_probe
 from netpacs.storage.blobstore import BlobStore
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,13 @@ class HealthService:
                 f"the database is at {revision}, this code needs {head} "
                 "(`netpacs serve` migrates at start)",
             )
+        if newer_revision(revision, head):
+            return Check(
+                MIGRATIONS,
+                True,
+                f"the database is at {revision}, newer than this code's {head} "
+                "(a rolling upgrade: migrations stay compatible with the previous release)",
+            )
         return Check(
-            MIGRATIONS,
-            True,
-            f"the database is at {revision}, newer than this code's {head} "
-            "(a rolling upgrade: migrations stay compatible with the previous release)",
+            MIGRATIONS, False, f"the database is at {revision}, a revision netpacs never made"
         )

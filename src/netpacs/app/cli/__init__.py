@@ -177,6 +177,7 @@ def _main(argv: list[str] | None) -> int:
     from netpacs.app.settings import ConfigFileError, load_settings
     from netpacs.domain.region import RegionError
     from netpacs.index.db import IndexUnavailable, shown_url
+    from netpacs.index.revision import UnknownSchema
 
     try:
         settings = load_settings()
@@ -190,7 +191,7 @@ def _main(argv: list[str] | None) -> int:
     command: Command = args.func
     try:
         return command(args, settings, parser)
-    except RegionError as exc:
+    except (RegionError, UnknownSchema) as exc:
         print(f"netpacs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (sa.exc.DBAPIError, IndexUnavailable) as exc:
