@@ -194,6 +194,8 @@ class ImagingStudyService:
                 interface=FHIR,
             )
             answers.update((first_str(a, _STUDY_UID), a) for a in found)
+        if not answers:
+            return []  # none to see: and a series question without UIDs would ask for all
         series = self._series(answers)
         return [
             self._record(answers[uid], series.get(uid, []))
