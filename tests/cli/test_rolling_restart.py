@@ -14,13 +14,7 @@ from netpacs.index.db import migrate
 from netpacs.index.revision import code_revisions, stored_revision
 from tests.cli.test_database_url import serve
 from tests.conftest import Netpacs
-
-
-def _set_revision(url: str, revision: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
-    engine.dispose()
+from tests.http.test_health import set_revision
 
 
 def test_a_node_of_the_release_before_restarts_and_serves_on_an_index_a_newer_release_migrated(
@@ -28,7 +22,7 @@ def test_a_node_of_the_release_before_restarts_and_serves_on_an_index_a_newer_re
 ) -> None:
     migrate(database_url)
     newer = f"{int(code_revisions().head) + 1:04d}"
-    _set_revision(database_url, newer)  # as the first upgraded node leaves it
+    set_revision(database_url, newer)  # as the first upgraded node leaves it
     node = Netpacs(
         data_dir=tmp_path / "data",
         database_url=database_url,
@@ -54,7 +48,7 @@ def test_a_node_of_the_release_before_restarts_and_serves_on_an_index_a_newer_re
 def test_serve_on_an_index_at_a_revision_no_release_made_stops_naming_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'index.sqlite'}"
     migrate(url)
-    _set_revision(url, "abc123")
+    set_revision(url, "abc123")
     result, _ = serve(tmp_path, url)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "schema revision 'abc123' is not one netpacs made" in result.stderr

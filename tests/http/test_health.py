@@ -73,22 +73,28 @@ def test_readyz_is_503_naming_the_object_store_when_its_directory_cannot_be_writ
     assert [p.name for p in (objects / "tmp").iterdir()] == []  # the probe left nothing
 
 
-def _set_revision(app: HttpApp, revision: str) -> None:
-    engine = sa.create_engine(app.database_url)
+def set_revision(database_url: str, revision: str) -> None:
+    """Stamp the index with ``revision``, as another release's migration would leave it."""
+    engine = sa.create_engine(database_url)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
     engine.dispose()
+
+
+def _ready_at(app: HttpApp, revision: str) -> tuple[int, dict[str, Any]]:
+    """/readyz with the index stamped ``revision``, then stamped back to the code's head."""
+    set_revision(app.database_url, revision)
+    try:
+        return _ready(app)
+    finally:
+        set_revision(app.database_url, code_revisions().head)
 
 
 def test_readyz_is_503_naming_the_migrations_when_the_database_is_behind_the_code(
     http_app: HttpApp,
 ) -> None:
     head = code_revisions().head
-    _set_revision(http_app, "0001")
-    try:
-        status, body = _ready(http_app)
-    finally:
-        _set_revision(http_app, head)
+    status, body = _ready_at(http_app, "0001")
     assert status == 503, body
     assert body["message"] == (
         f"not ready: migrations: the database is at 0001, this code needs {head} "
@@ -100,21 +106,13 @@ def test_readyz_is_503_naming_the_migrations_when_the_database_is_behind_the_cod
 def test_readyz_stays_ready_on_a_newer_release_schema_during_a_rolling_upgrade(
     http_app: HttpApp,
 ) -> None:
-    _set_revision(http_app, "9999_from_the_next_release")
-    try:
-        status, body = _ready(http_app)
-    finally:
-        _set_revision(http_app, code_revisions().head)
+    status, body = _ready_at(http_app, "9999_from_the_next_release")
     assert status == 200, body
     assert "newer than this code's" in body["checks"]["migrations"]["detail"]
 
 
 def test_readyz_is_503_on_a_schema_revision_no_netpacs_release_made(http_app: HttpApp) -> None:
-    _set_revision(http_app, "abc123")
-    try:
-        status, body = _ready(http_app)
-    finally:
-        _set_revision(http_app, code_revisions().head)
+    status, body = _ready_at(http_app, "abc123")
     assert status == 503, body
     detail = body["checks"]["migrations"]["detail"]
     assert detail == "the database is at abc123, a revision netpacs never made"
