@@ -271,23 +271,6 @@ def run_clients(
     return latencies, len(latencies) / seconds
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process and its descendants (Linux /proc), seconds: on
-    a shared machine the server's own work per request, whatever else runs."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children = (task / "children").read_text().split()
-                pending += [int(c) for c in children]
-    return total
-
-
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -418,11 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             server,
                             args.py_spy if r == 0 and clients == args.client_counts[-1] else None,
                         ):
-                            cpu0 = cpu_seconds(server.receiver.proc.pid)
+                            cpu0 = sb.cpu_seconds(server.receiver.proc.pid)
                             ms, rate = run_clients(
                                 server, ids, clients, args.requests, args.studies
                             )
-                            cpu = (cpu_seconds(server.receiver.proc.pid) - cpu0) / len(ms)
+                            cpu = (sb.cpu_seconds(server.receiver.proc.pid) - cpu0) / len(ms)
                         server.latencies.setdefault(clients, []).extend(ms)
                         server.rates.setdefault(clients, []).append(rate)
                         server.cpu.setdefault(clients, []).append(cpu * 1000)

@@ -409,10 +409,16 @@ class Measurement:
     seconds: float
     ok: bool
     detail: str = ""
+    cpu: float | None = None  # the receiver's CPU seconds (its processes) while sending
 
     @property
     def rate(self) -> float:
         return self.instances / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """The receiver's CPU per object, milliseconds (user and system time)."""
+        return None if self.cpu is None else self.cpu / self.instances * 1000
 
 
 def send(
@@ -429,6 +435,7 @@ def send(
     env = {**os.environ, **NODELAY_ENV}
     logs: list[Path] = []
     procs: list[subprocess.Popen[bytes]] = []
+    cpu_before = None if receiver.managed else cpu_seconds(receiver.proc.pid)
     started = time.monotonic()
     for k, target in enumerate(targets):
         log_path = receiver.workdir / f"storescu-{associations}-{k + 1}.log"
@@ -455,6 +462,7 @@ def send(
             )
     codes = [p.wait() for p in procs]
     seconds = time.monotonic() - started
+    cpu = None if cpu_before is None else cpu_seconds(receiver.proc.pid) - cpu_before
 
     problems: list[str] = []
     for code, log_path in zip(codes, logs, strict=True):
@@ -482,7 +490,25 @@ def send(
         seconds=seconds,
         ok=not problems,
         detail="\n".join(problems) or detail,
+        cpu=cpu,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process and its descendants (Linux /proc), seconds: on
+    a shared machine the receiver's own work, whatever else runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pending += [int(c) for c in children]
+    return total
 
 
 # --------------------------------------------------------------------------
@@ -522,6 +548,22 @@ def report(results: list[Measurement], kinds: list[str], associations: list[int]
                 medians[(kind, a)] = statistics.median(rates)
             cells.append(_fmt_rate(rates))
         lines.append(f"| {names[kind]} | " + " | ".join(cells) + " |")
+    for kind in kinds:
+        cpus = [
+            [
+                m.cpu_ms
+                for m in results
+                if m.receiver == names[kind]
+                and m.associations == a
+                and m.ok
+                and m.cpu_ms is not None
+            ]
+            for a in associations
+        ]
+        if any(cpus):
+            cells = [f"{statistics.median(c):.2f}" if c else "-" for c in cpus]
+            label = f"{SHORT[kind]} CPU ms/object"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     pairs = [("netpacs", "orthanc"), ("cluster", "orthanc"), ("cluster", "netpacs")]
     for top, bottom in pairs:
         if top not in kinds or bottom not in kinds:
@@ -616,7 +658,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 status = "ok" if m.ok else "FAILED"
                 print(
                     f"{label}: {m.instances} instances in {m.seconds:.2f} s = "
-                    f"{m.rate:.0f} inst/s [{status}]",
+                    f"{m.rate:.0f} inst/s"
+                    + ("" if m.cpu_ms is None else f", receiver CPU {m.cpu_ms:.2f} ms/object")
+                    + f" [{status}]",
                     flush=True,
                 )
                 if not m.ok:
@@ -651,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "instances": m.instances,
                             "seconds": round(m.seconds, 3),
                             "rate": round(m.rate, 1),
+                            "cpu_ms_per_object": None if m.cpu_ms is None else round(m.cpu_ms, 3),
                             "ok": m.ok,
                         }
                         for m in results
