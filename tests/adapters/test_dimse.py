@@ -150,6 +150,29 @@ def test_patient_root_find_matches_names_case_insensitively(
     assert [p.PatientID for p in patients] == ["P77"]
 
 
+def test_find_answers_a_utf8_name_in_utf8_with_its_character_set(
+    netpacs: Netpacs, tmp_path: Path
+) -> None:
+    ds = ct_dataset(PatientID="P78", PatientName="Müller^Jürgen", StudyDescription="Thorax")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    store(netpacs, write(ds, tmp_path / "u.dcm"))
+    studies = find(
+        netpacs,
+        tmp_path,
+        "QueryRetrieveLevel=STUDY",
+        "PatientID=P78",
+        "PatientName",
+        "StudyDescription",
+        "StudyInstanceUID",
+        "NumberOfStudyRelatedInstances",
+    )
+    assert len(studies) == 1
+    assert studies[0].SpecificCharacterSet == "ISO_IR 192"
+    assert str(studies[0].PatientName) == "Müller^Jürgen"
+    assert studies[0].StudyInstanceUID == ds.StudyInstanceUID
+    assert int(studies[0].NumberOfStudyRelatedInstances) == 1
+
+
 def test_resend_of_identical_instance_is_success_without_a_second_copy(
     netpacs: Netpacs, tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ from netpacs.adapters.dimse.negotiation import (
     VERIFICATION,
 )
 from netpacs.adapters.dimse.scu import SubOpCounts, send_to
+from netpacs.domain.dicom.json_encode import UTF8, encode_json_dataset
 from netpacs.domain.query import QueryError, QueryLevel, QueryModel, QueryTimeout
 from netpacs.domain.region import ApplicationEntity
 from netpacs.services.access import Capability, Principal
@@ -325,7 +326,11 @@ class AssociationHandlers:
         ctx = self.assoc.contexts[msg.context_id]
         implicit, little, deflated = _encoding(ctx.transfer_syntax)
         if "00080005" not in result and not orjson.dumps(result).isascii():
-            result = {**result, "00080005": {"vr": "CS", "Value": ["ISO_IR 192"]}}
+            result = {**result, "00080005": {"vr": "CS", "Value": [UTF8]}}
+        if little and not deflated:  # nearly always: written straight from the JSON
+            direct = encode_json_dataset(result, implicit=implicit)
+            if direct is not None:
+                return direct
         encoded = encode(Dataset.from_json(result), implicit, little, deflated)
         if encoded is None:
             raise ValueError("response identifier could not be encoded")
