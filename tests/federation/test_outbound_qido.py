@@ -6,6 +6,7 @@ time, and nothing of theirs is stored."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,20 @@ def test_a_clinician_finds_the_patients_studies_here_and_at_every_network_in_one
     assert "London 1 studies" in detail and "Kent 2 studies" in detail
     assert "Wessex 1 studies" in detail
     assert patient_id == NHS
+
+
+def test_a_search_of_a_dimse_network_writes_no_patient_data_to_the_log(
+    federated_app: tuple[HttpApp, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # pynetdicom logs every C-FIND identifier it sends and receives at INFO, netpacs's
+    # default level: the NHS number asked and the names and birth dates answered.
+    app, _ = federated_app
+    with caplog.at_level(logging.INFO), app.client("rtp.clinician") as client:
+        response = client.get("/dicomweb/studies", params=SEARCH)
+    assert response.status_code == 200, response.text
+    assert any(r.name.startswith("pynetdicom") for r in caplog.records)  # Wessex was asked
+    leaked = [r.getMessage() for r in caplog.records if NHS in r.getMessage()]
+    assert not leaked, leaked
 
 
 def test_a_clinician_without_a_care_relationship_asks_no_network(

@@ -22,6 +22,13 @@ turns Nagle's algorithm off on the association's socket (pynetdicom leaves it on
 A reactor that ends while the association is still established (an exception in its
 thread) leaves that flag false, and pynetdicom's own ``release`` and ``send_*`` then spin
 on it for ever; :meth:`~Checkpoint.clear` sets it for them once the thread has ended.
+
+pynetdicom also writes every C-FIND, C-GET and C-MOVE identifier it sends or receives to
+its log at INFO, netpacs's default level: the NHS number a federated search asks for,
+and the names, birth dates and hospital numbers another network answers with. Patient
+data belongs in the audit trail, so those two settings of pynetdicom's (of the whole
+process, like ``STORE_SEND_CHUNKED_DATASET``) are turned off wherever this module is
+imported, which every association netpacs requests goes through.
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ import socket
 import threading
 from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, _config
 
 log = logging.getLogger(__name__)
+
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 class Checkpoint:
