@@ -12,7 +12,7 @@ Implicit or Explicit VR Little Endian, in ASCII or UTF-8.
 or floating-point VR, a person name with more than its alphabetic group, a character
 set other than the default or UTF-8, a value that is not a string where text belongs,
 or a value too long for a 16-bit length. The caller then encodes through pydicom.
-The bytes are pydicom's own for the same data set (tests/domain/test_json_encode.py
+The bytes are pydicom's own for the same data set (tests/dicom/test_json_encode.py
 compares them).
 """
 
@@ -37,16 +37,16 @@ _MAX_SHORT = 0xFFFE
 def encode_json_dataset(result: dict[str, Any], *, implicit: bool) -> bytes | None:
     """``result`` encoded in Implicit (``implicit``) or Explicit VR Little Endian, or
     None when it holds something this encoder leaves to pydicom (see the module)."""
-    charset = result.get("00080005")
-    codec = "ascii"
-    if charset is not None:
-        names = charset.get("Value") or []
-        if names == [UTF8]:
-            codec = "utf-8"
-        elif names not in ([], [""], ["ISO_IR 6"]):
-            return None
     out = bytearray()
     try:
+        charset = result.get("00080005")
+        codec = "ascii"
+        if charset is not None:
+            names = charset.get("Value") or []
+            if names == [UTF8]:
+                codec = "utf-8"
+            elif names not in ([], [""], ["ISO_IR 6"]):
+                return None
         for key in sorted(result, key=_tag_number):
             element = result[key]
             vr = element.get("vr")
@@ -66,7 +66,7 @@ def encode_json_dataset(result: dict[str, Any], *, implicit: bool) -> bytes | No
             else:
                 out += vr.encode() + struct.pack("<H", len(raw))
             out += raw
-    except (UnicodeEncodeError, ValueError, TypeError, struct.error):
+    except (UnicodeEncodeError, ValueError, TypeError, AttributeError, struct.error):
         return None
     return bytes(out)
 
