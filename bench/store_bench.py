@@ -536,30 +536,20 @@ def report(results: list[Measurement], kinds: list[str], associations: list[int]
     header = "| receiver | " + " | ".join(f"{a} assoc. (inst/s)" for a in associations) + " |"
     lines = [header, "|---" * (len(associations) + 1) + "|"]
     medians: dict[tuple[str, int], float] = {}
+
+    def runs(kind: str, a: int) -> list[Measurement]:
+        return [m for m in results if m.receiver == names[kind] and m.associations == a and m.ok]
+
     for kind in kinds:
         cells = []
         for a in associations:
-            rates = [
-                m.rate
-                for m in results
-                if m.receiver == names[kind] and m.associations == a and m.ok
-            ]
+            rates = [m.rate for m in runs(kind, a)]
             if rates:
                 medians[(kind, a)] = statistics.median(rates)
             cells.append(_fmt_rate(rates))
         lines.append(f"| {names[kind]} | " + " | ".join(cells) + " |")
     for kind in kinds:
-        cpus = [
-            [
-                m.cpu_ms
-                for m in results
-                if m.receiver == names[kind]
-                and m.associations == a
-                and m.ok
-                and m.cpu_ms is not None
-            ]
-            for a in associations
-        ]
+        cpus = [[m.cpu_ms for m in runs(kind, a) if m.cpu_ms is not None] for a in associations]
         if any(cpus):
             cells = [f"{statistics.median(c):.2f}" if c else "-" for c in cpus]
             label = f"{SHORT[kind]} CPU ms/object"

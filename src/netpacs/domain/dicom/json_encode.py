@@ -47,14 +47,13 @@ def encode_json_dataset(result: dict[str, Any], *, implicit: bool) -> bytes | No
                 codec = "utf-8"
             elif names not in ([], [""], ["ISO_IR 6"]):
                 return None
-        for key in sorted(result, key=_tag_number):
+        for tag, key in sorted((int(key, 16), key) for key in result):
+            if tag & 0xFFFF == 0:  # a group length: left to pydicom
+                return None
             element = result[key]
             vr = element.get("vr")
             raw = _value(element, vr, codec)
             if raw is None:
-                return None
-            tag = _tag_number(key)
-            if tag & 0xFFFF == 0:  # a group length: left to pydicom
                 return None
             out += struct.pack("<HH", tag >> 16, tag & 0xFFFF)
             if implicit:
@@ -69,10 +68,6 @@ def encode_json_dataset(result: dict[str, Any], *, implicit: bool) -> bytes | No
     except (UnicodeEncodeError, ValueError, TypeError, AttributeError, struct.error):
         return None
     return bytes(out)
-
-
-def _tag_number(key: str) -> int:
-    return int(key, 16)
 
 
 def _value(element: dict[str, Any], vr: Any, codec: str) -> bytes | None:
